@@ -1,0 +1,1 @@
+//! A lock-free single-producer single-consumer channel in a sealed memfd, with eventfd wake-ups

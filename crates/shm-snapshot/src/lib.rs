@@ -1,0 +1,1 @@
+//! Crash-consistent, durable, incremental snapshots of a shared-memory region

@@ -1,0 +1,3 @@
+//! The N-process latest-value board demo
+
+fn main() {}

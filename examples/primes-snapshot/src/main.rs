@@ -1,0 +1,3 @@
+//! Generates primes continuously into a snapshotted state region
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! A guided tour of outlive
+
+fn main() {}
