@@ -41,18 +41,18 @@ pub mod hint {
 
 /// Threads (loom's under `shm_loom`).
 pub mod thread {
-    #[cfg(not(shm_loom))]
-    pub use std::thread::{JoinHandle, spawn, yield_now};
     #[cfg(shm_loom)]
     pub use loom::thread::{JoinHandle, spawn, yield_now};
+    #[cfg(not(shm_loom))]
+    pub use std::thread::{JoinHandle, spawn, yield_now};
 }
 
 /// Shared ownership (loom's `Arc` under `shm_loom`, so leaks are checked).
 pub mod sync {
-    #[cfg(not(shm_loom))]
-    pub use std::sync::Arc;
     #[cfg(shm_loom)]
     pub use loom::sync::Arc;
+    #[cfg(not(shm_loom))]
+    pub use std::sync::Arc;
 }
 
 /// Runs `f` as a loom model, or once as a plain closure outside loom.

@@ -1,0 +1,137 @@
+use std::io;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// The environment variable that tells a re-run test binary which role to play.
+pub const ROLE_ENV: &str = "SHM_TESTKIT_ROLE";
+
+/// The role this process was started in by [`role_command`], if any.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE_ENV).ok()
+}
+
+/// A command that re-runs the current test binary, running only `test_name`,
+/// with [`ROLE_ENV`] set to `role`.
+///
+/// # Panics
+/// If the path of the current executable cannot be found.
+pub fn role_command(test_name: &str, role: &str) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, role);
+    cmd
+}
+
+/// Starts `cmd` (a `Command` or `&mut Command`) and returns a handle that
+/// SIGKILLs and reaps it on drop.
+pub fn spawn(mut cmd: impl std::borrow::BorrowMut<Command>) -> io::Result<Child> {
+    let inner = cmd.borrow_mut().spawn()?;
+    Ok(Child { inner: Some(inner) })
+}
+
+/// A child process that is SIGKILLed and reaped when the handle drops.
+#[derive(Debug)]
+pub struct Child {
+    inner: Option<std::process::Child>,
+}
+
+impl Child {
+    fn get(&self) -> &std::process::Child {
+        self.inner.as_ref().expect("child already reaped")
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.get().id()
+    }
+
+    /// The underlying `std` handle, e.g. to take its stdout pipe.
+    pub fn inner_mut(&mut self) -> &mut std::process::Child {
+        self.inner.as_mut().expect("child already reaped")
+    }
+
+    /// Sends `signal` to the child.
+    pub fn kill(&self, signal: Signal) -> io::Result<()> {
+        let pid = Pid::from_raw(self.pid().cast_signed()).expect("pid is positive");
+        rustix::process::kill_process(pid, signal).map_err(io::Error::from)
+    }
+
+    /// SIGKILLs the child and waits for it.
+    pub fn sigkill_and_wait(&mut self) -> io::Result<ExitStatus> {
+        let _ = self.kill(Signal::KILL);
+        self.inner_mut().wait()
+    }
+
+    /// Waits for the child to exit, polling, for at most `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.inner_mut().try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits for the child to exit (bounded by `timeout`) and returns its status.
+    ///
+    /// # Panics
+    /// If the child is still running after `timeout`.
+    pub fn wait_ok(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_timeout(timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => panic!("child {} still running after {timeout:?}", self.pid()),
+            Err(e) => panic!("waiting for child {}: {e}", self.pid()),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.inner.take() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn role_child_runs_and_reports() {
+        if let Some(role) = super::role() {
+            assert_eq!(role, "exit7");
+            std::process::exit(7);
+        }
+        let mut sut = super::spawn(super::role_command(
+            "child::tests::role_child_runs_and_reports",
+            "exit7",
+        ))
+        .unwrap();
+        let status = sut.wait_ok(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(7));
+    }
+
+    #[test]
+    fn drop_kills_child() {
+        let sut = super::spawn(std::process::Command::new("sleep").arg("60")).unwrap();
+        let pid = sut.pid();
+        drop(sut);
+        // After drop the child was killed and reaped: signalling it fails.
+        let err = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid.cast_signed()).unwrap(),
+            rustix::process::Signal::CONT,
+        );
+        assert!(err.is_err());
+    }
+}
