@@ -1,0 +1,278 @@
+//! [`Region`]: a bounds-checked view of bytes that other processes may write.
+//!
+//! # Safety
+//!
+//! A `Region<'a>` stands for `len` bytes at `ptr`, valid for `'a`, that any
+//! other process may read or write at any time. Rust's memory model only makes
+//! concurrent access defined when every access is atomic, so this module never
+//! creates `&[u8]` or `&mut [u8]` into the region: it reads and writes with
+//! atomic loads and stores (8 bytes at a time where aligned, 1 byte at the
+//! edges), and hands out `&AtomicU32`/`&AtomicU64` or `&T` only for
+//! [`Shared`] types, whose every byte is inside an atomic. A concurrent writer
+//! can make a copy *inconsistent* (torn across words), never undefined: callers
+//! validate what they copy out (checksums, sequence numbers).
+#![allow(unsafe_code)]
+
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering}; // atomics-ok: views of foreign memory, never loom-modelled
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::shared::Shared;
+
+/// An access fell outside a [`Region`], was misaligned, or wrote a read-only region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "access of {len} bytes at offset {offset} is outside a region of {region_len} bytes, misaligned, or writes a read-only region"
+)]
+pub struct OutOfBounds {
+    /// Offset asked for.
+    pub offset: usize,
+    /// Length asked for.
+    pub len: usize,
+    /// Length of the region.
+    pub region_len: usize,
+}
+
+/// A view of `len` shared bytes that never hands out plain references to them.
+///
+/// # Invariants
+/// 1. `ptr..ptr+len` is valid for reads (and for writes when `writable`) for `'a`.
+/// 2. Every access this type performs to those bytes is atomic.
+#[derive(Clone, Copy, Debug)]
+pub struct Region<'a> {
+    ptr: *mut u8,
+    len: usize,
+    writable: bool,
+    _bytes: PhantomData<&'a [AtomicU8]>,
+}
+
+// SAFETY: by invariant 2 every access is atomic, like `&[AtomicU8]`, which is Send + Sync.
+unsafe impl Send for Region<'_> {}
+// SAFETY: as for Send.
+unsafe impl Sync for Region<'_> {}
+
+impl<'a> Region<'a> {
+    /// Makes a region from raw parts, e.g. for heap-backed storage in tests.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be valid for reads, and for writes if `writable`,
+    /// for the whole of `'a`, and must not be accessed through non-atomic
+    /// references while the region (or anything it hands out) is used.
+    pub unsafe fn from_raw_parts(ptr: *mut u8, len: usize, writable: bool) -> Region<'a> {
+        Region {
+            ptr,
+            len,
+            writable,
+            _bytes: PhantomData,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether writes are allowed.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The start address (for callers with their own `unsafe` contract).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn check(
+        &self,
+        offset: usize,
+        len: usize,
+        align: usize,
+        write: bool,
+    ) -> Result<*mut u8, OutOfBounds> {
+        let err = OutOfBounds {
+            offset,
+            len,
+            region_len: self.len,
+        };
+        let end = offset.checked_add(len).ok_or(err)?;
+        if end > self.len || (write && !self.writable) {
+            return Err(err);
+        }
+        let ptr = self.ptr.wrapping_add(offset);
+        if ptr.align_offset(align) != 0 {
+            return Err(err);
+        }
+        Ok(ptr)
+    }
+
+    /// The sub-region `offset..offset + len`.
+    pub fn sub(&self, offset: usize, len: usize) -> Result<Region<'a>, OutOfBounds> {
+        let ptr = self.check(offset, len, 1, false)?;
+        // SAFETY: `ptr..ptr+len` lies inside `self` (checked), so invariant 1 carries over.
+        Ok(unsafe { Region::from_raw_parts(ptr, len, self.writable) })
+    }
+
+    /// The `u32` at `offset` (4-aligned) as an atomic; writable regions only.
+    pub fn atomic_u32(&self, offset: usize) -> Result<&'a AtomicU32, OutOfBounds> {
+        let ptr = self.check(offset, 4, 4, true)?;
+        // SAFETY: in bounds, 4-aligned and writable (checked); AtomicU32 has the
+        // layout of u32 and every bit pattern is valid; all accesses are atomic (invariant 2).
+        Ok(unsafe { AtomicU32::from_ptr(ptr.cast()) })
+    }
+
+    /// The `u64` at `offset` (8-aligned) as an atomic; writable regions only.
+    pub fn atomic_u64(&self, offset: usize) -> Result<&'a AtomicU64, OutOfBounds> {
+        let ptr = self.check(offset, 8, 8, true)?;
+        // SAFETY: in bounds, 8-aligned and writable (checked); layout of u64, any bits valid.
+        Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
+    }
+
+    /// Loads the `u64` at `offset` (8-aligned) with `order`; works on read-only regions.
+    pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, OutOfBounds> {
+        let ptr = self.check(offset, 8, 8, false)?;
+        // SAFETY: in bounds and aligned (checked); only loads are performed, which a
+        // read-only mapping allows; the reference does not escape this call.
+        Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) }.load(order))
+    }
+
+    /// Loads the `u32` at `offset` (4-aligned) with `order`; works on read-only regions.
+    pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, OutOfBounds> {
+        let ptr = self.check(offset, 4, 4, false)?;
+        // SAFETY: as in `load_u64`.
+        Ok(unsafe { AtomicU32::from_ptr(ptr.cast()) }.load(order))
+    }
+
+    /// A `&T` at `offset` for a type whose every mutable byte is atomic; writable regions only.
+    pub fn get<T: Shared>(&self, offset: usize) -> Result<&'a T, OutOfBounds> {
+        let ptr = self.check(offset, size_of::<T>(), align_of::<T>(), true)?;
+        // SAFETY:
+        // - in bounds and aligned for T (checked), valid for 'a (invariant 1);
+        // - T: FromBytes, so any bytes are a valid T;
+        // - T: Shared, so every byte another process may change is inside an
+        //   UnsafeCell (an atomic), making shared `&T` access sound.
+        Ok(unsafe { &*ptr.cast::<T>() })
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` out of the region.
+    ///
+    /// Uses 8-byte atomic loads where aligned: a concurrent writer can make the
+    /// copy inconsistent but never undefined.
+    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+        let src = self.check(offset, dst.len(), 1, false)?;
+        let mut i = 0;
+        while i < dst.len() {
+            let p = src.wrapping_add(i);
+            if p.align_offset(8) == 0 && dst.len() - i >= 8 {
+                // SAFETY: `p..p+8` is inside the checked range and 8-aligned.
+                let word = unsafe { AtomicU64::from_ptr(p.cast()) }.load(Ordering::Relaxed);
+                dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: `p` is inside the checked range; bytes need no alignment.
+                dst[i] = unsafe { AtomicU8::from_ptr(p) }.load(Ordering::Relaxed);
+                i += 1;
+            }
+        }
+        // Relaxed loads: ordering against other shared data is the caller's
+        // protocol (an Acquire load of a sequence or flag before and/or after).
+        Ok(())
+    }
+
+    /// Copies `src` into the region at `offset` with atomic stores (Relaxed; the
+    /// caller publishes with a Release store of its own flag or sequence).
+    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
+        let dst = self.check(offset, src.len(), 1, true)?;
+        let mut i = 0;
+        while i < src.len() {
+            let p = dst.wrapping_add(i);
+            if p.align_offset(8) == 0 && src.len() - i >= 8 {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&src[i..i + 8]);
+                // SAFETY: `p..p+8` is inside the checked, writable range and 8-aligned.
+                unsafe { AtomicU64::from_ptr(p.cast()) }
+                    .store(u64::from_ne_bytes(word), Ordering::Relaxed);
+                i += 8;
+            } else {
+                // SAFETY: `p` is inside the checked, writable range.
+                unsafe { AtomicU8::from_ptr(p) }.store(src[i], Ordering::Relaxed);
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to zero.
+    pub fn zero(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
+        let zeros = [0u8; 256];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len());
+            self.write_bytes(offset + done, &zeros[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies a plain-data value out of the region.
+    pub fn read<T: FromBytes + IntoBytes>(&self, offset: usize) -> Result<T, OutOfBounds> {
+        let mut value = T::new_zeroed();
+        self.read_bytes(offset, value.as_mut_bytes())?;
+        Ok(value)
+    }
+
+    /// Copies a plain-data value into the region.
+    pub fn write<T: IntoBytes + Immutable>(
+        &self,
+        offset: usize,
+        value: &T,
+    ) -> Result<(), OutOfBounds> {
+        self.write_bytes(offset, value.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap(len: usize) -> (Vec<u64>, usize) {
+        (vec![0u64; len.div_ceil(8)], len)
+    }
+
+    #[test]
+    fn copies_round_trip_at_every_alignment() {
+        let (mut buf, len) = heap(64);
+        // SAFETY: `buf` outlives `sut` and is only accessed through it.
+        let sut = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, true) };
+        for offset in 0..16 {
+            for n in 0..40 {
+                let src: Vec<u8> = (0..n).map(|i| (i * 7 + offset + 1) as u8).collect();
+                sut.write_bytes(offset, &src).unwrap();
+                let mut dst = vec![0u8; n];
+                sut.read_bytes(offset, &mut dst).unwrap();
+                assert_eq!(src, dst, "offset {offset} len {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_and_read_only_are_refused() {
+        let (mut buf, len) = heap(16);
+        // SAFETY: `buf` outlives both regions and is only accessed through them.
+        let sut = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, true) };
+        assert!(sut.write_bytes(10, &[0; 7]).is_err());
+        assert!(sut.read_bytes(usize::MAX, &mut [0; 2]).is_err());
+        assert!(sut.atomic_u64(4).is_err(), "misaligned");
+        assert!(sut.sub(8, 9).is_err());
+        // SAFETY: as above.
+        let ro = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, false) };
+        assert!(ro.write_bytes(0, &[1]).is_err());
+        assert!(ro.atomic_u32(0).is_err());
+        assert_eq!(ro.load_u64(8, Ordering::Relaxed).unwrap(), 0);
+    }
+}
