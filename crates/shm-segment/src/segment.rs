@@ -380,7 +380,7 @@ impl Drop for Segment {
         };
         if unlink {
             let _ = unlink_if_ours(&name, self.fd.as_fd(), || {
-                self.set_flag(FLAG_UNLINKED, true)
+                self.set_flag(FLAG_UNLINKED, true);
             });
         }
     }
