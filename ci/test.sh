@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, docs, tests in debug and release,
+# loom models, the examples, and a check that no test leaked /dev/shm objects.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n==> %s\n' "$*"; }
+start=$(date +%s)
+
+step "format"
+cargo fmt --all -- --check
+
+step "atomics only through shm-sync"
+bash ci/check-atomics.sh
+
+step "clippy (all targets, all features, -D warnings)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "docs (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features -q
+
+step "tests (debug)"
+cargo test --workspace --all-features
+
+step "tests (release)"
+cargo test --workspace --all-features --release
+
+step "loom models"
+bash ci/loom.sh
+
+step "examples"
+cargo run -q --release -p shm-segment --example message-passing | tail -n 1
+
+step "no shared-memory objects left behind by tests"
+leftover=$(ls /dev/shm | grep -E '^(ot-|outlive-)' || true)
+if [ -n "$leftover" ]; then
+    echo "tests left these objects in /dev/shm:"; echo "$leftover"; exit 1
+fi
+
+echo
+echo "ci/test.sh: all checks passed in $(( $(date +%s) - start ))s"
