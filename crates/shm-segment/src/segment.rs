@@ -25,6 +25,7 @@
 //!   [`Segment::is_unlinked`] tells attached processes that newcomers will see
 //!   a different object.
 
+use core::sync::atomic::Ordering; // atomics-ok: header words in shared memory
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -316,22 +317,17 @@ impl Segment {
         // Relaxed: flags are advisory bits about the name, not a publication.
         self.map
             .region()
-            .load_u32(
-                core::mem::offset_of!(RawHeader, flags),
-                core::sync::atomic::Ordering::Relaxed,
-            )
-            .unwrap_or(0) // atomics-ok
+            .load_u32(core::mem::offset_of!(RawHeader, flags), Ordering::Relaxed)
+            .unwrap_or(0)
     }
 
     fn set_flag(&self, flag: u32, on: bool) {
         if let Some(h) = self.header() {
             // Relaxed: see `flags`.
             if on {
-                h.flags
-                    .fetch_or(flag, core::sync::atomic::Ordering::Relaxed); // atomics-ok
+                h.flags.fetch_or(flag, Ordering::Relaxed);
             } else {
-                h.flags
-                    .fetch_and(!flag, core::sync::atomic::Ordering::Relaxed); // atomics-ok
+                h.flags.fetch_and(!flag, Ordering::Relaxed);
             }
         }
     }
@@ -703,15 +699,15 @@ impl SegmentBuilder {
             .compare_exchange(
                 expect,
                 STATE_INITIALISING,
-                core::sync::atomic::Ordering::Relaxed,
-                core::sync::atomic::Ordering::Relaxed,
-            ) // atomics-ok
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .or_else(|_| {
                 header.state.compare_exchange(
                     STATE_EMPTY,
                     STATE_INITIALISING,
-                    core::sync::atomic::Ordering::Relaxed, // atomics-ok
-                    core::sync::atomic::Ordering::Relaxed, // atomics-ok
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
                 )
             });
         if claimed.is_err() {

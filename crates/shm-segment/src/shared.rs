@@ -9,9 +9,8 @@
 //! second half; this module's `unsafe` marker asserts the first.
 #![allow(unsafe_code)]
 
-use core::sync::atomic::{
-    AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
-}; // atomics-ok: the marker covers the real atomics that live in shared memory
+// The marker covers the real atomics that live in shared memory.
+use core::sync::atomic; // atomics-ok
 
 use zerocopy::{FromBytes, KnownLayout};
 
@@ -45,7 +44,14 @@ macro_rules! impl_shared {
     )*};
 }
 impl_shared!(
-    AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64
+    atomic::AtomicU8,
+    atomic::AtomicU16,
+    atomic::AtomicU32,
+    atomic::AtomicU64,
+    atomic::AtomicI8,
+    atomic::AtomicI16,
+    atomic::AtomicI32,
+    atomic::AtomicI64
 );
 
 // SAFETY: an array has no padding between elements, so each of the four
