@@ -38,7 +38,7 @@ pub mod header;
 mod mapping;
 pub mod memfd;
 mod region;
-mod segment;
+pub mod segment;
 mod shared;
 mod shm_box;
 

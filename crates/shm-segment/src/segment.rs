@@ -190,7 +190,7 @@ impl core::fmt::Debug for SegmentBuilder {
 
 /// A shared-memory object with a validated header and a page-aligned payload.
 ///
-/// See the [module docs](self) for how named objects are published, kept
+/// See the [module docs](crate::segment) for how named objects are published, kept
 /// alive and reclaimed.
 ///
 /// # Examples
