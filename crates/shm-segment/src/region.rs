@@ -133,6 +133,16 @@ impl<'a> Region<'a> {
         Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
     }
 
+    /// `count` consecutive `u64`s at `offset` (8-aligned) as atomics; writable regions only.
+    pub fn atomics_u64(&self, offset: usize, count: usize) -> Result<&'a [AtomicU64], OutOfBounds> {
+        let len = count.checked_mul(8).ok_or(OutOfBounds { offset, len: usize::MAX, region_len: self.len })?;
+        let ptr = self.check(offset, len, 8, true)?;
+        // SAFETY: `ptr..ptr+8*count` is in bounds, 8-aligned and writable (checked);
+        // AtomicU64 has the size and alignment of u64 and any bits are valid;
+        // every access through the slice is atomic (invariant 2), valid for 'a (invariant 1).
+        Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<AtomicU64>(), count) })
+    }
+
     /// Loads the `u64` at `offset` (8-aligned) with `order`; works on read-only regions.
     pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, OutOfBounds> {
         let ptr = self.check(offset, 8, 8, false)?;
@@ -269,6 +279,9 @@ mod tests {
         assert!(sut.read_bytes(usize::MAX, &mut [0; 2]).is_err());
         assert!(sut.atomic_u64(4).is_err(), "misaligned");
         assert!(sut.sub(8, 9).is_err());
+        assert_eq!(sut.atomics_u64(8, 1).unwrap().len(), 1);
+        assert!(sut.atomics_u64(8, 2).is_err());
+        assert!(sut.atomics_u64(0, usize::MAX).is_err());
         // SAFETY: as above.
         let ro = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, false) };
         assert!(ro.write_bytes(0, &[1]).is_err());
