@@ -173,6 +173,7 @@ pub struct SegmentBuilder {
     layout: Layout,
     mode: u32,
     last_out_unlinks: bool,
+    persistent: bool,
     timeout: Duration,
     access: Access,
 }
@@ -449,6 +450,7 @@ impl SegmentBuilder {
             layout: Layout::BYTES,
             mode: 0o600,
             last_out_unlinks: false,
+            persistent: false,
             timeout: DEFAULT_TIMEOUT,
             access: Access::ReadWrite,
         }
@@ -494,6 +496,15 @@ impl SegmentBuilder {
     /// creation, so every participant follows the creator's choice).
     pub fn last_out_unlinks(mut self, on: bool) -> SegmentBuilder {
         self.last_out_unlinks = on;
+        self
+    }
+
+    /// Create the named object already leaked: it outlives every process
+    /// (nobody unlinks it on drop and it is never reclaimed as stale) until
+    /// [`Segment::remove`] or [`Segment::own`]. For state that must survive
+    /// all its users being killed, like a board of latest values.
+    pub fn persistent(mut self, on: bool) -> SegmentBuilder {
+        self.persistent = on;
         self
     }
 
@@ -824,7 +835,7 @@ impl SegmentBuilder {
             Err(source) => return Err(io("linkat")(source)),
         }
         seg.name = Some(name.to_owned());
-        seg.owner = true;
+        seg.owner = !self.persistent;
         Ok(seg)
     }
 

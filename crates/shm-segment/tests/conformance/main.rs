@@ -595,3 +595,24 @@ fn hostile_header_bytes_give_errors_not_panics() {
         header.write_bytes(0, &saved).unwrap();
     });
 }
+
+#[test]
+fn persistent_object_outlives_its_creator_until_removed() {
+    let home = Home::new(Kind::Named, "seg-persist");
+    let seg = Segment::builder(&home.name)
+        .size(8)
+        .persistent(true)
+        .create()
+        .unwrap();
+    seg.payload().write(0, &11u64).unwrap();
+    assert!(!seg.is_owner());
+    drop(seg);
+    let again = Segment::builder(&home.name).size(8).open().unwrap();
+    assert_eq!(
+        again.payload().read::<u64>(0).unwrap(),
+        11,
+        "kept with nobody attached"
+    );
+    drop(again);
+    assert!(Segment::remove(&home.name).unwrap());
+}
