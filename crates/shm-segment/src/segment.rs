@@ -525,11 +525,14 @@ impl SegmentBuilder {
     }
 
     fn flags(&self) -> u32 {
+        let mut flags = 0;
         if self.last_out_unlinks {
-            FLAG_LAST_OUT_UNLINKS
-        } else {
-            0
+            flags |= FLAG_LAST_OUT_UNLINKS;
         }
+        if self.persistent {
+            flags |= FLAG_LEAKED;
+        }
+        flags
     }
 
     /// Creates the object with a zeroed payload; fails if it exists.
