@@ -63,9 +63,9 @@ unsafe impl<T: Shared, const N: usize> Shared for [T; N] {}
 ///
 /// Every field type is checked to be `Shared` at compile time, and the struct
 /// is checked to have no drop glue. The calling crate must depend on `zerocopy`
-/// (with its `derive` feature). Under `--cfg shm_loom` the zerocopy derives and
-/// the `Shared` impl are left out, so the same declaration can hold loom's
-/// atomics in heap-backed models.
+/// (with its `derive` feature). Fields are the real (`core`) atomics: loom's
+/// model atomics cannot live in shared memory, so loom models keep their
+/// state in heap-backed storage of `shm_sync` atomics instead.
 ///
 /// # Examples
 /// ```
@@ -95,7 +95,7 @@ macro_rules! shared_struct {
         $(#[$meta])*
         #[repr(C)]
         #[derive(Debug)]
-        #[cfg_attr(not(shm_loom), derive(::zerocopy::FromBytes, ::zerocopy::KnownLayout))]
+        #[derive(::zerocopy::FromBytes, ::zerocopy::KnownLayout)]
         $vis struct $name {
             $( $(#[$fmeta])* $fvis $field : $ty ),*
         }
@@ -104,11 +104,9 @@ macro_rules! shared_struct {
         // const below), so every non-padding byte is inside an UnsafeCell, every
         // bit pattern is valid (FromBytes derive), the layout is fixed, and there
         // is no drop glue (also asserted below).
-        #[cfg(not(shm_loom))]
         #[allow(unsafe_code)]
         unsafe impl $crate::Shared for $name {}
 
-        #[cfg(not(shm_loom))]
         const _: () = {
             const fn field_is_shared<T: $crate::Shared>() {}
             $( field_is_shared::<$ty>(); )*
