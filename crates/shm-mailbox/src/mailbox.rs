@@ -1,0 +1,386 @@
+//! The public handles: [`Mailbox`], [`Writer`], [`Reader`].
+
+use std::time::{Duration, Instant};
+
+use shm_segment::{Segment, SegmentError};
+use shm_sync::atomic::Ordering;
+
+use crate::layout::{Config, LayoutError, NOTIFY_BYTE, R_PID, Shape, W_WAITERS};
+use crate::liveness;
+use crate::protocol::{self, Corrupt, Message, Words};
+
+/// Why a mailbox operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MailboxError {
+    /// The shared-memory object could not be created or opened.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// The mailbox's shape is invalid or differs from the one asked for.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Shared state failed validation.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    /// Another live process holds this role.
+    #[error("{role} is already held by another live process")]
+    InUse {
+        /// `writer` or `reader N`.
+        role: String,
+    },
+    /// The reader index is not below the mailbox's reader count.
+    #[error("reader index {index} is out of range: this mailbox has {readers} readers")]
+    NoSuchReader {
+        /// Index asked for.
+        index: usize,
+        /// Readers the mailbox has.
+        readers: usize,
+    },
+    /// A message larger than the slot size.
+    #[error("message of {len} bytes exceeds the slot size of {max}")]
+    TooLarge {
+        /// Message length.
+        len: usize,
+        /// Slot size.
+        max: usize,
+    },
+    /// A liveness lock call failed.
+    #[error("liveness lock failed")]
+    Lock(#[source] rustix::io::Errno),
+}
+
+/// A latest-value mailbox in a named shared-memory object.
+///
+/// One [`Writer`] at a time publishes messages; up to `readers` [`Reader`]s,
+/// each with its own index, read the newest one. Any process may be SIGKILLed
+/// at any time: the object persists (until [`Mailbox::remove`]), a restarted
+/// writer continues from the last complete message, and a restarted reader
+/// releases what its previous incarnation held.
+///
+/// # Examples
+/// ```
+/// use shm_mailbox::{Config, Mailbox};
+/// let name = format!("doc-mailbox-{}", std::process::id());
+/// let mb = Mailbox::open_or_create(&name, Config { readers: 2, slot_bytes: 64 })?;
+/// let mut writer = mb.writer()?;
+/// writer.publish(b"hello")?;
+/// let mut reader = mb.reader(0)?;
+/// let mut buf = [0u8; 64];
+/// let msg = reader.read(&mut buf)?.expect("one message was published");
+/// assert_eq!(&buf[..msg.len], b"hello");
+/// drop(reader);
+/// drop(writer);
+/// drop(mb);
+/// Mailbox::remove(&name)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Mailbox {
+    segment: Segment,
+    shape: Shape,
+}
+
+impl Mailbox {
+    /// Opens the mailbox `name`, creating it with `config` if it does not
+    /// exist. An existing mailbox of another shape is refused.
+    #[allow(
+        clippy::missing_panics_doc,
+        reason = "the expect states an invariant: the payload was sized for the config block"
+    )]
+    pub fn open_or_create(name: &str, config: Config) -> Result<Mailbox, MailboxError> {
+        let shape = config.shape()?;
+        // Open first without a size, so a mailbox of another shape is reported
+        // as such rather than as too small.
+        let existing = match Segment::builder(name).open() {
+            Ok(segment) => Some(segment),
+            Err(SegmentError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let segment = match existing {
+            Some(segment) => segment,
+            None => Segment::builder(name)
+                .size(shape.total_words() * 8)
+                .persistent(true)
+                .open_or_create_with(|payload| {
+                    for (i, w) in shape.config_words().iter().enumerate() {
+                        payload
+                            .write(i * 8, w)
+                            .expect("INVARIANT: the payload holds the config block");
+                    }
+                })?,
+        };
+        let mailbox = Mailbox::from_segment(segment)?;
+        if mailbox.shape != shape {
+            return Err(LayoutError::Mismatch {
+                readers: config.readers,
+                slot_bytes: shape.slot_bytes(),
+                found_readers: mailbox.shape.readers,
+                found_slot_bytes: mailbox.shape.slot_bytes(),
+            }
+            .into());
+        }
+        Ok(mailbox)
+    }
+
+    /// Opens an existing mailbox of whatever shape it has.
+    pub fn open(name: &str) -> Result<Mailbox, MailboxError> {
+        Mailbox::from_segment(Segment::builder(name).open()?)
+    }
+
+    fn from_segment(segment: Segment) -> Result<Mailbox, MailboxError> {
+        let payload = segment.payload();
+        let mut config = [0u64; 5];
+        for (i, w) in config.iter_mut().enumerate() {
+            *w = payload.read(i * 8).map_err(|_| LayoutError::TooSmall {
+                need: 40,
+                have: payload.len(),
+            })?;
+        }
+        let shape = Shape::from_words(config, payload.len() / 8)?;
+        Ok(Mailbox { segment, shape })
+    }
+
+    /// Removes the mailbox `name` (processes still attached keep their view).
+    pub fn remove(name: &str) -> Result<bool, MailboxError> {
+        Ok(Segment::remove(name)?)
+    }
+
+    /// The mailbox's shape.
+    pub fn config(&self) -> Config {
+        Config {
+            readers: self.shape.readers,
+            slot_bytes: self.shape.slot_bytes(),
+        }
+    }
+
+    fn words(&self) -> Words<'_> {
+        let words = self
+            .segment
+            .payload()
+            .atomics_u64(0, self.shape.total_words())
+            .expect("INVARIANT: the shape was validated against the payload length");
+        Words::new(words, self.shape).expect("INVARIANT: as above")
+    }
+
+    fn notify(&self) -> &shm_sync::atomic::AtomicU32 {
+        self.segment
+            .payload()
+            .atomic_u32(NOTIFY_BYTE)
+            .expect("INVARIANT: inside the control line")
+    }
+
+    /// Claims the writer role. Refused while another live process holds it.
+    pub fn writer(&self) -> Result<Writer<'_>, MailboxError> {
+        if !liveness::try_lock(self.segment.fd(), liveness::WRITER_SLOT)
+            .map_err(MailboxError::Lock)?
+        {
+            return Err(MailboxError::InUse {
+                role: "writer".to_owned(),
+            });
+        }
+        let writer = Writer {
+            mailbox: self,
+            publishes: 0,
+        };
+        writer.reap_dead_readers();
+        Ok(writer)
+    }
+
+    /// Claims reader index `index`, releasing whatever a previous (killed)
+    /// holder of the index left held. Refused while another live process holds it.
+    pub fn reader(&self, index: usize) -> Result<Reader<'_>, MailboxError> {
+        if index >= self.shape.readers {
+            return Err(MailboxError::NoSuchReader {
+                index,
+                readers: self.shape.readers,
+            });
+        }
+        if !liveness::try_lock(self.segment.fd(), index).map_err(MailboxError::Lock)? {
+            return Err(MailboxError::InUse {
+                role: format!("reader {index}"),
+            });
+        }
+        let words = self.words();
+        let epoch = words.attach_reader(index);
+        // Relaxed: diagnostics only.
+        words
+            .at(self.shape.reader(index, R_PID))
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        Ok(Reader {
+            mailbox: self,
+            index,
+            epoch,
+        })
+    }
+
+    /// How many reader indices currently hold a slot (diagnostics: after every
+    /// reader has stopped and a writer has reaped, this is 0).
+    pub fn held_slots(&self) -> usize {
+        let words = self.words();
+        // SeqCst: like every hazard access; diagnostics only.
+        (0..self.shape.readers)
+            .filter(|&r| words.hazard(r).load(Ordering::SeqCst) != 0)
+            .count()
+    }
+
+    /// The sequence number of the newest message (0: none yet).
+    pub fn latest_seq(&self) -> u64 {
+        // SYNC: Acquire, pairs with the writer's store of `published`.
+        self.words().published().load(Ordering::Acquire) >> 16
+    }
+}
+
+/// The writer role of a [`Mailbox`]; released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    mailbox: &'a Mailbox,
+    publishes: u64,
+}
+
+impl Writer<'_> {
+    /// Publishes `data` as the newest message; never waits for readers.
+    /// Returns its sequence number.
+    #[allow(
+        clippy::missing_panics_doc,
+        reason = "the expect states an invariant of `protocol::publish` without a stop"
+    )]
+    pub fn publish(&mut self, data: &[u8]) -> Result<u64, MailboxError> {
+        let max = self.mailbox.shape.slot_bytes();
+        if data.len() > max {
+            return Err(MailboxError::TooLarge {
+                len: data.len(),
+                max,
+            });
+        }
+        let words = self.mailbox.words();
+        let seq = protocol::publish(&words, data, None)?
+            .expect("INVARIANT: runs to completion without stop_after");
+        self.wake_readers(&words);
+        self.publishes += 1;
+        if self.publishes.is_multiple_of(4096) {
+            self.reap_dead_readers();
+        }
+        Ok(seq)
+    }
+
+    fn wake_readers(&self, words: &Words<'_>) {
+        let notify = self.mailbox.notify();
+        // SYNC: SeqCst: bumped after `published`; a reader that read the old
+        // value of `notify` before deciding to sleep has its futex wait fail.
+        notify.fetch_add(1, Ordering::SeqCst);
+        // SYNC: SeqCst, pairs with the readers' SeqCst increment of `waiters`
+        // before their re-check of `published` (Dekker): either they see our
+        // message, or we see them waiting.
+        if words.at(W_WAITERS).load(Ordering::SeqCst) > 0 {
+            let _ = rustix::thread::futex::wake(
+                notify,
+                rustix::thread::futex::Flags::empty(),
+                i32::MAX as u32,
+            );
+        }
+    }
+
+    /// The last complete message (for a restarted writer to continue from).
+    pub fn last(&self, out: &mut [u8]) -> Result<Option<Message>, MailboxError> {
+        Ok(protocol::last(&self.mailbox.words(), out)?)
+    }
+
+    /// Clears the holds of readers whose process is gone (their liveness lock
+    /// is free). Done on claiming the writer role and every 4096 publishes;
+    /// never needed for progress (a free slot always exists), only to keep
+    /// slots from staying pinned. Returns how many holds were cleared.
+    pub fn reap_dead_readers(&self) -> usize {
+        let words = self.mailbox.words();
+        let mut cleared = 0;
+        for r in 0..self.mailbox.shape.readers {
+            // SeqCst: the compare-and-swap below re-checks the exact word.
+            let seen = words.hazard(r).load(Ordering::SeqCst);
+            if seen != 0
+                && liveness::is_held(self.mailbox.segment.fd(), r) == Ok(false)
+                && words.reap(r, seen)
+            {
+                cleared += 1;
+            }
+        }
+        cleared
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        liveness::unlock(self.mailbox.segment.fd(), liveness::WRITER_SLOT);
+    }
+}
+
+/// One reader index of a [`Mailbox`]; released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    mailbox: &'a Mailbox,
+    index: usize,
+    epoch: u64,
+}
+
+impl Reader<'_> {
+    /// This reader's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Copies the newest message into `out` (truncated to `out.len()`; the
+    /// returned length is the full one). `None` when nothing was published yet.
+    pub fn read(&mut self, out: &mut [u8]) -> Result<Option<Message>, MailboxError> {
+        Ok(protocol::read(
+            &self.mailbox.words(),
+            self.index,
+            self.epoch,
+            out,
+        )?)
+    }
+
+    /// Waits until a message newer than `seq` exists, for at most `timeout`.
+    /// Returns whether one does.
+    pub fn wait_newer(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let words = self.mailbox.words();
+        let notify = self.mailbox.notify();
+        loop {
+            // SYNC: Acquire, pairs with the writer's SeqCst bump after publishing.
+            let seen = notify.load(Ordering::Acquire);
+            if self.mailbox.latest_seq() > seq {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // SYNC: SeqCst, pairs with the writer's SeqCst load of `waiters` (see `wake_readers`).
+            words.at(W_WAITERS).fetch_add(1, Ordering::SeqCst);
+            // SYNC: SeqCst re-check after announcing ourselves.
+            if words.published().load(Ordering::SeqCst) >> 16 <= seq {
+                let ts = rustix::time::Timespec {
+                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                    tv_nsec: left.subsec_nanos().into(),
+                };
+                let _ = rustix::thread::futex::wait(
+                    notify,
+                    rustix::thread::futex::Flags::empty(),
+                    seen,
+                    Some(&ts),
+                );
+            }
+            // SeqCst: the counterpart of the increment above.
+            words.at(W_WAITERS).fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        // SYNC: SeqCst, like every hazard store.
+        self.mailbox
+            .words()
+            .hazard(self.index)
+            .store(0, Ordering::SeqCst);
+        liveness::unlock(self.mailbox.segment.fd(), self.index);
+    }
+}
