@@ -68,3 +68,36 @@ pub(crate) fn is_held(fd: BorrowedFd<'_>, index: usize) -> Result<bool, Errno> {
     }
     Ok(i32::from(fl.l_type) != libc::F_UNLCK)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn locks_are_per_open_file_description() {
+        let dir = std::env::temp_dir().join(format!("outlive-lock-{}", std::process::id()));
+        std::fs::write(&dir, b"").unwrap();
+        let a = std::fs::OpenOptions::new().write(true).open(&dir).unwrap();
+        let b = std::fs::OpenOptions::new().write(true).open(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(super::is_held(a.as_fd(), 3), Ok(false));
+        assert_eq!(super::try_lock(b.as_fd(), 3), Ok(true));
+        assert_eq!(
+            super::is_held(a.as_fd(), 3),
+            Ok(true),
+            "seen from another description"
+        );
+        assert_eq!(
+            super::try_lock(a.as_fd(), 3),
+            Ok(false),
+            "refused to another description"
+        );
+        assert_eq!(
+            super::is_held(a.as_fd(), 4),
+            Ok(false),
+            "other indices stay free"
+        );
+        super::unlock(b.as_fd(), 3);
+        assert_eq!(super::try_lock(a.as_fd(), 3), Ok(true));
+    }
+}

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use shm_segment::{Segment, SegmentError};
 use shm_sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool; // atomics-ok: process-local bookkeeping
 
 use crate::layout::{Config, LayoutError, NOTIFY_BYTE, R_PID, Shape, W_WAITERS};
 use crate::liveness;
@@ -78,6 +79,10 @@ pub enum MailboxError {
 pub struct Mailbox {
     segment: Segment,
     shape: Shape,
+    /// Reader indices held through this handle. Liveness locks cannot tell
+    /// them from free ones (they belong to our own open file description), so
+    /// reaping must skip them.
+    local_readers: Box<[AtomicBool]>,
 }
 
 impl Mailbox {
@@ -137,7 +142,12 @@ impl Mailbox {
             })?;
         }
         let shape = Shape::from_words(config, payload.len() / 8)?;
-        Ok(Mailbox { segment, shape })
+        let local_readers = (0..shape.readers).map(|_| AtomicBool::new(false)).collect();
+        Ok(Mailbox {
+            segment,
+            shape,
+            local_readers,
+        })
     }
 
     /// Removes the mailbox `name` (processes still attached keep their view).
@@ -200,6 +210,8 @@ impl Mailbox {
                 role: format!("reader {index}"),
             });
         }
+        // Relaxed: process-local flag, read only by this handle's writer for reaping.
+        self.local_readers[index].store(true, Ordering::Relaxed);
         let words = self.words();
         let epoch = words.attach_reader(index);
         // Relaxed: diagnostics only.
@@ -295,7 +307,9 @@ impl Writer<'_> {
         for r in 0..self.mailbox.shape.readers {
             // SeqCst: the compare-and-swap below re-checks the exact word.
             let seen = words.hazard(r).load(Ordering::SeqCst);
+            // Relaxed: see `reader`.
             if seen != 0
+                && !self.mailbox.local_readers[r].load(Ordering::Relaxed)
                 && liveness::is_held(self.mailbox.segment.fd(), r) == Ok(false)
                 && words.reap(r, seen)
             {
@@ -382,5 +396,7 @@ impl Drop for Reader<'_> {
             .hazard(self.index)
             .store(0, Ordering::SeqCst);
         liveness::unlock(self.mailbox.segment.fd(), self.index);
+        // Relaxed: see `Mailbox::reader`.
+        self.mailbox.local_readers[self.index].store(false, Ordering::Relaxed);
     }
 }

@@ -212,3 +212,27 @@ fn hostile_bytes_give_errors_not_panics() {
     });
     drop(sut);
 }
+
+#[test]
+fn reaping_neverclears_a_live_reader_of_the_same_handle() {
+    let (sut, c) = fresh(2, 8);
+    let mut w = sut.writer().unwrap();
+    w.publish(b"a").unwrap();
+    let r = sut.reader(0).unwrap();
+    // Simulate reader 0 in the middle of a copy: its hazard is set.
+    let seg = shm_segment::Segment::builder(&c.0).open().unwrap();
+    let hazard = seg.payload().atomic_u64(32 * 8).unwrap();
+    hazard.store((1 << 16) | 1, Ordering::SeqCst);
+    assert_eq!(
+        w.reap_dead_readers(),
+        0,
+        "reader 0 is alive (held through this very handle)"
+    );
+    assert_eq!(sut.held_slots(), 1);
+    drop(r);
+    assert_eq!(sut.held_slots(), 0, "dropping a reader releases its hold");
+    // A hold left by a dead tenant (lock free, not local) is reaped.
+    hazard.store((5 << 16) | 2, Ordering::SeqCst);
+    assert_eq!(w.reap_dead_readers(), 1);
+    assert_eq!(sut.held_slots(), 0);
+}
