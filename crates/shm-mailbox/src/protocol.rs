@@ -249,9 +249,15 @@ pub(crate) fn publish(
 /// A slot that is neither `current` nor held by any reader.
 fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt> {
     let shape = words.shape;
-    let mut busy = vec![false; shape.slots];
+    // A stack bitmap of busy slots (at most MAX_READERS + 2 of them): no allocation per publish.
+    let mut busy = [0u64; (crate::layout::MAX_READERS + 2).div_ceil(64)];
+    let mut mark = |s: usize| {
+        if s < shape.slots {
+            busy[s / 64] |= 1 << (s % 64);
+        }
+    };
     if let Some(c) = current {
-        busy[c] = true;
+        mark(c);
     }
     // SYNC: SeqCst fence, pairs with the readers' fence between their hazard
     // store and their validating load (see module docs). It follows our store
@@ -260,14 +266,12 @@ fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt
     for r in 0..shape.readers {
         // SYNC: Acquire, pairs with a reader's Release clear of its hazard:
         // a slot seen free was completely copied.
-        if let Some(s) = hazard_slot(words.hazard(r).load(Ordering::Acquire))
-            && s < shape.slots
-        {
-            busy[s] = true;
+        if let Some(s) = hazard_slot(words.hazard(r).load(Ordering::Acquire)) {
+            mark(s);
         }
     }
-    busy.iter()
-        .position(|b| !b)
+    (0..shape.slots)
+        .find(|s| busy[s / 64] & (1 << (s % 64)) == 0)
         .ok_or(Corrupt("no free slot: hazard words are corrupt"))
 }
 
