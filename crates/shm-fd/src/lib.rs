@@ -1,1 +1,43 @@
-//! systemd File Descriptor Store and LISTEN_FDS plumbing, the shm-fd wrapper and a standalone supervisor
+//! Keeping shared-memory state across restarts with systemd's File Descriptor
+//! Store, or without systemd.
+//!
+//! - [`listen`]: adopt the fds a service manager hands over (`LISTEN_PID`,
+//!   `LISTEN_FDS`, `LISTEN_FDNAMES`), exactly once, by name.
+//! - [`notify`]: `READY=1`, `STATUS=`, `FDSTORE=1` (+ `FDNAME=`, `FDPOLL=0`, the
+//!   fds) and `FDSTOREREMOVE=1` to `$NOTIFY_SOCKET` (path, `@abstract`, `vsock:`).
+//! - [`state`]: create, size and seal a memfd state region, and validate one
+//!   received from the store, using `shm-segment`.
+//! - [`exec`]: hand fds to a program at 3, 4, ... with `LISTEN_*` set, by
+//!   `exec` (same pid) or as a supervised child (correct `LISTEN_PID`, dies
+//!   with its parent).
+//!
+//! The `shm-fd` binary wraps a program with all of this; `shm-fd --supervise`
+//! is a small supervisor that speaks the same protocol when there is no
+//! systemd (containers, development machines). See `docs/systemd.md`.
+//!
+//! # Example: a program that keeps its state in a stored memfd
+//! ```no_run
+//! use shm_fd::{listen::ListenFds, notify, state};
+//! let mut fds = ListenFds::from_env()?;
+//! let memfd = match fds.take("state") {
+//!     Some(fd) => {
+//!         state::validate(rustix::fd::AsFd::as_fd(&fd), 1 << 20)?;
+//!         fd
+//!     }
+//!     None => {
+//!         let fd = state::create("state", 1 << 20)?;
+//!         notify::store_fd("state", rustix::fd::AsFd::as_fd(&fd))?;
+//!         fd
+//!     }
+//! };
+//! # drop(memfd);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+pub mod exec;
+pub mod listen;
+pub mod notify;
+pub mod state;
+pub mod supervise;
+mod sys;

@@ -1,0 +1,207 @@
+//! `shm-fd [OPTIONS] [--] COMMAND [ARGS...]`: run COMMAND with memfd state
+//! regions that outlive it, kept by systemd's fd store or by `--supervise`.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use shm_fd::exec::{ExecError, exec_with_fds, trampoline_main};
+use shm_fd::listen::ListenFds;
+use shm_fd::supervise::{self, Restart};
+use shm_fd::{notify, state};
+
+/// Exit status: an inherited fd or variable is wrong (LISTEN_*, not a memfd, too small).
+const EXIT_BAD_INPUT: u8 = 65;
+/// Exit status: the OS refused something (memfd creation, sockets).
+const EXIT_OS: u8 = 71;
+/// Exit status: COMMAND exists but cannot be executed.
+const EXIT_CANNOT_EXEC: u8 = 126;
+/// Exit status: COMMAND was not found.
+const EXIT_NOT_FOUND: u8 = 127;
+
+const AFTER_HELP: &str = "\
+Each --name region is taken from LISTEN_FDS when a service manager handed it
+back, else created (a sealed memfd of --size bytes) and, when $NOTIFY_SOCKET is
+set, pushed into the fd store with FDSTORE=1. COMMAND then runs with the
+regions (and any other inherited fds) at fd 3 onwards and LISTEN_FDS,
+LISTEN_FDNAMES and LISTEN_PID set: by exec, keeping this pid (systemd's main
+process), or, with --supervise, as a child of shm-fd, which then keeps the fds
+itself and restarts COMMAND per --restart.
+
+systemd drops FDSTORE=1 silently unless the unit sets FileDescriptorStoreMax=
+above 0: if shm-fd says it created a new region on every start, add e.g.
+FileDescriptorStoreMax=4 (and, on systemd 254+, FileDescriptorStorePreserve=yes
+to keep the store across stop/start). See docs/systemd.md.
+
+Exit status: COMMAND's own (exec), or its last (--supervise; death by a signal
+is re-raised, so the caller sees the same signal); 2 usage error; 65 a wrong
+inherited fd or LISTEN_* variable; 71 an OS error; 126 COMMAND not executable;
+127 COMMAND not found.";
+
+#[derive(Debug, Parser)]
+#[command(name = "shm-fd", version, about = "Run a program with memfd state that outlives it", after_help = AFTER_HELP)]
+#[command(trailing_var_arg = true)]
+struct Args {
+    /// Name of a memfd state region (repeat for several).
+    #[arg(long = "name", value_name = "NAME", default_value = "state")]
+    names: Vec<String>,
+    /// Size of each region created (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
+    size: u64,
+    /// Send READY=1 before running COMMAND (for Type=notify units).
+    #[arg(long)]
+    ready: bool,
+    /// Stay as COMMAND's parent and keep its fds without systemd.
+    #[arg(long)]
+    supervise: bool,
+    /// With --supervise: when to restart COMMAND.
+    #[arg(long, value_enum, default_value = "no")]
+    restart: Restart,
+    /// With --supervise: pause before a restart (e.g. 100ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    restart_delay: Duration,
+    /// The program to run, and its arguments.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1),
+        Some((i, _)) => (
+            &s[..i],
+            match &s[i..] {
+                "K" | "k" | "KiB" => 1 << 10,
+                "M" | "m" | "MiB" => 1 << 20,
+                "G" | "g" | "GiB" => 1 << 30,
+                other => return Err(format!("unknown size suffix {other:?} (use K, M or G)")),
+            },
+        ),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < 4096 * 2 {
+        return Err(format!("{s:?} is too small: a region needs at least 8K"));
+    }
+    Ok(bytes)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("unknown duration unit in {s:?} (use ms or s)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "__child") {
+        let rest = argv.get(3..).unwrap_or_default();
+        return exec_failed(&trampoline_main(rest));
+    }
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            eprintln!("shm-fd: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn exec_failed(err: &ExecError) -> ExitCode {
+    eprintln!("shm-fd: {err}: {}", std::error::Error::source(err).map(ToString::to_string).unwrap_or_default());
+    match err {
+        ExecError::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        ExecError::Exec { .. } => ExitCode::from(EXIT_CANNOT_EXEC),
+        _ => ExitCode::from(EXIT_OS),
+    }
+}
+
+type Failure = (u8, String);
+
+fn run(args: Args) -> Result<ExitCode, Failure> {
+    let mut inherited = ListenFds::from_env().map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?;
+    let under_manager = notify::NotifyAddr::from_env().map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?.is_some();
+    let mut fds: Vec<(String, OwnedFd)> = Vec::new();
+    for name in &args.names {
+        if !shm_fd::listen::valid_fdname(name) {
+            return Err((2, format!("invalid --name {name:?}: 1-255 printable ASCII characters without ':'")));
+        }
+        let fd = match inherited.take(name) {
+            Some(fd) => {
+                let info = state::validate(fd.as_fd(), args.size)
+                    .map_err(|e| (EXIT_BAD_INPUT, format!("the stored fd named {name:?} is unusable: {e}")))?;
+                eprintln!("shm-fd: reusing region {name:?} ({} bytes) handed back by the service manager", info.size);
+                fd
+            }
+            None => create(name, &args, under_manager)?,
+        };
+        fds.push((name.clone(), fd));
+    }
+    // Other inherited fds (sockets, other stores) pass through unchanged.
+    fds.extend(inherited.take_all());
+    if args.ready {
+        notify::ready().map_err(|e| (EXIT_OS, e.to_string()))?;
+    }
+    let (program, rest) = args.command.split_first().expect("clap requires COMMAND");
+    if !args.supervise {
+        return Ok(exec_failed(&exec_with_fds(program, rest, fds)));
+    }
+    let trampoline = std::env::current_exe().map_err(|e| (EXIT_OS, format!("cannot find our own executable: {e}")))?;
+    let status = supervise::run(supervise::Config {
+        trampoline,
+        program: program.clone(),
+        args: rest.to_vec(),
+        store: fds,
+        restart: args.restart,
+        restart_delay: args.restart_delay,
+    })
+    .map_err(|e| (EXIT_OS, format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default())))?;
+    Ok(exit_like(status))
+}
+
+fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failure> {
+    let fd = state::create(name, args.size).map_err(|e| (EXIT_OS, format!("cannot create region {name:?}: {e}")))?;
+    if args.supervise {
+        eprintln!("shm-fd: created region {name:?} ({} bytes); this supervisor keeps it across restarts", args.size);
+    } else if under_manager {
+        notify::store_fd(name, fd.as_fd()).map_err(|e| (EXIT_OS, format!("cannot store region {name:?}: {e}")))?;
+        let hint = match std::env::var("FDSTORE").ok().as_deref() {
+            // systemd 254+ sets $FDSTORE to FileDescriptorStoreMax= when it is above 0.
+            Some("0") | None if std::env::var_os("FDSTORE").is_some() => {
+                " but this unit has no fd store (FileDescriptorStoreMax=0): it will start fresh every time"
+            }
+            Some(_) => "",
+            None => {
+                "; if this appears on every start, the unit lacks FileDescriptorStoreMax= (systemd drops FDSTORE=1 silently without it)"
+            }
+        };
+        eprintln!("shm-fd: created region {name:?} ({} bytes) and pushed it to the fd store{hint}", args.size);
+    } else {
+        eprintln!(
+            "shm-fd: created region {name:?} ({} bytes); no $NOTIFY_SOCKET, so it lives only as long as this process (use --supervise or systemd to keep it)",
+            args.size
+        );
+    }
+    Ok(fd)
+}
+
+/// Ends this process the way the child ended: same exit code, or death by the same signal.
+fn exit_like(status: std::process::ExitStatus) -> ExitCode {
+    if let Some(sig) = status.signal() {
+        // Re-raise with the default action, so our parent (systemd, a shell)
+        // sees death by signal and e.g. Restart=on-abnormal fires.
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
+        return ExitCode::from(128 + u8::try_from(sig).unwrap_or(0));
+    }
+    ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+}

@@ -1,0 +1,148 @@
+//! Handing fds to a program: at 3, 4, ... with `LISTEN_FDS`, `LISTEN_FDNAMES`
+//! and `LISTEN_PID` set for it.
+//!
+//! - [`exec_with_fds`] replaces the current process (same pid, so it stays a
+//!   service's main process and may keep talking to `$NOTIFY_SOCKET`).
+//! - [`spawn_with_fds`] starts a child that gets a correct `LISTEN_PID` (its
+//!   own pid) and dies with its parent: it runs this very binary as a
+//!   trampoline (`shm-fd __child`), which sets the parent-death signal, moves
+//!   the fds into place, sets `LISTEN_PID` to its own pid and `exec`s the
+//!   command. No `pre_exec` code runs in a forked copy of a threaded process.
+//!
+//! # Safety
+//!
+//! The trampoline adopts the fd numbers its supervisor named in
+//! [`CHILD_FDS_ENV`]: a freshly exec'd process that owns nothing else yet.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use rustix::io::Errno;
+
+/// The environment variable through which a supervisor tells the trampoline
+/// which inherited fd numbers to move to 3, 4, ...
+pub const CHILD_FDS_ENV: &str = "SHM_FD_CHILD_FDS";
+/// The environment variable holding the supervisor's pid, checked by the
+/// trampoline after arming the parent-death signal.
+pub const CHILD_PARENT_ENV: &str = "SHM_FD_PARENT_PID";
+
+/// Why a program could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// Moving the fds into place failed.
+    #[error("cannot place the fds at 3..: {0}")]
+    Place(#[source] Errno),
+    /// The program could not be executed.
+    #[error("cannot execute {program:?}")]
+    Exec {
+        /// The program.
+        program: OsString,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn names_of(fds: &[(String, OwnedFd)]) -> String {
+    fds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(":")
+}
+
+/// Replaces this process with `program args`, handing it `fds` at 3, 4, ...
+/// with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (our pid: `exec` keeps it).
+/// With no fds the three variables are removed. Returns only on failure.
+pub fn exec_with_fds(program: &OsString, args: &[OsString], fds: Vec<(String, OwnedFd)>) -> ExecError {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if fds.is_empty() {
+        cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES").env_remove("LISTEN_PID");
+    } else {
+        cmd.env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names_of(&fds))
+            .env("LISTEN_PID", std::process::id().to_string());
+    }
+    cmd.env_remove(CHILD_FDS_ENV).env_remove(CHILD_PARENT_ENV);
+    if let Err(e) = crate::sys::place(fds.into_iter().map(|(_, fd)| fd).collect()) {
+        return ExecError::Place(e);
+    }
+    let source = cmd.exec();
+    ExecError::Exec { program: program.clone(), source }
+}
+
+/// Starts `program args` as a child of this process with `fds` at 3, 4, ...,
+/// `LISTEN_PID` set to the child's own pid, and SIGKILL as its parent-death
+/// signal. `trampoline` is the path of a binary that runs
+/// [`trampoline_main`] when its first argument is `__child` (the `shm-fd`
+/// binary does). `env` is added to the child's environment.
+pub fn spawn_with_fds(
+    trampoline: &std::path::Path,
+    program: &OsString,
+    args: &[OsString],
+    fds: &[(String, OwnedFd)],
+    env: &[(&str, String)],
+) -> std::io::Result<Child> {
+    // Duplicates without close-on-exec, inherited by this child only: the
+    // supervisor is single-threaded, and they are closed right after spawning.
+    let mut inherited = Vec::new();
+    let mut numbers = Vec::new();
+    for (_, fd) in fds {
+        let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3)?;
+        let raw = crate::sys::inherit(dup)?;
+        numbers.push(raw.to_string());
+        inherited.push(raw);
+    }
+    let mut cmd = Command::new(trampoline);
+    cmd.arg("__child").arg("--").arg(program).args(args);
+    cmd.env(CHILD_FDS_ENV, numbers.join(","))
+        .env(CHILD_PARENT_ENV, std::process::id().to_string())
+        .env("LISTEN_FDNAMES", names_of(fds))
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn();
+    for raw in inherited {
+        crate::sys::close(raw);
+    }
+    child
+}
+
+/// The trampoline's side of [`spawn_with_fds`]: arm the parent-death signal,
+/// move the fds to 3.., set `LISTEN_*` and exec. `argv` is everything after
+/// `__child --`. Returns only on failure.
+pub fn trampoline_main(argv: &[OsString]) -> ExecError {
+    let Some((program, args)) = argv.split_first() else {
+        return ExecError::Exec { program: OsString::new(), source: std::io::ErrorKind::InvalidInput.into() };
+    };
+    // Die with the supervisor: the signal survives exec. If the supervisor
+    // died before we armed it, our parent is no longer it: give up.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let expected = std::env::var(CHILD_PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok());
+    let parent = rustix::process::getppid().map(rustix::process::Pid::as_raw_nonzero);
+    if expected.is_some_and(|e| parent.map(i32::from) != Some(e)) {
+        std::process::exit(1);
+    }
+    let numbers: Vec<RawFd> = std::env::var(CHILD_FDS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let names: Vec<String> =
+        std::env::var("LISTEN_FDNAMES").unwrap_or_default().split(':').map(str::to_owned).collect();
+    let mut fds = Vec::new();
+    for (i, raw) in numbers.into_iter().enumerate() {
+        if !crate::sys::fd_is_open(raw) {
+            continue;
+        }
+        // SAFETY: the supervisor made `raw` inheritable for this process only
+        // and named it in CHILD_FDS_ENV; nothing else in this fresh process
+        // owns it, and each number is adopted once.
+        let fd = unsafe { crate::sys::adopt(raw) };
+        fds.push((names.get(i).cloned().unwrap_or_else(|| "unknown".to_owned()), fd));
+    }
+    exec_with_fds(program, args, fds)
+}

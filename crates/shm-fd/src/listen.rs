@@ -1,0 +1,347 @@
+//! Receiving inherited file descriptors: `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`.
+//!
+//! The semantics are those of `sd_listen_fds_with_names(3)`: the fds start at
+//! 3 (`SD_LISTEN_FDS_START`); `LISTEN_FDS` counts them; `LISTEN_FDNAMES`, if
+//! set, holds exactly one colon-separated name per fd (else every fd is named
+//! `unknown`); `LISTEN_PID` must name the receiving process. Unlike
+//! `sd_listen_fds`, which silently returns 0 for a `LISTEN_PID` of another
+//! process, a mismatch is a typed error here (it usually means a supervisor
+//! handed the variables to the wrong process), and every malformed value is
+//! an error that names the variable and its value.
+//!
+//! # Safety
+//!
+//! Adoption turns inherited fd numbers into `OwnedFd`s (`sys::adopt`). It
+//! happens at most once per process (a global flag), only for numbers the
+//! parent announced and that are open, so no other owner of those numbers
+//! exists in the process.
+#![allow(unsafe_code)]
+
+use std::collections::HashSet;
+use std::os::fd::{OwnedFd, RawFd};
+
+/// The first inherited fd (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: RawFd = 3;
+/// Most fds we accept (systemd's own fd store limit is 4096 per unit by default
+/// at most; anything above this is a malformed value, not a real hand-over).
+pub const MAX_LISTEN_FDS: usize = 4096;
+
+/// A malformed or inconsistent `LISTEN_*` variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// A variable is not a valid number.
+    #[error("{var}={value:?} is not a valid {what}")]
+    Malformed {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        what: &'static str,
+    },
+    /// `LISTEN_PID` names another process.
+    #[error("LISTEN_PID={listen_pid} but we are {our_pid}: the fds were meant for another process")]
+    PidMismatch {
+        /// The value of `LISTEN_PID`.
+        listen_pid: u32,
+        /// Our pid.
+        our_pid: u32,
+    },
+    /// `LISTEN_FDS` is set without `LISTEN_PID`, or the reverse.
+    #[error("{present} is set but {missing} is not")]
+    Incomplete {
+        /// The variable that is set.
+        present: &'static str,
+        /// The one that is missing.
+        missing: &'static str,
+    },
+    /// `LISTEN_FDS` is larger than any real hand-over.
+    #[error("LISTEN_FDS={count} exceeds the limit of {max}")]
+    TooMany {
+        /// The count.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `LISTEN_FDNAMES` does not hold one name per fd.
+    #[error("LISTEN_FDNAMES={names:?} holds {found} names for LISTEN_FDS={count} fds")]
+    NameCount {
+        /// The value of `LISTEN_FDNAMES`.
+        names: String,
+        /// Names found.
+        found: usize,
+        /// Fds announced.
+        count: usize,
+    },
+    /// A name is empty, too long or has characters systemd does not allow.
+    #[error("LISTEN_FDNAMES holds an invalid name {name:?}")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// An announced fd is not open.
+    #[error("LISTEN_FDS={count} announces fd {fd}, which is not open")]
+    NotOpen {
+        /// The fd.
+        fd: RawFd,
+        /// The count announced.
+        count: usize,
+    },
+    /// The inherited fds were already adopted by an earlier call in this process.
+    #[error("the inherited fds were already adopted in this process")]
+    AlreadyAdopted,
+}
+
+/// The raw values of the three variables, for parsing without touching the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenVars {
+    /// `LISTEN_PID`.
+    pub pid: Option<String>,
+    /// `LISTEN_FDS`.
+    pub fds: Option<String>,
+    /// `LISTEN_FDNAMES`.
+    pub names: Option<String>,
+}
+
+impl ListenVars {
+    /// Reads the three variables from the environment.
+    pub fn from_env() -> ListenVars {
+        let get = |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+        ListenVars { pid: get("LISTEN_PID"), fds: get("LISTEN_FDS"), names: get("LISTEN_FDNAMES") }
+    }
+
+    /// Parses the variables into `(fd, name)` pairs, checking `LISTEN_PID`
+    /// against `accept_pid` (no fd is touched; see [`ListenFds`] for adoption).
+    pub fn parse(&self, accept_pid: impl Fn(u32) -> bool, our_pid: u32) -> Result<Vec<(RawFd, String)>, ListenError> {
+        let (pid, fds) = match (&self.pid, &self.fds) {
+            (None, None) => return Ok(Vec::new()),
+            (Some(_), None) => return Err(ListenError::Incomplete { present: "LISTEN_PID", missing: "LISTEN_FDS" }),
+            (None, Some(_)) => return Err(ListenError::Incomplete { present: "LISTEN_FDS", missing: "LISTEN_PID" }),
+            (Some(p), Some(f)) => (p, f),
+        };
+        let listen_pid = parse_number(pid, "LISTEN_PID", "process id")?;
+        let listen_pid = u32::try_from(listen_pid).ok().filter(|p| *p > 0).ok_or_else(|| ListenError::Malformed {
+            var: "LISTEN_PID",
+            value: pid.clone(),
+            what: "process id",
+        })?;
+        if !accept_pid(listen_pid) {
+            return Err(ListenError::PidMismatch { listen_pid, our_pid });
+        }
+        let count = parse_number(fds, "LISTEN_FDS", "fd count")?;
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        if count > MAX_LISTEN_FDS {
+            return Err(ListenError::TooMany { count, max: MAX_LISTEN_FDS });
+        }
+        let names: Vec<String> = match &self.names {
+            // An unset or empty LISTEN_FDNAMES names every fd "unknown", as systemd does.
+            None => vec!["unknown".to_owned(); count],
+            Some(n) if n.is_empty() && count == 0 => Vec::new(),
+            Some(n) => {
+                let names: Vec<String> = n.split(':').map(str::to_owned).collect();
+                if names.len() != count {
+                    return Err(ListenError::NameCount { names: n.clone(), found: names.len(), count });
+                }
+                if let Some(bad) = names.iter().find(|name| !valid_fdname(name)) {
+                    return Err(ListenError::BadName { name: bad.clone() });
+                }
+                names
+            }
+        };
+        Ok(names.into_iter().enumerate().map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name)).collect())
+    }
+}
+
+fn parse_number(value: &str, var: &'static str, what: &'static str) -> Result<u64, ListenError> {
+    // Digits only: no sign, no spaces, no "0x" (systemd's safe_atoi is as strict).
+    if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ListenError::Malformed { var, value: value.to_owned(), what });
+    }
+    value.parse().map_err(|_| ListenError::Malformed { var, value: value.to_owned(), what })
+}
+
+/// systemd's `fdname_is_valid`: 1-255 printable ASCII characters, no colon.
+pub fn valid_fdname(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b':')
+}
+
+/// Inherited fds, adopted once, looked up by name.
+#[derive(Debug, Default)]
+pub struct ListenFds {
+    fds: Vec<(String, Option<OwnedFd>)>,
+}
+
+static ADOPTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+impl ListenFds {
+    /// Adopts the fds the service manager handed to this process.
+    ///
+    /// Strict `sd_listen_fds` semantics: `LISTEN_PID` must be our pid. The
+    /// variables are left in the environment (removing them is unsafe once
+    /// threads run); [`crate::exec`] sets or clears them for every child.
+    /// Each fd is checked to be open and gets close-on-exec. May be called
+    /// once per process; later calls give [`ListenError::AlreadyAdopted`].
+    pub fn from_env() -> Result<ListenFds, ListenError> {
+        let me = std::process::id();
+        ListenFds::adopt(&ListenVars::from_env(), |pid| pid == me)
+    }
+
+    /// Like [`from_env`](Self::from_env), but also accepts fds passed to an
+    /// ancestor process (our parent, its parent, ...), which inherited them to
+    /// us. This is what a program run by a tool like `watch` under `shm-fd`
+    /// needs: `LISTEN_PID` names the wrapper's process, not ours.
+    pub fn from_env_inherited() -> Result<ListenFds, ListenError> {
+        let me = std::process::id();
+        let ancestors = ancestors();
+        ListenFds::adopt(&ListenVars::from_env(), |pid| pid == me || ancestors.contains(&pid))
+    }
+
+    fn adopt(vars: &ListenVars, accept_pid: impl Fn(u32) -> bool) -> Result<ListenFds, ListenError> {
+        let parsed = vars.parse(accept_pid, std::process::id())?;
+        if parsed.is_empty() {
+            return Ok(ListenFds::default());
+        }
+        let mut adopted = ADOPTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *adopted {
+            return Err(ListenError::AlreadyAdopted);
+        }
+        for (fd, _) in &parsed {
+            if !crate::sys::fd_is_open(*fd) {
+                return Err(ListenError::NotOpen { fd: *fd, count: parsed.len() });
+            }
+        }
+        *adopted = true;
+        let fds = parsed
+            .into_iter()
+            .map(|(fd, name)| {
+                // SAFETY: `fd` is open (checked above), was handed to this process
+                // by its parent per LISTEN_FDS, and is adopted exactly once: the
+                // ADOPTED flag, held under its lock, makes this the only adoption
+                // in the process.
+                let owned = unsafe { crate::sys::adopt(fd) };
+                let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+                (name, Some(owned))
+            })
+            .collect();
+        Ok(ListenFds { fds })
+    }
+
+    /// Number of fds received.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Whether no fds were received.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// The names of the fds not yet taken, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fds.iter().filter(|(_, fd)| fd.is_some()).map(|(n, _)| n.as_str())
+    }
+
+    /// Takes the first fd named `name` not yet taken.
+    pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
+        self.fds.iter_mut().find(|(n, fd)| n == name && fd.is_some()).and_then(|(_, fd)| fd.take())
+    }
+
+    /// Takes every fd not yet taken, with its name.
+    pub fn take_all(&mut self) -> Vec<(String, OwnedFd)> {
+        self.fds.iter_mut().filter_map(|(n, fd)| fd.take().map(|fd| (n.clone(), fd))).collect()
+    }
+}
+
+/// Our ancestors' pids, from `/proc/<pid>/stat`, nearest first.
+fn ancestors() -> HashSet<u32> {
+    let mut out = HashSet::new();
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { break };
+        // Field 4, after the parenthesised command name (which may hold spaces).
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+        else {
+            break;
+        };
+        if ppid <= 1 || !out.insert(ppid) {
+            break;
+        }
+        pid = ppid;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> ListenVars {
+        ListenVars { pid: pid.map(Into::into), fds: fds.map(Into::into), names: names.map(Into::into) }
+    }
+
+    fn parse(v: &ListenVars) -> Result<Vec<(RawFd, String)>, ListenError> {
+        v.parse(|p| p == 42, 42)
+    }
+
+    #[test]
+    fn unset_means_no_fds() {
+        assert_eq!(parse(&vars(None, None, None)), Ok(vec![]));
+    }
+
+    #[test]
+    fn names_map_to_fds_in_order() {
+        let got = parse(&vars(Some("42"), Some("2"), Some("state:log"))).unwrap();
+        assert_eq!(got, vec![(3, "state".to_owned()), (4, "log".to_owned())]);
+        let got = parse(&vars(Some("42"), Some("2"), None)).unwrap();
+        assert_eq!(got, vec![(3, "unknown".to_owned()), (4, "unknown".to_owned())]);
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        for (v, var) in [
+            (vars(Some("42"), Some("-1"), None), "LISTEN_FDS"),
+            (vars(Some("42"), Some(" 1"), None), "LISTEN_FDS"),
+            (vars(Some("42"), Some("0x1"), None), "LISTEN_FDS"),
+            (vars(Some("x"), Some("1"), None), "LISTEN_PID"),
+            (vars(Some("0"), Some("1"), None), "LISTEN_PID"),
+            (vars(Some("99999999999999999999999"), Some("1"), None), "LISTEN_PID"),
+        ] {
+            let err = parse(&v).unwrap_err();
+            assert!(err.to_string().contains(var), "{err} should name {var}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        assert!(matches!(
+            parse(&vars(Some("7"), Some("1"), None)),
+            Err(ListenError::PidMismatch { listen_pid: 7, our_pid: 42 })
+        ));
+        assert_eq!(
+            parse(&vars(Some("7"), Some("1"), None)).unwrap_err().to_string(),
+            "LISTEN_PID=7 but we are 42: the fds were meant for another process"
+        );
+        assert!(matches!(parse(&vars(Some("42"), Some("2"), Some("a"))), Err(ListenError::NameCount { found: 1, .. })));
+        assert!(matches!(parse(&vars(Some("42"), Some("1"), Some("a:b"))), Err(ListenError::NameCount { .. })));
+        assert!(matches!(parse(&vars(Some("42"), Some("1"), Some(""))), Err(ListenError::BadName { .. })));
+        assert!(matches!(parse(&vars(Some("42"), Some("5000"), None)), Err(ListenError::TooMany { .. })));
+        assert!(matches!(parse(&vars(None, Some("1"), None)), Err(ListenError::Incomplete { .. })));
+        assert!(matches!(parse(&vars(Some("42"), None, None)), Err(ListenError::Incomplete { .. })));
+    }
+
+    #[test]
+    fn arbitrary_values_never_panic() {
+        use proptest::prelude::*;
+        proptest!(|(pid in proptest::option::of(".{0,24}"), fds in proptest::option::of(".{0,8}"), names in proptest::option::of(".{0,40}"))| {
+            let v = ListenVars { pid, fds, names };
+            if let Ok(list) = v.parse(|_| true, 1) {
+                prop_assert!(list.len() <= MAX_LISTEN_FDS);
+                for (i, (fd, name)) in list.iter().enumerate() {
+                    prop_assert_eq!(*fd, 3 + i as RawFd);
+                    prop_assert!(valid_fdname(name));
+                }
+            }
+        });
+    }
+}
