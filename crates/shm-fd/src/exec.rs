@@ -48,17 +48,26 @@ pub enum ExecError {
 }
 
 fn names_of(fds: &[(String, OwnedFd)]) -> String {
-    fds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(":")
+    fds.iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Replaces this process with `program args`, handing it `fds` at 3, 4, ...
 /// with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (our pid: `exec` keeps it).
 /// With no fds the three variables are removed. Returns only on failure.
-pub fn exec_with_fds(program: &OsString, args: &[OsString], fds: Vec<(String, OwnedFd)>) -> ExecError {
+pub fn exec_with_fds(
+    program: &OsString,
+    args: &[OsString],
+    fds: Vec<(String, OwnedFd)>,
+) -> ExecError {
     let mut cmd = Command::new(program);
     cmd.args(args);
     if fds.is_empty() {
-        cmd.env_remove("LISTEN_FDS").env_remove("LISTEN_FDNAMES").env_remove("LISTEN_PID");
+        cmd.env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("LISTEN_PID");
     } else {
         cmd.env("LISTEN_FDS", fds.len().to_string())
             .env("LISTEN_FDNAMES", names_of(&fds))
@@ -69,7 +78,10 @@ pub fn exec_with_fds(program: &OsString, args: &[OsString], fds: Vec<(String, Ow
         return ExecError::Place(e);
     }
     let source = cmd.exec();
-    ExecError::Exec { program: program.clone(), source }
+    ExecError::Exec {
+        program: program.clone(),
+        source,
+    }
 }
 
 /// Starts `program args` as a child of this process with `fds` at 3, 4, ...,
@@ -116,12 +128,17 @@ pub fn spawn_with_fds(
 /// `__child --`. Returns only on failure.
 pub fn trampoline_main(argv: &[OsString]) -> ExecError {
     let Some((program, args)) = argv.split_first() else {
-        return ExecError::Exec { program: OsString::new(), source: std::io::ErrorKind::InvalidInput.into() };
+        return ExecError::Exec {
+            program: OsString::new(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        };
     };
     // Die with the supervisor: the signal survives exec. If the supervisor
     // died before we armed it, our parent is no longer it: give up.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    let expected = std::env::var(CHILD_PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok());
+    let expected = std::env::var(CHILD_PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
     let parent = rustix::process::getppid().map(rustix::process::Pid::as_raw_nonzero);
     if expected.is_some_and(|e| parent.map(i32::from) != Some(e)) {
         std::process::exit(1);
@@ -131,8 +148,11 @@ pub fn trampoline_main(argv: &[OsString]) -> ExecError {
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
-    let names: Vec<String> =
-        std::env::var("LISTEN_FDNAMES").unwrap_or_default().split(':').map(str::to_owned).collect();
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .unwrap_or_default()
+        .split(':')
+        .map(str::to_owned)
+        .collect();
     let mut fds = Vec::new();
     for (i, raw) in numbers.into_iter().enumerate() {
         if !crate::sys::fd_is_open(raw) {
@@ -142,7 +162,13 @@ pub fn trampoline_main(argv: &[OsString]) -> ExecError {
         // and named it in CHILD_FDS_ENV; nothing else in this fresh process
         // owns it, and each number is adopted once.
         let fd = unsafe { crate::sys::adopt(raw) };
-        fds.push((names.get(i).cloned().unwrap_or_else(|| "unknown".to_owned()), fd));
+        fds.push((
+            names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| "unknown".to_owned()),
+            fd,
+        ));
     }
     exec_with_fds(program, args, fds)
 }

@@ -108,31 +108,58 @@ impl ListenVars {
     /// Reads the three variables from the environment.
     pub fn from_env() -> ListenVars {
         let get = |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-        ListenVars { pid: get("LISTEN_PID"), fds: get("LISTEN_FDS"), names: get("LISTEN_FDNAMES") }
+        ListenVars {
+            pid: get("LISTEN_PID"),
+            fds: get("LISTEN_FDS"),
+            names: get("LISTEN_FDNAMES"),
+        }
     }
 
     /// Parses the variables into `(fd, name)` pairs, checking `LISTEN_PID`
     /// against `accept_pid` (no fd is touched; see [`ListenFds`] for adoption).
-    pub fn parse(&self, accept_pid: impl Fn(u32) -> bool, our_pid: u32) -> Result<Vec<(RawFd, String)>, ListenError> {
+    pub fn parse(
+        &self,
+        accept_pid: impl Fn(u32) -> bool,
+        our_pid: u32,
+    ) -> Result<Vec<(RawFd, String)>, ListenError> {
         let (pid, fds) = match (&self.pid, &self.fds) {
             (None, None) => return Ok(Vec::new()),
-            (Some(_), None) => return Err(ListenError::Incomplete { present: "LISTEN_PID", missing: "LISTEN_FDS" }),
-            (None, Some(_)) => return Err(ListenError::Incomplete { present: "LISTEN_FDS", missing: "LISTEN_PID" }),
+            (Some(_), None) => {
+                return Err(ListenError::Incomplete {
+                    present: "LISTEN_PID",
+                    missing: "LISTEN_FDS",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ListenError::Incomplete {
+                    present: "LISTEN_FDS",
+                    missing: "LISTEN_PID",
+                });
+            }
             (Some(p), Some(f)) => (p, f),
         };
         let listen_pid = parse_number(pid, "LISTEN_PID", "process id")?;
-        let listen_pid = u32::try_from(listen_pid).ok().filter(|p| *p > 0).ok_or_else(|| ListenError::Malformed {
-            var: "LISTEN_PID",
-            value: pid.clone(),
-            what: "process id",
-        })?;
+        let listen_pid = u32::try_from(listen_pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ListenError::Malformed {
+                var: "LISTEN_PID",
+                value: pid.clone(),
+                what: "process id",
+            })?;
         if !accept_pid(listen_pid) {
-            return Err(ListenError::PidMismatch { listen_pid, our_pid });
+            return Err(ListenError::PidMismatch {
+                listen_pid,
+                our_pid,
+            });
         }
         let count = parse_number(fds, "LISTEN_FDS", "fd count")?;
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         if count > MAX_LISTEN_FDS {
-            return Err(ListenError::TooMany { count, max: MAX_LISTEN_FDS });
+            return Err(ListenError::TooMany {
+                count,
+                max: MAX_LISTEN_FDS,
+            });
         }
         let names: Vec<String> = match &self.names {
             // An unset or empty LISTEN_FDNAMES names every fd "unknown", as systemd does.
@@ -141,7 +168,11 @@ impl ListenVars {
             Some(n) => {
                 let names: Vec<String> = n.split(':').map(str::to_owned).collect();
                 if names.len() != count {
-                    return Err(ListenError::NameCount { names: n.clone(), found: names.len(), count });
+                    return Err(ListenError::NameCount {
+                        names: n.clone(),
+                        found: names.len(),
+                        count,
+                    });
                 }
                 if let Some(bad) = names.iter().find(|name| !valid_fdname(name)) {
                     return Err(ListenError::BadName { name: bad.clone() });
@@ -149,21 +180,35 @@ impl ListenVars {
                 names
             }
         };
-        Ok(names.into_iter().enumerate().map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name)).collect())
+        Ok(names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name))
+            .collect())
     }
 }
 
 fn parse_number(value: &str, var: &'static str, what: &'static str) -> Result<u64, ListenError> {
     // Digits only: no sign, no spaces, no "0x" (systemd's safe_atoi is as strict).
     if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ListenError::Malformed { var, value: value.to_owned(), what });
+        return Err(ListenError::Malformed {
+            var,
+            value: value.to_owned(),
+            what,
+        });
     }
-    value.parse().map_err(|_| ListenError::Malformed { var, value: value.to_owned(), what })
+    value.parse().map_err(|_| ListenError::Malformed {
+        var,
+        value: value.to_owned(),
+        what,
+    })
 }
 
 /// systemd's `fdname_is_valid`: 1-255 printable ASCII characters, no colon.
 pub fn valid_fdname(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b':')
+    !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b':')
 }
 
 /// Inherited fds, adopted once, looked up by name.
@@ -194,21 +239,31 @@ impl ListenFds {
     pub fn from_env_inherited() -> Result<ListenFds, ListenError> {
         let me = std::process::id();
         let ancestors = ancestors();
-        ListenFds::adopt(&ListenVars::from_env(), |pid| pid == me || ancestors.contains(&pid))
+        ListenFds::adopt(&ListenVars::from_env(), |pid| {
+            pid == me || ancestors.contains(&pid)
+        })
     }
 
-    fn adopt(vars: &ListenVars, accept_pid: impl Fn(u32) -> bool) -> Result<ListenFds, ListenError> {
+    fn adopt(
+        vars: &ListenVars,
+        accept_pid: impl Fn(u32) -> bool,
+    ) -> Result<ListenFds, ListenError> {
         let parsed = vars.parse(accept_pid, std::process::id())?;
         if parsed.is_empty() {
             return Ok(ListenFds::default());
         }
-        let mut adopted = ADOPTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut adopted = ADOPTED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *adopted {
             return Err(ListenError::AlreadyAdopted);
         }
         for (fd, _) in &parsed {
             if !crate::sys::fd_is_open(*fd) {
-                return Err(ListenError::NotOpen { fd: *fd, count: parsed.len() });
+                return Err(ListenError::NotOpen {
+                    fd: *fd,
+                    count: parsed.len(),
+                });
             }
         }
         *adopted = true;
@@ -239,17 +294,26 @@ impl ListenFds {
 
     /// The names of the fds not yet taken, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.fds.iter().filter(|(_, fd)| fd.is_some()).map(|(n, _)| n.as_str())
+        self.fds
+            .iter()
+            .filter(|(_, fd)| fd.is_some())
+            .map(|(n, _)| n.as_str())
     }
 
     /// Takes the first fd named `name` not yet taken.
     pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
-        self.fds.iter_mut().find(|(n, fd)| n == name && fd.is_some()).and_then(|(_, fd)| fd.take())
+        self.fds
+            .iter_mut()
+            .find(|(n, fd)| n == name && fd.is_some())
+            .and_then(|(_, fd)| fd.take())
     }
 
     /// Takes every fd not yet taken, with its name.
     pub fn take_all(&mut self) -> Vec<(String, OwnedFd)> {
-        self.fds.iter_mut().filter_map(|(n, fd)| fd.take().map(|fd| (n.clone(), fd))).collect()
+        self.fds
+            .iter_mut()
+            .filter_map(|(n, fd)| fd.take().map(|fd| (n.clone(), fd)))
+            .collect()
     }
 }
 
@@ -258,9 +322,13 @@ fn ancestors() -> HashSet<u32> {
     let mut out = HashSet::new();
     let mut pid = std::process::id();
     for _ in 0..64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { break };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            break;
+        };
         // Field 4, after the parenthesised command name (which may hold spaces).
-        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
         else {
             break;
         };
@@ -277,7 +345,11 @@ mod tests {
     use super::*;
 
     fn vars(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> ListenVars {
-        ListenVars { pid: pid.map(Into::into), fds: fds.map(Into::into), names: names.map(Into::into) }
+        ListenVars {
+            pid: pid.map(Into::into),
+            fds: fds.map(Into::into),
+            names: names.map(Into::into),
+        }
     }
 
     fn parse(v: &ListenVars) -> Result<Vec<(RawFd, String)>, ListenError> {
@@ -294,7 +366,10 @@ mod tests {
         let got = parse(&vars(Some("42"), Some("2"), Some("state:log"))).unwrap();
         assert_eq!(got, vec![(3, "state".to_owned()), (4, "log".to_owned())]);
         let got = parse(&vars(Some("42"), Some("2"), None)).unwrap();
-        assert_eq!(got, vec![(3, "unknown".to_owned()), (4, "unknown".to_owned())]);
+        assert_eq!(
+            got,
+            vec![(3, "unknown".to_owned()), (4, "unknown".to_owned())]
+        );
     }
 
     #[test]
@@ -305,7 +380,10 @@ mod tests {
             (vars(Some("42"), Some("0x1"), None), "LISTEN_FDS"),
             (vars(Some("x"), Some("1"), None), "LISTEN_PID"),
             (vars(Some("0"), Some("1"), None), "LISTEN_PID"),
-            (vars(Some("99999999999999999999999"), Some("1"), None), "LISTEN_PID"),
+            (
+                vars(Some("99999999999999999999999"), Some("1"), None),
+                "LISTEN_PID",
+            ),
         ] {
             let err = parse(&v).unwrap_err();
             assert!(err.to_string().contains(var), "{err} should name {var}");
@@ -316,18 +394,41 @@ mod tests {
     fn inconsistent_values_are_refused() {
         assert!(matches!(
             parse(&vars(Some("7"), Some("1"), None)),
-            Err(ListenError::PidMismatch { listen_pid: 7, our_pid: 42 })
+            Err(ListenError::PidMismatch {
+                listen_pid: 7,
+                our_pid: 42
+            })
         ));
         assert_eq!(
-            parse(&vars(Some("7"), Some("1"), None)).unwrap_err().to_string(),
+            parse(&vars(Some("7"), Some("1"), None))
+                .unwrap_err()
+                .to_string(),
             "LISTEN_PID=7 but we are 42: the fds were meant for another process"
         );
-        assert!(matches!(parse(&vars(Some("42"), Some("2"), Some("a"))), Err(ListenError::NameCount { found: 1, .. })));
-        assert!(matches!(parse(&vars(Some("42"), Some("1"), Some("a:b"))), Err(ListenError::NameCount { .. })));
-        assert!(matches!(parse(&vars(Some("42"), Some("1"), Some(""))), Err(ListenError::BadName { .. })));
-        assert!(matches!(parse(&vars(Some("42"), Some("5000"), None)), Err(ListenError::TooMany { .. })));
-        assert!(matches!(parse(&vars(None, Some("1"), None)), Err(ListenError::Incomplete { .. })));
-        assert!(matches!(parse(&vars(Some("42"), None, None)), Err(ListenError::Incomplete { .. })));
+        assert!(matches!(
+            parse(&vars(Some("42"), Some("2"), Some("a"))),
+            Err(ListenError::NameCount { found: 1, .. })
+        ));
+        assert!(matches!(
+            parse(&vars(Some("42"), Some("1"), Some("a:b"))),
+            Err(ListenError::NameCount { .. })
+        ));
+        assert!(matches!(
+            parse(&vars(Some("42"), Some("1"), Some(""))),
+            Err(ListenError::BadName { .. })
+        ));
+        assert!(matches!(
+            parse(&vars(Some("42"), Some("5000"), None)),
+            Err(ListenError::TooMany { .. })
+        ));
+        assert!(matches!(
+            parse(&vars(None, Some("1"), None)),
+            Err(ListenError::Incomplete { .. })
+        ));
+        assert!(matches!(
+            parse(&vars(Some("42"), None, None)),
+            Err(ListenError::Incomplete { .. })
+        ));
     }
 
     #[test]

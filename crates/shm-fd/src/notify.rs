@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+    SocketFlags, SocketType,
 };
 
 use crate::sys::VsockAddr;
@@ -64,7 +65,9 @@ pub enum NotifyError {
 impl NotifyAddr {
     /// Parses a `$NOTIFY_SOCKET` value.
     pub fn parse(value: &str) -> Result<NotifyAddr, NotifyError> {
-        let bad = || NotifyError::BadAddress { value: value.to_owned() };
+        let bad = || NotifyError::BadAddress {
+            value: value.to_owned(),
+        };
         if let Some(name) = value.strip_prefix('@') {
             if name.is_empty() || name.len() > 107 {
                 return Err(bad());
@@ -88,15 +91,18 @@ impl NotifyAddr {
         match std::env::var("NOTIFY_SOCKET") {
             Ok(v) if !v.is_empty() => NotifyAddr::parse(&v).map(Some),
             Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(v)) => {
-                Err(NotifyError::BadAddress { value: v.to_string_lossy().into_owned() })
-            }
+            Err(std::env::VarError::NotUnicode(v)) => Err(NotifyError::BadAddress {
+                value: v.to_string_lossy().into_owned(),
+            }),
         }
     }
 
     /// Sends `message` (newline-separated `KEY=VALUE` lines) and `fds`.
     pub fn send(&self, message: &str, fds: &[BorrowedFd<'_>]) -> Result<(), NotifyError> {
-        let err = |source| NotifyError::Send { addr: format!("{self:?}"), source };
+        let err = |source| NotifyError::Send {
+            addr: format!("{self:?}"),
+            source,
+        };
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -106,22 +112,45 @@ impl NotifyAddr {
         let sent = match self {
             NotifyAddr::Path(p) => {
                 let addr = SocketAddrUnix::new(p.as_path()).map_err(err)?;
-                let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)
-                    .map_err(err)?;
-                rustix::net::sendmsg_addr(&sock, &addr, &iov, &mut control, SendFlags::NOSIGNAL).map_err(err)?
+                let sock = rustix::net::socket_with(
+                    AddressFamily::UNIX,
+                    SocketType::DGRAM,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .map_err(err)?;
+                rustix::net::sendmsg_addr(&sock, &addr, &iov, &mut control, SendFlags::NOSIGNAL)
+                    .map_err(err)?
             }
             NotifyAddr::Abstract(name) => {
                 let addr = SocketAddrUnix::new_abstract_name(name).map_err(err)?;
-                let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)
-                    .map_err(err)?;
-                rustix::net::sendmsg_addr(&sock, &addr, &iov, &mut control, SendFlags::NOSIGNAL).map_err(err)?
+                let sock = rustix::net::socket_with(
+                    AddressFamily::UNIX,
+                    SocketType::DGRAM,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .map_err(err)?;
+                rustix::net::sendmsg_addr(&sock, &addr, &iov, &mut control, SendFlags::NOSIGNAL)
+                    .map_err(err)?
             }
             NotifyAddr::Vsock { cid, port } => {
                 // systemd listens for vsock notifications on a SOCK_SEQPACKET socket.
-                let sock =
-                    rustix::net::socket_with(AddressFamily::VSOCK, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-                        .map_err(err)?;
-                rustix::net::connect(&sock, &VsockAddr { cid: *cid, port: *port }).map_err(err)?;
+                let sock = rustix::net::socket_with(
+                    AddressFamily::VSOCK,
+                    SocketType::SEQPACKET,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .map_err(err)?;
+                rustix::net::connect(
+                    &sock,
+                    &VsockAddr {
+                        cid: *cid,
+                        port: *port,
+                    },
+                )
+                .map_err(err)?;
                 rustix::net::sendmsg(&sock, &iov, &mut control, SendFlags::NOSIGNAL).map_err(err)?
             }
         };
@@ -165,7 +194,9 @@ fn check_name(name: &str) -> Result<(), NotifyError> {
     if crate::listen::valid_fdname(name) {
         Ok(())
     } else {
-        Err(NotifyError::BadName { name: name.to_owned() })
+        Err(NotifyError::BadName {
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -200,11 +231,30 @@ mod tests {
 
     #[test]
     fn addresses_parse_like_systemd() {
-        assert_eq!(NotifyAddr::parse("/run/x.sock").unwrap(), NotifyAddr::Path("/run/x.sock".into()));
-        assert_eq!(NotifyAddr::parse("@sd/notify").unwrap(), NotifyAddr::Abstract(b"sd/notify".to_vec()));
-        assert_eq!(NotifyAddr::parse("vsock:2:1234").unwrap(), NotifyAddr::Vsock { cid: 2, port: 1234 });
-        for bad in ["relative", "@", "vsock:x:1", "vsock:1", "", &format!("/{}", "a".repeat(200))] {
-            assert!(matches!(NotifyAddr::parse(bad), Err(NotifyError::BadAddress { .. })), "{bad:?}");
+        assert_eq!(
+            NotifyAddr::parse("/run/x.sock").unwrap(),
+            NotifyAddr::Path("/run/x.sock".into())
+        );
+        assert_eq!(
+            NotifyAddr::parse("@sd/notify").unwrap(),
+            NotifyAddr::Abstract(b"sd/notify".to_vec())
+        );
+        assert_eq!(
+            NotifyAddr::parse("vsock:2:1234").unwrap(),
+            NotifyAddr::Vsock { cid: 2, port: 1234 }
+        );
+        for bad in [
+            "relative",
+            "@",
+            "vsock:x:1",
+            "vsock:1",
+            "",
+            &format!("/{}", "a".repeat(200)),
+        ] {
+            assert!(
+                matches!(NotifyAddr::parse(bad), Err(NotifyError::BadAddress { .. })),
+                "{bad:?}"
+            );
         }
     }
 

@@ -20,6 +20,9 @@ pub fn validate(fd: BorrowedFd<'_>, min_size: u64) -> Result<MemfdInfo, Validate
     }
     // A memfd created without MFD_ALLOW_SEALING carries F_SEAL_SEAL and cannot
     // be sealed: refuse it, its size could change under us.
-    memfd::add_seals(fd, FIXED_SIZE).map_err(|_| ValidateError::MissingSeals { name: info.name.clone(), missing: FIXED_SIZE })?;
+    memfd::add_seals(fd, FIXED_SIZE).map_err(|_| ValidateError::MissingSeals {
+        name: info.name.clone(),
+        missing: FIXED_SIZE,
+    })?;
     memfd::validate(fd, &Requirements::min_size(min_size).with_seals(FIXED_SIZE))
 }

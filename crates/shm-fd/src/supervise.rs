@@ -23,7 +23,8 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix,
+    SocketFlags, SocketType,
 };
 
 /// When to restart the program.
@@ -90,23 +91,34 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
     )
     .map_err(SuperviseError::Socket)?;
     rustix::net::sockopt::set_socket_passcred(&sock, true).map_err(SuperviseError::Socket)?;
-    let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(SuperviseError::Socket)?;
+    let addr =
+        SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(SuperviseError::Socket)?;
     rustix::net::bind(&sock, &addr).map_err(SuperviseError::Socket)?;
     let notify_env = format!("@{name}");
 
     // Signals: each wakes the poll below through a self-pipe; stop signals
     // also record their number, to be forwarded to the child.
-    let (sig_read, sig_write) = std::os::unix::net::UnixStream::pair().map_err(SuperviseError::Signals)?;
-    sig_read.set_nonblocking(true).map_err(SuperviseError::Signals)?;
+    let (sig_read, sig_write) =
+        std::os::unix::net::UnixStream::pair().map_err(SuperviseError::Signals)?;
+    sig_read
+        .set_nonblocking(true)
+        .map_err(SuperviseError::Signals)?;
     let stop = Arc::new(AtomicUsize::new(0));
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize).map_err(SuperviseError::Signals)?;
-    }
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-        signal_hook::low_level::pipe::register(sig, sig_write.try_clone().map_err(SuperviseError::Signals)?)
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
             .map_err(SuperviseError::Signals)?;
     }
-    let signals = Signals { pipe: sig_read, stop };
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+        signal_hook::low_level::pipe::register(
+            sig,
+            sig_write.try_clone().map_err(SuperviseError::Signals)?,
+        )
+        .map_err(SuperviseError::Signals)?;
+    }
+    let signals = Signals {
+        pipe: sig_read,
+        stop,
+    };
 
     let mut stopping = false;
     loop {
@@ -117,16 +129,35 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
             &config.store,
             &[("NOTIFY_SOCKET", notify_env.clone())],
         )
-        .map_err(|source| SuperviseError::Spawn { program: config.program.clone(), source })?;
-        log(&format!("started {:?} as pid {} with {} stored fd(s)", config.program, child.id(), config.store.len()));
-        let status = watch(&mut child, &sock, &signals, &mut config.store, &mut stopping);
+        .map_err(|source| SuperviseError::Spawn {
+            program: config.program.clone(),
+            source,
+        })?;
+        log(&format!(
+            "started {:?} as pid {} with {} stored fd(s)",
+            config.program,
+            child.id(),
+            config.store.len()
+        ));
+        let status = watch(
+            &mut child,
+            &sock,
+            &signals,
+            &mut config.store,
+            &mut stopping,
+        );
         let restart = !stopping
             && match config.restart {
                 Restart::No => false,
                 Restart::OnFailure => !status.success(),
                 Restart::Always => true,
             };
-        log(&format!("{:?} exited: {}{}", config.program, describe(status), if restart { "; restarting" } else { "" }));
+        log(&format!(
+            "{:?} exited: {}{}",
+            config.program,
+            describe(status),
+            if restart { "; restarting" } else { "" }
+        ));
         if !restart {
             return Ok(status);
         }
@@ -146,7 +177,9 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
 }
 
 fn rand_tag() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()))
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
 }
 
 /// A human description of an exit status.
@@ -195,8 +228,14 @@ fn watch(
             receive_all(sock, pid, store);
             return status;
         }
-        let mut fds = [PollFd::new(sock, PollFlags::IN), PollFd::new(&signals.pipe, PollFlags::IN)];
-        let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        let mut fds = [
+            PollFd::new(sock, PollFlags::IN),
+            PollFd::new(&signals.pipe, PollFlags::IN),
+        ];
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => log(&format!("poll failed: {e}")),
@@ -208,7 +247,8 @@ fn watch(
             log(&format!("forwarding signal {sig} to pid {pid}"));
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_raw(pid.cast_signed()).expect("child pid is positive"),
-                rustix::process::Signal::from_named_raw(sig).unwrap_or(rustix::process::Signal::TERM),
+                rustix::process::Signal::from_named_raw(sig)
+                    .unwrap_or(rustix::process::Signal::TERM),
             );
         }
     }
@@ -218,10 +258,16 @@ fn watch(
 fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
     loop {
         let mut buf = [0u8; 4096];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(32), ScmCredentials(1))];
+        let mut space =
+            [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(32), ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC) {
+        let msg = match rustix::net::recvmsg(
+            sock,
+            &mut iov,
+            &mut control,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        ) {
             Ok(msg) => msg,
             Err(Errno::AGAIN | Errno::INTR) => return,
             Err(e) => {
@@ -234,13 +280,17 @@ fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
         for m in control.drain() {
             match m {
                 RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
-                RecvAncillaryMessage::ScmCredentials(cred) => sender = Some(cred.pid.as_raw_nonzero().get()),
+                RecvAncillaryMessage::ScmCredentials(cred) => {
+                    sender = Some(cred.pid.as_raw_nonzero().get())
+                }
                 _ => {}
             }
         }
         let text = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
         if sender != Some(pid.cast_signed()) {
-            log(&format!("ignoring a notification from pid {sender:?}: only the program (pid {pid}) may notify"));
+            log(&format!(
+                "ignoring a notification from pid {sender:?}: only the program (pid {pid}) may notify"
+            ));
             continue; // the fds drop here
         }
         apply(&text, fds, store);
@@ -249,16 +299,24 @@ fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
 
 /// Applies one notification message to the store.
 pub fn apply(text: &str, fds: Vec<OwnedFd>, store: &mut Vec<(String, OwnedFd)>) {
-    let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key).map(str::to_owned));
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).map(str::to_owned))
+    };
     let name = field("FDNAME=").unwrap_or_else(|| "stored".to_owned());
     if !crate::listen::valid_fdname(&name) {
-        log(&format!("ignoring a notification with invalid FDNAME={name:?}"));
+        log(&format!(
+            "ignoring a notification with invalid FDNAME={name:?}"
+        ));
         return;
     }
     if field("FDSTOREREMOVE=").as_deref() == Some("1") {
         let before = store.len();
         store.retain(|(n, _)| *n != name);
-        log(&format!("removed {} stored fd(s) named {name:?}", before - store.len()));
+        log(&format!(
+            "removed {} stored fd(s) named {name:?}",
+            before - store.len()
+        ));
     }
     if field("FDSTORE=").as_deref() == Some("1") {
         for fd in fds {
@@ -268,7 +326,10 @@ pub fn apply(text: &str, fds: Vec<OwnedFd>, store: &mut Vec<(String, OwnedFd)>) 
                 store.push((name.clone(), fd));
             }
         }
-        log(&format!("stored fd(s) as {name:?}; the store holds {}", store.len()));
+        log(&format!(
+            "stored fd(s) as {name:?}; the store holds {}",
+            store.len()
+        ));
     }
     if field("READY=").as_deref() == Some("1") {
         log("the program reported READY=1");

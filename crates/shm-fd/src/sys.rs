@@ -51,7 +51,9 @@ pub(crate) fn place(fds: Vec<OwnedFd>) -> Result<(), Errno> {
         // was at `target` has been moved above `floor` or is not one of ours.
         // dup2 clears close-on-exec on `target`.
         if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
-            return Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+            return Err(Errno::from_raw_os_error(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
         }
         drop(fd);
         // `target` now belongs to the next program image: leave it open.
@@ -77,14 +79,20 @@ pub(crate) struct VsockAddr {
 unsafe impl rustix::net::addr::SocketAddrArg for VsockAddr {
     unsafe fn with_sockaddr<R>(
         &self,
-        f: impl FnOnce(*const rustix::net::addr::SocketAddrOpaque, rustix::net::addr::SocketAddrLen) -> R,
+        f: impl FnOnce(
+            *const rustix::net::addr::SocketAddrOpaque,
+            rustix::net::addr::SocketAddrLen,
+        ) -> R,
     ) -> R {
         // SAFETY: all-zero is a valid sockaddr_vm (reserved fields must be zero).
         let mut addr: libc::sockaddr_vm = unsafe { core::mem::zeroed() };
         addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
         addr.svm_cid = self.cid;
         addr.svm_port = self.port;
-        f((&raw const addr).cast(), size_of::<libc::sockaddr_vm>() as rustix::net::addr::SocketAddrLen)
+        f(
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_vm>() as rustix::net::addr::SocketAddrLen,
+        )
     }
 }
 

@@ -56,11 +56,18 @@ fn run() -> Result<(), String> {
     // Acquire: pairs with the Release store of the count by the previous run.
     let count = words[0].load(Ordering::Acquire);
     if count > capacity {
-        return Err(format!("state region is corrupt: count {count} exceeds capacity {capacity}"));
+        return Err(format!(
+            "state region is corrupt: count {count} exceeds capacity {capacity}"
+        ));
     }
-    let table: Vec<u64> = (1..=count).map(|i| words[i as usize].load(Ordering::Relaxed)).collect();
+    let table: Vec<u64> = (1..=count)
+        .map(|i| words[i as usize].load(Ordering::Relaxed))
+        .collect();
     if let Some(bad) = table.windows(2).position(|w| w[1] <= w[0]) {
-        return Err(format!("state region is corrupt: entry {} is not above the one before", bad + 2));
+        return Err(format!(
+            "state region is corrupt: entry {} is not above the one before",
+            bad + 2
+        ));
     }
     if count == capacity {
         println!("table full: {count} primes");
@@ -84,7 +91,10 @@ fn run() -> Result<(), String> {
     let total = primes.len() as u64;
     // SYNC: Release, pairs with the next run's Acquire load of the count.
     words[0].store(total, Ordering::Release);
-    println!("generated {added} more primes, total {total}, largest {}", primes.last().copied().unwrap_or(0));
+    println!(
+        "generated {added} more primes, total {total}, largest {}",
+        primes.last().copied().unwrap_or(0)
+    );
     Ok(())
 }
 
@@ -96,7 +106,7 @@ fn is_prime(n: u64, known: &[u64]) -> bool {
         if p * p > n {
             return true;
         }
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return false;
         }
     }

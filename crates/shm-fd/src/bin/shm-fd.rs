@@ -82,7 +82,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         ),
     };
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
     if bytes < 4096 * 2 {
         return Err(format!("{s:?} is too small: a region needs at least 8K"));
     }
@@ -90,8 +92,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -116,7 +122,12 @@ fn main() -> ExitCode {
 }
 
 fn exec_failed(err: &ExecError) -> ExitCode {
-    eprintln!("shm-fd: {err}: {}", std::error::Error::source(err).map(ToString::to_string).unwrap_or_default());
+    eprintln!(
+        "shm-fd: {err}: {}",
+        std::error::Error::source(err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
     match err {
         ExecError::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             ExitCode::from(EXIT_NOT_FOUND)
@@ -130,17 +141,29 @@ type Failure = (u8, String);
 
 fn run(args: Args) -> Result<ExitCode, Failure> {
     let mut inherited = ListenFds::from_env().map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?;
-    let under_manager = notify::NotifyAddr::from_env().map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?.is_some();
+    let under_manager = notify::NotifyAddr::from_env()
+        .map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?
+        .is_some();
     let mut fds: Vec<(String, OwnedFd)> = Vec::new();
     for name in &args.names {
         if !shm_fd::listen::valid_fdname(name) {
-            return Err((2, format!("invalid --name {name:?}: 1-255 printable ASCII characters without ':'")));
+            return Err((
+                2,
+                format!("invalid --name {name:?}: 1-255 printable ASCII characters without ':'"),
+            ));
         }
         let fd = match inherited.take(name) {
             Some(fd) => {
-                let info = state::validate(fd.as_fd(), args.size)
-                    .map_err(|e| (EXIT_BAD_INPUT, format!("the stored fd named {name:?} is unusable: {e}")))?;
-                eprintln!("shm-fd: reusing region {name:?} ({} bytes) handed back by the service manager", info.size);
+                let info = state::validate(fd.as_fd(), args.size).map_err(|e| {
+                    (
+                        EXIT_BAD_INPUT,
+                        format!("the stored fd named {name:?} is unusable: {e}"),
+                    )
+                })?;
+                eprintln!(
+                    "shm-fd: reusing region {name:?} ({} bytes) handed back by the service manager",
+                    info.size
+                );
                 fd
             }
             None => create(name, &args, under_manager)?,
@@ -156,7 +179,8 @@ fn run(args: Args) -> Result<ExitCode, Failure> {
     if !args.supervise {
         return Ok(exec_failed(&exec_with_fds(program, rest, fds)));
     }
-    let trampoline = std::env::current_exe().map_err(|e| (EXIT_OS, format!("cannot find our own executable: {e}")))?;
+    let trampoline = std::env::current_exe()
+        .map_err(|e| (EXIT_OS, format!("cannot find our own executable: {e}")))?;
     let status = supervise::run(supervise::Config {
         trampoline,
         program: program.clone(),
@@ -165,16 +189,31 @@ fn run(args: Args) -> Result<ExitCode, Failure> {
         restart: args.restart,
         restart_delay: args.restart_delay,
     })
-    .map_err(|e| (EXIT_OS, format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default())))?;
+    .map_err(|e| {
+        (
+            EXIT_OS,
+            format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        )
+    })?;
     Ok(exit_like(status))
 }
 
 fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failure> {
-    let fd = state::create(name, args.size).map_err(|e| (EXIT_OS, format!("cannot create region {name:?}: {e}")))?;
+    let fd = state::create(name, args.size)
+        .map_err(|e| (EXIT_OS, format!("cannot create region {name:?}: {e}")))?;
     if args.supervise {
-        eprintln!("shm-fd: created region {name:?} ({} bytes); this supervisor keeps it across restarts", args.size);
+        eprintln!(
+            "shm-fd: created region {name:?} ({} bytes); this supervisor keeps it across restarts",
+            args.size
+        );
     } else if under_manager {
-        notify::store_fd(name, fd.as_fd()).map_err(|e| (EXIT_OS, format!("cannot store region {name:?}: {e}")))?;
+        notify::store_fd(name, fd.as_fd())
+            .map_err(|e| (EXIT_OS, format!("cannot store region {name:?}: {e}")))?;
         let hint = match std::env::var("FDSTORE").ok().as_deref() {
             // systemd 254+ sets $FDSTORE to FileDescriptorStoreMax= when it is above 0.
             Some("0") | None if std::env::var_os("FDSTORE").is_some() => {
@@ -185,7 +224,10 @@ fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failu
                 "; if this appears on every start, the unit lacks FileDescriptorStoreMax= (systemd drops FDSTORE=1 silently without it)"
             }
         };
-        eprintln!("shm-fd: created region {name:?} ({} bytes) and pushed it to the fd store{hint}", args.size);
+        eprintln!(
+            "shm-fd: created region {name:?} ({} bytes) and pushed it to the fd store{hint}",
+            args.size
+        );
     } else {
         eprintln!(
             "shm-fd: created region {name:?} ({} bytes); no $NOTIFY_SOCKET, so it lives only as long as this process (use --supervise or systemd to keep it)",

@@ -1,0 +1,388 @@
+//! The `shm-fd` binary, end to end: exec mode, `--supervise`, and bad input.
+//!
+//! The program under `shm-fd` is this test binary re-run in a role: it adopts
+//! the `state` region from `LISTEN_FDS`, bumps a counter in it and prints it.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering; // atomics-ok: a word of the shared region
+use std::time::Duration;
+
+use shm_fd::listen::ListenFds;
+use shm_segment::Segment;
+use shm_testkit::{Watchdog, role, role_command, spawn};
+
+const SHM_FD: &str = env!("CARGO_BIN_EXE_shm-fd");
+
+/// The role: bump the counter in `state`, report it, then behave per `MODE`.
+fn program(mode: &str) {
+    let mut fds = ListenFds::from_env().expect("LISTEN_* must be valid and name us");
+    let names: Vec<String> = fds.names().map(str::to_owned).collect();
+    let fd = fds.take("state").expect("a region named state");
+    let seg = Segment::adopt(fd).size(64).open_or_create().unwrap();
+    let word = seg.payload().atomic_u64(0).unwrap();
+    let n = word.fetch_add(1, Ordering::SeqCst) + 1;
+    println!("COUNT {n} NAMES {}", names.join(","));
+    match mode {
+        "exit0" => {}
+        "hang" => std::thread::sleep(Duration::from_secs(60)),
+        "store_extra" => {
+            if fds.take("extra").is_none() {
+                let extra = shm_fd::state::create("extra", 8192).unwrap();
+                assert!(shm_fd::notify::store_fd("extra", extra.as_fd()).unwrap());
+            }
+        }
+        "remove_extra" => {
+            assert!(shm_fd::notify::remove_fd("extra").unwrap());
+        }
+        "intruder" => {
+            // A grandchild (not the supervised pid) tries to store an fd.
+            let status = Command::new(std::env::current_exe().unwrap())
+                .args(["supervise_ignores_other_senders", "--exact", "--nocapture"])
+                .env(shm_testkit::ROLE_ENV, "grandchild")
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn dispatch() -> bool {
+    match role().as_deref() {
+        None => false,
+        Some("grandchild") => {
+            let fd = shm_fd::state::create("intruder", 8192).unwrap();
+            assert!(shm_fd::notify::store_fd("intruder", fd.as_fd()).unwrap());
+            true
+        }
+        Some(mode) => {
+            program(mode);
+            true
+        }
+    }
+}
+
+/// `shm-fd [opts] -- <this test binary in role MODE>`.
+fn wrapped(test: &str, mode: &str, opts: &[&str]) -> Command {
+    let inner = role_command(test, mode);
+    let mut cmd = Command::new(SHM_FD);
+    cmd.args(opts)
+        .arg("--")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    cmd.env(shm_testkit::ROLE_ENV, mode)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID");
+    cmd
+}
+
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| {
+            l.split("COUNT ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn exec_mode_without_a_manager_starts_fresh_and_says_why() {
+    if dispatch() {
+        return;
+    }
+    for _ in 0..2 {
+        let out = wrapped(
+            "exec_mode_without_a_manager_starts_fresh_and_says_why",
+            "exit0",
+            &[],
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(counts(&String::from_utf8_lossy(&out.stdout)), vec![1]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no $NOTIFY_SOCKET"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn supervise_keeps_state_across_restarts_and_sigkill() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    // Three clean runs, then a run that hangs and is SIGKILLed, then more runs.
+    let mut cmd = wrapped(
+        "supervise_keeps_state_across_restarts_and_sigkill",
+        "exit0",
+        &["--supervise", "--restart=always", "--restart-delay=10ms"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut sup = spawn(cmd).unwrap();
+    let out = sup.inner_mut().stdout.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        seen.extend(counts(&line));
+        if seen.len() >= 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![1, 2, 3, 4, 5],
+        "the region survives every restart"
+    );
+    sup.kill(rustix::process::Signal::TERM).unwrap();
+    let status = sup.wait_ok(Duration::from_secs(20));
+    assert!(status.code().is_some() || status.signal().is_some());
+}
+
+#[test]
+fn supervise_restarts_a_sigkilled_child_with_its_state() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut cmd = wrapped(
+        "supervise_restarts_a_sigkilled_child_with_its_state",
+        "hang",
+        &[
+            "--supervise",
+            "--restart=on-failure",
+            "--restart-delay=10ms",
+        ],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut sup = spawn(cmd).unwrap();
+    let sup_pid = sup.pid();
+    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    for expected in 1..=3 {
+        let line = lines.find(|l| l.contains("COUNT")).expect("child reports");
+        assert_eq!(counts(&line), vec![expected]);
+        // SIGKILL the supervised child (the trampoline exec'd into it: same pid).
+        let children =
+            std::fs::read_to_string(format!("/proc/{sup_pid}/task/{sup_pid}/children")).unwrap();
+        let child: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    }
+    drop(sup);
+}
+
+#[test]
+fn supervise_mirrors_death_by_signal_and_forwards_sigterm() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut cmd = wrapped(
+        "supervise_mirrors_death_by_signal_and_forwards_sigterm",
+        "hang",
+        &["--supervise"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut sup = spawn(cmd).unwrap();
+    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    assert!(lines.any(|l| l.contains("COUNT")));
+    // SIGTERM to the supervisor reaches the child, which dies of it; the
+    // supervisor then dies of the same signal (so Restart=on-abnormal would fire).
+    sup.kill(rustix::process::Signal::TERM).unwrap();
+    let status = sup.wait_ok(Duration::from_secs(20));
+    assert_eq!(status.signal(), Some(libc_sigterm()), "{status:?}");
+}
+
+fn libc_sigterm() -> i32 {
+    rustix::process::Signal::TERM.as_raw()
+}
+
+#[test]
+fn supervised_child_dies_with_a_sigkilled_supervisor() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut cmd = wrapped(
+        "supervised_child_dies_with_a_sigkilled_supervisor",
+        "hang",
+        &["--supervise"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut sup = spawn(cmd).unwrap();
+    let sup_pid = sup.pid();
+    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    assert!(lines.any(|l| l.contains("COUNT")));
+    let children =
+        std::fs::read_to_string(format!("/proc/{sup_pid}/task/{sup_pid}/children")).unwrap();
+    let child: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    sup.sigkill_and_wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{child}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child {child} outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn supervise_stores_and_removes_fds_pushed_by_the_child() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let test = "supervise_stores_and_removes_fds_pushed_by_the_child";
+    let mut cmd = wrapped(
+        test,
+        "store_extra",
+        &["--supervise", "--restart=always", "--restart-delay=10ms"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut sup = spawn(cmd).unwrap();
+    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let first = lines.find(|l| l.contains("COUNT")).unwrap();
+    assert!(first.ends_with("NAMES state"), "{first}");
+    let second = lines.find(|l| l.contains("COUNT")).unwrap();
+    assert!(
+        second.ends_with("NAMES state,extra"),
+        "the pushed fd comes back: {second}"
+    );
+    drop(lines);
+    drop(sup);
+
+    // FDSTOREREMOVE: a child that removes "extra" does not get it back.
+    let mut cmd = wrapped(
+        test,
+        "remove_extra",
+        &["--supervise", "--restart=always", "--restart-delay=10ms"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut sup = spawn(cmd).unwrap();
+    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let first = lines.find(|l| l.contains("COUNT")).unwrap();
+    let second = lines.find(|l| l.contains("COUNT")).unwrap();
+    assert!(
+        first.ends_with("NAMES state") && second.ends_with("NAMES state"),
+        "{first} / {second}"
+    );
+}
+
+#[test]
+fn supervise_ignores_other_senders() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut cmd = wrapped(
+        "supervise_ignores_other_senders",
+        "intruder",
+        &["--supervise", "--restart=always", "--restart-delay=10ms"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut sup = spawn(cmd).unwrap();
+    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let _ = lines.find(|l| l.contains("COUNT")).unwrap();
+    let second = lines.find(|l| l.contains("COUNT")).unwrap();
+    assert!(
+        second.ends_with("NAMES state"),
+        "an fd from another process must not be stored: {second}"
+    );
+}
+
+#[test]
+fn bad_inherited_state_gives_clear_errors() {
+    if dispatch() {
+        return;
+    }
+    // A LISTEN_PID for another process.
+    let out = Command::new(SHM_FD)
+        .arg("true")
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("LISTEN_PID=1 but we are"),
+        "{out:?}"
+    );
+    // A malformed count.
+    let script = format!("LISTEN_PID=$$ LISTEN_FDS=-1 exec {SHM_FD} true");
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("LISTEN_FDS=\"-1\""),
+        "{out:?}"
+    );
+    // A region named "state" that is not a memfd: a shell hands us /dev/null as fd 3 with LISTEN_PID=$$ (exec keeps it).
+    let script = format!(
+        "exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=state exec {SHM_FD} true"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a memfd"),
+        "{out:?}"
+    );
+    // A missing command, and a command that does not exist.
+    assert_eq!(
+        Command::new(SHM_FD).output().unwrap().status.code(),
+        Some(2)
+    );
+    let out = Command::new(SHM_FD)
+        .arg("/nonexistent/program")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+}
+
+#[test]
+fn region_that_is_too_small_is_refused() {
+    if dispatch() {
+        return;
+    }
+    // Hand shm-fd a 16 KiB memfd as "state" while asking for 1 MiB.
+    let small = shm_fd::state::create("state", 16384).unwrap();
+    let dup = rustix::io::fcntl_dupfd_cloexec(&small, 50).unwrap();
+    rustix::io::fcntl_setfd(&dup, rustix::io::FdFlags::empty()).unwrap();
+    let n = std::os::fd::AsRawFd::as_raw_fd(&dup);
+    let script = format!(
+        "exec 3<&{n}; exec {n}<&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=state exec {SHM_FD} true"
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    drop(dup);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("16384 bytes"),
+        "{out:?}"
+    );
+}
