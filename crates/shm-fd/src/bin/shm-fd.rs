@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         return exec_failed(&trampoline_main(rest));
     }
     let args = Args::parse();
-    match run(args) {
+    match run(&args) {
         Ok(code) => code,
         Err((code, msg)) => {
             eprintln!("shm-fd: {msg}");
@@ -139,7 +139,7 @@ fn exec_failed(err: &ExecError) -> ExitCode {
 
 type Failure = (u8, String);
 
-fn run(args: Args) -> Result<ExitCode, Failure> {
+fn run(args: &Args) -> Result<ExitCode, Failure> {
     let mut inherited = ListenFds::from_env().map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?;
     let under_manager = notify::NotifyAddr::from_env()
         .map_err(|e| (EXIT_BAD_INPUT, e.to_string()))?
@@ -166,7 +166,7 @@ fn run(args: Args) -> Result<ExitCode, Failure> {
                 );
                 fd
             }
-            None => create(name, &args, under_manager)?,
+            None => create(name, args, under_manager)?,
         };
         fds.push((name.clone(), fd));
     }
