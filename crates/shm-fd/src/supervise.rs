@@ -281,7 +281,7 @@ fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
             match m {
                 RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
                 RecvAncillaryMessage::ScmCredentials(cred) => {
-                    sender = Some(cred.pid.as_raw_nonzero().get())
+                    sender = Some(cred.pid.as_raw_nonzero().get());
                 }
                 _ => {}
             }
