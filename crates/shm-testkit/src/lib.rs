@@ -8,7 +8,7 @@
 //! - [`crash_point!`]: named SIGKILL points for fault injection, compiled only when
 //!   the calling crate's `fault-injection` feature is on.
 //! - [`Watchdog`]: aborts a hung test process instead of hanging CI.
-//! - `systemd`: a real `systemd --user` manager in a private mount namespace.
+//! - [`systemd`]: a real `systemd --user` manager in a private mount namespace.
 //!
 //! This crate is for tests only (`publish = false`); it panics freely on setup
 //! failures, which is what a test wants.
@@ -25,6 +25,8 @@ pub use child::{Child, ROLE_ENV, role, role_command, spawn};
 pub use crash::{CRASH_ENV, crash_point_hit};
 pub use names::{shm_objects_with_prefix, unique_name};
 pub use watchdog::Watchdog;
+
+pub mod systemd;
 
 /// Marks a named crash point.
 ///

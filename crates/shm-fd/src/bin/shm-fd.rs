@@ -228,6 +228,13 @@ fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failu
             "shm-fd: created region {name:?} ({} bytes) and pushed it to the fd store{hint}",
             args.size
         );
+    } else if std::env::var_os("INVOCATION_ID").is_some() {
+        // systemd sets INVOCATION_ID for every service, but NOTIFY_SOCKET only
+        // when the unit may notify: FileDescriptorStoreMax= > 0 implies that.
+        eprintln!(
+            "shm-fd: created region {name:?} ({} bytes), but this systemd unit gives no $NOTIFY_SOCKET: it lacks FileDescriptorStoreMax= (e.g. FileDescriptorStoreMax=4), so the region is lost at every restart",
+            args.size
+        );
     } else {
         eprintln!(
             "shm-fd: created region {name:?} ({} bytes); no $NOTIFY_SOCKET, so it lives only as long as this process (use --supervise or systemd to keep it)",
