@@ -114,20 +114,18 @@ impl UserManager {
             "systemd --user did not come up within 30 s".to_owned()
         })?;
         let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts.as_slice() {
-            ["READY", pid, rt, cfg] => Ok(UserManager {
+        if let ["READY", pid, rt, cfg] = parts.as_slice() {
+            return Ok(UserManager {
                 ns_pid: pid.parse().map_err(|_| format!("bad pid in {line:?}"))?,
                 runtime_dir: PathBuf::from(rt),
                 config_home: PathBuf::from(cfg),
                 shell,
                 units: Vec::new(),
-            }),
-            _ => {
-                let _ = shell.kill();
-                let _ = shell.wait();
-                Err(format!("manager failed: {line}"))
-            }
+            });
         }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        Err(format!("manager failed: {line}"))
     }
 
     /// A command that runs `program` inside the manager's namespace and environment.
