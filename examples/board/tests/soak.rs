@@ -56,7 +56,7 @@ impl Rng {
 
 #[test]
 fn random_sigkills_never_tear_or_go_backwards() {
-    let secs = if cfg!(debug_assertions) { 10 } else { 15 };
+    let secs = if cfg!(debug_assertions) { 20 } else { 25 };
     let _w = Watchdog::new(Duration::from_secs(secs + 60));
     let prefix = unique_name("board");
     let seed = (u64::from(std::process::id()) * 2_654_435_761) | 1;
@@ -78,12 +78,38 @@ fn random_sigkills_never_tear_or_go_backwards() {
             procs[i] = Some(start(&prefix, i, incarnation[i], &tx));
         }
     }
-    // Duplicate index: with process 0 running, a second process 0 is refused.
-    if procs[0].is_none() {
-        incarnation[0] += 1;
-        procs[0] = Some(start(&prefix, 0, incarnation[0], &tx));
+    // Every process that is down now (killed at a random point) restarts and
+    // must publish again; the 20 s limit only guards against a hang.
+    // At least one restart is always checked: kill one more at a random point.
+    let victim = rng.below(N as u64) as usize;
+    if let Some(mut child) = procs[victim].take() {
+        child.sigkill_and_wait().unwrap();
+        kills += 1;
     }
-    std::thread::sleep(Duration::from_millis(100));
+    let mut restarted = Vec::new();
+    for (i, p) in procs.iter_mut().enumerate() {
+        if p.is_none() {
+            incarnation[i] += 1;
+            *p = Some(start(&prefix, i, incarnation[i], &tx));
+            restarted.push(i);
+        }
+    }
+    let mut lines: Vec<Line> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !restarted.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "restarted writers {restarted:?} did not publish again"
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+            let (w, inc, l) = &line;
+            if *inc == incarnation[*w] && l.contains(": write ") {
+                restarted.retain(|i| i != w);
+            }
+            lines.push(line);
+        }
+    }
+    // Duplicate index: with process 0 running, a second process 0 is refused.
     let dup = Command::new(env!("CARGO_BIN_EXE_board"))
         .args([
             "--index",
@@ -108,7 +134,7 @@ fn random_sigkills_never_tear_or_go_backwards() {
         drop(p); // SIGKILL and reap
     }
     drop(tx);
-    let lines: Vec<Line> = rx.iter().collect();
+    lines.extend(rx.iter());
     check(&lines, kills);
 
     // Nobody is left: a writer reaps the dead readers' holds; no slot stays held.
