@@ -1,0 +1,137 @@
+//! The storage a snapshot file lives on, behind a small trait so tests can
+//! record every write and sync and replay the crash states POSIX allows.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Positioned byte storage with an explicit durability barrier.
+#[allow(clippy::len_without_is_empty)] // a storage length, not a collection
+pub trait Storage {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    /// I/O errors, `UnexpectedEof` past the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    ///
+    /// # Errors
+    /// I/O errors (e.g. `ENOSPC`).
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// The current length.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) to `len`.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Makes every earlier write and `set_len` durable (`fdatasync`).
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A real file.
+#[derive(Debug)]
+pub struct FileStorage(pub File);
+
+impl Storage for FileStorage {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+/// One recorded operation of a [`MemStorage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A write of bytes at an offset.
+    Write(u64, Vec<u8>),
+    /// A length change.
+    SetLen(u64),
+    /// A durability barrier.
+    Sync,
+}
+
+/// In-memory storage that records every operation (for crash-state replay)
+/// and can fail writes beyond a byte budget (an injected full disk).
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    /// The current contents.
+    pub data: Vec<u8>,
+    /// Every operation in order.
+    pub log: Vec<Op>,
+    /// If set, writes that would grow the data past this length fail with `ENOSPC`.
+    pub capacity: Option<u64>,
+}
+
+impl MemStorage {
+    /// Storage holding `data`, with an empty log.
+    #[must_use]
+    pub fn with_data(data: Vec<u8>) -> Self {
+        Self {
+            data,
+            log: Vec::new(),
+            capacity: None,
+        }
+    }
+}
+
+impl Storage for MemStorage {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        let src = self
+            .data
+            .get(start..end)
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        if self.capacity.is_some_and(|c| end > c) {
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        let (s, e) = (
+            usize::try_from(offset).map_err(io::Error::other)?,
+            usize::try_from(end).map_err(io::Error::other)?,
+        );
+        if self.data.len() < e {
+            self.data.resize(e, 0);
+        }
+        self.data[s..e].copy_from_slice(buf);
+        self.log.push(Op::Write(offset, buf.to_vec()));
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.len() as u64)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.data
+            .resize(usize::try_from(len).map_err(io::Error::other)?, 0);
+        self.log.push(Op::SetLen(len));
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.log.push(Op::Sync);
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! File format, crash-state replay and bad-file tests.
+#![allow(clippy::many_single_char_names, clippy::cast_possible_truncation)]
+
+use proptest::prelude::*;
+use shm_snapshot::storage_ops::Op;
+use shm_snapshot::{ErrorKind, MemStorage, SnapshotWriter, Storage, inspect, restore};
+
+const PS: u32 = 256;
+
+fn restore_vec<S: Storage>(s: &S) -> Result<(Vec<u8>, u64), shm_snapshot::SnapshotError> {
+    let info = inspect(s)?;
+    let mut v = vec![0u8; usize::try_from(info.region_size).unwrap()];
+    let r = restore(s, |off, b| {
+        let o = usize::try_from(off).unwrap();
+        v[o..o + b.len()].copy_from_slice(b);
+    })?;
+    Ok((v, r.info.generation))
+}
+
+/// Generation `g` of the test state: a few pages stamped with `g`, the rest stale.
+fn state(g: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    for k in 0..=g {
+        let page = usize::try_from((k * 7) % (len as u64 / u64::from(PS))).unwrap() * PS as usize;
+        for (i, b) in v[page..page + PS as usize].iter_mut().enumerate() {
+            *b = u8::try_from((k as usize + i) % 251).unwrap();
+        }
+    }
+    v
+}
+
+/// Generation `g` with every page changed (many reorderable writes).
+fn full_state(g: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| u8::try_from((g as usize * 31 + i) % 251).unwrap())
+        .collect()
+}
+
+#[test]
+fn roundtrip_and_incremental() {
+    let len = 16 * PS as usize + 100; // a short last page
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    for g in 1..=10 {
+        let s = state(g, len);
+        assert_eq!(w.snapshot(&s).unwrap(), g);
+        // Only the page(s) changed since the last generation are written.
+        assert!(
+            w.last_bytes_written <= 2 * (u64::from(PS) + 32) + 32,
+            "{}",
+            w.last_bytes_written
+        );
+        let (v, gen_) = restore_vec(w.storage()).unwrap();
+        assert_eq!(gen_, g);
+        assert_eq!(v, s);
+    }
+    // An unchanged state writes only a commit record.
+    w.snapshot(&state(10, len)).unwrap();
+    assert_eq!(w.last_bytes_written, 32);
+    // Reopen and continue.
+    let st = w.storage().clone();
+    let (v, g) = restore_vec(&st).unwrap();
+    let mut w2 = SnapshotWriter::open(st, &v).unwrap();
+    assert_eq!(w2.generation(), g);
+    w2.snapshot(&state(12, len)).unwrap();
+    assert_eq!(restore_vec(w2.storage()).unwrap(), (state(12, len), g + 1));
+}
+
+#[test]
+fn compaction_keeps_state_and_generation() {
+    let len = 32 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    for g in 1..=20 {
+        w.snapshot(&state(g, len)).unwrap();
+    }
+    let c = w
+        .compact_into(MemStorage::default(), &state(20, len))
+        .unwrap();
+    assert!(c.data.len() < w.storage().data.len());
+    assert_eq!(restore_vec(&c).unwrap(), (state(20, len), 20));
+    let mut w2 = SnapshotWriter::open(c, &state(20, len)).unwrap();
+    w2.snapshot(&state(21, len)).unwrap();
+    assert_eq!(restore_vec(w2.storage()).unwrap(), (state(21, len), 21));
+}
+
+#[test]
+fn every_truncation_restores_a_committed_generation() {
+    let len = 8 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    let mut ends = vec![w.len()];
+    for g in 1..=6 {
+        w.snapshot(&state(g, len)).unwrap();
+        ends.push(w.len());
+    }
+    let full = w.storage().data.clone();
+    for cut in 64..=full.len() {
+        let s = MemStorage::with_data(full[..cut].to_vec());
+        let (v, g) = restore_vec(&s).unwrap();
+        let expect_g = ends.iter().rposition(|&e| e <= cut as u64).unwrap() as u64;
+        assert_eq!(g, expect_g, "cut at {cut}");
+        let expect = if g == 0 { vec![0; len] } else { state(g, len) };
+        assert_eq!(v, expect, "cut at {cut}");
+        // Writing continues after a torn tail.
+        let mut w = SnapshotWriter::open(s, &v).unwrap();
+        w.snapshot(&state(9, len)).unwrap();
+        assert_eq!(restore_vec(w.storage()).unwrap(), (state(9, len), g + 1));
+    }
+}
+
+#[test]
+fn every_flipped_byte_restores_a_committed_generation_or_errors() {
+    let len = 4 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    for g in 1..=3 {
+        w.snapshot(&state(g, len)).unwrap();
+    }
+    let full = w.storage().data.clone();
+    for i in 0..full.len() {
+        let mut d = full.clone();
+        d[i] ^= 0x40;
+        match restore_vec(&MemStorage::with_data(d)) {
+            Ok((v, g)) => {
+                assert!(g <= 3);
+                assert_eq!(
+                    v,
+                    if g == 0 { vec![0; len] } else { state(g, len) },
+                    "flip at {i}"
+                );
+            }
+            Err(e) => assert!(i < 64, "flip at {i} gave error {e}"),
+        }
+    }
+}
+
+/// Replays every crash state POSIX allows at every point of the operation
+/// log: everything before the last sync is durable; any subset of the later
+/// writes may have reached the disk, and one of them may be torn.
+#[test]
+fn power_loss_replay() {
+    let len = 6 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.set_write_batch(1);
+    for g in 1..=4 {
+        w.snapshot(&full_state(g, len)).unwrap();
+    }
+    let log = w.storage().log.clone();
+    let mut durable_gen = 0u64;
+    let mut durable = MemStorage::default();
+    let mut pending: Vec<Op> = Vec::new();
+    let mut states = 0;
+    let apply = |m: &mut MemStorage, op: &Op| match op {
+        Op::Write(o, b) => {
+            m.write_at(*o, b).unwrap();
+        }
+        Op::SetLen(l) => m.set_len(*l).unwrap(),
+        Op::Sync => {}
+    };
+    for op in &log {
+        if *op == Op::Sync {
+            for p in pending.drain(..) {
+                apply(&mut durable, &p);
+            }
+            durable_gen = inspect(&durable).map_or(0, |i| i.generation);
+            continue;
+        }
+        pending.push(op.clone());
+        let n = pending.len();
+        assert!(n <= 12);
+        for mask in 0u32..(1 << n) {
+            for torn in 0..=n {
+                let mut m = durable.clone();
+                for (i, p) in pending.iter().enumerate() {
+                    if mask & (1 << i) == 0 {
+                        continue;
+                    }
+                    match p {
+                        Op::Write(o, b) if i == torn => m.write_at(*o, &b[..b.len() / 2]).unwrap(),
+                        p => apply(&mut m, p),
+                    }
+                }
+                states += 1;
+                let Ok((v, g)) = restore_vec(&m) else {
+                    // Only before the header's first sync may the file be unreadable.
+                    assert_eq!(durable.data.len(), 0);
+                    continue;
+                };
+                assert!(g >= durable_gen, "restored {g} < durable {durable_gen}");
+                assert_eq!(
+                    v,
+                    if g == 0 {
+                        vec![0; len]
+                    } else {
+                        full_state(g, len)
+                    }
+                );
+            }
+        }
+    }
+    assert!(states > 200, "{states}");
+}
+
+#[test]
+fn disk_full_keeps_previous_snapshot() {
+    let len = 8 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.snapshot(&state(1, len)).unwrap();
+    let mut st = w.storage().clone();
+    st.capacity = Some(st.data.len() as u64 + 100);
+    let (v, _) = restore_vec(&st).unwrap();
+    let mut w = SnapshotWriter::open(st, &v).unwrap();
+    let e = w.snapshot(&state(5, len)).unwrap_err();
+    assert!(e.is_disk_full(), "{e}");
+    assert_eq!(w.generation(), 1);
+    assert_eq!(restore_vec(w.storage()).unwrap(), (state(1, len), 1));
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let e = inspect(&MemStorage::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Empty);
+    assert_eq!(e.to_string(), "file is empty");
+    assert_eq!(
+        inspect(&MemStorage::with_data(b"OUTLSNP1xx".to_vec()))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Truncated
+    );
+    assert_eq!(
+        inspect(&MemStorage::with_data(vec![7u8; 4096]))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Foreign
+    );
+    assert_eq!(
+        inspect(&MemStorage::with_data(vec![0u8; 10]))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadGeometry
+    );
+    let w = SnapshotWriter::create(MemStorage::default(), PS, 4096).unwrap();
+    let mut d = w.storage().data.clone();
+    d[20] ^= 1;
+    assert_eq!(
+        inspect(&MemStorage::with_data(d)).unwrap_err().kind(),
+        ErrorKind::CorruptHeader
+    );
+    // All zeros: a fresh state of the file's size.
+    let i = inspect(&MemStorage::with_data(vec![0u8; 1 << 20])).unwrap();
+    assert!(i.all_zero);
+    assert_eq!(i.region_size, 1 << 20);
+    // A state of the wrong size is refused.
+    let st = w.storage().clone();
+    assert_eq!(
+        SnapshotWriter::open(st, &[0u8; 10]).unwrap_err().kind(),
+        ErrorKind::SizeMismatch
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = restore_vec(&MemStorage::with_data(data));
+    }
+
+    #[test]
+    fn valid_header_arbitrary_tail_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let w = SnapshotWriter::create(MemStorage::default(), PS, 4 * u64::from(PS)).unwrap();
+        let mut d = w.storage().data.clone();
+        d.extend_from_slice(&tail);
+        let (v, g) = restore_vec(&MemStorage::with_data(d)).unwrap();
+        prop_assert_eq!(g, 0);
+        prop_assert!(v.iter().all(|&b| b == 0));
+    }
+}
