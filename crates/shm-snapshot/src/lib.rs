@@ -9,6 +9,7 @@
 
 mod error;
 mod format;
+pub mod live;
 mod storage;
 
 pub use error::{ErrorKind, SnapshotError};

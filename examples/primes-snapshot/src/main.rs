@@ -1,3 +1,115 @@
-//! Generates primes continuously into a snapshotted state region
+//! `primes-snapshot`: generates primes continuously into the state region of
+//! `shm-restore`, committing after each chunk of `CHUNK` primes.
+//!
+//! Run: `shm-restore --create primes.snap -- primes-snapshot [PRIMES_PER_SECOND]`.
+//! At start it checks the recovered table (it must be exactly the first N
+//! primes) and prints `Recovering N existing primes`; then one line per chunk:
+//! `committed generation G: N primes`. `shm-restore` prints `durable
+//! generation G` once generation G is on disk; since every commit adds exactly
+//! `CHUNK` primes, generation G holds `G * CHUNK` primes.
+//!
+//! Work-area layout: word 0 is the count N, words 1..=N the primes.
 
-fn main() {}
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use shm_fd::listen::ListenFds;
+use shm_snapshot::live::Client;
+
+/// Primes per commit.
+const CHUNK: u64 = 1000;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("primes-snapshot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn run() -> Result<(), String> {
+    let rate: f64 = std::env::args()
+        .nth(1)
+        .map_or(Ok(20_000.0), |a| a.parse())
+        .map_err(|e| format!("rate: {e}"))?;
+    let mut fds = ListenFds::from_env_inherited().map_err(|e| e.to_string())?;
+    let fd = fds
+        .take("state")
+        .ok_or("no memfd named \"state\" in LISTEN_FDS: run me under shm-restore")?;
+    let client = Client::open(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| format!("state: {e}"))?;
+    let work = client.work();
+    let capacity = (work.len() / 8 - 1) as u64;
+    // Relaxed: this process is the only writer; the region was handed over by exec.
+    let load = |i: u64| {
+        work.load_u64(
+            usize::try_from(i * 8).unwrap_or(usize::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        )
+    }; // atomics-ok: ordering name only
+    let count = load(0).map_err(|e| e.to_string())?;
+    if count > capacity {
+        return Err(format!(
+            "state is corrupt: count {count} exceeds capacity {capacity}"
+        ));
+    }
+    // Verify: exactly the first `count` primes.
+    let mut expect = 1u64;
+    for i in 1..=count {
+        expect += 1;
+        while !is_prime(expect) {
+            expect += 1;
+        }
+        let got = load(i).map_err(|e| e.to_string())?;
+        if got != expect {
+            return Err(format!(
+                "state is corrupt: entry {i} is {got}, expected {expect}"
+            ));
+        }
+    }
+    println!("Recovering {count} existing primes");
+    let mut n = count;
+    let mut p = expect;
+    let start = Instant::now();
+    let base = n;
+    while n + CHUNK <= capacity {
+        let first = n;
+        for _ in 0..CHUNK {
+            p += 1;
+            while !is_prime(p) {
+                p += 1;
+            }
+            n += 1;
+            work.write(usize::try_from(n * 8).unwrap_or(usize::MAX), &p)
+                .map_err(|e| e.to_string())?;
+        }
+        work.write(0, &n).map_err(|e| e.to_string())?;
+        let lo = usize::try_from((first + 1) * 8).unwrap_or(0);
+        let hi = usize::try_from((n + 1) * 8).unwrap_or(0);
+        let g = client.commit(&[0..8, lo..hi]);
+        println!("committed generation {g}: {n} primes, largest {p}");
+        // Throughput limit.
+        #[allow(clippy::cast_precision_loss)]
+        let due = Duration::from_secs_f64((n - base) as f64 / rate.max(1.0));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    println!("table full: {n} primes");
+    Ok(())
+}

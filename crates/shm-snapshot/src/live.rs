@@ -1,0 +1,237 @@
+//! The client/host commit protocol on the live memfd.
+//!
+//! Layout of the memfd (all little-endian, see `docs/protocol/shm-snapshot.md`):
+//! one 4096-byte control page (`magic` at 0, `region_size` at 8, the commit
+//! sequence `seq` at 16), then the work area (`region_size` bytes, rounded up
+//! to 4096), then the committed copy (same size).
+//!
+//! The client edits the work area freely and calls [`Client::commit`] at a
+//! consistent point: it makes `seq` odd, copies the dirty ranges of the work
+//! area into the committed copy and makes `seq` even again. That is wait-free
+//! (no loop waits for anyone). The host maps the memfd read-only and copies the
+//! committed copy seqlock-style: it keeps a copy only if `seq` was even and
+//! unchanged across it, so a copy is always exactly one committed state.
+
+use std::os::fd::BorrowedFd;
+
+use shm_segment::{Access, Mapping, Region};
+use shm_sync::atomic::{Ordering, fence};
+
+use crate::error::{ErrorKind, SnapshotError};
+
+/// Magic at the start of the control page.
+pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV1");
+/// Length of the control page.
+pub const CONTROL_LEN: u64 = 4096;
+const SEQ_OFF: usize = 16;
+
+fn round(n: u64) -> u64 {
+    n.div_ceil(CONTROL_LEN) * CONTROL_LEN
+}
+
+/// Total memfd size for a state region of `region_size` bytes.
+#[must_use]
+pub fn memfd_size(region_size: u64) -> u64 {
+    CONTROL_LEN + 2 * round(region_size)
+}
+
+fn bad(msg: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::new(ErrorKind::BadGeometry, msg)
+}
+
+fn map(fd: BorrowedFd<'_>, access: Access) -> Result<(Mapping, u64), SnapshotError> {
+    let st = rustix::fs::fstat(fd).map_err(|e| SnapshotError::io("fstat memfd", e.into()))?;
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size < CONTROL_LEN {
+        return Err(bad(format!(
+            "memfd of {size} bytes is smaller than the control page"
+        )));
+    }
+    let len = usize::try_from(size).map_err(|_| bad("memfd too large"))?;
+    let m = Mapping::map(fd, 0, len, access).map_err(|e| bad(format!("map memfd: {e}")))?;
+    let r = m.region();
+    // Relaxed: magic and size are written once before the memfd is shared.
+    let magic = r.load_u64(0, Ordering::Relaxed).map_err(|e| bad(e))?;
+    let region = r.load_u64(8, Ordering::Relaxed).map_err(|e| bad(e))?;
+    if magic != LIVE_MAGIC {
+        return Err(SnapshotError::new(
+            ErrorKind::Foreign,
+            "memfd has no snapshot control page",
+        ));
+    }
+    if region == 0 || memfd_size(region) != size {
+        return Err(bad(format!(
+            "memfd size {size} does not fit region size {region}"
+        )));
+    }
+    Ok((m, region))
+}
+
+/// Writes the control page of a fresh (all-zero) memfd and fills both areas
+/// with `init` (a restored state), with commit sequence `2 * generation`.
+///
+/// # Errors
+/// A memfd of the wrong size.
+pub fn initialize(
+    fd: BorrowedFd<'_>,
+    region_size: u64,
+    generation: u64,
+    mut fill: impl FnMut(&mut dyn FnMut(u64, &[u8])),
+) -> Result<(), SnapshotError> {
+    let len = usize::try_from(memfd_size(region_size)).map_err(|_| bad("region too large"))?;
+    let m =
+        Mapping::map(fd, 0, len, Access::ReadWrite).map_err(|e| bad(format!("map memfd: {e}")))?;
+    let r = m.region();
+    let area = round(region_size);
+    fill(&mut |off, bytes| {
+        // Bounds: `off + bytes.len() <= region_size` is guaranteed by `restore`.
+        let o = usize::try_from(CONTROL_LEN + off).unwrap_or(usize::MAX);
+        let _ = r.write_bytes(o, bytes);
+        let _ = r.write_bytes(o + usize::try_from(area).unwrap_or(0), bytes);
+    });
+    r.write(8, &region_size).map_err(|e| bad(e))?;
+    // Relaxed: nobody else has the memfd yet (it is handed over later, which orders it).
+    r.atomic_u64(SEQ_OFF)
+        .map_err(|e| bad(e))?
+        .store(2 * generation, Ordering::Relaxed);
+    r.write(0, &LIVE_MAGIC).map_err(|e| bad(e))?;
+    Ok(())
+}
+
+/// The program's side: edits the work area and commits.
+#[derive(Debug)]
+pub struct Client {
+    map: Mapping,
+    region: u64,
+}
+
+impl Client {
+    /// Maps an initialized memfd read-write.
+    ///
+    /// # Errors
+    /// Not a snapshot memfd, or the wrong size.
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
+        let (map, region) = map(fd, Access::ReadWrite)?;
+        Ok(Self { map, region })
+    }
+
+    /// The work area (the program's state).
+    #[must_use]
+    pub fn work(&self) -> Region<'_> {
+        let len = usize::try_from(self.region).unwrap_or(0);
+        self.map
+            .region()
+            .sub(CONTROL_LEN as usize, len)
+            .expect("checked at open")
+    }
+
+    /// The number of commits so far (including those before a restore).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        // Relaxed: only this client writes `seq`.
+        self.seq().load(Ordering::Relaxed) / 2
+    }
+
+    fn seq(&self) -> &shm_sync::atomic::AtomicU64 {
+        self.map
+            .region()
+            .atomic_u64(SEQ_OFF)
+            .expect("checked at open")
+    }
+
+    /// Publishes the work area's bytes in `dirty` (byte ranges; everything
+    /// changed since the last commit must be covered) as the next committed
+    /// state. Wait-free: it copies the ranges and never waits for the host.
+    /// Returns the new generation.
+    pub fn commit(&self, dirty: &[std::ops::Range<usize>]) -> u64 {
+        let seq = self.seq();
+        // Relaxed: only this client writes `seq`.
+        let s = seq.load(Ordering::Relaxed);
+        // SYNC: Relaxed store + Release fence: the fence orders the odd store
+        // before every store of the copy below; pairs with the host's Acquire
+        // fence before its second load of `seq` in `Host::copy`.
+        seq.store(s + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let r = self.map.region();
+        let area = usize::try_from(round(self.region)).unwrap_or(0);
+        let mut buf = [0u8; 65536];
+        for range in dirty {
+            let end = range.end.min(usize::try_from(self.region).unwrap_or(0));
+            let mut o = range.start;
+            while o < end {
+                let n = (end - o).min(buf.len());
+                let src = CONTROL_LEN as usize + o;
+                let _ = r.read_bytes(src, &mut buf[..n]);
+                let _ = r.write_bytes(src + area, &buf[..n]);
+                o += n;
+            }
+        }
+        // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
+        // a host that sees `s + 2` sees every byte of this copy.
+        seq.store(s + 2, Ordering::Release);
+        (s + 2) / 2
+    }
+}
+
+/// The host's side: a read-only mapping of the memfd.
+#[derive(Debug)]
+pub struct Host {
+    map: Mapping,
+    region: u64,
+}
+
+impl Host {
+    /// Maps an initialized memfd read-only.
+    ///
+    /// # Errors
+    /// Not a snapshot memfd, or the wrong size.
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
+        let (map, region) = map(fd, Access::ReadOnly)?;
+        Ok(Self { map, region })
+    }
+
+    /// The state region size.
+    #[must_use]
+    pub fn region_size(&self) -> u64 {
+        self.region
+    }
+
+    /// The latest committed generation.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        // Acquire: pairs with the client's Release store in `commit`.
+        self.map
+            .region()
+            .load_u64(SEQ_OFF, Ordering::Acquire)
+            .unwrap_or(0)
+            / 2
+    }
+
+    /// Copies one committed state into `dst` (`region_size` bytes) and returns
+    /// its generation, or `None` if a commit overlapped each of `tries` attempts.
+    pub fn copy(&self, dst: &mut [u8], tries: usize) -> Option<u64> {
+        let r = self.map.region();
+        let area = usize::try_from(round(self.region)).unwrap_or(0);
+        let n = dst.len().min(usize::try_from(self.region).unwrap_or(0));
+        for _ in 0..tries {
+            // SYNC: Acquire, pairs with the Release store ending `Client::commit`.
+            let s1 = r.load_u64(SEQ_OFF, Ordering::Acquire).ok()?;
+            if s1 % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            r.read_bytes(CONTROL_LEN as usize + area, &mut dst[..n])
+                .ok()?;
+            // SYNC: Acquire fence, pairs with the client's Release fence after
+            // the odd store: if any byte read came from a later commit's copy,
+            // the load below sees that commit's odd (or later) value.
+            fence(Ordering::Acquire);
+            // Relaxed: ordered by the fence above.
+            let s2 = r.load_u64(SEQ_OFF, Ordering::Relaxed).ok()?;
+            if s1 == s2 {
+                return Some(s1 / 2);
+            }
+        }
+        None
+    }
+}
