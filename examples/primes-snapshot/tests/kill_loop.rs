@@ -1,0 +1,120 @@
+//! SIGKILL loops over `shm-restore` running `primes-snapshot`: after every
+//! kill (of the host, or of host and program together) the recovered table
+//! is exactly the first N primes (the program verifies it at start) and N is
+//! at least the count of the last generation `shm-restore` reported durable.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CHUNK: u64 = 1000;
+
+fn shm_restore() -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_primes-snapshot"));
+    let profile_dir = me.parent().unwrap().to_path_buf();
+    let target = profile_dir.parent().unwrap();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "shm-snapshot",
+        "--features",
+        "shm-restore",
+        "--bin",
+        "shm-restore",
+        "--target-dir",
+    ])
+    .arg(target);
+    if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "building shm-restore failed"
+    );
+    profile_dir.join("shm-restore")
+}
+
+fn last_number_after(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .last()
+}
+
+fn inspect_generation(bin: &Path, file: &Path) -> u64 {
+    let out = Command::new(bin).arg("inspect").arg(file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_number_after(
+        &String::from_utf8_lossy(&out.stdout),
+        "committed generation of the program: ",
+    )
+    .unwrap()
+}
+
+#[test]
+fn random_sigkill_never_loses_durable_primes() {
+    let bin = shm_restore();
+    let dir = std::env::temp_dir().join(format!("primes-snapshot-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("primes.snap");
+    let mut durable = 0u64;
+    let mut seed = u64::from(std::process::id());
+    for round in 0..8 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis(150 + (seed >> 33) % 500);
+        let out = std::fs::File::create(dir.join("out")).unwrap();
+        let err = std::fs::File::create(dir.join("err")).unwrap();
+        let mut child = Command::new(&bin)
+            .args(["--create", "--interval", "0.05"])
+            .arg(&file)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_primes-snapshot"))
+            .arg("20000")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("NOTIFY_SOCKET")
+            .process_group(0)
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let pid = rustix::process::Pid::from_child(&child);
+        if round % 2 == 0 {
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        } else {
+            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).unwrap();
+        }
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let out = std::fs::read_to_string(dir.join("out")).unwrap();
+        let err = std::fs::read_to_string(dir.join("err")).unwrap();
+        let recovered = last_number_after(&out, "Recovering ")
+            .unwrap_or_else(|| panic!("no start line: {out}\n{err}"));
+        assert!(
+            recovered >= durable,
+            "round {round}: recovered {recovered} < durable {durable}\n{err}"
+        );
+        assert!(!err.contains("corrupt"), "{err}");
+        if let Some(g) = last_number_after(&err, "durable generation ") {
+            durable = durable.max(g * CHUNK);
+        }
+        let g = inspect_generation(&bin, &file);
+        assert!(
+            g * CHUNK >= durable,
+            "round {round}: file at {g}, durable {durable}"
+        );
+    }
+    assert!(durable > 0, "no snapshot became durable in any round");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
