@@ -76,6 +76,12 @@ impl<'a> Words<'a> {
         &self.w[i]
     }
 
+    /// The first `n` data words of `slot` (`n` at most the slot's words).
+    pub(crate) fn data(&self, slot: usize, n: usize) -> &'a [AtomicU64] {
+        let start = self.shape.slot(slot, S_DATA);
+        &self.w[start..start + n]
+    }
+
     pub(crate) fn published(&self) -> &'a AtomicU64 {
         self.at(W_PUBLISHED)
     }
@@ -142,12 +148,17 @@ fn copy_slot(words: &Words<'_>, p: u64, out: &mut [u8]) -> Result<Message, Corru
         return Err(Corrupt("slot sequence differs from the published one"));
     }
     let n = len.min(out.len());
-    for (i, chunk) in out[..n].chunks_mut(8).enumerate() {
+    let data = words.data(slot, n.div_ceil(8));
+    let mut chunks = out[..n].chunks_exact_mut(8);
+    for (w, chunk) in data.iter().zip(&mut chunks) {
         // Relaxed: see above.
-        let word = words
-            .at(words.shape.slot(slot, S_DATA + i))
-            .load(Ordering::Relaxed);
-        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        // Relaxed: see above.
+        let word = data[n / 8].load(Ordering::Relaxed);
+        tail.copy_from_slice(&word.to_le_bytes()[..tail.len()]);
     }
     Ok(Message { seq, len })
 }
@@ -217,7 +228,10 @@ pub(crate) fn publish(
     if stop() {
         return Ok(None);
     }
-    for (i, chunk) in data.chunks(8).enumerate() {
+    if stop_after.is_none() {
+        copy_in(words.data(slot, data.len().div_ceil(8)), data);
+    }
+    for (i, chunk) in data.chunks(8).enumerate().filter(|_| stop_after.is_some()) {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
         // Relaxed: published by the Release store of `published` below.
@@ -276,6 +290,27 @@ fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt
 }
 
 #[inline]
+/// Stores `data` into `dst` (`data.len().div_ceil(8)` words), little-endian,
+/// the last word zero-padded.
+fn copy_in(dst: &[AtomicU64], data: &[u8]) {
+    let mut chunks = data.chunks_exact(8);
+    for (w, chunk) in dst.iter().zip(&mut chunks) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // Relaxed: published by the Release store of `published` in `publish`.
+        w.store(u64::from_le_bytes(word), Ordering::Relaxed);
+        shm_testkit_point();
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut word = [0u8; 8];
+        word[..tail.len()].copy_from_slice(tail);
+        // Relaxed: as above.
+        dst[data.len() / 8].store(u64::from_le_bytes(word), Ordering::Relaxed);
+        shm_testkit_point();
+    }
+}
+
 fn shm_testkit_point() {
     crate::crash_point!("mailbox.writer_mid_slot");
 }
