@@ -7,7 +7,7 @@ N="${1:?usage: run.sh N (number of processes, 1-10)}"
 [[ "$N" =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] && [ "$N" -le 10 ] || { echo "N must be 1..10" >&2; exit 1; }
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p board
-BOARD=./target/release/board
+BOARD="${CARGO_TARGET_DIR:-target}/release/board"
 PREFIX="outlive-board-$$"
 declare -a PIDS
 start() { "$BOARD" --index "$1" --count "$N" --prefix "$PREFIX" & PIDS[$1]=$!; }
