@@ -14,8 +14,8 @@
 
 use std::os::fd::BorrowedFd;
 
-use shm_segment::{Access, Mapping, Region};
-use shm_sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering, fence};
+use shm_segment::{Access, Mapping, Region}; // atomics-ok: views of the mmap'd memfd (Region hands out core atomics); modelled in tests/loom.rs
 
 use crate::error::{ErrorKind, SnapshotError};
 
@@ -132,7 +132,7 @@ impl Client {
         self.seq().load(Ordering::Relaxed) / 2
     }
 
-    fn seq(&self) -> &shm_sync::atomic::AtomicU64 {
+    fn seq(&self) -> &AtomicU64 {
         self.map
             .region()
             .atomic_u64(SEQ_OFF)
