@@ -110,9 +110,54 @@ impl Client {
     ///
     /// # Errors
     /// Not a snapshot memfd, or the wrong size.
+    ///
+    /// Recovery of a previous client's death: if it died inside `commit`
+    /// (`seq` odd), its work area held the complete state it was committing,
+    /// so the commit is finished (the whole work area is copied and `seq`
+    /// made even). Otherwise the work area is reset to the committed copy,
+    /// discarding uncommitted edits. Either way the client starts from exactly
+    /// one committed state, and work area and committed copy agree (which
+    /// `commit`'s dirty ranges rely on).
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
         let (map, region) = map(fd, Access::ReadWrite)?;
-        Ok(Self { map, region })
+        let c = Self { map, region };
+        let len = usize::try_from(region).unwrap_or(0);
+        let seq = c.seq();
+        // Relaxed: only the (single) client writes `seq`, and we are it now.
+        let s = seq.load(Ordering::Relaxed);
+        if s % 2 == 1 {
+            // Finish the interrupted commit: same steps as `commit` after the odd store.
+            fence(Ordering::Release);
+            c.copy_ranges(&[0..len], true);
+            // SYNC: Release, pairs with the host's Acquire load in `Host::copy`.
+            seq.store(s + 1, Ordering::Release);
+        } else {
+            c.copy_ranges(&[0..len], false);
+        }
+        Ok(c)
+    }
+
+    /// Copies ranges work → committed (`to_committed`) or committed → work.
+    fn copy_ranges(&self, ranges: &[std::ops::Range<usize>], to_committed: bool) {
+        let r = self.map.region();
+        let area = usize::try_from(round(self.region)).unwrap_or(0);
+        let mut buf = vec![0u8; 1 << 16];
+        let work = CONTROL_LEN as usize;
+        let (from, to) = if to_committed {
+            (work, work + area)
+        } else {
+            (work + area, work)
+        };
+        for range in ranges {
+            let end = range.end.min(usize::try_from(self.region).unwrap_or(0));
+            let mut o = range.start;
+            while o < end {
+                let n = (end - o).min(buf.len());
+                let _ = r.read_bytes(from + o, &mut buf[..n]);
+                let _ = r.write_bytes(to + o, &buf[..n]);
+                o += n;
+            }
+        }
     }
 
     /// The work area (the program's state).
@@ -152,20 +197,7 @@ impl Client {
         // fence before its second load of `seq` in `Host::copy`.
         seq.store(s + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        let r = self.map.region();
-        let area = usize::try_from(round(self.region)).unwrap_or(0);
-        let mut buf = [0u8; 65536];
-        for range in dirty {
-            let end = range.end.min(usize::try_from(self.region).unwrap_or(0));
-            let mut o = range.start;
-            while o < end {
-                let n = (end - o).min(buf.len());
-                let src = CONTROL_LEN as usize + o;
-                let _ = r.read_bytes(src, &mut buf[..n]);
-                let _ = r.write_bytes(src + area, &buf[..n]);
-                o += n;
-            }
-        }
+        self.copy_ranges(dirty, true);
         // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
         // a host that sees `s + 2` sees every byte of this copy.
         seq.store(s + 2, Ordering::Release);

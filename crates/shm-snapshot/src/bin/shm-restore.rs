@@ -240,10 +240,6 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let image_len =
         usize::try_from(live::CONTROL_LEN + file_region).map_err(|_| "state too large")?;
     let mut image = vec![0u8; image_len];
-    let gen0 = host
-        .copy(&mut image[live::CONTROL_LEN as usize..], 1000)
-        .ok_or("memfd never quiet")?;
-    image[..8].copy_from_slice(&gen0.to_le_bytes());
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -306,7 +302,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         );
         Ok(())
     };
-    snapshot(&mut writer, &mut image, &mut persisted)?;
+    if let Err(e) = snapshot(&mut writer, &mut image, &mut persisted) {
+        eprintln!("shm-restore: {e}");
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (program, rest) = args.command.split_first().ok_or("no COMMAND")?;
     let dup = fd.try_clone().map_err(|e| e.to_string())?;
