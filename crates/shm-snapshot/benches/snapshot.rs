@@ -1,5 +1,11 @@
 //! Snapshot benchmark: figures next to baselines measured in the same run.
-#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::many_single_char_names,
+    clippy::too_many_lines,
+    clippy::single_range_in_vec_init
+)]
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -99,7 +105,7 @@ fn main() {
         let mut out = vec![0u8; size];
         let f = std::fs::File::open(&p).unwrap();
         restore(&FileStorage(f), |off, b| {
-            out[off as usize..off as usize + b.len()].copy_from_slice(b)
+            out[off as usize..off as usize + b.len()].copy_from_slice(b);
         })
         .unwrap();
         rest.push(t.elapsed().as_secs_f64());

@@ -35,6 +35,7 @@ pub fn memfd_size(region_size: u64) -> u64 {
     CONTROL_LEN + 2 * round(region_size)
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as a `map_err` function
 fn bad(msg: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::new(ErrorKind::BadGeometry, msg)
 }
@@ -51,8 +52,8 @@ fn map(fd: BorrowedFd<'_>, access: Access) -> Result<(Mapping, u64), SnapshotErr
     let m = Mapping::map(fd, 0, len, access).map_err(|e| bad(format!("map memfd: {e}")))?;
     let r = m.region();
     // Relaxed: magic and size are written once before the memfd is shared.
-    let magic = r.load_u64(0, Ordering::Relaxed).map_err(|e| bad(e))?;
-    let region = r.load_u64(8, Ordering::Relaxed).map_err(|e| bad(e))?;
+    let magic = r.load_u64(0, Ordering::Relaxed).map_err(bad)?;
+    let region = r.load_u64(8, Ordering::Relaxed).map_err(bad)?;
     if magic != LIVE_MAGIC {
         return Err(SnapshotError::new(
             ErrorKind::Foreign,
@@ -89,12 +90,12 @@ pub fn initialize(
         let _ = r.write_bytes(o, bytes);
         let _ = r.write_bytes(o + usize::try_from(area).unwrap_or(0), bytes);
     });
-    r.write(8, &region_size).map_err(|e| bad(e))?;
+    r.write(8, &region_size).map_err(bad)?;
     // Relaxed: nobody else has the memfd yet (it is handed over later, which orders it).
     r.atomic_u64(SEQ_OFF)
-        .map_err(|e| bad(e))?
+        .map_err(bad)?
         .store(2 * generation, Ordering::Relaxed);
-    r.write(0, &LIVE_MAGIC).map_err(|e| bad(e))?;
+    r.write(0, &LIVE_MAGIC).map_err(bad)?;
     Ok(())
 }
 
@@ -128,11 +129,11 @@ impl Client {
         if s % 2 == 1 {
             // Finish the interrupted commit: same steps as `commit` after the odd store.
             fence(Ordering::Release);
-            c.copy_ranges(&[0..len], true);
+            c.copy_ranges(std::slice::from_ref(&(0..len)), true);
             // SYNC: Release, pairs with the host's Acquire load in `Host::copy`.
             seq.store(s + 1, Ordering::Release);
         } else {
-            c.copy_ranges(&[0..len], false);
+            c.copy_ranges(std::slice::from_ref(&(0..len)), false);
         }
         Ok(c)
     }
@@ -161,6 +162,9 @@ impl Client {
     }
 
     /// The work area (the program's state).
+    ///
+    /// # Panics
+    /// Never: the bounds were checked at open.
     #[must_use]
     pub fn work(&self) -> Region<'_> {
         let len = usize::try_from(self.region).unwrap_or(0);
@@ -201,7 +205,7 @@ impl Client {
         // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
         // a host that sees `s + 2` sees every byte of this copy.
         seq.store(s + 2, Ordering::Release);
-        (s + 2) / 2
+        s / 2 + 1
     }
 }
 

@@ -41,7 +41,7 @@ fn last_number_after(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .filter_map(|l| l.split_once(key).map(|(_, r)| r))
         .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .last()
+        .next_back()
 }
 
 fn inspect_generation(bin: &Path, file: &Path) -> u64 {

@@ -126,7 +126,7 @@ fn temp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::single_match_else)]
 fn run(args: &Args) -> Result<ExitCode, String> {
     let path = &args.file;
     let show = path.display();
@@ -247,7 +247,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         .truncate(false)
         .open(path)
         .map_err(|e| format!("{show}: {e}"))?;
-    let fresh = f.metadata().map(|m| m.len() == 0).unwrap_or(true);
+    let fresh = f.metadata().map_or(true, |m| m.len() == 0);
     let mut writer = if fresh {
         let w = SnapshotWriter::create(FileStorage(f), 4096, image_len as u64)
             .map_err(|e| format!("{show}: {e}"))?;
