@@ -3,6 +3,13 @@
 use crate::error::{ErrorKind, SnapshotError};
 use crate::storage::Storage;
 
+#[cfg(feature = "fault-injection")]
+use shm_testkit::crash_point;
+#[cfg(not(feature = "fault-injection"))]
+macro_rules! crash_point {
+    ($name:literal) => {};
+}
+
 /// The first eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"OUTLSNP1";
 /// The format version this library writes and reads.
@@ -412,6 +419,7 @@ impl<S: Storage> SnapshotWriter<S> {
                         .map_err(|e| SnapshotError::io("write", e))?;
                     off += buf.len() as u64;
                     buf.clear();
+                    crash_point!("writer.batch_written");
                 }
             }
             buf.extend_from_slice(&record_header(
@@ -424,6 +432,7 @@ impl<S: Storage> SnapshotWriter<S> {
                 .write_at(off, &buf)
                 .map_err(|e| SnapshotError::io("write", e))?;
             off += buf.len() as u64;
+            crash_point!("writer.before_sync");
             self.storage
                 .sync()
                 .map_err(|e| SnapshotError::io("fdatasync", e))
@@ -432,6 +441,7 @@ impl<S: Storage> SnapshotWriter<S> {
             let _ = self.storage.set_len(self.end);
             return Err(e);
         }
+        crash_point!("writer.after_sync");
         for (i, h) in new_hashes {
             self.hashes[i] = h;
         }
@@ -491,4 +501,10 @@ impl<S: Storage> SnapshotWriter<S> {
             .map_err(|e| SnapshotError::io("fdatasync", e))?;
         Ok(target)
     }
+}
+
+/// The client's crash point inside `commit` (between the copy and the even store).
+#[inline]
+pub(crate) fn crash_point_client() {
+    crash_point!("client.mid_commit");
 }

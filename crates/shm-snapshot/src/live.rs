@@ -202,6 +202,7 @@ impl Client {
         seq.store(s + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         self.copy_ranges(dirty, true);
+        crate::format::crash_point_client();
         // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
         // a host that sees `s + 2` sees every byte of this copy.
         seq.store(s + 2, Ordering::Release);

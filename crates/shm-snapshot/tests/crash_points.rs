@@ -1,0 +1,93 @@
+//! SIGKILL of a real writer process at each named crash point of the file
+//! writer: the file then restores exactly one committed generation, no older
+//! than the last one the writer reported durable.
+#![cfg(feature = "fault-injection")]
+
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use shm_snapshot::{FileStorage, SnapshotWriter, restore};
+
+const LEN: usize = 64 * 4096;
+
+fn state(g: u64) -> Vec<u8> {
+    // Every generation changes a different number of pages.
+    let mut v = vec![0u8; LEN];
+    for k in 0..=g {
+        let p = usize::try_from(k * 5 % 64).unwrap() * 4096;
+        v[p..p + 4096].fill(u8::try_from(k % 250).unwrap() + 1);
+    }
+    v
+}
+
+fn writer(path: &Path) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    let mut w = SnapshotWriter::create(FileStorage(f), 4096, LEN as u64).unwrap();
+    w.set_write_batch(4096);
+    for g in 1..=6 {
+        w.snapshot(&state(g)).unwrap();
+        eprintln!("durable {g}");
+    }
+}
+
+#[test]
+fn writer_killed_at_each_crash_point() {
+    let dir = std::env::temp_dir();
+    if let Some(role) = shm_testkit::role() {
+        assert_eq!(role, "writer");
+        writer(Path::new(&std::env::var("SNAP_FILE").unwrap()));
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(std::time::Duration::from_secs(120));
+    let mut killed = 0;
+    for point in [
+        "writer.batch_written@3",
+        "writer.batch_written@5",
+        "writer.before_sync@2",
+        "writer.before_sync@5",
+        "writer.after_sync@1",
+        "writer.after_sync@4",
+    ] {
+        let path = dir.join(shm_testkit::unique_name("crash-snap"));
+        let out = shm_testkit::role_command("writer_killed_at_each_crash_point", "writer")
+            .env("SNAP_FILE", &path)
+            .env("SHM_CRASH_AT", point)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            killed += 1;
+        }
+        let durable = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("durable ")?.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let f = std::fs::File::open(&path).unwrap();
+        let mut v = vec![0u8; LEN];
+        let r = restore(&FileStorage(f), |o, b| {
+            let o = usize::try_from(o).unwrap();
+            v[o..o + b.len()].copy_from_slice(b);
+        })
+        .unwrap();
+        let g = r.info.generation;
+        assert!(g >= durable, "{point}: restored {g} < durable {durable}");
+        assert!(
+            g <= durable + 1,
+            "{point}: restored {g} > durable {durable} + 1"
+        );
+        assert_eq!(
+            v,
+            if g == 0 { vec![0; LEN] } else { state(g) },
+            "{point}: content of generation {g}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_eq!(killed, 6, "not every crash point fired");
+}
