@@ -311,6 +311,17 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let mut child =
         shm_fd::exec::spawn_with_fds(&exe, program, rest, &[(args.name.clone(), dup)], &[])
             .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
+    // Forward termination and user signals to the child; we exit when it does.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+        signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGUSR2,
+    ])
+    .map_err(|e| format!("signal handlers: {e}"))?;
+    let child_pid = rustix::process::Pid::from_child(&child);
     let interval = Duration::from_secs_f64(args.interval.max(0.001));
     let status = loop {
         let deadline = Instant::now() + interval;
@@ -319,6 +330,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
                 done = Some(s);
                 break;
+            }
+            for sig in signals.pending() {
+                if let Some(sig) = rustix::process::Signal::from_named_raw(sig) {
+                    let _ = rustix::process::kill_process(child_pid, sig);
+                }
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -336,11 +352,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
 fn exit_like(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     if let Some(sig) = status.signal() {
-        // Die by the same signal so the death is visible to our parent.
-        let _ = rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::from_named_raw(sig).unwrap_or(rustix::process::Signal::KILL),
-        );
+        // Die by the same signal (default action, despite our forwarding
+        // handlers) so the death is visible to our parent (`Restart=on-abnormal`).
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
         return ExitCode::from(128 + u8::try_from(sig).unwrap_or(0));
     }
     ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
