@@ -135,12 +135,19 @@ impl<'a> Region<'a> {
 
     /// `count` consecutive `u64`s at `offset` (8-aligned) as atomics; writable regions only.
     pub fn atomics_u64(&self, offset: usize, count: usize) -> Result<&'a [AtomicU64], OutOfBounds> {
-        let len = count.checked_mul(8).ok_or(OutOfBounds { offset, len: usize::MAX, region_len: self.len })?;
+        let len = count.checked_mul(8).ok_or(OutOfBounds {
+            offset,
+            len: usize::MAX,
+            region_len: self.len,
+        })?;
         let ptr = self.check(offset, len, 8, true)?;
         // `ptr..ptr+8*count` is in bounds, 8-aligned and writable (checked);
         // AtomicU64 has the size and alignment of u64 and any bits are valid;
         // every access through the slice is atomic (invariant 2), valid for 'a (invariant 1).
-        #[allow(clippy::cast_ptr_alignment, reason = "`check` verified 8-byte alignment")]
+        #[allow(
+            clippy::cast_ptr_alignment,
+            reason = "`check` verified 8-byte alignment"
+        )]
         let words = ptr.cast::<AtomicU64>();
         // SAFETY: see above.
         Ok(unsafe { core::slice::from_raw_parts(words, count) })

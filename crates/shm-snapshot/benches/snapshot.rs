@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use shm_snapshot::live::{self, Client, Host};
 use shm_snapshot::{FileStorage, SnapshotWriter, restore};
 
+/// Process-local stop flag ordering.
+const RELAXED: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed; // atomics-ok
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -145,7 +148,7 @@ fn main() {
             let host = Host::open(host_fd.as_fd()).unwrap();
             let mut buf = vec![0u8; region as usize];
             let mut n = 0;
-            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            while !st.load(RELAXED) {
                 if host.copy(&mut buf, 10).is_some() {
                     n += 1;
                 }
@@ -174,7 +177,7 @@ fn main() {
                 pct(&mut pauses, 0.99)
             );
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, RELAXED); // atomics-ok
         let copies = h.join().unwrap();
         println!("  (host completed {copies} consistent copies meanwhile)");
     }

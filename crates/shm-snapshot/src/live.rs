@@ -14,7 +14,7 @@
 
 use std::os::fd::BorrowedFd;
 
-use core::sync::atomic::{AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering, fence}; // atomics-ok: views of the mapped memfd
 use shm_segment::{Access, Mapping, Region}; // atomics-ok: views of the mmap'd memfd (Region hands out core atomics); modelled in tests/loom.rs
 
 use crate::error::{ErrorKind, SnapshotError};

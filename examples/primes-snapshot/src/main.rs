@@ -59,7 +59,7 @@ fn run() -> Result<(), String> {
     let load = |i: u64| {
         work.load_u64(
             usize::try_from(i * 8).unwrap_or(usize::MAX),
-            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed, // atomics-ok
         )
     }; // atomics-ok: ordering name only
     let count = load(0).map_err(|e| e.to_string())?;
