@@ -110,20 +110,13 @@ impl NotifyAddr {
         }
         let iov = [IoSlice::new(message.as_bytes())];
         let sent = match self {
-            NotifyAddr::Path(p) => {
-                let addr = SocketAddrUnix::new(p.as_path()).map_err(err)?;
-                let sock = rustix::net::socket_with(
-                    AddressFamily::UNIX,
-                    SocketType::DGRAM,
-                    SocketFlags::CLOEXEC,
-                    None,
-                )
+            NotifyAddr::Path(_) | NotifyAddr::Abstract(_) => {
+                let addr = match self {
+                    NotifyAddr::Abstract(name) => SocketAddrUnix::new_abstract_name(name),
+                    NotifyAddr::Path(p) => SocketAddrUnix::new(p.as_path()),
+                    NotifyAddr::Vsock { .. } => unreachable!("matched above"),
+                }
                 .map_err(err)?;
-                rustix::net::sendmsg_addr(&sock, &addr, &iov, &mut control, SendFlags::NOSIGNAL)
-                    .map_err(err)?
-            }
-            NotifyAddr::Abstract(name) => {
-                let addr = SocketAddrUnix::new_abstract_name(name).map_err(err)?;
                 let sock = rustix::net::socket_with(
                     AddressFamily::UNIX,
                     SocketType::DGRAM,
