@@ -1,1 +1,96 @@
-//! A lock-free single-producer single-consumer channel in a sealed memfd, with eventfd wake-ups
+//! A lock-free single-producer single-consumer channel in a sealed memfd, with
+//! eventfd wake-ups and a Unix-socket handshake that passes the fds.
+//!
+//! - [`Producer`] / [`Consumer`]: typed `send`/`recv` for any plain-data `T`
+//!   (zerocopy `FromBytes + IntoBytes + Immutable`), batches by slice, zero-copy
+//!   batches through closures ([`Producer::send_with`], and the unsafe
+//!   [`Producer::send_trusted`] / [`Consumer::receive_trusted`] that hand out
+//!   `&mut [T]` / `&[T]` for trusted peers), and a byte stream
+//!   (`Producer<u8>: std::io::Write`, `Consumer<u8>: std::io::Read`). Every
+//!   operation comes non-blocking (`try_*`: full and empty hand the value back),
+//!   blocking with an optional timeout (spin briefly, then park on an eventfd),
+//!   and async behind the `tokio` feature ([`asyncio`]).
+//! - [`Listener`] / [`Connector`]: a server and a client over a Unix socket.
+//!   The server creates (or adopts) the ring, checks the client's credentials
+//!   (`SO_PEERCRED`, same uid by default), negotiates the protocol version and
+//!   passes the sealed memfd and two eventfds by `SCM_RIGHTS`. The socket then
+//!   stays open: a blocked side polls it together with its eventfd, so the
+//!   peer's death ends the wait at once with [`RingError::Disconnected`].
+//! - Positions live in shared memory: a side that restarts (and gets the same
+//!   memfd back, from the server or from a file-descriptor store) resumes where
+//!   its predecessor stopped. Delivery is exactly once while both sides live;
+//!   across a consumer crash it is at least once (elements copied out but not
+//!   yet released are delivered again); a producer crash loses only elements
+//!   not yet committed, and [`Producer::position`] tells a restarted producer
+//!   how many were.
+//! - Untrusted peers: the memfd must be sealed against shrinking and growing,
+//!   its size is checked with `fstat`, the header is copied out and validated,
+//!   and every counter read from shared memory is checked against a private
+//!   shadow ([`Corrupt`]). Payload is copied out before use.
+//!
+//! When not to use it: for more than one producer or consumer (use one ring
+//! per pair), or for a latest-value board (`shm-mailbox`).
+//!
+//! Layout and protocol: `docs/protocol/shm-ring.md`; the algorithm: [`raw`].
+//!
+//! # Example
+//! ```
+//! let (mut tx, mut rx) = shm_ring::channel::<u64>(1024)?;
+//! std::thread::spawn(move || {
+//!     for i in 0..10_000u64 {
+//!         tx.send(i).unwrap();
+//!     }
+//! });
+//! let mut sum = 0;
+//! for _ in 0..10_000 {
+//!     sum += rx.recv()?;
+//! }
+//! assert_eq!(sum, 10_000 * 9_999 / 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+mod core;
+pub mod layout;
+mod storage;
+
+#[cfg(not(shm_loom))]
+mod endpoint;
+#[cfg(not(shm_loom))]
+mod conn;
+#[cfg(not(shm_loom))]
+mod fds;
+#[cfg(not(shm_loom))]
+mod trusted;
+#[cfg(all(feature = "tokio", not(shm_loom)))]
+pub mod asyncio;
+#[cfg(not(shm_loom))]
+pub mod bench_support;
+
+pub use crate::core::{Corrupt, RingError};
+pub use crate::layout::{ElemLayout, LayoutError};
+
+#[cfg(not(shm_loom))]
+pub use crate::conn::{AcceptError, ConnectError, Connector, Listener, PeerLink, Role, UidPolicy, PROTOCOL_VERSION};
+#[cfg(not(shm_loom))]
+pub use crate::endpoint::{Consumer, Element, Producer, SendError, Slots, SlotsMut, TrySendError, channel, DEFAULT_SPIN};
+#[cfg(not(shm_loom))]
+pub use crate::fds::{OpenError, RingFds, RING_SEALS};
+
+/// The algorithm without the OS: generic over storage and over how a side
+/// blocks. Used by the loom models and the unit tests; most users want
+/// [`Producer`] and [`Consumer`].
+pub mod raw {
+    pub use crate::core::{Park, RawConsumer, RawProducer};
+    pub use crate::storage::{ConsumerLine, HeapStorage, ProducerLine, Storage};
+}
+
+// Crash points (no-ops without `fault-injection`).
+#[cfg(feature = "fault-injection")]
+pub(crate) use shm_testkit::crash_point;
+#[cfg(not(feature = "fault-injection"))]
+macro_rules! crash_point {
+    ($name:literal) => {{}};
+}
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) use crash_point;

@@ -1,0 +1,489 @@
+//! Connecting two processes: a Unix-socket handshake that checks credentials,
+//! negotiates the version and passes the ring's fds by `SCM_RIGHTS`.
+//!
+//! ```text
+//! client                                    server
+//!   connect ───────────────────────────────▶ accept, SO_PEERCRED (uid policy)
+//!   Hello {magic, versions, role, layout} ─▶ check version, role, element layout
+//!   ◀── Welcome {magic, version, status, capacity, pid} + SCM_RIGHTS [memfd, data_ready, space_ready]
+//!   validate memfd (seals, fstat, header), attach; the socket stays open as the liveness link
+//! ```
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::endpoint::{Consumer, Element, Producer};
+use crate::fds::{OpenError, RingFds};
+use crate::layout::ElemLayout;
+
+/// The handshake protocol version this build speaks (the only one so far).
+pub const PROTOCOL_VERSION: u32 = 1;
+const MIN_VERSION: u32 = 1;
+const HELLO_MAGIC: [u8; 8] = *b"RINGHELO";
+const WELCOME_MAGIC: [u8; 8] = *b"RINGWLCM";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Client → server, first bytes on the socket.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+struct Hello {
+    magic: [u8; 8],
+    min_version: u32,
+    max_version: u32,
+    /// The end the client wants: 1 producer, 2 consumer.
+    role: u32,
+    elem_size: u32,
+    elem_align: u32,
+    reserved: u32,
+    tag: u64,
+}
+
+/// Server → client, with the fds attached when `status == 0`.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+struct Welcome {
+    magic: [u8; 8],
+    version: u32,
+    status: u32,
+    capacity: u64,
+    server_pid: u32,
+    reserved: u32,
+}
+
+const _: () = {
+    assert!(size_of::<Hello>() == 40 && core::mem::offset_of!(Hello, tag) == 32);
+    assert!(size_of::<Welcome>() == 32 && core::mem::offset_of!(Welcome, server_pid) == 24);
+};
+
+const STATUS_OK: u32 = 0;
+const STATUS_VERSION: u32 = 1;
+const STATUS_ROLE: u32 = 2;
+const STATUS_ELEMENT: u32 = 3;
+const STATUS_REFUSED: u32 = 4;
+
+/// Which end of the ring the client takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The client sends.
+    Producer,
+    /// The client receives.
+    Consumer,
+}
+
+impl Role {
+    fn wire(self) -> u32 {
+        match self {
+            Role::Producer => 1,
+            Role::Consumer => 2,
+        }
+    }
+}
+
+/// Whose connections a side accepts (checked with `SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UidPolicy {
+    /// Only processes running as our effective uid (the default).
+    #[default]
+    SameUid,
+    /// Only this uid.
+    Uid(u32),
+    /// Anyone who can open the socket (the ring still treats them as untrusted).
+    Any,
+}
+
+impl UidPolicy {
+    fn allows(self, uid: u32) -> bool {
+        match self {
+            UidPolicy::SameUid => uid == rustix::process::geteuid().as_raw(),
+            UidPolicy::Uid(want) => uid == want,
+            UidPolicy::Any => true,
+        }
+    }
+}
+
+/// A connected peer: the socket (kept open as the liveness link) and its credentials.
+#[derive(Debug)]
+pub struct PeerLink {
+    socket: OwnedFd,
+    pid: u32,
+    uid: u32,
+}
+
+impl PeerLink {
+    /// The peer's pid, as the kernel saw it at connect time.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// The peer's uid.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+    pub(crate) fn into_socket(self) -> OwnedFd {
+        self.socket
+    }
+}
+
+/// Why a connection could not be accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The peer's uid is not allowed.
+    #[error("peer pid {pid} runs as uid {uid}, which is not allowed")]
+    Refused {
+        /// Peer pid.
+        pid: u32,
+        /// Peer uid.
+        uid: u32,
+    },
+    /// The peer sent something that is not a hello.
+    #[error("peer sent a malformed hello")]
+    Malformed,
+    /// No common protocol version.
+    #[error("peer speaks versions {min}..={max}, we speak {MIN_VERSION}..={PROTOCOL_VERSION}")]
+    Version {
+        /// Peer's lowest.
+        min: u32,
+        /// Peer's highest.
+        max: u32,
+    },
+    /// The peer asked for the other end of the ring.
+    #[error("peer asked for the wrong end of the ring")]
+    Role,
+    /// The peer expects another element layout.
+    #[error("peer expects elements of size {size} align {align} tag {tag:#x}")]
+    Element {
+        /// Peer's size.
+        size: u32,
+        /// Peer's alignment.
+        align: u32,
+        /// Peer's tag.
+        tag: u64,
+    },
+    /// Opening our end failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A socket operation failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server runs as a uid we do not accept.
+    #[error("server pid {pid} runs as uid {uid}, which is not allowed")]
+    Refused {
+        /// Server pid.
+        pid: u32,
+        /// Server uid.
+        uid: u32,
+    },
+    /// The server turned us down (status code from the welcome).
+    #[error("server refused the connection: {0}")]
+    Rejected(&'static str),
+    /// The server's answer is malformed or lacks the fds.
+    #[error("server sent a malformed welcome")]
+    Malformed,
+    /// Validating or opening the ring failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A socket operation failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn aerr(op: &'static str) -> impl FnOnce(std::io::Error) -> AcceptError {
+    move |source| AcceptError::Io { op, source }
+}
+fn cerr(op: &'static str) -> impl FnOnce(std::io::Error) -> ConnectError {
+    move |source| ConnectError::Io { op, source }
+}
+
+fn peer_cred(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
+    let cred = rustix::net::sockopt::socket_peercred(stream)?;
+    Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
+}
+
+/// The server side: a listening Unix socket that hands out one end of a ring.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: (u64, u64),
+    policy: UidPolicy,
+}
+
+impl Listener {
+    /// Listens on `path`. A stale socket file (nobody accepting) is replaced; a
+    /// live one gives `AddrInUse`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use shm_ring::{ElemLayout, Listener, RingFds};
+    /// let listener = Listener::bind("/tmp/shmem-test.sock")?;
+    /// let ring = RingFds::create("sum", 1 << 16, ElemLayout::of::<f64>())?;
+    /// let mut rx = listener.accept_consumer::<f64>(&ring)?;
+    /// while let Ok(x) = rx.recv() {
+    ///     println!("{x}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind(path: impl AsRef<Path>) -> std::io::Result<Listener> {
+        let path = path.as_ref().to_path_buf();
+        if std::fs::symlink_metadata(&path).is_ok() {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("a server already listens on {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let listener = UnixListener::bind(&path)?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        Ok(Listener {
+            listener,
+            path,
+            inode: (meta.dev(), meta.ino()),
+            policy: UidPolicy::default(),
+        })
+    }
+
+    /// Whose connections to accept (default: same uid).
+    #[must_use]
+    pub fn with_policy(mut self, policy: UidPolicy) -> Listener {
+        self.policy = policy;
+        self
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for one client asking for end `give` of a ring with element
+    /// layout `elem`, checks it and passes it `ring`'s fds. Returns the link
+    /// to that client. A client that fails the checks is told why (when it
+    /// got that far) and the error returned; call again to wait for the next.
+    pub fn accept(&self, ring: &RingFds, give: Role, elem: ElemLayout) -> Result<PeerLink, AcceptError> {
+        let (mut stream, _) = self.listener.accept().map_err(aerr("accept"))?;
+        let (pid, uid) = peer_cred(&stream).map_err(aerr("SO_PEERCRED"))?;
+        if !self.policy.allows(uid) {
+            let _ = send_welcome(&stream, STATUS_REFUSED, 0, None);
+            return Err(AcceptError::Refused { pid, uid });
+        }
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(aerr("SO_RCVTIMEO"))?;
+        let mut bytes = [0u8; size_of::<Hello>()];
+        stream.read_exact(&mut bytes).map_err(aerr("read hello"))?;
+        let hello = Hello::read_from_bytes(&bytes).map_err(|_| AcceptError::Malformed)?;
+        if hello.magic != HELLO_MAGIC {
+            return Err(AcceptError::Malformed);
+        }
+        let (status, err) = check_hello(&hello, give, elem);
+        let capacity = if status == STATUS_OK { ring_capacity(ring, elem)? } else { 0 };
+        send_welcome(&stream, status, capacity, (status == STATUS_OK).then_some(ring)).map_err(aerr("send welcome"))?;
+        if let Some(err) = err {
+            return Err(err);
+        }
+        stream.set_read_timeout(None).map_err(aerr("SO_RCVTIMEO"))?;
+        Ok(PeerLink { socket: stream.into(), pid, uid })
+    }
+
+    /// Accepts a client that will send `T`s, and opens the consumer end for us.
+    pub fn accept_consumer<T: Element>(&self, ring: &RingFds) -> Result<Consumer<T>, AcceptError> {
+        let link = self.accept(ring, Role::Producer, ElemLayout::of::<T>())?;
+        Ok(Consumer::open(ring, Some(link))?)
+    }
+
+    /// Accepts a client that will receive `T`s, and opens the producer end for us.
+    pub fn accept_producer<T: Element>(&self, ring: &RingFds) -> Result<Producer<T>, AcceptError> {
+        let link = self.accept(ring, Role::Consumer, ElemLayout::of::<T>())?;
+        Ok(Producer::open(ring, Some(link))?)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Unlink only our own socket file, not one a newer server bound since.
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.inode {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+fn ring_capacity(ring: &RingFds, elem: ElemLayout) -> Result<u64, AcceptError> {
+    // Validates our own ring before handing it out (cheap: one mapping).
+    let storage = ring.open_storage(elem)?;
+    Ok(crate::storage::Storage::capacity(&storage))
+}
+
+fn check_hello(hello: &Hello, give: Role, elem: ElemLayout) -> (u32, Option<AcceptError>) {
+    if hello.max_version < MIN_VERSION || hello.min_version > PROTOCOL_VERSION || hello.min_version > hello.max_version {
+        return (STATUS_VERSION, Some(AcceptError::Version { min: hello.min_version, max: hello.max_version }));
+    }
+    if hello.role != give.wire() {
+        return (STATUS_ROLE, Some(AcceptError::Role));
+    }
+    if hello.elem_size as usize != elem.size || hello.elem_align as usize != elem.align || hello.tag != elem.tag {
+        let err = AcceptError::Element { size: hello.elem_size, align: hello.elem_align, tag: hello.tag };
+        return (STATUS_ELEMENT, Some(err));
+    }
+    (STATUS_OK, None)
+}
+
+fn send_welcome(stream: &UnixStream, status: u32, capacity: u64, ring: Option<&RingFds>) -> std::io::Result<()> {
+    let welcome = Welcome {
+        magic: WELCOME_MAGIC,
+        version: PROTOCOL_VERSION,
+        status,
+        capacity,
+        server_pid: std::process::id(),
+        reserved: 0,
+    };
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(ring) = ring {
+        fds = [ring.memfd.as_fd(), ring.data_ready.as_fd(), ring.space_ready.as_fd()];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(Errno::NOBUFS.into());
+        }
+    }
+    let sent = rustix::net::sendmsg(stream, &[IoSlice::new(welcome.as_bytes())], &mut control, SendFlags::NOSIGNAL)?;
+    if sent != size_of::<Welcome>() {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    Ok(())
+}
+
+/// The client side: connects to a [`Listener`]'s socket.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    path: PathBuf,
+    policy: UidPolicy,
+}
+
+impl Connector {
+    /// A connector for the socket at `path` (servers of our own uid only, by default).
+    pub fn new(path: impl AsRef<Path>) -> Connector {
+        Connector { path: path.as_ref().to_path_buf(), policy: UidPolicy::default() }
+    }
+
+    /// Which server uids to trust (the ring is validated either way).
+    #[must_use]
+    pub fn with_policy(mut self, policy: UidPolicy) -> Connector {
+        self.policy = policy;
+        self
+    }
+
+    /// Connects asking for end `want` of a ring of `elem`; returns the ring's fds and the link.
+    pub fn connect(&self, want: Role, elem: ElemLayout) -> Result<(RingFds, PeerLink), ConnectError> {
+        let mut stream = UnixStream::connect(&self.path).map_err(cerr("connect"))?;
+        let (pid, uid) = peer_cred(&stream).map_err(cerr("SO_PEERCRED"))?;
+        if !self.policy.allows(uid) {
+            return Err(ConnectError::Refused { pid, uid });
+        }
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(cerr("SO_RCVTIMEO"))?;
+        let hello = Hello {
+            magic: HELLO_MAGIC,
+            min_version: MIN_VERSION,
+            max_version: PROTOCOL_VERSION,
+            role: want.wire(),
+            elem_size: elem.size as u32,
+            elem_align: elem.align as u32,
+            reserved: 0,
+            tag: elem.tag,
+        };
+        stream.write_all(hello.as_bytes()).map_err(cerr("send hello"))?;
+        let (welcome, fds) = recv_welcome(&stream)?;
+        if welcome.magic != WELCOME_MAGIC {
+            return Err(ConnectError::Malformed);
+        }
+        match welcome.status {
+            STATUS_OK => {}
+            STATUS_VERSION => return Err(ConnectError::Rejected("no common protocol version")),
+            STATUS_ROLE => return Err(ConnectError::Rejected("that end of the ring is not offered")),
+            STATUS_ELEMENT => return Err(ConnectError::Rejected("different element layout")),
+            STATUS_REFUSED => return Err(ConnectError::Rejected("credentials not allowed")),
+            _ => return Err(ConnectError::Malformed),
+        }
+        let mut fds = fds.into_iter();
+        let (Some(memfd), Some(data_ready), Some(space_ready), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
+            return Err(ConnectError::Malformed);
+        };
+        stream.set_read_timeout(None).map_err(cerr("SO_RCVTIMEO"))?;
+        let ring = RingFds { memfd, data_ready, space_ready };
+        Ok((ring, PeerLink { socket: stream.into(), pid, uid }))
+    }
+
+    /// Connects as the producer of `T`s.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// let mut tx = shm_ring::Connector::new("/tmp/shmem-test.sock").connect_producer::<f64>()?;
+    /// tx.send_all(&[1.0, 2.0, 3.0], None)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect_producer<T: Element>(&self) -> Result<Producer<T>, ConnectError> {
+        let (ring, link) = self.connect(Role::Producer, ElemLayout::of::<T>())?;
+        Ok(Producer::open(&ring, Some(link))?)
+    }
+
+    /// Connects as the consumer of `T`s.
+    pub fn connect_consumer<T: Element>(&self) -> Result<Consumer<T>, ConnectError> {
+        let (ring, link) = self.connect(Role::Consumer, ElemLayout::of::<T>())?;
+        Ok(Consumer::open(&ring, Some(link))?)
+    }
+}
+
+fn recv_welcome(stream: &UnixStream) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
+    let mut bytes = [0u8; size_of::<Welcome>()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(stream, &mut [IoSliceMut::new(&mut bytes)], &mut control, RecvFlags::CMSG_CLOEXEC)
+        .map_err(|e| ConnectError::Io { op: "receive welcome", source: e.into() })?;
+    let mut fds = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = msg {
+            fds.extend(rights);
+        }
+    }
+    let mut have = got.bytes;
+    let mut reader = stream;
+    while have < bytes.len() {
+        match reader.read(&mut bytes[have..]) {
+            Ok(0) => return Err(ConnectError::Malformed),
+            Ok(n) => have += n,
+            Err(e) => return Err(ConnectError::Io { op: "receive welcome", source: e }),
+        }
+    }
+    let welcome = Welcome::read_from_bytes(&bytes).map_err(|_| ConnectError::Malformed)?;
+    Ok((welcome, fds))
+}

@@ -1,0 +1,518 @@
+//! The ring algorithm, generic over [`Storage`] and over how a side blocks ([`Park`]).
+//!
+//! # Protocol
+//!
+//! A Lamport single-producer single-consumer ring with free-running counters
+//! (as in the Linux `kfifo` and Rigtorp's `SPSCQueue`), each side caching the
+//! other's counter:
+//!
+//! | field             | written by | meaning                                           |
+//! |-------------------|------------|---------------------------------------------------|
+//! | `producer.tail`   | producer   | elements ever published (slot `tail % capacity`)  |
+//! | `producer.parked` | producer   | 1 while the producer waits for space              |
+//! | `consumer.head`   | consumer   | elements ever consumed                            |
+//! | `consumer.parked` | consumer   | 1 while the consumer waits for data               |
+//!
+//! Publication: the producer copies elements into free slots, then stores
+//! `tail` with Release; the consumer loads `tail` with Acquire, copies the
+//! elements out, then stores `head` with Release; the producer's Acquire load
+//! of `head` orders those reads before it reuses the slots.
+//!
+//! Each side keeps its own counter in a private shadow and never reads it back
+//! from shared memory while running, and it checks every value of the peer's
+//! counter against the shadow: `head` must satisfy `cached_head <= head <= tail`
+//! and `tail` must satisfy `cached_tail <= tail <= head + capacity`. Anything
+//! else is [`Corrupt`]. Since every slot index is `counter & (capacity - 1)`,
+//! no value a peer writes can move an access outside the slot area.
+//!
+//! Parking (no lost wake-ups): a side that finds nothing to do stores
+//! `parked = 1`, issues a SeqCst fence, and checks the peer's counter again
+//! before blocking on its eventfd. The peer stores its counter, issues a SeqCst
+//! fence, and then reads `parked`, writing the eventfd only when it is 1. This
+//! is the store-buffer (Dekker) pattern: without the fences both sides could
+//! read the old value of the other's store (x86 store buffers do exactly that),
+//! the waiter would sleep on an empty ring while the peer skipped the wake-up.
+//! With a SeqCst fence between each side's store and load, the two fences are
+//! totally ordered, and whichever comes second sees the other side's store:
+//! either the waiter sees the new counter and does not sleep, or the peer sees
+//! `parked = 1` and writes the eventfd (whose counter keeps the wake-up even if
+//! it arrives before the waiter blocks). `tests/loom.rs` checks this.
+//!
+//! Crashes: a side killed between copying and publishing leaves its counter at
+//! the old value, so the copy is simply not there (producer) or is delivered
+//! again (consumer). A restarted side re-reads its own counter from shared
+//! memory ([`RawProducer::attach`] / [`RawConsumer::attach`]) and resumes there.
+//! Counters are single aligned 8-byte stores, so they are never torn.
+
+use std::time::{Duration, Instant};
+
+use shm_sync::atomic::{Ordering, fence};
+
+use crate::storage::Storage;
+
+/// A value read from shared memory broke the ring's invariants: the peer is
+/// buggy or hostile, or the memory was overwritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ring corrupt: {field} is {found}, must lie in {low}..={high}")]
+pub struct Corrupt {
+    /// The shared field.
+    pub field: &'static str,
+    /// The value read.
+    pub found: u64,
+    /// Lowest acceptable value.
+    pub low: u64,
+    /// Highest acceptable value.
+    pub high: u64,
+}
+
+/// Why a ring operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingError {
+    /// The shared counters are inconsistent (a buggy or hostile peer).
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    /// The peer hung up (its socket closed: it exited or was killed) and nothing is left to read.
+    #[error("the peer hung up")]
+    Disconnected,
+    /// The timeout passed first.
+    #[error("timed out")]
+    Timeout,
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: rustix::io::Errno,
+    },
+}
+
+/// How a side blocks until its peer wakes it.
+pub trait Park {
+    /// Blocks until woken (possibly spuriously), the deadline passes
+    /// ([`RingError::Timeout`]) or the peer is gone ([`RingError::Disconnected`]).
+    fn park(&mut self, deadline: Option<Instant>) -> Result<(), RingError>;
+}
+
+/// The producer half of the algorithm.
+#[derive(Debug)]
+pub struct RawProducer<S: Storage> {
+    storage: S,
+    /// Private shadow of `producer.tail`: authoritative.
+    tail: u64,
+    /// Last validated `consumer.head`.
+    head: u64,
+    capacity: u64,
+}
+
+/// The consumer half of the algorithm.
+#[derive(Debug)]
+pub struct RawConsumer<S: Storage> {
+    storage: S,
+    /// Private shadow of `consumer.head`: authoritative.
+    head: u64,
+    /// Last validated `producer.tail`.
+    tail: u64,
+    capacity: u64,
+}
+
+fn check(field: &'static str, found: u64, low: u64, high: u64) -> Result<u64, Corrupt> {
+    if (low..=high).contains(&found) {
+        Ok(found)
+    } else {
+        Err(Corrupt {
+            field,
+            found,
+            low,
+            high,
+        })
+    }
+}
+
+/// Reads both counters when a side (re)attaches and checks `head <= tail <= head + capacity`.
+fn attach_counters<S: Storage>(storage: &S) -> Result<(u64, u64), Corrupt> {
+    // SYNC: Acquire, pairs with the Release stores of `head` / `tail` by the
+    // current peer or by our own previous incarnation; slots they cover are settled.
+    let head = storage.consumer().head.load(Ordering::Acquire);
+    // SYNC: as above.
+    let tail = storage.producer().tail.load(Ordering::Acquire);
+    let high = head.saturating_add(storage.capacity());
+    check("tail", tail, head, high)?;
+    Ok((head, tail))
+}
+
+impl<S: Storage> RawProducer<S> {
+    /// Takes the producer side, resuming at the `tail` found in storage.
+    pub fn attach(storage: S) -> Result<RawProducer<S>, Corrupt> {
+        let (head, tail) = attach_counters(&storage)?;
+        // Relaxed: a stale 1 left by a killed producer only costs the consumer a spurious wake-up.
+        storage.producer().parked.store(0, Ordering::Relaxed);
+        let capacity = storage.capacity();
+        Ok(RawProducer {
+            storage,
+            tail,
+            head,
+            capacity,
+        })
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Elements published so far (the shared `tail`).
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn refresh(&mut self) -> Result<u64, Corrupt> {
+        // SYNC: Acquire, pairs with the Release store of `head` in
+        // `RawConsumer::release`: the consumer's copies out of the slots it
+        // released happen before we overwrite them.
+        let head = self.storage.consumer().head.load(Ordering::Acquire);
+        self.head = check("head", head, self.head, self.tail)?;
+        Ok(self.free_cached())
+    }
+
+    fn free_cached(&self) -> u64 {
+        self.capacity - (self.tail - self.head)
+    }
+
+    /// Free slots, reloading the consumer's `head` first if the cache says fewer than `want`.
+    pub fn free(&mut self, want: u64) -> Result<u64, Corrupt> {
+        let free = self.free_cached();
+        if free >= want.min(self.capacity) && free > 0 {
+            return Ok(free);
+        }
+        self.refresh()
+    }
+
+    /// The contiguous free run at the tail: `(first_slot, len)` with `len <= want`
+    /// (0 when full).
+    pub fn reserve(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
+        let free = self.free(want)?;
+        let slot = self.tail & (self.capacity - 1);
+        Ok((slot, free.min(self.capacity - slot).min(want)))
+    }
+
+    /// Copies bytes into slots (see [`Storage::write`]).
+    pub fn write(&self, slot: u64, src: &[u8]) {
+        self.storage.write(slot, src);
+    }
+
+    /// Publishes `n` reserved elements. Returns true when the consumer is
+    /// parked and must be woken (write its eventfd).
+    ///
+    /// # Panics
+    /// If `n` exceeds the free slots last seen (a caller bug).
+    pub fn commit(&mut self, n: u64) -> bool {
+        assert!(n <= self.free_cached(), "commit of {n} elements beyond the free space");
+        if n == 0 {
+            return false;
+        }
+        self.tail += n;
+        // SYNC: Release, pairs with the Acquire load of `tail` in
+        // `RawConsumer::refresh`; publishes the slot writes.
+        self.storage.producer().tail.store(self.tail, Ordering::Release);
+        // SYNC: SeqCst fence between our store of `tail` and our load of
+        // `consumer.parked`, paired with the SeqCst fence in the consumer's park
+        // path between its store of `parked` and its reload of `tail` (module docs).
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence above orders it; a stale 1 only costs a spurious wake-up.
+        self.storage.consumer().parked.load(Ordering::Relaxed) != 0
+    }
+
+    /// Waits until at least `want.min(capacity)` slots are free: spins for `spin`,
+    /// then parks. Returns the free count.
+    pub fn wait<P: Park>(
+        &mut self,
+        want: u64,
+        spin: Duration,
+        park: &mut P,
+        deadline: Option<Instant>,
+    ) -> Result<u64, RingError> {
+        let want = want.clamp(1, self.capacity);
+        wait_loop(self, want, spin, park, deadline)
+    }
+}
+
+impl<S: Storage> RawConsumer<S> {
+    /// Takes the consumer side, resuming at the `head` found in storage.
+    pub fn attach(storage: S) -> Result<RawConsumer<S>, Corrupt> {
+        let (head, tail) = attach_counters(&storage)?;
+        // Relaxed: a stale 1 left by a killed consumer only costs a spurious wake-up.
+        storage.consumer().parked.store(0, Ordering::Relaxed);
+        let capacity = storage.capacity();
+        Ok(RawConsumer {
+            storage,
+            head,
+            tail,
+            capacity,
+        })
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Elements consumed so far (the shared `head`).
+    pub fn position(&self) -> u64 {
+        self.head
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn refresh(&mut self) -> Result<u64, Corrupt> {
+        // SYNC: Acquire, pairs with the Release store of `tail` in
+        // `RawProducer::commit`; makes the published slot contents visible.
+        let tail = self.storage.producer().tail.load(Ordering::Acquire);
+        let high = self.head.saturating_add(self.capacity);
+        self.tail = check("tail", tail, self.tail, high)?;
+        Ok(self.tail - self.head)
+    }
+
+    /// Elements ready, reloading the producer's `tail` only if the cache says none.
+    pub fn available(&mut self) -> Result<u64, Corrupt> {
+        match self.tail - self.head {
+            0 => self.refresh(),
+            n => Ok(n),
+        }
+    }
+
+    /// The contiguous run of ready elements at the head: `(first_slot, len)`, `len <= want`.
+    pub fn peek(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
+        let ready = self.available()?;
+        let slot = self.head & (self.capacity - 1);
+        Ok((slot, ready.min(self.capacity - slot).min(want)))
+    }
+
+    /// Copies bytes out of slots (see [`Storage::read`]).
+    pub fn read(&self, slot: u64, dst: &mut [u8]) {
+        self.storage.read(slot, dst);
+    }
+
+    /// Frees `n` consumed elements. Returns true when the producer is parked
+    /// and must be woken.
+    ///
+    /// # Panics
+    /// If `n` exceeds the elements last seen ready (a caller bug).
+    pub fn release(&mut self, n: u64) -> bool {
+        assert!(n <= self.tail - self.head, "release of {n} elements beyond the ready ones");
+        if n == 0 {
+            return false;
+        }
+        self.head += n;
+        // SYNC: Release, pairs with the Acquire load of `head` in
+        // `RawProducer::refresh`; our slot reads happen before the producer reuses them.
+        self.storage.consumer().head.store(self.head, Ordering::Release);
+        // SYNC: SeqCst fence between our store of `head` and our load of
+        // `producer.parked`, paired with the producer's park-path fence.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence; a stale 1 only costs a spurious wake-up.
+        self.storage.producer().parked.load(Ordering::Relaxed) != 0
+    }
+
+    /// Waits until at least one element is ready: spins for `spin`, then parks.
+    /// Returns the ready count. Elements published before the peer hung up are
+    /// still returned; [`RingError::Disconnected`] comes only once none is left.
+    pub fn wait<P: Park>(
+        &mut self,
+        spin: Duration,
+        park: &mut P,
+        deadline: Option<Instant>,
+    ) -> Result<u64, RingError> {
+        wait_loop(self, 1, spin, park, deadline)
+    }
+}
+
+/// What the shared wait loop needs from each side.
+trait Side {
+    /// Reloads the peer's counter; returns how much work is possible.
+    fn poll_ready(&mut self) -> Result<u64, Corrupt>;
+    /// Work possible according to the cache (no shared read).
+    fn cached_ready(&self) -> u64;
+    /// Stores our `parked` flag.
+    fn set_parked(&self, parked: bool);
+}
+
+impl<S: Storage> Side for RawProducer<S> {
+    fn poll_ready(&mut self) -> Result<u64, Corrupt> {
+        self.refresh()
+    }
+    fn cached_ready(&self) -> u64 {
+        self.free_cached()
+    }
+    fn set_parked(&self, parked: bool) {
+        // Relaxed: ordered before the reload of `head` by the SeqCst fence in `wait_loop`.
+        self.storage.producer().parked.store(u32::from(parked), Ordering::Relaxed);
+    }
+}
+
+impl<S: Storage> Side for RawConsumer<S> {
+    fn poll_ready(&mut self) -> Result<u64, Corrupt> {
+        self.refresh()
+    }
+    fn cached_ready(&self) -> u64 {
+        self.tail - self.head
+    }
+    fn set_parked(&self, parked: bool) {
+        // Relaxed: ordered before the reload of `tail` by the SeqCst fence in `wait_loop`.
+        self.storage.consumer().parked.store(u32::from(parked), Ordering::Relaxed);
+    }
+}
+
+fn wait_loop<D: Side, P: Park>(
+    side: &mut D,
+    want: u64,
+    spin: Duration,
+    park: &mut P,
+    deadline: Option<Instant>,
+) -> Result<u64, RingError> {
+    if side.cached_ready() >= want {
+        return Ok(side.cached_ready());
+    }
+    loop {
+        if let Some(n) = spin_until(side, want, spin)? {
+            return Ok(n);
+        }
+        side.set_parked(true);
+        announce_fence();
+        let ready = side.poll_ready();
+        if !matches!(ready, Ok(n) if n < want) {
+            side.set_parked(false);
+            return ready.map_err(RingError::from);
+        }
+        crate::crash_point!("ring.parked");
+        let parked = park.park(deadline);
+        side.set_parked(false);
+        match parked {
+            Ok(()) => {}
+            Err(RingError::Timeout | RingError::Disconnected) => {
+                let n = side.poll_ready()?;
+                return if n >= want { Ok(n) } else { parked.map(|()| n) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The waiter's half of the store-buffer handshake.
+fn announce_fence() {
+    // SYNC: SeqCst fence between our store of `parked` and our reload of the
+    // peer's counter; pairs with the fence in `RawProducer::commit` /
+    // `RawConsumer::release` (module docs: one of the two sides must see the
+    // other's store).
+    fence(Ordering::SeqCst);
+}
+
+macro_rules! park_api {
+    ($ty:ident, $what:literal) => {
+        impl<S: Storage> $ty<S> {
+            /// Announces that this side is about to block (`parked = 1`, SeqCst
+            /// fence) and checks the peer's counter once more. Returns the work
+            /// now possible; if it is 0 the caller may block on its eventfd and
+            /// must call `park_end` when it wakes. Otherwise `parked` is already cleared.
+            #[doc = $what]
+            pub fn park_begin(&mut self) -> Result<u64, Corrupt> {
+                self.set_parked(true);
+                announce_fence();
+                let ready = self.poll_ready();
+                if !matches!(ready, Ok(0)) {
+                    self.set_parked(false);
+                }
+                ready
+            }
+
+            /// Clears `parked` after blocking.
+            pub fn park_end(&self) {
+                self.set_parked(false);
+            }
+        }
+    };
+}
+park_api!(RawProducer, "Work means free slots.");
+park_api!(RawConsumer, "Work means ready elements.");
+
+/// Polls the peer's counter for up to `spin`; `Some(n)` once `n >= want`.
+fn spin_until<D: Side>(side: &mut D, want: u64, spin: Duration) -> Result<Option<u64>, Corrupt> {
+    let n = side.poll_ready()?;
+    if n >= want {
+        return Ok(Some(n));
+    }
+    if spin.is_zero() {
+        return Ok(None);
+    }
+    let end = Instant::now() + spin;
+    let mut round = 0u32;
+    loop {
+        for _ in 0..64 {
+            shm_sync::hint::spin_loop();
+            let n = side.poll_ready()?;
+            if n >= want {
+                return Ok(Some(n));
+            }
+        }
+        round += 1;
+        if round % 4 == 0 && Instant::now() >= end {
+            return Ok(None);
+        }
+    }
+}
+
+#[cfg(all(test, not(shm_loom)))]
+mod tests {
+    use super::*;
+    use crate::storage::HeapStorage;
+
+    struct NoPark;
+    impl Park for NoPark {
+        fn park(&mut self, _: Option<Instant>) -> Result<(), RingError> {
+            Err(RingError::Timeout)
+        }
+    }
+
+    #[test]
+    fn corrupt_tail_is_reported() {
+        let sut = HeapStorage::new(4, 8);
+        sut.producer().tail.store(9, Ordering::Relaxed);
+        assert!(matches!(RawConsumer::attach(&sut), Err(Corrupt { field: "tail", found: 9, .. })));
+        sut.producer().tail.store(2, Ordering::Relaxed);
+        let mut consumer = RawConsumer::attach(&sut).unwrap();
+        assert_eq!(consumer.available().unwrap(), 2);
+        consumer.release(2);
+        sut.producer().tail.store(1, Ordering::Relaxed);
+        assert!(matches!(consumer.available(), Err(Corrupt { field: "tail", found: 1, low: 2, high: 6 })));
+    }
+
+    #[test]
+    fn corrupt_head_is_reported() {
+        let sut = HeapStorage::new(4, 8);
+        let mut producer = RawProducer::attach(&sut).unwrap();
+        let (_, n) = producer.reserve(4).unwrap();
+        assert_eq!(n, 4);
+        producer.commit(4);
+        sut.consumer().head.store(5, Ordering::Relaxed);
+        assert!(matches!(producer.free(1), Err(Corrupt { field: "head", found: 5, .. })));
+    }
+
+    #[test]
+    fn wait_times_out_when_empty() {
+        let sut = HeapStorage::new(4, 8);
+        let mut consumer = RawConsumer::attach(&sut).unwrap();
+        let r = consumer.wait(Duration::from_micros(50), &mut NoPark, None);
+        assert!(matches!(r, Err(RingError::Timeout)));
+        assert_eq!(sut.consumer().parked.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,520 @@
+//! [`Producer`] and [`Consumer`]: the typed, blocking and zero-copy API over a mapped ring.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::conn::PeerLink;
+use crate::core::{RawConsumer, RawProducer, RingError};
+use crate::fds::{self, OpenError, Parker, RingFds};
+use crate::layout::ElemLayout;
+use crate::storage::{MapStorage, Storage};
+
+/// Types a ring can carry: plain data valid for every bit pattern, so that
+/// whatever a (possibly hostile) peer leaves in a slot is a valid `T`.
+pub trait Element: FromBytes + IntoBytes + Immutable + Send {}
+impl<T: FromBytes + IntoBytes + Immutable + Send> Element for T {}
+
+/// How long a blocking call spins before it parks, by default.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+/// A full ring hands the value back; so does a failure.
+pub enum TrySendError<T> {
+    /// No free slot.
+    Full(T),
+    /// The ring is unusable ([`RingError::Corrupt`]) or an I/O error occurred while waking the peer
+    /// (in which case the value *was* sent; it is handed back only for uniformity).
+    Failed(T, RingError),
+}
+
+/// A blocking send failed; the value is handed back.
+pub struct SendError<T> {
+    /// The value that was not sent.
+    pub value: T,
+    /// Why ([`RingError::Timeout`], [`RingError::Disconnected`], ...).
+    pub error: RingError,
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Failed(_, e) => f.debug_tuple("Failed").field(&"..").field(e).finish(),
+        }
+    }
+}
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("ring is full"),
+            TrySendError::Failed(_, e) => write!(f, "send failed: {e}"),
+        }
+    }
+}
+impl<T> std::error::Error for TrySendError<T> {}
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendError").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "send failed: {}", self.error)
+    }
+}
+impl<T> std::error::Error for SendError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// A contiguous run of free slots lent to [`Producer::send_with`]; writes copy in.
+#[derive(Debug)]
+pub struct SlotsMut<'a, T> {
+    storage: &'a MapStorage,
+    first: u64,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> SlotsMut<'_, T> {
+    /// Number of slots lent.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no slot is lent.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Writes `value` into slot `i`.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn set(&mut self, i: usize, value: &T) {
+        assert!(i < self.len, "slot {i} of {}", self.len);
+        self.storage.write(self.first + i as u64, value.as_bytes());
+    }
+    /// Copies `values` into slots `i..i + values.len()`.
+    ///
+    /// # Panics
+    /// If the range exceeds `len()`.
+    pub fn copy_from_slice(&mut self, i: usize, values: &[T]) {
+        assert!(i.checked_add(values.len()).is_some_and(|end| end <= self.len), "slots {i}+{} of {}", values.len(), self.len);
+        self.storage.write(self.first + i as u64, values.as_bytes());
+    }
+}
+
+/// A contiguous run of ready elements lent to [`Consumer::recv_with`]; reads copy out.
+#[derive(Debug)]
+pub struct Slots<'a, T> {
+    storage: &'a MapStorage,
+    first: u64,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> Slots<'_, T> {
+    /// Number of elements lent.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no element is lent.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// A copy of element `i`.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn get(&self, i: usize) -> T {
+        assert!(i < self.len, "slot {i} of {}", self.len);
+        let mut value = T::new_zeroed();
+        self.storage.read(self.first + i as u64, value.as_mut_bytes());
+        value
+    }
+    /// Copies elements `i..i + out.len()` into `out`.
+    ///
+    /// # Panics
+    /// If the range exceeds `len()`.
+    pub fn copy_to_slice(&self, i: usize, out: &mut [T]) {
+        assert!(i.checked_add(out.len()).is_some_and(|end| end <= self.len), "slots {i}+{} of {}", out.len(), self.len);
+        self.storage.read(self.first + i as u64, out.as_mut_bytes());
+    }
+}
+
+/// The sending end of a ring. `Send`, not `Clone`: one producer at a time.
+#[derive(Debug)]
+pub struct Producer<T> {
+    pub(crate) raw: RawProducer<MapStorage>,
+    /// The consumer's eventfd (`data_ready`).
+    wake: OwnedFd,
+    parker: Parker,
+    spin: Duration,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// The receiving end of a ring. `Send`, not `Clone`: one consumer at a time.
+#[derive(Debug)]
+pub struct Consumer<T> {
+    pub(crate) raw: RawConsumer<MapStorage>,
+    /// The producer's eventfd (`space_ready`).
+    wake: OwnedFd,
+    parker: Parker,
+    spin: Duration,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+fn layout_of<T>(tag: u64) -> Result<ElemLayout, OpenError> {
+    let elem = ElemLayout::of::<T>().with_tag(tag);
+    if elem.size == 0 || elem.align > crate::layout::MAX_ELEM_ALIGN {
+        return Err(OpenError::ElementType { size: elem.size, align: elem.align });
+    }
+    Ok(elem)
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, OpenError> {
+    fd.try_clone().map_err(|e| OpenError::Io { op: "dup", source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::BADF) })
+}
+
+/// Creates an in-process ring of `capacity` (a power of two) elements and returns both ends.
+///
+/// # Examples
+/// ```
+/// let (mut tx, mut rx) = shm_ring::channel::<[u8; 16]>(64)?;
+/// tx.send([1; 16])?;
+/// assert_eq!(rx.recv()?, [1; 16]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn channel<T: Element>(capacity: u64) -> Result<(Producer<T>, Consumer<T>), OpenError> {
+    let fds = RingFds::create("shm-ring", capacity, layout_of::<T>(0)?)?;
+    Ok((Producer::open(&fds, None)?, Consumer::open(&fds, None)?))
+}
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+impl<T: Element> Producer<T> {
+    /// Opens the producer end of `fds` (element tag 0), resuming at the shared `tail`.
+    /// `peer` is the socket whose hang-up means the consumer is gone.
+    pub fn open(fds: &RingFds, peer: Option<PeerLink>) -> Result<Producer<T>, OpenError> {
+        Producer::open_tagged(fds, 0, peer)
+    }
+
+    /// Like [`Producer::open`] for a ring whose element layout carries `tag`.
+    pub fn open_tagged(fds: &RingFds, tag: u64, peer: Option<PeerLink>) -> Result<Producer<T>, OpenError> {
+        let storage = fds.open_storage(layout_of::<T>(tag)?)?;
+        Ok(Producer {
+            raw: RawProducer::attach(storage)?,
+            wake: dup(&fds.data_ready)?,
+            parker: Parker { eventfd: dup(&fds.space_ready)?, peer: peer.map(PeerLink::into_socket) },
+            spin: DEFAULT_SPIN,
+            _t: PhantomData,
+        })
+    }
+
+    /// Elements committed so far over the ring's life (a restarted producer resumes here).
+    pub fn position(&self) -> u64 {
+        self.raw.position()
+    }
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.raw.capacity()
+    }
+    /// How long blocking calls spin before parking (default 20 us; zero parks at once).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+    /// Replaces the peer socket (a new consumer connected to the same ring).
+    pub fn set_peer(&mut self, peer: Option<PeerLink>) {
+        self.parker.peer = peer.map(PeerLink::into_socket);
+    }
+    /// Whether a peer socket is set and shows a hang-up.
+    pub fn peer_gone(&self) -> bool {
+        self.parker.peer.as_ref().is_some_and(|p| fds::peer_gone(p.as_fd()))
+    }
+
+    pub(crate) fn committed(&mut self, n: u64) -> Result<(), RingError> {
+        crate::crash_point!("ring.before_commit");
+        if self.raw.commit(n) {
+            fds::notify(self.wake.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// Sends `value` if a slot is free.
+    pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        match self.raw.reserve(1) {
+            Ok((_, 0)) => Err(TrySendError::Full(value)),
+            Ok((slot, _)) => {
+                self.raw.write(slot, value.as_bytes());
+                self.committed(1).map_err(|e| TrySendError::Failed(value, e))
+            }
+            Err(e) => Err(TrySendError::Failed(value, e.into())),
+        }
+    }
+
+    /// Sends `value`, blocking while the ring is full.
+    pub fn send(&mut self, value: T) -> Result<(), SendError<T>> {
+        self.send_timeout(value, None)
+    }
+
+    /// Sends `value`, blocking at most `timeout` (forever if `None`) while the ring is full.
+    pub fn send_timeout(&mut self, mut value: T, timeout: Option<Duration>) -> Result<(), SendError<T>> {
+        let deadline = deadline(timeout);
+        loop {
+            match self.try_send(value) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Failed(value, error)) => return Err(SendError { value, error }),
+                Err(TrySendError::Full(v)) => value = v,
+            }
+            if let Err(error) = self.raw.wait(1, self.spin, &mut self.parker, deadline) {
+                return Err(SendError { value, error });
+            }
+        }
+    }
+
+    /// Copies as many of `items` as fit (possibly 0) and publishes them together.
+    pub fn try_send_slice(&mut self, items: &[T]) -> Result<usize, RingError> {
+        let mut done = 0;
+        while done < items.len() {
+            let (slot, n) = self.raw.reserve((items.len() - done) as u64)?;
+            if n == 0 {
+                break;
+            }
+            let n = n as usize;
+            self.raw.write(slot, items[done..done + n].as_bytes());
+            done += n;
+            // Publishing the first run before reserving the wrapped one keeps `reserve` simple.
+            self.committed(n as u64)?;
+        }
+        Ok(done)
+    }
+
+    /// Sends a prefix of `items`, blocking (at most `timeout`) until at least one fits; returns its length.
+    pub fn send_slice(&mut self, items: &[T], timeout: Option<Duration>) -> Result<usize, RingError> {
+        let deadline = deadline(timeout);
+        loop {
+            let n = self.try_send_slice(items)?;
+            if n > 0 || items.is_empty() {
+                return Ok(n);
+            }
+            self.raw.wait(1, self.spin, &mut self.parker, deadline)?;
+        }
+    }
+
+    /// Sends all of `items`, blocking as needed; on error, `Ok` count is lost but
+    /// [`Producer::position`] tells how far it got.
+    pub fn send_all(&mut self, mut items: &[T], timeout: Option<Duration>) -> Result<(), RingError> {
+        let deadline = deadline(timeout);
+        while !items.is_empty() {
+            let n = self.try_send_slice(items)?;
+            items = &items[n..];
+            if n == 0 {
+                self.raw.wait(items.len() as u64, self.spin, &mut self.parker, deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Zero-copy batch: lends the contiguous free run at the tail (possibly
+    /// empty) to `fill`, which writes slots and returns how many to publish.
+    ///
+    /// # Panics
+    /// If `fill` returns more than it was lent.
+    pub fn send_with<F: FnOnce(SlotsMut<'_, T>) -> usize>(&mut self, fill: F) -> Result<usize, RingError> {
+        let (first, len) = self.raw.reserve(self.raw.capacity())?;
+        let slots = SlotsMut { storage: self.raw.storage(), first, len: len as usize, _t: PhantomData };
+        let n = fill(slots);
+        assert!(n as u64 <= len, "send_with: {n} slots published, {len} lent");
+        self.committed(n as u64)?;
+        Ok(n)
+    }
+
+
+    /// Blocks until at least `want` slots are free (capped at the capacity).
+    pub fn wait_writable(&mut self, want: usize, timeout: Option<Duration>) -> Result<usize, RingError> {
+        let n = self.raw.wait(want as u64, self.spin, &mut self.parker, deadline(timeout))?;
+        Ok(n as usize)
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn parts(&mut self) -> (&mut RawProducer<MapStorage>, &Parker) {
+        (&mut self.raw, &self.parker)
+    }
+
+    /// The mapping (for tests that play a hostile peer).
+    #[doc(hidden)]
+    pub fn mapping_for_tests(&self) -> &shm_segment::Mapping {
+        self.raw.storage().mapping()
+    }
+}
+
+impl<T: Element> Consumer<T> {
+    /// Opens the consumer end of `fds` (element tag 0), resuming at the shared `head`.
+    /// `peer` is the socket whose hang-up means the producer is gone.
+    pub fn open(fds: &RingFds, peer: Option<PeerLink>) -> Result<Consumer<T>, OpenError> {
+        Consumer::open_tagged(fds, 0, peer)
+    }
+
+    /// Like [`Consumer::open`] for a ring whose element layout carries `tag`.
+    pub fn open_tagged(fds: &RingFds, tag: u64, peer: Option<PeerLink>) -> Result<Consumer<T>, OpenError> {
+        let storage = fds.open_storage(layout_of::<T>(tag)?)?;
+        Ok(Consumer {
+            raw: RawConsumer::attach(storage)?,
+            wake: dup(&fds.space_ready)?,
+            parker: Parker { eventfd: dup(&fds.data_ready)?, peer: peer.map(PeerLink::into_socket) },
+            spin: DEFAULT_SPIN,
+            _t: PhantomData,
+        })
+    }
+
+    /// Elements released so far over the ring's life (a restarted consumer resumes here).
+    pub fn position(&self) -> u64 {
+        self.raw.position()
+    }
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.raw.capacity()
+    }
+    /// How long blocking calls spin before parking (default 20 us; zero parks at once).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+    /// Replaces the peer socket (a new producer connected to the same ring).
+    pub fn set_peer(&mut self, peer: Option<PeerLink>) {
+        self.parker.peer = peer.map(PeerLink::into_socket);
+    }
+    /// Whether a peer socket is set and shows a hang-up.
+    pub fn peer_gone(&self) -> bool {
+        self.parker.peer.as_ref().is_some_and(|p| fds::peer_gone(p.as_fd()))
+    }
+
+    pub(crate) fn released(&mut self, n: u64) -> Result<(), RingError> {
+        if self.raw.release(n) {
+            fds::notify(self.wake.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// The next element, or `None` if the ring is empty.
+    pub fn try_recv(&mut self) -> Result<Option<T>, RingError> {
+        let (slot, n) = self.raw.peek(1)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut value = T::new_zeroed();
+        self.raw.read(slot, value.as_mut_bytes());
+        self.released(1)?;
+        Ok(Some(value))
+    }
+
+    /// The next element, blocking while the ring is empty.
+    pub fn recv(&mut self) -> Result<T, RingError> {
+        self.recv_timeout(None)
+    }
+
+    /// The next element, blocking at most `timeout` (forever if `None`).
+    pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<T, RingError> {
+        let deadline = deadline(timeout);
+        loop {
+            if let Some(v) = self.try_recv()? {
+                return Ok(v);
+            }
+            self.raw.wait(self.spin, &mut self.parker, deadline)?;
+        }
+    }
+
+    /// Copies up to `out.len()` ready elements into `out` (possibly 0) and releases them.
+    pub fn try_recv_slice(&mut self, out: &mut [T]) -> Result<usize, RingError> {
+        let mut done = 0;
+        while done < out.len() {
+            let (slot, n) = self.raw.peek((out.len() - done) as u64)?;
+            if n == 0 {
+                break;
+            }
+            let n = n as usize;
+            self.raw.read(slot, out[done..done + n].as_mut_bytes());
+            done += n;
+            self.released(n as u64)?;
+        }
+        Ok(done)
+    }
+
+    /// Receives at least one element into `out`, blocking at most `timeout`; returns the count.
+    pub fn recv_slice(&mut self, out: &mut [T], timeout: Option<Duration>) -> Result<usize, RingError> {
+        let deadline = deadline(timeout);
+        loop {
+            let n = self.try_recv_slice(out)?;
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            self.raw.wait(self.spin, &mut self.parker, deadline)?;
+        }
+    }
+
+    /// Zero-copy batch: lends the contiguous run of ready elements at the head
+    /// (possibly empty) to `take`, which returns how many to release.
+    ///
+    /// # Panics
+    /// If `take` returns more than it was lent.
+    pub fn recv_with<F: FnOnce(Slots<'_, T>) -> usize>(&mut self, take: F) -> Result<usize, RingError> {
+        let (first, len) = self.raw.peek(self.raw.capacity())?;
+        let slots = Slots { storage: self.raw.storage(), first, len: len as usize, _t: PhantomData };
+        let n = take(slots);
+        assert!(n as u64 <= len, "recv_with: {n} released, {len} lent");
+        self.released(n as u64)?;
+        Ok(n)
+    }
+
+
+    /// Blocks until at least one element is ready; returns the ready count.
+    pub fn wait_readable(&mut self, timeout: Option<Duration>) -> Result<usize, RingError> {
+        let n = self.raw.wait(self.spin, &mut self.parker, deadline(timeout))?;
+        Ok(n as usize)
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn parts(&mut self) -> (&mut RawConsumer<MapStorage>, &Parker) {
+        (&mut self.raw, &self.parker)
+    }
+
+    /// The mapping (for tests that play a hostile peer).
+    #[doc(hidden)]
+    pub fn mapping_for_tests(&self) -> &shm_segment::Mapping {
+        self.raw.storage().mapping()
+    }
+}
+
+/// Byte-stream mode: `write` blocks until at least one byte fits.
+impl std::io::Write for Producer<u8> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.send_slice(buf, None).map_err(into_io)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Byte-stream mode: `read` blocks until at least one byte is ready; 0 means the producer hung up.
+impl std::io::Read for Consumer<u8> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.recv_slice(buf, None) {
+            Err(RingError::Disconnected) => Ok(0),
+            r => r.map_err(into_io),
+        }
+    }
+}
+
+fn into_io(e: RingError) -> std::io::Error {
+    let kind = match &e {
+        RingError::Disconnected => std::io::ErrorKind::BrokenPipe,
+        RingError::Timeout => std::io::ErrorKind::TimedOut,
+        RingError::Corrupt(_) => std::io::ErrorKind::InvalidData,
+        _ => std::io::ErrorKind::Other,
+    };
+    std::io::Error::new(kind, e)
+}

@@ -1,0 +1,221 @@
+//! The three file descriptors that make a ring: the sealed memfd and two eventfds.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::io::Errno;
+use shm_segment::memfd::{self, Requirements, Seals};
+use shm_segment::{Access, Mapping};
+
+use crate::core::{Park, RingError};
+use crate::layout::{self, DATA_OFFSET, ElemLayout, Header, LayoutError, VERSION_OFFSET};
+use crate::storage::MapStorage;
+
+/// The seals a ring memfd must carry: fixed size, and no seal can be removed
+/// or added (seals can never be removed anyway; `SEAL` freezes the set).
+pub const RING_SEALS: Seals = memfd::FIXED_SIZE.union(Seals::SEAL);
+
+/// A ring's file descriptors: what the server keeps, passes to clients, and
+/// may park in a file-descriptor store to survive its own restart.
+#[derive(Debug)]
+pub struct RingFds {
+    /// The sealed memfd with the header, counters and slots.
+    pub memfd: OwnedFd,
+    /// Written by the producer to wake a parked consumer.
+    pub data_ready: OwnedFd,
+    /// Written by the consumer to wake a parked producer.
+    pub space_ready: OwnedFd,
+}
+
+/// Why a ring could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The requested geometry or the header found is not acceptable.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Creating the memfd failed.
+    #[error(transparent)]
+    Create(#[from] memfd::MemfdError),
+    /// The fd is not a memfd, is too small, or lacks the seals.
+    #[error(transparent)]
+    Validate(#[from] memfd::ValidateError),
+    /// Mapping failed.
+    #[error(transparent)]
+    Map(#[from] shm_segment::MapError),
+    /// An fd that should be an eventfd is something else.
+    #[error("{which} is not an eventfd")]
+    NotEventfd {
+        /// Which of the two.
+        which: &'static str,
+    },
+    /// The counters are inconsistent.
+    #[error(transparent)]
+    Corrupt(#[from] crate::core::Corrupt),
+    /// The element type does not fit the slots (size or alignment).
+    #[error("element type of size {size} align {align} does not match the ring")]
+    ElementType {
+        /// `size_of::<T>()`.
+        size: usize,
+        /// `align_of::<T>()`.
+        align: usize,
+    },
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: Errno,
+    },
+}
+
+fn io(op: &'static str) -> impl FnOnce(Errno) -> OpenError {
+    move |source| OpenError::Io { op, source }
+}
+
+impl RingFds {
+    /// Creates a ring of `capacity` slots (a power of two) for elements of
+    /// layout `elem`: a memfd sealed with [`RING_SEALS`], a header written and
+    /// published, counters at 0, and two non-blocking eventfds.
+    ///
+    /// # Examples
+    /// ```
+    /// let fds = shm_ring::RingFds::create("doc", 1024, shm_ring::ElemLayout::of::<u64>())?;
+    /// let (mut tx, mut rx) = (shm_ring::Producer::<u64>::open(&fds, None)?, shm_ring::Consumer::<u64>::open(&fds, None)?);
+    /// tx.try_send(7).map_err(|_| "full")?;
+    /// assert_eq!(rx.try_recv()?, Some(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create(name: &str, capacity: u64, elem: ElemLayout) -> Result<RingFds, OpenError> {
+        let mut header = layout::header_for(capacity, elem)?;
+        let memfd = memfd::create(name, header.total_size, RING_SEALS)?;
+        let map = Mapping::map(memfd.as_fd(), 0, DATA_OFFSET, Access::ReadWrite)?;
+        let region = map.region();
+        // The version goes in last, with Release: an opener never sees a half-written header.
+        let version = header.version;
+        header.version = 0;
+        region.write(0, &header).map_err(|_| OpenError::Io { op: "write header", source: Errno::FAULT })?;
+        let word = region
+            .atomic_u32(VERSION_OFFSET)
+            .map_err(|_| OpenError::Io { op: "write header", source: Errno::FAULT })?;
+        // SYNC: Release, pairs with the Acquire load of the version in `open_storage`.
+        word.store(version, shm_sync::atomic::Ordering::Release);
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(RingFds {
+            memfd,
+            data_ready: rustix::event::eventfd(0, flags).map_err(io("eventfd"))?,
+            space_ready: rustix::event::eventfd(0, flags).map_err(io("eventfd"))?,
+        })
+    }
+
+    /// Duplicates the three fds (`F_DUPFD_CLOEXEC`).
+    pub fn try_clone(&self) -> Result<RingFds, OpenError> {
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| OpenError::Io { op: "dup", source: Errno::from_io_error(&e).unwrap_or(Errno::BADF) });
+        Ok(RingFds {
+            memfd: dup(&self.memfd)?,
+            data_ready: dup(&self.data_ready)?,
+            space_ready: dup(&self.space_ready)?,
+        })
+    }
+
+    /// Validates the memfd and maps it: seals, size by `fstat`, header.
+    pub(crate) fn open_storage(&self, elem: ElemLayout) -> Result<MapStorage, OpenError> {
+        let req = Requirements::min_size(DATA_OFFSET as u64).with_seals(memfd::FIXED_SIZE);
+        let info = memfd::validate(self.memfd.as_fd(), &req)?;
+        let len = usize::try_from(info.size).map_err(|_| LayoutError::Field { field: "file size", found: info.size, expected: layout::MAX_DATA_BYTES })?;
+        let map = Mapping::map(self.memfd.as_fd(), 0, len, Access::ReadWrite)?;
+        let region = map.region();
+        let version = region.load_u32(VERSION_OFFSET, shm_sync::atomic::Ordering::Acquire);
+        // SYNC (above): Acquire, pairs with the Release store of the version in `create`.
+        let version = version.map_err(|_| LayoutError::NotARing)?;
+        let mut header: Header = region.read(0).map_err(|_| LayoutError::NotARing)?;
+        header.version = version;
+        header.validate(info.size, elem)?;
+        check_eventfd(self.data_ready.as_fd(), "data_ready")?;
+        check_eventfd(self.space_ready.as_fd(), "space_ready")?;
+        Ok(MapStorage::new(map, header.capacity, elem.size))
+    }
+}
+
+/// Refuses anything but an eventfd (a pipe or a socket could block our reads
+/// or be written by a third party), and makes sure reads never block.
+fn check_eventfd(fd: BorrowedFd<'_>, which: &'static str) -> Result<(), OpenError> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+        .map_err(|_| OpenError::NotEventfd { which })?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(OpenError::NotEventfd { which });
+    }
+    rustix::io::ioctl_fionbio(fd, true).map_err(io("FIONBIO"))
+}
+
+/// Writes 1 to an eventfd. A saturated counter (`EAGAIN`) already wakes the reader.
+pub(crate) fn notify(fd: BorrowedFd<'_>) -> Result<(), RingError> {
+    match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(source) => Err(RingError::Io { op: "write eventfd", source }),
+    }
+}
+
+/// Resets an eventfd's counter (it is non-blocking: `EAGAIN` means already 0).
+pub(crate) fn drain(fd: BorrowedFd<'_>) -> Result<(), RingError> {
+    let mut buf = [0u8; 8];
+    match rustix::io::read(fd, &mut buf) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(source) => Err(RingError::Io { op: "read eventfd", source }),
+    }
+}
+
+/// Blocks on our eventfd and, if connected, the peer's socket.
+#[derive(Debug)]
+pub(crate) struct Parker {
+    pub(crate) eventfd: OwnedFd,
+    pub(crate) peer: Option<OwnedFd>,
+}
+
+impl Park for Parker {
+    fn park(&mut self, deadline: Option<Instant>) -> Result<(), RingError> {
+        loop {
+            let timeout = match deadline {
+                None => None,
+                Some(d) => Some(d.saturating_duration_since(Instant::now())),
+            };
+            let ts = timeout.map(|t| rustix::time::Timespec {
+                tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(t.subsec_nanos()),
+            });
+            let mut fds = [
+                PollFd::new(&self.eventfd, PollFlags::IN),
+                PollFd::new(&self.eventfd, PollFlags::IN),
+            ];
+            let count = if let Some(peer) = &self.peer {
+                fds[1] = PollFd::new(peer, PollFlags::IN | PollFlags::RDHUP);
+                2
+            } else {
+                1
+            };
+            match rustix::event::poll(&mut fds[..count], ts.as_ref()) {
+                Ok(0) => return Err(RingError::Timeout),
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(source) => return Err(RingError::Io { op: "poll", source }),
+            }
+            if count == 2 && !fds[1].revents().is_empty() {
+                // The peer never writes after the handshake: readable means EOF or a protocol breach.
+                return Err(RingError::Disconnected);
+            }
+            if !fds[0].revents().is_empty() {
+                return drain(self.eventfd.as_fd());
+            }
+        }
+    }
+}
+
+/// Whether the peer's socket shows a hang-up (non-blocking check).
+pub(crate) fn peer_gone(peer: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&peer, PollFlags::IN | PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}

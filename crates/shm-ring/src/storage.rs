@@ -1,0 +1,342 @@
+//! Where a ring's counters and slots live: the heap (tests, loom models) or a
+//! shared mapping of a memfd.
+//!
+//! # Safety
+//!
+//! [`MapStorage`] keeps raw pointers into a [`Mapping`] it owns, so they stay
+//! valid for its whole life. The counter lines at [`PRODUCER_LINE`] and
+//! [`CONSUMER_LINE`] are made only of atomics (padding aside), lie inside the
+//! mapping (its length is checked at construction) and are 128-aligned (the
+//! mapping is page-aligned); any bit pattern is a valid atomic, so shared
+//! `&ProducerLine` / `&ConsumerLine` are sound even while another process
+//! writes them.
+//!
+//! Slot bytes are copied in and out with `ptr::copy_nonoverlapping`, never
+//! through references, and only within `[DATA_OFFSET, DATA_OFFSET + capacity *
+//! elem_size)` (checked on every copy). The ring protocol gives the producer
+//! exclusive use of free slots and the consumer of full ones, with Release /
+//! Acquire on the counters ordering the copies, so a peer that follows the
+//! protocol never touches the bytes we copy. A peer that breaks it can write
+//! them concurrently: the bytes we copy out may then be garbage, which is why
+//! slot types must be valid for every bit pattern (`FromBytes`) and why what
+//! untrusted peers send is validated after the copy. The file is sealed
+//! against shrinking, so no access can fault.
+
+#![allow(unsafe_code)]
+
+use shm_sync::atomic::{AtomicU32, AtomicU64};
+
+#[cfg(not(shm_loom))]
+use crate::layout::{CONSUMER_LINE, DATA_OFFSET, PRODUCER_LINE};
+#[cfg(not(shm_loom))]
+use shm_segment::Mapping;
+
+/// The producer's cache line: written only by the producer.
+#[derive(Debug)]
+#[repr(C, align(128))]
+pub struct ProducerLine {
+    /// Number of elements ever published (monotonic). Slot of element `n` is `n % capacity`.
+    pub tail: AtomicU64,
+    /// 1 while the producer is (about to be) blocked waiting for space, else 0.
+    pub parked: AtomicU32,
+}
+
+/// The consumer's cache line: written only by the consumer.
+#[derive(Debug)]
+#[repr(C, align(128))]
+pub struct ConsumerLine {
+    /// Number of elements ever consumed (monotonic).
+    pub head: AtomicU64,
+    /// 1 while the consumer is (about to be) blocked waiting for data, else 0.
+    pub parked: AtomicU32,
+}
+
+#[cfg(not(shm_loom))]
+const _: () = {
+    assert!(size_of::<ProducerLine>() == 128 && align_of::<ProducerLine>() == 128);
+    assert!(size_of::<ConsumerLine>() == 128 && align_of::<ConsumerLine>() == 128);
+    assert!(core::mem::offset_of!(ProducerLine, tail) == 0);
+    assert!(core::mem::offset_of!(ProducerLine, parked) == 8);
+    assert!(core::mem::offset_of!(ConsumerLine, head) == 0);
+    assert!(core::mem::offset_of!(ConsumerLine, parked) == 8);
+    assert!(PRODUCER_LINE + 128 <= CONSUMER_LINE && CONSUMER_LINE + 128 <= DATA_OFFSET);
+};
+
+/// Storage for one ring: two counter lines and `capacity` slots of `elem_size` bytes.
+///
+/// Implementations check the bounds of every copy themselves (a violation is a
+/// bug in the caller and panics).
+pub trait Storage {
+    /// The producer's line.
+    fn producer(&self) -> &ProducerLine;
+    /// The consumer's line.
+    fn consumer(&self) -> &ConsumerLine;
+    /// Number of slots (a power of two).
+    fn capacity(&self) -> u64;
+    /// Bytes per slot.
+    fn elem_size(&self) -> usize;
+    /// Copies `src` (a whole number of elements) into slots from `slot` on, without wrapping.
+    fn write(&self, slot: u64, src: &[u8]);
+    /// Copies slots from `slot` on (without wrapping) into `dst` (a whole number of elements).
+    fn read(&self, slot: u64, dst: &mut [u8]);
+}
+
+fn slot_range(slot: u64, bytes: usize, capacity: u64, elem: usize) -> usize {
+    let start = (slot as usize).checked_mul(elem);
+    let end = start.and_then(|s| s.checked_add(bytes));
+    match end {
+        Some(end) if slot < capacity && end <= capacity as usize * elem && bytes % elem == 0 => {
+            start.unwrap_or(0)
+        }
+        _ => panic!("slot copy out of range: slot {slot}, {bytes} bytes, capacity {capacity}"),
+    }
+}
+
+/// Heap-backed storage for unit tests and loom models (one process only).
+///
+/// Under `--cfg shm_loom` the slots are loom `AtomicU64` words (the element size
+/// must then be a multiple of 8), so loom checks that the counters' orderings
+/// publish the slot contents.
+#[derive(Debug)]
+pub struct HeapStorage {
+    producer: ProducerLine,
+    consumer: ConsumerLine,
+    capacity: u64,
+    elem_size: usize,
+    #[cfg(shm_loom)]
+    words: Vec<AtomicU64>,
+    #[cfg(not(shm_loom))]
+    bytes: Box<[core::cell::UnsafeCell<u8>]>, // atomics-ok: not an atomic; see `write`
+}
+
+// SAFETY: the only non-Sync field is `bytes`, accessed only in `write`/`read`
+// under the ring protocol (see the module's `# Safety`); the counters are atomics.
+unsafe impl Sync for HeapStorage {}
+
+impl HeapStorage {
+    /// Storage for `capacity` (a power of two) elements of `elem_size` bytes, counters at 0.
+    ///
+    /// # Panics
+    /// If `capacity` is not a power of two or `elem_size` is 0 (or, under loom, not a multiple of 8).
+    pub fn new(capacity: u64, elem_size: usize) -> HeapStorage {
+        HeapStorage::starting_at(capacity, elem_size, 0, 0)
+    }
+
+    /// Like [`HeapStorage::new`] with the counters preset (for wrap-around tests).
+    ///
+    /// # Panics
+    /// As for [`HeapStorage::new`].
+    pub fn starting_at(capacity: u64, elem_size: usize, head: u64, tail: u64) -> HeapStorage {
+        assert!(capacity.is_power_of_two() && elem_size > 0);
+        let len = capacity as usize * elem_size;
+        HeapStorage {
+            producer: ProducerLine {
+                tail: AtomicU64::new(tail),
+                parked: AtomicU32::new(0),
+            },
+            consumer: ConsumerLine {
+                head: AtomicU64::new(head),
+                parked: AtomicU32::new(0),
+            },
+            capacity,
+            elem_size,
+            #[cfg(shm_loom)]
+            words: {
+                assert!(elem_size.is_multiple_of(8));
+                (0..len / 8).map(|_| AtomicU64::new(0)).collect()
+            },
+            #[cfg(not(shm_loom))]
+            bytes: (0..len).map(|_| core::cell::UnsafeCell::new(0)).collect(), // atomics-ok
+        }
+    }
+}
+
+impl Storage for HeapStorage {
+    fn producer(&self) -> &ProducerLine {
+        &self.producer
+    }
+    fn consumer(&self) -> &ConsumerLine {
+        &self.consumer
+    }
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    fn elem_size(&self) -> usize {
+        self.elem_size
+    }
+
+    #[cfg(not(shm_loom))]
+    fn write(&self, slot: u64, src: &[u8]) {
+        let start = slot_range(slot, src.len(), self.capacity, self.elem_size);
+        let dst = core::cell::UnsafeCell::raw_get(self.bytes.as_ptr()).wrapping_add(start); // atomics-ok
+        // SAFETY:
+        // - `dst..dst+src.len()` lies inside `bytes` (slot_range checked it);
+        // - the ring protocol gives the producer exclusive use of these slots
+        //   (module `# Safety`), and UnsafeCell permits writes through `&self`.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+
+    #[cfg(not(shm_loom))]
+    fn read(&self, slot: u64, dst: &mut [u8]) {
+        let start = slot_range(slot, dst.len(), self.capacity, self.elem_size);
+        let src = core::cell::UnsafeCell::raw_get(self.bytes.as_ptr()).wrapping_add(start); // atomics-ok
+        // SAFETY: in bounds (checked); the consumer owns full slots (module `# Safety`).
+        unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+    }
+
+    #[cfg(shm_loom)]
+    fn write(&self, slot: u64, src: &[u8]) {
+        let start = slot_range(slot, src.len(), self.capacity, self.elem_size) / 8;
+        for (i, chunk) in src.chunks_exact(8).enumerate() {
+            let word = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+            // Relaxed: the slot is published by the Release store of `tail`.
+            self.words[start + i].store(word, shm_sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(shm_loom)]
+    fn read(&self, slot: u64, dst: &mut [u8]) {
+        let start = slot_range(slot, dst.len(), self.capacity, self.elem_size) / 8;
+        for (i, chunk) in dst.chunks_exact_mut(8).enumerate() {
+            // Relaxed: ordered after the Acquire load of `tail` that showed this slot full.
+            let word = self.words[start + i].load(shm_sync::atomic::Ordering::Relaxed);
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+    }
+}
+
+/// Storage in a shared mapping of a ring memfd whose header has been validated.
+#[cfg(not(shm_loom))]
+#[derive(Debug)]
+pub(crate) struct MapStorage {
+    mapping: Mapping,
+    capacity: u64,
+    elem_size: usize,
+}
+
+#[cfg(not(shm_loom))]
+impl MapStorage {
+    /// Wraps a mapping of a validated ring.
+    ///
+    /// # Panics
+    /// If the mapping is smaller than `DATA_OFFSET + capacity * elem_size` or
+    /// `capacity` is not a power of two (callers validate the header first).
+    pub(crate) fn new(mapping: Mapping, capacity: u64, elem_size: usize) -> MapStorage {
+        let need = (capacity as usize)
+            .checked_mul(elem_size)
+            .and_then(|d| d.checked_add(DATA_OFFSET));
+        assert!(capacity.is_power_of_two() && need.is_some_and(|n| n <= mapping.len()));
+        MapStorage {
+            mapping,
+            capacity,
+            elem_size,
+        }
+    }
+
+    /// Start of slot 0.
+    pub(crate) fn slots_ptr(&self) -> *mut u8 {
+        self.mapping.as_ptr().wrapping_add(DATA_OFFSET)
+    }
+
+    /// The whole mapping (header checks, hostile tests).
+    pub(crate) fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+}
+
+#[cfg(not(shm_loom))]
+impl Storage for MapStorage {
+    fn producer(&self) -> &ProducerLine {
+        let ptr = self.mapping.as_ptr().wrapping_add(PRODUCER_LINE).cast::<ProducerLine>();
+        // SAFETY: inside the mapping, 128-aligned, all-atomic (module `# Safety`);
+        // valid for as long as `self` owns the mapping.
+        unsafe { &*ptr }
+    }
+
+    fn consumer(&self) -> &ConsumerLine {
+        let ptr = self.mapping.as_ptr().wrapping_add(CONSUMER_LINE).cast::<ConsumerLine>();
+        // SAFETY: as in `producer`.
+        unsafe { &*ptr }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn elem_size(&self) -> usize {
+        self.elem_size
+    }
+
+    fn write(&self, slot: u64, src: &[u8]) {
+        let start = slot_range(slot, src.len(), self.capacity, self.elem_size);
+        // SAFETY:
+        // - `slots_ptr() + start .. + src.len()` is inside the mapping (slot_range
+        //   checked it against capacity * elem_size, `new` checked the mapping);
+        // - no reference to the shared bytes is created; see module `# Safety`
+        //   for why a racing (hostile) peer cannot cause more than garbage bytes.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.slots_ptr().wrapping_add(start), src.len()) };
+    }
+
+    fn read(&self, slot: u64, dst: &mut [u8]) {
+        let start = slot_range(slot, dst.len(), self.capacity, self.elem_size);
+        // SAFETY: as in `write`, copying the other way into a private buffer.
+        unsafe { core::ptr::copy_nonoverlapping(self.slots_ptr().wrapping_add(start), dst.as_mut_ptr(), dst.len()) };
+    }
+}
+
+/// Hands out `&mut [T]` / `&[T]` over slots for the trusted zero-copy API.
+///
+/// # Safety
+/// `slot + len <= capacity`; `T` must be `size_of::<T>() == elem_size` and valid
+/// for every bit pattern; the caller must hold the slots under the ring
+/// protocol and trust the peer not to touch them until they are committed.
+#[cfg(not(shm_loom))]
+pub(crate) unsafe fn slots_mut<'a, T>(storage: &'a MapStorage, slot: u64, len: usize) -> &'a mut [T] {
+    let start = slot_range(slot, len * storage.elem_size, storage.capacity, storage.elem_size);
+    // SAFETY: in bounds (checked); `slots_ptr()` is page-aligned and `start` a
+    // multiple of size_of::<T>(), so aligned for T; exclusivity and validity are
+    // the caller's preconditions, forwarded.
+    unsafe { core::slice::from_raw_parts_mut(storage.slots_ptr().wrapping_add(start).cast::<T>(), len) }
+}
+
+impl<S: Storage + ?Sized> Storage for &S {
+    fn producer(&self) -> &ProducerLine {
+        (**self).producer()
+    }
+    fn consumer(&self) -> &ConsumerLine {
+        (**self).consumer()
+    }
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn elem_size(&self) -> usize {
+        (**self).elem_size()
+    }
+    fn write(&self, slot: u64, src: &[u8]) {
+        (**self).write(slot, src);
+    }
+    fn read(&self, slot: u64, dst: &mut [u8]) {
+        (**self).read(slot, dst);
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for shm_sync::sync::Arc<S> {
+    fn producer(&self) -> &ProducerLine {
+        (**self).producer()
+    }
+    fn consumer(&self) -> &ConsumerLine {
+        (**self).consumer()
+    }
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn elem_size(&self) -> usize {
+        (**self).elem_size()
+    }
+    fn write(&self, slot: u64, src: &[u8]) {
+        (**self).write(slot, src);
+    }
+    fn read(&self, slot: u64, dst: &mut [u8]) {
+        (**self).read(slot, dst);
+    }
+}

@@ -1,0 +1,284 @@
+//! In-process tests of the public API: typed, batch, zero-copy, byte-stream,
+//! blocking, async, and wrap-around properties against a model.
+#![cfg(not(shm_loom))]
+// The trusted zero-copy calls are unsafe; this test exercises them.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use shm_ring::raw::{HeapStorage, RawConsumer, RawProducer, Storage};
+use shm_ring::{ElemLayout, RingError, RingFds, TrySendError, channel};
+
+#[test]
+fn full_and_empty_hand_back_the_value() {
+    let (mut tx, mut rx) = channel::<u64>(2).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), None);
+    tx.try_send(1).unwrap();
+    tx.try_send(2).unwrap();
+    let Err(TrySendError::Full(v)) = tx.try_send(3) else { panic!("expected Full") };
+    assert_eq!(v, 3);
+    assert_eq!(rx.try_recv().unwrap(), Some(1));
+    tx.try_send(3).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), Some(2));
+    assert_eq!(rx.try_recv().unwrap(), Some(3));
+    assert_eq!(rx.try_recv().unwrap(), None);
+    assert_eq!((tx.position(), rx.position()), (3, 3));
+}
+
+#[test]
+fn blocking_calls_time_out() {
+    let (mut tx, mut rx) = channel::<u32>(1).unwrap();
+    let start = Instant::now();
+    assert!(matches!(rx.recv_timeout(Some(Duration::from_millis(30))), Err(RingError::Timeout)));
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    tx.send(1).unwrap();
+    let err = tx.send_timeout(2, Some(Duration::from_millis(30))).unwrap_err();
+    assert!(matches!(err.error, RingError::Timeout));
+    assert_eq!(err.value, 2);
+}
+
+#[test]
+fn blocking_threads_move_a_million_in_order() {
+    let (mut tx, mut rx) = channel::<u64>(64).unwrap();
+    tx.set_spin(Duration::ZERO); // park at once: exercises the eventfd path hard
+    let n = if cfg!(debug_assertions) { 100_000 } else { 1_000_000 };
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            tx.send(i).unwrap();
+        }
+    });
+    for i in 0..n {
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn slices_and_zero_copy_batches_round_trip() {
+    let (mut tx, mut rx) = channel::<u32>(16).unwrap();
+    let items: Vec<u32> = (0..1000).collect();
+    let sender = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < 500 {
+            sent += tx.send_slice(&items[sent..500], None).unwrap();
+        }
+        let mut next = 500u32;
+        while next < 1000 {
+            tx.wait_writable(1, None).unwrap();
+            let n = tx
+                .send_with(|mut slots| {
+                    let n = slots.len().min((1000 - next) as usize);
+                    for i in 0..n {
+                        slots.set(i, &(next + i as u32));
+                    }
+                    n
+                })
+                .unwrap();
+            next += n as u32;
+        }
+        tx
+    });
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        rx.wait_readable(None).unwrap();
+        if got.len() % 2 == 0 {
+            rx.recv_with(|slots| {
+                for i in 0..slots.len() {
+                    got.push(slots.get(i));
+                }
+                slots.len()
+            })
+            .unwrap();
+        } else {
+            // SAFETY: the producer is this test's own thread, which follows the protocol.
+            unsafe {
+                rx.receive_trusted(|s| {
+                    got.extend_from_slice(s);
+                    s.len()
+                })
+            }
+            .unwrap();
+        }
+    }
+    assert_eq!(got, (0..1000).collect::<Vec<u32>>());
+    let mut tx = sender.join().unwrap();
+    // SAFETY: the consumer is this test's own code, which follows the protocol.
+    let n = unsafe {
+        tx.send_trusted(|s| {
+            s[0] = 7;
+            1
+        })
+    }
+    .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(rx.try_recv().unwrap(), Some(7));
+}
+
+#[test]
+fn byte_stream_carries_a_checksummed_stream() {
+    let (mut tx, mut rx) = channel::<u8>(4096).unwrap();
+    let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 31 % 251) as u8).collect();
+    let expect = data.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in data.chunks(1000) {
+            tx.write_all(chunk).unwrap();
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 777];
+    while got.len() < expect.len() {
+        let n = rx.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    writer.join().unwrap();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn async_ends_exchange_values() {
+    use shm_ring::asyncio::{AsyncConsumer, AsyncProducer};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (tx, rx) = channel::<u64>(8).unwrap();
+        let mut tx = AsyncProducer::new(tx).unwrap();
+        let mut rx = AsyncConsumer::new(rx).unwrap();
+        let sender = tokio::spawn(async move {
+            for i in 0..20_000u64 {
+                tx.send(i).await.unwrap();
+            }
+        });
+        for i in 0..20_000u64 {
+            assert_eq!(rx.recv().await.unwrap(), i);
+        }
+        sender.await.unwrap();
+    });
+}
+
+#[test]
+fn wrong_element_type_is_refused() {
+    let fds = RingFds::create("t", 8, ElemLayout::of::<u64>()).unwrap();
+    assert!(shm_ring::Consumer::<u32>::open(&fds, None).is_err());
+    assert!(shm_ring::Consumer::<u64>::open_tagged(&fds, 5, None).is_err());
+    assert!(shm_ring::Consumer::<u64>::open(&fds, None).is_ok());
+}
+
+#[test]
+fn unsealed_or_short_memfds_are_refused() {
+    use shm_segment::memfd;
+    let good = RingFds::create("t", 8, ElemLayout::of::<u64>()).unwrap();
+    for (size, seals) in [(0, memfd::FIXED_SIZE), (4096 + 64, memfd::Seals::empty()), (100, memfd::FIXED_SIZE), (4096 + 65, memfd::FIXED_SIZE)] {
+        let fds = RingFds {
+            memfd: memfd::create("bad", size, seals).unwrap(),
+            ..good.try_clone().unwrap()
+        };
+        assert!(shm_ring::Consumer::<u64>::open(&fds, None).is_err(), "size {size} seals {seals:?}");
+    }
+    let not_eventfd = RingFds {
+        data_ready: std::fs::File::open("/dev/null").unwrap().into(),
+        ..good.try_clone().unwrap()
+    };
+    assert!(shm_ring::Consumer::<u64>::open(&not_eventfd, None).is_err());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Send(u8),
+    Recv(u8),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(prop_oneof![(0u8..20).prop_map(Op::Send), (0u8..20).prop_map(Op::Recv)], 1..80)
+}
+
+/// Runs `ops` against the raw algorithm and a VecDeque model; counters start at `start`.
+fn check_against_model(capacity: u64, start: u64, ops: &[Op]) {
+    let storage = HeapStorage::starting_at(capacity, 8, start, start);
+    let mut producer = RawProducer::attach(&storage).unwrap();
+    let mut consumer = RawConsumer::attach(&storage).unwrap();
+    let mut model = VecDeque::new();
+    let mut next = 0u64;
+    for op in ops {
+        match *op {
+            Op::Send(n) => {
+                let mut left = u64::from(n);
+                while left > 0 {
+                    let (slot, run) = producer.reserve(left).unwrap();
+                    if run == 0 {
+                        break;
+                    }
+                    assert!(slot + run <= capacity);
+                    let vals: Vec<u64> = (next..next + run).collect();
+                    producer.write(slot, zerocopy::IntoBytes::as_bytes(&vals[..]));
+                    producer.commit(run);
+                    model.extend(next..next + run);
+                    next += run;
+                    left -= run;
+                }
+                assert!(model.len() as u64 <= capacity);
+                if left > 0 {
+                    assert_eq!(model.len() as u64, capacity, "stopped early while not full");
+                }
+            }
+            Op::Recv(n) => {
+                let mut left = u64::from(n);
+                while left > 0 {
+                    let (slot, run) = consumer.peek(left).unwrap();
+                    if run == 0 {
+                        assert!(model.is_empty(), "ring says empty, model holds {}", model.len());
+                        break;
+                    }
+                    let mut vals = vec![0u64; run as usize];
+                    consumer.read(slot, zerocopy::IntoBytes::as_mut_bytes(&mut vals[..]));
+                    for v in vals {
+                        assert_eq!(Some(v), model.pop_front());
+                    }
+                    consumer.release(run);
+                    left -= run;
+                }
+            }
+        }
+        assert_eq!(producer.position() - consumer.position(), model.len() as u64);
+        assert_eq!(storage.producer().tail.load(shm_sync::atomic::Ordering::Relaxed), start + next);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn wrap_around_matches_model_at_every_capacity(ops in ops(), start in 0u64..1 << 62, low in 0u64..4) {
+        for shift in 0..=8 {
+            // Start both at an arbitrary counter value, near a slot boundary or not.
+            check_against_model(1 << shift, start.wrapping_sub(low), &ops);
+        }
+    }
+
+    #[test]
+    fn typed_channel_wraps_at_every_capacity(ops in ops()) {
+        for shift in 0..=6 {
+            let (mut tx, mut rx) = channel::<[u8; 3]>(1 << shift).unwrap();
+            let mut model = VecDeque::new();
+            let mut next = 0u32;
+            for op in &ops {
+                match *op {
+                    Op::Send(n) => {
+                        let items: Vec<[u8; 3]> = (0..u32::from(n)).map(|i| { let v = next + i; [v as u8, (v >> 8) as u8, 7] }).collect();
+                        let sent = tx.try_send_slice(&items).unwrap();
+                        model.extend(items[..sent].iter().copied());
+                        next += sent as u32;
+                    }
+                    Op::Recv(n) => {
+                        let mut out = vec![[0u8; 3]; usize::from(n)];
+                        let got = rx.try_recv_slice(&mut out).unwrap();
+                        for v in &out[..got] {
+                            prop_assert_eq!(Some(*v), model.pop_front());
+                        }
+                        prop_assert!(got == usize::from(n) || model.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}
