@@ -8,10 +8,14 @@
 //!
 //! | field             | written by | meaning                                           |
 //! |-------------------|------------|---------------------------------------------------|
-//! | `producer.tail`   | producer   | elements ever published (slot `tail % capacity`)  |
-//! | `producer.parked` | producer   | 1 while the producer waits for space              |
-//! | `consumer.head`   | consumer   | elements ever consumed                            |
-//! | `consumer.parked` | consumer   | 1 while the consumer waits for data               |
+//! | `tail`            | producer   | elements ever published (slot `tail % capacity`)  |
+//! | `head`            | consumer   | elements ever consumed                            |
+//! | `producer_parked` | producer   | 1 while the producer waits for space              |
+//! | `consumer_parked` | consumer   | 1 while the consumer waits for data               |
+//!
+//! Each field has its own 128-byte line: the counters are written on every
+//! operation, the flags only when a side parks, so reading the peer's flag
+//! after each commit is a cache hit in the common case.
 //!
 //! Publication: the producer copies elements into free slots, then stores
 //! `tail` with Release; the consumer loads `tail` with Acquire, copies the
@@ -148,7 +152,7 @@ impl<S: Storage> RawProducer<S> {
     pub fn attach(storage: S) -> Result<RawProducer<S>, Corrupt> {
         let (head, tail) = attach_counters(&storage)?;
         // Relaxed: a stale 1 left by a killed producer only costs the consumer a spurious wake-up.
-        storage.producer().parked.store(0, Ordering::Relaxed);
+        storage.producer_parked().parked.store(0, Ordering::Relaxed);
         let capacity = storage.capacity();
         Ok(RawProducer {
             storage,
@@ -227,7 +231,7 @@ impl<S: Storage> RawProducer<S> {
         // path between its store of `parked` and its reload of `tail` (module docs).
         fence(Ordering::SeqCst);
         // Relaxed: the fence above orders it; a stale 1 only costs a spurious wake-up.
-        self.storage.consumer().parked.load(Ordering::Relaxed) != 0
+        self.storage.consumer_parked().parked.load(Ordering::Relaxed) != 0
     }
 
     /// Waits until at least `want.min(capacity)` slots are free: spins for `spin`,
@@ -249,7 +253,7 @@ impl<S: Storage> RawConsumer<S> {
     pub fn attach(storage: S) -> Result<RawConsumer<S>, Corrupt> {
         let (head, tail) = attach_counters(&storage)?;
         // Relaxed: a stale 1 left by a killed consumer only costs a spurious wake-up.
-        storage.consumer().parked.store(0, Ordering::Relaxed);
+        storage.consumer_parked().parked.store(0, Ordering::Relaxed);
         let capacity = storage.capacity();
         Ok(RawConsumer {
             storage,
@@ -321,7 +325,7 @@ impl<S: Storage> RawConsumer<S> {
         // `producer.parked`, paired with the producer's park-path fence.
         fence(Ordering::SeqCst);
         // Relaxed: ordered by the fence; a stale 1 only costs a spurious wake-up.
-        self.storage.producer().parked.load(Ordering::Relaxed) != 0
+        self.storage.producer_parked().parked.load(Ordering::Relaxed) != 0
     }
 
     /// Waits until at least one element is ready: spins for `spin`, then parks.
@@ -356,7 +360,7 @@ impl<S: Storage> Side for RawProducer<S> {
     }
     fn set_parked(&self, parked: bool) {
         // Relaxed: ordered before the reload of `head` by the SeqCst fence in `wait_loop`.
-        self.storage.producer().parked.store(u32::from(parked), Ordering::Relaxed);
+        self.storage.producer_parked().parked.store(u32::from(parked), Ordering::Relaxed);
     }
 }
 
@@ -369,7 +373,7 @@ impl<S: Storage> Side for RawConsumer<S> {
     }
     fn set_parked(&self, parked: bool) {
         // Relaxed: ordered before the reload of `tail` by the SeqCst fence in `wait_loop`.
-        self.storage.consumer().parked.store(u32::from(parked), Ordering::Relaxed);
+        self.storage.consumer_parked().parked.store(u32::from(parked), Ordering::Relaxed);
     }
 }
 
@@ -513,6 +517,6 @@ mod tests {
         let mut consumer = RawConsumer::attach(&sut).unwrap();
         let r = consumer.wait(Duration::from_micros(50), &mut NoPark, None);
         assert!(matches!(r, Err(RingError::Timeout)));
-        assert_eq!(sut.consumer().parked.load(Ordering::Relaxed), 0);
+        assert_eq!(sut.consumer_parked().parked.load(Ordering::Relaxed), 0);
     }
 }

@@ -3,8 +3,10 @@
 //! ```text
 //! offset    size  contents                               written by
 //! 0         64    Header (magic, version, capacity, ...)   creator, once, before sharing
-//! 128       128   ProducerLine { tail, parked }            producer
-//! 256       128   ConsumerLine { head, parked }            consumer
+//! 128       128   ProducerLine { tail }                    producer
+//! 256       128   ConsumerLine { head }                    consumer
+//! 384       128   ParkFlag { parked } of the producer      producer
+//! 512       128   ParkFlag { parked } of the consumer      consumer
 //! 4096      cap * elem_size   slots                        producer (free ones), read by consumer
 //! ```
 //! `docs/protocol/shm-ring.md` is the normative description.
@@ -21,6 +23,10 @@ pub const VERSION: u32 = 1;
 pub const PRODUCER_LINE: usize = 128;
 /// Offset of the [`crate::raw::ConsumerLine`].
 pub const CONSUMER_LINE: usize = 256;
+/// Offset of the producer's [`crate::raw::ParkFlag`].
+pub const PRODUCER_PARKED: usize = 384;
+/// Offset of the consumer's [`crate::raw::ParkFlag`].
+pub const CONSUMER_PARKED: usize = 512;
 /// Offset of slot 0 (page-aligned, so slots are aligned for any element up to 4 KiB).
 pub const DATA_OFFSET: usize = 4096;
 /// Largest accepted element alignment.

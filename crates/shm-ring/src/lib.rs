@@ -82,7 +82,7 @@ pub use crate::fds::{OpenError, RingFds, RING_SEALS};
 /// [`Producer`] and [`Consumer`].
 pub mod raw {
     pub use crate::core::{Park, RawConsumer, RawProducer};
-    pub use crate::storage::{ConsumerLine, HeapStorage, ProducerLine, Storage};
+    pub use crate::storage::{ConsumerLine, HeapStorage, ParkFlag, ProducerLine, Storage};
 }
 
 // Crash points (no-ops without `fault-injection`).

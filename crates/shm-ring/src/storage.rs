@@ -5,10 +5,10 @@
 //!
 //! [`MapStorage`] keeps raw pointers into a [`Mapping`] it owns, so they stay
 //! valid for its whole life. The counter lines at [`PRODUCER_LINE`] and
-//! [`CONSUMER_LINE`] are made only of atomics (padding aside), lie inside the
+//! [`CONSUMER_LINE`] and the flags at [`PRODUCER_PARKED`] and [`CONSUMER_PARKED`] are made only of atomics (padding aside), lie inside the
 //! mapping (its length is checked at construction) and are 128-aligned (the
 //! mapping is page-aligned); any bit pattern is a valid atomic, so shared
-//! `&ProducerLine` / `&ConsumerLine` are sound even while another process
+//! `&ProducerLine`, `&ConsumerLine` and `&ParkFlag` are sound even while another process
 //! writes them.
 //!
 //! Slot bytes are copied in and out with `ptr::copy_nonoverlapping`, never
@@ -27,27 +27,32 @@
 use shm_sync::atomic::{AtomicU32, AtomicU64};
 
 #[cfg(not(shm_loom))]
-use crate::layout::{CONSUMER_LINE, DATA_OFFSET, PRODUCER_LINE};
+use crate::layout::{CONSUMER_LINE, CONSUMER_PARKED, DATA_OFFSET, PRODUCER_LINE, PRODUCER_PARKED};
 #[cfg(not(shm_loom))]
 use shm_segment::Mapping;
 
-/// The producer's cache line: written only by the producer.
+/// The producer's counter, alone on its 128-byte line: written only by the producer.
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub struct ProducerLine {
     /// Number of elements ever published (monotonic). Slot of element `n` is `n % capacity`.
     pub tail: AtomicU64,
-    /// 1 while the producer is (about to be) blocked waiting for space, else 0.
-    pub parked: AtomicU32,
 }
 
-/// The consumer's cache line: written only by the consumer.
+/// The consumer's counter, alone on its 128-byte line: written only by the consumer.
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub struct ConsumerLine {
     /// Number of elements ever consumed (monotonic).
     pub head: AtomicU64,
-    /// 1 while the consumer is (about to be) blocked waiting for data, else 0.
+}
+
+/// A side's parking flag, on its own line so that reading it after every
+/// commit stays a cache hit until the owner actually parks.
+#[derive(Debug)]
+#[repr(C, align(128))]
+pub struct ParkFlag {
+    /// 1 while the owner is (about to be) blocked on its eventfd, else 0.
     pub parked: AtomicU32,
 }
 
@@ -55,11 +60,12 @@ pub struct ConsumerLine {
 const _: () = {
     assert!(size_of::<ProducerLine>() == 128 && align_of::<ProducerLine>() == 128);
     assert!(size_of::<ConsumerLine>() == 128 && align_of::<ConsumerLine>() == 128);
+    assert!(size_of::<ParkFlag>() == 128 && align_of::<ParkFlag>() == 128);
     assert!(core::mem::offset_of!(ProducerLine, tail) == 0);
-    assert!(core::mem::offset_of!(ProducerLine, parked) == 8);
     assert!(core::mem::offset_of!(ConsumerLine, head) == 0);
-    assert!(core::mem::offset_of!(ConsumerLine, parked) == 8);
-    assert!(PRODUCER_LINE + 128 <= CONSUMER_LINE && CONSUMER_LINE + 128 <= DATA_OFFSET);
+    assert!(core::mem::offset_of!(ParkFlag, parked) == 0);
+    assert!(PRODUCER_LINE + 128 <= CONSUMER_LINE && CONSUMER_LINE + 128 <= PRODUCER_PARKED);
+    assert!(PRODUCER_PARKED + 128 <= CONSUMER_PARKED && CONSUMER_PARKED + 128 <= DATA_OFFSET);
 };
 
 /// Storage for one ring: two counter lines and `capacity` slots of `elem_size` bytes.
@@ -71,6 +77,10 @@ pub trait Storage {
     fn producer(&self) -> &ProducerLine;
     /// The consumer's line.
     fn consumer(&self) -> &ConsumerLine;
+    /// The producer's parking flag.
+    fn producer_parked(&self) -> &ParkFlag;
+    /// The consumer's parking flag.
+    fn consumer_parked(&self) -> &ParkFlag;
     /// Number of slots (a power of two).
     fn capacity(&self) -> u64;
     /// Bytes per slot.
@@ -101,6 +111,8 @@ fn slot_range(slot: u64, bytes: usize, capacity: u64, elem: usize) -> usize {
 pub struct HeapStorage {
     producer: ProducerLine,
     consumer: ConsumerLine,
+    producer_parked: ParkFlag,
+    consumer_parked: ParkFlag,
     capacity: u64,
     elem_size: usize,
     #[cfg(shm_loom)]
@@ -132,10 +144,14 @@ impl HeapStorage {
         HeapStorage {
             producer: ProducerLine {
                 tail: AtomicU64::new(tail),
-                parked: AtomicU32::new(0),
             },
             consumer: ConsumerLine {
                 head: AtomicU64::new(head),
+            },
+            producer_parked: ParkFlag {
+                parked: AtomicU32::new(0),
+            },
+            consumer_parked: ParkFlag {
                 parked: AtomicU32::new(0),
             },
             capacity,
@@ -157,6 +173,12 @@ impl Storage for HeapStorage {
     }
     fn consumer(&self) -> &ConsumerLine {
         &self.consumer
+    }
+    fn producer_parked(&self) -> &ParkFlag {
+        &self.producer_parked
+    }
+    fn consumer_parked(&self) -> &ParkFlag {
+        &self.consumer_parked
     }
     fn capacity(&self) -> u64 {
         self.capacity
@@ -259,6 +281,18 @@ impl Storage for MapStorage {
         unsafe { &*ptr }
     }
 
+    fn producer_parked(&self) -> &ParkFlag {
+        let ptr = self.mapping.as_ptr().wrapping_add(PRODUCER_PARKED).cast::<ParkFlag>();
+        // SAFETY: as in `producer`.
+        unsafe { &*ptr }
+    }
+
+    fn consumer_parked(&self) -> &ParkFlag {
+        let ptr = self.mapping.as_ptr().wrapping_add(CONSUMER_PARKED).cast::<ParkFlag>();
+        // SAFETY: as in `producer`.
+        unsafe { &*ptr }
+    }
+
     fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -306,6 +340,12 @@ impl<S: Storage + ?Sized> Storage for &S {
     fn consumer(&self) -> &ConsumerLine {
         (**self).consumer()
     }
+    fn producer_parked(&self) -> &ParkFlag {
+        (**self).producer_parked()
+    }
+    fn consumer_parked(&self) -> &ParkFlag {
+        (**self).consumer_parked()
+    }
     fn capacity(&self) -> u64 {
         (**self).capacity()
     }
@@ -326,6 +366,12 @@ impl<S: Storage + ?Sized> Storage for shm_sync::sync::Arc<S> {
     }
     fn consumer(&self) -> &ConsumerLine {
         (**self).consumer()
+    }
+    fn producer_parked(&self) -> &ParkFlag {
+        (**self).producer_parked()
+    }
+    fn consumer_parked(&self) -> &ParkFlag {
+        (**self).consumer_parked()
     }
     fn capacity(&self) -> u64 {
         (**self).capacity()

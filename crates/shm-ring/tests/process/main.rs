@@ -99,7 +99,7 @@ fn scribble(ring: &RingFds) -> ! {
     let region = map.region();
     let mut x = 0x2545_f491_4f6c_dd1du64 ^ u64::from(std::process::id());
     loop {
-        for off in (0..512).step_by(8) {
+        for off in (0..640).step_by(8) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
