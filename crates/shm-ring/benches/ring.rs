@@ -1,1 +1,513 @@
-fn main() {}
+//! shm-ring against its baselines, measured in the same run, as ratios.
+//!
+//! `cargo bench -p shm-ring --bench ring` (about a minute). Two threads pinned
+//! to CPUs 0 and 1 play producer and consumer (the ring's memory is a memfd
+//! mapping either way, so threads see the same cache traffic as processes).
+//! Each figure is the median of several runs.
+// shmem-ipc's raw API hands out raw pointers; copying through them needs unsafe.
+#![allow(unsafe_code)]
+#![allow(clippy::cast_precision_loss, clippy::missing_panics_doc)]
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use shm_ring::bench_support::AlignedBuf;
+use shm_ring::channel;
+use shm_sync::atomic::{AtomicU64, Ordering};
+
+const REPS: usize = 5;
+const BATCH: usize = 256;
+
+fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn reps(mut f: impl FnMut() -> f64) -> f64 {
+    f(); // warm-up
+    median((0..REPS).map(|_| f()).collect())
+}
+
+/// Runs `producer` on CPU 0 and `consumer` on CPU 1; returns the wall time.
+fn pair<P: FnOnce() + Send>(producer: P, consumer: impl FnOnce()) -> Duration {
+    std::thread::scope(|s| {
+        let start = Instant::now();
+        let t = s.spawn(move || {
+            pin(0);
+            producer();
+        });
+        pin(1);
+        consumer();
+        t.join().unwrap();
+        start.elapsed()
+    })
+}
+
+// ---------- 64-byte messages ----------
+
+type Msg = [u8; 64];
+const MSGS: usize = 4 << 20;
+
+fn ring_64() -> f64 {
+    let (mut tx, mut rx) = channel::<Msg>(1 << 14).unwrap();
+    let batch = vec![[7u8; 64]; BATCH];
+    let t = pair(
+        move || {
+            let mut sent = 0;
+            while sent < MSGS {
+                let n = tx.try_send_slice(&batch[..BATCH.min(MSGS - sent)]).unwrap();
+                if n == 0 {
+                    std::hint::spin_loop();
+                }
+                sent += n;
+            }
+        },
+        move || {
+            let mut buf = vec![[0u8; 64]; BATCH];
+            let mut got = 0;
+            while got < MSGS {
+                let n = rx.try_recv_slice(&mut buf).unwrap();
+                if n == 0 {
+                    std::hint::spin_loop();
+                }
+                got += n;
+            }
+            black_box(&buf);
+        },
+    );
+    MSGS as f64 / t.as_secs_f64()
+}
+
+/// 64-byte messages sent and received one per call.
+fn ring_64_single() -> f64 {
+    let (mut tx, mut rx) = channel::<Msg>(1 << 14).unwrap();
+    let msgs = MSGS / 4;
+    let t = pair(
+        move || {
+            let mut v = [7u8; 64];
+            for i in 0..msgs {
+                v[0] = i as u8;
+                while tx.try_send(v).is_err() {
+                    std::hint::spin_loop();
+                }
+            }
+        },
+        move || {
+            let mut got = 0;
+            let mut x = 0u8;
+            while got < msgs {
+                match rx.try_recv().unwrap() {
+                    Some(v) => {
+                        x ^= v[0];
+                        got += 1;
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+            black_box(x);
+        },
+    );
+    msgs as f64 / t.as_secs_f64()
+}
+
+fn shmem_ipc_64_single() -> f64 {
+    use shmem_ipc::sharedring::{Receiver, Sender};
+    let mut tx = Sender::<Msg>::new(1 << 14).unwrap();
+    let memfd = tx.memfd().as_file().try_clone().unwrap();
+    let (e, f) = (tx.empty_signal().try_clone().unwrap(), tx.full_signal().try_clone().unwrap());
+    let mut rx = Receiver::<Msg>::open(1 << 14, memfd, e, f).unwrap();
+    let msgs = MSGS / 4;
+    let t = pair(
+        move || {
+            let mut v = [7u8; 64];
+            let mut sent = 0;
+            while sent < msgs {
+                v[0] = sent as u8;
+                tx.send_raw(|p, count| {
+                    if count == 0 {
+                        return 0;
+                    }
+                    // SAFETY: shmem-ipc lends `count >= 1` writable slots at `p`.
+                    unsafe { p.write(v) };
+                    sent += 1;
+                    1
+                })
+                .unwrap();
+            }
+        },
+        move || {
+            let mut got = 0;
+            let mut x = 0u8;
+            while got < msgs {
+                rx.receive_raw(|p, count| {
+                    if count == 0 {
+                        return 0;
+                    }
+                    // SAFETY: shmem-ipc lends `count >= 1` readable slots at `p`.
+                    x ^= unsafe { p.read() }[0];
+                    got += 1;
+                    1
+                })
+                .unwrap();
+            }
+            black_box(x);
+        },
+    );
+    msgs as f64 / t.as_secs_f64()
+}
+
+fn shmem_ipc_64() -> f64 {
+    use shmem_ipc::sharedring::{Receiver, Sender};
+    let mut tx = Sender::<Msg>::new(1 << 14).unwrap();
+    let memfd = tx.memfd().as_file().try_clone().unwrap();
+    let (e, f) = (tx.empty_signal().try_clone().unwrap(), tx.full_signal().try_clone().unwrap());
+    let mut rx = Receiver::<Msg>::open(1 << 14, memfd, e, f).unwrap();
+    let batch = vec![[7u8; 64]; BATCH];
+    let t = pair(
+        move || {
+            let mut sent = 0;
+            while sent < MSGS {
+                let mut n = 0;
+                tx.send_raw(|p, count| {
+                    n = count.min(BATCH).min(MSGS - sent);
+                    // SAFETY: shmem-ipc lends `count` writable slots at `p`; we copy n <= count.
+                    unsafe { std::ptr::copy_nonoverlapping(batch.as_ptr(), p, n) };
+                    n
+                })
+                .unwrap();
+                if n == 0 {
+                    std::hint::spin_loop();
+                }
+                sent += n;
+            }
+        },
+        move || {
+            let mut buf = vec![[0u8; 64]; BATCH];
+            let mut got = 0;
+            while got < MSGS {
+                let mut n = 0;
+                rx.receive_raw(|p, count| {
+                    n = count.min(BATCH);
+                    // SAFETY: shmem-ipc lends `count` readable slots at `p`; we copy n <= count.
+                    unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n) };
+                    n
+                })
+                .unwrap();
+                if n == 0 {
+                    std::hint::spin_loop();
+                }
+                got += n;
+            }
+            black_box(&buf);
+        },
+    );
+    MSGS as f64 / t.as_secs_f64()
+}
+
+// ---------- byte streams ----------
+
+/// Moves `total` bytes in `chunk`-byte writes; returns bytes per second.
+fn stream(total: usize, chunk: usize, mut w: impl FnMut(&[u8]) + Send, mut r: impl FnMut(&mut [u8]) -> usize) -> f64 {
+    let t = pair(
+        move || {
+            let mut src = AlignedBuf::new(chunk);
+            src.as_mut_slice().fill(0x5a);
+            for _ in 0..total / chunk {
+                w(src.as_slice());
+            }
+        },
+        move || {
+            let mut dst = AlignedBuf::new(chunk);
+            let mut got = 0;
+            while got < total {
+                got += r(dst.as_mut_slice());
+            }
+            black_box(dst.as_slice());
+        },
+    );
+    total as f64 / t.as_secs_f64()
+}
+
+/// Slot area of the byte-stream ring (`RING_BYTES` overrides; 4 MiB by default).
+fn ring_bytes() -> u64 {
+    std::env::var("RING_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
+}
+
+fn ring_stream(total: usize, chunk: usize) -> f64 {
+    let (mut tx, mut rx) = channel::<u8>(ring_bytes()).unwrap();
+    stream(
+        total,
+        chunk,
+        move |mut buf| {
+            while !buf.is_empty() {
+                let n = tx.try_send_slice(buf).unwrap();
+                if n == 0 {
+                    std::hint::spin_loop();
+                }
+                buf = &buf[n..];
+            }
+        },
+        move |buf| {
+            let n = rx.try_recv_slice(buf).unwrap();
+            if n == 0 {
+                std::hint::spin_loop();
+            }
+            n
+        },
+    )
+}
+
+fn fd_stream(total: usize, chunk: usize, w: OwnedFd, r: OwnedFd) -> f64 {
+    let mut w = std::fs::File::from(w);
+    let mut r = std::fs::File::from(r);
+    stream(total, chunk, move |buf| w.write_all(buf).unwrap(), move |buf| r.read(buf).unwrap())
+}
+
+fn pipe_stream(total: usize, chunk: usize) -> f64 {
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, 1 << 20);
+    fd_stream(total, chunk, w, r)
+}
+
+fn unix_stream(total: usize, chunk: usize) -> f64 {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    fd_stream(total, chunk, a.into(), b.into())
+}
+
+/// One thread copying `chunk`-byte messages round a `dest`-byte buffer.
+fn memcpy_bw(total: usize, chunk: usize, dest: usize) -> f64 {
+    let mut src = AlignedBuf::new(chunk);
+    src.as_mut_slice().fill(0x5a);
+    let mut dst = AlignedBuf::new(dest);
+    pin(0);
+    let start = Instant::now();
+    let mut off = 0;
+    for _ in 0..total / chunk {
+        dst.as_mut_slice()[off..off + chunk].copy_from_slice(black_box(src.as_slice()));
+        off = (off + chunk) % dest;
+    }
+    black_box(dst.as_slice());
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+// ---------- latency ----------
+
+#[repr(C, align(128))]
+struct Line(AtomicU64);
+
+const SAMPLES: usize = 20_000;
+const TRIPS: u64 = 8;
+
+/// Median one-way latency in ns from `SAMPLES` timings of `TRIPS` round trips.
+fn one_way(mut ping: impl FnMut(u64) + Send, mut pong: impl FnMut(u64)) -> f64 {
+    let rounds = SAMPLES as u64 * TRIPS;
+    let mut samples = Vec::with_capacity(SAMPLES);
+    let samples_ref = &mut samples;
+    pair(
+        move || {
+            let mut i = 1;
+            for _ in 0..SAMPLES {
+                let t = Instant::now();
+                for _ in 0..TRIPS {
+                    ping(i);
+                    i += 1;
+                }
+                samples_ref.push(t.elapsed().as_nanos() as f64 / (2 * TRIPS) as f64);
+            }
+        },
+        move || {
+            for i in 1..=rounds {
+                pong(i);
+            }
+        },
+    );
+    median(samples)
+}
+
+fn floor_latency() -> f64 {
+    let (a, b) = (Line(AtomicU64::new(0)), Line(AtomicU64::new(0)));
+    let (a, b) = (&a, &b);
+    one_way(
+        |i| {
+            // Relaxed: only the value matters; no other data is published.
+            a.0.store(i, Ordering::Relaxed);
+            while b.0.load(Ordering::Relaxed) != i {
+                std::hint::spin_loop();
+            }
+        },
+        |i| {
+            while a.0.load(Ordering::Relaxed) != i {
+                std::hint::spin_loop();
+            }
+            b.0.store(i, Ordering::Relaxed);
+        },
+    )
+}
+
+fn ring_latency() -> f64 {
+    let (mut tx1, mut rx1) = channel::<u64>(1024).unwrap();
+    let (mut tx2, mut rx2) = channel::<u64>(1024).unwrap();
+    one_way(
+        move |i| {
+            tx1.try_send(i).unwrap();
+            while rx2.try_recv().unwrap().is_none() {
+                std::hint::spin_loop();
+            }
+        },
+        move |i| {
+            while rx1.try_recv().unwrap().is_none() {
+                std::hint::spin_loop();
+            }
+            tx2.try_send(i).unwrap();
+        },
+    )
+}
+
+// ---------- blocking round trips ----------
+
+const RTTS: usize = 2000;
+
+/// Median round trip in us.
+fn round_trip(mut ping: impl FnMut() + Send, mut pong: impl FnMut()) -> f64 {
+    let mut samples = Vec::with_capacity(RTTS);
+    let samples_ref = &mut samples;
+    pair(
+        move || {
+            for _ in 0..RTTS {
+                let t = Instant::now();
+                ping();
+                samples_ref.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            }
+        },
+        move || {
+            for _ in 0..RTTS {
+                pong();
+            }
+        },
+    );
+    median(samples)
+}
+
+fn eventfd_rtt() -> f64 {
+    let e1 = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let e2 = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let (e1, e2) = (&e1, &e2);
+    let post = |fd: &OwnedFd| rustix::io::write(fd.as_fd(), &1u64.to_ne_bytes()).unwrap();
+    let wait = |fd: &OwnedFd| rustix::io::read(fd.as_fd(), &mut [0u8; 8]).unwrap();
+    round_trip(
+        move || {
+            post(e1);
+            wait(e2);
+        },
+        move || {
+            wait(e1);
+            post(e2);
+        },
+    )
+}
+
+fn ring_rtt(spin: Duration) -> f64 {
+    let (mut tx1, mut rx1) = channel::<u64>(64).unwrap();
+    let (mut tx2, mut rx2) = channel::<u64>(64).unwrap();
+    for s in [&mut rx1, &mut rx2] {
+        s.set_spin(spin);
+    }
+    round_trip(
+        move || {
+            tx1.send(1).unwrap();
+            rx2.recv().unwrap();
+        },
+        move || {
+            rx1.recv().unwrap();
+            tx2.send(2).unwrap();
+        },
+    )
+}
+
+// ---------- report ----------
+
+struct Row {
+    what: String,
+    ours: String,
+    base: String,
+    ratio: f64,
+    target: Option<(&'static str, bool)>,
+}
+
+fn row(what: &str, ours: f64, base_name: &str, base: f64, unit: &str, higher_better: bool, target: Option<f64>) -> Row {
+    let ratio = ours / base;
+    Row {
+        what: what.to_owned(),
+        ours: format!("{ours:.2} {unit}"),
+        base: format!("{base_name} {base:.2} {unit}"),
+        ratio,
+        target: target.map(|t| {
+            let met = if higher_better { ratio >= t } else { ratio <= t };
+            (leak(format!("{} {t}x", if higher_better { ">=" } else { "<=" })), met)
+        }),
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let started = Instant::now();
+    let mut rows = Vec::new();
+
+    let ours = reps(ring_64_single) / 1e6;
+    let ipc = reps(shmem_ipc_64_single) / 1e6;
+    rows.push(row("64 B msgs, one per call", ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    let ours = reps(ring_64) / 1e6;
+    let ipc = reps(shmem_ipc_64) / 1e6;
+    rows.push(row("64 B msgs, batches of 256", ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    let total64 = MSGS * 64;
+    let pipe = reps(|| pipe_stream(total64, BATCH * 64)) / 64.0 / 1e6;
+    rows.push(row("64 B msgs, batches of 256", ours, "pipe", pipe, "M/s", true, None));
+    let unix = reps(|| unix_stream(total64, BATCH * 64)) / 64.0 / 1e6;
+    rows.push(row("64 B msgs, batches of 256", ours, "unix socket", unix, "M/s", true, None));
+
+    for (chunk, name) in [(4096usize, "4 KiB msgs"), (65536, "64 KiB msgs")] {
+        let total = 1 << 30;
+        let ours = reps(|| ring_stream(total, chunk)) / 1e9;
+        let copy = reps(|| memcpy_bw(total, chunk, ring_bytes() as usize)) / 1e9;
+        rows.push(row(name, ours, "memcpy, ring-sized dest", copy, "GB/s", true, Some(0.6)));
+        let hot = reps(|| memcpy_bw(total, chunk, 1 << 20)) / 1e9;
+        rows.push(row(name, ours, "memcpy, 1 MiB dest", hot, "GB/s", true, None));
+        let pipe = reps(|| pipe_stream(total / 2, chunk)) / 1e9;
+        rows.push(row(name, ours, "pipe", pipe, "GB/s", true, None));
+        let unix = reps(|| unix_stream(total / 2, chunk)) / 1e9;
+        rows.push(row(name, ours, "unix socket", unix, "GB/s", true, None));
+    }
+
+    let floor = reps(floor_latency);
+    let ring = reps(ring_latency);
+    rows.push(row("one-way latency p50, busy-poll", ring, "cache-line ping-pong", floor, "ns", false, Some(1.5)));
+
+    let efd = reps(eventfd_rtt);
+    let parked = reps(|| ring_rtt(Duration::ZERO));
+    rows.push(row("blocking round trip p50, spin 0", parked, "raw eventfd", efd, "us", false, Some(1.1)));
+    let spun = reps(|| ring_rtt(shm_ring::DEFAULT_SPIN));
+    rows.push(row("blocking round trip p50, spin 20 us", spun, "raw eventfd", efd, "us", false, None));
+
+    println!("\nshm-ring benchmark: medians of {REPS} runs, producer on CPU 0, consumer on CPU 1");
+    println!("byte-stream ring of {} KiB; memcpy copies the same messages from one hot buffer\n", ring_bytes() >> 10);
+    println!("{:<38} {:>14}   {:<36} {:>8}   {:<8} {}", "measure", "shm-ring", "baseline", "ratio", "target", "met");
+    for r in &rows {
+        let (target, met) = r.target.map_or(("", ""), |(t, m)| (t, if m { "yes" } else { "NO" }));
+        println!("{:<38} {:>14}   {:<36} {:>7.2}x   {:<8} {}", r.what, r.ours, r.base, r.ratio, target, met);
+    }
+    println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
+}
