@@ -122,7 +122,10 @@ fn shmem_ipc_64_single() -> f64 {
     use shmem_ipc::sharedring::{Receiver, Sender};
     let mut tx = Sender::<Msg>::new(1 << 14).unwrap();
     let memfd = tx.memfd().as_file().try_clone().unwrap();
-    let (e, f) = (tx.empty_signal().try_clone().unwrap(), tx.full_signal().try_clone().unwrap());
+    let (e, f) = (
+        tx.empty_signal().try_clone().unwrap(),
+        tx.full_signal().try_clone().unwrap(),
+    );
     let mut rx = Receiver::<Msg>::open(1 << 14, memfd, e, f).unwrap();
     let msgs = MSGS / 4;
     let t = pair(
@@ -168,7 +171,10 @@ fn shmem_ipc_64() -> f64 {
     use shmem_ipc::sharedring::{Receiver, Sender};
     let mut tx = Sender::<Msg>::new(1 << 14).unwrap();
     let memfd = tx.memfd().as_file().try_clone().unwrap();
-    let (e, f) = (tx.empty_signal().try_clone().unwrap(), tx.full_signal().try_clone().unwrap());
+    let (e, f) = (
+        tx.empty_signal().try_clone().unwrap(),
+        tx.full_signal().try_clone().unwrap(),
+    );
     let mut rx = Receiver::<Msg>::open(1 << 14, memfd, e, f).unwrap();
     let batch = vec![[7u8; 64]; BATCH];
     let t = pair(
@@ -215,7 +221,12 @@ fn shmem_ipc_64() -> f64 {
 // ---------- byte streams ----------
 
 /// Moves `total` bytes in `chunk`-byte writes; returns bytes per second.
-fn stream(total: usize, chunk: usize, mut w: impl FnMut(&[u8]) + Send, mut r: impl FnMut(&mut [u8]) -> usize) -> f64 {
+fn stream(
+    total: usize,
+    chunk: usize,
+    mut w: impl FnMut(&[u8]) + Send,
+    mut r: impl FnMut(&mut [u8]) -> usize,
+) -> f64 {
     let t = pair(
         move || {
             let mut src = AlignedBuf::new(chunk);
@@ -238,7 +249,10 @@ fn stream(total: usize, chunk: usize, mut w: impl FnMut(&[u8]) + Send, mut r: im
 
 /// Slot area of the byte-stream ring (`RING_BYTES` overrides; 4 MiB by default).
 fn ring_bytes() -> u64 {
-    std::env::var("RING_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
+    std::env::var("RING_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 20)
 }
 
 fn ring_stream(total: usize, chunk: usize) -> f64 {
@@ -268,7 +282,12 @@ fn ring_stream(total: usize, chunk: usize) -> f64 {
 fn fd_stream(total: usize, chunk: usize, w: OwnedFd, r: OwnedFd) -> f64 {
     let mut w = std::fs::File::from(w);
     let mut r = std::fs::File::from(r);
-    stream(total, chunk, move |buf| w.write_all(buf).unwrap(), move |buf| r.read(buf).unwrap())
+    stream(
+        total,
+        chunk,
+        move |buf| w.write_all(buf).unwrap(),
+        move |buf| r.read(buf).unwrap(),
+    )
 }
 
 fn pipe_stream(total: usize, chunk: usize) -> f64 {
@@ -442,7 +461,15 @@ struct Row {
     target: Option<(&'static str, bool)>,
 }
 
-fn row(what: &str, ours: f64, base_name: &str, base: f64, unit: &str, higher_better: bool, target: Option<f64>) -> Row {
+fn row(
+    what: &str,
+    ours: f64,
+    base_name: &str,
+    base: f64,
+    unit: &str,
+    higher_better: bool,
+    target: Option<f64>,
+) -> Row {
     let ratio = ours / base;
     Row {
         what: what.to_owned(),
@@ -450,8 +477,15 @@ fn row(what: &str, ours: f64, base_name: &str, base: f64, unit: &str, higher_bet
         base: format!("{base_name} {base:.2} {unit}"),
         ratio,
         target: target.map(|t| {
-            let met = if higher_better { ratio >= t } else { ratio <= t };
-            (leak(format!("{} {t}x", if higher_better { ">=" } else { "<=" })), met)
+            let met = if higher_better {
+                ratio >= t
+            } else {
+                ratio <= t
+            };
+            (
+                leak(format!("{} {t}x", if higher_better { ">=" } else { "<=" })),
+                met,
+            )
         }),
     }
 }
@@ -469,23 +503,71 @@ fn main() {
 
     let ours = reps(ring_64_single) / 1e6;
     let ipc = reps(shmem_ipc_64_single) / 1e6;
-    rows.push(row("64 B msgs, one per call", ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    rows.push(row(
+        "64 B msgs, one per call",
+        ours,
+        "shmem-ipc",
+        ipc,
+        "M/s",
+        true,
+        Some(2.0),
+    ));
     let ours = reps(ring_64) / 1e6;
     let ipc = reps(shmem_ipc_64) / 1e6;
-    rows.push(row("64 B msgs, batches of 256", ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    rows.push(row(
+        "64 B msgs, batches of 256",
+        ours,
+        "shmem-ipc",
+        ipc,
+        "M/s",
+        true,
+        Some(2.0),
+    ));
     let total64 = MSGS * 64;
     let pipe = reps(|| pipe_stream(total64, BATCH * 64)) / 64.0 / 1e6;
-    rows.push(row("64 B msgs, batches of 256", ours, "pipe", pipe, "M/s", true, None));
+    rows.push(row(
+        "64 B msgs, batches of 256",
+        ours,
+        "pipe",
+        pipe,
+        "M/s",
+        true,
+        None,
+    ));
     let unix = reps(|| unix_stream(total64, BATCH * 64)) / 64.0 / 1e6;
-    rows.push(row("64 B msgs, batches of 256", ours, "unix socket", unix, "M/s", true, None));
+    rows.push(row(
+        "64 B msgs, batches of 256",
+        ours,
+        "unix socket",
+        unix,
+        "M/s",
+        true,
+        None,
+    ));
 
     for (chunk, name) in [(4096usize, "4 KiB msgs"), (65536, "64 KiB msgs")] {
         let total = 1 << 30;
         let ours = reps(|| ring_stream(total, chunk)) / 1e9;
         let copy = reps(|| memcpy_bw(total, chunk, ring_bytes() as usize)) / 1e9;
-        rows.push(row(name, ours, "memcpy, ring-sized dest", copy, "GB/s", true, Some(0.6)));
+        rows.push(row(
+            name,
+            ours,
+            "memcpy, ring-sized dest",
+            copy,
+            "GB/s",
+            true,
+            Some(0.6),
+        ));
         let hot = reps(|| memcpy_bw(total, chunk, 1 << 20)) / 1e9;
-        rows.push(row(name, ours, "memcpy, 1 MiB dest", hot, "GB/s", true, None));
+        rows.push(row(
+            name,
+            ours,
+            "memcpy, 1 MiB dest",
+            hot,
+            "GB/s",
+            true,
+            None,
+        ));
         let pipe = reps(|| pipe_stream(total / 2, chunk)) / 1e9;
         rows.push(row(name, ours, "pipe", pipe, "GB/s", true, None));
         let unix = reps(|| unix_stream(total / 2, chunk)) / 1e9;
@@ -494,20 +576,55 @@ fn main() {
 
     let floor = reps(floor_latency);
     let ring = reps(ring_latency);
-    rows.push(row("one-way latency p50, busy-poll", ring, "cache-line ping-pong", floor, "ns", false, Some(1.5)));
+    rows.push(row(
+        "one-way latency p50, busy-poll",
+        ring,
+        "cache-line ping-pong",
+        floor,
+        "ns",
+        false,
+        Some(1.5),
+    ));
 
     let efd = reps(eventfd_rtt);
     let parked = reps(|| ring_rtt(Duration::ZERO));
-    rows.push(row("blocking round trip p50, spin 0", parked, "raw eventfd", efd, "us", false, Some(1.1)));
+    rows.push(row(
+        "blocking round trip p50, spin 0",
+        parked,
+        "raw eventfd",
+        efd,
+        "us",
+        false,
+        Some(1.1),
+    ));
     let spun = reps(|| ring_rtt(shm_ring::DEFAULT_SPIN));
-    rows.push(row("blocking round trip p50, spin 20 us", spun, "raw eventfd", efd, "us", false, None));
+    rows.push(row(
+        "blocking round trip p50, spin 20 us",
+        spun,
+        "raw eventfd",
+        efd,
+        "us",
+        false,
+        None,
+    ));
 
     println!("\nshm-ring benchmark: medians of {REPS} runs, producer on CPU 0, consumer on CPU 1");
-    println!("byte-stream ring of {} KiB; memcpy copies the same messages from one hot buffer\n", ring_bytes() >> 10);
-    println!("{:<38} {:>14}   {:<36} {:>8}   {:<8} {}", "measure", "shm-ring", "baseline", "ratio", "target", "met");
+    println!(
+        "byte-stream ring of {} KiB; memcpy copies the same messages from one hot buffer\n",
+        ring_bytes() >> 10
+    );
+    println!(
+        "{:<38} {:>14}   {:<36} {:>8}   {:<8} met",
+        "measure", "shm-ring", "baseline", "ratio", "target"
+    );
     for r in &rows {
-        let (target, met) = r.target.map_or(("", ""), |(t, m)| (t, if m { "yes" } else { "NO" }));
-        println!("{:<38} {:>14}   {:<36} {:>7.2}x   {:<8} {}", r.what, r.ours, r.base, r.ratio, target, met);
+        let (target, met) = r
+            .target
+            .map_or(("", ""), |(t, m)| (t, if m { "yes" } else { "NO" }));
+        println!(
+            "{:<38} {:>14}   {:<36} {:>7.2}x   {:<8} {}",
+            r.what, r.ours, r.base, r.ratio, target, met
+        );
     }
     println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
 }

@@ -21,7 +21,10 @@ use crate::endpoint::{Consumer, Element, Producer};
 use crate::fds;
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> RingError {
-    move |e| RingError::Io { op, source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO) }
+    move |e| RingError::Io {
+        op,
+        source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    }
 }
 
 fn register(fd: &OwnedFd) -> Result<AsyncFd<OwnedFd>, RingError> {
@@ -151,13 +154,20 @@ impl<T: Element> AsyncProducer<T> {
         loop {
             match self.inner.try_send(value) {
                 Ok(()) => return Ok(()),
-                Err(crate::TrySendError::Failed(value, error)) => return Err(crate::SendError { value, error }),
+                Err(crate::TrySendError::Failed(value, error)) => {
+                    return Err(crate::SendError { value, error });
+                }
                 Err(crate::TrySendError::Full(v)) => value = v,
             }
             match self.inner.parts().0.park_begin() {
                 Ok(0) => {}
                 Ok(_) => continue,
-                Err(e) => return Err(crate::SendError { value, error: e.into() }),
+                Err(e) => {
+                    return Err(crate::SendError {
+                        value,
+                        error: e.into(),
+                    });
+                }
             }
             let woke = self.waits.wait().await;
             self.inner.parts().0.park_end();

@@ -20,14 +20,19 @@ pub struct AlignedBuf {
 
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf").field("len", &self.len).finish()
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
 impl AlignedBuf {
     /// `len` zero bytes, starting on a page boundary.
     pub fn new(len: usize) -> AlignedBuf {
-        AlignedBuf { pages: vec![Page([0; 4096]); len.div_ceil(4096)], len }
+        AlignedBuf {
+            pages: vec![Page([0; 4096]); len.div_ceil(4096)],
+            len,
+        }
     }
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
@@ -51,7 +56,9 @@ pub struct Throughput {
 impl Throughput {
     /// Bytes per second.
     pub fn bytes_per_sec(&self) -> f64 {
-        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        #[allow(clippy::cast_precision_loss, reason = "a rate, not an exact count")]
+        let bytes = self.bytes as f64;
+        bytes / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -59,7 +66,12 @@ impl Throughput {
 /// thread to another (ring of `ring_bytes`, a power of two).
 pub fn ring_stream(total: u64, chunk: usize, ring_bytes: u64) -> std::io::Result<Throughput> {
     let (mut tx, mut rx) = crate::channel::<u8>(ring_bytes).map_err(std::io::Error::other)?;
-    stream_between_threads(total, chunk, move |buf| tx.write_all(buf), move |buf| rx.read(buf))
+    stream_between_threads(
+        total,
+        chunk,
+        move |buf| tx.write_all(buf),
+        move |buf| rx.read(buf),
+    )
 }
 
 /// The same through a pipe (`pipe2`), for comparison.
@@ -67,7 +79,12 @@ pub fn pipe_stream(total: u64, chunk: usize) -> std::io::Result<Throughput> {
     let (r, w) = rustix::pipe::pipe()?;
     let mut w = std::fs::File::from(w);
     let mut r = std::fs::File::from(r);
-    stream_between_threads(total, chunk, move |buf| w.write_all(buf), move |buf| r.read(buf))
+    stream_between_threads(
+        total,
+        chunk,
+        move |buf| w.write_all(buf),
+        move |buf| r.read(buf),
+    )
 }
 
 fn stream_between_threads(
@@ -96,9 +113,17 @@ fn stream_between_threads(
             n => got += n as u64,
         }
     }
-    writer.join().map_err(|_| std::io::Error::other("writer thread panicked"))??;
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer thread panicked"))??;
     if got != total {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended early"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "stream ended early",
+        ));
     }
-    Ok(Throughput { bytes: total, elapsed: start.elapsed() })
+    Ok(Throughput {
+        bytes: total,
+        elapsed: start.elapsed(),
+    })
 }

@@ -232,7 +232,7 @@ fn peer_cred(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
 /// The server side: a listening Unix socket that hands out one end of a ring.
 #[derive(Debug)]
 pub struct Listener {
-    listener: UnixListener,
+    socket: UnixListener,
     path: PathBuf,
     inode: (u64, u64),
     policy: UidPolicy,
@@ -267,7 +267,7 @@ impl Listener {
         let listener = UnixListener::bind(&path)?;
         let meta = std::fs::symlink_metadata(&path)?;
         Ok(Listener {
-            listener,
+            socket: listener,
             path,
             inode: (meta.dev(), meta.ino()),
             policy: UidPolicy::default(),
@@ -290,14 +290,21 @@ impl Listener {
     /// layout `elem`, checks it and passes it `ring`'s fds. Returns the link
     /// to that client. A client that fails the checks is told why (when it
     /// got that far) and the error returned; call again to wait for the next.
-    pub fn accept(&self, ring: &RingFds, give: Role, elem: ElemLayout) -> Result<PeerLink, AcceptError> {
-        let (mut stream, _) = self.listener.accept().map_err(aerr("accept"))?;
+    pub fn accept(
+        &self,
+        ring: &RingFds,
+        give: Role,
+        elem: ElemLayout,
+    ) -> Result<PeerLink, AcceptError> {
+        let (mut stream, _) = self.socket.accept().map_err(aerr("accept"))?;
         let (pid, uid) = peer_cred(&stream).map_err(aerr("SO_PEERCRED"))?;
         if !self.policy.allows(uid) {
             let _ = send_welcome(&stream, STATUS_REFUSED, 0, None);
             return Err(AcceptError::Refused { pid, uid });
         }
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(aerr("SO_RCVTIMEO"))?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(aerr("SO_RCVTIMEO"))?;
         let mut bytes = [0u8; size_of::<Hello>()];
         stream.read_exact(&mut bytes).map_err(aerr("read hello"))?;
         let hello = Hello::read_from_bytes(&bytes).map_err(|_| AcceptError::Malformed)?;
@@ -305,13 +312,27 @@ impl Listener {
             return Err(AcceptError::Malformed);
         }
         let (status, err) = check_hello(&hello, give, elem);
-        let capacity = if status == STATUS_OK { ring_capacity(ring, elem)? } else { 0 };
-        send_welcome(&stream, status, capacity, (status == STATUS_OK).then_some(ring)).map_err(aerr("send welcome"))?;
+        let capacity = if status == STATUS_OK {
+            ring_capacity(ring, elem)?
+        } else {
+            0
+        };
+        send_welcome(
+            &stream,
+            status,
+            capacity,
+            (status == STATUS_OK).then_some(ring),
+        )
+        .map_err(aerr("send welcome"))?;
         if let Some(err) = err {
             return Err(err);
         }
         stream.set_read_timeout(None).map_err(aerr("SO_RCVTIMEO"))?;
-        Ok(PeerLink { socket: stream.into(), pid, uid })
+        Ok(PeerLink {
+            socket: stream.into(),
+            pid,
+            uid,
+        })
     }
 
     /// Accepts a client that will send `T`s, and opens the consumer end for us.
@@ -330,10 +351,10 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         // Unlink only our own socket file, not one a newer server bound since.
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.inode {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.inode
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -345,20 +366,41 @@ fn ring_capacity(ring: &RingFds, elem: ElemLayout) -> Result<u64, AcceptError> {
 }
 
 fn check_hello(hello: &Hello, give: Role, elem: ElemLayout) -> (u32, Option<AcceptError>) {
-    if hello.max_version < MIN_VERSION || hello.min_version > PROTOCOL_VERSION || hello.min_version > hello.max_version {
-        return (STATUS_VERSION, Some(AcceptError::Version { min: hello.min_version, max: hello.max_version }));
+    if hello.max_version < MIN_VERSION
+        || hello.min_version > PROTOCOL_VERSION
+        || hello.min_version > hello.max_version
+    {
+        return (
+            STATUS_VERSION,
+            Some(AcceptError::Version {
+                min: hello.min_version,
+                max: hello.max_version,
+            }),
+        );
     }
     if hello.role != give.wire() {
         return (STATUS_ROLE, Some(AcceptError::Role));
     }
-    if hello.elem_size as usize != elem.size || hello.elem_align as usize != elem.align || hello.tag != elem.tag {
-        let err = AcceptError::Element { size: hello.elem_size, align: hello.elem_align, tag: hello.tag };
+    if hello.elem_size as usize != elem.size
+        || hello.elem_align as usize != elem.align
+        || hello.tag != elem.tag
+    {
+        let err = AcceptError::Element {
+            size: hello.elem_size,
+            align: hello.elem_align,
+            tag: hello.tag,
+        };
         return (STATUS_ELEMENT, Some(err));
     }
     (STATUS_OK, None)
 }
 
-fn send_welcome(stream: &UnixStream, status: u32, capacity: u64, ring: Option<&RingFds>) -> std::io::Result<()> {
+fn send_welcome(
+    stream: &UnixStream,
+    status: u32,
+    capacity: u64,
+    ring: Option<&RingFds>,
+) -> std::io::Result<()> {
     let welcome = Welcome {
         magic: WELCOME_MAGIC,
         version: PROTOCOL_VERSION,
@@ -371,12 +413,21 @@ fn send_welcome(stream: &UnixStream, status: u32, capacity: u64, ring: Option<&R
     let mut control = SendAncillaryBuffer::new(&mut space);
     let fds;
     if let Some(ring) = ring {
-        fds = [ring.memfd.as_fd(), ring.data_ready.as_fd(), ring.space_ready.as_fd()];
+        fds = [
+            ring.memfd.as_fd(),
+            ring.data_ready.as_fd(),
+            ring.space_ready.as_fd(),
+        ];
         if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
             return Err(Errno::NOBUFS.into());
         }
     }
-    let sent = rustix::net::sendmsg(stream, &[IoSlice::new(welcome.as_bytes())], &mut control, SendFlags::NOSIGNAL)?;
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(welcome.as_bytes())],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
     if sent != size_of::<Welcome>() {
         return Err(std::io::ErrorKind::WriteZero.into());
     }
@@ -393,7 +444,10 @@ pub struct Connector {
 impl Connector {
     /// A connector for the socket at `path` (servers of our own uid only, by default).
     pub fn new(path: impl AsRef<Path>) -> Connector {
-        Connector { path: path.as_ref().to_path_buf(), policy: UidPolicy::default() }
+        Connector {
+            path: path.as_ref().to_path_buf(),
+            policy: UidPolicy::default(),
+        }
     }
 
     /// Which server uids to trust (the ring is validated either way).
@@ -404,13 +458,19 @@ impl Connector {
     }
 
     /// Connects asking for end `want` of a ring of `elem`; returns the ring's fds and the link.
-    pub fn connect(&self, want: Role, elem: ElemLayout) -> Result<(RingFds, PeerLink), ConnectError> {
+    pub fn connect(
+        &self,
+        want: Role,
+        elem: ElemLayout,
+    ) -> Result<(RingFds, PeerLink), ConnectError> {
         let mut stream = UnixStream::connect(&self.path).map_err(cerr("connect"))?;
         let (pid, uid) = peer_cred(&stream).map_err(cerr("SO_PEERCRED"))?;
         if !self.policy.allows(uid) {
             return Err(ConnectError::Refused { pid, uid });
         }
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(cerr("SO_RCVTIMEO"))?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(cerr("SO_RCVTIMEO"))?;
         let hello = Hello {
             magic: HELLO_MAGIC,
             min_version: MIN_VERSION,
@@ -421,7 +481,9 @@ impl Connector {
             reserved: 0,
             tag: elem.tag,
         };
-        stream.write_all(hello.as_bytes()).map_err(cerr("send hello"))?;
+        stream
+            .write_all(hello.as_bytes())
+            .map_err(cerr("send hello"))?;
         let (welcome, fds) = recv_welcome(&stream)?;
         if welcome.magic != WELCOME_MAGIC {
             return Err(ConnectError::Malformed);
@@ -429,18 +491,35 @@ impl Connector {
         match welcome.status {
             STATUS_OK => {}
             STATUS_VERSION => return Err(ConnectError::Rejected("no common protocol version")),
-            STATUS_ROLE => return Err(ConnectError::Rejected("that end of the ring is not offered")),
+            STATUS_ROLE => {
+                return Err(ConnectError::Rejected(
+                    "that end of the ring is not offered",
+                ));
+            }
             STATUS_ELEMENT => return Err(ConnectError::Rejected("different element layout")),
             STATUS_REFUSED => return Err(ConnectError::Rejected("credentials not allowed")),
             _ => return Err(ConnectError::Malformed),
         }
         let mut fds = fds.into_iter();
-        let (Some(memfd), Some(data_ready), Some(space_ready), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
+        let (Some(memfd), Some(data_ready), Some(space_ready), None) =
+            (fds.next(), fds.next(), fds.next(), fds.next())
+        else {
             return Err(ConnectError::Malformed);
         };
         stream.set_read_timeout(None).map_err(cerr("SO_RCVTIMEO"))?;
-        let ring = RingFds { memfd, data_ready, space_ready };
-        Ok((ring, PeerLink { socket: stream.into(), pid, uid }))
+        let ring = RingFds {
+            memfd,
+            data_ready,
+            space_ready,
+        };
+        Ok((
+            ring,
+            PeerLink {
+                socket: stream.into(),
+                pid,
+                uid,
+            },
+        ))
     }
 
     /// Connects as the producer of `T`s.
@@ -467,8 +546,16 @@ fn recv_welcome(stream: &UnixStream) -> Result<(Welcome, Vec<OwnedFd>), ConnectE
     let mut bytes = [0u8; size_of::<Welcome>()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(stream, &mut [IoSliceMut::new(&mut bytes)], &mut control, RecvFlags::CMSG_CLOEXEC)
-        .map_err(|e| ConnectError::Io { op: "receive welcome", source: e.into() })?;
+    let got = rustix::net::recvmsg(
+        stream,
+        &mut [IoSliceMut::new(&mut bytes)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| ConnectError::Io {
+        op: "receive welcome",
+        source: e.into(),
+    })?;
     let mut fds = Vec::new();
     for msg in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = msg {
@@ -481,7 +568,12 @@ fn recv_welcome(stream: &UnixStream) -> Result<(Welcome, Vec<OwnedFd>), ConnectE
         match reader.read(&mut bytes[have..]) {
             Ok(0) => return Err(ConnectError::Malformed),
             Ok(n) => have += n,
-            Err(e) => return Err(ConnectError::Io { op: "receive welcome", source: e }),
+            Err(e) => {
+                return Err(ConnectError::Io {
+                    op: "receive welcome",
+                    source: e,
+                });
+            }
         }
     }
     let welcome = Welcome::read_from_bytes(&bytes).map_err(|_| ConnectError::Malformed)?;

@@ -218,20 +218,30 @@ impl<S: Storage> RawProducer<S> {
     /// # Panics
     /// If `n` exceeds the free slots last seen (a caller bug).
     pub fn commit(&mut self, n: u64) -> bool {
-        assert!(n <= self.free_cached(), "commit of {n} elements beyond the free space");
+        assert!(
+            n <= self.free_cached(),
+            "commit of {n} elements beyond the free space"
+        );
         if n == 0 {
             return false;
         }
         self.tail += n;
         // SYNC: Release, pairs with the Acquire load of `tail` in
         // `RawConsumer::refresh`; publishes the slot writes.
-        self.storage.producer().tail.store(self.tail, Ordering::Release);
+        self.storage
+            .producer()
+            .tail
+            .store(self.tail, Ordering::Release);
         // SYNC: SeqCst fence between our store of `tail` and our load of
         // `consumer.parked`, paired with the SeqCst fence in the consumer's park
         // path between its store of `parked` and its reload of `tail` (module docs).
         fence(Ordering::SeqCst);
         // Relaxed: the fence above orders it; a stale 1 only costs a spurious wake-up.
-        self.storage.consumer_parked().parked.load(Ordering::Relaxed) != 0
+        self.storage
+            .consumer_parked()
+            .parked
+            .load(Ordering::Relaxed)
+            != 0
     }
 
     /// Waits until at least `want.min(capacity)` slots are free: spins for `spin`,
@@ -313,19 +323,29 @@ impl<S: Storage> RawConsumer<S> {
     /// # Panics
     /// If `n` exceeds the elements last seen ready (a caller bug).
     pub fn release(&mut self, n: u64) -> bool {
-        assert!(n <= self.tail - self.head, "release of {n} elements beyond the ready ones");
+        assert!(
+            n <= self.tail - self.head,
+            "release of {n} elements beyond the ready ones"
+        );
         if n == 0 {
             return false;
         }
         self.head += n;
         // SYNC: Release, pairs with the Acquire load of `head` in
         // `RawProducer::refresh`; our slot reads happen before the producer reuses them.
-        self.storage.consumer().head.store(self.head, Ordering::Release);
+        self.storage
+            .consumer()
+            .head
+            .store(self.head, Ordering::Release);
         // SYNC: SeqCst fence between our store of `head` and our load of
         // `producer.parked`, paired with the producer's park-path fence.
         fence(Ordering::SeqCst);
         // Relaxed: ordered by the fence; a stale 1 only costs a spurious wake-up.
-        self.storage.producer_parked().parked.load(Ordering::Relaxed) != 0
+        self.storage
+            .producer_parked()
+            .parked
+            .load(Ordering::Relaxed)
+            != 0
     }
 
     /// Waits until at least one element is ready: spins for `spin`, then parks.
@@ -360,7 +380,10 @@ impl<S: Storage> Side for RawProducer<S> {
     }
     fn set_parked(&self, parked: bool) {
         // Relaxed: ordered before the reload of `head` by the SeqCst fence in `wait_loop`.
-        self.storage.producer_parked().parked.store(u32::from(parked), Ordering::Relaxed);
+        self.storage
+            .producer_parked()
+            .parked
+            .store(u32::from(parked), Ordering::Relaxed);
     }
 }
 
@@ -373,7 +396,10 @@ impl<S: Storage> Side for RawConsumer<S> {
     }
     fn set_parked(&self, parked: bool) {
         // Relaxed: ordered before the reload of `tail` by the SeqCst fence in `wait_loop`.
-        self.storage.consumer_parked().parked.store(u32::from(parked), Ordering::Relaxed);
+        self.storage
+            .consumer_parked()
+            .parked
+            .store(u32::from(parked), Ordering::Relaxed);
     }
 }
 
@@ -469,7 +495,7 @@ fn spin_until<D: Side>(side: &mut D, want: u64, spin: Duration) -> Result<Option
             }
         }
         round += 1;
-        if round % 4 == 0 && Instant::now() >= end {
+        if round.is_multiple_of(4) && Instant::now() >= end {
             return Ok(None);
         }
     }
@@ -491,13 +517,28 @@ mod tests {
     fn corrupt_tail_is_reported() {
         let sut = HeapStorage::new(4, 8);
         sut.producer().tail.store(9, Ordering::Relaxed);
-        assert!(matches!(RawConsumer::attach(&sut), Err(Corrupt { field: "tail", found: 9, .. })));
+        assert!(matches!(
+            RawConsumer::attach(&sut),
+            Err(Corrupt {
+                field: "tail",
+                found: 9,
+                ..
+            })
+        ));
         sut.producer().tail.store(2, Ordering::Relaxed);
         let mut consumer = RawConsumer::attach(&sut).unwrap();
         assert_eq!(consumer.available().unwrap(), 2);
         consumer.release(2);
         sut.producer().tail.store(1, Ordering::Relaxed);
-        assert!(matches!(consumer.available(), Err(Corrupt { field: "tail", found: 1, low: 2, high: 6 })));
+        assert!(matches!(
+            consumer.available(),
+            Err(Corrupt {
+                field: "tail",
+                found: 1,
+                low: 2,
+                high: 6
+            })
+        ));
     }
 
     #[test]
@@ -508,7 +549,14 @@ mod tests {
         assert_eq!(n, 4);
         producer.commit(4);
         sut.consumer().head.store(5, Ordering::Relaxed);
-        assert!(matches!(producer.free(1), Err(Corrupt { field: "head", found: 5, .. })));
+        assert!(matches!(
+            producer.free(1),
+            Err(Corrupt {
+                field: "head",
+                found: 5,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl<T> fmt::Display for TrySendError<T> {
 impl<T> std::error::Error for TrySendError<T> {}
 impl<T> fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendError").field("error", &self.error).finish_non_exhaustive()
+        f.debug_struct("SendError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 impl<T> fmt::Display for SendError<T> {
@@ -102,7 +104,13 @@ impl<T: Element> SlotsMut<'_, T> {
     /// # Panics
     /// If the range exceeds `len()`.
     pub fn copy_from_slice(&mut self, i: usize, values: &[T]) {
-        assert!(i.checked_add(values.len()).is_some_and(|end| end <= self.len), "slots {i}+{} of {}", values.len(), self.len);
+        assert!(
+            i.checked_add(values.len())
+                .is_some_and(|end| end <= self.len),
+            "slots {i}+{} of {}",
+            values.len(),
+            self.len
+        );
         self.storage.write(self.first + i as u64, values.as_bytes());
     }
 }
@@ -132,7 +140,8 @@ impl<T: Element> Slots<'_, T> {
     pub fn get(&self, i: usize) -> T {
         assert!(i < self.len, "slot {i} of {}", self.len);
         let mut value = T::new_zeroed();
-        self.storage.read(self.first + i as u64, value.as_mut_bytes());
+        self.storage
+            .read(self.first + i as u64, value.as_mut_bytes());
         value
     }
     /// Copies elements `i..i + out.len()` into `out`.
@@ -140,7 +149,12 @@ impl<T: Element> Slots<'_, T> {
     /// # Panics
     /// If the range exceeds `len()`.
     pub fn copy_to_slice(&self, i: usize, out: &mut [T]) {
-        assert!(i.checked_add(out.len()).is_some_and(|end| end <= self.len), "slots {i}+{} of {}", out.len(), self.len);
+        assert!(
+            i.checked_add(out.len()).is_some_and(|end| end <= self.len),
+            "slots {i}+{} of {}",
+            out.len(),
+            self.len
+        );
         self.storage.read(self.first + i as u64, out.as_mut_bytes());
     }
 }
@@ -170,13 +184,19 @@ pub struct Consumer<T> {
 fn layout_of<T>(tag: u64) -> Result<ElemLayout, OpenError> {
     let elem = ElemLayout::of::<T>().with_tag(tag);
     if elem.size == 0 || elem.align > crate::layout::MAX_ELEM_ALIGN {
-        return Err(OpenError::ElementType { size: elem.size, align: elem.align });
+        return Err(OpenError::ElementType {
+            size: elem.size,
+            align: elem.align,
+        });
     }
     Ok(elem)
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, OpenError> {
-    fd.try_clone().map_err(|e| OpenError::Io { op: "dup", source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::BADF) })
+    fd.try_clone().map_err(|e| OpenError::Io {
+        op: "dup",
+        source: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::BADF),
+    })
 }
 
 /// Creates an in-process ring of `capacity` (a power of two) elements and returns both ends.
@@ -205,12 +225,19 @@ impl<T: Element> Producer<T> {
     }
 
     /// Like [`Producer::open`] for a ring whose element layout carries `tag`.
-    pub fn open_tagged(fds: &RingFds, tag: u64, peer: Option<PeerLink>) -> Result<Producer<T>, OpenError> {
+    pub fn open_tagged(
+        fds: &RingFds,
+        tag: u64,
+        peer: Option<PeerLink>,
+    ) -> Result<Producer<T>, OpenError> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
         Ok(Producer {
             raw: RawProducer::attach(storage)?,
             wake: dup(&fds.data_ready)?,
-            parker: Parker { eventfd: dup(&fds.space_ready)?, peer: peer.map(PeerLink::into_socket) },
+            parker: Parker {
+                eventfd: dup(&fds.space_ready)?,
+                peer: peer.map(PeerLink::into_socket),
+            },
             spin: DEFAULT_SPIN,
             _t: PhantomData,
         })
@@ -234,7 +261,10 @@ impl<T: Element> Producer<T> {
     }
     /// Whether a peer socket is set and shows a hang-up.
     pub fn peer_gone(&self) -> bool {
-        self.parker.peer.as_ref().is_some_and(|p| fds::peer_gone(p.as_fd()))
+        self.parker
+            .peer
+            .as_ref()
+            .is_some_and(|p| fds::peer_gone(p.as_fd()))
     }
 
     pub(crate) fn committed(&mut self, n: u64) -> Result<(), RingError> {
@@ -251,7 +281,8 @@ impl<T: Element> Producer<T> {
             Ok((_, 0)) => Err(TrySendError::Full(value)),
             Ok((slot, _)) => {
                 self.raw.write(slot, value.as_bytes());
-                self.committed(1).map_err(|e| TrySendError::Failed(value, e))
+                self.committed(1)
+                    .map_err(|e| TrySendError::Failed(value, e))
             }
             Err(e) => Err(TrySendError::Failed(value, e.into())),
         }
@@ -263,7 +294,11 @@ impl<T: Element> Producer<T> {
     }
 
     /// Sends `value`, blocking at most `timeout` (forever if `None`) while the ring is full.
-    pub fn send_timeout(&mut self, mut value: T, timeout: Option<Duration>) -> Result<(), SendError<T>> {
+    pub fn send_timeout(
+        &mut self,
+        mut value: T,
+        timeout: Option<Duration>,
+    ) -> Result<(), SendError<T>> {
         let deadline = deadline(timeout);
         loop {
             match self.try_send(value) {
@@ -295,7 +330,11 @@ impl<T: Element> Producer<T> {
     }
 
     /// Sends a prefix of `items`, blocking (at most `timeout`) until at least one fits; returns its length.
-    pub fn send_slice(&mut self, items: &[T], timeout: Option<Duration>) -> Result<usize, RingError> {
+    pub fn send_slice(
+        &mut self,
+        items: &[T],
+        timeout: Option<Duration>,
+    ) -> Result<usize, RingError> {
         let deadline = deadline(timeout);
         loop {
             let n = self.try_send_slice(items)?;
@@ -308,13 +347,18 @@ impl<T: Element> Producer<T> {
 
     /// Sends all of `items`, blocking as needed; on error, `Ok` count is lost but
     /// [`Producer::position`] tells how far it got.
-    pub fn send_all(&mut self, mut items: &[T], timeout: Option<Duration>) -> Result<(), RingError> {
+    pub fn send_all(
+        &mut self,
+        mut items: &[T],
+        timeout: Option<Duration>,
+    ) -> Result<(), RingError> {
         let deadline = deadline(timeout);
         while !items.is_empty() {
             let n = self.try_send_slice(items)?;
             items = &items[n..];
             if n == 0 {
-                self.raw.wait(items.len() as u64, self.spin, &mut self.parker, deadline)?;
+                self.raw
+                    .wait(items.len() as u64, self.spin, &mut self.parker, deadline)?;
             }
         }
         Ok(())
@@ -325,19 +369,35 @@ impl<T: Element> Producer<T> {
     ///
     /// # Panics
     /// If `fill` returns more than it was lent.
-    pub fn send_with<F: FnOnce(SlotsMut<'_, T>) -> usize>(&mut self, fill: F) -> Result<usize, RingError> {
+    pub fn send_with<F: FnOnce(SlotsMut<'_, T>) -> usize>(
+        &mut self,
+        fill: F,
+    ) -> Result<usize, RingError> {
         let (first, len) = self.raw.reserve(self.raw.capacity())?;
-        let slots = SlotsMut { storage: self.raw.storage(), first, len: len as usize, _t: PhantomData };
+        let slots = SlotsMut {
+            storage: self.raw.storage(),
+            first,
+            len: len as usize,
+            _t: PhantomData,
+        };
         let n = fill(slots);
-        assert!(n as u64 <= len, "send_with: {n} slots published, {len} lent");
+        assert!(
+            n as u64 <= len,
+            "send_with: {n} slots published, {len} lent"
+        );
         self.committed(n as u64)?;
         Ok(n)
     }
 
-
     /// Blocks until at least `want` slots are free (capped at the capacity).
-    pub fn wait_writable(&mut self, want: usize, timeout: Option<Duration>) -> Result<usize, RingError> {
-        let n = self.raw.wait(want as u64, self.spin, &mut self.parker, deadline(timeout))?;
+    pub fn wait_writable(
+        &mut self,
+        want: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, RingError> {
+        let n = self
+            .raw
+            .wait(want as u64, self.spin, &mut self.parker, deadline(timeout))?;
         Ok(n as usize)
     }
 
@@ -361,12 +421,19 @@ impl<T: Element> Consumer<T> {
     }
 
     /// Like [`Consumer::open`] for a ring whose element layout carries `tag`.
-    pub fn open_tagged(fds: &RingFds, tag: u64, peer: Option<PeerLink>) -> Result<Consumer<T>, OpenError> {
+    pub fn open_tagged(
+        fds: &RingFds,
+        tag: u64,
+        peer: Option<PeerLink>,
+    ) -> Result<Consumer<T>, OpenError> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
         Ok(Consumer {
             raw: RawConsumer::attach(storage)?,
             wake: dup(&fds.space_ready)?,
-            parker: Parker { eventfd: dup(&fds.data_ready)?, peer: peer.map(PeerLink::into_socket) },
+            parker: Parker {
+                eventfd: dup(&fds.data_ready)?,
+                peer: peer.map(PeerLink::into_socket),
+            },
             spin: DEFAULT_SPIN,
             _t: PhantomData,
         })
@@ -390,7 +457,10 @@ impl<T: Element> Consumer<T> {
     }
     /// Whether a peer socket is set and shows a hang-up.
     pub fn peer_gone(&self) -> bool {
-        self.parker.peer.as_ref().is_some_and(|p| fds::peer_gone(p.as_fd()))
+        self.parker
+            .peer
+            .as_ref()
+            .is_some_and(|p| fds::peer_gone(p.as_fd()))
     }
 
     pub(crate) fn released(&mut self, n: u64) -> Result<(), RingError> {
@@ -445,7 +515,11 @@ impl<T: Element> Consumer<T> {
     }
 
     /// Receives at least one element into `out`, blocking at most `timeout`; returns the count.
-    pub fn recv_slice(&mut self, out: &mut [T], timeout: Option<Duration>) -> Result<usize, RingError> {
+    pub fn recv_slice(
+        &mut self,
+        out: &mut [T],
+        timeout: Option<Duration>,
+    ) -> Result<usize, RingError> {
         let deadline = deadline(timeout);
         loop {
             let n = self.try_recv_slice(out)?;
@@ -461,19 +535,28 @@ impl<T: Element> Consumer<T> {
     ///
     /// # Panics
     /// If `take` returns more than it was lent.
-    pub fn recv_with<F: FnOnce(Slots<'_, T>) -> usize>(&mut self, take: F) -> Result<usize, RingError> {
+    pub fn recv_with<F: FnOnce(Slots<'_, T>) -> usize>(
+        &mut self,
+        take: F,
+    ) -> Result<usize, RingError> {
         let (first, len) = self.raw.peek(self.raw.capacity())?;
-        let slots = Slots { storage: self.raw.storage(), first, len: len as usize, _t: PhantomData };
+        let slots = Slots {
+            storage: self.raw.storage(),
+            first,
+            len: len as usize,
+            _t: PhantomData,
+        };
         let n = take(slots);
         assert!(n as u64 <= len, "recv_with: {n} released, {len} lent");
         self.released(n as u64)?;
         Ok(n)
     }
 
-
     /// Blocks until at least one element is ready; returns the ready count.
     pub fn wait_readable(&mut self, timeout: Option<Duration>) -> Result<usize, RingError> {
-        let n = self.raw.wait(self.spin, &mut self.parker, deadline(timeout))?;
+        let n = self
+            .raw
+            .wait(self.spin, &mut self.parker, deadline(timeout))?;
         Ok(n as usize)
     }
 

@@ -97,10 +97,16 @@ impl RingFds {
         // The version goes in last, with Release: an opener never sees a half-written header.
         let version = header.version;
         header.version = 0;
-        region.write(0, &header).map_err(|_| OpenError::Io { op: "write header", source: Errno::FAULT })?;
+        region.write(0, &header).map_err(|_| OpenError::Io {
+            op: "write header",
+            source: Errno::FAULT,
+        })?;
         let word = region
             .atomic_u32(VERSION_OFFSET)
-            .map_err(|_| OpenError::Io { op: "write header", source: Errno::FAULT })?;
+            .map_err(|_| OpenError::Io {
+                op: "write header",
+                source: Errno::FAULT,
+            })?;
         // SYNC: Release, pairs with the Acquire load of the version in `open_storage`.
         word.store(version, shm_sync::atomic::Ordering::Release);
         let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
@@ -113,7 +119,12 @@ impl RingFds {
 
     /// Duplicates the three fds (`F_DUPFD_CLOEXEC`).
     pub fn try_clone(&self) -> Result<RingFds, OpenError> {
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| OpenError::Io { op: "dup", source: Errno::from_io_error(&e).unwrap_or(Errno::BADF) });
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|e| OpenError::Io {
+                op: "dup",
+                source: Errno::from_io_error(&e).unwrap_or(Errno::BADF),
+            })
+        };
         Ok(RingFds {
             memfd: dup(&self.memfd)?,
             data_ready: dup(&self.data_ready)?,
@@ -125,7 +136,11 @@ impl RingFds {
     pub(crate) fn open_storage(&self, elem: ElemLayout) -> Result<MapStorage, OpenError> {
         let req = Requirements::min_size(DATA_OFFSET as u64).with_seals(memfd::FIXED_SIZE);
         let info = memfd::validate(self.memfd.as_fd(), &req)?;
-        let len = usize::try_from(info.size).map_err(|_| LayoutError::Field { field: "file size", found: info.size, expected: layout::MAX_DATA_BYTES })?;
+        let len = usize::try_from(info.size).map_err(|_| LayoutError::Field {
+            field: "file size",
+            found: info.size,
+            expected: layout::MAX_DATA_BYTES,
+        })?;
         let map = Mapping::map(self.memfd.as_fd(), 0, len, Access::ReadWrite)?;
         let region = map.region();
         let version = region.load_u32(VERSION_OFFSET, shm_sync::atomic::Ordering::Acquire);
@@ -143,8 +158,11 @@ impl RingFds {
 /// Refuses anything but an eventfd (a pipe or a socket could block our reads
 /// or be written by a third party), and makes sure reads never block.
 fn check_eventfd(fd: BorrowedFd<'_>, which: &'static str) -> Result<(), OpenError> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
-        .map_err(|_| OpenError::NotEventfd { which })?;
+    let link = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .map_err(|_| OpenError::NotEventfd { which })?;
     if link.as_os_str() != "anon_inode:[eventfd]" {
         return Err(OpenError::NotEventfd { which });
     }
@@ -155,7 +173,10 @@ fn check_eventfd(fd: BorrowedFd<'_>, which: &'static str) -> Result<(), OpenErro
 pub(crate) fn notify(fd: BorrowedFd<'_>) -> Result<(), RingError> {
     match rustix::io::write(fd, &1u64.to_ne_bytes()) {
         Ok(_) | Err(Errno::AGAIN) => Ok(()),
-        Err(source) => Err(RingError::Io { op: "write eventfd", source }),
+        Err(source) => Err(RingError::Io {
+            op: "write eventfd",
+            source,
+        }),
     }
 }
 
@@ -164,7 +185,10 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) -> Result<(), RingError> {
     let mut buf = [0u8; 8];
     match rustix::io::read(fd, &mut buf) {
         Ok(_) | Err(Errno::AGAIN) => Ok(()),
-        Err(source) => Err(RingError::Io { op: "read eventfd", source }),
+        Err(source) => Err(RingError::Io {
+            op: "read eventfd",
+            source,
+        }),
     }
 }
 
@@ -178,10 +202,7 @@ pub(crate) struct Parker {
 impl Park for Parker {
     fn park(&mut self, deadline: Option<Instant>) -> Result<(), RingError> {
         loop {
-            let timeout = match deadline {
-                None => None,
-                Some(d) => Some(d.saturating_duration_since(Instant::now())),
-            };
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let ts = timeout.map(|t| rustix::time::Timespec {
                 tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
                 tv_nsec: i64::from(t.subsec_nanos()),
@@ -216,6 +237,9 @@ impl Park for Parker {
 /// Whether the peer's socket shows a hang-up (non-blocking check).
 pub(crate) fn peer_gone(peer: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&peer, PollFlags::IN | PollFlags::RDHUP)];
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }

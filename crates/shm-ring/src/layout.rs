@@ -147,7 +147,9 @@ pub enum LayoutError {
         expected: u64,
     },
     /// The element layout differs from the one the caller expects.
-    #[error("ring carries elements of size {found_size} align {found_align} tag {found_tag:#x}, expected size {size} align {align} tag {tag:#x}")]
+    #[error(
+        "ring carries elements of size {found_size} align {found_align} tag {found_tag:#x}, expected size {size} align {align} tag {tag:#x}"
+    )]
     WrongElement {
         /// Size in the header.
         found_size: u64,
@@ -223,7 +225,13 @@ impl Header {
             tag: self.tag,
         };
         let total = total_size(self.capacity, found)?;
-        let field = |field, found, expected| Err(LayoutError::Field { field, found, expected });
+        let field = |field, found, expected| {
+            Err(LayoutError::Field {
+                field,
+                found,
+                expected,
+            })
+        };
         if self.data_offset != DATA_OFFSET as u64 {
             return field("data_offset", self.data_offset, DATA_OFFSET as u64);
         }
@@ -265,7 +273,11 @@ mod tests {
         assert!(matches!(header_for(3, elem), Err(LayoutError::Capacity(3))));
         assert!(matches!(header_for(0, elem), Err(LayoutError::Capacity(0))));
         assert!(header_for(1 << 40, elem).is_err());
-        let zst = ElemLayout { size: 0, align: 1, tag: 0 };
+        let zst = ElemLayout {
+            size: 0,
+            align: 1,
+            tag: 0,
+        };
         assert!(header_for(4, zst).is_err());
         let sut = header_for(4, elem).unwrap();
         assert!(matches!(

@@ -54,28 +54,32 @@ mod core;
 pub mod layout;
 mod storage;
 
-#[cfg(not(shm_loom))]
-mod endpoint;
-#[cfg(not(shm_loom))]
-mod conn;
-#[cfg(not(shm_loom))]
-mod fds;
-#[cfg(not(shm_loom))]
-mod trusted;
 #[cfg(all(feature = "tokio", not(shm_loom)))]
 pub mod asyncio;
 #[cfg(not(shm_loom))]
 pub mod bench_support;
+#[cfg(not(shm_loom))]
+mod conn;
+#[cfg(not(shm_loom))]
+mod endpoint;
+#[cfg(not(shm_loom))]
+mod fds;
+#[cfg(not(shm_loom))]
+mod trusted;
 
 pub use crate::core::{Corrupt, RingError};
 pub use crate::layout::{ElemLayout, LayoutError};
 
 #[cfg(not(shm_loom))]
-pub use crate::conn::{AcceptError, ConnectError, Connector, Listener, PeerLink, Role, UidPolicy, PROTOCOL_VERSION};
+pub use crate::conn::{
+    AcceptError, ConnectError, Connector, Listener, PROTOCOL_VERSION, PeerLink, Role, UidPolicy,
+};
 #[cfg(not(shm_loom))]
-pub use crate::endpoint::{Consumer, Element, Producer, SendError, Slots, SlotsMut, TrySendError, channel, DEFAULT_SPIN};
+pub use crate::endpoint::{
+    Consumer, DEFAULT_SPIN, Element, Producer, SendError, Slots, SlotsMut, TrySendError, channel,
+};
 #[cfg(not(shm_loom))]
-pub use crate::fds::{OpenError, RingFds, RING_SEALS};
+pub use crate::fds::{OpenError, RING_SEALS, RingFds};
 
 /// The algorithm without the OS: generic over storage and over how a side
 /// blocks. Used by the loom models and the unit tests; most users want

@@ -95,7 +95,9 @@ fn slot_range(slot: u64, bytes: usize, capacity: u64, elem: usize) -> usize {
     let start = (slot as usize).checked_mul(elem);
     let end = start.and_then(|s| s.checked_add(bytes));
     match end {
-        Some(end) if slot < capacity && end <= capacity as usize * elem && bytes % elem == 0 => {
+        Some(end)
+            if slot < capacity && end <= capacity as usize * elem && bytes.is_multiple_of(elem) =>
+        {
             start.unwrap_or(0)
         }
         _ => panic!("slot copy out of range: slot {slot}, {bytes} bytes, capacity {capacity}"),
@@ -267,28 +269,48 @@ impl MapStorage {
 }
 
 #[cfg(not(shm_loom))]
+#[allow(
+    clippy::cast_ptr_alignment,
+    reason = "the mapping is page-aligned and every line offset is a multiple of 128 (const-asserted)"
+)]
 impl Storage for MapStorage {
     fn producer(&self) -> &ProducerLine {
-        let ptr = self.mapping.as_ptr().wrapping_add(PRODUCER_LINE).cast::<ProducerLine>();
+        let ptr = self
+            .mapping
+            .as_ptr()
+            .wrapping_add(PRODUCER_LINE)
+            .cast::<ProducerLine>();
         // SAFETY: inside the mapping, 128-aligned, all-atomic (module `# Safety`);
         // valid for as long as `self` owns the mapping.
         unsafe { &*ptr }
     }
 
     fn consumer(&self) -> &ConsumerLine {
-        let ptr = self.mapping.as_ptr().wrapping_add(CONSUMER_LINE).cast::<ConsumerLine>();
+        let ptr = self
+            .mapping
+            .as_ptr()
+            .wrapping_add(CONSUMER_LINE)
+            .cast::<ConsumerLine>();
         // SAFETY: as in `producer`.
         unsafe { &*ptr }
     }
 
     fn producer_parked(&self) -> &ParkFlag {
-        let ptr = self.mapping.as_ptr().wrapping_add(PRODUCER_PARKED).cast::<ParkFlag>();
+        let ptr = self
+            .mapping
+            .as_ptr()
+            .wrapping_add(PRODUCER_PARKED)
+            .cast::<ParkFlag>();
         // SAFETY: as in `producer`.
         unsafe { &*ptr }
     }
 
     fn consumer_parked(&self) -> &ParkFlag {
-        let ptr = self.mapping.as_ptr().wrapping_add(CONSUMER_PARKED).cast::<ParkFlag>();
+        let ptr = self
+            .mapping
+            .as_ptr()
+            .wrapping_add(CONSUMER_PARKED)
+            .cast::<ParkFlag>();
         // SAFETY: as in `producer`.
         unsafe { &*ptr }
     }
@@ -308,13 +330,25 @@ impl Storage for MapStorage {
         //   checked it against capacity * elem_size, `new` checked the mapping);
         // - no reference to the shared bytes is created; see module `# Safety`
         //   for why a racing (hostile) peer cannot cause more than garbage bytes.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.slots_ptr().wrapping_add(start), src.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.slots_ptr().wrapping_add(start),
+                src.len(),
+            )
+        };
     }
 
     fn read(&self, slot: u64, dst: &mut [u8]) {
         let start = slot_range(slot, dst.len(), self.capacity, self.elem_size);
         // SAFETY: as in `write`, copying the other way into a private buffer.
-        unsafe { core::ptr::copy_nonoverlapping(self.slots_ptr().wrapping_add(start), dst.as_mut_ptr(), dst.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.slots_ptr().wrapping_add(start),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
     }
 }
 
@@ -325,12 +359,23 @@ impl Storage for MapStorage {
 /// for every bit pattern; the caller must hold the slots under the ring
 /// protocol and trust the peer not to touch them until they are committed.
 #[cfg(not(shm_loom))]
-pub(crate) unsafe fn slots_mut<'a, T>(storage: &'a MapStorage, slot: u64, len: usize) -> &'a mut [T] {
-    let start = slot_range(slot, len * storage.elem_size, storage.capacity, storage.elem_size);
+#[allow(
+    clippy::mut_from_ref,
+    reason = "the slots are shared memory, exclusive to the caller by the ring protocol, not by borrowing"
+)]
+pub(crate) unsafe fn slots_mut<T>(storage: &MapStorage, slot: u64, len: usize) -> &mut [T] {
+    let start = slot_range(
+        slot,
+        len * storage.elem_size,
+        storage.capacity,
+        storage.elem_size,
+    );
     // SAFETY: in bounds (checked); `slots_ptr()` is page-aligned and `start` a
     // multiple of size_of::<T>(), so aligned for T; exclusivity and validity are
     // the caller's preconditions, forwarded.
-    unsafe { core::slice::from_raw_parts_mut(storage.slots_ptr().wrapping_add(start).cast::<T>(), len) }
+    unsafe {
+        core::slice::from_raw_parts_mut(storage.slots_ptr().wrapping_add(start).cast::<T>(), len)
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for &S {

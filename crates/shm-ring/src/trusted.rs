@@ -24,14 +24,21 @@ impl<T: Element> Producer<T> {
     ///
     /// # Panics
     /// If `fill` returns more than the slice's length.
-    pub unsafe fn send_trusted<F: FnOnce(&mut [T]) -> usize>(&mut self, fill: F) -> Result<usize, RingError> {
+    pub unsafe fn send_trusted<F: FnOnce(&mut [T]) -> usize>(
+        &mut self,
+        fill: F,
+    ) -> Result<usize, RingError> {
         let (first, len) = self.raw.reserve(self.raw.capacity())?;
         // SAFETY: the run is reserved (free, owned by us under the protocol),
         // in bounds, T matches the slot size and is FromBytes; trust in the
         // peer is the caller's precondition, forwarded.
-        let slots = unsafe { crate::storage::slots_mut::<T>(self.raw.storage(), first, len as usize) };
+        let slots =
+            unsafe { crate::storage::slots_mut::<T>(self.raw.storage(), first, len as usize) };
         let n = fill(slots);
-        assert!(n as u64 <= len, "send_trusted: {n} slots published, {len} lent");
+        assert!(
+            n as u64 <= len,
+            "send_trusted: {n} slots published, {len} lent"
+        );
         self.committed(n as u64)?;
         Ok(n)
     }
@@ -48,12 +55,16 @@ impl<T: Element> Consumer<T> {
     ///
     /// # Panics
     /// If `take` returns more than the slice's length.
-    pub unsafe fn receive_trusted<F: FnOnce(&[T]) -> usize>(&mut self, take: F) -> Result<usize, RingError> {
+    pub unsafe fn receive_trusted<F: FnOnce(&[T]) -> usize>(
+        &mut self,
+        take: F,
+    ) -> Result<usize, RingError> {
         let (first, len) = self.raw.peek(self.raw.capacity())?;
         // SAFETY: the run is published and not released (ours under the
         // protocol), in bounds, T matches the slot size and is FromBytes;
         // trust in the peer is the caller's precondition, forwarded.
-        let slots: &[T] = unsafe { crate::storage::slots_mut::<T>(self.raw.storage(), first, len as usize) };
+        let slots: &[T] =
+            unsafe { crate::storage::slots_mut::<T>(self.raw.storage(), first, len as usize) };
         let n = take(slots);
         assert!(n as u64 <= len, "receive_trusted: {n} released, {len} lent");
         self.released(n as u64)?;

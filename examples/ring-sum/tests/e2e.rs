@@ -9,13 +9,18 @@ use std::time::Duration;
 use shm_testkit::{Child, Watchdog, spawn, unique_name};
 
 fn socket() -> String {
-    std::env::temp_dir().join(format!("{}.sock", unique_name("ring-sum"))).display().to_string()
+    std::env::temp_dir()
+        .join(format!("{}.sock", unique_name("ring-sum")))
+        .display()
+        .to_string()
 }
 
 /// Starts a binary with stdout lines forwarded to a channel.
 fn start(bin: &str, args: &[&str]) -> (Child, Receiver<String>) {
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let mut child = spawn(cmd).unwrap();
     let out = child.inner_mut().stdout.take().unwrap();
     let (tx, rx) = channel();
@@ -31,7 +36,9 @@ fn start(bin: &str, args: &[&str]) -> (Child, Receiver<String>) {
 
 fn wait_for(lines: &Receiver<String>, prefix: &str) -> String {
     loop {
-        let line = lines.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("no {prefix:?} line: {e}"));
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no {prefix:?} line: {e}"));
         if line.starts_with(prefix) {
             return line;
         }
@@ -42,7 +49,10 @@ fn final_sum(line: &str) -> (f64, u64) {
     // "Final sum: S (N values)"
     let rest = line.strip_prefix("Final sum: ").unwrap();
     let (s, n) = rest.split_once(" (").unwrap();
-    (s.parse().unwrap(), n.split_whitespace().next().unwrap().parse().unwrap())
+    (
+        s.parse().unwrap(),
+        n.split_whitespace().next().unwrap().parse().unwrap(),
+    )
 }
 
 fn wait_for_socket(path: &str) {
@@ -61,7 +71,10 @@ fn client_batches_are_summed_and_server_exits() {
     let sock = socket();
     let (mut server, out) = start(env!("CARGO_BIN_EXE_server"), &["--socket", &sock]);
     wait_for_socket(&sock);
-    let (mut client, _client_out) = start(env!("CARGO_BIN_EXE_client"), &["--socket", &sock, "--batches", "5", "--interval-ms", "0"]);
+    let (mut client, _client_out) = start(
+        env!("CARGO_BIN_EXE_client"),
+        &["--socket", &sock, "--batches", "5", "--interval-ms", "0"],
+    );
     assert!(client.wait_ok(Duration::from_secs(30)).success());
     let (sum, n) = final_sum(&wait_for(&out, "Final sum: "));
     assert_eq!(n, 100_000 * (1 + 2 + 3 + 4 + 5));
@@ -76,7 +89,10 @@ fn killing_the_client_ends_the_server_with_its_final_sum() {
     let sock = socket();
     let (mut server, out) = start(env!("CARGO_BIN_EXE_server"), &["--socket", &sock]);
     wait_for_socket(&sock);
-    let (mut client, client_out) = start(env!("CARGO_BIN_EXE_client"), &["--socket", &sock, "--interval-ms", "5"]);
+    let (mut client, client_out) = start(
+        env!("CARGO_BIN_EXE_client"),
+        &["--socket", &sock, "--interval-ms", "5"],
+    );
     wait_for(&client_out, "Sending 300000");
     client.sigkill_and_wait().unwrap();
     let (sum, n) = final_sum(&wait_for(&out, "Final sum: "));
@@ -91,7 +107,10 @@ fn killing_the_server_does_not_wedge_the_client_and_a_new_server_takes_over() {
     let (mut server, _server_out) = start(env!("CARGO_BIN_EXE_server"), &["--socket", &sock]);
     wait_for_socket(&sock);
     // Without --reconnect the client exits with an error.
-    let (mut plain, plain_out) = start(env!("CARGO_BIN_EXE_client"), &["--socket", &sock, "--interval-ms", "5"]);
+    let (mut plain, plain_out) = start(
+        env!("CARGO_BIN_EXE_client"),
+        &["--socket", &sock, "--interval-ms", "5"],
+    );
     std::thread::sleep(Duration::from_millis(300));
     server.sigkill_and_wait().unwrap();
     let status = plain.wait_ok(Duration::from_secs(10));
@@ -101,7 +120,10 @@ fn killing_the_server_does_not_wedge_the_client_and_a_new_server_takes_over() {
     // With --reconnect it waits for the next server and carries on.
     let (mut server, out) = start(env!("CARGO_BIN_EXE_server"), &["--socket", &sock]);
     wait_for_socket(&sock);
-    let (mut client, client_out) = start(env!("CARGO_BIN_EXE_client"), &["--socket", &sock, "--interval-ms", "5", "--reconnect"]);
+    let (mut client, client_out) = start(
+        env!("CARGO_BIN_EXE_client"),
+        &["--socket", &sock, "--interval-ms", "5", "--reconnect"],
+    );
     wait_for(&client_out, "Sending 200000");
     server.sigkill_and_wait().unwrap();
     let (mut server, out2) = start(env!("CARGO_BIN_EXE_server"), &["--socket", &sock]);

@@ -18,7 +18,9 @@ fn full_and_empty_hand_back_the_value() {
     assert_eq!(rx.try_recv().unwrap(), None);
     tx.try_send(1).unwrap();
     tx.try_send(2).unwrap();
-    let Err(TrySendError::Full(v)) = tx.try_send(3) else { panic!("expected Full") };
+    let Err(TrySendError::Full(v)) = tx.try_send(3) else {
+        panic!("expected Full")
+    };
     assert_eq!(v, 3);
     assert_eq!(rx.try_recv().unwrap(), Some(1));
     tx.try_send(3).unwrap();
@@ -32,10 +34,15 @@ fn full_and_empty_hand_back_the_value() {
 fn blocking_calls_time_out() {
     let (mut tx, mut rx) = channel::<u32>(1).unwrap();
     let start = Instant::now();
-    assert!(matches!(rx.recv_timeout(Some(Duration::from_millis(30))), Err(RingError::Timeout)));
+    assert!(matches!(
+        rx.recv_timeout(Some(Duration::from_millis(30))),
+        Err(RingError::Timeout)
+    ));
     assert!(start.elapsed() >= Duration::from_millis(30));
     tx.send(1).unwrap();
-    let err = tx.send_timeout(2, Some(Duration::from_millis(30))).unwrap_err();
+    let err = tx
+        .send_timeout(2, Some(Duration::from_millis(30)))
+        .unwrap_err();
     assert!(matches!(err.error, RingError::Timeout));
     assert_eq!(err.value, 2);
 }
@@ -44,7 +51,11 @@ fn blocking_calls_time_out() {
 fn blocking_threads_move_a_million_in_order() {
     let (mut tx, mut rx) = channel::<u64>(64).unwrap();
     tx.set_spin(Duration::ZERO); // park at once: exercises the eventfd path hard
-    let n = if cfg!(debug_assertions) { 100_000 } else { 1_000_000 };
+    let n = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        1_000_000
+    };
     let sender = std::thread::spawn(move || {
         for i in 0..n {
             tx.send(i).unwrap();
@@ -140,7 +151,11 @@ fn byte_stream_carries_a_checksummed_stream() {
 #[test]
 fn async_ends_exchange_values() {
     use shm_ring::asyncio::{AsyncConsumer, AsyncProducer};
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (tx, rx) = channel::<u64>(8).unwrap();
         let mut tx = AsyncProducer::new(tx).unwrap();
@@ -169,12 +184,20 @@ fn wrong_element_type_is_refused() {
 fn unsealed_or_short_memfds_are_refused() {
     use shm_segment::memfd;
     let good = RingFds::create("t", 8, ElemLayout::of::<u64>()).unwrap();
-    for (size, seals) in [(0, memfd::FIXED_SIZE), (4096 + 64, memfd::Seals::empty()), (100, memfd::FIXED_SIZE), (4096 + 65, memfd::FIXED_SIZE)] {
+    for (size, seals) in [
+        (0, memfd::FIXED_SIZE),
+        (4096 + 64, memfd::Seals::empty()),
+        (100, memfd::FIXED_SIZE),
+        (4096 + 65, memfd::FIXED_SIZE),
+    ] {
         let fds = RingFds {
             memfd: memfd::create("bad", size, seals).unwrap(),
             ..good.try_clone().unwrap()
         };
-        assert!(shm_ring::Consumer::<u64>::open(&fds, None).is_err(), "size {size} seals {seals:?}");
+        assert!(
+            shm_ring::Consumer::<u64>::open(&fds, None).is_err(),
+            "size {size} seals {seals:?}"
+        );
     }
     let not_eventfd = RingFds {
         data_ready: std::fs::File::open("/dev/null").unwrap().into(),
@@ -190,10 +213,13 @@ enum Op {
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
-    proptest::collection::vec(prop_oneof![(0u8..20).prop_map(Op::Send), (0u8..20).prop_map(Op::Recv)], 1..80)
+    proptest::collection::vec(
+        prop_oneof![(0u8..20).prop_map(Op::Send), (0u8..20).prop_map(Op::Recv)],
+        1..80,
+    )
 }
 
-/// Runs `ops` against the raw algorithm and a VecDeque model; counters start at `start`.
+/// Runs `ops` against the raw algorithm and a `VecDeque` model; counters start at `start`.
 fn check_against_model(capacity: u64, start: u64, ops: &[Op]) {
     let storage = HeapStorage::starting_at(capacity, 8, start, start);
     let mut producer = RawProducer::attach(&storage).unwrap();
@@ -227,7 +253,11 @@ fn check_against_model(capacity: u64, start: u64, ops: &[Op]) {
                 while left > 0 {
                     let (slot, run) = consumer.peek(left).unwrap();
                     if run == 0 {
-                        assert!(model.is_empty(), "ring says empty, model holds {}", model.len());
+                        assert!(
+                            model.is_empty(),
+                            "ring says empty, model holds {}",
+                            model.len()
+                        );
                         break;
                     }
                     let mut vals = vec![0u64; run as usize];
@@ -240,8 +270,17 @@ fn check_against_model(capacity: u64, start: u64, ops: &[Op]) {
                 }
             }
         }
-        assert_eq!(producer.position() - consumer.position(), model.len() as u64);
-        assert_eq!(storage.producer().tail.load(shm_sync::atomic::Ordering::Relaxed), start + next);
+        assert_eq!(
+            producer.position() - consumer.position(),
+            model.len() as u64
+        );
+        assert_eq!(
+            storage
+                .producer()
+                .tail
+                .load(shm_sync::atomic::Ordering::Relaxed),
+            start + next
+        );
     }
 }
 

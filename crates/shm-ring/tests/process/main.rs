@@ -14,7 +14,11 @@ use shm_segment::{Access, Mapping};
 use shm_testkit::{Watchdog, role, role_command, spawn, unique_name};
 
 /// 1 GiB in release builds; 64 MiB in debug builds (unoptimised copies and checks).
-const BULK_BYTES: u64 = if cfg!(debug_assertions) { 64 << 20 } else { 1 << 30 };
+const BULK_BYTES: u64 = if cfg!(debug_assertions) {
+    64 << 20
+} else {
+    1 << 30
+};
 const CHUNK: usize = 64 << 10;
 const WORD: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -58,7 +62,10 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
     let path = socket_path();
     let listener = Listener::bind(&path).unwrap();
     let ring = RingFds::create("bulk", 1 << 20, ElemLayout::of::<u8>()).unwrap();
-    let mut cmd = role_command("bulk_transfer_between_two_processes_is_checksummed", "bulk-producer");
+    let mut cmd = role_command(
+        "bulk_transfer_between_two_processes_is_checksummed",
+        "bulk-producer",
+    );
     cmd.env("RING_SOCK", &path).stdout(Stdio::piped());
     let mut child = spawn(cmd).unwrap();
     let mut rx = listener.accept_consumer::<u8>(&ring).unwrap();
@@ -76,26 +83,49 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
         let whole = carry.len() / 8 * 8;
         for (k, w) in carry[..whole].chunks_exact(8).enumerate() {
             let i = got / 8 + k as u64;
-            assert_eq!(u64::from_le_bytes(w.try_into().unwrap()), word(i), "word {i}");
+            assert_eq!(
+                u64::from_le_bytes(w.try_into().unwrap()),
+                word(i),
+                "word {i}"
+            );
         }
         got += whole as u64;
         carry.drain(..whole);
     }
     assert_eq!(got, BULK_BYTES);
     let mut out = String::new();
-    child.inner_mut().stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .inner_mut()
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let status = child.wait_ok(Duration::from_secs(30));
     assert!(status.success());
     // The harness prints "test NAME ... " on the same line before our output.
-    let theirs = out.split("crc ").nth(1).and_then(|r| r.get(..8)).unwrap_or_else(|| panic!("no crc in {out:?}"));
+    let theirs = out
+        .split("crc ")
+        .nth(1)
+        .and_then(|r| r.get(..8))
+        .unwrap_or_else(|| panic!("no crc in {out:?}"));
     assert_eq!(theirs, format!("{crc:08x}"));
 }
 
 /// Overwrites the whole header page (header, counters, parked flags) with
 /// random words, forever, and checks that the memfd cannot be shrunk.
 fn scribble(ring: &RingFds) -> ! {
-    assert!(rustix::fs::ftruncate(&ring.memfd, 0).is_err(), "sealed memfd shrank");
-    let map = Mapping::map(rustix::fd::AsFd::as_fd(&ring.memfd), 0, 4096, Access::ReadWrite).unwrap();
+    assert!(
+        rustix::fs::ftruncate(&ring.memfd, 0).is_err(),
+        "sealed memfd shrank"
+    );
+    let map = Mapping::map(
+        rustix::fd::AsFd::as_fd(&ring.memfd),
+        0,
+        4096,
+        Access::ReadWrite,
+    )
+    .unwrap();
     let region = map.region();
     let mut x = 0x2545_f491_4f6c_dd1du64 ^ u64::from(std::process::id());
     loop {
@@ -104,7 +134,7 @@ fn scribble(ring: &RingFds) -> ! {
             x ^= x >> 7;
             x ^= x << 17;
             // Sometimes plausible values, mostly garbage.
-            let v = if x % 4 == 0 { x % 64 } else { x };
+            let v = if x.is_multiple_of(4) { x % 64 } else { x };
             region.write(off, &v).unwrap();
         }
         let _ = shm_ring::RingFds::try_clone(ring);
@@ -116,7 +146,11 @@ fn scribble(ring: &RingFds) -> ! {
 fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
     if let Some(role) = role() {
         let elem = ElemLayout::of::<u64>();
-        let want = if role == "hostile-producer" { Role::Producer } else { Role::Consumer };
+        let want = if role == "hostile-producer" {
+            Role::Producer
+        } else {
+            Role::Consumer
+        };
         let (ring, _link) = Connector::new(env_path()).connect(want, elem).unwrap();
         scribble(&ring);
     }
@@ -126,7 +160,10 @@ fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
         let path = socket_path();
         let listener = Listener::bind(&path).unwrap();
         let ring = RingFds::create("hostile", 64, ElemLayout::of::<u64>()).unwrap();
-        let mut cmd = role_command("hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash", role);
+        let mut cmd = role_command(
+            "hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash",
+            role,
+        );
         cmd.env("RING_SOCK", &path);
         let mut child = spawn(cmd).unwrap();
         let (mut corrupt, mut ok, mut other) = (0u32, 0u32, 0u32);
@@ -157,7 +194,10 @@ fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
             }
         }
         eprintln!("{role}: {ok} ok, {corrupt} corrupt, {other} other");
-        assert!(corrupt > 0, "scribbling never detected ({ok} ok, {other} other)");
+        assert!(
+            corrupt > 0,
+            "scribbling never detected ({ok} ok, {other} other)"
+        );
         child.sigkill_and_wait().unwrap();
     }
 }
@@ -165,7 +205,9 @@ fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
 /// Producer role: sends `position, position + 1, ...` in batches until `RING_TOTAL`.
 fn sequence_producer() {
     let total: u64 = std::env::var("RING_TOTAL").unwrap().parse().unwrap();
-    let mut tx = Connector::new(env_path()).connect_producer::<u64>().unwrap();
+    let mut tx = Connector::new(env_path())
+        .connect_producer::<u64>()
+        .unwrap();
     println!("\nresumed at {}", tx.position());
     std::io::stdout().flush().unwrap();
     while tx.position() < total {
@@ -189,16 +231,27 @@ fn sigkill_producer_mid_transfer_then_reconnect_resumes_exactly_once() {
     let mut expect = 0u64;
     // Rounds: SIGKILL at a chosen count, a crash point between slot write and
     // commit, another SIGKILL, then a producer that finishes.
-    let rounds: [(Option<u64>, Option<&str>); 4] =
-        [(Some(50_000), None), (None, Some("ring.before_commit@300")), (Some(200_000), None), (None, None)];
+    let rounds: [(Option<u64>, Option<&str>); 4] = [
+        (Some(50_000), None),
+        (None, Some("ring.before_commit@300")),
+        (Some(200_000), None),
+        (None, None),
+    ];
     for (kill_at, crash) in rounds {
-        let mut cmd = role_command("sigkill_producer_mid_transfer_then_reconnect_resumes_exactly_once", "producer");
-        cmd.env("RING_SOCK", &path).env("RING_TOTAL", total.to_string()).stdout(Stdio::piped());
+        let mut cmd = role_command(
+            "sigkill_producer_mid_transfer_then_reconnect_resumes_exactly_once",
+            "producer",
+        );
+        cmd.env("RING_SOCK", &path)
+            .env("RING_TOTAL", total.to_string())
+            .stdout(Stdio::piped());
         if let Some(point) = crash {
             cmd.env("SHM_CRASH_AT", point);
         }
         let mut child = spawn(cmd).unwrap();
-        let link = listener.accept(&ring, Role::Producer, ElemLayout::of::<u64>()).unwrap();
+        let link = listener
+            .accept(&ring, Role::Producer, ElemLayout::of::<u64>())
+            .unwrap();
         assert_eq!(link.pid(), child.pid());
         match &mut rx {
             None => rx = Some(shm_ring::Consumer::open(&ring, Some(link)).unwrap()),
@@ -206,7 +259,11 @@ fn sigkill_producer_mid_transfer_then_reconnect_resumes_exactly_once() {
         }
         let rx = rx.as_mut().unwrap();
         let line = resumed_line(&mut child);
-        assert_eq!(line.trim(), format!("resumed at {expect}"), "a restarted producer resumes at the shared tail");
+        assert_eq!(
+            line.trim(),
+            format!("resumed at {expect}"),
+            "a restarted producer resumes at the shared tail"
+        );
         let mut killed_at = None;
         loop {
             if kill_at.is_some_and(|k| expect >= k) && killed_at.is_none() {
@@ -242,7 +299,9 @@ fn sigkill_consumer_mid_transfer_then_reconnect_resumes_at_head() {
     if let Some(role) = role() {
         assert_eq!(role, "consumer");
         let total: u64 = std::env::var("RING_TOTAL").unwrap().parse().unwrap();
-        let mut rx = Connector::new(env_path()).connect_consumer::<u64>().unwrap();
+        let mut rx = Connector::new(env_path())
+            .connect_consumer::<u64>()
+            .unwrap();
         println!("\nresumed at {}", rx.position());
         std::io::stdout().flush().unwrap();
         let mut out = [0u64; 64];
@@ -262,18 +321,33 @@ fn sigkill_consumer_mid_transfer_then_reconnect_resumes_at_head() {
     let ring = RingFds::create("kill-consumer", 128, ElemLayout::of::<u64>()).unwrap();
     let mut tx: Option<shm_ring::Producer<u64>> = None;
     for kill_at in [Some(60_000u64), Some(150_000), None] {
-        let mut cmd = role_command("sigkill_consumer_mid_transfer_then_reconnect_resumes_at_head", "consumer");
-        cmd.env("RING_SOCK", &path).env("RING_TOTAL", total.to_string()).stdout(Stdio::piped());
+        let mut cmd = role_command(
+            "sigkill_consumer_mid_transfer_then_reconnect_resumes_at_head",
+            "consumer",
+        );
+        cmd.env("RING_SOCK", &path)
+            .env("RING_TOTAL", total.to_string())
+            .stdout(Stdio::piped());
         let mut child = spawn(cmd).unwrap();
-        let link = listener.accept(&ring, Role::Consumer, ElemLayout::of::<u64>()).unwrap();
+        let link = listener
+            .accept(&ring, Role::Consumer, ElemLayout::of::<u64>())
+            .unwrap();
         match &mut tx {
             None => tx = Some(shm_ring::Producer::open(&ring, Some(link)).unwrap()),
             Some(tx) => tx.set_peer(Some(link)),
         }
         let tx = tx.as_mut().unwrap();
         let line = resumed_line(&mut child);
-        let resumed: u64 = line.trim().strip_prefix("resumed at ").unwrap().parse().unwrap();
-        assert!(resumed <= tx.position() && tx.position() - resumed <= 128, "resumes at the shared head");
+        let resumed: u64 = line
+            .trim()
+            .strip_prefix("resumed at ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            resumed <= tx.position() && tx.position() - resumed <= 128,
+            "resumes at the shared head"
+        );
         let mut next = tx.position();
         let mut disconnected = false;
         while next < total {
@@ -317,7 +391,10 @@ fn resumed_line(child: &mut shm_testkit::Child) -> String {
 fn handshake_refuses_wrong_role_and_layout() {
     let path = socket_path();
     let listener = Listener::bind(&path).unwrap();
-    assert!(Listener::bind(&path).is_err(), "a live socket is not replaced");
+    assert!(
+        Listener::bind(&path).is_err(),
+        "a live socket is not replaced"
+    );
     let ring = RingFds::create("hs", 8, ElemLayout::of::<u64>()).unwrap();
     let p2 = path.clone();
     let client = std::thread::spawn(move || {
@@ -329,9 +406,15 @@ fn handshake_refuses_wrong_role_and_layout() {
     });
     // The probe connection of the second `bind`, the wrong type, the wrong role.
     for _ in 0..3 {
-        assert!(listener.accept(&ring, Role::Producer, ElemLayout::of::<u64>()).is_err());
+        assert!(
+            listener
+                .accept(&ring, Role::Producer, ElemLayout::of::<u64>())
+                .is_err()
+        );
     }
-    listener.accept(&ring, Role::Producer, ElemLayout::of::<u64>()).unwrap();
+    listener
+        .accept(&ring, Role::Producer, ElemLayout::of::<u64>())
+        .unwrap();
     assert_eq!(client.join().unwrap(), (true, true, true));
     drop(listener);
     assert!(!path.exists(), "the listener removes its socket file");

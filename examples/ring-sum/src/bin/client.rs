@@ -78,11 +78,13 @@ fn main() -> Result<()> {
     let mut batch = 1u64;
     while args.batches.is_none_or(|b| batch <= b) {
         let n = 100_000 * batch;
-        let item = 1.0 / n as f64;
+        #[allow(clippy::cast_precision_loss, reason = "n stays far below 2^52")]
+        let n_f = n as f64;
+        let item = 1.0 / n_f;
         let sent = pause(&tx, Duration::ZERO).and_then(|()| send_batch(&mut tx, n, item));
         match sent {
             Ok(()) => {
-                println!("Sending {n} items of {item}, in total {}", n as f64 * item);
+                println!("Sending {n} items of {item}, in total {}", n_f * item);
                 batch += 1;
             }
             Err(RingError::Disconnected) if args.reconnect => {

@@ -27,9 +27,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let listener = Listener::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket))?;
+    let listener = Listener::bind(&args.socket)
+        .with_context(|| format!("cannot listen on {}", args.socket))?;
     let capacity = args.capacity.max(1).next_power_of_two();
-    let ring = RingFds::create("ring-sum", capacity, ElemLayout::of::<f64>()).context("cannot create the ring")?;
+    let ring = RingFds::create("ring-sum", capacity, ElemLayout::of::<f64>())
+        .context("cannot create the ring")?;
     eprintln!("listening on {} (ring of {capacity} f64s)", args.socket);
     let mut rx: Option<shm_ring::Consumer<f64>> = None;
     let mut sum = 0.0f64;
@@ -48,7 +50,9 @@ fn main() -> Result<()> {
                 rx.set_peer(Some(link));
                 rx
             }
-            None => rx.insert(shm_ring::Consumer::open(&ring, Some(link)).context("cannot open the ring")?),
+            None => rx.insert(
+                shm_ring::Consumer::open(&ring, Some(link)).context("cannot open the ring")?,
+            ),
         };
         serve(rx, &mut sum, &mut count)?;
         println!("Final sum: {sum} ({count} values)");
@@ -58,10 +62,10 @@ fn main() -> Result<()> {
     }
 }
 
-/// Sums until the client hangs up, printing `Sum: S` at most every 50 ms while it changes.
+/// Sums until the client hangs up, printing `Sum: S` at most every 50 ms while values arrive.
 fn serve(rx: &mut shm_ring::Consumer<f64>, sum: &mut f64, count: &mut u64) -> Result<()> {
     let mut buf = vec![0.0f64; 1 << 16];
-    let mut printed = *sum;
+    let mut printed = *count;
     let mut last_print = Instant::now();
     loop {
         match rx.recv_slice(&mut buf, Some(Duration::from_millis(50))) {
@@ -71,7 +75,7 @@ fn serve(rx: &mut shm_ring::Consumer<f64>, sum: &mut f64, count: &mut u64) -> Re
             }
             Err(RingError::Timeout) => {}
             Err(RingError::Disconnected) => {
-                if *sum != printed {
+                if *count != printed {
                     println!("Sum: {sum}");
                 }
                 eprintln!("client hung up");
@@ -79,9 +83,9 @@ fn serve(rx: &mut shm_ring::Consumer<f64>, sum: &mut f64, count: &mut u64) -> Re
             }
             Err(e) => return Err(e).context("receiving"),
         }
-        if *sum != printed && last_print.elapsed() >= Duration::from_millis(50) {
+        if *count != printed && last_print.elapsed() >= Duration::from_millis(50) {
             println!("Sum: {sum}");
-            printed = *sum;
+            printed = *count;
             last_print = Instant::now();
         }
     }
