@@ -494,63 +494,29 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let started = Instant::now();
-    let mut rows = Vec::new();
-
+fn bench_64(rows: &mut Vec<Row>) {
     let ours = reps(ring_64_single) / 1e6;
     let ipc = reps(shmem_ipc_64_single) / 1e6;
-    rows.push(row(
-        "64 B msgs, one per call",
-        ours,
-        "shmem-ipc",
-        ipc,
-        "M/s",
-        true,
-        Some(2.0),
-    ));
+    let what = "64 B msgs, one per call";
+    rows.push(row(what, ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
     let ours = reps(ring_64) / 1e6;
     let ipc = reps(shmem_ipc_64) / 1e6;
-    rows.push(row(
-        "64 B msgs, batches of 256",
-        ours,
-        "shmem-ipc",
-        ipc,
-        "M/s",
-        true,
-        Some(2.0),
-    ));
-    let total64 = MSGS * 64;
-    let pipe = reps(|| pipe_stream(total64, BATCH * 64)) / 64.0 / 1e6;
-    rows.push(row(
-        "64 B msgs, batches of 256",
-        ours,
-        "pipe",
-        pipe,
-        "M/s",
-        true,
-        None,
-    ));
-    let unix = reps(|| unix_stream(total64, BATCH * 64)) / 64.0 / 1e6;
-    rows.push(row(
-        "64 B msgs, batches of 256",
-        ours,
-        "unix socket",
-        unix,
-        "M/s",
-        true,
-        None,
-    ));
+    let what = "64 B msgs, batches of 256";
+    rows.push(row(what, ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    let total = MSGS * 64;
+    let pipe = reps(|| pipe_stream(total, BATCH * 64)) / 64.0 / 1e6;
+    rows.push(row(what, ours, "pipe", pipe, "M/s", true, None));
+    let unix = reps(|| unix_stream(total, BATCH * 64)) / 64.0 / 1e6;
+    rows.push(row(what, ours, "unix socket", unix, "M/s", true, None));
+}
 
-    for (chunk, name) in [(4096usize, "4 KiB msgs"), (65536, "64 KiB msgs")] {
+fn bench_streams(rows: &mut Vec<Row>) {
+    for (chunk, what) in [(4096usize, "4 KiB msgs"), (65536, "64 KiB msgs")] {
         let total = 1 << 30;
         let ours = reps(|| ring_stream(total, chunk)) / 1e9;
         let copy = reps(|| memcpy_bw(total, chunk, ring_bytes() as usize)) / 1e9;
         rows.push(row(
-            name,
+            what,
             ours,
             "memcpy, ring-sized dest",
             copy,
@@ -560,7 +526,7 @@ fn main() {
         ));
         let hot = reps(|| memcpy_bw(total, chunk, 1 << 20)) / 1e9;
         rows.push(row(
-            name,
+            what,
             ours,
             "memcpy, 1 MiB dest",
             hot,
@@ -569,44 +535,62 @@ fn main() {
             None,
         ));
         let pipe = reps(|| pipe_stream(total / 2, chunk)) / 1e9;
-        rows.push(row(name, ours, "pipe", pipe, "GB/s", true, None));
+        rows.push(row(what, ours, "pipe", pipe, "GB/s", true, None));
         let unix = reps(|| unix_stream(total / 2, chunk)) / 1e9;
-        rows.push(row(name, ours, "unix socket", unix, "GB/s", true, None));
+        rows.push(row(what, ours, "unix socket", unix, "GB/s", true, None));
     }
+}
 
-    let floor = reps(floor_latency);
-    let ring = reps(ring_latency);
-    rows.push(row(
-        "one-way latency p50, busy-poll",
-        ring,
-        "cache-line ping-pong",
-        floor,
-        "ns",
-        false,
-        Some(1.5),
-    ));
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    // `cargo bench --bench ring -- latency` runs only the groups whose names contain a given word.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |group: &str| words.is_empty() || words.iter().any(|w| group.contains(w.as_str()));
+    let started = Instant::now();
+    let mut rows = Vec::new();
 
-    let efd = reps(eventfd_rtt);
-    let parked = reps(|| ring_rtt(Duration::ZERO));
-    rows.push(row(
-        "blocking round trip p50, spin 0",
-        parked,
-        "raw eventfd",
-        efd,
-        "us",
-        false,
-        Some(1.1),
-    ));
-    let spun = reps(|| ring_rtt(shm_ring::DEFAULT_SPIN));
-    rows.push(row(
-        "blocking round trip p50, spin 20 us",
-        spun,
-        "raw eventfd",
-        efd,
-        "us",
-        false,
-        None,
-    ));
+    if run("64b") {
+        bench_64(&mut rows);
+    }
+    if run("stream") {
+        bench_streams(&mut rows);
+    }
+    if run("latency") {
+        let floor = reps(floor_latency);
+        let ring = reps(ring_latency);
+        let what = "one-way latency p50, busy-poll";
+        rows.push(row(
+            what,
+            ring,
+            "cache-line ping-pong",
+            floor,
+            "ns",
+            false,
+            Some(1.5),
+        ));
+    }
+    if run("blocking") {
+        let efd = reps(eventfd_rtt);
+        let parked = reps(|| ring_rtt(Duration::ZERO));
+        let what = "blocking round trip p50, spin 0";
+        rows.push(row(
+            what,
+            parked,
+            "raw eventfd",
+            efd,
+            "us",
+            false,
+            Some(1.1),
+        ));
+        let spun = reps(|| ring_rtt(shm_ring::DEFAULT_SPIN));
+        let what = "blocking round trip p50, spin 20 us";
+        rows.push(row(what, spun, "raw eventfd", efd, "us", false, None));
+    }
 
     println!("\nshm-ring benchmark: medians of {REPS} runs, producer on CPU 0, consumer on CPU 1");
     println!(

@@ -89,6 +89,8 @@ pub trait Storage {
     fn write(&self, slot: u64, src: &[u8]);
     /// Copies slots from `slot` on (without wrapping) into `dst` (a whole number of elements).
     fn read(&self, slot: u64, dst: &mut [u8]);
+    /// Hints that `slot` will be read soon (no memory access in the language's sense).
+    fn prefetch(&self, _slot: u64) {}
 }
 
 fn slot_range(slot: u64, bytes: usize, capacity: u64, elem: usize) -> usize {
@@ -339,6 +341,18 @@ impl Storage for MapStorage {
         };
     }
 
+    #[cfg(target_arch = "x86_64")]
+    fn prefetch(&self, slot: u64) {
+        let offset = (slot & (self.capacity - 1)) as usize * self.elem_size;
+        let ptr = self.slots_ptr().wrapping_add(offset);
+        // SAFETY: SSE is part of the x86_64 baseline, which is all `_mm_prefetch`
+        // requires; a prefetch is a hint that never faults, even on a bad
+        // address, and performs no memory access in the language's sense.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr.cast())
+        };
+    }
+
     fn read(&self, slot: u64, dst: &mut [u8]) {
         let start = slot_range(slot, dst.len(), self.capacity, self.elem_size);
         // SAFETY: as in `write`, copying the other way into a private buffer.
@@ -403,6 +417,9 @@ impl<S: Storage + ?Sized> Storage for &S {
     fn read(&self, slot: u64, dst: &mut [u8]) {
         (**self).read(slot, dst);
     }
+    fn prefetch(&self, slot: u64) {
+        (**self).prefetch(slot);
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for shm_sync::sync::Arc<S> {
@@ -429,5 +446,8 @@ impl<S: Storage + ?Sized> Storage for shm_sync::sync::Arc<S> {
     }
     fn read(&self, slot: u64, dst: &mut [u8]) {
         (**self).read(slot, dst);
+    }
+    fn prefetch(&self, slot: u64) {
+        (**self).prefetch(slot);
     }
 }
