@@ -337,8 +337,8 @@ impl Storage for MapStorage {
                 src.as_ptr(),
                 self.slots_ptr().wrapping_add(start),
                 src.len(),
-            )
-        };
+            );
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -349,8 +349,8 @@ impl Storage for MapStorage {
         // requires; a prefetch is a hint that never faults, even on a bad
         // address, and performs no memory access in the language's sense.
         unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr.cast())
-        };
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ptr.cast());
+        }
     }
 
     fn read(&self, slot: u64, dst: &mut [u8]) {
@@ -361,8 +361,8 @@ impl Storage for MapStorage {
                 self.slots_ptr().wrapping_add(start),
                 dst.as_mut_ptr(),
                 dst.len(),
-            )
-        };
+            );
+        }
     }
 }
 
