@@ -58,8 +58,8 @@ fn recv(c: &mut RawConsumer<Arc<HeapStorage>>) -> Option<u64> {
     Some(u64::from_ne_bytes(bytes))
 }
 
-/// Index protocol: with a ring of 2 and 3 values, the producer wraps and
-/// reuses a slot; the consumer must see 1, 2, 3 with their contents (slot
+/// Index protocol: with a ring of 2 and 4 values, the producer wraps and
+/// reuses slots; the consumer must see 1 to 4 with their contents (slot
 /// words are Relaxed loom atomics, so a missing Release/Acquire pair on the
 /// counters would show up as a stale value).
 #[test]
@@ -69,13 +69,13 @@ fn index_protocol_delivers_in_order_across_wrap() {
         let mut producer = RawProducer::attach(storage.clone()).unwrap();
         let mut consumer = RawConsumer::attach(storage).unwrap();
         let t = loom::thread::spawn(move || {
-            for v in 1..=3u64 {
+            for v in 1..=4u64 {
                 while !send(&mut producer, v * 0x0101_0101) {
                     loom::thread::yield_now();
                 }
             }
         });
-        for v in 1..=3u64 {
+        for v in 1..=4u64 {
             loop {
                 if let Some(got) = recv(&mut consumer) {
                     assert_eq!(got, v * 0x0101_0101);
@@ -85,13 +85,13 @@ fn index_protocol_delivers_in_order_across_wrap() {
             }
         }
         t.join().unwrap();
-        assert_eq!(consumer.position(), 3);
+        assert_eq!(consumer.position(), 4);
     });
 }
 
 /// Park/wake: both sides block on their "eventfd" (no spinning) whenever they
 /// cannot proceed; a lost wake-up leaves both blocked, which loom reports as
-/// a deadlock. Capacity 1 and 2 values make both sides park.
+/// a deadlock. Capacity 1 and 3 values make both sides park, repeatedly.
 #[test]
 fn park_wake_never_loses_a_wakeup() {
     loom::model(|| {
@@ -103,7 +103,7 @@ fn park_wake_never_loses_a_wakeup() {
         let (dr, sr) = (data_ready.clone(), space_ready.clone());
         let t = loom::thread::spawn(move || {
             let mut park = Waiter(sr);
-            for v in 1..=2u64 {
+            for v in 1..=3u64 {
                 loop {
                     let (slot, n) = producer.reserve(1).unwrap();
                     if n == 1 {
@@ -118,7 +118,7 @@ fn park_wake_never_loses_a_wakeup() {
             }
         });
         let mut park = Waiter(data_ready);
-        for v in 1..=2u64 {
+        for v in 1..=3u64 {
             consumer.wait(Duration::ZERO, &mut park, None).unwrap();
             let (slot, n) = consumer.peek(1).unwrap();
             assert_eq!(n, 1);
@@ -157,5 +157,41 @@ fn handshake_without_seqcst_fences_loses_wakeups() {
             Waiter(event).park(None).unwrap();
         }
         producer.join().unwrap();
+    });
+}
+
+/// A producer that dies between writing a slot and publishing it leaves no
+/// trace: its successor attaches at the shared `tail` and overwrites the
+/// slot, and the consumer sees 1 then 2, never the unpublished 99.
+#[test]
+fn restarted_producer_resumes_at_tail() {
+    loom::model(|| {
+        let storage = Arc::new(HeapStorage::new(2, 8));
+        let mut consumer = RawConsumer::attach(storage.clone()).unwrap();
+        let shared = storage.clone();
+        let t = loom::thread::spawn(move || {
+            let mut first = RawProducer::attach(shared.clone()).unwrap();
+            assert!(send(&mut first, 1));
+            let (slot, n) = first.reserve(1).unwrap();
+            if n == 1 {
+                first.write(slot, &99u64.to_ne_bytes());
+            }
+            drop(first); // killed before `commit`
+            let mut second = RawProducer::attach(shared).unwrap();
+            assert_eq!(second.position(), 1);
+            while !send(&mut second, 2) {
+                loom::thread::yield_now();
+            }
+        });
+        for v in 1..=2u64 {
+            loop {
+                if let Some(got) = recv(&mut consumer) {
+                    assert_eq!(got, v);
+                    break;
+                }
+                loom::thread::yield_now();
+            }
+        }
+        t.join().unwrap();
     });
 }

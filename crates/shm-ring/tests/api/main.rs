@@ -321,3 +321,30 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Whatever bytes sit in the header page and whatever the file's size, opening
+    /// gives a typed error or a usable ring, never a panic or SIGBUS.
+    #[test]
+    fn arbitrary_header_page_never_panics(page in proptest::collection::vec(any::<u8>(), 0..700), extra in 0u64..20_000, keep_magic in any::<bool>()) {
+        use shm_segment::{Access, Mapping, memfd};
+        let good = RingFds::create("fuzz", 8, ElemLayout::of::<u64>()).unwrap();
+        let size = 4096 + extra;
+        let fd = memfd::create("fuzz", size, shm_ring::RING_SEALS).unwrap();
+        let map = Mapping::map(rustix::fd::AsFd::as_fd(&fd), 0, 4096, Access::ReadWrite).unwrap();
+        let mut bytes = page.clone();
+        if keep_magic && bytes.len() >= 16 {
+            bytes[..8].copy_from_slice(b"SHMRING\0");
+            bytes[8..12].copy_from_slice(&0x0102_0304u32.to_ne_bytes());
+        }
+        map.region().write_bytes(0, &bytes).unwrap();
+        let fds = RingFds { memfd: fd, ..good.try_clone().unwrap() };
+        if let Ok(mut rx) = shm_ring::Consumer::<u64>::open(&fds, None) {
+            let _ = rx.try_recv();
+        }
+        if let Ok(mut tx) = shm_ring::Producer::<u64>::open(&fds, None) {
+            let _ = tx.try_send(1);
+        }
+    }
+}
