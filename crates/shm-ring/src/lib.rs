@@ -9,7 +9,7 @@
 //!   (`Producer<u8>: std::io::Write`, `Consumer<u8>: std::io::Read`). Every
 //!   operation comes non-blocking (`try_*`: full and empty hand the value back),
 //!   blocking with an optional timeout (spin briefly, then park on an eventfd),
-//!   and async behind the `tokio` feature ([`asyncio`]).
+//!   and async behind the `tokio` feature (module `asyncio`).
 //! - [`Listener`] / [`Connector`]: a server and a client over a Unix socket.
 //!   The server creates (or adopts) the ring, checks the client's credentials
 //!   (`SO_PEERCRED`, same uid by default), negotiates the protocol version and
