@@ -168,8 +168,12 @@ fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
         let mut child = spawn(cmd).unwrap();
         let (mut corrupt, mut ok, mut other) = (0u32, 0u32, 0u32);
         let end = Instant::now() + Duration::from_millis(700);
+        // Our end is opened (and the header validated) before the peer gets
+        // the memfd: the peer starts scribbling the moment it connects.
+        let elem = ElemLayout::of::<u64>();
         if we_consume {
-            let mut rx = listener.accept_consumer::<u64>(&ring).unwrap();
+            let mut rx = shm_ring::Consumer::<u64>::open(&ring, None).unwrap();
+            rx.set_peer(Some(listener.accept(&ring, Role::Producer, elem).unwrap()));
             rx.set_spin(Duration::ZERO);
             while Instant::now() < end {
                 let mut out = [0u64; 16];
@@ -181,7 +185,8 @@ fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
                 let _ = rx.try_recv();
             }
         } else {
-            let mut tx = listener.accept_producer::<u64>(&ring).unwrap();
+            let mut tx = shm_ring::Producer::<u64>::open(&ring, None).unwrap();
+            tx.set_peer(Some(listener.accept(&ring, Role::Consumer, elem).unwrap()));
             tx.set_spin(Duration::ZERO);
             let mut i = 0;
             while Instant::now() < end {
