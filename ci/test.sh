@@ -28,8 +28,9 @@ cargo test --workspace --all-features --release
 step "loom models"
 bash ci/loom.sh
 
-step "examples"
+step "examples, and the README's first command"
 cargo run -q --release -p shm-segment --example message-passing | tail -n 1
+cargo run -q --release --bin tour -- --plain | tail -n 8
 
 step "no shared-memory objects left behind by tests"
 leftover=$(ls /dev/shm | grep -E '^(ot-|outlive-)' || true)

@@ -15,6 +15,9 @@ pub(crate) struct Bins {
     dir: PathBuf,
 }
 
+/// The workspace the tour was built from (so it builds from any directory).
+const WORKSPACE_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml");
+
 /// The packages (and features) whose binaries the tour runs.
 const BUILD_ARGS: &[&str] = &[
     "-p",
@@ -48,6 +51,8 @@ impl Bins {
             let mut cmd = Command::new(cargo);
             cmd.arg("build")
                 .arg("--quiet")
+                .arg("--manifest-path")
+                .arg(WORKSPACE_MANIFEST)
                 .args(BUILD_ARGS)
                 .arg("--target-dir")
                 .arg(target_dir);

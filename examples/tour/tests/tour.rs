@@ -96,3 +96,31 @@ fn an_unknown_helper_role_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role no-such-role"));
 }
+
+/// With a user manager answering `systemctl --user`, the tour adds its
+/// systemd part: a oneshot unit whose fd store keeps the memfd across restarts.
+#[test]
+fn tour_runs_its_systemd_part_when_a_user_manager_answers() {
+    let _w = Watchdog::new(Duration::from_secs(300));
+    let Some(sd) = shm_testkit::systemd::UserManager::start() else {
+        return;
+    };
+    let out = sd
+        .command(TOUR)
+        .args(["--plain", "--only", "systemd"])
+        .output()
+        .expect("running the tour");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tour failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("a real user manager answers here"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tour: 1 passed, 0 failed"), "{stdout}");
+    assert_eq!(
+        summary_rows(&stdout),
+        [("systemd".to_owned(), "ok".to_owned())],
+        "{stdout}"
+    );
+}
