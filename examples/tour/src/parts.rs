@@ -101,14 +101,19 @@ fn supervise(cx: Ctx<'_>) -> Result<Option<Outcome>> {
         let l = sup.wait_for(PATIENCE, show, |l| total_of(l).is_some())?;
         before.extend(total_of(&l));
     }
-    // Kill the next run as soon as the supervisor names its pid (or a later
-    // one, if a run finishes before the signal arrives).
+    // Kill the next run as soon as the supervisor names its pid. A run can
+    // finish before the signal lands (then it exits 0, or is a zombie that
+    // the signal no longer reaches): try again on the next run.
     let mut killed = None;
     for _ in 0..20 {
         let l = sup.wait_for(PATIENCE, show, |l| l.contains(" as pid "))?;
         let pid = number_after(&l, " as pid ").context("no pid in the supervisor's line")?;
-        if signal_pid(u32::try_from(pid)?, Signal::KILL).is_ok() {
-            ui.say(&format!("-> SIGKILL to primes (pid {pid})"));
+        let sent = signal_pid(u32::try_from(pid)?, Signal::KILL).is_ok();
+        let exit = sup.wait_for(PATIENCE, show, |l| l.contains(" exited: "))?;
+        if sent && exit.contains("killed by signal 9") {
+            ui.say(&format!(
+                "-> the tour SIGKILLed that run of primes (pid {pid}) as it started"
+            ));
             killed = Some(pid);
             break;
         }
@@ -116,7 +121,6 @@ fn supervise(cx: Ctx<'_>) -> Result<Option<Outcome>> {
     let Some(pid) = killed else {
         bail!("no run of primes lived long enough to be killed")
     };
-    sup.wait_for(PATIENCE, show, |l| l.contains("killed by signal 9"))?;
     let mut after = Vec::new();
     while after.len() < 2 {
         let l = sup.wait_for(PATIENCE, show, |l| total_of(l).is_some())?;
