@@ -1,0 +1,60 @@
+//! A valid file of several generations, then damaged by the fuzzer (bytes
+//! overwritten, the file cut short): `restore` must yield exactly one of the
+//! committed states (all zeros counts as the state before the first commit)
+//! or a typed error, never a mix of two generations.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shm_snapshot::{MemStorage, SnapshotWriter, restore};
+
+const PAGE: usize = 4096;
+const PAGES: usize = 6;
+
+/// The state of generation `g`: each generation rewrites a different subset of pages.
+fn state(g: u8) -> Vec<u8> {
+    let mut v = vec![0u8; PAGE * PAGES];
+    for k in 1..=g {
+        for p in 0..PAGES {
+            if (usize::from(k) + p) % 3 != 0 {
+                v[p * PAGE..(p + 1) * PAGE].fill(k.wrapping_mul(37).wrapping_add(p as u8));
+            }
+        }
+    }
+    v
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&gens, rest)) = data.split_first() else { return };
+    let gens = gens % 5 + 1;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PAGE as u32, (PAGE * PAGES) as u64)
+        .expect("create");
+    let states: Vec<Vec<u8>> = (0..=gens).map(state).collect();
+    for s in &states[1..] {
+        w.snapshot(s).expect("snapshot");
+    }
+    let mut bytes = w.storage().data.clone();
+    // rest: [cut: u16] then (offset: u16, value: u8) triples.
+    let (cut, patches) = match rest {
+        [a, b, tail @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), tail),
+        _ => (usize::MAX, rest),
+    };
+    for t in patches.chunks_exact(3) {
+        let off = usize::from(u16::from_le_bytes([t[0], t[1]])) * 3 % bytes.len().max(1);
+        if let Some(b) = bytes.get_mut(off) {
+            *b = t[2];
+        }
+    }
+    if cut < bytes.len() {
+        bytes.truncate(cut * 7 % bytes.len().max(1));
+    }
+    let mut image = vec![0u8; PAGE * PAGES];
+    let Ok(r) = restore(&MemStorage::with_data(bytes), |off, b| {
+        let off = usize::try_from(off).unwrap();
+        image[off..off + b.len()].copy_from_slice(b);
+    }) else {
+        return;
+    };
+    let g = usize::try_from(r.info.generation).unwrap();
+    assert!(g <= usize::from(gens), "generation {g} was never written");
+    assert!(image == states[g], "restored image is not generation {g}");
+});
