@@ -1,7 +1,11 @@
 //! The snapshot file format: header, page records, commit records.
 
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
 use crate::error::{ErrorKind, SnapshotError};
-use crate::storage::Storage;
+use crate::storage::{FileStorage, Storage};
 
 #[cfg(feature = "fault-injection")]
 use shm_testkit::crash_point;
@@ -95,13 +99,24 @@ fn page_len(page_size: u32, region_size: u64, index: u64) -> u64 {
     u64::from(page_size).min(region_size - start)
 }
 
+/// Whether bytes `0..len` are all zero. Holes of a sparse file are skipped
+/// without reading them ([`Storage::data_from`]).
 fn is_all_zero<S: Storage + ?Sized>(s: &S, len: u64) -> Result<bool, SnapshotError> {
-    let mut buf = vec![0u8; 1 << 20];
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
     let mut off = 0;
     while off < len {
-        let n = usize::try_from((len - off).min(buf.len() as u64)).unwrap_or(buf.len());
+        match s
+            .data_from(off)
+            .map_err(|e| SnapshotError::io("seek data", e))?
+        {
+            Some(data) if data < len => off = data,
+            _ => return Ok(true),
+        }
+        let n = usize::try_from((len - off).min(CHUNK as u64)).unwrap_or(CHUNK);
         rd(s, off, &mut buf[..n])?;
-        if buf[..n].iter().any(|&b| b != 0) {
+        if buf[..n] != zeros[..n] {
             return Ok(false);
         }
         off += n as u64;
@@ -167,9 +182,45 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64)
     Ok((page_size, region_size, len, false, u64_at(&h, 24)))
 }
 
-/// Scans and replays the log, calling `apply(offset, bytes)` for every page
-/// of every committed generation in order; pages of an uncommitted tail are
-/// never applied. The caller's region must start all zero.
+/// What a file's header says, without scanning the log: enough to size the
+/// region before [`restore`] fills it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Page size of the records.
+    pub page_size: u32,
+    /// Size of the snapshotted region (for an all-zero file, the file's size).
+    pub region_size: u64,
+    /// The generation before the first record of the log.
+    pub base_generation: u64,
+    /// Whether the file is all zeros (a fresh state of `region_size` bytes).
+    pub all_zero: bool,
+}
+
+/// Reads and checks a file's header.
+///
+/// # Errors
+/// As [`restore`].
+pub fn read_header<S: Storage + ?Sized>(s: &S) -> Result<Header, SnapshotError> {
+    let (page_size, region_size, _, all_zero, base_generation) = parse_header(s)?;
+    Ok(Header {
+        page_size,
+        region_size,
+        base_generation,
+        all_zero,
+    })
+}
+
+/// Replays the log into the caller's region, which must start all zero:
+/// `apply(offset, bytes)` writes `bytes` at `offset` of the region. When
+/// `restore` returns `Ok`, the region holds exactly the newest committed
+/// generation.
+///
+/// The file is read once, front to back, in large chunks; each page is
+/// applied as soon as its record's checksum is verified. Pages of an
+/// uncommitted tail (a snapshot cut short by a crash) are therefore applied
+/// too, and then put back: each is overwritten with its newest committed
+/// version (read again from the file) or with zeros. `apply` must simply
+/// overwrite; the last call for an offset wins.
 ///
 /// # Errors
 /// A clear [`SnapshotError`] for an empty, truncated, foreign, corrupt-header
@@ -177,7 +228,22 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64)
 /// replay at the last valid commit.
 pub fn restore<S: Storage + ?Sized>(
     s: &S,
+    apply: impl FnMut(u64, &[u8]),
+) -> Result<Restored, SnapshotError> {
+    restore_with_progress(s, apply, |_, _| {})
+}
+
+/// Bytes read per call while replaying.
+const READ_CHUNK: u64 = 1 << 18;
+
+/// [`restore`], reporting `progress(bytes_read, file_len)` after each chunk read.
+///
+/// # Errors
+/// As [`restore`].
+pub fn restore_with_progress<S: Storage + ?Sized>(
+    s: &S,
     mut apply: impl FnMut(u64, &[u8]),
+    mut progress: impl FnMut(u64, u64),
 ) -> Result<Restored, SnapshotError> {
     let (page_size, region_size, file_len, all_zero, base) = parse_header(s)?;
     let mut info = FileInfo {
@@ -190,17 +256,30 @@ pub fn restore<S: Storage + ?Sized>(
         all_zero,
     };
     if all_zero {
+        progress(file_len, file_len);
         return Ok(Restored { info });
     }
-    let pages = region_size.div_ceil(u64::from(page_size));
-    let mut pending: Vec<(u64, u64)> = Vec::new(); // (page index, payload offset)
+    let ps = u64::from(page_size);
+    let pages = region_size.div_ceil(ps);
+    // The window [win_off, win_off + win_len) of the file held in `buf`; one
+    // record (header and payload) always fits.
+    let cap = READ_CHUNK.max(2 * (REC_LEN + ps));
+    let mut buf = vec![0u8; usize::try_from(cap).unwrap_or(usize::MAX)];
+    let (mut win_off, mut win_len) = (HEADER_LEN, 0u64);
+    // Newest committed payload offset of each page written so far, and the
+    // pages applied since the last commit (index, payload offset).
+    let mut committed: HashMap<u64, u64> = HashMap::new();
+    let mut pending: Vec<(u64, u64)> = Vec::new();
     let mut off = HEADER_LEN;
-    let mut rh = [0u8; 32];
-    let mut payload = vec![0u8; page_size as usize];
     while off + REC_LEN <= file_len {
-        if rd(s, off, &mut rh).is_err() {
-            break;
+        if off + REC_LEN > win_off + win_len {
+            win_off = off;
+            win_len = cap.min(file_len - off);
+            rd(s, off, &mut buf[..usize::try_from(win_len).unwrap_or(0)])?;
+            progress(off + win_len, file_len);
         }
+        let at = usize::try_from(off - win_off).unwrap_or(0);
+        let rh: [u8; 32] = buf[at..at + 32].try_into().unwrap_or([0; 32]);
         if u32_at(&rh, 0) != REC_MAGIC || u64_at(&rh, 8) != info.generation + 1 {
             break;
         }
@@ -215,27 +294,38 @@ pub fn restore<S: Storage + ?Sized>(
         if plen != expected || off + REC_LEN + plen > file_len {
             break;
         }
-        let p = &mut payload[..usize::try_from(plen).unwrap_or(0)];
-        if rd(s, off + REC_LEN, p).is_err() {
+        if off + REC_LEN + plen > win_off + win_len {
+            // The payload runs past the window: slide it to this record.
+            win_off = off;
+            win_len = cap.min(file_len - off);
+            rd(s, off, &mut buf[..usize::try_from(win_len).unwrap_or(0)])?;
+            progress(off + win_len, file_len);
+        }
+        let at = usize::try_from(off - win_off).unwrap_or(0) + REC_LEN as usize;
+        let payload = &buf[at..at + usize::try_from(plen).unwrap_or(0)];
+        if crc32c::crc32c_append(crc32c::crc32c(&rh[0..28]), payload) != u32_at(&rh, 28) {
             break;
         }
-        if crc32c::crc32c_append(crc32c::crc32c(&rh[0..28]), p) != u32_at(&rh, 28) {
-            break;
-        }
-        off += REC_LEN + plen;
         if kind == KIND_PAGE {
-            pending.push((index, off - plen));
+            apply(index * ps, payload);
+            pending.push((index, off + REC_LEN));
         } else {
-            for &(index, poff) in &pending {
-                let l = usize::try_from(page_len(page_size, region_size, index)).unwrap_or(0);
-                rd(s, poff, &mut payload[..l])?;
-                apply(index * u64::from(page_size), &payload[..l]);
-            }
-            pending.clear();
+            committed.extend(pending.drain(..));
             info.generation += 1;
             info.commits += 1;
-            info.valid_end = off;
+            info.valid_end = off + REC_LEN;
         }
+        off += REC_LEN + plen;
+    }
+    // Put back the pages of the uncommitted tail.
+    let mut page = vec![0u8; page_size as usize];
+    for (index, _) in pending {
+        let l = usize::try_from(page_len(page_size, region_size, index)).unwrap_or(0);
+        match committed.get(&index) {
+            Some(&poff) => rd(s, poff, &mut page[..l])?,
+            None => page[..l].fill(0),
+        }
+        apply(index * ps, &page[..l]);
     }
     Ok(Restored { info })
 }
@@ -315,8 +405,21 @@ impl<S: Storage> SnapshotWriter<S> {
     ///
     /// # Errors
     /// As [`restore`], and I/O errors.
-    pub fn open(mut storage: S, state: &[u8]) -> Result<Self, SnapshotError> {
+    pub fn open(storage: S, state: &[u8]) -> Result<Self, SnapshotError> {
         let info = inspect(&storage)?;
+        Self::open_restored(storage, &info, state)
+    }
+
+    /// [`SnapshotWriter::open`] without scanning the file again: `info` and
+    /// `state` must come from a [`restore`] of this same storage.
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::open`].
+    pub fn open_restored(
+        mut storage: S,
+        info: &FileInfo,
+        state: &[u8],
+    ) -> Result<Self, SnapshotError> {
         if info.all_zero {
             // The file holds generation 0 (all zeros): `create`'s zero-page
             // hashes describe it, whatever `state` is, so the next snapshot
@@ -456,7 +559,8 @@ impl<S: Storage> SnapshotWriter<S> {
     /// Writes a compacted copy (header plus one generation holding only the
     /// non-zero pages of `state`, numbered as the current generation) to
     /// `target`, synced. The caller swaps it in (rename, then fsync of the
-    /// directory) and continues with [`SnapshotWriter::open`].
+    /// directory) and continues with [`SnapshotWriter::open`];
+    /// [`SnapshotWriter::compact_file`] does all of that for a file.
     ///
     /// # Errors
     /// I/O errors.
@@ -482,26 +586,125 @@ impl<S: Storage> SnapshotWriter<S> {
         // The header's base generation makes this one commit carry the current number.
         let g = self.generation.max(1);
         let mut n = 0u64;
+        let zeros = vec![0u8; self.page_size as usize];
+        let mut buf = Vec::new();
         for (i, page) in state.chunks(self.page_size as usize).enumerate() {
-            if page.iter().all(|&b| b == 0) {
+            if page == &zeros[..page.len()] {
                 continue;
             }
-            target
-                .write_at(off, &record_header(KIND_PAGE, g, i as u64, page))
-                .map_err(|e| SnapshotError::io("write", e))?;
-            target
-                .write_at(off + REC_LEN, page)
-                .map_err(|e| SnapshotError::io("write", e))?;
-            off += REC_LEN + page.len() as u64;
+            buf.extend_from_slice(&record_header(KIND_PAGE, g, i as u64, page));
+            buf.extend_from_slice(page);
             n += 1;
+            if buf.len() >= self.batch {
+                target
+                    .write_at(off, &buf)
+                    .map_err(|e| SnapshotError::io("write", e))?;
+                off += buf.len() as u64;
+                buf.clear();
+                crash_point!("compact.batch_written");
+            }
         }
+        buf.extend_from_slice(&record_header(KIND_COMMIT, g, n, &[]));
         target
-            .write_at(off, &record_header(KIND_COMMIT, g, n, &[]))
+            .write_at(off, &buf)
             .map_err(|e| SnapshotError::io("write", e))?;
         target
             .sync()
             .map_err(|e| SnapshotError::io("fdatasync", e))?;
         Ok(target)
+    }
+}
+
+/// The temporary file [`SnapshotWriter::compact_file`] writes before renaming
+/// it over `path`: `path` with `.compact.tmp` appended.
+#[must_use]
+pub fn compact_temp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".compact.tmp");
+    PathBuf::from(s)
+}
+
+/// Removes the temporary file of a compaction that was killed before its
+/// rename (the snapshot file itself is then still the complete old log).
+/// Returns whether there was one.
+///
+/// # Errors
+/// I/O errors other than the file being absent.
+pub fn remove_stale_compaction(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(compact_temp_path(path)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+impl SnapshotWriter<FileStorage> {
+    /// Replaces the log at `path` (this writer's file) by a compacted copy
+    /// holding `state`, which must be the state of the last snapshot: writes
+    /// [`compact_temp_path`] and `fdatasync`s it, renames it over `path`, then
+    /// `fsync`s the directory, and continues appending to the new file.
+    ///
+    /// A crash at any point leaves `path` restorable to the same generation:
+    /// before the rename it is the old log (the temporary file is garbage,
+    /// see [`remove_stale_compaction`]); after it, the synced compacted copy;
+    /// a power loss before the directory sync brings back either of the two.
+    /// On an error the writer keeps appending to the old log.
+    ///
+    /// # Errors
+    /// I/O errors (the old log stays in use), and a `state` that is not the
+    /// last snapshot's or a writer that has not snapshotted yet.
+    pub fn compact_file(&mut self, path: &Path, state: &[u8]) -> Result<(), SnapshotError> {
+        let same = state.len() as u64 == self.region_size
+            && state
+                .chunks(self.page_size as usize)
+                .zip(&self.hashes)
+                .all(|(p, &h)| crc32c::crc32c(p) == h);
+        if !same || self.generation == 0 {
+            return Err(SnapshotError::new(
+                ErrorKind::SizeMismatch,
+                "compaction needs the state of the last snapshot",
+            ));
+        }
+        let tmp = compact_temp_path(path);
+        let show = tmp.display();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| SnapshotError::io(&format!("create {show}"), e))?;
+        let target = match self.compact_into(FileStorage(f), state) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let end = match target.len() {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(SnapshotError::io("stat compacted file", e));
+            }
+        };
+        crash_point!("compact.temp_synced");
+        std::fs::rename(&tmp, path).map_err(|e| SnapshotError::io(&format!("rename {show}"), e))?;
+        crash_point!("compact.renamed");
+        // From here on the new file is the log, whatever happens below.
+        self.storage = target;
+        self.end = end;
+        sync_dir_of(path).map_err(|e| SnapshotError::io("fsync directory", e))?;
+        crash_point!("compact.dir_synced");
+        Ok(())
     }
 }
 

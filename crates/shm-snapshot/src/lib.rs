@@ -11,6 +11,7 @@ mod error;
 mod format;
 pub mod live;
 mod storage;
+pub mod track;
 
 pub use error::{ErrorKind, SnapshotError};
 pub use format::{

@@ -11,13 +11,21 @@
 //! (no loop waits for anyone). The host maps the memfd read-only and copies the
 //! committed copy seqlock-style: it keeps a copy only if `seq` was even and
 //! unchanged across it, so a copy is always exactly one committed state.
+//!
+//! Instead of naming the dirty ranges, a client can let the kernel find them:
+//! [`Client::track`] starts write-protect tracking of the work area
+//! ([`crate::track`]) and [`Client::commit_tracked`] copies exactly the pages
+//! written since the previous commit, with the same seqlock protocol.
 
+use std::ops::Range;
 use std::os::fd::BorrowedFd;
+use std::sync::{Mutex, TryLockError};
 
 use core::sync::atomic::{AtomicU64, Ordering, fence}; // atomics-ok: views of the mapped memfd
 use shm_segment::{Access, Mapping, Region}; // atomics-ok: views of the mmap'd memfd (Region hands out core atomics); modelled in tests/loom.rs
 
 use crate::error::{ErrorKind, SnapshotError};
+use crate::track::{TrackError, TrackErrorKind, Tracker};
 
 /// Magic at the start of the control page.
 pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV1");
@@ -100,10 +108,37 @@ pub fn initialize(
 }
 
 /// The program's side: edits the work area and commits.
+///
+/// Single writer: the work area must be written only through this client's
+/// mapping ([`Client::work`]) by this process, and commits must not overlap
+/// (they would interleave their `seq` stores).
 #[derive(Debug)]
 pub struct Client {
+    /// Dirty tracking, when started (declared before `map`: unregistered first).
+    tracking: Option<Mutex<Tracked>>,
     map: Mapping,
     region: u64,
+}
+
+/// What [`Client::commit_tracked`] published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackedCommit {
+    /// The new commit generation.
+    pub generation: u64,
+    /// Bytes copied into the committed copy: whole written pages, clipped to
+    /// the state region (0 when nothing was written).
+    pub bytes: u64,
+}
+
+/// The state of automatic dirty tracking.
+#[derive(Debug)]
+struct Tracked {
+    tracker: Tracker,
+    /// Byte ranges of the work area to copy at the next commit.
+    dirty: Vec<Range<usize>>,
+    /// A scan failed: pages may have been re-protected without being
+    /// reported, so the next commit copies the whole work area.
+    owe_full: bool,
 }
 
 impl Client {
@@ -121,7 +156,11 @@ impl Client {
     /// `commit`'s dirty ranges rely on).
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
         let (map, region) = map(fd, Access::ReadWrite)?;
-        let c = Self { map, region };
+        let c = Self {
+            tracking: None,
+            map,
+            region,
+        };
         let len = usize::try_from(region).unwrap_or(0);
         let seq = c.seq();
         // Relaxed: only the (single) client writes `seq`, and we are it now.
@@ -139,10 +178,11 @@ impl Client {
     }
 
     /// Copies ranges work → committed (`to_committed`) or committed → work.
-    fn copy_ranges(&self, ranges: &[std::ops::Range<usize>], to_committed: bool) {
+    /// Ranges are clipped to the state region.
+    fn copy_ranges(&self, ranges: &[Range<usize>], to_committed: bool) {
         let r = self.map.region();
+        let region = usize::try_from(self.region).unwrap_or(0);
         let area = usize::try_from(round(self.region)).unwrap_or(0);
-        let mut buf = vec![0u8; 1 << 16];
         let work = CONTROL_LEN as usize;
         let (from, to) = if to_committed {
             (work, work + area)
@@ -150,14 +190,9 @@ impl Client {
             (work + area, work)
         };
         for range in ranges {
-            let end = range.end.min(usize::try_from(self.region).unwrap_or(0));
-            let mut o = range.start;
-            while o < end {
-                let n = (end - o).min(buf.len());
-                let _ = r.read_bytes(from + o, &mut buf[..n]);
-                let _ = r.write_bytes(to + o, &buf[..n]);
-                o += n;
-            }
+            let end = range.end.min(region);
+            let start = range.start.min(end);
+            copy_bytes(r, from + start, to + start, end - start);
         }
     }
 
@@ -192,7 +227,134 @@ impl Client {
     /// changed since the last commit must be covered) as the next committed
     /// state. Wait-free: it copies the ranges and never waits for the host.
     /// Returns the new generation.
-    pub fn commit(&self, dirty: &[std::ops::Range<usize>]) -> u64 {
+    ///
+    /// With tracking started, this still copies only `dirty`; the pages the
+    /// tracker saw written stay pending and are copied (again) by the next
+    /// [`Client::commit_tracked`].
+    pub fn commit(&self, dirty: &[Range<usize>]) -> u64 {
+        self.publish(dirty)
+    }
+
+    /// Starts automatic dirty tracking of the work area (Linux 6.7 or later;
+    /// see [`crate::track`]). Afterwards [`Client::commit_tracked`] commits
+    /// without being told what changed.
+    ///
+    /// Edits made before this call and not yet committed are found by
+    /// comparing the work area with the committed copy once (a read of both,
+    /// proportional to the state size) and are included in the next tracked
+    /// commit. Calling it again while tracking does nothing.
+    ///
+    /// # Errors
+    /// [`TrackErrorKind::Unsupported`] when the kernel or the sandbox does not
+    /// offer the mechanism: keep committing with named ranges.
+    pub fn track(&mut self) -> Result<(), TrackError> {
+        if self.tracking.is_some() {
+            return Ok(());
+        }
+        let area = usize::try_from(round(self.region)).unwrap_or(0);
+        let r = self.map.region();
+        let work = r.sub(CONTROL_LEN as usize, area).map_err(|_| {
+            TrackError::new(
+                TrackErrorKind::Unsupported,
+                "work area outside the mapping",
+                None,
+            )
+        })?;
+        // Arm first, then compare: a write before arming shows in the
+        // comparison, one after it in the first scan.
+        let tracker = Tracker::new(work.as_ptr(), area)?;
+        let mut dirty = Vec::new();
+        let page = CONTROL_LEN as usize;
+        let region = usize::try_from(self.region).unwrap_or(0);
+        let committed = CONTROL_LEN as usize + area;
+        for off in (0..region).step_by(page) {
+            let n = page.min(region - off);
+            if !same_bytes(r, CONTROL_LEN as usize + off, committed + off, n) {
+                push_range(&mut dirty, off..off + n);
+            }
+        }
+        self.tracking = Some(Mutex::new(Tracked {
+            tracker,
+            dirty,
+            owe_full: false,
+        }));
+        Ok(())
+    }
+
+    /// Whether [`Client::track`] has started dirty tracking.
+    #[must_use]
+    pub fn is_tracking(&self) -> bool {
+        self.tracking.is_some()
+    }
+
+    /// Publishes every page of the work area written since the previous
+    /// commit as the next committed state, found by the dirty tracker (one
+    /// `PAGEMAP_SCAN` walk that also re-arms it), then copied under the same
+    /// seqlock as [`Client::commit`]. Never waits for the host or for another
+    /// thread. Returns the new generation and the bytes copied.
+    ///
+    /// Only writes through this client's mapping are seen (see
+    /// `docs/protocol/shm-snapshot.md`, "Dirty tracking").
+    ///
+    /// # Errors
+    /// [`TrackErrorKind::NotTracking`] before [`Client::track`];
+    /// [`TrackErrorKind::Busy`] when another thread is committing;
+    /// [`TrackErrorKind::Failed`] when the scan failed. In each case nothing
+    /// was committed; after a failed scan the next successful tracked commit
+    /// copies the whole work area, and `commit(&[0..region_size])` is always
+    /// a correct fallback.
+    pub fn commit_tracked(&self) -> Result<TrackedCommit, TrackError> {
+        let Some(tracking) = &self.tracking else {
+            return Err(TrackError::new(
+                TrackErrorKind::NotTracking,
+                "tracking was not started",
+                None,
+            ));
+        };
+        let mut t = match tracking.try_lock() {
+            Ok(t) => t,
+            // A panic inside a commit leaves `owe_full` or the pending list
+            // conservative (both only ever grow before the copy).
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                return Err(TrackError::new(
+                    TrackErrorKind::Busy,
+                    "another commit is in progress",
+                    None,
+                ));
+            }
+        };
+        let t = &mut *t;
+        let dirty = &mut t.dirty;
+        if let Err(e) = t.tracker.collect(|r| push_range(dirty, r)) {
+            t.owe_full = true;
+            return Err(TrackError::new(
+                TrackErrorKind::Failed,
+                "PAGEMAP_SCAN failed",
+                Some(e),
+            ));
+        }
+        let region = usize::try_from(self.region).unwrap_or(usize::MAX);
+        let (generation, bytes) = if t.owe_full {
+            (self.publish(std::slice::from_ref(&(0..region))), region)
+        } else {
+            let bytes = t
+                .dirty
+                .iter()
+                .map(|r| r.end.min(region) - r.start.min(region))
+                .sum();
+            (self.publish(&t.dirty), bytes)
+        };
+        t.owe_full = false;
+        t.dirty.clear();
+        Ok(TrackedCommit {
+            generation,
+            bytes: bytes as u64,
+        })
+    }
+
+    /// The seqlock commit: `seq` odd, copy `dirty` work → committed, `seq` even.
+    fn publish(&self, dirty: &[Range<usize>]) -> u64 {
         let seq = self.seq();
         // Relaxed: only this client writes `seq`.
         let s = seq.load(Ordering::Relaxed);
@@ -208,6 +370,64 @@ impl Client {
         seq.store(s + 2, Ordering::Release);
         s / 2 + 1
     }
+}
+
+/// Appends `r` to `v`, merging it with the last range when adjacent.
+fn push_range(v: &mut Vec<Range<usize>>, r: Range<usize>) {
+    match v.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => v.push(r),
+    }
+}
+
+/// Copies `len` bytes of the mapping from offset `from` to offset `to`
+/// (`from` and `to` congruent modulo 8): 8-byte Relaxed atomic loads and
+/// stores in the aligned middle, byte copies at the edges. Ordering against the
+/// host comes from the caller's seqlock.
+fn copy_bytes(r: Region<'_>, from: usize, to: usize, len: usize) {
+    let head = ((8 - from % 8) % 8).min(len);
+    let words = (len - head) / 8;
+    let tail = len - head - words * 8;
+    let mut edge = [0u8; 8];
+    if head > 0 {
+        let _ = r.read_bytes(from, &mut edge[..head]);
+        let _ = r.write_bytes(to, &edge[..head]);
+    }
+    if let (Ok(src), Ok(dst)) = (
+        r.atomics_u64(from + head, words),
+        r.atomics_u64(to + head, words),
+    ) {
+        for (d, s) in dst.iter().zip(src) {
+            // Relaxed: published by the caller's Release store of `seq`.
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+    if tail > 0 {
+        let o = head + words * 8;
+        let _ = r.read_bytes(from + o, &mut edge[..tail]);
+        let _ = r.write_bytes(to + o, &edge[..tail]);
+    }
+}
+
+/// Whether `len` bytes at offsets `a` and `b` of the mapping are equal (both
+/// 8-aligned). Relaxed loads: only the calling client writes either side.
+fn same_bytes(region: Region<'_>, a: usize, b: usize, len: usize) -> bool {
+    let words = len / 8;
+    let (Ok(left), Ok(right)) = (region.atomics_u64(a, words), region.atomics_u64(b, words)) else {
+        return false;
+    };
+    if left
+        .iter()
+        .zip(right)
+        .any(|(l, r)| l.load(Ordering::Relaxed) != r.load(Ordering::Relaxed))
+    {
+        return false;
+    }
+    let (mut p, mut q) = ([0u8; 8], [0u8; 8]);
+    let tail = len - words * 8;
+    let _ = region.read_bytes(a + words * 8, &mut p[..tail]);
+    let _ = region.read_bytes(b + words * 8, &mut q[..tail]);
+    p == q
 }
 
 /// The host's side: a read-only mapping of the memfd.

@@ -33,6 +33,15 @@ pub trait Storage {
     /// # Errors
     /// I/O errors.
     fn sync(&mut self) -> io::Result<()>;
+    /// The first offset at or after `offset` that may hold non-zero bytes, or
+    /// `None` if everything from `offset` to the end reads as zeros (a hole of
+    /// a sparse file). The default treats every byte as data.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn data_from(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
 }
 
 /// A real file.
@@ -54,6 +63,16 @@ impl Storage for FileStorage {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn data_from(&self, offset: u64) -> io::Result<Option<u64>> {
+        // SEEK_DATA: holes (e.g. of `truncate -s 5G FILE`) are skipped without reading.
+        match rustix::fs::seek(&self.0, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(pos) => Ok(Some(pos)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            // A file system without SEEK_DATA: read everything.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(Some(offset)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -91,3 +91,95 @@ fn writer_killed_at_each_crash_point() {
     }
     assert_eq!(killed, 6, "not every crash point fired");
 }
+
+/// Snapshots 1..=3, compacts, snapshots 4..=5; reports each durable step.
+fn compacting_writer(path: &Path) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    let mut w = SnapshotWriter::create(FileStorage(f), 4096, LEN as u64).unwrap();
+    w.set_write_batch(4096);
+    for g in 1..=3 {
+        w.snapshot(&state(g)).unwrap();
+        eprintln!("durable {g}");
+    }
+    w.compact_file(path, &state(3)).unwrap();
+    eprintln!("compacted");
+    for g in 4..=5 {
+        w.snapshot(&state(g)).unwrap();
+        eprintln!("durable {g}");
+    }
+}
+
+/// SIGKILL at each step of a compaction (mid-write of the temporary file,
+/// after its sync, after the rename, after the directory sync): the file
+/// restores exactly the generation last reported durable (or the next, once
+/// the killed step is past its sync), the stale temporary file is removed,
+/// and a writer reopened on the file continues.
+#[test]
+fn compaction_killed_at_each_crash_point() {
+    let dir = std::env::temp_dir();
+    if let Some(role) = shm_testkit::role() {
+        assert_eq!(role, "compactor");
+        compacting_writer(Path::new(&std::env::var("SNAP_FILE").unwrap()));
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(std::time::Duration::from_secs(120));
+    for point in [
+        "compact.batch_written@2",
+        "compact.temp_synced@1",
+        "compact.renamed@1",
+        "compact.dir_synced@1",
+    ] {
+        let path = dir.join(shm_testkit::unique_name("crash-compact"));
+        let out = shm_testkit::role_command("compaction_killed_at_each_crash_point", "compactor")
+            .env("SNAP_FILE", &path)
+            .env("SHM_CRASH_AT", point)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{point} did not fire: {text}");
+        assert!(!text.contains("compacted"), "{point}: {text}");
+        let tmp = shm_snapshot::compact_temp_path(&path);
+        let renamed = !tmp.exists();
+        assert_eq!(
+            renamed,
+            point.starts_with("compact.renamed") || point.starts_with("compact.dir_synced"),
+            "{point}"
+        );
+        let f = std::fs::File::open(&path).unwrap();
+        let mut v = vec![0u8; LEN];
+        let r = restore(&FileStorage(f), |o, b| {
+            let o = usize::try_from(o).unwrap();
+            v[o..o + b.len()].copy_from_slice(b);
+        })
+        .unwrap();
+        assert_eq!(r.info.generation, 3, "{point}: {text}");
+        assert_eq!(v, state(3), "{point}: content");
+        // A compacted file holds one commit; the old log three.
+        assert_eq!(r.info.commits, if renamed { 1 } else { 3 }, "{point}");
+        assert_eq!(
+            shm_snapshot::remove_stale_compaction(&path).unwrap(),
+            !renamed
+        );
+        assert!(!tmp.exists());
+        // The survivor takes further snapshots.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut w = SnapshotWriter::open(FileStorage(f), &v).unwrap();
+        w.snapshot(&state(4)).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(
+            shm_snapshot::inspect(&FileStorage(f)).unwrap().generation,
+            4
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+}
