@@ -15,7 +15,8 @@ pub mod track;
 
 pub use error::{ErrorKind, SnapshotError};
 pub use format::{
-    FileInfo, HEADER_LEN, MAGIC, Restored, SnapshotWriter, VERSION, inspect, restore,
+    FileInfo, HEADER_LEN, Header, MAGIC, Restored, SnapshotWriter, VERSION, compact_temp_path,
+    inspect, read_header, remove_stale_compaction, restore, restore_with_progress,
 };
 pub use storage::{FileStorage, MemStorage, Storage};
 

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shm_snapshot::live::{self, Host};
-use shm_snapshot::{FileStorage, SnapshotWriter, inspect, restore};
+use shm_snapshot::{
+    FileInfo, FileStorage, SnapshotWriter, Storage, compact_temp_path, inspect, read_header,
+    remove_stale_compaction, restore, restore_with_progress,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +31,19 @@ struct Args {
     /// Seconds between snapshots.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
+    /// Average limit on snapshot writes, in bytes per second (suffixes K, M,
+    /// G: powers of 1024). Periodic snapshots wait until the bytes already
+    /// written fit the rate; the snapshot at exit is never delayed.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
+    max_write_rate: Option<u64>,
+    /// Log a warning when the file has been behind the live commit
+    /// generation for this many seconds (repeated at most that often).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    lag_warn: f64,
+    /// Compact FILE when its log grows past this many times the image size
+    /// (state plus 4096 bytes): at least 1.5, or 0 to never compact.
+    #[arg(long, value_name = "FACTOR", default_value_t = 2.0)]
+    compact_at: f64,
     /// The fd name in LISTEN_FDNAMES and the fd store.
     #[arg(long, default_value = "state")]
     name: String,
@@ -112,18 +128,301 @@ fn image_gen(image: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Removes the temporary file of a compaction that a killed host left behind.
 fn cleanup_temp(path: &Path) {
-    let tmp = temp_path(path);
-    if tmp.exists() {
-        let _ = std::fs::remove_file(&tmp);
-        eprintln!("shm-restore: removed stale {}", tmp.display());
+    match remove_stale_compaction(path) {
+        Ok(true) => eprintln!(
+            "shm-restore: removed stale {}",
+            compact_temp_path(path).display()
+        ),
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "shm-restore: cannot remove stale {}: {e}",
+            compact_temp_path(path).display()
+        ),
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".compact.tmp");
-    PathBuf::from(s)
+/// FILE as read by one pass of [`restore_with_progress`].
+struct Loaded {
+    file: File,
+    info: FileInfo,
+    /// The newest committed image (control prefix, then the state region).
+    image: Vec<u8>,
+    /// The program's commit generation in that image.
+    generation: u64,
+}
+
+/// Files at least this large get a progress bar while restoring (on a terminal).
+const PROGRESS_MIN: u64 = 64 << 20;
+
+/// Reads FILE once: header, then every valid record straight into the image.
+fn load(path: &Path) -> Result<Option<Loaded>, String> {
+    let show = path.display();
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{show}: {e}")),
+    };
+    let st = FileStorage(file.try_clone().map_err(|e| format!("{show}: {e}"))?);
+    let header = read_header(&st).map_err(|e| format!("{show}: {e}"))?;
+    if header.region_size <= live::CONTROL_LEN {
+        return Err(format!(
+            "{show}: file of {} bytes is too small for a state",
+            header.region_size
+        ));
+    }
+    let len = usize::try_from(header.region_size).map_err(|_| {
+        format!(
+            "{show}: region of {} bytes is too large",
+            header.region_size
+        )
+    })?;
+    let mut image = Vec::new();
+    image
+        .try_reserve_exact(len)
+        .map_err(|_| format!("{show}: cannot allocate {len} bytes for its state"))?;
+    image.resize(len, 0);
+    let file_len = st.len().unwrap_or(0);
+    let mut bar = Progress::new(file_len);
+    let info = restore_with_progress(
+        &st,
+        |off, b| {
+            // `restore` keeps `off + b.len()` within the header's region size.
+            let o = usize::try_from(off).unwrap_or(usize::MAX);
+            if let Some(d) = image.get_mut(o..o.saturating_add(b.len())) {
+                d.copy_from_slice(b);
+            }
+        },
+        |done, total| bar.set(done, total),
+    )
+    .map_err(|e| format!("{show}: {e}"))?
+    .info;
+    bar.finish();
+    let generation = if info.all_zero { 0 } else { image_gen(&image) };
+    Ok(Some(Loaded {
+        file,
+        info,
+        image,
+        generation,
+    }))
+}
+
+/// A progress bar on a terminal for large files; nothing otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        use std::io::IsTerminal;
+        if total < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "shm-restore: restoring {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        ) {
+            bar.set_style(style);
+        }
+        Self(Some(bar))
+    }
+    fn set(&mut self, done: u64, _total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(done);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `--max-write-rate`: after a snapshot that started at `t` and wrote `n`
+/// bytes, the next periodic one waits until `t + n / rate`. The average write
+/// rate therefore stays at or below `rate`; the snapshot at the program's
+/// exit is never delayed.
+#[derive(Debug)]
+struct RateLimit {
+    rate: Option<u64>,
+    next: Option<Instant>,
+}
+
+impl RateLimit {
+    fn ready(&self, now: Instant) -> bool {
+        self.next.is_none_or(|t| now >= t)
+    }
+    fn wrote(&mut self, started: Instant, bytes: u64) {
+        if let Some(rate) = self.rate {
+            #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52
+            let wait = Duration::from_secs_f64(bytes as f64 / rate as f64);
+            self.next = Some(started + wait);
+        }
+    }
+}
+
+/// How far the file is behind the live commit generation.
+#[derive(Debug)]
+struct Lag {
+    warn_after: Duration,
+    /// When the host first saw a commit that is not yet on disk.
+    behind_since: Option<Instant>,
+    last_warned: Option<Instant>,
+    max_generations: u64,
+    max_time: Duration,
+}
+
+impl Lag {
+    /// Records an observation; returns a warning line when the lag has
+    /// exceeded `warn_after` (at most once per `warn_after`).
+    fn observe(&mut self, now: Instant, live: u64, durable: u64) -> Option<String> {
+        if live <= durable {
+            self.behind_since = None;
+            return None;
+        }
+        let since = *self.behind_since.get_or_insert(now);
+        let behind = now.saturating_duration_since(since);
+        let gens = live - durable;
+        self.max_generations = self.max_generations.max(gens);
+        self.max_time = self.max_time.max(behind);
+        let due = self
+            .last_warned
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.warn_after);
+        if behind >= self.warn_after && due {
+            self.last_warned = Some(now);
+            return Some(format!(
+                "lag: the file is {gens} generations ({:.1}s) behind the live state (file at {durable}, live at {live})",
+                behind.as_secs_f64()
+            ));
+        }
+        None
+    }
+}
+
+/// Parses a byte rate: an integer with an optional K, M or G suffix (powers of 1024).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte rate (e.g. 1048576, 512K, 10M)"))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err("the rate must be more than 0 bytes per second".into()),
+        Some(r) => Ok(r),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+/// The snapshot loop's state: the writer, its image buffer and the figures
+/// reported at exit.
+struct Snapshotter<'a> {
+    path: &'a Path,
+    host: Host,
+    writer: SnapshotWriter<FileStorage>,
+    image: Vec<u8>,
+    /// The program's newest commit generation that is durable in FILE.
+    persisted: u64,
+    limit: RateLimit,
+    lag: Lag,
+    compact_at: f64,
+    snapshots: u64,
+    bytes: u64,
+    compactions: u64,
+}
+
+impl Snapshotter<'_> {
+    /// Takes a snapshot unless the live state is already on disk; compacts
+    /// the log afterwards when it has outgrown `compact_at` times the image.
+    fn snapshot(&mut self) -> Result<(), String> {
+        let show = self.path.display();
+        let started = Instant::now();
+        let Some(g) = self
+            .host
+            .copy(&mut self.image[live::CONTROL_LEN as usize..], 1000)
+        else {
+            return Err(
+                "a commit was in progress at every try (or the program died inside one: \
+                 its next start finishes it); snapshot skipped"
+                    .into(),
+            );
+        };
+        if g <= self.persisted && self.writer.generation() > 0 {
+            return Ok(());
+        }
+        self.image[..8].copy_from_slice(&g.to_le_bytes());
+        self.writer
+            .snapshot(&self.image)
+            .map_err(|e| format!("{show}: {e}"))?;
+        self.persisted = g;
+        self.snapshots += 1;
+        self.bytes += self.writer.last_bytes_written;
+        self.limit.wrote(started, self.writer.last_bytes_written);
+        eprintln!(
+            "shm-restore: durable generation {g} ({} bytes written)",
+            self.writer.last_bytes_written
+        );
+        #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
+        let grown = self.writer.len() as f64 > self.compact_at * self.image.len() as f64;
+        if self.compact_at > 0.0 && grown {
+            let before = self.writer.len();
+            self.writer
+                .compact_file(self.path, &self.image)
+                .map_err(|e| format!("{show}: compaction: {e}"))?;
+            self.compactions += 1;
+            eprintln!(
+                "shm-restore: compacted {show}: {before} -> {} bytes",
+                self.writer.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// A periodic tick: snapshot if the rate limit allows, then check the lag.
+    fn tick(&mut self) {
+        if self.limit.ready(Instant::now())
+            && let Err(e) = self.snapshot()
+        {
+            eprintln!("shm-restore: {e}");
+        }
+        if let Some(w) = self
+            .lag
+            .observe(Instant::now(), self.host.generation(), self.persisted)
+        {
+            eprintln!("shm-restore: {w}");
+        }
+    }
+
+    /// The last snapshot at the program's exit (never rate-limited), and the summary.
+    fn finish(&mut self) {
+        if let Err(e) = self.snapshot() {
+            eprintln!("shm-restore: {e}");
+        }
+        let live = self.host.generation();
+        eprintln!(
+            "shm-restore: at exit: file at generation {}, live at {live} ({} behind); {} snapshots, {} bytes written, {} compactions; largest lag {} generations, {:.1}s",
+            self.persisted,
+            live.saturating_sub(self.persisted),
+            self.snapshots,
+            self.bytes,
+            self.compactions,
+            self.lag.max_generations,
+            self.lag.max_time.as_secs_f64()
+        );
+    }
+}
+
+fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 #[allow(clippy::too_many_lines, clippy::single_match_else)]
@@ -133,53 +432,43 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     if args.command.is_empty() {
         return Err("no COMMAND given".into());
     }
+    if !(args.interval.is_finite() && args.interval > 0.0) {
+        return Err(format!(
+            "--interval {}: must be a positive number of seconds",
+            args.interval
+        ));
+    }
+    if !(args.compact_at.is_finite() && (args.compact_at == 0.0 || args.compact_at >= 1.5)) {
+        return Err(format!(
+            "--compact-at {}: must be 0 (never) or at least 1.5",
+            args.compact_at
+        ));
+    }
+    if !(args.lag_warn.is_finite() && args.lag_warn >= 0.0) {
+        return Err(format!(
+            "--lag-warn {}: must be a number of seconds",
+            args.lag_warn
+        ));
+    }
     cleanup_temp(path);
     // Warm start: a memfd from LISTEN_FDS (systemd's fd store or `shm-fd --supervise`).
     let mut fds = shm_fd::listen::ListenFds::from_env().map_err(|e| e.to_string())?;
     let warm = fds.take(&args.name);
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !args.create && warm.is_none() {
-                return Err(format!(
-                    "{show}: no such file (use --create to start a fresh state)"
-                ));
-            }
-            None
-        }
-        Err(e) => return Err(format!("{show}: {e}")),
-    };
-    // The file's image: region size and generation.
-    let (file_region, file_gen) = match &file {
-        Some(f) => {
-            let st = FileStorage(f.try_clone().map_err(|e| format!("{show}: {e}"))?);
-            let i = inspect(&st).map_err(|e| format!("{show}: {e}"))?;
-            if i.region_size <= live::CONTROL_LEN {
-                return Err(format!(
-                    "{show}: file of {} bytes is too small for a state",
-                    i.region_size
-                ));
-            }
-            if i.all_zero {
-                (i.region_size - live::CONTROL_LEN, 0)
-            } else {
-                let mut g = 0;
-                restore(&st, |off, b| {
-                    if off == 0 {
-                        g = image_gen(b);
-                    }
-                })
-                .map_err(|e| format!("{show}: {e}"))?;
-                (i.region_size - live::CONTROL_LEN, g)
-            }
-        }
-        None => (args.size, 0),
-    };
-    let file_region = match (&file, &warm) {
+    let started = Instant::now();
+    // FILE, read once (a cold start restores from this image).
+    let loaded = load(path)?;
+    if loaded.is_none() && !args.create && warm.is_none() {
+        return Err(format!(
+            "{show}: no such file (use --create to start a fresh state)"
+        ));
+    }
+    let file_gen = loaded.as_ref().map_or(0, |l| l.generation);
+    let file_region = match (&loaded, &warm) {
+        (Some(l), _) => l.info.region_size - live::CONTROL_LEN,
         (None, Some(fd)) => Host::open(fd.as_fd())
             .map_err(|e| format!("inherited memfd: {e}"))?
             .region_size(),
-        _ => file_region,
+        (None, None) => args.size,
     };
     let fd: OwnedFd = match warm {
         Some(fd) => {
@@ -205,28 +494,18 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         None => {
             let size = live::memfd_size(file_region);
             let fd = shm_fd::state::create(&args.name, size).map_err(|e| format!("memfd: {e}"))?;
-            let started = Instant::now();
-            if let Some(f) = &file {
-                let st = FileStorage(f.try_clone().map_err(|e| format!("{show}: {e}"))?);
-                live::initialize(fd.as_fd(), file_region, file_gen, |apply| {
-                    let _ = restore(&st, |off, b| {
-                        if off == 0 {
-                            if b.len() > live::CONTROL_LEN as usize {
-                                apply(0, &b[live::CONTROL_LEN as usize..]);
-                            }
-                        } else {
-                            apply(off - live::CONTROL_LEN, b);
-                        }
-                    });
-                })
-                .map_err(|e| format!("memfd: {e}"))?;
+            live::initialize(fd.as_fd(), file_region, file_gen, |apply| {
+                if let Some(l) = &loaded {
+                    apply(0, &l.image[live::CONTROL_LEN as usize..]);
+                }
+            })
+            .map_err(|e| format!("memfd: {e}"))?;
+            if loaded.is_some() {
                 eprintln!(
                     "shm-restore: cold start: restored generation {file_gen} ({file_region} bytes) from {show} in {:.3}s",
                     started.elapsed().as_secs_f64()
                 );
             } else {
-                live::initialize(fd.as_fd(), file_region, 0, |_| {})
-                    .map_err(|e| format!("memfd: {e}"))?;
                 eprintln!(
                     "shm-restore: {show} missing: starting a fresh state of {file_region} bytes (--create)"
                 );
@@ -236,73 +515,55 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         }
     };
     let host = Host::open(fd.as_fd()).map_err(|e| format!("memfd: {e}"))?;
-    // The writer: continue the file, or create it.
+    // The writer continues FILE from the image just read, or creates FILE.
     let image_len =
         usize::try_from(live::CONTROL_LEN + file_region).map_err(|_| "state too large")?;
-    let mut image = vec![0u8; image_len];
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| format!("{show}: {e}"))?;
-    let fresh = f.metadata().map_or(true, |m| m.len() == 0);
-    let mut writer = if fresh {
-        let w = SnapshotWriter::create(FileStorage(f), 4096, image_len as u64)
-            .map_err(|e| format!("{show}: {e}"))?;
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+    let (writer, image) = match loaded {
+        Some(l) if l.info.all_zero => (
+            SnapshotWriter::open(FileStorage(l.file), &[]).map_err(|e| format!("{show}: {e}"))?,
+            l.image,
+        ),
+        Some(l) => (
+            SnapshotWriter::open_restored(FileStorage(l.file), &l.info, &l.image)
+                .map_err(|e| format!("{show}: {e}"))?,
+            l.image,
+        ),
+        None => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| format!("{show}: {e}"))?;
+            let w = SnapshotWriter::create(FileStorage(f), 4096, image_len as u64)
+                .map_err(|e| format!("{show}: {e}"))?;
+            sync_dir(path);
+            (w, vec![0u8; image_len])
         }
-        w
-    } else {
-        // Reopen at the file's own newest state, then snapshot the live one.
-        let st = FileStorage(f);
-        let mut old = vec![0u8; image_len];
-        let info = restore(&st, |off, b| {
-            let o = usize::try_from(off).unwrap_or(usize::MAX);
-            if let Some(d) = old.get_mut(o..o + b.len()) {
-                d.copy_from_slice(b);
-            }
-        })
-        .map_err(|e| format!("{show}: {e}"))?
-        .info;
-        if info.region_size != image_len as u64 {
-            return Err(format!(
-                "{show}: region size {} differs from the state's {image_len}",
-                info.region_size
-            ));
-        }
-        SnapshotWriter::open(st, &old).map_err(|e| format!("{show}: {e}"))?
     };
-    let mut persisted = file_gen;
-    let snapshot = |writer: &mut SnapshotWriter<FileStorage>,
-                    image: &mut Vec<u8>,
-                    persisted: &mut u64|
-     -> Result<(), String> {
-        let Some(g) = host.copy(&mut image[live::CONTROL_LEN as usize..], 1000) else {
-            return Err("commits overlap every copy; snapshot skipped".into());
-        };
-        if g <= *persisted && writer.generation() > 0 {
-            return Ok(());
-        }
-        image[..8].copy_from_slice(&g.to_le_bytes());
-        writer.snapshot(image).map_err(|e| format!("{show}: {e}"))?;
-        *persisted = g;
-        eprintln!(
-            "shm-restore: durable generation {g} ({} bytes written)",
-            writer.last_bytes_written
-        );
-        Ok(())
+    let mut snap = Snapshotter {
+        path,
+        host,
+        writer,
+        image,
+        persisted: file_gen,
+        limit: RateLimit {
+            rate: args.max_write_rate,
+            next: None,
+        },
+        lag: Lag {
+            warn_after: Duration::from_secs_f64(args.lag_warn),
+            behind_since: None,
+            last_warned: None,
+            max_generations: 0,
+            max_time: Duration::ZERO,
+        },
+        compact_at: args.compact_at,
+        snapshots: 0,
+        bytes: 0,
+        compactions: 0,
     };
-    if let Err(e) = snapshot(&mut writer, &mut image, &mut persisted) {
+    if let Err(e) = snap.snapshot() {
         eprintln!("shm-restore: {e}");
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -338,12 +599,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        if let Err(e) = snapshot(&mut writer, &mut image, &mut persisted) {
-            eprintln!("shm-restore: {e}");
-        }
         if let Some(s) = done {
+            snap.finish();
             break s;
         }
+        snap.tick();
     };
     eprintln!("shm-restore: {}", shm_fd::supervise::describe(status));
     Ok(exit_like(status))
@@ -358,4 +618,76 @@ fn exit_like(status: std::process::ExitStatus) -> ExitCode {
         return ExitCode::from(128 + u8::try_from(sig).unwrap_or(0));
     }
     ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_rate("1048576"), Ok(1 << 20));
+        assert_eq!(parse_rate("512K"), Ok(512 << 10));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("2g"), Ok(2 << 30));
+        for bad in [
+            "0",
+            "",
+            "fast",
+            "-5",
+            "1.5M",
+            "99999999999999999999",
+            "17179869184G",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_spaces_snapshots_by_bytes_over_rate() {
+        let t0 = Instant::now();
+        let mut none = RateLimit {
+            rate: None,
+            next: None,
+        };
+        none.wrote(t0, 1 << 30);
+        assert!(none.ready(t0));
+        let mut l = RateLimit {
+            rate: Some(1000),
+            next: None,
+        };
+        assert!(l.ready(t0));
+        l.wrote(t0, 5000);
+        assert!(!l.ready(t0 + Duration::from_millis(4999)));
+        assert!(l.ready(t0 + Duration::from_secs(5)));
+        // The wait counts from the snapshot's start, not from its end.
+        l.wrote(t0 + Duration::from_secs(5), 500);
+        assert!(l.ready(t0 + Duration::from_millis(5500)));
+    }
+
+    #[test]
+    fn lag_is_tracked_and_warned_once_per_threshold() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut lag = Lag {
+            warn_after: s(10),
+            behind_since: None,
+            last_warned: None,
+            max_generations: 0,
+            max_time: Duration::ZERO,
+        };
+        assert_eq!(lag.observe(t0, 5, 5), None);
+        assert_eq!(lag.observe(t0 + s(1), 7, 5), None);
+        assert_eq!(lag.observe(t0 + s(10), 9, 5), None);
+        let w = lag
+            .observe(t0 + s(11), 12, 5)
+            .expect("a warning after 10 s");
+        assert!(w.contains("7 generations (10.0s) behind"), "{w}");
+        assert_eq!(lag.observe(t0 + s(12), 13, 5), None, "warned 1 s ago");
+        assert!(lag.observe(t0 + s(21), 14, 5).is_some());
+        // Caught up: the clock restarts.
+        assert_eq!(lag.observe(t0 + s(22), 14, 14), None);
+        assert_eq!(lag.observe(t0 + s(23), 15, 14), None);
+        assert_eq!((lag.max_generations, lag.max_time), (9, s(20)));
+    }
 }

@@ -1,0 +1,287 @@
+//! `shm-restore` end to end with a program that commits nonstop: write-rate
+//! limit and lag reporting, compaction of a growing log (with a stale
+//! temporary file from a killed host cleaned up at start), option errors.
+#![cfg(feature = "shm-restore")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shm_snapshot::live::Client;
+use shm_snapshot::{FileStorage, compact_temp_path, inspect, restore};
+use shm_testkit::{ROLE_ENV, Watchdog, role, unique_name};
+
+const SHM_RESTORE: &str = env!("CARGO_BIN_EXE_shm-restore");
+const REGION: usize = 64 << 10;
+
+/// The program under `shm-restore`: every commit sets every word of the
+/// state to the generation it commits, so any restored state names itself.
+fn committer() {
+    let mut fds = shm_fd::listen::ListenFds::from_env_inherited().expect("valid LISTEN_*");
+    let fd = fds.take("state").expect("a memfd named state");
+    let client = Client::open(std::os::fd::AsFd::as_fd(&fd)).expect("a snapshot memfd");
+    let work = client.work();
+    loop {
+        let g = client.generation() + 1;
+        for w in 0..work.len() / 8 {
+            work.write(w * 8, &g).unwrap();
+        }
+        client.commit(std::slice::from_ref(&(0..work.len())));
+        println!("committed {g}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct Run {
+    child: Child,
+    err: PathBuf,
+}
+
+impl Run {
+    fn start(test: &str, file: &Path, opts: &[&str]) -> Run {
+        let err = file.with_extension("err");
+        let exe = std::env::current_exe().unwrap();
+        let child = Command::new(SHM_RESTORE)
+            .args(opts)
+            .arg(file)
+            .arg("--")
+            .arg(exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE_ENV, "committer")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Run { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.stderr().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} in:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (forwarded to the program), then the whole stderr.
+    fn stop(mut self) -> String {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        self.child.wait().unwrap();
+        let text = self.stderr();
+        let _ = std::fs::remove_file(&self.err);
+        text
+    }
+}
+
+/// The file's newest state: its generation, checked word by word.
+fn check_file(file: &Path) -> u64 {
+    let st = FileStorage(std::fs::File::open(file).unwrap());
+    let info = inspect(&st).unwrap();
+    assert_eq!(info.valid_end, info.file_len, "{info:?}");
+    let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
+    restore(&st, |off, b| {
+        let o = usize::try_from(off).unwrap();
+        image[o..o + b.len()].copy_from_slice(b);
+    })
+    .unwrap();
+    let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
+    let g = word(0);
+    for o in (4096..image.len()).step_by(8) {
+        assert_eq!(word(o), g, "word at {o} of generation {g}");
+    }
+    g
+}
+
+fn numbers_after(text: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique_name(name));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// With a write rate of 1 byte a second, the first snapshot (32 bytes or
+/// more) holds off every periodic one for half a minute: the file falls
+/// behind, the lag is logged, and the snapshot at exit still catches up.
+#[test]
+fn write_rate_limit_and_lag_report() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-rate");
+    let file = dir.join("state.snap");
+    let run = Run::start(
+        "write_rate_limit_and_lag_report",
+        &file,
+        &[
+            "--create",
+            "--size",
+            &REGION.to_string(),
+            "--interval",
+            "0.02",
+            "--max-write-rate",
+            "1",
+            "--lag-warn",
+            "0.1",
+        ],
+    );
+    run.wait_for("lag: the file is");
+    let text = run.stop();
+    // One snapshot at start, none while rate-limited, one at exit, unless
+    // SIGTERM caught the program inside a commit: then no committed state is
+    // whole in the memfd until a client finishes that commit, and the exit
+    // snapshot is skipped (and says so).
+    let durable = numbers_after(&text, "durable generation ");
+    let skipped = text.contains("snapshot skipped");
+    assert_eq!(durable.len(), if skipped { 1 } else { 2 }, "{text}");
+    let lags = numbers_after(&text, "lag: the file is ");
+    assert!(!lags.is_empty() && lags.iter().all(|&g| g > 0), "{text}");
+    let exit = text
+        .lines()
+        .find(|l| l.contains("at exit: file at generation"))
+        .unwrap_or_else(|| panic!("no exit summary in:\n{text}"));
+    assert_eq!(exit.contains("(0 behind)"), !skipped, "{exit}");
+    assert!(!exit.contains("largest lag 0 generations"), "{exit}");
+    // The file holds the last durable state, exactly one committed state.
+    assert_eq!(check_file(&file), *durable.last().unwrap(), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A log past `--compact-at` times the image is rewritten in place; the
+/// compacted file restores the same generation and keeps growing from there.
+/// A stale temporary file (a host killed mid-compaction) goes at start.
+#[test]
+fn log_is_compacted_and_stale_temp_removed() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-compact");
+    let file = dir.join("state.snap");
+    let tmp = compact_temp_path(&file);
+    std::fs::write(&tmp, b"left by a killed host").unwrap();
+    let run = Run::start(
+        "log_is_compacted_and_stale_temp_removed",
+        &file,
+        &[
+            "--create",
+            "--size",
+            &REGION.to_string(),
+            "--interval",
+            "0.02",
+            "--compact-at",
+            "2",
+        ],
+    );
+    run.wait_for("removed stale");
+    // Every snapshot writes the whole state: a compaction every few snapshots.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while run.stderr().matches("compacted ").count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", run.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = run.stop();
+    assert!(!tmp.exists(), "temporary file left behind");
+    let image = (REGION + 4096) as u64;
+    let len = std::fs::metadata(&file).unwrap().len();
+    // At most the threshold plus one full snapshot past it.
+    assert!(len <= 3 * image + image / 50, "log of {len} bytes");
+    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    assert_eq!(check_file(&file), last, "{text}");
+    assert!(text.contains("compactions"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_options_are_refused_by_name() {
+    for (opt, val) in [
+        ("--max-write-rate", "0"),
+        ("--max-write-rate", "fast"),
+        ("--compact-at", "1"),
+        ("--interval", "0"),
+        ("--lag-warn=-1", ""),
+    ] {
+        let opts: &[&str] = if val.is_empty() { &[opt] } else { &[opt, val] };
+        let out = Command::new(SHM_RESTORE)
+            .args(opts)
+            .args(["--create", "/nonexistent/dir/f", "--", "true"])
+            .env_remove("LISTEN_FDS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{opt} {val}: {err}");
+        let name = opt.split('=').next().unwrap();
+        assert!(err.contains(name), "{opt} {val}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// Restoring a large file shows a progress bar on a terminal (a pty from
+/// `script`), and only plain lines otherwise.
+#[test]
+fn progress_bar_on_a_terminal_only() {
+    use shm_snapshot::SnapshotWriter;
+    let dir = temp_dir("snap-progress");
+    let file = dir.join("big.snap");
+    let image_len = 64usize << 20;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .unwrap();
+    let mut w = SnapshotWriter::create(FileStorage(f), 4096, image_len as u64).unwrap();
+    let mut image = vec![7u8; image_len];
+    image[..4096].fill(0);
+    image[0] = 1; // the program's commit generation 1
+    w.snapshot(&image).unwrap();
+    drop(w);
+    let cmd = format!("{SHM_RESTORE} {} -- true", file.display());
+    let tty = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env_remove("LISTEN_FDS")
+        .env("TERM", "xterm")
+        .output()
+        .expect("script(1) from util-linux");
+    let tty_text = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{tty_text}");
+    assert!(tty_text.contains("shm-restore: restoring"), "{tty_text}");
+    assert!(
+        tty_text.contains("cold start: restored generation 1"),
+        "{tty_text}"
+    );
+    let plain = Command::new(SHM_RESTORE)
+        .arg(&file)
+        .args(["--", "true"])
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    let plain_text = String::from_utf8_lossy(&plain.stderr);
+    assert!(plain.status.success(), "{plain_text}");
+    assert!(!plain_text.contains("restoring"), "{plain_text}");
+    assert!(!plain_text.contains('\x1b'), "{plain_text}");
+    assert!(
+        plain_text.contains("cold start: restored generation 1"),
+        "{plain_text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
