@@ -278,10 +278,54 @@ fn progress_bar_on_a_terminal_only() {
     let plain_text = String::from_utf8_lossy(&plain.stderr);
     assert!(plain.status.success(), "{plain_text}");
     assert!(!plain_text.contains("restoring"), "{plain_text}");
+    assert!(plain_text.contains("shm-restore: reading "), "{plain_text}");
     assert!(!plain_text.contains('\x1b'), "{plain_text}");
     assert!(
         plain_text.contains("cold start: restored generation 1"),
         "{plain_text}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A valid snapshot file with a tiny page size and an image too small for a
+/// state: `inspect` describes it, a run refuses it by name; neither panics.
+#[test]
+fn tiny_pages_and_tiny_images_are_described_not_panicked_on() {
+    use shm_snapshot::{MemStorage, SnapshotWriter};
+    let dir = temp_dir("snap-tiny");
+    let file = dir.join("tiny.snap");
+    let mut w = SnapshotWriter::create(MemStorage::default(), 4, 100).unwrap();
+    w.snapshot(&[3u8; 100]).unwrap();
+    std::fs::write(&file, &w.storage().data).unwrap();
+    let out = Command::new(SHM_RESTORE)
+        .arg("inspect")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("page size: 4"), "{text}");
+    assert!(text.contains("too small"), "{text}");
+    assert!(
+        text.contains("committed generation of the program: 217020518514230019"),
+        "{text}"
+    );
+    let out = Command::new(SHM_RESTORE)
+        .arg(&file)
+        .args(["--", "true"])
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("too small"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

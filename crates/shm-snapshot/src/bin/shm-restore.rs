@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use shm_snapshot::live::{self, Host};
 use shm_snapshot::{
-    FileInfo, FileStorage, SnapshotWriter, Storage, compact_temp_path, inspect, read_header,
+    FileInfo, FileStorage, SnapshotWriter, Storage, compact_temp_path, read_header,
     remove_stale_compaction, restore, restore_with_progress,
 };
 
@@ -86,24 +86,35 @@ fn main() -> ExitCode {
 }
 
 fn do_inspect(path: &Path) -> Result<(), String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let i = inspect(&FileStorage(f)).map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("file: {}", path.display());
+    let show = path.display();
+    let st = FileStorage(File::open(path).map_err(|e| format!("{show}: {e}"))?);
+    // One pass: the scan, and the program's generation from the image's first bytes.
+    let mut head = [0u8; 8];
+    let i = restore(&st, |off, b| {
+        if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
+            let k = b.len().min(8 - n);
+            head[n..n + k].copy_from_slice(&b[..k]);
+        }
+    })
+    .map_err(|e| format!("{show}: {e}"))?
+    .info;
+    println!("file: {show}");
     if i.all_zero {
         println!("all zeros: a fresh state of {} bytes", i.region_size);
         return Ok(());
     }
     println!("page size: {}", i.page_size);
-    println!("region size: {}", i.region_size - live::CONTROL_LEN);
-    let mut g = 0;
-    let st = FileStorage(File::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
-    restore(&st, |off, b| {
-        if off == 0 {
-            g = image_gen(b);
-        }
-    })
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("committed generation of the program: {g}");
+    match i.region_size.checked_sub(live::CONTROL_LEN) {
+        Some(r) if r > 0 => println!("region size: {r}"),
+        _ => println!(
+            "region size: none (the image of {} bytes is too small for shm-restore's state)",
+            i.region_size
+        ),
+    }
+    println!(
+        "committed generation of the program: {}",
+        u64::from_le_bytes(head)
+    );
     println!(
         "file generation: {} ({} valid commits in the file)",
         i.generation, i.commits
@@ -214,7 +225,11 @@ struct Progress(Option<indicatif::ProgressBar>);
 impl Progress {
     fn new(total: u64) -> Self {
         use std::io::IsTerminal;
-        if total < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+        if total < PROGRESS_MIN {
+            return Self(None);
+        }
+        if !std::io::stderr().is_terminal() {
+            eprintln!("shm-restore: reading {total} bytes of snapshot log");
             return Self(None);
         }
         let bar = indicatif::ProgressBar::new(total);
