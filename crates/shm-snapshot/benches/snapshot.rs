@@ -38,6 +38,19 @@ fn main() {
         std::fs::remove_dir_all(&dir).unwrap();
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, path, region, ..] = &args[..]
+        && flag == "--host-copy"
+    {
+        host_copy_child(path, region.parse().unwrap());
+        return;
+    }
+    // `... -- pause`: only the commit-pause group.
+    if args.iter().skip(1).any(|a| a == "pause") {
+        commit_pause();
+        std::fs::remove_dir_all(&dir).unwrap();
+        return;
+    }
     let mut seedv = 1u64;
     let mut fill = |v: &mut [u8]| {
         for c in v.chunks_mut(8) {
@@ -111,59 +124,7 @@ fn main() {
     cold_restore(&dir, size);
 
     // 4. Client pause per commit while the host copies continuously.
-    for mib in [1u64, 100] {
-        let region = mib << 20;
-        let fd = shm_segment::memfd::create(
-            "bench",
-            live::memfd_size(region),
-            shm_segment::memfd::FIXED_SIZE,
-        )
-        .unwrap();
-        live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
-        let client = Client::open(fd.as_fd()).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)); // atomics-ok: process-local stop flag
-        let host_fd = fd.try_clone().unwrap();
-        let st = stop.clone();
-        let h = std::thread::spawn(move || {
-            let host = Host::open(host_fd.as_fd()).unwrap();
-            let mut buf = vec![0u8; region as usize];
-            let mut n = 0;
-            while !st.load(RELAXED) {
-                if host.copy(&mut buf, 10).is_some() {
-                    n += 1;
-                }
-            }
-            n
-        });
-        let work = client.work();
-        for (label, dirty) in [
-            ("1 page dirty", 4096usize),
-            ("whole state dirty", region as usize),
-        ] {
-            let mut pauses = Vec::new();
-            for i in 0..200u64 {
-                work.write(((i as usize * 4096) % region as usize) & !7, &i)
-                    .unwrap();
-                let t = Instant::now();
-                client.commit(&[0..dirty]);
-                pauses.push(t.elapsed());
-                if dirty > 1 << 24 && i >= 20 {
-                    break;
-                }
-            }
-            println!(
-                "commit pause, {mib} MiB state, {label}: p50 {:?} p99 {:?}",
-                pct(&mut pauses, 0.5),
-                pct(&mut pauses, 0.99)
-            );
-        }
-        stop.store(true, RELAXED); // atomics-ok
-        let copies = h.join().unwrap();
-        println!("  (host completed {copies} consistent copies meanwhile)");
-    }
-    println!(
-        "1 GiB state: not measured (a 2 GiB memfd plus host buffer exceeds this VM's comfortable memory)"
-    );
+    commit_pause();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -217,4 +178,161 @@ fn cold_restore(dir: &std::path::Path, size: usize) {
         b * 1e3,
         a / b
     );
+}
+
+/// The host side of the commit-pause group, in its own process as
+/// `shm-restore` is: copies the committed state nonstop until stdin closes,
+/// then prints how many consistent copies it made.
+fn host_copy_child(path: &str, region: usize) {
+    let f = std::fs::File::open(path).unwrap();
+    let host = Host::open(f.as_fd()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)); // atomics-ok: process-local stop flag
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+        st.store(true, RELAXED); // atomics-ok
+    });
+    let mut buf = vec![0u8; region];
+    let mut n = 0u64;
+    while !stop.load(RELAXED) {
+        if host.copy(&mut buf, 10).is_some() {
+            n += 1;
+        }
+    }
+    println!("{n}");
+}
+
+/// Client pause per commit at 1 MiB, 100 MiB and 1 GiB of state while a host
+/// process copies the committed state nonstop: the tracked commit (scan +
+/// copy), the named-range commit (copy) and a plain memcpy of the same dirty
+/// pages between two pre-faulted buffers, all in the same run. Also the
+/// program-side cost of tracking: the first write to a page in an epoch
+/// (a write-protect fault) against a second write to it.
+fn commit_pause() {
+    const PAGE: usize = 4096;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for mib in [1u64, 100, 1024] {
+        let region = mib << 20;
+        let pages = region as usize / PAGE;
+        let fd = shm_segment::memfd::create(
+            "bench",
+            live::memfd_size(region),
+            shm_segment::memfd::FIXED_SIZE,
+        )
+        .unwrap();
+        live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
+        let mut client = Client::open(fd.as_fd()).unwrap();
+        // A populated state: every page written and committed once.
+        let work = client.work();
+        for p in 0..pages {
+            work.write(p * PAGE, &(p as u64 + 1)).unwrap();
+        }
+        client.commit(&[0..region as usize]);
+        let t = Instant::now();
+        if let Err(e) = client.track() {
+            println!("commit pause, {mib} MiB: tracking unavailable ({e}); skipped");
+            continue;
+        }
+        let arm = t.elapsed();
+        let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--host-copy")
+            .arg(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ))
+            .arg(region.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let work = client.work();
+        // Pre-faulted, reused buffers for the memcpy baseline.
+        let src = vec![1u8; region as usize];
+        let mut dst = vec![2u8; region as usize];
+        let mut order: Vec<usize> = (0..pages).collect();
+        println!(
+            "commit pause, {mib} MiB state (host copying nonstop; track() took {:.1} ms):",
+            us(arm) / 1e3
+        );
+        for (label, k) in [
+            ("0 pages", 0usize),
+            ("1 page", 1),
+            ("0.1 %", (pages / 1000).max(1)),
+            ("1 %", (pages / 100).max(1)),
+            ("100 %", pages),
+        ] {
+            let (mut tracked, mut named, mut copy) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut first, mut second) = (Duration::ZERO, Duration::ZERO);
+            let mut ranges = Vec::with_capacity(k);
+            let rounds = if k == pages { 8 } else { 200u64 };
+            for i in 0..rounds {
+                // k distinct random pages (partial Fisher-Yates).
+                for j in 0..k {
+                    let r = j + (next() as usize) % (pages - j);
+                    order.swap(j, r);
+                }
+                let dirty = &order[..k];
+                let t = Instant::now();
+                for &p in dirty {
+                    work.write(p * PAGE + 8, &i).unwrap();
+                }
+                first += t.elapsed();
+                let t = Instant::now();
+                for &p in dirty {
+                    work.write(p * PAGE + 24, &i).unwrap();
+                }
+                second += t.elapsed();
+                let t = Instant::now();
+                let c = client.commit_tracked().unwrap();
+                tracked.push(t.elapsed());
+                assert_eq!(c.bytes, (k * PAGE) as u64, "tracked commit missed pages");
+                for &p in dirty {
+                    work.write(p * PAGE + 16, &i).unwrap();
+                }
+                ranges.clear();
+                ranges.extend(dirty.iter().map(|&p| p * PAGE..p * PAGE + PAGE));
+                let t = Instant::now();
+                client.commit(&ranges);
+                named.push(t.elapsed());
+                // Untimed: re-arm the pages the named commit left pending.
+                client.commit_tracked().unwrap();
+                let t = Instant::now();
+                for &p in dirty {
+                    dst[p * PAGE..p * PAGE + PAGE].copy_from_slice(&src[p * PAGE..p * PAGE + PAGE]);
+                }
+                copy.push(t.elapsed());
+                std::hint::black_box(&mut dst);
+            }
+            let (t50, t99) = (us(pct(&mut tracked, 0.5)), us(pct(&mut tracked, 0.99)));
+            let (n50, n99) = (us(pct(&mut named, 0.5)), us(pct(&mut named, 0.99)));
+            let (m50, m99) = (us(pct(&mut copy, 0.5)), us(pct(&mut copy, 0.99)));
+            println!(
+                "  {label:>7} dirty ({k} pages): tracked p50 {t50:.1} us p99 {t99:.1} us | named ranges p50 {n50:.1} us p99 {n99:.1} us | memcpy p50 {m50:.1} us p99 {m99:.1} us | tracked/named p50 {:.2}x p99 {:.2}x",
+                t50 / n50,
+                t99 / n99
+            );
+            if k > 0 {
+                let n = (k as u64 * rounds) as f64;
+                println!(
+                    "          program side: first write to a page per epoch {:.2} us, second write {:.2} us",
+                    us(first) / n,
+                    us(second) / n
+                );
+            }
+        }
+        drop(host.stdin.take());
+        let out = host.wait_with_output().unwrap();
+        println!(
+            "  (the host process completed {} consistent copies meanwhile)",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
 }
