@@ -9,6 +9,9 @@
 //! `CHUNK` primes, generation G holds `G * CHUNK` primes.
 //!
 //! Work-area layout: word 0 is the count N, words 1..=N the primes.
+//!
+//! Commits use automatic dirty tracking (`Client::track`, Linux 6.7+) when the
+//! kernel offers it, and otherwise name the ranges each chunk wrote.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -52,7 +55,15 @@ fn run() -> Result<(), String> {
     let fd = fds
         .take("state")
         .ok_or("no memfd named \"state\" in LISTEN_FDS: run me under shm-restore")?;
-    let client = Client::open(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| format!("state: {e}"))?;
+    let mut client =
+        Client::open(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| format!("state: {e}"))?;
+    let mut tracked = match client.track() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("primes-snapshot: {e}; committing named ranges instead");
+            false
+        }
+    };
     let work = client.work();
     let capacity = (work.len() / 8 - 1) as u64;
     // Relaxed: this process is the only writer; the region was handed over by exec.
@@ -101,7 +112,16 @@ fn run() -> Result<(), String> {
         work.write(0, &n).map_err(|e| e.to_string())?;
         let lo = usize::try_from((first + 1) * 8).unwrap_or(0);
         let hi = usize::try_from((n + 1) * 8).unwrap_or(0);
-        let g = client.commit(&[0..8, lo..hi]);
+        let g = match tracked.then(|| client.commit_tracked()) {
+            Some(Ok(c)) => c.generation,
+            Some(Err(e)) => {
+                // Nothing was committed: name the ranges from now on.
+                eprintln!("primes-snapshot: {e}; committing named ranges instead");
+                tracked = false;
+                client.commit(&[0..8, lo..hi])
+            }
+            None => client.commit(&[0..8, lo..hi]),
+        };
         println!("committed generation {g}: {n} primes, largest {p}");
         // Throughput limit.
         #[allow(clippy::cast_precision_loss)]
