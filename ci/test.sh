@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "docs (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features -q
 
+step "fuzz targets build (run them with: cargo +nightly fuzz run -O TARGET, in crates/*/fuzz)"
+for fuzz in crates/*/fuzz; do
+    CARGO_TARGET_DIR=target/fuzz-check cargo check -q --manifest-path "$fuzz/Cargo.toml" --bins
+done
+
 step "tests (debug)"
 cargo test --workspace --all-features
 
