@@ -133,6 +133,29 @@ fn named_range_commit_still_works_while_tracking() {
     assert_eq!(committed(&host).1, work(&c));
 }
 
+/// The kernel writing into the work area through the client's mapping (here
+/// `read(2)` from a pipe) is a write like any other.
+#[test]
+#[allow(unsafe_code)]
+fn kernel_writes_through_the_mapping_are_tracked() {
+    let fd = memfd(16 * PAGE as u64);
+    let c = tracked(&fd);
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    assert_eq!(rustix::io::write(&w, b"from the kernel").unwrap(), 15);
+    let at = 5 * PAGE + 3;
+    assert!(at + 15 <= c.work().len());
+    let ptr = c.work().as_ptr().wrapping_add(at);
+    // SAFETY: `ptr..ptr + 15` lies inside the work area (checked above), which
+    // stays mapped while `c` lives; only this thread touches it meanwhile, and
+    // the bytes are read back below through `Region` only.
+    let dst = unsafe { std::slice::from_raw_parts_mut(ptr, 15) };
+    assert_eq!(rustix::io::read(&r, dst).unwrap(), 15);
+    let t = c.commit_tracked().unwrap();
+    assert_eq!(t.bytes, PAGE as u64);
+    let host = Host::open(fd.as_fd()).unwrap();
+    assert_eq!(&committed(&host).1[at..at + 15], b"from the kernel");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
