@@ -89,12 +89,29 @@ pub mod raw {
     pub use crate::storage::{ConsumerLine, HeapStorage, ParkFlag, ProducerLine, Storage};
 }
 
-// Crash points (no-ops without `fault-injection`).
+// Crash points (no-ops without `fault-injection`). With it, a point costs one
+// load of a cached flag unless the process started with the crash variable set:
+// `shm_testkit::crash_point_hit` reads the environment, which takes a process-wide
+// lock, and the benchmark (built with the feature, as a dev-dependency) would
+// measure that lock bouncing between the producer's and the consumer's cores.
 #[cfg(feature = "fault-injection")]
-pub(crate) use shm_testkit::crash_point;
+macro_rules! crash_point {
+    ($name:literal) => {{
+        if $crate::crash_points_armed() {
+            shm_testkit::crash_point!($name);
+        }
+    }};
+}
 #[cfg(not(feature = "fault-injection"))]
 macro_rules! crash_point {
     ($name:literal) => {{}};
 }
-#[cfg(not(feature = "fault-injection"))]
 pub(crate) use crash_point;
+
+/// Whether [`shm_testkit::CRASH_ENV`] was set when first asked (tests set it
+/// only in the environment of the processes they start).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn crash_points_armed() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var_os(shm_testkit::CRASH_ENV).is_some())
+}
