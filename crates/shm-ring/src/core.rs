@@ -15,7 +15,12 @@
 //!
 //! Each field has its own 128-byte line: the counters are written on every
 //! operation, the flags only when a side parks, so reading the peer's flag
-//! after each commit is a cache hit in the common case.
+//! after each commit is a cache hit in the common case. The producer's line
+//! also carries `inline_seq` and `inline`, a seqlock-protected copy of the last
+//! element sent on its own (elements up to [`INLINE_BYTES`]): a consumer that
+//! polls `tail` gets such an element in the same cache-line transfer instead
+//! of fetching the slot's line afterwards ([`RawProducer::commit_one`],
+//! [`RawConsumer::read_one`]). The slot always holds the element too.
 //!
 //! Publication: the producer copies elements into free slots, then stores
 //! `tail` with Release; the consumer loads `tail` with Acquire, copies the
@@ -52,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use shm_sync::atomic::{Ordering, fence};
 
-use crate::storage::Storage;
+use crate::storage::{INLINE_BYTES, INLINE_WORDS, Storage};
 
 /// A value read from shared memory broke the ring's invariants: the peer is
 /// buggy or hostile, or the memory was overwritten.
@@ -120,6 +125,9 @@ pub struct RawConsumer<S: Storage> {
     /// Last validated `producer.tail`.
     tail: u64,
     capacity: u64,
+    /// Whether the producer's line was loaded by the last `refresh` and nothing
+    /// was released since: reading its inline copy is then a cache hit.
+    fresh: bool,
 }
 
 fn check(field: &'static str, found: u64, low: u64, high: u64) -> Result<u64, Corrupt> {
@@ -153,6 +161,11 @@ impl<S: Storage> RawProducer<S> {
         let (head, tail) = attach_counters(&storage)?;
         // Relaxed: a stale 1 left by a killed producer only costs the consumer a spurious wake-up.
         storage.producer_parked().parked.store(0, Ordering::Relaxed);
+        // Relaxed: a predecessor killed after storing `inline_seq = n + 1` but before
+        // `tail = n + 1` left a copy of an element that was never published. This
+        // store is ordered before our first Release store of `tail`, so a consumer
+        // that sees element `n` from us sees 0 (or our own later value) here.
+        storage.producer().inline_seq.store(0, Ordering::Relaxed);
         let capacity = storage.capacity();
         Ok(RawProducer {
             storage,
@@ -244,6 +257,40 @@ impl<S: Storage> RawProducer<S> {
             != 0
     }
 
+    /// Publishes one reserved element whose bytes `elem` are already in its slot.
+    /// An element of at most [`INLINE_BYTES`] bytes is also copied into the
+    /// producer's line (see [`RawConsumer::read_one`]). Returns what [`RawProducer::commit`] returns.
+    ///
+    /// # Panics
+    /// If no slot was free (a caller bug).
+    pub fn commit_one(&mut self, elem: &[u8]) -> bool {
+        if elem.len() <= INLINE_BYTES && self.free_cached() > 0 {
+            let line = self.storage.producer();
+            let mut words = [0u64; INLINE_WORDS];
+            for (word, chunk) in words.iter_mut().zip(elem.chunks(8)) {
+                let mut bytes = [0u8; 8];
+                bytes[..chunk.len()].copy_from_slice(chunk);
+                *word = u64::from_ne_bytes(bytes);
+            }
+            // Relaxed: ordered before the word stores by the Release fence below.
+            line.inline_seq.store(0, Ordering::Relaxed);
+            // SYNC: Release fence, pairs with the Acquire fence in
+            // `RawConsumer::read_one`: a consumer that reads any word stored
+            // below sees `inline_seq` 0 (or a later value) when it checks again.
+            fence(Ordering::Release);
+            for (cell, word) in line.inline.iter().zip(&words[..elem.len().div_ceil(8)]) {
+                // Relaxed: published by the Release store of `inline_seq` below.
+                cell.store(*word, Ordering::Relaxed);
+            }
+            // SYNC: Release, pairs with the Acquire load of `inline_seq` in
+            // `RawConsumer::read_one`; publishes the words. It precedes the
+            // store of `tail` in `commit`, so a consumer that sees the new
+            // `tail` and then loads `inline_seq` reads this value or a later one.
+            line.inline_seq.store(self.tail + 1, Ordering::Release);
+        }
+        self.commit(1)
+    }
+
     /// Waits until at least `want.min(capacity)` slots are free: spins for `spin`,
     /// then parks. Returns the free count.
     pub fn wait<P: Park>(
@@ -270,6 +317,7 @@ impl<S: Storage> RawConsumer<S> {
             head,
             tail,
             capacity,
+            fresh: false,
         })
     }
 
@@ -294,6 +342,7 @@ impl<S: Storage> RawConsumer<S> {
         let tail = self.storage.producer().tail.load(Ordering::Acquire);
         let high = self.head.saturating_add(self.capacity);
         self.tail = check("tail", tail, self.tail, high)?;
+        self.fresh = true;
         Ok(self.tail - self.head)
     }
 
@@ -303,7 +352,11 @@ impl<S: Storage> RawConsumer<S> {
             0 => {
                 // Start fetching the next slot's line while `tail` is loaded, so a
                 // busy-polling consumer pays one cross-core transfer, not two.
-                self.storage.prefetch(self.head);
+                // Small elements come with `tail` (`read_one`); prefetching their
+                // slot would only take the line from the producer, who writes it next.
+                if self.storage.elem_size() > INLINE_BYTES {
+                    self.storage.prefetch(self.head);
+                }
                 self.refresh()
             }
             n => Ok(n),
@@ -322,6 +375,43 @@ impl<S: Storage> RawConsumer<S> {
         self.storage.read(slot, dst);
     }
 
+    /// Copies the element at the head (which `peek` showed ready) into `dst`,
+    /// which must be one element long. Right after `peek` loaded the producer's
+    /// line, and when that line carries this element (`inline_seq == head + 1`,
+    /// checked before and after copying the words, as a seqlock reader does),
+    /// the bytes come from there; otherwise from the slot, which always holds them.
+    pub fn read_one(&self, slot: u64, dst: &mut [u8]) {
+        let want = self.head + 1;
+        if self.fresh
+            && self.tail > self.head
+            && dst.len() <= INLINE_BYTES
+            && dst.len() == self.storage.elem_size()
+        {
+            let line = self.storage.producer();
+            // SYNC: Acquire, pairs with the Release store of `inline_seq` in
+            // `RawProducer::commit_one`; makes the words it covers visible.
+            if line.inline_seq.load(Ordering::Acquire) == want {
+                let mut words = [0u64; INLINE_WORDS];
+                for (word, cell) in words.iter_mut().zip(&line.inline) {
+                    // Relaxed: checked by the second load of `inline_seq` below.
+                    *word = cell.load(Ordering::Relaxed);
+                }
+                // SYNC: Acquire fence, pairs with the Release fence in
+                // `RawProducer::commit_one`: if any word came from a later
+                // rewrite, the load below sees that rewrite's 0 or a later value.
+                fence(Ordering::Acquire);
+                // Relaxed: ordered after the word loads by the fence above.
+                if line.inline_seq.load(Ordering::Relaxed) == want {
+                    for (chunk, word) in dst.chunks_mut(8).zip(words) {
+                        chunk.copy_from_slice(&word.to_ne_bytes()[..chunk.len()]);
+                    }
+                    return;
+                }
+            }
+        }
+        self.storage.read(slot, dst);
+    }
+
     /// Frees `n` consumed elements. Returns true when the producer is parked
     /// and must be woken.
     ///
@@ -335,6 +425,7 @@ impl<S: Storage> RawConsumer<S> {
         if n == 0 {
             return false;
         }
+        self.fresh = false;
         self.head += n;
         // SYNC: Release, pairs with the Acquire load of `head` in
         // `RawProducer::refresh`; our slot reads happen before the producer reuses them.
@@ -562,6 +653,49 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn single_elements_come_from_the_inline_copy_or_the_slot() {
+        let sut = HeapStorage::new(4, 8);
+        let mut producer = RawProducer::attach(&sut).unwrap();
+        let mut consumer = RawConsumer::attach(&sut).unwrap();
+        let (slot, _) = producer.reserve(1).unwrap();
+        producer.write(slot, &7u64.to_ne_bytes());
+        producer.commit_one(&7u64.to_ne_bytes());
+        assert_eq!(sut.producer().inline_seq.load(Ordering::Relaxed), 1);
+        // The copy is what the consumer reads: make it differ from the slot to tell.
+        sut.producer().inline[0].store(8, Ordering::Relaxed);
+        let (slot, n) = consumer.peek(1).unwrap();
+        assert_eq!(n, 1);
+        let mut got = [0u8; 8];
+        consumer.read_one(slot, &mut got);
+        assert_eq!(u64::from_ne_bytes(got), 8);
+        consumer.release(1);
+        // A copy for another element number is ignored: the slot is read.
+        let (slot, _) = producer.reserve(1).unwrap();
+        producer.write(slot, &9u64.to_ne_bytes());
+        producer.commit(1);
+        let (slot, _) = consumer.peek(1).unwrap();
+        consumer.read_one(slot, &mut got);
+        assert_eq!(u64::from_ne_bytes(got), 9);
+    }
+
+    #[test]
+    fn attach_clears_a_dead_producers_inline_copy() {
+        let sut = HeapStorage::new(4, 8);
+        // A producer killed after announcing element 0 inline, before publishing it.
+        sut.producer().inline[0].store(99, Ordering::Relaxed);
+        sut.producer().inline_seq.store(1, Ordering::Relaxed);
+        let mut producer = RawProducer::attach(&sut).unwrap();
+        let mut consumer = RawConsumer::attach(&sut).unwrap();
+        let (slot, _) = producer.reserve(1).unwrap();
+        producer.write(slot, &2u64.to_ne_bytes());
+        producer.commit(1);
+        let (slot, _) = consumer.peek(1).unwrap();
+        let mut got = [0u8; 8];
+        consumer.read_one(slot, &mut got);
+        assert_eq!(u64::from_ne_bytes(got), 2);
     }
 
     #[test]

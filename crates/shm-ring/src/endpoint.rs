@@ -281,8 +281,13 @@ impl<T: Element> Producer<T> {
             Ok((_, 0)) => Err(TrySendError::Full(value)),
             Ok((slot, _)) => {
                 self.raw.write(slot, value.as_bytes());
-                self.committed(1)
-                    .map_err(|e| TrySendError::Failed(value, e))
+                crate::crash_point!("ring.before_commit");
+                if self.raw.commit_one(value.as_bytes())
+                    && let Err(e) = fds::notify(self.wake.as_fd())
+                {
+                    return Err(TrySendError::Failed(value, e));
+                }
+                Ok(())
             }
             Err(e) => Err(TrySendError::Failed(value, e.into())),
         }
@@ -477,7 +482,7 @@ impl<T: Element> Consumer<T> {
             return Ok(None);
         }
         let mut value = T::new_zeroed();
-        self.raw.read(slot, value.as_mut_bytes());
+        self.raw.read_one(slot, value.as_mut_bytes());
         self.released(1)?;
         Ok(Some(value))
     }

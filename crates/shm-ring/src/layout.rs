@@ -3,7 +3,7 @@
 //! ```text
 //! offset    size  contents                               written by
 //! 0         64    Header (magic, version, capacity, ...)   creator, once, before sharing
-//! 128       128   ProducerLine { tail }                    producer
+//! 128       128   ProducerLine { tail, inline_seq, inline } producer
 //! 256       128   ConsumerLine { head }                    consumer
 //! 384       128   ParkFlag { parked } of the producer      producer
 //! 512       128   ParkFlag { parked } of the consumer      consumer
@@ -17,8 +17,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// `Header::endian`: reads back as this only on a machine of the creator's byte order.
 pub const ENDIAN: u32 = 0x0102_0304;
-/// The layout version this crate writes and accepts.
-pub const VERSION: u32 = 1;
+/// The layout version this crate writes and accepts (2: the producer's line
+/// carries a copy of the last single element, `ProducerLine::inline`).
+pub const VERSION: u32 = 2;
 /// Offset of the [`crate::raw::ProducerLine`].
 pub const PRODUCER_LINE: usize = 128;
 /// Offset of the [`crate::raw::ConsumerLine`].

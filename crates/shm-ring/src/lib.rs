@@ -86,7 +86,9 @@ pub use crate::fds::{OpenError, RING_SEALS, RingFds};
 /// [`Producer`] and [`Consumer`].
 pub mod raw {
     pub use crate::core::{Park, RawConsumer, RawProducer};
-    pub use crate::storage::{ConsumerLine, HeapStorage, ParkFlag, ProducerLine, Storage};
+    pub use crate::storage::{
+        ConsumerLine, HeapStorage, INLINE_BYTES, INLINE_WORDS, ParkFlag, ProducerLine, Storage,
+    };
 }
 
 // Crash points (no-ops without `fault-injection`). With it, a point costs one

@@ -31,12 +31,27 @@ use crate::layout::{CONSUMER_LINE, CONSUMER_PARKED, DATA_OFFSET, PRODUCER_LINE, 
 #[cfg(not(shm_loom))]
 use shm_segment::Mapping;
 
-/// The producer's counter, alone on its 128-byte line: written only by the producer.
+/// Words in [`ProducerLine::inline`]: elements up to this many bytes also travel in the producer's line.
+pub const INLINE_WORDS: usize = 6;
+/// Largest element, in bytes, that [`ProducerLine::inline`] can carry.
+pub const INLINE_BYTES: usize = INLINE_WORDS * 8;
+
+/// The producer's counter and a copy of the last single element it published,
+/// together in the first 64 bytes of a 128-byte line written only by the producer.
+///
+/// The copy lets a consumer that polls `tail` get a small element in the same
+/// cache-line transfer that tells it the element is there, instead of fetching
+/// the slot's line afterwards. The slot is written too and stays authoritative.
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub struct ProducerLine {
     /// Number of elements ever published (monotonic). Slot of element `n` is `n % capacity`.
     pub tail: AtomicU64,
+    /// `n + 1` while [`ProducerLine::inline`] holds element `n`; 0 while it is being
+    /// rewritten (or holds nothing).
+    pub inline_seq: AtomicU64,
+    /// The bytes of element `inline_seq - 1`, zero-padded to whole words.
+    pub inline: [AtomicU64; INLINE_WORDS],
 }
 
 /// The consumer's counter, alone on its 128-byte line: written only by the consumer.
@@ -62,6 +77,9 @@ const _: () = {
     assert!(size_of::<ConsumerLine>() == 128 && align_of::<ConsumerLine>() == 128);
     assert!(size_of::<ParkFlag>() == 128 && align_of::<ParkFlag>() == 128);
     assert!(core::mem::offset_of!(ProducerLine, tail) == 0);
+    assert!(core::mem::offset_of!(ProducerLine, inline_seq) == 8);
+    assert!(core::mem::offset_of!(ProducerLine, inline) == 16);
+    assert!(core::mem::offset_of!(ProducerLine, inline) + INLINE_BYTES <= 64);
     assert!(core::mem::offset_of!(ConsumerLine, head) == 0);
     assert!(core::mem::offset_of!(ParkFlag, parked) == 0);
     assert!(PRODUCER_LINE + 128 <= CONSUMER_LINE && CONSUMER_LINE + 128 <= PRODUCER_PARKED);
@@ -148,6 +166,8 @@ impl HeapStorage {
         HeapStorage {
             producer: ProducerLine {
                 tail: AtomicU64::new(tail),
+                inline_seq: AtomicU64::new(0),
+                inline: core::array::from_fn(|_| AtomicU64::new(0)),
             },
             consumer: ConsumerLine {
                 head: AtomicU64::new(head),
