@@ -133,6 +133,29 @@ fn named_range_commit_still_works_while_tracking() {
     assert_eq!(committed(&host).1, work(&c));
 }
 
+/// Writes by other threads of the process go through the same mapping.
+#[test]
+fn writes_from_other_threads_are_tracked() {
+    let fd = memfd(32 * PAGE as u64);
+    let c = tracked(&fd);
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let c = &c;
+            s.spawn(move || {
+                for k in 0..4 {
+                    c.work()
+                        .write((t * 8 + k * 2) * PAGE + 40, &(t as u64 + 1))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let t = c.commit_tracked().unwrap();
+    assert_eq!(t.bytes, 16 * PAGE as u64);
+    let host = Host::open(fd.as_fd()).unwrap();
+    assert_eq!(committed(&host).1, work(&c));
+}
+
 /// The kernel writing into the work area through the client's mapping (here
 /// `read(2)` from a pipe) is a write like any other.
 #[test]
