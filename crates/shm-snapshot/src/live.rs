@@ -363,8 +363,12 @@ impl Client {
         // fence before its second load of `seq` in `Host::copy`.
         seq.store(s + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        self.copy_ranges(dirty, true);
+        // The crash point sits between the two halves of the ranges, so a
+        // kill there leaves the committed copy partly written.
+        let (first, rest) = dirty.split_at(dirty.len() / 2);
+        self.copy_ranges(first, true);
         crate::format::crash_point_client();
+        self.copy_ranges(rest, true);
         // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
         // a host that sees `s + 2` sees every byte of this copy.
         seq.store(s + 2, Ordering::Release);

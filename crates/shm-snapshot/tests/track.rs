@@ -179,6 +179,76 @@ fn kernel_writes_through_the_mapping_are_tracked() {
     assert_eq!(&committed(&host).1[at..at + 15], b"from the kernel");
 }
 
+/// Generation `g` of the crash test: writes `g` into `g` pages.
+fn write_generation(c: &Client, g: u64) {
+    for j in 0..g as usize {
+        let page = (g as usize * 7 + j * 5) % 32;
+        c.work().write(page * PAGE + 8 * j, &g).unwrap();
+    }
+}
+
+/// The state after generations `1..=g`.
+fn model_generation(g: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 32 * PAGE];
+    for k in 1..=g {
+        for j in 0..k as usize {
+            let at = (k as usize * 7 + j * 5) % 32 * PAGE + 8 * j;
+            v[at..at + 8].copy_from_slice(&k.to_ne_bytes());
+        }
+    }
+    v
+}
+
+/// SIGKILL of a tracking client inside its n-th tracked commit (crash point
+/// `client.mid_commit`: after the scan, with `seq` odd and half of the dirty
+/// ranges copied): the host never takes that half-published state, the next
+/// client finishes the commit from the work area, and tracking works again
+/// afterwards.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn client_killed_inside_a_tracked_commit() {
+    if let Some(role) = shm_testkit::role() {
+        assert_eq!(role, "client");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(std::env::var("STATE_PATH").unwrap())
+            .unwrap();
+        let mut c = Client::open(f.as_fd()).unwrap();
+        c.track().unwrap();
+        for g in 1..=5 {
+            write_generation(&c, g);
+            assert_eq!(c.commit_tracked().unwrap().generation, g);
+        }
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(std::time::Duration::from_secs(120));
+    for nth in [1u64, 3, 5] {
+        let fd = memfd(32 * PAGE as u64);
+        let path = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        );
+        let out = shm_testkit::role_command("client_killed_inside_a_tracked_commit", "client")
+            .env("STATE_PATH", &path)
+            .env("SHM_CRASH_AT", format!("client.mid_commit@{nth}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "crash point {nth} did not fire");
+        let host = Host::open(fd.as_fd()).unwrap();
+        let mut buf = vec![0u8; 32 * PAGE];
+        assert_eq!(host.copy(&mut buf, 1), None, "half-published commit copied");
+        let mut c = Client::open(fd.as_fd()).unwrap();
+        assert_eq!(c.generation(), nth);
+        assert_eq!(committed(&host), (nth, model_generation(nth)));
+        c.track().unwrap();
+        write_generation(&c, nth + 1);
+        assert_eq!(c.commit_tracked().unwrap().generation, nth + 1);
+        assert_eq!(committed(&host), (nth + 1, model_generation(nth + 1)));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
