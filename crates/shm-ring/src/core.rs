@@ -215,9 +215,15 @@ impl<S: Storage> RawProducer<S> {
     /// The contiguous free run at the tail: `(first_slot, len)` with `len <= want`
     /// (0 when full).
     pub fn reserve(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
-        let free = self.free(want)?;
+        self.reserve_cached(want, want)
+    }
+
+    /// Like [`RawProducer::reserve`]`(max)`, but reloads the consumer's `head`
+    /// only when the cache shows fewer than `reload_below` free slots.
+    pub fn reserve_cached(&mut self, reload_below: u64, max: u64) -> Result<(u64, u64), Corrupt> {
+        let free = self.free(reload_below)?;
         let slot = self.tail & (self.capacity - 1);
-        Ok((slot, free.min(self.capacity - slot).min(want)))
+        Ok((slot, free.min(self.capacity - slot).min(max)))
     }
 
     /// Copies bytes into slots (see [`Storage::write`]).
@@ -366,6 +372,14 @@ impl<S: Storage> RawConsumer<S> {
     /// The contiguous run of ready elements at the head: `(first_slot, len)`, `len <= want`.
     pub fn peek(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
         let ready = self.available()?;
+        let slot = self.head & (self.capacity - 1);
+        Ok((slot, ready.min(self.capacity - slot).min(want)))
+    }
+
+    /// Like [`RawConsumer::peek`], but reloads the producer's `tail` first
+    /// even when the cache shows elements ready.
+    pub fn peek_fresh(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
+        let ready = self.refresh()?;
         let slot = self.head & (self.capacity - 1);
         Ok((slot, ready.min(self.capacity - slot).min(want)))
     }

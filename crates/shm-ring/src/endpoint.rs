@@ -163,6 +163,8 @@ impl<T: Element> Slots<'_, T> {
 #[derive(Debug)]
 pub struct Producer<T> {
     pub(crate) raw: RawProducer<MapStorage>,
+    /// The last zero-copy send published nothing: the next one reloads `head`.
+    declined: bool,
     /// The consumer's eventfd (`data_ready`).
     wake: OwnedFd,
     parker: Parker,
@@ -174,6 +176,8 @@ pub struct Producer<T> {
 #[derive(Debug)]
 pub struct Consumer<T> {
     pub(crate) raw: RawConsumer<MapStorage>,
+    /// The last zero-copy receive released nothing: the next one reloads `tail`.
+    declined: bool,
     /// The producer's eventfd (`space_ready`).
     wake: OwnedFd,
     parker: Parker,
@@ -233,6 +237,7 @@ impl<T: Element> Producer<T> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
         Ok(Producer {
             raw: RawProducer::attach(storage)?,
+            declined: false,
             wake: dup(&fds.data_ready)?,
             parker: Parker {
                 eventfd: dup(&fds.space_ready)?,
@@ -372,13 +377,18 @@ impl<T: Element> Producer<T> {
     /// Zero-copy batch: lends the contiguous free run at the tail (possibly
     /// empty) to `fill`, which writes slots and returns how many to publish.
     ///
+    /// The run is what this side last saw free: the consumer's `head` is
+    /// reloaded only when that is less than half the ring, or when the
+    /// previous zero-copy send published nothing (so a caller waiting for a
+    /// run of some length sees the consumer's progress on its next call).
+    ///
     /// # Panics
     /// If `fill` returns more than it was lent.
     pub fn send_with<F: FnOnce(SlotsMut<'_, T>) -> usize>(
         &mut self,
         fill: F,
     ) -> Result<usize, RingError> {
-        let (first, len) = self.raw.reserve(self.raw.capacity())?;
+        let (first, len) = self.lend_free()?;
         let slots = SlotsMut {
             storage: self.raw.storage(),
             first,
@@ -390,6 +400,23 @@ impl<T: Element> Producer<T> {
             n as u64 <= len,
             "send_with: {n} slots published, {len} lent"
         );
+        self.lent_published(n)
+    }
+
+    /// The run a zero-copy send lends (see [`Producer::send_with`]).
+    pub(crate) fn lend_free(&mut self) -> Result<(u64, u64), RingError> {
+        let capacity = self.raw.capacity();
+        let reload_below = if self.declined {
+            capacity
+        } else {
+            capacity.div_ceil(2)
+        };
+        Ok(self.raw.reserve_cached(reload_below, capacity)?)
+    }
+
+    /// Publishes `n` elements written into a lent run.
+    pub(crate) fn lent_published(&mut self, n: usize) -> Result<usize, RingError> {
+        self.declined = n == 0;
         self.committed(n as u64)?;
         Ok(n)
     }
@@ -434,6 +461,7 @@ impl<T: Element> Consumer<T> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
         Ok(Consumer {
             raw: RawConsumer::attach(storage)?,
+            declined: false,
             wake: dup(&fds.space_ready)?,
             parker: Parker {
                 eventfd: dup(&fds.data_ready)?,
@@ -538,13 +566,18 @@ impl<T: Element> Consumer<T> {
     /// Zero-copy batch: lends the contiguous run of ready elements at the head
     /// (possibly empty) to `take`, which returns how many to release.
     ///
+    /// The run is what this side last saw ready: the producer's `tail` is
+    /// reloaded when that is nothing, or when the previous zero-copy receive
+    /// released nothing (so a caller waiting for a run of some length sees
+    /// the producer's progress on its next call).
+    ///
     /// # Panics
     /// If `take` returns more than it was lent.
     pub fn recv_with<F: FnOnce(Slots<'_, T>) -> usize>(
         &mut self,
         take: F,
     ) -> Result<usize, RingError> {
-        let (first, len) = self.raw.peek(self.raw.capacity())?;
+        let (first, len) = self.lend_ready()?;
         let slots = Slots {
             storage: self.raw.storage(),
             first,
@@ -553,6 +586,22 @@ impl<T: Element> Consumer<T> {
         };
         let n = take(slots);
         assert!(n as u64 <= len, "recv_with: {n} released, {len} lent");
+        self.lent_released(n)
+    }
+
+    /// The run a zero-copy receive lends (see [`Consumer::recv_with`]).
+    pub(crate) fn lend_ready(&mut self) -> Result<(u64, u64), RingError> {
+        let capacity = self.raw.capacity();
+        Ok(if self.declined {
+            self.raw.peek_fresh(capacity)?
+        } else {
+            self.raw.peek(capacity)?
+        })
+    }
+
+    /// Releases `n` elements of a lent run.
+    pub(crate) fn lent_released(&mut self, n: usize) -> Result<usize, RingError> {
+        self.declined = n == 0;
         self.released(n as u64)?;
         Ok(n)
     }

@@ -14,7 +14,8 @@ use crate::endpoint::{Consumer, Element, Producer};
 
 impl<T: Element> Producer<T> {
     /// Zero-copy batch with a plain `&mut [T]` over the free slots, as
-    /// shmem-ipc's `send_trusted`: `fill` returns how many to publish.
+    /// shmem-ipc's `send_trusted`: `fill` returns how many to publish. The run
+    /// is chosen as for [`Producer::send_with`].
     ///
     /// # Safety
     /// The consumer must be trusted to follow the protocol: it must not write
@@ -28,7 +29,7 @@ impl<T: Element> Producer<T> {
         &mut self,
         fill: F,
     ) -> Result<usize, RingError> {
-        let (first, len) = self.raw.reserve(self.raw.capacity())?;
+        let (first, len) = self.lend_free()?;
         // SAFETY: the run is reserved (free, owned by us under the protocol),
         // in bounds, T matches the slot size and is FromBytes; trust in the
         // peer is the caller's precondition, forwarded.
@@ -39,14 +40,14 @@ impl<T: Element> Producer<T> {
             n as u64 <= len,
             "send_trusted: {n} slots published, {len} lent"
         );
-        self.committed(n as u64)?;
-        Ok(n)
+        self.lent_published(n)
     }
 }
 
 impl<T: Element> Consumer<T> {
     /// Zero-copy batch with a plain `&[T]` over the ready elements, as
-    /// shmem-ipc's `receive_trusted`: `take` returns how many to release.
+    /// shmem-ipc's `receive_trusted`: `take` returns how many to release. The
+    /// run is chosen as for [`Consumer::recv_with`].
     ///
     /// # Safety
     /// The producer must be trusted not to write published slots until they
@@ -59,7 +60,7 @@ impl<T: Element> Consumer<T> {
         &mut self,
         take: F,
     ) -> Result<usize, RingError> {
-        let (first, len) = self.raw.peek(self.raw.capacity())?;
+        let (first, len) = self.lend_ready()?;
         // SAFETY: the run is published and not released (ours under the
         // protocol), in bounds, T matches the slot size and is FromBytes;
         // trust in the peer is the caller's precondition, forwarded.
@@ -67,7 +68,6 @@ impl<T: Element> Consumer<T> {
             unsafe { crate::storage::slots_mut::<T>(self.raw.storage(), first, len as usize) };
         let n = take(slots);
         assert!(n as u64 <= len, "receive_trusted: {n} released, {len} lent");
-        self.released(n as u64)?;
-        Ok(n)
+        self.lent_released(n)
     }
 }

@@ -128,6 +128,40 @@ fn slices_and_zero_copy_batches_round_trip() {
     assert_eq!(rx.try_recv().unwrap(), Some(7));
 }
 
+/// A zero-copy caller that waits for a run of some length (declining shorter
+/// ones) sees the peer's progress on its next call, on both ends.
+#[test]
+fn zero_copy_callers_that_decline_see_progress() {
+    let (mut tx, mut rx) = channel::<u32>(8).unwrap();
+    let take4 = |slots: shm_ring::Slots<'_, u32>| if slots.len() >= 4 { 4 } else { 0 };
+    tx.send(1).unwrap();
+    assert_eq!(rx.recv_with(take4).unwrap(), 0, "one ready, four wanted");
+    tx.try_send_slice(&[2, 3, 4]).unwrap();
+    assert_eq!(rx.recv_with(take4).unwrap(), 4, "the other three were seen");
+    // Producer: it sees four free up to the wrap and declines; once the
+    // consumer has emptied the ring it gets the run of six it waits for.
+    let put6 = |mut slots: shm_ring::SlotsMut<'_, u32>| {
+        if slots.len() < 6 {
+            return 0;
+        }
+        slots.copy_from_slice(0, &[5; 6]);
+        6
+    };
+    assert_eq!(tx.send_with(put6).unwrap(), 0, "four free before the wrap");
+    assert_eq!(tx.try_send_slice(&[9; 4]).unwrap(), 4);
+    assert_eq!(tx.send_with(put6).unwrap(), 0, "full");
+    let mut out = [0u32; 8];
+    assert_eq!(rx.try_recv_slice(&mut out).unwrap(), 4);
+    assert_eq!(out[..4], [9; 4]);
+    assert_eq!(
+        tx.send_with(put6).unwrap(),
+        6,
+        "the consumer's progress was seen"
+    );
+    assert_eq!(rx.try_recv_slice(&mut out).unwrap(), 6);
+    assert_eq!(out[..6], [5; 6]);
+}
+
 #[test]
 fn byte_stream_carries_a_checksummed_stream() {
     let (mut tx, mut rx) = channel::<u8>(4096).unwrap();
