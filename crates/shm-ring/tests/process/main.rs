@@ -195,6 +195,12 @@ fn hostile_peer_scribbling_the_header_gets_corrupt_errors_not_a_crash() {
                     Err(RingError::Corrupt(_)) => corrupt += 1,
                     Err(_) => other += 1,
                 }
+                // One element at a time also goes through the producer's line.
+                if let Err(shm_ring::TrySendError::Failed(_, RingError::Corrupt(_))) =
+                    tx.try_send(i)
+                {
+                    corrupt += 1;
+                }
                 i += 1;
             }
         }
