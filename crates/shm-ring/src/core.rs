@@ -143,14 +143,21 @@ fn check(field: &'static str, found: u64, low: u64, high: u64) -> Result<u64, Co
     }
 }
 
-/// Reads both counters when a side (re)attaches and checks `head <= tail <= head + capacity`.
+/// Largest counter value a side accepts when it attaches. A ring moving a
+/// billion elements a second takes 292 years to get there; the bound keeps
+/// every later `counter + n` far from overflowing, whatever a peer wrote.
+const MAX_COUNTER: u64 = 1 << 63;
+
+/// Reads both counters when a side (re)attaches and checks
+/// `head <= tail <= head + capacity` and `tail <= MAX_COUNTER`.
 fn attach_counters<S: Storage>(storage: &S) -> Result<(u64, u64), Corrupt> {
     // SYNC: Acquire, pairs with the Release stores of `head` / `tail` by the
     // current peer or by our own previous incarnation; slots they cover are settled.
     let head = storage.consumer().head.load(Ordering::Acquire);
     // SYNC: as above.
     let tail = storage.producer().tail.load(Ordering::Acquire);
-    let high = head.saturating_add(storage.capacity());
+    check("head", head, 0, MAX_COUNTER)?;
+    let high = head.saturating_add(storage.capacity()).min(MAX_COUNTER);
     check("tail", tail, head, high)?;
     Ok((head, tail))
 }
@@ -648,6 +655,20 @@ mod tests {
                 low: 2,
                 high: 6
             })
+        ));
+    }
+
+    #[test]
+    fn counters_near_overflow_are_refused_at_attach() {
+        let sut = HeapStorage::starting_at(4, 8, u64::MAX - 1, u64::MAX - 1);
+        assert!(matches!(
+            RawProducer::attach(&sut),
+            Err(Corrupt { field: "head", .. })
+        ));
+        let sut = HeapStorage::starting_at(4, 8, MAX_COUNTER - 1, MAX_COUNTER + 1);
+        assert!(matches!(
+            RawConsumer::attach(&sut),
+            Err(Corrupt { field: "tail", .. })
         ));
     }
 
