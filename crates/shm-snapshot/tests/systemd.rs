@@ -13,7 +13,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use shm_snapshot::{FileStorage, restore};
@@ -26,22 +25,9 @@ const CHUNK: u64 = 1000;
 const REGION: u64 = 4 << 20;
 const CONTROL: u64 = 4096;
 
-/// Builds `primes-snapshot` into the same target directory and profile as this test.
+/// Builds `primes-snapshot` (another package) for this test.
 fn primes_snapshot() -> PathBuf {
-    let restore_bin = PathBuf::from(env!("CARGO_BIN_EXE_shm-restore"));
-    let profile_dir = restore_bin.parent().unwrap().to_path_buf();
-    let target = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "primes-snapshot", "--target-dir"])
-        .arg(target);
-    if profile_dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building primes-snapshot failed"
-    );
-    profile_dir.join("primes-snapshot")
+    shm_testkit::build_bins(&["-p", "primes-snapshot"]).join("primes-snapshot")
 }
 
 /// Every number following `key` on the lines of `text`, in order.

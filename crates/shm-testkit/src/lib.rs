@@ -9,6 +9,8 @@
 //!   the calling crate's `fault-injection` feature is on.
 //! - [`Watchdog`]: aborts a hung test process instead of hanging CI.
 //! - [`systemd`]: a real `systemd --user` manager in a private mount namespace.
+//! - [`build_bins`]: other packages' binaries, built for a test without
+//!   disturbing the binaries of the test run itself.
 //!
 //! This crate is for tests only (`publish = false`); it panics freely on setup
 //! failures, which is what a test wants.
@@ -16,11 +18,13 @@
 // Test helpers panic on setup failure by design; documenting each is noise.
 #![allow(clippy::missing_panics_doc)]
 
+mod bins;
 mod child;
 mod crash;
 mod names;
 mod watchdog;
 
+pub use bins::{build_bins, nested_target_dir};
 pub use child::{Child, ROLE_ENV, role, role_command, spawn};
 pub use crash::{CRASH_ENV, crash_point_hit};
 pub use names::{shm_objects_with_prefix, unique_name};

@@ -11,30 +11,15 @@ use std::time::Duration;
 const CHUNK: u64 = 1000;
 
 fn shm_restore() -> PathBuf {
-    let me = PathBuf::from(env!("CARGO_BIN_EXE_primes-snapshot"));
-    let profile_dir = me.parent().unwrap().to_path_buf();
-    let target = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "-q",
+    shm_testkit::build_bins(&[
         "-p",
         "shm-snapshot",
         "--features",
         "shm-restore",
         "--bin",
         "shm-restore",
-        "--target-dir",
     ])
-    .arg(target);
-    if profile_dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building shm-restore failed"
-    );
-    profile_dir.join("shm-restore")
+    .join("shm-restore")
 }
 
 fn last_number_after(text: &str, key: &str) -> Option<u64> {

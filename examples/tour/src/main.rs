@@ -36,6 +36,9 @@ struct Args {
     /// Skip the systemd part even if a user manager answers.
     #[arg(long)]
     no_systemd: bool,
+    /// Build and run the programs in this cargo target directory (default: the tour's own).
+    #[arg(long, value_name = "DIR")]
+    target_dir: Option<std::path::PathBuf>,
     /// Smaller transfers and shorter runs (the test suite uses it in debug builds).
     #[arg(long)]
     quick: bool,
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         ui.bold("outlive: in-memory state that outlives the process")
     );
     let bins = ui.progress("building the programs the tour runs", || {
-        proc::Bins::locate(!args.no_build)
+        proc::Bins::locate(!args.no_build, args.target_dir.as_deref())
     })?;
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let mut outcomes = Vec::new();

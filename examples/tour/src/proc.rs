@@ -38,16 +38,24 @@ const BUILD_ARGS: &[&str] = &[
 
 impl Bins {
     /// Finds the binaries the tour runs, building them with cargo first when the
-    /// tour itself was started by cargo (`cargo run --release --bin tour`).
-    pub(crate) fn locate(build: bool) -> Result<Bins> {
+    /// tour itself was started by cargo (`cargo run --release --bin tour`): next
+    /// to the tour's own executable, or in `target_dir` (same profile) if given.
+    pub(crate) fn locate(build: bool, target_dir: Option<&Path>) -> Result<Bins> {
         let exe = std::env::current_exe().context("cannot find the tour's own executable")?;
-        let dir = exe
-            .parent()
-            .context("executable has no directory")?
-            .to_path_buf();
+        let own_dir = exe.parent().context("executable has no directory")?;
+        let profile = own_dir
+            .file_name()
+            .context("executable directory has no name")?;
+        let profile_release = profile == "release";
+        let target_dir = match target_dir {
+            Some(t) => t.to_path_buf(),
+            None => own_dir
+                .parent()
+                .context("binary directory has no parent")?
+                .to_path_buf(),
+        };
+        let dir = target_dir.join(profile);
         if build && let Some(cargo) = std::env::var_os("CARGO") {
-            let profile_release = dir.file_name().is_some_and(|n| n == "release");
-            let target_dir = dir.parent().context("binary directory has no parent")?;
             let mut cmd = Command::new(cargo);
             cmd.arg("build")
                 .arg("--quiet")
@@ -55,7 +63,7 @@ impl Bins {
                 .arg(WORKSPACE_MANIFEST)
                 .args(BUILD_ARGS)
                 .arg("--target-dir")
-                .arg(target_dir);
+                .arg(&target_dir);
             if profile_release {
                 cmd.arg("--release");
             }

@@ -30,7 +30,8 @@ fn tour_runs_every_part_and_reports_them_in_its_summary() {
     let _w = Watchdog::new(Duration::from_secs(300));
     // `--quick` in debug builds: the same steps with smaller transfers.
     let mut cmd = Command::new(TOUR);
-    cmd.args(["--plain", "--no-systemd"]);
+    cmd.args(["--plain", "--no-systemd", "--target-dir"])
+        .arg(shm_testkit::nested_target_dir().0);
     if cfg!(debug_assertions) {
         cmd.arg("--quick");
     }
@@ -107,7 +108,8 @@ fn tour_runs_its_systemd_part_when_a_user_manager_answers() {
     };
     let out = sd
         .command(TOUR)
-        .args(["--plain", "--only", "systemd"])
+        .args(["--plain", "--only", "systemd", "--target-dir"])
+        .arg(shm_testkit::nested_target_dir().0)
         .output()
         .expect("running the tour");
     let stdout = String::from_utf8_lossy(&out.stdout);
