@@ -468,6 +468,48 @@ impl Host {
             / 2
     }
 
+    /// The generation of the program's last commit once no client can run
+    /// any more: like [`Host::generation`], but a commit the program died
+    /// inside counts (the next [`Client::open`] finishes it under this number,
+    /// and [`Host::copy_after_exit`] copies its state).
+    #[must_use]
+    pub fn generation_after_exit(&self) -> u64 {
+        // Acquire: as in `generation`.
+        self.map
+            .region()
+            .load_u64(SEQ_OFF, Ordering::Acquire)
+            .unwrap_or(0)
+            .div_ceil(2)
+    }
+
+    /// Copies the state of the program's last commit into `dst` once no
+    /// client can run any more (the program exited or was killed, and no
+    /// other process maps the memfd writable), and returns its generation.
+    ///
+    /// If the program died inside `commit` (`seq` odd), the committed copy
+    /// is half written, but the work area holds the complete state that
+    /// commit was publishing: it is what the next [`Client::open`] finishes
+    /// the commit with, under the same generation. So this copies the work
+    /// area then, and never gives up as [`Host::copy`] must while a client runs.
+    /// `None` only if the mapping cannot be read.
+    ///
+    /// Called while a client still runs, it may return a mix of two states.
+    pub fn copy_after_exit(&self, dst: &mut [u8]) -> Option<u64> {
+        let r = self.map.region();
+        let area = usize::try_from(round(self.region)).unwrap_or(0);
+        let n = dst.len().min(usize::try_from(self.region).unwrap_or(0));
+        // Acquire: pairs with the last Release store of `seq` by the client
+        // (its exit, observed by the caller through wait(), orders it anyway).
+        let s = r.load_u64(SEQ_OFF, Ordering::Acquire).ok()?;
+        let from = if s % 2 == 1 {
+            CONTROL_LEN as usize
+        } else {
+            CONTROL_LEN as usize + area
+        };
+        r.read_bytes(from, &mut dst[..n]).ok()?;
+        Some(s.div_ceil(2))
+    }
+
     /// Copies one committed state into `dst` (`region_size` bytes) and returns
     /// its generation, or `None` if a commit overlapped each of `tries` attempts.
     pub fn copy(&self, dst: &mut [u8], tries: usize) -> Option<u64> {

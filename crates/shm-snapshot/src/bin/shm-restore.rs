@@ -352,18 +352,19 @@ struct Snapshotter<'a> {
 impl Snapshotter<'_> {
     /// Takes a snapshot unless the live state is already on disk; compacts
     /// the log afterwards when it has outgrown `compact_at` times the image.
-    fn snapshot(&mut self) -> Result<(), String> {
+    /// `program_gone`: the program has exited, so a commit it died inside is
+    /// taken from its work area ([`Host::copy_after_exit`]).
+    fn snapshot(&mut self, program_gone: bool) -> Result<(), String> {
         let show = self.path.display();
         let started = Instant::now();
-        let Some(g) = self
-            .host
-            .copy(&mut self.image[live::CONTROL_LEN as usize..], 1000)
-        else {
-            return Err(
-                "a commit was in progress at every try (or the program died inside one: \
-                 its next start finishes it); snapshot skipped"
-                    .into(),
-            );
+        let dst = &mut self.image[live::CONTROL_LEN as usize..];
+        let copied = if program_gone {
+            self.host.copy_after_exit(dst)
+        } else {
+            self.host.copy(dst, 1000)
+        };
+        let Some(g) = copied else {
+            return Err("a commit was in progress at every try; snapshot skipped".into());
         };
         if g <= self.persisted && self.writer.generation() > 0 {
             return Ok(());
@@ -399,7 +400,7 @@ impl Snapshotter<'_> {
     /// A periodic tick: snapshot if the rate limit allows, then check the lag.
     fn tick(&mut self) {
         if self.limit.ready(Instant::now())
-            && let Err(e) = self.snapshot()
+            && let Err(e) = self.snapshot(false)
         {
             eprintln!("shm-restore: {e}");
         }
@@ -413,10 +414,10 @@ impl Snapshotter<'_> {
 
     /// The last snapshot at the program's exit (never rate-limited), and the summary.
     fn finish(&mut self) {
-        if let Err(e) = self.snapshot() {
+        if let Err(e) = self.snapshot(true) {
             eprintln!("shm-restore: {e}");
         }
-        let live = self.host.generation();
+        let live = self.host.generation_after_exit();
         eprintln!(
             "shm-restore: at exit: file at generation {}, live at {live} ({} behind); {} snapshots, {} bytes written, {} compactions; largest lag {} generations, {:.1}s",
             self.persisted,
@@ -494,16 +495,14 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                     host.region_size()
                 ));
             }
-            if host.generation() < file_gen {
+            // No program runs yet: a commit the last one died inside counts.
+            let live_gen = host.generation_after_exit();
+            if live_gen < file_gen {
                 return Err(format!(
-                    "inherited memfd is at generation {} but {show} is newer ({file_gen}); refusing to guess",
-                    host.generation()
+                    "inherited memfd is at generation {live_gen} but {show} is newer ({file_gen}); refusing to guess"
                 ));
             }
-            eprintln!(
-                "shm-restore: warm start from the inherited memfd at generation {}",
-                host.generation()
-            );
+            eprintln!("shm-restore: warm start from the inherited memfd at generation {live_gen}");
             fd
         }
         None => {
@@ -578,7 +577,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         bytes: 0,
         compactions: 0,
     };
-    if let Err(e) = snap.snapshot() {
+    // The program has not started: a commit its predecessor died inside
+    // (warm start) is taken from the work area, as its next start will.
+    if let Err(e) = snap.snapshot(true) {
         eprintln!("shm-restore: {e}");
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
