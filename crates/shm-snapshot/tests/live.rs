@@ -117,6 +117,7 @@ fn full_tmpfs_keeps_previous_snapshot() {
 
 /// Generation `g` of the exit test: `g` written into 3 pages chosen by `g`
 /// (so each commit names three ranges and the crash point falls between them).
+#[cfg(feature = "fault-injection")]
 fn exit_generation(c: &Client, g: u64) -> Vec<std::ops::Range<usize>> {
     let pages = [
         g as usize % 8,
@@ -133,6 +134,7 @@ fn exit_generation(c: &Client, g: u64) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+#[cfg(feature = "fault-injection")]
 fn exit_model(g: u64) -> Vec<u8> {
     let mut v = vec![0u8; 8 * 4096];
     for k in 1..=g {

@@ -14,13 +14,30 @@ struct Live {
     seq: AtomicU64,
     /// The committed copy: two words that must always agree.
     committed: [AtomicU64; 2],
+    /// The two fences the argument rests on; the controls below drop one
+    /// each, and loom must then find a torn copy.
+    client_fence: bool,
+    host_fence: bool,
+}
+
+impl Live {
+    fn new(client_fence: bool, host_fence: bool) -> Live {
+        Live {
+            seq: AtomicU64::new(0),
+            committed: [AtomicU64::new(0), AtomicU64::new(0)],
+            client_fence,
+            host_fence,
+        }
+    }
 }
 
 impl Live {
     fn commit(&self, value: u64) {
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
+        if self.client_fence {
+            fence(Ordering::Release);
+        }
         for w in &self.committed {
             w.store(value, Ordering::Relaxed);
         }
@@ -38,7 +55,9 @@ impl Live {
                 self.committed[0].load(Ordering::Relaxed),
                 self.committed[1].load(Ordering::Relaxed),
             ];
-            fence(Ordering::Acquire);
+            if self.host_fence {
+                fence(Ordering::Acquire);
+            }
             let s2 = self.seq.load(Ordering::Relaxed);
             if s1 == s2 {
                 return Some((s1 / 2, v));
@@ -48,13 +67,10 @@ impl Live {
     }
 }
 
-#[test]
-fn host_copy_is_exactly_one_committed_state() {
-    loom::model(|| {
-        let live = Arc::new(Live {
-            seq: AtomicU64::new(0),
-            committed: [AtomicU64::new(0), AtomicU64::new(0)],
-        });
+/// One client committing generations 1 and 2 while the host copies.
+fn model(client_fence: bool, host_fence: bool) {
+    loom::model(move || {
+        let live = Arc::new(Live::new(client_fence, host_fence));
         let client = {
             let live = live.clone();
             thread::spawn(move || {
@@ -75,4 +91,24 @@ fn host_copy_is_exactly_one_committed_state() {
         let (g, v) = live.copy(1).unwrap();
         assert_eq!((g, v), (2, [2, 2]));
     });
+}
+
+#[test]
+fn host_copy_is_exactly_one_committed_state() {
+    model(true, true);
+}
+
+/// Control: without the client's Release fence after the odd store, the
+/// host can read new bytes and still see the old even `seq`.
+#[test]
+#[should_panic(expected = "torn or mismatched copy")]
+fn without_the_client_fence_loom_finds_a_torn_copy() {
+    model(false, true);
+}
+
+/// Control: without the host's Acquire fence before the second load.
+#[test]
+#[should_panic(expected = "torn or mismatched copy")]
+fn without_the_host_fence_loom_finds_a_torn_copy() {
+    model(true, false);
 }

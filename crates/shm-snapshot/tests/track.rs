@@ -180,6 +180,7 @@ fn kernel_writes_through_the_mapping_are_tracked() {
 }
 
 /// Generation `g` of the crash test: writes `g` into `g` pages.
+#[cfg(feature = "fault-injection")]
 fn write_generation(c: &Client, g: u64) {
     for j in 0..g as usize {
         let page = (g as usize * 7 + j * 5) % 32;
@@ -188,6 +189,7 @@ fn write_generation(c: &Client, g: u64) {
 }
 
 /// The state after generations `1..=g`.
+#[cfg(feature = "fault-injection")]
 fn model_generation(g: u64) -> Vec<u8> {
     let mut v = vec![0u8; 32 * PAGE];
     for k in 1..=g {
