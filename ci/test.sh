@@ -13,8 +13,9 @@ cargo fmt --all -- --check
 step "atomics only through shm-sync"
 bash ci/check-atomics.sh
 
-step "clippy (all targets, all features, -D warnings)"
+step "clippy (all targets, all features, -D warnings; then default features)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "docs (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features -q
