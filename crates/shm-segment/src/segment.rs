@@ -616,9 +616,25 @@ impl SegmentBuilder {
             Source::Memfd(_) => self.create_with(init),
             Source::Fd(_) => {
                 let (fd, name) = self.adopted()?;
-                match self.wait_ready(&fd, &name)? {
-                    Ok(()) => self.open_fd(fd, &name),
-                    Err(state) => self.init_in_place(fd, &name, &mut init, state),
+                let deadline = Instant::now() + self.timeout;
+                loop {
+                    match self.wait_ready(&fd, &name)? {
+                        Ok(()) => return self.open_fd(fd, &name),
+                        Err(state) => {
+                            let mine = fd.try_clone().map_err(|e| SegmentError::Io {
+                                name: name.clone(),
+                                op: "dup",
+                                source: Errno::from_io_error(&e).unwrap_or(Errno::BADF),
+                            })?;
+                            // Another process may claim the header between our
+                            // look and our claim: then wait for it and open.
+                            match self.init_in_place(mine, &name, &mut init, state) {
+                                Err(SegmentError::AlreadyExists { .. })
+                                    if Instant::now() < deadline => {}
+                                other => return other,
+                            }
+                        }
+                    }
                 }
             }
         }
