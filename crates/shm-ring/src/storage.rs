@@ -295,46 +295,41 @@ impl MapStorage {
     clippy::cast_ptr_alignment,
     reason = "the mapping is page-aligned and every line offset is a multiple of 128 (const-asserted)"
 )]
+impl MapStorage {
+    /// The shared line of type `L` at byte `offset` of the header page.
+    ///
+    /// # Safety
+    /// `offset` must be one of the line offsets of this module, holding an
+    /// `L` (all-atomic, 128-aligned: see the module's `# Safety`).
+    unsafe fn line<L>(&self, offset: usize) -> &L {
+        let ptr = self.mapping.as_ptr().wrapping_add(offset).cast::<L>();
+        // SAFETY: by the caller's contract the pointer is inside the mapping,
+        // aligned and points at an all-atomic `L`; valid for as long as `self`
+        // owns the mapping.
+        unsafe { &*ptr }
+    }
+}
+
+#[cfg(not(shm_loom))]
 impl Storage for MapStorage {
     fn producer(&self) -> &ProducerLine {
-        let ptr = self
-            .mapping
-            .as_ptr()
-            .wrapping_add(PRODUCER_LINE)
-            .cast::<ProducerLine>();
-        // SAFETY: inside the mapping, 128-aligned, all-atomic (module `# Safety`);
-        // valid for as long as `self` owns the mapping.
-        unsafe { &*ptr }
+        // SAFETY: PRODUCER_LINE holds the producer's line.
+        unsafe { self.line(PRODUCER_LINE) }
     }
 
     fn consumer(&self) -> &ConsumerLine {
-        let ptr = self
-            .mapping
-            .as_ptr()
-            .wrapping_add(CONSUMER_LINE)
-            .cast::<ConsumerLine>();
-        // SAFETY: as in `producer`.
-        unsafe { &*ptr }
+        // SAFETY: CONSUMER_LINE holds the consumer's line.
+        unsafe { self.line(CONSUMER_LINE) }
     }
 
     fn producer_parked(&self) -> &ParkFlag {
-        let ptr = self
-            .mapping
-            .as_ptr()
-            .wrapping_add(PRODUCER_PARKED)
-            .cast::<ParkFlag>();
-        // SAFETY: as in `producer`.
-        unsafe { &*ptr }
+        // SAFETY: PRODUCER_PARKED holds the producer's park flag.
+        unsafe { self.line(PRODUCER_PARKED) }
     }
 
     fn consumer_parked(&self) -> &ParkFlag {
-        let ptr = self
-            .mapping
-            .as_ptr()
-            .wrapping_add(CONSUMER_PARKED)
-            .cast::<ParkFlag>();
-        // SAFETY: as in `producer`.
-        unsafe { &*ptr }
+        // SAFETY: CONSUMER_PARKED holds the consumer's park flag.
+        unsafe { self.line(CONSUMER_PARKED) }
     }
 
     fn capacity(&self) -> u64 {
