@@ -24,6 +24,9 @@ const REC_LEN: u64 = 32;
 const REC_MAGIC: u32 = 0x5245_4331;
 const KIND_PAGE: u32 = 1;
 const KIND_COMMIT: u32 = 2;
+/// Largest base generation accepted in a header: far beyond any real count,
+/// and far enough below `u64::MAX` that generation arithmetic never overflows.
+const MAX_GENERATION: u64 = 1 << 62;
 /// Largest page size accepted in a header.
 const MAX_PAGE: u32 = 1 << 24;
 
@@ -51,6 +54,33 @@ pub struct FileInfo {
 pub struct Restored {
     /// What the scan found.
     pub info: FileInfo,
+    /// Where the newest committed version of each page is (for
+    /// [`SnapshotWriter::open_restored`]).
+    pub index: PageIndex,
+}
+
+/// Per page, the newest committed version in a file: the CRC-32C of its
+/// bytes and the file offset of its payload. Pages not listed are all zero.
+///
+/// A map rather than a table sized by the header's region: its size is
+/// bounded by the records actually in the file, whatever a header claims.
+#[derive(Debug, Default, Clone)]
+pub struct PageIndex {
+    pages: HashMap<u64, (u32, u64)>,
+}
+
+impl PageIndex {
+    /// Pages with a stored version (including stored all-zero pages).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether no page has a stored version.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
 }
 
 fn rd<S: Storage + ?Sized>(s: &S, off: u64, buf: &mut [u8]) -> Result<(), SnapshotError> {
@@ -233,7 +263,14 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64)
             format!("bad region size {region_size}"),
         ));
     }
-    Ok((page_size, region_size, len, false, u64_at(&h, 24)))
+    let base = u64_at(&h, 24);
+    if base > MAX_GENERATION {
+        return Err(SnapshotError::new(
+            ErrorKind::BadGeometry,
+            format!("implausible base generation {base}"),
+        ));
+    }
+    Ok((page_size, region_size, len, false, base))
 }
 
 /// What a file's header says, without scanning the log: enough to size the
@@ -311,7 +348,10 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
     };
     if all_zero {
         progress(file_len, file_len);
-        return Ok(Restored { info });
+        return Ok(Restored {
+            info,
+            index: PageIndex::default(),
+        });
     }
     let ps = u64::from(page_size);
     let pages = region_size.div_ceil(ps);
@@ -320,10 +360,10 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
     let cap = READ_CHUNK.max(2 * (REC_LEN + ps));
     let mut buf = vec![0u8; usize::try_from(cap).unwrap_or(usize::MAX)];
     let (mut win_off, mut win_len) = (HEADER_LEN, 0u64);
-    // Newest committed payload offset of each page written so far, and the
-    // pages applied since the last commit (index, payload offset).
-    let mut committed: HashMap<u64, u64> = HashMap::new();
-    let mut pending: Vec<(u64, u64)> = Vec::new();
+    // Newest committed version of each page written so far, and the pages
+    // applied since the last commit (index, (crc, payload offset)).
+    let mut committed = PageIndex::default();
+    let mut pending: Vec<(u64, (u32, u64))> = Vec::new();
     let mut off = HEADER_LEN;
     while off + REC_LEN <= file_len {
         if off + REC_LEN > win_off + win_len {
@@ -357,14 +397,23 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
         }
         let at = usize::try_from(off - win_off).unwrap_or(0) + REC_LEN as usize;
         let payload = &buf[at..at + usize::try_from(plen).unwrap_or(0)];
-        if crc32c::crc32c_append(crc32c::crc32c(&rh[0..28]), payload) != u32_at(&rh, 28) {
+        let head = crc32c::crc32c(&rh[0..28]);
+        // One pass over the payload: its own CRC (kept in the index), from
+        // which a 4 KiB page's record checksum is derived.
+        let page_crc = crc32c::crc32c(payload);
+        let record_crc = if payload.len() == PageCrc::LEN {
+            PageCrc::get().combine(head, page_crc)
+        } else {
+            crc32c::crc32c_append(head, payload)
+        };
+        if record_crc != u32_at(&rh, 28) {
             break;
         }
         if kind == KIND_PAGE {
             apply(index * ps, payload);
-            pending.push((index, off + REC_LEN));
+            pending.push((index, (page_crc, off + REC_LEN)));
         } else {
-            committed.extend(pending.drain(..));
+            committed.pages.extend(pending.drain(..));
             info.generation += 1;
             info.commits += 1;
             info.valid_end = off + REC_LEN;
@@ -375,13 +424,16 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
     let mut page = vec![0u8; page_size as usize];
     for (index, _) in pending {
         let l = usize::try_from(page_len(page_size, region_size, index)).unwrap_or(0);
-        match committed.get(&index) {
-            Some(&poff) => rd(s, poff, &mut page[..l])?,
+        match committed.pages.get(&index) {
+            Some(&(_, poff)) => rd(s, poff, &mut page[..l])?,
             None => page[..l].fill(0),
         }
         apply(index * ps, &page[..l]);
     }
-    Ok(Restored { info })
+    Ok(Restored {
+        info,
+        index: committed,
+    })
 }
 
 /// Scans a file without keeping its contents.
@@ -394,9 +446,11 @@ pub fn inspect<S: Storage + ?Sized>(s: &S) -> Result<FileInfo, SnapshotError> {
 
 /// Appends incremental snapshots to a storage.
 ///
-/// Only pages whose checksum changed since the last durable snapshot are
-/// written; a snapshot counts once [`SnapshotWriter::snapshot`] returned `Ok`
-/// (after the storage's sync).
+/// Only pages whose checksum differs from their newest durable version are
+/// written; a snapshot counts once its commit returned `Ok` (after the
+/// storage's sync). The writer keeps no copy of the state: per page it
+/// knows the checksum and the file offset of the newest durable version
+/// ([`PageIndex`]), which is all that incremental writes and compaction need.
 #[derive(Debug)]
 pub struct SnapshotWriter<S: Storage> {
     storage: S,
@@ -404,7 +458,10 @@ pub struct SnapshotWriter<S: Storage> {
     region_size: u64,
     generation: u64,
     end: u64,
-    hashes: Vec<u32>,
+    index: PageIndex,
+    /// CRC-32C of an all-zero page, and of the (possibly shorter) last page.
+    zero_crc: u32,
+    zero_last_crc: u32,
     /// Bytes appended by the last snapshot.
     pub last_bytes_written: u64,
     batch: usize,
@@ -435,57 +492,62 @@ impl<S: Storage> SnapshotWriter<S> {
         storage
             .sync()
             .map_err(|e| SnapshotError::io("fdatasync", e))?;
-        let pages = usize::try_from(region_size.div_ceil(u64::from(page_size)))
-            .map_err(|_| SnapshotError::new(ErrorKind::BadGeometry, "region too large"))?;
-        let zero_hash = crc32c::crc32c(&vec![0u8; page_size as usize]);
-        let mut hashes = vec![zero_hash; pages];
-        let last = page_len(page_size, region_size, pages as u64 - 1);
-        hashes[pages - 1] = crc32c::crc32c(&vec![0u8; usize::try_from(last).unwrap_or(0)]);
-        Ok(Self {
+        Ok(Self::with_index(
             storage,
             page_size,
             region_size,
-            generation: 0,
-            end: HEADER_LEN,
-            hashes,
-            last_bytes_written: 0,
-            batch: 1 << 20,
-        })
+            0,
+            HEADER_LEN,
+            PageIndex::default(),
+        ))
     }
 
-    /// Continues an existing file whose newest generation is `state` (as
-    /// returned by [`restore`] into the caller's region): cuts off any torn
-    /// tail durably before the next append.
+    fn with_index(
+        storage: S,
+        page_size: u32,
+        region_size: u64,
+        generation: u64,
+        end: u64,
+        index: PageIndex,
+    ) -> Self {
+        let pages = region_size.div_ceil(u64::from(page_size));
+        let last = page_len(page_size, region_size, pages - 1);
+        let zeros = vec![0u8; page_size as usize];
+        Self {
+            storage,
+            page_size,
+            region_size,
+            generation,
+            end,
+            index,
+            zero_crc: crc32c::crc32c(&zeros),
+            zero_last_crc: crc32c::crc32c(&zeros[..usize::try_from(last).unwrap_or(0)]),
+            last_bytes_written: 0,
+            batch: 1 << 20,
+        }
+    }
+
+    /// Continues an existing file: scans it ([`restore`] without keeping
+    /// the state) and cuts off any torn tail durably before the next append.
     ///
     /// # Errors
     /// As [`restore`], and I/O errors.
-    pub fn open(storage: S, state: &[u8]) -> Result<Self, SnapshotError> {
-        let info = inspect(&storage)?;
-        Self::open_restored(storage, &info, state)
+    pub fn open(storage: S) -> Result<Self, SnapshotError> {
+        let restored = restore(&storage, |_, _| {})?;
+        Self::open_restored(storage, restored)
     }
 
-    /// [`SnapshotWriter::open`] without scanning the file again: `info` and
-    /// `state` must come from a [`restore`] of this same storage.
+    /// [`SnapshotWriter::open`] without scanning the file again: `restored`
+    /// must come from a [`restore`] of this same storage.
     ///
     /// # Errors
     /// As [`SnapshotWriter::open`].
-    pub fn open_restored(
-        mut storage: S,
-        info: &FileInfo,
-        state: &[u8],
-    ) -> Result<Self, SnapshotError> {
+    pub fn open_restored(mut storage: S, restored: Restored) -> Result<Self, SnapshotError> {
+        let Restored { info, index } = restored;
         if info.all_zero {
-            // The file holds generation 0 (all zeros): `create`'s zero-page
-            // hashes describe it, whatever `state` is, so the next snapshot
-            // writes every non-zero page of the state.
-            let _ = state;
+            // The file holds generation 0 (all zeros): an empty index
+            // describes it, so the next snapshot writes every non-zero page.
             return Self::create(storage, info.page_size, info.region_size);
-        }
-        if state.len() as u64 != info.region_size {
-            return Err(SnapshotError::new(
-                ErrorKind::SizeMismatch,
-                "state size differs from the file's region size",
-            ));
         }
         if info.file_len != info.valid_end {
             storage
@@ -495,25 +557,14 @@ impl<S: Storage> SnapshotWriter<S> {
                 .sync()
                 .map_err(|e| SnapshotError::io("fdatasync", e))?;
         }
-        let mut w = Self {
+        Ok(Self::with_index(
             storage,
-            page_size: info.page_size,
-            region_size: info.region_size,
-            generation: info.generation,
-            end: info.valid_end,
-            hashes: Vec::new(),
-            last_bytes_written: 0,
-            batch: 1 << 20,
-        };
-        w.rehash(state);
-        Ok(w)
-    }
-
-    fn rehash(&mut self, state: &[u8]) {
-        self.hashes = state
-            .chunks(self.page_size as usize)
-            .map(crc32c::crc32c)
-            .collect();
+            info.page_size,
+            info.region_size,
+            info.generation,
+            info.valid_end,
+            index,
+        ))
     }
 
     /// Sets how many bytes are gathered before one write call (default 1 MiB;
@@ -545,6 +596,46 @@ impl<S: Storage> SnapshotWriter<S> {
         &self.storage
     }
 
+    /// The page size of the records.
+    #[must_use]
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// The size of the snapshotted region.
+    #[must_use]
+    pub fn region_size(&self) -> u64 {
+        self.region_size
+    }
+
+    fn pages(&self) -> u64 {
+        self.region_size.div_ceil(u64::from(self.page_size))
+    }
+
+    /// The checksum of page `index`'s newest durable version.
+    fn crc_of(&self, index: u64) -> u32 {
+        match self.index.pages.get(&index) {
+            Some(&(crc, _)) => crc,
+            None if index + 1 == self.pages() => self.zero_last_crc,
+            None => self.zero_crc,
+        }
+    }
+
+    /// Starts the next snapshot: hand it pages with [`Snapshot::page`], then
+    /// [`Snapshot::commit`]. Pages not handed keep their previous contents.
+    /// Dropping it without a commit discards what it appended.
+    pub fn begin(&mut self) -> Snapshot<'_, S> {
+        Snapshot {
+            generation: self.generation + 1,
+            off: self.end,
+            buf: Vec::new(),
+            new: Vec::new(),
+            failed: false,
+            done: false,
+            w: self,
+        }
+    }
+
     /// Appends the changed pages of `state` and a commit record, then syncs.
     /// On error the previous snapshot stays the newest valid one and the
     /// writer stays usable (the failed tail is cut off best-effort and is
@@ -559,76 +650,29 @@ impl<S: Storage> SnapshotWriter<S> {
                 "state size differs from the file's region size",
             ));
         }
-        let generation = self.generation + 1;
-        let mut off = self.end;
-        let mut new_hashes = Vec::new();
-        let mut buf = Vec::new();
-        let r = (|| {
-            for (i, page) in state.chunks(self.page_size as usize).enumerate() {
-                let h = crc32c::crc32c(page);
-                if h == self.hashes[i] {
-                    continue;
-                }
-                new_hashes.push((i, h));
-                buf.extend_from_slice(&record_header_hashed(
-                    KIND_PAGE,
-                    generation,
-                    i as u64,
-                    page,
-                    Some(h),
-                ));
-                buf.extend_from_slice(page);
-                if buf.len() >= self.batch {
-                    self.storage
-                        .write_at(off, &buf)
-                        .map_err(|e| SnapshotError::io("write", e))?;
-                    off += buf.len() as u64;
-                    buf.clear();
-                    crash_point!("writer.batch_written");
-                }
-            }
-            buf.extend_from_slice(&record_header(
-                KIND_COMMIT,
-                generation,
-                new_hashes.len() as u64,
-                &[],
-            ));
-            self.storage
-                .write_at(off, &buf)
-                .map_err(|e| SnapshotError::io("write", e))?;
-            off += buf.len() as u64;
-            crash_point!("writer.before_sync");
-            self.storage
-                .sync()
-                .map_err(|e| SnapshotError::io("fdatasync", e))
-        })();
-        if let Err(e) = r {
-            let _ = self.storage.set_len(self.end);
-            return Err(e);
+        let ps = self.page_size as usize;
+        let mut tx = self.begin();
+        for (i, page) in (0u64..).zip(state.chunks(ps)) {
+            tx.page(i, page)?;
         }
-        crash_point!("writer.after_sync");
-        for (i, h) in new_hashes {
-            self.hashes[i] = h;
-        }
-        self.last_bytes_written = off - self.end;
-        self.end = off;
-        self.generation = generation;
-        Ok(generation)
+        tx.commit()
     }
 
     /// Writes a compacted copy (header plus one generation holding only the
-    /// non-zero pages of `state`, numbered as the current generation) to
-    /// `target`, synced. The caller swaps it in (rename, then fsync of the
-    /// directory) and continues with [`SnapshotWriter::open`];
+    /// non-zero pages of the newest durable snapshot, numbered as the
+    /// current generation) to `target`, synced, reading each page back from
+    /// this writer's own storage. The caller swaps it in (rename, then fsync
+    /// of the directory) and continues with [`SnapshotWriter::open`];
     /// [`SnapshotWriter::compact_file`] does all of that for a file.
     ///
     /// # Errors
-    /// I/O errors.
-    pub fn compact_into<T: Storage>(
-        &self,
-        mut target: T,
-        state: &[u8],
-    ) -> Result<T, SnapshotError> {
+    /// I/O errors; a page whose stored bytes no longer match the checksum
+    /// they were written with (the storage changed under the writer).
+    pub fn compact_into<T: Storage>(&self, target: T) -> Result<T, SnapshotError> {
+        self.compact_to(target).map(|(t, _)| t)
+    }
+
+    fn compact_to<T: Storage>(&self, mut target: T) -> Result<(T, PageIndex), SnapshotError> {
         target
             .set_len(0)
             .map_err(|e| SnapshotError::io("truncate", e))?;
@@ -645,16 +689,28 @@ impl<S: Storage> SnapshotWriter<S> {
         let mut off = HEADER_LEN;
         // The header's base generation makes this one commit carry the current number.
         let g = self.generation.max(1);
-        let mut n = 0u64;
-        let zeros = vec![0u8; self.page_size as usize];
+        let mut order: Vec<(u64, (u32, u64))> =
+            self.index.pages.iter().map(|(&i, &v)| (i, v)).collect();
+        order.sort_unstable_by_key(|&(i, _)| i);
+        let mut index = PageIndex::default();
+        let mut page = vec![0u8; self.page_size as usize];
         let mut buf = Vec::new();
-        for (i, page) in state.chunks(self.page_size as usize).enumerate() {
-            if page == &zeros[..page.len()] {
+        for (i, (crc, loc)) in order {
+            let len = usize::try_from(page_len(self.page_size, self.region_size, i)).unwrap_or(0);
+            let p = &mut page[..len];
+            rd(&self.storage, loc, p)?;
+            if crc32c::crc32c(p) != crc {
+                return Err(SnapshotError::new(
+                    ErrorKind::CorruptHeader,
+                    format!("page {i} at offset {loc} changed on disk since it was written"),
+                ));
+            }
+            if p.iter().all(|&b| b == 0) {
                 continue;
             }
-            buf.extend_from_slice(&record_header(KIND_PAGE, g, i as u64, page));
-            buf.extend_from_slice(page);
-            n += 1;
+            buf.extend_from_slice(&record_header_hashed(KIND_PAGE, g, i, p, Some(crc)));
+            index.pages.insert(i, (crc, off + buf.len() as u64));
+            buf.extend_from_slice(p);
             if buf.len() >= self.batch {
                 target
                     .write_at(off, &buf)
@@ -664,14 +720,135 @@ impl<S: Storage> SnapshotWriter<S> {
                 crash_point!("compact.batch_written");
             }
         }
-        buf.extend_from_slice(&record_header(KIND_COMMIT, g, n, &[]));
+        buf.extend_from_slice(&record_header(KIND_COMMIT, g, index.len() as u64, &[]));
         target
             .write_at(off, &buf)
             .map_err(|e| SnapshotError::io("write", e))?;
         target
             .sync()
             .map_err(|e| SnapshotError::io("fdatasync", e))?;
-        Ok(target)
+        Ok((target, index))
+    }
+}
+
+/// One snapshot being appended ([`SnapshotWriter::begin`]).
+#[derive(Debug)]
+pub struct Snapshot<'w, S: Storage> {
+    w: &'w mut SnapshotWriter<S>,
+    generation: u64,
+    /// File offset where `buf` starts.
+    off: u64,
+    buf: Vec<u8>,
+    /// Pages appended: index, crc, payload offset.
+    new: Vec<(u64, u32, u64)>,
+    failed: bool,
+    done: bool,
+}
+
+impl<S: Storage> Snapshot<'_, S> {
+    /// Hands page `index` (`bytes` is its whole content) to the snapshot.
+    /// It is appended unless its checksum equals its newest durable
+    /// version's; returns whether it was.
+    ///
+    /// # Errors
+    /// An index beyond the region or a length other than the page's
+    /// (`SizeMismatch`); I/O errors, after which only dropping is useful.
+    pub fn page(&mut self, index: u64, bytes: &[u8]) -> Result<bool, SnapshotError> {
+        let w = &mut *self.w;
+        if index >= w.pages() || bytes.len() as u64 != page_len(w.page_size, w.region_size, index) {
+            return Err(SnapshotError::new(
+                ErrorKind::SizeMismatch,
+                format!(
+                    "page {index} of {} bytes does not fit the region",
+                    bytes.len()
+                ),
+            ));
+        }
+        if self.failed {
+            return Err(SnapshotError::new(
+                ErrorKind::Io,
+                "an earlier write of this snapshot failed",
+            ));
+        }
+        let crc = crc32c::crc32c(bytes);
+        if crc == w.crc_of(index) {
+            return Ok(false);
+        }
+        self.buf.extend_from_slice(&record_header_hashed(
+            KIND_PAGE,
+            self.generation,
+            index,
+            bytes,
+            Some(crc),
+        ));
+        self.new
+            .push((index, crc, self.off + self.buf.len() as u64));
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= w.batch {
+            if let Err(e) = w.storage.write_at(self.off, &self.buf) {
+                self.failed = true;
+                return Err(SnapshotError::io("write", e));
+            }
+            self.off += self.buf.len() as u64;
+            self.buf.clear();
+            crash_point!("writer.batch_written");
+        }
+        Ok(true)
+    }
+
+    /// Pages appended so far.
+    #[must_use]
+    pub fn pages_written(&self) -> usize {
+        self.new.len()
+    }
+
+    /// Appends the commit record and syncs: the snapshot is then durable.
+    /// Returns its generation.
+    ///
+    /// # Errors
+    /// I/O errors (e.g. a full disk): the previous snapshot stays the newest
+    /// valid one.
+    pub fn commit(mut self) -> Result<u64, SnapshotError> {
+        if self.failed {
+            return Err(SnapshotError::new(
+                ErrorKind::Io,
+                "an earlier write of this snapshot failed",
+            ));
+        }
+        self.buf.extend_from_slice(&record_header(
+            KIND_COMMIT,
+            self.generation,
+            self.new.len() as u64,
+            &[],
+        ));
+        let w = &mut *self.w;
+        w.storage
+            .write_at(self.off, &self.buf)
+            .map_err(|e| SnapshotError::io("write", e))?;
+        self.off += self.buf.len() as u64;
+        crash_point!("writer.before_sync");
+        w.storage
+            .sync()
+            .map_err(|e| SnapshotError::io("fdatasync", e))?;
+        crash_point!("writer.after_sync");
+        for &(i, crc, loc) in &self.new {
+            w.index.pages.insert(i, (crc, loc));
+        }
+        w.last_bytes_written = self.off - w.end;
+        w.end = self.off;
+        w.generation = self.generation;
+        self.done = true;
+        Ok(self.generation)
+    }
+}
+
+impl<S: Storage> Drop for Snapshot<'_, S> {
+    fn drop(&mut self) {
+        if !self.done && self.off > self.w.end {
+            // Best effort: readers ignore an uncommitted tail anyway, and the
+            // next snapshot overwrites it from `end`.
+            let _ = self.w.storage.set_len(self.w.end);
+        }
     }
 }
 
@@ -708,7 +885,7 @@ fn sync_dir_of(path: &Path) -> std::io::Result<()> {
 
 impl SnapshotWriter<FileStorage> {
     /// Replaces the log at `path` (this writer's file) by a compacted copy
-    /// holding `state`, which must be the state of the last snapshot: writes
+    /// of the newest durable snapshot ([`SnapshotWriter::compact_into`]): writes
     /// [`compact_temp_path`] and `fdatasync`s it, renames it over `path`, then
     /// `fsync`s the directory, and continues appending to the new file.
     ///
@@ -719,18 +896,13 @@ impl SnapshotWriter<FileStorage> {
     /// On an error the writer keeps appending to the old log.
     ///
     /// # Errors
-    /// I/O errors (the old log stays in use), and a `state` that is not the
-    /// last snapshot's or a writer that has not snapshotted yet.
-    pub fn compact_file(&mut self, path: &Path, state: &[u8]) -> Result<(), SnapshotError> {
-        let same = state.len() as u64 == self.region_size
-            && state
-                .chunks(self.page_size as usize)
-                .zip(&self.hashes)
-                .all(|(p, &h)| crc32c::crc32c(p) == h);
-        if !same || self.generation == 0 {
+    /// I/O errors (the old log stays in use), and a writer that has not
+    /// snapshotted yet.
+    pub fn compact_file(&mut self, path: &Path) -> Result<(), SnapshotError> {
+        if self.generation == 0 {
             return Err(SnapshotError::new(
                 ErrorKind::SizeMismatch,
-                "compaction needs the state of the last snapshot",
+                "nothing to compact before the first snapshot",
             ));
         }
         let tmp = compact_temp_path(path);
@@ -742,7 +914,7 @@ impl SnapshotWriter<FileStorage> {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| SnapshotError::io(&format!("create {show}"), e))?;
-        let target = match self.compact_into(FileStorage(f), state) {
+        let (target, index) = match self.compact_to(FileStorage(f)) {
             Ok(t) => t,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -762,6 +934,7 @@ impl SnapshotWriter<FileStorage> {
         // From here on the new file is the log, whatever happens below.
         self.storage = target;
         self.end = end;
+        self.index = index;
         sync_dir_of(path).map_err(|e| SnapshotError::io("fsync directory", e))?;
         crash_point!("compact.dir_synced");
         Ok(())

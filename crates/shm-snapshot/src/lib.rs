@@ -15,8 +15,9 @@ pub mod track;
 
 pub use error::{ErrorKind, SnapshotError};
 pub use format::{
-    FileInfo, HEADER_LEN, Header, MAGIC, Restored, SnapshotWriter, VERSION, compact_temp_path,
-    inspect, read_header, remove_stale_compaction, restore, restore_with_progress,
+    FileInfo, HEADER_LEN, Header, MAGIC, PageIndex, Restored, Snapshot, SnapshotWriter, VERSION,
+    compact_temp_path, inspect, read_header, remove_stale_compaction, restore,
+    restore_with_progress,
 };
 pub use storage::{FileStorage, MemStorage, Storage};
 

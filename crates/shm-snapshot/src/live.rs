@@ -2,15 +2,21 @@
 //!
 //! Layout of the memfd (all little-endian, see `docs/protocol/shm-snapshot.md`):
 //! one 4096-byte control page (`magic` at 0, `region_size` at 8, the commit
-//! sequence `seq` at 16), then the work area (`region_size` bytes, rounded up
-//! to 4096), then the committed copy (same size).
+//! sequence `seq` at 16), then the page-generation table (one `u64` per
+//! 4096-byte page of the state: the commit that last changed it), then the
+//! work area (`region_size` bytes, rounded up to 4096), then the committed
+//! copy (same size).
 //!
 //! The client edits the work area freely and calls [`Client::commit`] at a
-//! consistent point: it makes `seq` odd, copies the dirty ranges of the work
-//! area into the committed copy and makes `seq` even again. That is wait-free
-//! (no loop waits for anyone). The host maps the memfd read-only and copies the
-//! committed copy seqlock-style: it keeps a copy only if `seq` was even and
-//! unchanged across it, so a copy is always exactly one committed state.
+//! consistent point: it makes `seq` odd, stamps the dirty pages with the new
+//! generation, copies them from the work area into the committed copy and
+//! makes `seq` even again. That is wait-free (no loop waits for anyone). The
+//! host maps the memfd read-only. [`Host::copy`] copies the whole committed
+//! copy seqlock-style (kept only if `seq` was even and unchanged across it);
+//! [`Host::copy_changed`] copies only the pages stamped after a generation the
+//! host already has, and keeps each page only if its stamp did not move past
+//! the target generation while it was copied. Either way a copy is exactly
+//! one committed state.
 //!
 //! Instead of naming the dirty ranges, a client can let the kernel find them:
 //! [`Client::track`] starts write-protect tracking of the work area
@@ -28,19 +34,60 @@ use crate::error::{ErrorKind, SnapshotError};
 use crate::track::{TrackError, TrackErrorKind, Tracker};
 
 /// Magic at the start of the control page.
-pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV1");
+pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV2");
 /// Length of the control page.
 pub const CONTROL_LEN: u64 = 4096;
+/// The page size of the generation table (and of the snapshot file's records).
+pub const PAGE: u64 = 4096;
 const SEQ_OFF: usize = 16;
 
 fn round(n: u64) -> u64 {
-    n.div_ceil(CONTROL_LEN) * CONTROL_LEN
+    n.div_ceil(PAGE) * PAGE
 }
 
-/// Total memfd size for a state region of `region_size` bytes.
+/// Where the parts of the memfd are, for a state region of `region` bytes.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    region: usize,
+    /// State pages (the last may be partial).
+    pages: usize,
+    /// Offset of the page-generation table.
+    gens: usize,
+    work: usize,
+    committed: usize,
+    total: u64,
+}
+
+impl Geometry {
+    fn new(region: u64) -> Option<Self> {
+        let pages = region.div_ceil(PAGE);
+        let table = round(pages.checked_mul(8)?);
+        let area = round(region);
+        let total = CONTROL_LEN
+            .checked_add(table)?
+            .checked_add(area.checked_mul(2)?)?;
+        let work = CONTROL_LEN + table;
+        Some(Self {
+            region: usize::try_from(region).ok()?,
+            pages: usize::try_from(pages).ok()?,
+            gens: CONTROL_LEN as usize,
+            work: usize::try_from(work).ok()?,
+            committed: usize::try_from(work + area).ok()?,
+            total: usize::try_from(total).ok().map(|_| total)?,
+        })
+    }
+
+    /// Bytes of state page `p` (the last one may be short).
+    fn page_len(&self, p: usize) -> usize {
+        (self.region - p * PAGE as usize).min(PAGE as usize)
+    }
+}
+
+/// Total memfd size for a state region of `region_size` bytes (0 if it
+/// cannot be addressed).
 #[must_use]
 pub fn memfd_size(region_size: u64) -> u64 {
-    CONTROL_LEN + 2 * round(region_size)
+    Geometry::new(region_size).map_or(0, |g| g.total)
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as a `map_err` function
@@ -48,7 +95,7 @@ fn bad(msg: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::new(ErrorKind::BadGeometry, msg)
 }
 
-fn map(fd: BorrowedFd<'_>, access: Access) -> Result<(Mapping, u64), SnapshotError> {
+fn map(fd: BorrowedFd<'_>, access: Access) -> Result<(Mapping, Geometry), SnapshotError> {
     let st = rustix::fs::fstat(fd).map_err(|e| SnapshotError::io("fstat memfd", e.into()))?;
     let size = u64::try_from(st.st_size).unwrap_or(0);
     if size < CONTROL_LEN {
@@ -68,16 +115,80 @@ fn map(fd: BorrowedFd<'_>, access: Access) -> Result<(Mapping, u64), SnapshotErr
             "memfd has no snapshot control page",
         ));
     }
-    if region == 0 || memfd_size(region) != size {
-        return Err(bad(format!(
+    match Geometry::new(region) {
+        Some(g) if region > 0 && g.total == size => Ok((m, g)),
+        _ => Err(bad(format!(
             "memfd size {size} does not fit region size {region}"
-        )));
+        ))),
     }
-    Ok((m, region))
+}
+
+/// Fills a fresh (all-zero) memfd of [`memfd_size`] bytes: the state is
+/// written into both areas with [`Initializer::write`], then
+/// [`Initializer::finish`] writes the control page. Until then the memfd has
+/// no magic, so a half-initialized memfd is refused by [`Client::open`] and
+/// [`Host::open`].
+#[derive(Debug)]
+pub struct Initializer {
+    map: Mapping,
+    geo: Geometry,
+}
+
+impl Initializer {
+    /// Maps a fresh memfd for a state of `region_size` bytes.
+    ///
+    /// # Errors
+    /// A memfd of the wrong size, or a region too large to address.
+    pub fn new(fd: BorrowedFd<'_>, region_size: u64) -> Result<Self, SnapshotError> {
+        let geo = Geometry::new(region_size)
+            .filter(|_| region_size > 0)
+            .ok_or_else(|| bad(format!("region of {region_size} bytes cannot be mapped")))?;
+        let st = rustix::fs::fstat(fd).map_err(|e| SnapshotError::io("fstat memfd", e.into()))?;
+        if u64::try_from(st.st_size).ok() != Some(geo.total) {
+            return Err(bad(format!(
+                "memfd of {} bytes, but a state of {region_size} bytes needs {}",
+                st.st_size, geo.total
+            )));
+        }
+        let len = usize::try_from(geo.total).map_err(|_| bad("region too large"))?;
+        let map = Mapping::map(fd, 0, len, Access::ReadWrite)
+            .map_err(|e| bad(format!("map memfd: {e}")))?;
+        Ok(Self { map, geo })
+    }
+
+    /// Writes `bytes` at `offset` of the state (both areas); bytes beyond the
+    /// state region are ignored.
+    pub fn write(&self, offset: u64, bytes: &[u8]) {
+        let region = self.geo.region as u64;
+        let start = offset.min(region);
+        let end = offset.saturating_add(bytes.len() as u64).min(region);
+        // Both fit in usize: they are at most the region size.
+        let (s, n) = (start as usize, (end - start) as usize);
+        let src = &bytes[..n];
+        let r = self.map.region();
+        let _ = r.write_bytes(self.geo.work + s, src);
+        let _ = r.write_bytes(self.geo.committed + s, src);
+    }
+
+    /// Writes the control page: commit sequence `2 * generation`, the region
+    /// size, then the magic.
+    ///
+    /// # Errors
+    /// Never in practice (the control page is inside the checked mapping).
+    pub fn finish(self, generation: u64) -> Result<(), SnapshotError> {
+        let r = self.map.region();
+        r.write(8, &(self.geo.region as u64)).map_err(bad)?;
+        // Relaxed: nobody else has the memfd yet (it is handed over later, which orders it).
+        r.atomic_u64(SEQ_OFF)
+            .map_err(bad)?
+            .store(2 * generation, Ordering::Relaxed);
+        r.write(0, &LIVE_MAGIC).map_err(bad)?;
+        Ok(())
+    }
 }
 
 /// Writes the control page of a fresh (all-zero) memfd and fills both areas
-/// with `init` (a restored state), with commit sequence `2 * generation`.
+/// with `fill` (a restored state), with commit sequence `2 * generation`.
 ///
 /// # Errors
 /// A memfd of the wrong size.
@@ -85,26 +196,11 @@ pub fn initialize(
     fd: BorrowedFd<'_>,
     region_size: u64,
     generation: u64,
-    mut fill: impl FnMut(&mut dyn FnMut(u64, &[u8])),
+    fill: impl FnOnce(&mut dyn FnMut(u64, &[u8])),
 ) -> Result<(), SnapshotError> {
-    let len = usize::try_from(memfd_size(region_size)).map_err(|_| bad("region too large"))?;
-    let m =
-        Mapping::map(fd, 0, len, Access::ReadWrite).map_err(|e| bad(format!("map memfd: {e}")))?;
-    let r = m.region();
-    let area = round(region_size);
-    fill(&mut |off, bytes| {
-        // Bounds: `off + bytes.len() <= region_size` is guaranteed by `restore`.
-        let o = usize::try_from(CONTROL_LEN + off).unwrap_or(usize::MAX);
-        let _ = r.write_bytes(o, bytes);
-        let _ = r.write_bytes(o + usize::try_from(area).unwrap_or(0), bytes);
-    });
-    r.write(8, &region_size).map_err(bad)?;
-    // Relaxed: nobody else has the memfd yet (it is handed over later, which orders it).
-    r.atomic_u64(SEQ_OFF)
-        .map_err(bad)?
-        .store(2 * generation, Ordering::Relaxed);
-    r.write(0, &LIVE_MAGIC).map_err(bad)?;
-    Ok(())
+    let init = Initializer::new(fd, region_size)?;
+    fill(&mut |off, bytes| init.write(off, bytes));
+    init.finish(generation)
 }
 
 /// The program's side: edits the work area and commits.
@@ -117,7 +213,7 @@ pub struct Client {
     /// Dirty tracking, when started (declared before `map`: unregistered first).
     tracking: Option<Mutex<Tracked>>,
     map: Mapping,
-    region: u64,
+    geo: Geometry,
 }
 
 /// What [`Client::commit_tracked`] published.
@@ -139,6 +235,8 @@ struct Tracked {
     /// A scan failed: pages may have been re-protected without being
     /// reported, so the next commit copies the whole work area.
     owe_full: bool,
+    /// Fault injection: fail the next scan ([`Client::fail_next_scan`]).
+    fail_next_scan: bool,
 }
 
 impl Client {
@@ -149,50 +247,63 @@ impl Client {
     ///
     /// Recovery of a previous client's death: if it died inside `commit`
     /// (`seq` odd), its work area held the complete state it was committing,
-    /// so the commit is finished (the whole work area is copied and `seq`
-    /// made even). Otherwise the work area is reset to the committed copy,
-    /// discarding uncommitted edits. Either way the client starts from exactly
-    /// one committed state, and work area and committed copy agree (which
+    /// so the commit is finished (every page where the work area and the
+    /// committed copy differ is stamped and copied, and `seq` made even).
+    /// Otherwise the work area is reset to the committed copy, discarding
+    /// uncommitted edits. Either way the client starts from exactly one
+    /// committed state, and work area and committed copy agree (which
     /// `commit`'s dirty ranges rely on).
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
-        let (map, region) = map(fd, Access::ReadWrite)?;
-        let c = Self {
+        let (map, geo) = map(fd, Access::ReadWrite)?;
+        let client = Self {
             tracking: None,
             map,
-            region,
+            geo,
         };
-        let len = usize::try_from(region).unwrap_or(0);
-        let seq = c.seq();
+        let seq = client.seq();
         // Relaxed: only the (single) client writes `seq`, and we are it now.
         let s = seq.load(Ordering::Relaxed);
+        let region = client.map.region();
         if s % 2 == 1 {
-            // Finish the interrupted commit: same steps as `commit` after the odd store.
-            fence(Ordering::Release);
-            c.copy_ranges(std::slice::from_ref(&(0..len)), true);
-            // SYNC: Release, pairs with the host's Acquire load in `Host::copy`.
+            // Finish the interrupted commit, page by page with the same
+            // steps as `publish` after the odd store: stamp, fence, copy.
+            // Pages it had already copied compare equal and keep their stamp.
+            let generation = s.div_ceil(2);
+            for (p, stamp) in client.gens().iter().enumerate() {
+                let (o, n) = (p * PAGE as usize, geo.page_len(p));
+                if !same_bytes(region, geo.work + o, geo.committed + o, n) {
+                    stamp.store(generation, Ordering::Relaxed);
+                    // SYNC: Release, pairs with the host's Acquire fence in
+                    // `Host::copy_changed` (as in `publish`).
+                    fence(Ordering::Release);
+                    copy_bytes(region, geo.work + o, geo.committed + o, n);
+                }
+            }
+            // SYNC: Release, pairs with the host's Acquire loads of `seq`.
             seq.store(s + 1, Ordering::Release);
         } else {
-            c.copy_ranges(std::slice::from_ref(&(0..len)), false);
+            copy_bytes(region, geo.committed, geo.work, geo.region);
         }
-        Ok(c)
+        Ok(client)
     }
 
-    /// Copies ranges work → committed (`to_committed`) or committed → work.
-    /// Ranges are clipped to the state region.
-    fn copy_ranges(&self, ranges: &[Range<usize>], to_committed: bool) {
+    /// The page-generation table.
+    fn gens(&self) -> &[AtomicU64] {
+        self.map
+            .region()
+            .atomics_u64(self.geo.gens, self.geo.pages)
+            .expect("checked at open")
+    }
+
+    /// Copies ranges of the work area into the committed copy, clipped to
+    /// the state region.
+    fn copy_ranges(&self, ranges: &[Range<usize>]) {
         let r = self.map.region();
-        let region = usize::try_from(self.region).unwrap_or(0);
-        let area = usize::try_from(round(self.region)).unwrap_or(0);
-        let work = CONTROL_LEN as usize;
-        let (from, to) = if to_committed {
-            (work, work + area)
-        } else {
-            (work + area, work)
-        };
+        let g = self.geo;
         for range in ranges {
-            let end = range.end.min(region);
+            let end = range.end.min(g.region);
             let start = range.start.min(end);
-            copy_bytes(r, from + start, to + start, end - start);
+            copy_bytes(r, g.work + start, g.committed + start, end - start);
         }
     }
 
@@ -202,10 +313,9 @@ impl Client {
     /// Never: the bounds were checked at open.
     #[must_use]
     pub fn work(&self) -> Region<'_> {
-        let len = usize::try_from(self.region).unwrap_or(0);
         self.map
             .region()
-            .sub(CONTROL_LEN as usize, len)
+            .sub(self.geo.work, self.geo.region)
             .expect("checked at open")
     }
 
@@ -251,9 +361,10 @@ impl Client {
         if self.tracking.is_some() {
             return Ok(());
         }
-        let area = usize::try_from(round(self.region)).unwrap_or(0);
+        let g = self.geo;
+        let area = g.committed - g.work;
         let r = self.map.region();
-        let work = r.sub(CONTROL_LEN as usize, area).map_err(|_| {
+        let work = r.sub(g.work, area).map_err(|_| {
             TrackError::new(
                 TrackErrorKind::Unsupported,
                 "work area outside the mapping",
@@ -264,19 +375,17 @@ impl Client {
         // comparison, one after it in the first scan.
         let tracker = Tracker::new(work.as_ptr(), area)?;
         let mut dirty = Vec::new();
-        let page = CONTROL_LEN as usize;
-        let region = usize::try_from(self.region).unwrap_or(0);
-        let committed = CONTROL_LEN as usize + area;
-        for off in (0..region).step_by(page) {
-            let n = page.min(region - off);
-            if !same_bytes(r, CONTROL_LEN as usize + off, committed + off, n) {
-                push_range(&mut dirty, off..off + n);
+        for p in 0..g.pages {
+            let (o, n) = (p * PAGE as usize, g.page_len(p));
+            if !same_bytes(r, g.work + o, g.committed + o, n) {
+                push_range(&mut dirty, o..o + n);
             }
         }
         self.tracking = Some(Mutex::new(Tracked {
             tracker,
             dirty,
             owe_full: false,
+            fail_next_scan: false,
         }));
         Ok(())
     }
@@ -326,7 +435,12 @@ impl Client {
         };
         let t = &mut *t;
         let dirty = &mut t.dirty;
-        if let Err(e) = t.tracker.collect(|r| push_range(dirty, r)) {
+        let scanned = if std::mem::take(&mut t.fail_next_scan) {
+            Err(rustix::io::Errno::IO)
+        } else {
+            t.tracker.collect(|r| push_range(dirty, r))
+        };
+        if let Err(e) = scanned {
             t.owe_full = true;
             return Err(TrackError::new(
                 TrackErrorKind::Failed,
@@ -334,7 +448,7 @@ impl Client {
                 Some(e),
             ));
         }
-        let region = usize::try_from(self.region).unwrap_or(usize::MAX);
+        let region = self.geo.region;
         let (generation, bytes) = if t.owe_full {
             (self.publish(std::slice::from_ref(&(0..region))), region)
         } else {
@@ -353,26 +467,51 @@ impl Client {
         })
     }
 
-    /// The seqlock commit: `seq` odd, copy `dirty` work → committed, `seq` even.
+    /// Makes the next [`Client::commit_tracked`] fail as if its scan had
+    /// failed (tests of the recovery path).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_scan(&self) {
+        if let Some(t) = &self.tracking {
+            let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            t.fail_next_scan = true;
+        }
+    }
+
+    /// The commit: `seq` odd, stamp the pages of `dirty` with the new
+    /// generation, copy `dirty` work → committed, `seq` even.
     fn publish(&self, dirty: &[Range<usize>]) -> u64 {
         let seq = self.seq();
         // Relaxed: only this client writes `seq`.
         let s = seq.load(Ordering::Relaxed);
-        // SYNC: Relaxed store + Release fence: the fence orders the odd store
-        // before every store of the copy below; pairs with the host's Acquire
-        // fence before its second load of `seq` in `Host::copy`.
-        seq.store(s + 1, Ordering::Relaxed);
+        let generation = s / 2 + 1;
+        // SYNC: Release, pairs with the host's Acquire load of `seq`: a host
+        // that sees this odd value sees every earlier commit whole.
+        seq.store(s + 1, Ordering::Release);
+        let gens = self.gens();
+        let page = PAGE as usize;
+        for r in dirty {
+            let end = r.end.min(self.geo.region);
+            let start = r.start.min(end);
+            for stamp in &gens[start / page..end.div_ceil(page)] {
+                // Relaxed: published by the fence below.
+                stamp.store(generation, Ordering::Relaxed);
+            }
+        }
+        // SYNC: Release fence: orders the odd store and the stamps before
+        // every store of the copy below; pairs with the host's Acquire fences
+        // in `Host::copy` (before its second load of `seq`) and in
+        // `Host::copy_changed` (before it re-reads the stamps).
         fence(Ordering::Release);
         // The crash point sits between the two halves of the ranges, so a
         // kill there leaves the committed copy partly written.
         let (first, rest) = dirty.split_at(dirty.len() / 2);
-        self.copy_ranges(first, true);
+        self.copy_ranges(first);
         crate::format::crash_point_client();
-        self.copy_ranges(rest, true);
+        self.copy_ranges(rest);
         // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
         // a host that sees `s + 2` sees every byte of this copy.
         seq.store(s + 2, Ordering::Release);
-        s / 2 + 1
+        generation
     }
 }
 
@@ -438,8 +577,12 @@ fn same_bytes(region: Region<'_>, a: usize, b: usize, len: usize) -> bool {
 #[derive(Debug)]
 pub struct Host {
     map: Mapping,
-    region: u64,
+    geo: Geometry,
 }
+
+/// State pages copied per batch by [`Host::copy_changed`] and
+/// [`Host::read_after_exit`] (256 KiB).
+const BATCH_PAGES: usize = 64;
 
 impl Host {
     /// Maps an initialized memfd read-only.
@@ -447,75 +590,107 @@ impl Host {
     /// # Errors
     /// Not a snapshot memfd, or the wrong size.
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
-        let (map, region) = map(fd, Access::ReadOnly)?;
-        Ok(Self { map, region })
+        let (map, geo) = map(fd, Access::ReadOnly)?;
+        Ok(Self { map, geo })
     }
 
     /// The state region size.
     #[must_use]
     pub fn region_size(&self) -> u64 {
-        self.region
+        self.geo.region as u64
+    }
+
+    fn seq(&self) -> u64 {
+        // SYNC: Acquire, pairs with the client's Release stores of `seq`
+        // (both the odd and the even one).
+        self.map
+            .region()
+            .load_u64(SEQ_OFF, Ordering::Acquire)
+            .unwrap_or(0)
     }
 
     /// The latest committed generation.
     #[must_use]
     pub fn generation(&self) -> u64 {
-        // Acquire: pairs with the client's Release store in `commit`.
-        self.map
-            .region()
-            .load_u64(SEQ_OFF, Ordering::Acquire)
-            .unwrap_or(0)
-            / 2
+        self.seq() / 2
     }
 
     /// The generation of the program's last commit once no client can run
     /// any more: like [`Host::generation`], but a commit the program died
     /// inside counts (the next [`Client::open`] finishes it under this number,
-    /// and [`Host::copy_after_exit`] copies its state).
+    /// and [`Host::read_after_exit`] reads its state).
     #[must_use]
     pub fn generation_after_exit(&self) -> u64 {
-        // Acquire: as in `generation`.
-        self.map
-            .region()
-            .load_u64(SEQ_OFF, Ordering::Acquire)
-            .unwrap_or(0)
-            .div_ceil(2)
+        self.seq().div_ceil(2)
     }
 
-    /// Copies the state of the program's last commit into `dst` once no
-    /// client can run any more (the program exited or was killed, and no
-    /// other process maps the memfd writable), and returns its generation.
+    /// Whether the last client died inside a commit (`seq` odd). Only
+    /// meaningful once no client runs.
+    #[must_use]
+    pub fn died_in_commit(&self) -> bool {
+        self.seq() % 2 == 1
+    }
+
+    /// Hands every page of the state of the program's last commit to
+    /// `visit(page_index, bytes)`, in order, once no client can run any more
+    /// (the program exited or was killed, and no other process maps the
+    /// memfd writable); returns its generation.
     ///
     /// If the program died inside `commit` (`seq` odd), the committed copy
     /// is half written, but the work area holds the complete state that
     /// commit was publishing: it is what the next [`Client::open`] finishes
-    /// the commit with, under the same generation. So this copies the work
-    /// area then, and never gives up as [`Host::copy`] must while a client runs.
-    /// `None` only if the mapping cannot be read.
+    /// the commit with, under the same generation. So the work area is read
+    /// then, and this never gives up as [`Host::copy`] must while a client
+    /// runs. Called while a client still runs, it may return a mix of two states.
     ///
-    /// Called while a client still runs, it may return a mix of two states.
-    pub fn copy_after_exit(&self, dst: &mut [u8]) -> Option<u64> {
-        let r = self.map.region();
-        let area = usize::try_from(round(self.region)).unwrap_or(0);
-        let n = dst.len().min(usize::try_from(self.region).unwrap_or(0));
-        // Acquire: pairs with the last Release store of `seq` by the client
-        // (its exit, observed by the caller through wait(), orders it anyway).
-        let s = r.load_u64(SEQ_OFF, Ordering::Acquire).ok()?;
+    /// # Errors
+    /// The first error of `visit`.
+    pub fn read_after_exit<E>(
+        &self,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let s = self.seq();
         let from = if s % 2 == 1 {
-            CONTROL_LEN as usize
+            self.geo.work
         } else {
-            CONTROL_LEN as usize + area
+            self.geo.committed
         };
-        r.read_bytes(from, &mut dst[..n]).ok()?;
-        Some(s.div_ceil(2))
+        let r = self.map.region();
+        let mut buf = vec![0u8; PAGE as usize];
+        for p in 0..self.geo.pages {
+            let n = self.geo.page_len(p);
+            let _ = r.read_bytes(from + p * PAGE as usize, &mut buf[..n]);
+            visit(p as u64, &buf[..n])?;
+        }
+        Ok(s.div_ceil(2))
+    }
+
+    /// Copies the state of the program's last commit into `dst` once no
+    /// client can run any more; see [`Host::read_after_exit`]. Returns its
+    /// generation.
+    pub fn copy_after_exit(&self, dst: &mut [u8]) -> u64 {
+        let n = dst.len().min(self.geo.region);
+        let dst = &mut dst[..n];
+        let r: Result<u64, std::convert::Infallible> = self.read_after_exit(|p, bytes| {
+            let o = usize::try_from(p).unwrap_or(usize::MAX) * PAGE as usize;
+            if let Some(d) = dst.get_mut(o..o.saturating_add(bytes.len()).min(n)) {
+                d.copy_from_slice(&bytes[..d.len()]);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(g) => g,
+        }
     }
 
     /// Copies one committed state into `dst` (`region_size` bytes) and returns
     /// its generation, or `None` if a commit overlapped each of `tries` attempts.
+    ///
+    /// This reads the whole state; [`Host::copy_changed`] reads only what
+    /// changed and is not starved by frequent commits.
     pub fn copy(&self, dst: &mut [u8], tries: usize) -> Option<u64> {
         let r = self.map.region();
-        let area = usize::try_from(round(self.region)).unwrap_or(0);
-        let n = dst.len().min(usize::try_from(self.region).unwrap_or(0));
+        let n = dst.len().min(self.geo.region);
         for _ in 0..tries {
             // SYNC: Acquire, pairs with the Release store ending `Client::commit`.
             let s1 = r.load_u64(SEQ_OFF, Ordering::Acquire).ok()?;
@@ -523,8 +698,7 @@ impl Host {
                 std::thread::yield_now();
                 continue;
             }
-            r.read_bytes(CONTROL_LEN as usize + area, &mut dst[..n])
-                .ok()?;
+            r.read_bytes(self.geo.committed, &mut dst[..n]).ok()?;
             // SYNC: Acquire fence, pairs with the client's Release fence after
             // the odd store: if any byte read came from a later commit's copy,
             // the load below sees that commit's odd (or later) value.
@@ -537,4 +711,101 @@ impl Host {
         }
         None
     }
+
+    /// Hands to `visit(page_index, bytes)` every page of the state that the
+    /// newest complete commit `G` holds and that changed after generation
+    /// `since`, each exactly as commit `G` left it, and returns
+    /// `Ok(Changed::Complete(G))`. Together with a copy of generation `since`
+    /// this is exactly state `G`. Returns `Ok(Changed::Conflict)` when a
+    /// later commit rewrote a page before it was copied (retry: nothing
+    /// visited so far is usable), and `Ok(Changed::Nothing)` when nothing was
+    /// committed after `since`.
+    ///
+    /// The cost is one read of the page-generation table (8 bytes per
+    /// 4096-byte page) plus the changed pages: independent of how often the
+    /// client commits, and of the state size but for the table. Never writes
+    /// the memfd.
+    ///
+    /// # Errors
+    /// The first error of `visit` (nothing more is visited).
+    pub fn copy_changed<E>(
+        &self,
+        since: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<Changed, E> {
+        let r = self.map.region();
+        // The Acquire load of `seq` (even: the end of commit G; odd: the
+        // start of commit G+1, which the client also stores with Release)
+        // makes the stamps and the copies of every commit up to G visible.
+        let target = self.seq() / 2;
+        if target <= since {
+            return Ok(Changed::Nothing);
+        }
+        // Read-only mapping: the stamps are read with single atomic loads
+        // (`Region` hands out atomic slices only for writable mappings).
+        // Relaxed: ordered by the Acquire load of `seq` above and by the
+        // Acquire fence in `flush`.
+        let gens = self.geo.gens;
+        let stamp = |p: usize| {
+            r.load_u64(gens + 8 * p, Ordering::Relaxed)
+                .unwrap_or(u64::MAX)
+        };
+        let mut batch: Vec<usize> = Vec::with_capacity(BATCH_PAGES);
+        let mut buf = vec![0u8; BATCH_PAGES * PAGE as usize];
+        let mut flush = |batch: &mut Vec<usize>| -> Result<bool, E> {
+            for (k, &p) in batch.iter().enumerate() {
+                let n = self.geo.page_len(p);
+                let dst = &mut buf[k * PAGE as usize..k * PAGE as usize + n];
+                let _ = r.read_bytes(self.geo.committed + p * PAGE as usize, dst);
+            }
+            // SYNC: Acquire fence, pairs with the Release fence in
+            // `Client::publish` between its stamps and its copy: if a byte
+            // read above was stored by a commit after G, the re-read stamp
+            // of that page below shows that commit's generation (> G).
+            fence(Ordering::Acquire);
+            // Relaxed: ordered by the fence above.
+            if batch.iter().any(|&p| stamp(p) > target) {
+                return Ok(false);
+            }
+            for (k, &p) in batch.iter().enumerate() {
+                let n = self.geo.page_len(p);
+                visit(p as u64, &buf[k * PAGE as usize..k * PAGE as usize + n])?;
+            }
+            batch.clear();
+            Ok(true)
+        };
+        for p in 0..self.geo.pages {
+            // A stale value is still at least the last stamp of a commit up
+            // to G (the Acquire load of `seq` above).
+            let g = stamp(p);
+            if g <= since {
+                continue;
+            }
+            if g > target {
+                // A later commit is rewriting this page (or the table holds
+                // garbage): its state-G bytes are gone.
+                return Ok(Changed::Conflict);
+            }
+            batch.push(p);
+            if batch.len() == BATCH_PAGES && !flush(&mut batch)? {
+                return Ok(Changed::Conflict);
+            }
+        }
+        if !batch.is_empty() && !flush(&mut batch)? {
+            return Ok(Changed::Conflict);
+        }
+        Ok(Changed::Complete(target))
+    }
+}
+
+/// What [`Host::copy_changed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// Every page changed after `since` was visited, as of this generation.
+    Complete(u64),
+    /// No commit after `since`: nothing was visited.
+    Nothing,
+    /// A commit rewrote a page before it was copied: discard what was
+    /// visited and try again.
+    Conflict,
 }

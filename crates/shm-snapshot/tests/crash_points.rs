@@ -107,7 +107,7 @@ fn compacting_writer(path: &Path) {
         w.snapshot(&state(g)).unwrap();
         eprintln!("durable {g}");
     }
-    w.compact_file(path, &state(3)).unwrap();
+    w.compact_file(path).unwrap();
     eprintln!("compacted");
     for g in 4..=5 {
         w.snapshot(&state(g)).unwrap();
@@ -173,7 +173,7 @@ fn compaction_killed_at_each_crash_point() {
             .write(true)
             .open(&path)
             .unwrap();
-        let mut w = SnapshotWriter::open(FileStorage(f), &v).unwrap();
+        let mut w = SnapshotWriter::open(FileStorage(f)).unwrap();
         w.snapshot(&state(4)).unwrap();
         let f = std::fs::File::open(&path).unwrap();
         assert_eq!(

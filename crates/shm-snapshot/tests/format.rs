@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use shm_snapshot::storage_ops::Op;
-use shm_snapshot::{ErrorKind, MemStorage, SnapshotWriter, Storage, inspect, restore};
+use shm_snapshot::{ErrorKind, FileStorage, MemStorage, SnapshotWriter, Storage, inspect, restore};
 
 const PS: u32 = 256;
 
@@ -58,8 +58,8 @@ fn roundtrip_and_incremental() {
     assert_eq!(w.last_bytes_written, 32);
     // Reopen and continue.
     let st = w.storage().clone();
-    let (v, g) = restore_vec(&st).unwrap();
-    let mut w2 = SnapshotWriter::open(st, &v).unwrap();
+    let (_, g) = restore_vec(&st).unwrap();
+    let mut w2 = SnapshotWriter::open(st).unwrap();
     assert_eq!(w2.generation(), g);
     w2.snapshot(&state(12, len)).unwrap();
     assert_eq!(restore_vec(w2.storage()).unwrap(), (state(12, len), g + 1));
@@ -72,14 +72,88 @@ fn compaction_keeps_state_and_generation() {
     for g in 1..=20 {
         w.snapshot(&state(g, len)).unwrap();
     }
-    let c = w
-        .compact_into(MemStorage::default(), &state(20, len))
-        .unwrap();
+    let c = w.compact_into(MemStorage::default()).unwrap();
     assert!(c.data.len() < w.storage().data.len());
     assert_eq!(restore_vec(&c).unwrap(), (state(20, len), 20));
-    let mut w2 = SnapshotWriter::open(c, &state(20, len)).unwrap();
+    let mut w2 = SnapshotWriter::open(c).unwrap();
     w2.snapshot(&state(21, len)).unwrap();
     assert_eq!(restore_vec(w2.storage()).unwrap(), (state(21, len), 21));
+}
+
+#[test]
+fn a_snapshot_of_selected_pages_keeps_the_others() {
+    let len = 16 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.snapshot(&state(1, len)).unwrap();
+    let mut expect = state(1, len);
+    let new: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ 0xA5).collect();
+    let mut tx = w.begin();
+    for i in [3u64, 7, 15] {
+        let r = i as usize * PS as usize..(i as usize + 1) * PS as usize;
+        assert!(tx.page(i, &new[r.clone()]).unwrap(), "page {i} is new");
+        expect[r.clone()].copy_from_slice(&new[r]);
+    }
+    // A page handed with its current bytes is not written again.
+    assert!(!tx.page(0, &expect[..PS as usize]).unwrap());
+    assert_eq!(tx.pages_written(), 3);
+    assert_eq!(tx.commit().unwrap(), 2);
+    assert_eq!(restore_vec(w.storage()).unwrap(), (expect.clone(), 2));
+    // Dropped without a commit: nothing changes, and the next one appends
+    // where it would have.
+    let end = w.len();
+    let mut tx = w.begin();
+    tx.page(1, &new[PS as usize..2 * PS as usize]).unwrap();
+    drop(tx);
+    assert_eq!(w.len(), end);
+    assert_eq!(restore_vec(w.storage()).unwrap(), (expect, 2));
+    w.snapshot(&state(3, len)).unwrap();
+    assert_eq!(restore_vec(w.storage()).unwrap(), (state(3, len), 3));
+}
+
+#[test]
+fn a_reopened_writer_compacts_from_its_own_log() {
+    let len = 24 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    for g in 1..=5 {
+        w.snapshot(&state(g, len)).unwrap();
+    }
+    // Reopened, the writer knows each page's newest record from the scan
+    // alone, and compacts from it without being given the state.
+    let w = SnapshotWriter::open(w.storage().clone()).unwrap();
+    let c = w.compact_into(MemStorage::default()).unwrap();
+    assert!(c.data.len() < w.storage().data.len());
+    assert_eq!(restore_vec(&c).unwrap(), (state(5, len), 5));
+    // A compacted file compacts again to the same state.
+    let mut w = SnapshotWriter::open(c).unwrap();
+    let c2 = w.compact_into(MemStorage::default()).unwrap();
+    assert_eq!(restore_vec(&c2).unwrap(), (state(5, len), 5));
+    w.snapshot(&state(6, len)).unwrap();
+    assert_eq!(restore_vec(w.storage()).unwrap(), (state(6, len), 6));
+}
+
+#[test]
+fn compaction_refuses_a_page_that_changed_on_disk() {
+    use std::os::unix::fs::FileExt;
+    let path = std::env::temp_dir().join(format!("outlive-bitrot-{}.snap", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let other = f.try_clone().unwrap();
+    let len = 4 * PS as usize;
+    let mut w = SnapshotWriter::create(FileStorage(f), PS, len as u64).unwrap();
+    w.snapshot(&state(1, len)).unwrap();
+    // Another writer flips a byte of the last page record's payload.
+    let at = w.len() - 32 - 100;
+    let mut b = [0u8; 1];
+    other.read_exact_at(&mut b, at).unwrap();
+    other.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    let e = w.compact_into(MemStorage::default()).unwrap_err();
+    assert!(e.to_string().contains("changed on disk"), "{e}");
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
@@ -100,7 +174,7 @@ fn every_truncation_restores_a_committed_generation() {
         let expect = if g == 0 { vec![0; len] } else { state(g, len) };
         assert_eq!(v, expect, "cut at {cut}");
         // Writing continues after a torn tail.
-        let mut w = SnapshotWriter::open(s, &v).unwrap();
+        let mut w = SnapshotWriter::open(s).unwrap();
         w.snapshot(&state(9, len)).unwrap();
         assert_eq!(restore_vec(w.storage()).unwrap(), (state(9, len), g + 1));
     }
@@ -205,8 +279,7 @@ fn disk_full_keeps_previous_snapshot() {
     w.snapshot(&state(1, len)).unwrap();
     let mut st = w.storage().clone();
     st.capacity = Some(st.data.len() as u64 + 100);
-    let (v, _) = restore_vec(&st).unwrap();
-    let mut w = SnapshotWriter::open(st, &v).unwrap();
+    let mut w = SnapshotWriter::open(st).unwrap();
     let e = w.snapshot(&state(5, len)).unwrap_err();
     assert!(e.is_disk_full(), "{e}");
     assert_eq!(w.generation(), 1);
@@ -247,12 +320,20 @@ fn bad_files_give_clear_errors() {
     let i = inspect(&MemStorage::with_data(vec![0u8; 1 << 20])).unwrap();
     assert!(i.all_zero);
     assert_eq!(i.region_size, 1 << 20);
-    // A state of the wrong size is refused.
-    let st = w.storage().clone();
+    // A state of the wrong size, and pages that do not fit, are refused.
+    let mut w = SnapshotWriter::open(w.storage().clone()).unwrap();
     assert_eq!(
-        SnapshotWriter::open(st, &[0u8; 10]).unwrap_err().kind(),
+        w.snapshot(&[0u8; 10]).unwrap_err().kind(),
         ErrorKind::SizeMismatch
     );
+    let pages = w.region_size().div_ceil(u64::from(PS));
+    let mut tx = w.begin();
+    for (index, len) in [(pages, PS as usize), (0, 10), (0, PS as usize + 1)] {
+        assert_eq!(
+            tx.page(index, &vec![1u8; len]).unwrap_err().kind(),
+            ErrorKind::SizeMismatch
+        );
+    }
 }
 
 proptest! {

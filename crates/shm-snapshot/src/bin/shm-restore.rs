@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use shm_snapshot::live::{self, Host};
+use shm_snapshot::live::{self, Changed, Host, Initializer};
 use shm_snapshot::{
-    FileInfo, FileStorage, SnapshotWriter, Storage, compact_temp_path, read_header,
+    FileStorage, Restored, SnapshotError, SnapshotWriter, Storage, compact_temp_path, read_header,
     remove_stale_compaction, restore, restore_with_progress,
 };
 
@@ -131,12 +131,13 @@ fn do_inspect(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The snapshotted image: an 8-byte client commit generation in a 4096-byte
-/// prefix, then the committed state.
-fn image_gen(image: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&image[..8]);
-    u64::from_le_bytes(a)
+/// The file holds an **image**: a 4096-byte prefix whose first 8 bytes are
+/// the program's commit generation, then the state region. Page `i + 1` of
+/// the image is page `i` of the state.
+fn prefix(generation: u64) -> Vec<u8> {
+    let mut p = vec![0u8; live::CONTROL_LEN as usize];
+    p[..8].copy_from_slice(&generation.to_le_bytes());
+    p
 }
 
 /// Removes the temporary file of a compaction that a killed host left behind.
@@ -154,69 +155,99 @@ fn cleanup_temp(path: &Path) {
     }
 }
 
+/// FILE, opened and its header checked (not yet read).
+struct Opened {
+    file: File,
+    /// The state region size the file holds.
+    region: u64,
+}
+
 /// FILE as read by one pass of [`restore_with_progress`].
 struct Loaded {
     file: File,
-    info: FileInfo,
-    /// The newest committed image (control prefix, then the state region).
-    image: Vec<u8>,
-    /// The program's commit generation in that image.
+    restored: Restored,
+    /// The program's commit generation in the image.
     generation: u64,
 }
 
 /// Files at least this large get a progress bar while restoring (on a terminal).
 const PROGRESS_MIN: u64 = 64 << 20;
 
-/// Reads FILE once: header, then every valid record straight into the image.
-fn load(path: &Path) -> Result<Option<Loaded>, String> {
+/// Opens FILE and checks that its header describes a state shm-restore can
+/// hold; `None` if it does not exist.
+fn open_file(path: &Path) -> Result<Option<Opened>, String> {
     let show = path.display();
     let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{show}: {e}")),
     };
-    let st = FileStorage(file.try_clone().map_err(|e| format!("{show}: {e}"))?);
-    let header = read_header(&st).map_err(|e| format!("{show}: {e}"))?;
+    let header = read_header(&FileStorage(
+        file.try_clone().map_err(|e| format!("{show}: {e}"))?,
+    ))
+    .map_err(|e| format!("{show}: {e}"))?;
     if header.region_size <= live::CONTROL_LEN {
         return Err(format!(
             "{show}: file of {} bytes is too small for a state",
             header.region_size
         ));
     }
-    let len = usize::try_from(header.region_size).map_err(|_| {
-        format!(
-            "{show}: region of {} bytes is too large",
-            header.region_size
-        )
-    })?;
-    let mut image = Vec::new();
-    image
-        .try_reserve_exact(len)
-        .map_err(|_| format!("{show}: cannot allocate {len} bytes for its state"))?;
-    image.resize(len, 0);
+    if u64::from(header.page_size) != live::PAGE {
+        return Err(format!(
+            "{show}: records of {} bytes, but shm-restore writes {}-byte pages",
+            header.page_size,
+            live::PAGE
+        ));
+    }
+    Ok(Some(Opened {
+        file,
+        region: header.region_size - live::CONTROL_LEN,
+    }))
+}
+
+/// Reads FILE once (header, then every valid record), handing the state's
+/// bytes to `state(offset, bytes)` as they are verified.
+fn load(path: &Path, opened: Opened, mut state: impl FnMut(u64, &[u8])) -> Result<Loaded, String> {
+    let show = path.display();
+    let st = FileStorage(
+        opened
+            .file
+            .try_clone()
+            .map_err(|e| format!("{show}: {e}"))?,
+    );
+    let mut head = [0u8; 8];
     let file_len = st.len().unwrap_or(0);
     let mut bar = Progress::new(file_len);
-    let info = restore_with_progress(
+    let restored = restore_with_progress(
         &st,
         |off, b| {
-            // `restore` keeps `off + b.len()` within the header's region size.
-            let o = usize::try_from(off).unwrap_or(usize::MAX);
-            if let Some(d) = image.get_mut(o..o.saturating_add(b.len())) {
-                d.copy_from_slice(b);
+            // Split at the end of the prefix: bytes before it are the image's
+            // generation field, the rest is state.
+            let cut = usize::try_from(live::CONTROL_LEN.saturating_sub(off))
+                .unwrap_or(usize::MAX)
+                .min(b.len());
+            let (pre, rest) = b.split_at(cut);
+            if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
+                let k = pre.len().min(8 - n);
+                head[n..n + k].copy_from_slice(&pre[..k]);
+            }
+            if !rest.is_empty() {
+                state(off + cut as u64 - live::CONTROL_LEN, rest);
             }
         },
         |done, total| bar.set(done, total),
     )
-    .map_err(|e| format!("{show}: {e}"))?
-    .info;
+    .map_err(|e| format!("{show}: {e}"))?;
     bar.finish();
-    let generation = if info.all_zero { 0 } else { image_gen(&image) };
-    Ok(Some(Loaded {
-        file,
-        info,
-        image,
-        generation,
-    }))
+    Ok(Loaded {
+        file: opened.file,
+        generation: if restored.info.all_zero {
+            0
+        } else {
+            u64::from_le_bytes(head)
+        },
+        restored,
+    })
 }
 
 /// A progress bar on a terminal for large files; nothing otherwise.
@@ -332,13 +363,28 @@ fn parse_rate(s: &str) -> Result<u64, String> {
     }
 }
 
-/// The snapshot loop's state: the writer, its image buffer and the figures
-/// reported at exit.
+/// How a snapshot reads the live state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Only the pages committed after the file's generation
+    /// ([`Host::copy_changed`]), while the program may run.
+    Changed,
+    /// Every page, compared with the file's checksums: before the program
+    /// starts on an inherited memfd (whose history the file may not share),
+    /// and after it died inside a commit ([`Host::read_after_exit`]).
+    Full,
+}
+
+/// Attempts of one periodic snapshot before it is reported as skipped.
+const CONFLICT_TRIES: u32 = 50;
+
+/// The snapshot loop's state: the writer and the figures reported at exit.
+/// It holds no copy of the state: each snapshot streams the changed pages
+/// from the memfd into the file.
 struct Snapshotter<'a> {
     path: &'a Path,
     host: Host,
     writer: SnapshotWriter<FileStorage>,
-    image: Vec<u8>,
     /// The program's newest commit generation that is durable in FILE.
     persisted: u64,
     limit: RateLimit,
@@ -347,32 +393,48 @@ struct Snapshotter<'a> {
     snapshots: u64,
     bytes: u64,
     compactions: u64,
+    /// Attempts abandoned because a commit rewrote a page being copied.
+    conflicts: u64,
 }
 
 impl Snapshotter<'_> {
     /// Takes a snapshot unless the live state is already on disk; compacts
     /// the log afterwards when it has outgrown `compact_at` times the image.
-    /// `program_gone`: the program has exited, so a commit it died inside is
-    /// taken from its work area ([`Host::copy_after_exit`]).
-    fn snapshot(&mut self, program_gone: bool) -> Result<(), String> {
+    fn snapshot(&mut self, read: Read) -> Result<(), String> {
         let show = self.path.display();
         let started = Instant::now();
-        let dst = &mut self.image[live::CONTROL_LEN as usize..];
-        let copied = if program_gone {
-            self.host.copy_after_exit(dst)
-        } else {
-            self.host.copy(dst, 1000)
+        let mut tries = 0;
+        let g = loop {
+            let mut tx = self.writer.begin();
+            let mut visit = |p: u64, b: &[u8]| tx.page(p + 1, b).map(drop);
+            let g = match read {
+                Read::Full => self.host.read_after_exit(&mut visit),
+                Read::Changed => match self.host.copy_changed(self.persisted, &mut visit) {
+                    Ok(Changed::Complete(g)) => Ok(g),
+                    Ok(Changed::Nothing) => return Ok(()),
+                    Ok(Changed::Conflict) => {
+                        drop(tx);
+                        self.conflicts += 1;
+                        tries += 1;
+                        if tries == CONFLICT_TRIES {
+                            return Err(format!(
+                                "commits rewrote pages being copied {CONFLICT_TRIES} times in a row; snapshot skipped"
+                            ));
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+            .map_err(|e: SnapshotError| format!("{show}: {e}"))?;
+            if g <= self.persisted && tx.pages_written() == 0 {
+                return Ok(());
+            }
+            tx.page(0, &prefix(g))
+                .and_then(|_| tx.commit())
+                .map_err(|e| format!("{show}: {e}"))?;
+            break g;
         };
-        let Some(g) = copied else {
-            return Err("a commit was in progress at every try; snapshot skipped".into());
-        };
-        if g <= self.persisted && self.writer.generation() > 0 {
-            return Ok(());
-        }
-        self.image[..8].copy_from_slice(&g.to_le_bytes());
-        self.writer
-            .snapshot(&self.image)
-            .map_err(|e| format!("{show}: {e}"))?;
         self.persisted = g;
         self.snapshots += 1;
         self.bytes += self.writer.last_bytes_written;
@@ -382,11 +444,11 @@ impl Snapshotter<'_> {
             self.writer.last_bytes_written
         );
         #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
-        let grown = self.writer.len() as f64 > self.compact_at * self.image.len() as f64;
+        let grown = self.writer.len() as f64 > self.compact_at * self.writer.region_size() as f64;
         if self.compact_at > 0.0 && grown {
             let before = self.writer.len();
             self.writer
-                .compact_file(self.path, &self.image)
+                .compact_file(self.path)
                 .map_err(|e| format!("{show}: compaction: {e}"))?;
             self.compactions += 1;
             eprintln!(
@@ -400,7 +462,7 @@ impl Snapshotter<'_> {
     /// A periodic tick: snapshot if the rate limit allows, then check the lag.
     fn tick(&mut self) {
         if self.limit.ready(Instant::now())
-            && let Err(e) = self.snapshot(false)
+            && let Err(e) = self.snapshot(Read::Changed)
         {
             eprintln!("shm-restore: {e}");
         }
@@ -414,17 +476,25 @@ impl Snapshotter<'_> {
 
     /// The last snapshot at the program's exit (never rate-limited), and the summary.
     fn finish(&mut self) {
-        if let Err(e) = self.snapshot(true) {
+        // No client runs: a commit the program died inside is taken whole
+        // from its work area, as the next `Client::open` will finish it.
+        let read = if self.host.died_in_commit() {
+            Read::Full
+        } else {
+            Read::Changed
+        };
+        if let Err(e) = self.snapshot(read) {
             eprintln!("shm-restore: {e}");
         }
         let live = self.host.generation_after_exit();
         eprintln!(
-            "shm-restore: at exit: file at generation {}, live at {live} ({} behind); {} snapshots, {} bytes written, {} compactions; largest lag {} generations, {:.1}s",
+            "shm-restore: at exit: file at generation {}, live at {live} ({} behind); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
             self.persisted,
             live.saturating_sub(self.persisted),
             self.snapshots,
             self.bytes,
             self.compactions,
+            self.conflicts,
             self.lag.max_generations,
             self.lag.max_time.as_secs_f64()
         );
@@ -471,30 +541,30 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let mut fds = shm_fd::listen::ListenFds::from_env().map_err(|e| e.to_string())?;
     let warm = fds.take(&args.name);
     let started = Instant::now();
-    // FILE, read once (a cold start restores from this image).
-    let loaded = load(path)?;
-    if loaded.is_none() && !args.create && warm.is_none() {
+    let opened = open_file(path)?;
+    if opened.is_none() && !args.create && warm.is_none() {
         return Err(format!(
             "{show}: no such file (use --create to start a fresh state)"
         ));
     }
-    let file_gen = loaded.as_ref().map_or(0, |l| l.generation);
-    let file_region = match (&loaded, &warm) {
-        (Some(l), _) => l.info.region_size - live::CONTROL_LEN,
-        (None, Some(fd)) => Host::open(fd.as_fd())
-            .map_err(|e| format!("inherited memfd: {e}"))?
-            .region_size(),
-        (None, None) => args.size,
-    };
-    let fd: OwnedFd = match warm {
+    // FILE is read once: on a cold start straight into the new memfd.
+    let (fd, loaded, first): (OwnedFd, Option<Loaded>, Option<Read>) = match warm {
         Some(fd) => {
             let host = Host::open(fd.as_fd()).map_err(|e| format!("inherited memfd: {e}"))?;
-            if host.region_size() != file_region {
-                return Err(format!(
-                    "inherited memfd holds {} bytes of state but {show} holds {file_region}",
-                    host.region_size()
-                ));
-            }
+            let loaded = match opened {
+                Some(o) => {
+                    if host.region_size() != o.region {
+                        return Err(format!(
+                            "inherited memfd holds {} bytes of state but {show} holds {}",
+                            host.region_size(),
+                            o.region
+                        ));
+                    }
+                    Some(load(path, o, |_, _| {})?)
+                }
+                None => None,
+            };
+            let file_gen = loaded.as_ref().map_or(0, |l| l.generation);
             // No program runs yet: a commit the last one died inside counts.
             let live_gen = host.generation_after_exit();
             if live_gen < file_gen {
@@ -503,45 +573,39 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 ));
             }
             eprintln!("shm-restore: warm start from the inherited memfd at generation {live_gen}");
-            fd
+            (fd, loaded, Some(Read::Full))
         }
         None => {
-            let size = live::memfd_size(file_region);
-            let fd = shm_fd::state::create(&args.name, size).map_err(|e| format!("memfd: {e}"))?;
-            live::initialize(fd.as_fd(), file_region, file_gen, |apply| {
-                if let Some(l) = &loaded {
-                    apply(0, &l.image[live::CONTROL_LEN as usize..]);
-                }
-            })
-            .map_err(|e| format!("memfd: {e}"))?;
+            let region = opened.as_ref().map_or(args.size, |o| o.region);
+            let fd = shm_fd::state::create(&args.name, live::memfd_size(region))
+                .map_err(|e| format!("memfd: {e}"))?;
+            let init = Initializer::new(fd.as_fd(), region).map_err(|e| format!("memfd: {e}"))?;
+            let loaded = match opened {
+                Some(o) => Some(load(path, o, |off, b| init.write(off, b))?),
+                None => None,
+            };
+            let generation = loaded.as_ref().map_or(0, |l| l.generation);
+            init.finish(generation).map_err(|e| format!("memfd: {e}"))?;
             if loaded.is_some() {
                 eprintln!(
-                    "shm-restore: cold start: restored generation {file_gen} ({file_region} bytes) from {show} in {:.3}s",
+                    "shm-restore: cold start: restored generation {generation} ({region} bytes) from {show} in {:.3}s",
                     started.elapsed().as_secs_f64()
                 );
             } else {
                 eprintln!(
-                    "shm-restore: {show} missing: starting a fresh state of {file_region} bytes (--create)"
+                    "shm-restore: {show} missing: starting a fresh state of {region} bytes (--create)"
                 );
             }
             let _ = shm_fd::notify::store_fd(&args.name, fd.as_fd());
-            fd
+            (fd, loaded, None)
         }
     };
     let host = Host::open(fd.as_fd()).map_err(|e| format!("memfd: {e}"))?;
-    // The writer continues FILE from the image just read, or creates FILE.
-    let image_len =
-        usize::try_from(live::CONTROL_LEN + file_region).map_err(|_| "state too large")?;
-    let (writer, image) = match loaded {
-        Some(l) if l.info.all_zero => (
-            SnapshotWriter::open(FileStorage(l.file), &[]).map_err(|e| format!("{show}: {e}"))?,
-            l.image,
-        ),
-        Some(l) => (
-            SnapshotWriter::open_restored(FileStorage(l.file), &l.info, &l.image)
-                .map_err(|e| format!("{show}: {e}"))?,
-            l.image,
-        ),
+    let persisted = loaded.as_ref().map_or(0, |l| l.generation);
+    // The writer continues FILE from the scan just made, or creates FILE.
+    let writer = match loaded {
+        Some(l) => SnapshotWriter::open_restored(FileStorage(l.file), l.restored)
+            .map_err(|e| format!("{show}: {e}"))?,
         None => {
             let f = OpenOptions::new()
                 .read(true)
@@ -549,18 +613,21 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 .create_new(true)
                 .open(path)
                 .map_err(|e| format!("{show}: {e}"))?;
-            let w = SnapshotWriter::create(FileStorage(f), 4096, image_len as u64)
-                .map_err(|e| format!("{show}: {e}"))?;
+            let w = SnapshotWriter::create(
+                FileStorage(f),
+                u32::try_from(live::PAGE).unwrap_or(4096),
+                live::CONTROL_LEN + host.region_size(),
+            )
+            .map_err(|e| format!("{show}: {e}"))?;
             sync_dir(path);
-            (w, vec![0u8; image_len])
+            w
         }
     };
     let mut snap = Snapshotter {
         path,
         host,
         writer,
-        image,
-        persisted: file_gen,
+        persisted,
         limit: RateLimit {
             rate: args.max_write_rate,
             next: None,
@@ -576,10 +643,14 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         snapshots: 0,
         bytes: 0,
         compactions: 0,
+        conflicts: 0,
     };
-    // The program has not started: a commit its predecessor died inside
-    // (warm start) is taken from the work area, as its next start will.
-    if let Err(e) = snap.snapshot(true) {
+    // The program has not started. An inherited memfd is compared with FILE
+    // page by page (a commit its predecessor died inside is taken from the
+    // work area, as its next start will); a cold start's memfd is FILE.
+    if let Some(read) = first
+        && let Err(e) = snap.snapshot(read)
+    {
         eprintln!("shm-restore: {e}");
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
