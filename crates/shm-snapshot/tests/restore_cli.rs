@@ -169,6 +169,47 @@ fn write_rate_limit_and_lag_report() {
 /// A log past `--compact-at` times the image is rewritten in place; the
 /// compacted file restores the same generation and keeps growing from there.
 /// A stale temporary file (a host killed mid-compaction) goes at start.
+/// A 64 MiB state rewritten whole at every commit: the host streams the
+/// changed pages into the file and keeps no copy of the state, so its
+/// private memory stays far below the state's size (a host with a state-sized
+/// buffer would hold 64 MiB at least).
+#[test]
+fn host_keeps_no_copy_of_a_large_state() {
+    const BIG: usize = 64 << 20;
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-memory");
+    let file = dir.join("state.snap");
+    let run = Run::start(
+        "host_keeps_no_copy_of_a_large_state",
+        &file,
+        &[
+            "--create",
+            "--size",
+            &BIG.to_string(),
+            "--interval",
+            "0.2",
+            "--compact-at",
+            "0",
+        ],
+    );
+    run.wait_for("durable generation ");
+    let text = run.stop();
+    let kb = numbers_after(&text, "host private memory at exit: ");
+    assert_eq!(kb.len(), 1, "{text}");
+    eprintln!("host private memory at exit: {} kB", kb[0]);
+    assert!(
+        kb[0] < 16 << 10,
+        "host holds {} kB for a 64 MiB state:\n{text}",
+        kb[0]
+    );
+    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    assert_eq!(check_file(&file), last, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn log_is_compacted_and_stale_temp_removed() {
     if role().is_some() {

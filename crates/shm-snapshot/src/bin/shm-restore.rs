@@ -487,6 +487,12 @@ impl Snapshotter<'_> {
             eprintln!("shm-restore: {e}");
         }
         let live = self.host.generation_after_exit();
+        if let Some(kb) = private_memory_kb() {
+            eprintln!(
+                "shm-restore: host private memory at exit: {kb} kB (state: {} kB in the memfd)",
+                self.host.region_size() / 1024
+            );
+        }
         eprintln!(
             "shm-restore: at exit: file at generation {}, live at {live} ({} behind); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
             self.persisted,
@@ -499,6 +505,13 @@ impl Snapshotter<'_> {
             self.lag.max_time.as_secs_f64()
         );
     }
+}
+
+/// `RssAnon` of this process (kB): its private memory, without the mapped memfd.
+fn private_memory_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn sync_dir(path: &Path) {
