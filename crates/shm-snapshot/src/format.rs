@@ -715,6 +715,7 @@ impl<S: Storage> SnapshotWriter<S> {
                 target
                     .write_at(off, &buf)
                     .map_err(|e| SnapshotError::io("write", e))?;
+                target.start_writeback(off, buf.len() as u64);
                 off += buf.len() as u64;
                 buf.clear();
                 crash_point!("compact.batch_written");
@@ -789,6 +790,8 @@ impl<S: Storage> Snapshot<'_, S> {
                 self.failed = true;
                 return Err(SnapshotError::io("write", e));
             }
+            // Overlap the device writes with checksumming the next batch.
+            w.storage.start_writeback(self.off, self.buf.len() as u64);
             self.off += self.buf.len() as u64;
             self.buf.clear();
             crash_point!("writer.batch_written");

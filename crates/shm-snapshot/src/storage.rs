@@ -42,6 +42,12 @@ pub trait Storage {
     fn data_from(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
     }
+    /// A hint: start writing `len` bytes at `offset` to the device now, so
+    /// that the next [`Storage::sync`] has less left to wait for. Gives no
+    /// durability by itself. The default does nothing.
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// A real file.
@@ -63,6 +69,19 @@ impl Storage for FileStorage {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // libc, not rustix: rustix has no `sync_file_range`. Errors are
+        // ignored (a hint; `sync` reports what matters).
+        #[allow(unsafe_code)]
+        // SAFETY: a plain syscall on an fd we own; no memory is passed.
+        unsafe {
+            libc::sync_file_range(self.0.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
     fn data_from(&self, offset: u64) -> io::Result<Option<u64>> {
         // SEEK_DATA: holes (e.g. of `truncate -s 5G FILE`) are skipped without reading.

@@ -180,6 +180,39 @@ fn kernel_writes_through_the_mapping_are_tracked() {
 }
 
 /// Generation `g` of the crash test: writes `g` into `g` pages.
+/// A failed scan publishes nothing, and the next tracked commit copies the
+/// whole work area (the failed walk may have re-protected pages without
+/// reporting them): the committed copy equals the work area again, including
+/// writes made before the failure.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn failed_scan_is_reported_and_the_next_commit_copies_everything() {
+    let region = 6 * PAGE as u64 + 100;
+    let fd = memfd(region);
+    let c = tracked(&fd);
+    let host = Host::open(fd.as_fd()).unwrap();
+    c.work().write(PAGE + 8, &11u64).unwrap();
+    assert_eq!(c.commit_tracked().unwrap().generation, 1);
+    c.work().write(3 * PAGE, &33u64).unwrap();
+    c.fail_next_scan();
+    let e = c.commit_tracked().unwrap_err();
+    assert_eq!(e.kind(), TrackErrorKind::Failed);
+    assert_eq!(c.generation(), 1, "a failed commit must not publish");
+    assert_eq!(committed(&host).0, 1);
+    c.work().write(5 * PAGE + 16, &55u64).unwrap();
+    let next = c.commit_tracked().unwrap();
+    assert_eq!(next.generation, 2);
+    assert_eq!(
+        next.bytes, region,
+        "after a failed scan the whole state is copied"
+    );
+    assert_eq!(committed(&host), (2, work(&c)));
+    // Back to normal: only what is written next.
+    c.work().write(16, &1u64).unwrap();
+    assert_eq!(c.commit_tracked().unwrap().bytes, PAGE as u64);
+    assert_eq!(committed(&host), (3, work(&c)));
+}
+
 #[cfg(feature = "fault-injection")]
 fn write_generation(c: &Client, g: u64) {
     for j in 0..g as usize {
