@@ -91,13 +91,13 @@ fn changed_pages_over_the_previous_copy_are_exactly_one_commit() {
                     std::hint::spin_loop();
                 }
             }
-            done.store(true, std::sync::atomic::Ordering::Release);
+            done.store(true, std::sync::atomic::Ordering::Release); // atomics-ok: test stop flag
         });
         let mut copy = vec![0u8; REGION as usize];
         let mut model = vec![0u8; REGION as usize];
         let (mut since, mut accepted, mut conflicts) = (0u64, 0u64, 0u64);
         loop {
-            let finished = done.load(std::sync::atomic::Ordering::Acquire);
+            let finished = done.load(std::sync::atomic::Ordering::Acquire); // atomics-ok
             let mut next = copy.clone();
             let r: Result<Changed, std::convert::Infallible> = host.copy_changed(since, |p, b| {
                 let o = usize::try_from(p).unwrap() * 4096;
