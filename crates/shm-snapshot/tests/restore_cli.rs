@@ -32,6 +32,29 @@ fn committer() {
     }
 }
 
+/// A hostile program: it sets every page stamp in the memfd to `u64::MAX`
+/// through its own writable mapping, then commits normally. No copy of the
+/// host can then be shown consistent.
+fn scribbler() {
+    let mut fds = shm_fd::listen::ListenFds::from_env_inherited().expect("valid LISTEN_*");
+    let fd = fds.take("state").expect("a memfd named state");
+    let fd = std::os::fd::AsFd::as_fd(&fd);
+    let client = Client::open(fd).expect("a snapshot memfd");
+    let len = usize::try_from(rustix::fs::fstat(fd).unwrap().st_size).unwrap();
+    let raw = shm_segment::Mapping::map(fd, 0, len, shm_segment::Access::ReadWrite).unwrap();
+    let pages = client.work().len().div_ceil(4096);
+    for p in 0..pages {
+        raw.region().write(4096 + 8 * p, &u64::MAX).unwrap();
+    }
+    println!("scribbled");
+    loop {
+        let g = client.generation() + 1;
+        client.work().write(0, &g).unwrap();
+        client.commit(&[0..8]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 struct Run {
     child: Child,
     err: PathBuf,
@@ -39,6 +62,10 @@ struct Run {
 
 impl Run {
     fn start(test: &str, file: &Path, opts: &[&str]) -> Run {
+        Self::start_as("committer", test, file, opts)
+    }
+
+    fn start_as(role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
         let err = file.with_extension("err");
         let exe = std::env::current_exe().unwrap();
         let child = Command::new(SHM_RESTORE)
@@ -47,7 +74,7 @@ impl Run {
             .arg("--")
             .arg(exe)
             .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, "committer")
+            .env(ROLE_ENV, role)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
@@ -207,6 +234,49 @@ fn host_keeps_no_copy_of_a_large_state() {
     );
     let last = *numbers_after(&text, "durable generation ").last().unwrap();
     assert_eq!(check_file(&file), last, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Garbage page stamps from a hostile program: every snapshot of the host
+/// conflicts and is reported as skipped (and the lag grows); nothing torn or
+/// invented reaches FILE, which keeps its last good generation, and the host
+/// still exits with the program.
+#[test]
+fn garbage_stamps_skip_snapshots_and_never_corrupt_the_file() {
+    if role().is_some() {
+        return scribbler();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-hostile");
+    let file = dir.join("state.snap");
+    let run = Run::start_as(
+        "scribbler",
+        "garbage_stamps_skip_snapshots_and_never_corrupt_the_file",
+        &file,
+        &[
+            "--create",
+            "--size",
+            &REGION.to_string(),
+            "--interval",
+            "0.05",
+            "--lag-warn",
+            "0.2",
+        ],
+    );
+    run.wait_for("lag: the file is");
+    let text = run.stop();
+    assert!(text.contains("snapshot skipped"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    // While the program runs, nothing is written. (If SIGTERM caught it inside
+    // a commit, the exit snapshot compares every page with FILE instead of
+    // trusting stamps, and may write that one state.)
+    let durable = numbers_after(&text, "durable generation ");
+    let died_in_commit = durable.len() == 1;
+    assert!(durable.is_empty() || died_in_commit, "{text}");
+    let st = FileStorage(std::fs::File::open(&file).unwrap());
+    let info = inspect(&st).unwrap();
+    assert_eq!(info.valid_end, info.file_len, "{info:?}");
+    assert_eq!(info.generation, u64::from(died_in_commit), "{info:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,0 +1,61 @@
+//! A live memfd whose writable parts a hostile client has overwritten (the
+//! commit sequence, the page stamps, both state areas; the region size and
+//! magic too): `Host::open`, `Host::copy_changed`, `Host::read_after_exit`,
+//! `Host::copy` and a later `Client::open` give a result or a typed error,
+//! never a panic or a fault, and the host only ever hands out whole pages of
+//! the state it mapped.
+#![no_main]
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
+use libfuzzer_sys::fuzz_target;
+use shm_snapshot::live::{self, Changed, Client, Host};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&shape, rest)) = data.split_first() else { return };
+    // 1..=8 pages, the last one possibly short.
+    let region = u64::from(shape % 8 + 1) * 4096 - u64::from(shape / 8) * 8;
+    let fd = shm_segment::memfd::create(
+        "fuzz-live",
+        live::memfd_size(region),
+        shm_segment::memfd::FIXED_SIZE,
+    )
+    .expect("memfd");
+    live::initialize(fd.as_fd(), region, 3, |_| {}).expect("initialize");
+    let file = std::fs::File::from(fd.try_clone().expect("dup"));
+    let len = live::memfd_size(region);
+    let words = len / 8;
+    // Patches: (word index: u16, value: u64). Half of them land in the first
+    // page and the stamp table, where the protocol's words are.
+    for rec in rest.chunks_exact(10) {
+        let w = u64::from(u16::from_le_bytes([rec[0], rec[1]]));
+        let index = if rec[0] & 1 == 0 { w % 1024 } else { w % words };
+        let value = u64::from_le_bytes(rec[2..10].try_into().unwrap());
+        let value = if rec[1] & 0x80 != 0 { value % 32 } else { value };
+        let _ = file.write_all_at(&value.to_ne_bytes(), index * 8);
+    }
+    let Ok(host) = Host::open(fd.as_fd()) else { return };
+    let pages = host.region_size().div_ceil(4096);
+    let mut check = |p: u64, b: &[u8]| -> Result<(), ()> {
+        assert!(p < pages, "page {p} of {pages}");
+        let want = (host.region_size() - p * 4096).min(4096);
+        assert_eq!(b.len() as u64, want, "page {p}");
+        Ok(())
+    };
+    for since in [0, 1, 2, 3, u64::MAX] {
+        match host.copy_changed(since, &mut check) {
+            Ok(Changed::Complete(g)) => assert!(g > since),
+            Ok(Changed::Nothing | Changed::Conflict) | Err(()) => {}
+        }
+    }
+    let _ = host.read_after_exit(&mut check);
+    let _ = host.generation_after_exit();
+    let mut buf = vec![0u8; usize::try_from(host.region_size()).unwrap()];
+    let _ = host.copy(&mut buf, 2);
+    if let Ok(client) = Client::open(fd.as_fd()) {
+        client.work().write(0, &1u64).expect("work area");
+        let _ = client.commit(&[0..8, 4000..9000, usize::MAX - 8..usize::MAX]);
+        let _ = host.copy_changed(0, &mut check);
+    }
+});
