@@ -50,7 +50,7 @@ fn scribbler() {
     loop {
         let g = client.generation() + 1;
         client.work().write(0, &g).unwrap();
-        client.commit(&[0..8]);
+        client.commit(std::slice::from_ref(&(0..8)));
         std::thread::sleep(Duration::from_millis(5));
     }
 }
