@@ -41,8 +41,10 @@ pub const CONTROL_LEN: u64 = 4096;
 pub const PAGE: u64 = 4096;
 const SEQ_OFF: usize = 16;
 
-fn round(n: u64) -> u64 {
-    n.div_ceil(PAGE) * PAGE
+/// `n` rounded up to whole pages, `None` on overflow (a region size read
+/// from a memfd another process can write may be anything).
+fn round(n: u64) -> Option<u64> {
+    n.div_ceil(PAGE).checked_mul(PAGE)
 }
 
 /// Where the parts of the memfd are, for a state region of `region` bytes.
@@ -61,8 +63,8 @@ struct Geometry {
 impl Geometry {
     fn new(region: u64) -> Option<Self> {
         let pages = region.div_ceil(PAGE);
-        let table = round(pages.checked_mul(8)?);
-        let area = round(region);
+        let table = round(pages.checked_mul(8)?)?;
+        let area = round(region)?;
         let total = CONTROL_LEN
             .checked_add(table)?
             .checked_add(area.checked_mul(2)?)?;

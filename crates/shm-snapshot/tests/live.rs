@@ -139,6 +139,22 @@ fn foreign_memfd_is_refused() {
     assert!(Client::open(fd.as_fd()).is_err());
 }
 
+/// Found by the `hostile_memfd` fuzz target: a region size near `u64::MAX`
+/// written into the control page overflowed the page rounding. Every absurd
+/// size is now refused as a bad geometry.
+#[test]
+fn absurd_region_sizes_in_the_control_page_are_refused() {
+    use std::os::unix::fs::FileExt;
+    for region in [u64::MAX, u64::MAX - 4095, 1 << 62, 0, 5] {
+        let fd = memfd(3 * 4096);
+        let f = std::fs::File::from(fd.try_clone().unwrap());
+        f.write_all_at(&region.to_le_bytes(), 8).unwrap();
+        let e = Host::open(fd.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{region}: {e}");
+        assert!(Client::open(fd.as_fd()).is_err(), "{region}");
+    }
+}
+
 /// A real full filesystem: a 1 MiB tmpfs (needs root; skipped with a message otherwise).
 #[test]
 fn full_tmpfs_keeps_previous_snapshot() {
