@@ -55,6 +55,50 @@ fn scribbler() {
     }
 }
 
+/// A program that changes little: its first commit sets every word of the
+/// state to 1, each later commit `g` only word 0 (to `g`). A snapshot that
+/// trusted stale pages of FILE would show in any other word.
+fn sparse_committer() {
+    let mut fds = shm_fd::listen::ListenFds::from_env_inherited().expect("valid LISTEN_*");
+    let fd = fds.take("state").expect("a memfd named state");
+    let client = Client::open(std::os::fd::AsFd::as_fd(&fd)).expect("a snapshot memfd");
+    let work = client.work();
+    if client.generation() == 0 {
+        for w in 0..work.len() / 8 {
+            work.write(w * 8, &1u64).unwrap();
+        }
+        client.commit(std::slice::from_ref(&(0..work.len())));
+    }
+    loop {
+        let g = client.generation() + 1;
+        work.write(0, &g).unwrap();
+        client.commit(std::slice::from_ref(&(0..8)));
+        println!("committed {g}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// FILE's state as the sparse committer leaves it: word 0 of the state is
+/// the generation, every other word 1. Returns the generation.
+fn check_sparse_file(file: &Path) -> u64 {
+    let st = FileStorage(std::fs::File::open(file).unwrap());
+    let info = inspect(&st).unwrap();
+    assert_eq!(info.valid_end, info.file_len, "{info:?}");
+    let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
+    restore(&st, |off, b| {
+        let o = usize::try_from(off).unwrap();
+        image[o..o + b.len()].copy_from_slice(b);
+    })
+    .unwrap();
+    let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
+    let g = word(0);
+    assert_eq!(word(4096), g, "state word 0");
+    for o in (4096 + 8..image.len()).step_by(8) {
+        assert_eq!(word(o), 1, "word at {o} of generation {g}");
+    }
+    g
+}
+
 struct Run {
     child: Child,
     err: PathBuf,
@@ -277,6 +321,107 @@ fn garbage_stamps_skip_snapshots_and_never_corrupt_the_file() {
     let info = inspect(&st).unwrap();
     assert_eq!(info.valid_end, info.file_len, "{info:?}");
     assert_eq!(info.generation, u64::from(died_in_commit), "{info:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `shm-restore` under `shm-fd --supervise` (no systemd): the supervisor's
+/// fresh all-zero region is replaced by a snapshot memfd, which the
+/// supervisor then keeps. FILE is swapped for a valid file of another
+/// history (every word 0xEE..., an older generation) and the host is
+/// SIGKILLed: the restarted host takes the memfd warm, compares every page
+/// with the foreign FILE, and after that FILE holds exactly the program's
+/// state again, not a mix with the other history's pages.
+#[test]
+fn supervised_warm_start_rewrites_a_file_from_another_history() {
+    if role().is_some() {
+        return sparse_committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let shm_fd = shm_testkit::build_bins(&["-p", "shm-fd", "--bin", "shm-fd"]).join("shm-fd");
+    let dir = temp_dir("snap-supervised");
+    let file = dir.join("state.snap");
+    let err = dir.join("supervisor.err");
+    let exe = std::env::current_exe().unwrap();
+    let mut sup = Command::new(shm_fd)
+        .args([
+            "--supervise",
+            "--restart=always",
+            "--restart-delay=100ms",
+            "--",
+        ])
+        .arg(SHM_RESTORE)
+        .args([
+            "--create",
+            "--size",
+            &REGION.to_string(),
+            "--interval",
+            "0.05",
+        ])
+        .arg(&file)
+        .arg("--")
+        .arg(exe)
+        .args([
+            "supervised_warm_start_rewrites_a_file_from_another_history",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE_ENV, "sparse")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&err).unwrap_or_default();
+    let wait = |what: &str, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while log().matches(what).count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} x{n} in:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("durable generation ", 3);
+    assert!(log().contains("is all zeros (a fresh region"), "{}", log());
+    // Another history: a valid file of the same size at generation 1.
+    let other = dir.join("other.snap");
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&other)
+            .unwrap();
+        let len = REGION as u64 + 4096;
+        let mut w = shm_snapshot::SnapshotWriter::create(FileStorage(f), 4096, len).unwrap();
+        let mut image = vec![0xEEu8; usize::try_from(len).unwrap()];
+        image[..8].copy_from_slice(&1u64.to_le_bytes());
+        w.snapshot(&image).unwrap();
+    }
+    std::fs::rename(&other, &file).unwrap();
+    let host = log()
+        .lines()
+        .filter_map(|l| l.split_once(" as pid ").map(|(_, r)| r))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<i32>().ok())
+        .next_back()
+        .unwrap();
+    let host = rustix::process::Pid::from_raw(host).unwrap();
+    rustix::process::kill_process(host, rustix::process::Signal::KILL).unwrap();
+    wait("warm start from the inherited memfd", 1);
+    let before = log().matches("durable generation ").count();
+    wait("durable generation ", before + 2);
+    let pid = rustix::process::Pid::from_child(&sup);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    sup.wait().unwrap();
+    let text = log();
+    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    assert_eq!(check_sparse_file(&file), last, "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

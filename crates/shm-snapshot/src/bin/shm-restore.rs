@@ -507,6 +507,18 @@ impl Snapshotter<'_> {
     }
 }
 
+/// Whether an inherited fd is not a snapshot memfd and reads as all zeros
+/// (holes are skipped without reading them).
+fn is_fresh(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    if Host::open(fd).is_ok() {
+        return false;
+    }
+    let Ok(dup) = fd.try_clone_to_owned() else {
+        return false;
+    };
+    shm_snapshot::inspect(&FileStorage(File::from(dup))).is_ok_and(|i| i.all_zero)
+}
+
 /// `RssAnon` of this process (kB): its private memory, without the mapped memfd.
 fn private_memory_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -552,7 +564,19 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     cleanup_temp(path);
     // Warm start: a memfd from LISTEN_FDS (systemd's fd store or `shm-fd --supervise`).
     let mut fds = shm_fd::listen::ListenFds::from_env().map_err(|e| e.to_string())?;
-    let warm = fds.take(&args.name);
+    let mut warm = fds.take(&args.name);
+    // A supervisor that creates regions itself (`shm-fd --supervise`) hands
+    // over an all-zero memfd the first time: not a snapshot memfd yet, and
+    // nobody's data. It is replaced by ours (and in the store too). A memfd
+    // with other contents is never ignored: `Host::open` refuses it below.
+    let replace = warm.as_ref().is_some_and(|fd| is_fresh(fd.as_fd()));
+    if replace {
+        eprintln!(
+            "shm-restore: the inherited memfd {:?} is all zeros (a fresh region, not yet a snapshot memfd): replacing it",
+            args.name
+        );
+        warm = None;
+    }
     let started = Instant::now();
     let opened = open_file(path)?;
     if opened.is_none() && !args.create && warm.is_none() {
@@ -608,6 +632,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 eprintln!(
                     "shm-restore: {show} missing: starting a fresh state of {region} bytes (--create)"
                 );
+            }
+            if replace {
+                let _ = shm_fd::notify::remove_fd(&args.name);
             }
             let _ = shm_fd::notify::store_fd(&args.name, fd.as_fd());
             (fd, loaded, None)
