@@ -37,6 +37,9 @@ use crate::track::{TrackError, TrackErrorKind, Tracker};
 pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV2");
 /// Length of the control page.
 pub const CONTROL_LEN: u64 = 4096;
+/// Largest commit sequence a client accepts at open: a larger one was
+/// written by something else (and would overflow the next commits).
+const MAX_SEQ: u64 = 1 << 62;
 /// The page size of the generation table (and of the snapshot file's records).
 pub const PAGE: u64 = 4096;
 const SEQ_OFF: usize = 16;
@@ -180,10 +183,12 @@ impl Initializer {
     pub fn finish(self, generation: u64) -> Result<(), SnapshotError> {
         let r = self.map.region();
         r.write(8, &(self.geo.region as u64)).map_err(bad)?;
+        let seq = generation
+            .checked_mul(2)
+            .filter(|&s| s <= MAX_SEQ)
+            .ok_or_else(|| bad(format!("generation {generation} is out of range")))?;
         // Relaxed: nobody else has the memfd yet (it is handed over later, which orders it).
-        r.atomic_u64(SEQ_OFF)
-            .map_err(bad)?
-            .store(2 * generation, Ordering::Relaxed);
+        r.atomic_u64(SEQ_OFF).map_err(bad)?.store(seq, Ordering::Relaxed);
         r.write(0, &LIVE_MAGIC).map_err(bad)?;
         Ok(())
     }
@@ -265,6 +270,12 @@ impl Client {
         let seq = client.seq();
         // Relaxed: only the (single) client writes `seq`, and we are it now.
         let s = seq.load(Ordering::Relaxed);
+        if s > MAX_SEQ {
+            return Err(SnapshotError::new(
+                ErrorKind::BadGeometry,
+                format!("commit sequence {s} is corrupt (no memfd commits 2^61 times)"),
+            ));
+        }
         let region = client.map.region();
         if s % 2 == 1 {
             // Finish the interrupted commit, page by page with the same
@@ -483,8 +494,10 @@ impl Client {
     /// generation, copy `dirty` work → committed, `seq` even.
     fn publish(&self, dirty: &[Range<usize>]) -> u64 {
         let seq = self.seq();
-        // Relaxed: only this client writes `seq`.
-        let s = seq.load(Ordering::Relaxed);
+        // Relaxed: only this client writes `seq`. Clamped: a value another
+        // process scribbled there must not overflow the stores below (it was
+        // checked at open; the memfd stays writable for others).
+        let s = seq.load(Ordering::Relaxed).min(MAX_SEQ) & !1;
         let generation = s / 2 + 1;
         // SYNC: Release, pairs with the host's Acquire load of `seq`: a host
         // that sees this odd value sees every earlier commit whole.

@@ -141,7 +141,7 @@ fn foreign_memfd_is_refused() {
 
 /// Found by the `hostile_memfd` fuzz target: a region size near `u64::MAX`
 /// written into the control page overflowed the page rounding. Every absurd
-/// size is now refused as a bad geometry.
+/// size is now refused as a bad geometry, and so is an absurd commit sequence.
 #[test]
 fn absurd_region_sizes_in_the_control_page_are_refused() {
     use std::os::unix::fs::FileExt;
@@ -153,6 +153,25 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
         assert!(e.to_string().contains("does not fit"), "{region}: {e}");
         assert!(Client::open(fd.as_fd()).is_err(), "{region}");
     }
+    // Also found by it: a commit sequence near u64::MAX overflowed the
+    // client's recovery; such a memfd is refused, the host only reads it.
+    for seq in [u64::MAX, u64::MAX - 1, (1 << 62) + 1] {
+        let fd = memfd(3 * 4096);
+        let f = std::fs::File::from(fd.try_clone().unwrap());
+        f.write_all_at(&seq.to_le_bytes(), 16).unwrap();
+        let e = Client::open(fd.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{seq}: {e}");
+        let host = Host::open(fd.as_fd()).unwrap();
+        assert_eq!(host.generation_after_exit(), seq.div_ceil(2));
+    }
+    // And a generation no memfd can hold is refused at initialization.
+    let fd = shm_segment::memfd::create(
+        "live-test",
+        live::memfd_size(4096),
+        shm_segment::memfd::FIXED_SIZE,
+    )
+    .unwrap();
+    assert!(live::initialize(fd.as_fd(), 4096, u64::MAX / 2 + 1, |_| {}).is_err());
 }
 
 /// A real full filesystem: a 1 MiB tmpfs (needs root; skipped with a message otherwise).
