@@ -188,7 +188,9 @@ impl Initializer {
             .filter(|&s| s <= MAX_SEQ)
             .ok_or_else(|| bad(format!("generation {generation} is out of range")))?;
         // Relaxed: nobody else has the memfd yet (it is handed over later, which orders it).
-        r.atomic_u64(SEQ_OFF).map_err(bad)?.store(seq, Ordering::Relaxed);
+        r.atomic_u64(SEQ_OFF)
+            .map_err(bad)?
+            .store(seq, Ordering::Relaxed);
         r.write(0, &LIVE_MAGIC).map_err(bad)?;
         Ok(())
     }
@@ -727,19 +729,21 @@ impl Host {
         None
     }
 
-    /// Hands to `visit(page_index, bytes)` every page of the state that the
-    /// newest complete commit `G` holds and that changed after generation
-    /// `since`, each exactly as commit `G` left it, and returns
-    /// `Ok(Changed::Complete(G))`. Together with a copy of generation `since`
-    /// this is exactly state `G`. Returns `Ok(Changed::Conflict)` when a
-    /// later commit rewrote a page before it was copied (retry: nothing
-    /// visited so far is usable), and `Ok(Changed::Nothing)` when nothing was
-    /// committed after `since`.
+    /// Hands to `visit(page_index, bytes)` every page of the state that
+    /// changed after generation `since`, as of one complete commit `G`, and
+    /// returns `Ok(Changed::Complete(G))`: laid over a copy of generation
+    /// `since` in the order visited (a page may be visited more than once;
+    /// the last visit wins), the pages make exactly state `G`. Returns
+    /// `Ok(Changed::Nothing)` when nothing was committed after `since`, and
+    /// `Ok(Changed::Conflict)` when commits kept rewriting pages as they were
+    /// copied for [`COPY_PASSES`] passes (discard what was visited; retry).
     ///
-    /// The cost is one read of the page-generation table (8 bytes per
-    /// 4096-byte page) plus the changed pages: independent of how often the
-    /// client commits, and of the state size but for the table. Never writes
-    /// the memfd.
+    /// Each pass reads the page-generation table (8 bytes per 4096-byte
+    /// page) and copies the pages stamped after the previous pass's target;
+    /// a page a commit rewrote while it was copied is not visited, and is
+    /// taken by the next pass, whose target is the newest commit then. So a
+    /// client that keeps rewriting a few pages costs a few short passes, not
+    /// a restart. Never writes the memfd.
     ///
     /// # Errors
     /// The first error of `visit` (nothing more is visited).
@@ -752,14 +756,14 @@ impl Host {
         // The Acquire load of `seq` (even: the end of commit G; odd: the
         // start of commit G+1, which the client also stores with Release)
         // makes the stamps and the copies of every commit up to G visible.
-        let target = self.seq() / 2;
+        let mut target = self.seq() / 2;
         if target <= since {
             return Ok(Changed::Nothing);
         }
         // Read-only mapping: the stamps are read with single atomic loads
         // (`Region` hands out atomic slices only for writable mappings).
-        // Relaxed: ordered by the Acquire load of `seq` above and by the
-        // Acquire fence in `flush`.
+        // Relaxed: ordered by the Acquire load of `seq` and by the Acquire
+        // fence in `flush`.
         let gens = self.geo.gens;
         let stamp = |p: usize| {
             r.load_u64(gens + 8 * p, Ordering::Relaxed)
@@ -767,51 +771,73 @@ impl Host {
         };
         let mut batch: Vec<usize> = Vec::with_capacity(BATCH_PAGES);
         let mut buf = vec![0u8; BATCH_PAGES * PAGE as usize];
-        let mut flush = |batch: &mut Vec<usize>| -> Result<bool, E> {
-            for (k, &p) in batch.iter().enumerate() {
-                let n = self.geo.page_len(p);
-                let dst = &mut buf[k * PAGE as usize..k * PAGE as usize + n];
-                let _ = r.read_bytes(self.geo.committed + p * PAGE as usize, dst);
+        // Pages stamped in `(low, target]` are copied by this pass.
+        let mut low = since;
+        for _ in 0..COPY_PASSES {
+            let mut missed = false;
+            let mut flush = |batch: &mut Vec<usize>, target: u64| -> Result<bool, E> {
+                for (k, &p) in batch.iter().enumerate() {
+                    let n = self.geo.page_len(p);
+                    let dst = &mut buf[k * PAGE as usize..k * PAGE as usize + n];
+                    let _ = r.read_bytes(self.geo.committed + p * PAGE as usize, dst);
+                }
+                // SYNC: Acquire fence, pairs with the Release fence in
+                // `Client::publish` between its stamps and its copy: if a byte
+                // read above was stored by a commit after `target`, the re-read
+                // stamp of that page below shows that commit's generation.
+                fence(Ordering::Acquire);
+                let mut all = true;
+                for (k, &p) in batch.iter().enumerate() {
+                    if stamp(p) > target {
+                        // Rewritten while copied: the next pass takes it.
+                        all = false;
+                        continue;
+                    }
+                    let n = self.geo.page_len(p);
+                    visit(p as u64, &buf[k * PAGE as usize..k * PAGE as usize + n])?;
+                }
+                batch.clear();
+                Ok(all)
+            };
+            for p in 0..self.geo.pages {
+                // A stale value is still at least the last stamp of a commit
+                // up to `target` (the Acquire load of `seq`).
+                let g = stamp(p);
+                if g <= low {
+                    continue;
+                }
+                if g > target {
+                    // A later commit is rewriting this page: the next pass.
+                    missed = true;
+                    continue;
+                }
+                batch.push(p);
+                if batch.len() == BATCH_PAGES && !flush(&mut batch, target)? {
+                    missed = true;
+                }
             }
-            // SYNC: Acquire fence, pairs with the Release fence in
-            // `Client::publish` between its stamps and its copy: if a byte
-            // read above was stored by a commit after G, the re-read stamp
-            // of that page below shows that commit's generation (> G).
-            fence(Ordering::Acquire);
-            // Relaxed: ordered by the fence above.
-            if batch.iter().any(|&p| stamp(p) > target) {
-                return Ok(false);
+            if !batch.is_empty() && !flush(&mut batch, target)? {
+                missed = true;
             }
-            for (k, &p) in batch.iter().enumerate() {
-                let n = self.geo.page_len(p);
-                visit(p as u64, &buf[k * PAGE as usize..k * PAGE as usize + n])?;
+            if !missed {
+                return Ok(Changed::Complete(target));
             }
-            batch.clear();
-            Ok(true)
-        };
-        for p in 0..self.geo.pages {
-            // A stale value is still at least the last stamp of a commit up
-            // to G (the Acquire load of `seq` above).
-            let g = stamp(p);
-            if g <= since {
-                continue;
-            }
-            if g > target {
-                // A later commit is rewriting this page (or the table holds
-                // garbage): its state-G bytes are gone.
-                return Ok(Changed::Conflict);
-            }
-            batch.push(p);
-            if batch.len() == BATCH_PAGES && !flush(&mut batch)? {
-                return Ok(Changed::Conflict);
+            // Every page visited so far holds its newest version up to
+            // `target`; what changed since is stamped above it.
+            low = target;
+            target = self.seq() / 2;
+            if target <= low {
+                // A commit is under way: let it finish.
+                std::thread::yield_now();
+                target = self.seq() / 2;
             }
         }
-        if !batch.is_empty() && !flush(&mut batch)? {
-            return Ok(Changed::Conflict);
-        }
-        Ok(Changed::Complete(target))
+        Ok(Changed::Conflict)
     }
 }
+
+/// Passes [`Host::copy_changed`] makes before it reports a conflict.
+pub const COPY_PASSES: usize = 8;
 
 /// What [`Host::copy_changed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,36 +167,50 @@ impl Stamped {
         self.seq.store(s + 2, Ordering::Release);
     }
 
+    /// As `Host::copy_changed`, with at most two passes. `got` keeps the
+    /// last visit of each page.
     fn copy_changed(&self, since: u64) -> Changed {
-        let target = self.seq.load(Ordering::Acquire) / 2;
+        let mut target = self.seq.load(Ordering::Acquire) / 2;
         if target <= since {
             return Changed::Nothing;
         }
-        let mut batch = Vec::new();
-        for (p, stamp) in self.stamps.iter().enumerate() {
-            let g = stamp.load(Ordering::Relaxed);
-            if g <= since {
-                continue;
-            }
-            if g > target {
-                return Changed::Conflict;
-            }
-            batch.push(p);
-        }
         let mut got = [None, None];
-        for &p in &batch {
-            got[p] = Some(self.committed[p].load(Ordering::Relaxed));
+        let mut low = since;
+        for _ in 0..2 {
+            let mut missed = false;
+            let mut batch = Vec::new();
+            for (p, stamp) in self.stamps.iter().enumerate() {
+                let g = stamp.load(Ordering::Relaxed);
+                if g <= low {
+                    continue;
+                }
+                if g > target {
+                    missed = true;
+                    continue;
+                }
+                batch.push(p);
+            }
+            let copied: Vec<(usize, u64)> = batch
+                .iter()
+                .map(|&p| (p, self.committed[p].load(Ordering::Relaxed)))
+                .collect();
+            if self.host_fence {
+                fence(Ordering::Acquire);
+            }
+            for (p, v) in copied {
+                if self.stamps[p].load(Ordering::Relaxed) > target {
+                    missed = true;
+                } else {
+                    got[p] = Some(v);
+                }
+            }
+            if !missed {
+                return Changed::Complete(target, got);
+            }
+            low = target;
+            target = self.seq.load(Ordering::Acquire) / 2;
         }
-        if self.host_fence {
-            fence(Ordering::Acquire);
-        }
-        if batch
-            .iter()
-            .any(|&p| self.stamps[p].load(Ordering::Relaxed) > target)
-        {
-            return Changed::Conflict;
-        }
-        Changed::Complete(target, got)
+        Changed::Conflict
     }
 }
 
