@@ -492,6 +492,16 @@ impl Client {
         }
     }
 
+    /// Holds the tracked-commit lock until the returned guard is dropped, as
+    /// a commit in another thread would (tests of [`TrackErrorKind::Busy`]).
+    #[cfg(feature = "fault-injection")]
+    #[must_use]
+    pub fn hold_commit_lock(&self) -> Option<impl Drop + '_> {
+        self.tracking
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// The commit: `seq` odd, stamp the pages of `dirty` with the new
     /// generation, copy `dirty` work → committed, `seq` even.
     fn publish(&self, dirty: &[Range<usize>]) -> u64 {
@@ -846,7 +856,7 @@ pub enum Changed {
     Complete(u64),
     /// No commit after `since`: nothing was visited.
     Nothing,
-    /// A commit rewrote a page before it was copied: discard what was
-    /// visited and try again.
+    /// Commits kept rewriting pages as they were copied, for
+    /// [`COPY_PASSES`] passes: discard what was visited and try again.
     Conflict,
 }

@@ -180,6 +180,25 @@ fn kernel_writes_through_the_mapping_are_tracked() {
 }
 
 /// Generation `g` of the crash test: writes `g` into `g` pages.
+/// A tracked commit while another thread is inside one is refused as busy,
+/// publishes nothing and loses nothing: the next one copies the pages.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn concurrent_tracked_commit_is_busy_and_loses_nothing() {
+    let fd = memfd(4 * PAGE as u64);
+    let c = tracked(&fd);
+    let host = Host::open(fd.as_fd()).unwrap();
+    c.work().write(2 * PAGE, &7u64).unwrap();
+    let held = c.hold_commit_lock().expect("tracking");
+    let e = std::thread::scope(|s| s.spawn(|| c.commit_tracked()).join().unwrap()).unwrap_err();
+    assert_eq!(e.kind(), TrackErrorKind::Busy);
+    assert_eq!(c.generation(), 0);
+    drop(held);
+    let next = c.commit_tracked().unwrap();
+    assert_eq!((next.generation, next.bytes), (1, PAGE as u64));
+    assert_eq!(committed(&host), (1, work(&c)));
+}
+
 /// A failed scan publishes nothing, and the next tracked commit copies the
 /// whole work area (the failed walk may have re-protected pages without
 /// reporting them): the committed copy equals the work area again, including
