@@ -860,3 +860,24 @@ pub enum Changed {
     /// [`COPY_PASSES`] passes: discard what was visited and try again.
     Conflict,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CONTROL_LEN, Geometry, SEQ_OFF, memfd_size};
+
+    /// The layout of docs/protocol/shm-snapshot.md, "Live memfd".
+    #[test]
+    fn layout_matches_the_protocol_document() {
+        assert_eq!((CONTROL_LEN, SEQ_OFF), (4096, 16));
+        // R = 1: one page of stamps, one page each for work and committed.
+        assert_eq!(memfd_size(1), 4 * 4096);
+        // R = 3 pages + 8 bytes: 4 stamps (one page), A = 4 pages.
+        let g = Geometry::new(3 * 4096 + 8).unwrap();
+        assert_eq!((g.pages, g.gens, g.work, g.committed), (4, 4096, 8192, 8192 + 16384));
+        assert_eq!(memfd_size(3 * 4096 + 8), 4096 + 4096 + 2 * 16384);
+        // 1 GiB: 262144 stamps = 2 MiB of table.
+        assert_eq!(memfd_size(1 << 30), 4096 + (2 << 20) + (2 << 30));
+        assert_eq!(g.page_len(3), 8);
+        assert_eq!(memfd_size(u64::MAX), 0);
+    }
+}
