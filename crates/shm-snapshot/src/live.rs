@@ -873,7 +873,10 @@ mod tests {
         assert_eq!(memfd_size(1), 4 * 4096);
         // R = 3 pages + 8 bytes: 4 stamps (one page), A = 4 pages.
         let g = Geometry::new(3 * 4096 + 8).unwrap();
-        assert_eq!((g.pages, g.gens, g.work, g.committed), (4, 4096, 8192, 8192 + 16384));
+        assert_eq!(
+            (g.pages, g.gens, g.work, g.committed),
+            (4, 4096, 8192, 8192 + 16384)
+        );
         assert_eq!(memfd_size(3 * 4096 + 8), 4096 + 4096 + 2 * 16384);
         // 1 GiB: 262144 stamps = 2 MiB of table.
         assert_eq!(memfd_size(1 << 30), 4096 + (2 << 20) + (2 << 30));
