@@ -81,15 +81,7 @@ fn sparse_committer() {
 /// FILE's state as the sparse committer leaves it: word 0 of the state is
 /// the generation, every other word 1. Returns the generation.
 fn check_sparse_file(file: &Path) -> u64 {
-    let st = FileStorage(std::fs::File::open(file).unwrap());
-    let info = inspect(&st).unwrap();
-    assert_eq!(info.valid_end, info.file_len, "{info:?}");
-    let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    restore(&st, |off, b| {
-        let o = usize::try_from(off).unwrap();
-        image[o..o + b.len()].copy_from_slice(b);
-    })
-    .unwrap();
+    let image = file_image(file);
     let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
     let g = word(0);
     assert_eq!(word(4096), g, "state word 0");
@@ -159,6 +151,18 @@ impl Run {
 
 /// The file's newest state: its generation, checked word by word.
 fn check_file(file: &Path) -> u64 {
+    let image = file_image(file);
+    let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
+    let g = word(0);
+    for o in (4096..image.len()).step_by(8) {
+        assert_eq!(word(o), g, "word at {o} of generation {g}");
+    }
+    g
+}
+
+/// FILE's newest image (generation prefix, then the state); FILE must have
+/// no torn tail.
+fn file_image(file: &Path) -> Vec<u8> {
     let st = FileStorage(std::fs::File::open(file).unwrap());
     let info = inspect(&st).unwrap();
     assert_eq!(info.valid_end, info.file_len, "{info:?}");
@@ -168,12 +172,7 @@ fn check_file(file: &Path) -> u64 {
         image[o..o + b.len()].copy_from_slice(b);
     })
     .unwrap();
-    let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
-    let g = word(0);
-    for o in (4096..image.len()).step_by(8) {
-        assert_eq!(word(o), g, "word at {o} of generation {g}");
-    }
-    g
+    image
 }
 
 fn numbers_after(text: &str, key: &str) -> Vec<u64> {
