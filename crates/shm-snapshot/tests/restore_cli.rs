@@ -102,9 +102,15 @@ impl Run {
     }
 
     fn start_as(role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
+        Self::launch(Command::new(SHM_RESTORE), role, test, file, opts)
+    }
+
+    /// `cmd` (`shm-restore`, or a supervisor's command line ending in it)
+    /// with `opts FILE -- <this test as ROLE>`.
+    fn launch(mut cmd: Command, role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
         let err = file.with_extension("err");
         let exe = std::env::current_exe().unwrap();
-        let child = Command::new(SHM_RESTORE)
+        let child = cmd
             .args(opts)
             .arg(file)
             .arg("--")
@@ -127,8 +133,13 @@ impl Run {
     }
 
     fn wait_for(&self, what: &str) {
+        self.wait_count(what, 1);
+    }
+
+    /// Waits until stderr holds `what` at least `n` times.
+    fn wait_count(&self, what: &str, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.stderr().contains(what) {
+        while self.stderr().matches(what).count() < n {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no {what:?} in:\n{}",
@@ -339,53 +350,29 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
     let shm_fd = shm_testkit::build_bins(&["-p", "shm-fd", "--bin", "shm-fd"]).join("shm-fd");
     let dir = temp_dir("snap-supervised");
     let file = dir.join("state.snap");
-    let err = dir.join("supervisor.err");
-    let exe = std::env::current_exe().unwrap();
-    let mut sup = Command::new(shm_fd)
-        .args([
-            "--supervise",
-            "--restart=always",
-            "--restart-delay=100ms",
-            "--",
-        ])
-        .arg(SHM_RESTORE)
-        .args([
+    let mut sup = Command::new(shm_fd);
+    sup.args([
+        "--supervise",
+        "--restart=always",
+        "--restart-delay=100ms",
+        "--",
+    ])
+    .arg(SHM_RESTORE);
+    let run = Run::launch(
+        sup,
+        "sparse",
+        "supervised_warm_start_rewrites_a_file_from_another_history",
+        &file,
+        &[
             "--create",
             "--size",
             &REGION.to_string(),
             "--interval",
             "0.05",
-        ])
-        .arg(&file)
-        .arg("--")
-        .arg(exe)
-        .args([
-            "supervised_warm_start_rewrites_a_file_from_another_history",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_ENV, "sparse")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(&err).unwrap_or_default();
-    let wait = |what: &str, n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while log().matches(what).count() < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {what:?} x{n} in:\n{}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+        ],
+    );
+    let log = || run.stderr();
+    let wait = |what: &str, n: usize| run.wait_count(what, n);
     wait("durable generation ", 3);
     assert!(log().contains("is all zeros (a fresh region"), "{}", log());
     // Another history: a valid file of the same size at generation 1.
@@ -415,10 +402,7 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
     wait("warm start from the inherited memfd", 1);
     let before = log().matches("durable generation ").count();
     wait("durable generation ", before + 2);
-    let pid = rustix::process::Pid::from_child(&sup);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    sup.wait().unwrap();
-    let text = log();
+    let text = run.stop();
     let last = *numbers_after(&text, "durable generation ").last().unwrap();
     assert_eq!(check_sparse_file(&file), last, "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
