@@ -28,27 +28,54 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
-fn main() {
-    let dir = std::env::temp_dir().join(format!("shm-snapshot-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let size = 64usize << 20;
-    // `cargo bench -p shm-snapshot --bench snapshot -- restore`: only the cold restore group.
-    if std::env::args().skip(1).any(|a| a == "restore") {
-        cold_restore(&dir, size);
-        std::fs::remove_dir_all(&dir).unwrap();
-        return;
+/// The benchmark's scratch directory, removed with everything in it when
+/// dropped: on every return and on a panic (an `unwrap` failing mid-run).
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn create() -> ScratchDir {
+        let path = std::env::temp_dir().join(format!("shm-snapshot-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        ScratchDir(path)
     }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The host-copy child of the commit-pause group needs no directory.
     if let [_, flag, path, region, ..] = &args[..]
         && flag == "--host-copy"
     {
         host_copy_child(path, region.parse().unwrap());
         return;
     }
+    let dir = ScratchDir::create();
+    let size = 64usize << 20;
+    // `cargo bench -p shm-snapshot --bench snapshot -- restore`: only the cold restore group.
+    if args.iter().skip(1).any(|a| a == "restore") {
+        cold_restore(&dir, size);
+        return;
+    }
     // `... -- pause`: only the commit-pause group.
     if args.iter().skip(1).any(|a| a == "pause") {
         commit_pause();
-        std::fs::remove_dir_all(&dir).unwrap();
         return;
     }
     let mut seedv = 1u64;
@@ -125,7 +152,6 @@ fn main() {
 
     // `... -- throughput`: groups 1 and 2 only.
     if args.iter().skip(1).any(|a| a == "throughput") {
-        std::fs::remove_dir_all(&dir).unwrap();
         return;
     }
 
@@ -134,7 +160,6 @@ fn main() {
 
     // 4. Client pause per commit while the host copies continuously.
     commit_pause();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Cold restore of a snapshot file (one full generation, then incremental
