@@ -3,6 +3,11 @@
 //!
 //! The parking protocol is the blocking one ([`crate::raw`]): announce
 //! `parked`, SeqCst fence, re-check, then await the eventfd instead of `poll`.
+//! As there, a wait is bounded: next to the eventfd it awaits a one-shot
+//! timerfd armed for [`crate::PARK_RECHECK`], after which it re-checks the
+//! counters and parks again, so a `parked` flag cleared behind our back costs
+//! a delay, not a hang. The timer is a file descriptor on tokio's I/O driver,
+//! so the runtime needs no time driver.
 //!
 //! # Safety
 //!
@@ -13,12 +18,15 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create, timerfd_settime,
+};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::core::RingError;
 use crate::endpoint::{Consumer, Element, Producer};
-use crate::fds;
+use crate::fds::{self, PARK_RECHECK};
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> RingError {
     move |e| RingError::Io {
@@ -28,7 +36,10 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> RingError {
 }
 
 fn register(fd: &OwnedFd) -> Result<AsyncFd<OwnedFd>, RingError> {
-    let fd = fd.try_clone().map_err(io("dup"))?;
+    register_owned(fd.try_clone().map_err(io("dup"))?)
+}
+
+fn register_owned(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, RingError> {
     // SAFETY: `fd` is an OwnedFd, open and owned by the AsyncFd until it is dropped.
     let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
     registered.map_err(|e| io("AsyncFd")(e.into()))
@@ -37,6 +48,8 @@ fn register(fd: &OwnedFd) -> Result<AsyncFd<OwnedFd>, RingError> {
 struct Waits {
     eventfd: AsyncFd<OwnedFd>,
     peer: Option<AsyncFd<OwnedFd>>,
+    /// A non-blocking timerfd, armed (one-shot) for [`PARK_RECHECK`] at each wait.
+    recheck: AsyncFd<OwnedFd>,
 }
 
 impl std::fmt::Debug for Waits {
@@ -52,11 +65,55 @@ impl Waits {
             Some(p) => Some(register(p)?),
             None => None,
         };
-        Ok(Waits { eventfd, peer })
+        let timer = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )
+        .map_err(|source| RingError::Io {
+            op: "timerfd_create",
+            source,
+        })?;
+        let recheck = register_owned(timer)?;
+        Ok(Waits {
+            eventfd,
+            peer,
+            recheck,
+        })
     }
 
-    /// Waits for the eventfd (Ok) or the peer's hang-up (Disconnected).
+    /// Waits for the eventfd (Ok), [`PARK_RECHECK`] to pass (Ok: the caller
+    /// re-checks the counters) or the peer's hang-up (Disconnected).
     async fn wait(&self) -> Result<(), RingError> {
+        // Arming also resets the timer's expiry count (timerfd_settime(2)),
+        // so an expiry left over from an earlier wait does not end this one early.
+        let once = Itimerspec {
+            it_interval: fds::timespec(std::time::Duration::ZERO),
+            it_value: fds::timespec(PARK_RECHECK),
+        };
+        timerfd_settime(self.recheck.get_ref(), TimerfdTimerFlags::empty(), &once).map_err(
+            |source| RingError::Io {
+                op: "timerfd_settime",
+                source,
+            },
+        )?;
+        let recheck = async {
+            loop {
+                let mut guard = self
+                    .recheck
+                    .readable()
+                    .await
+                    .map_err(io("timerfd readiness"))?;
+                let mut buf = [0u8; 8];
+                // A readiness left over from an earlier arming reads EAGAIN:
+                // `try_io` clears it and we wait for this arming's expiry.
+                match guard.try_io(|fd| {
+                    rustix::io::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from)
+                }) {
+                    Ok(read) => return read.map(drop).map_err(io("read timerfd")),
+                    Err(_would_block) => {}
+                }
+            }
+        };
         let hup = async {
             match &self.peer {
                 Some(p) => {
@@ -74,6 +131,7 @@ impl Waits {
                 Ok(())
             }
             e = hup => Err(e),
+            rechecked = recheck => rechecked,
         }
     }
 }

@@ -47,6 +47,12 @@
 //! `parked = 1` and writes the eventfd (whose counter keeps the wake-up even if
 //! it arrives before the waiter blocks). `tests/loom.rs` checks this.
 //!
+//! The handshake assumes the flags hold what their owners stored. A peer (or
+//! any process with the mapping) that clears a `parked` flag makes the waker
+//! skip its wake-up, so a park never sleeps unbounded: the OS parker returns
+//! after `PARK_RECHECK` (50 ms) without a wake-up, and the waiter re-checks
+//! the peer's counter and parks again. A lost flag costs that delay, not a hang.
+//!
 //! Crashes: a side killed between copying and publishing leaves its counter at
 //! the old value, so the copy is simply not there (producer) or is delivered
 //! again (consumer). A restarted side re-reads its own counter from shared
@@ -99,9 +105,16 @@ pub enum RingError {
 }
 
 /// How a side blocks until its peer wakes it.
+///
+/// The wake-up depends on a flag in shared memory that anyone with the
+/// mapping can clear, so an implementation for untrusted peers should return
+/// `Ok` now and then even when nobody woke it (the OS one does after
+/// `PARK_RECHECK`): the wait loop then re-checks the counters and parks
+/// again, and a lost wake-up costs a delay instead of a hang.
 pub trait Park {
-    /// Blocks until woken (possibly spuriously), the deadline passes
-    /// ([`RingError::Timeout`]) or the peer is gone ([`RingError::Disconnected`]).
+    /// Blocks until woken (possibly spuriously, for instance after a bounded
+    /// sleep), the deadline passes ([`RingError::Timeout`]) or the peer is
+    /// gone ([`RingError::Disconnected`]).
     fn park(&mut self, deadline: Option<Instant>) -> Result<(), RingError>;
 }
 

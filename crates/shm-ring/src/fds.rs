@@ -1,7 +1,7 @@
 //! The three file descriptors that make a ring: the sealed memfd and two eventfds.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
@@ -192,6 +192,27 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) -> Result<(), RingError> {
     }
 }
 
+/// The longest a parked side sleeps before it re-checks the peer's counter
+/// on its own, woken or not.
+///
+/// A waker writes our eventfd only when it reads our `parked` flag as 1, and
+/// that flag lives in shared memory, where a buggy or hostile process (or
+/// stray writes) can clear it. Without a bound, one lost flag leaves a side
+/// asleep forever on a ring that has work; with it, a lost flag costs at most
+/// this much delay. 50 ms keeps that delay short for a human watching while
+/// an idle parked side wakes only 20 times a second (each time a `poll`, a
+/// re-check of one counter, and the side's spin). A legitimate wake-up does
+/// not wait for it: the eventfd ends the `poll` at once, as before.
+pub const PARK_RECHECK: Duration = Duration::from_millis(50);
+
+/// `t` as a `Timespec` (seconds saturate at `i64::MAX`).
+pub(crate) fn timespec(t: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    }
+}
+
 /// Blocks on our eventfd and, if connected, the peer's socket.
 #[derive(Debug)]
 pub(crate) struct Parker {
@@ -200,13 +221,18 @@ pub(crate) struct Parker {
 }
 
 impl Park for Parker {
+    /// Returns `Ok` after at most [`PARK_RECHECK`] even when nobody wrote the
+    /// eventfd (a spurious wake-up for the caller, which re-checks the counters).
     fn park(&mut self, deadline: Option<Instant>) -> Result<(), RingError> {
+        let recheck = Instant::now().checked_add(PARK_RECHECK);
         loop {
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let ts = timeout.map(|t| rustix::time::Timespec {
-                tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-                tv_nsec: i64::from(t.subsec_nanos()),
-            });
+            // Sleep until the re-check or the caller's deadline, whichever comes first.
+            let (until, is_deadline) = match (deadline, recheck) {
+                (Some(d), Some(r)) if d > r => (Some(r), false),
+                (Some(d), _) => (Some(d), true),
+                (None, r) => (r, false),
+            };
+            let ts = until.map(|u| timespec(u.saturating_duration_since(Instant::now())));
             let mut fds = [
                 PollFd::new(&self.eventfd, PollFlags::IN),
                 PollFd::new(&self.eventfd, PollFlags::IN),
@@ -218,7 +244,8 @@ impl Park for Parker {
                 1
             };
             match rustix::event::poll(&mut fds[..count], ts.as_ref()) {
-                Ok(0) => return Err(RingError::Timeout),
+                Ok(0) if is_deadline => return Err(RingError::Timeout),
+                Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(source) => return Err(RingError::Io { op: "poll", source }),

@@ -8,7 +8,8 @@
 //!   `&mut [T]` / `&[T]` for trusted peers), and a byte stream
 //!   (`Producer<u8>: std::io::Write`, `Consumer<u8>: std::io::Read`). Every
 //!   operation comes non-blocking (`try_*`: full and empty hand the value back),
-//!   blocking with an optional timeout (spin briefly, then park on an eventfd),
+//!   blocking with an optional timeout (spin briefly, then park on an eventfd,
+//!   re-checking the ring every [`PARK_RECHECK`] in case a wake-up was lost),
 //!   and async behind the `tokio` feature (module `asyncio`).
 //! - [`Listener`] / [`Connector`]: a server and a client over a Unix socket.
 //!   The server creates (or adopts) the ring, checks the client's credentials
@@ -79,7 +80,7 @@ pub use crate::endpoint::{
     Consumer, DEFAULT_SPIN, Element, Producer, SendError, Slots, SlotsMut, TrySendError, channel,
 };
 #[cfg(not(shm_loom))]
-pub use crate::fds::{OpenError, RING_SEALS, RingFds};
+pub use crate::fds::{OpenError, PARK_RECHECK, RING_SEALS, RingFds};
 
 /// The algorithm without the OS: generic over storage and over how a side
 /// blocks. Used by the loom models and the unit tests; most users want

@@ -430,3 +430,251 @@ fn handshake_refuses_wrong_role_and_layout() {
     drop(listener);
     assert!(!path.exists(), "the listener removes its socket file");
 }
+
+/// The `parked` flag at `offset` ([`shm_ring::layout::PRODUCER_PARKED`] or
+/// [`shm_ring::layout::CONSUMER_PARKED`]) in a mapping of the ring's header page.
+fn park_flag(map: &Mapping, offset: usize) -> &shm_sync::atomic::AtomicU32 {
+    map.region().atomic_u32(offset).unwrap()
+}
+
+fn map_header(ring: &RingFds) -> Mapping {
+    Mapping::map(
+        rustix::fd::AsFd::as_fd(&ring.memfd),
+        0,
+        4096,
+        Access::ReadWrite,
+    )
+    .unwrap()
+}
+
+/// Waits (bounded) until `flag` reads 1: the side that owns it has announced
+/// that it is about to sleep.
+fn await_parked(flag: &shm_sync::atomic::AtomicU32, who: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    // Relaxed: we only want to see the flag; the ring's own ordering is not ours to test here.
+    while flag.load(shm_sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < end, "the {who} never parked");
+        std::thread::yield_now();
+    }
+}
+
+/// How long a side may stay asleep after the event it waits for: far above
+/// `PARK_RECHECK`, far below a hang.
+const LOST_WAKEUP_BOUND: Duration = Duration::from_secs(10);
+
+/// How many wake-ups each side of the deterministic tests loses.
+const LOST_WAKEUPS: u64 = 10;
+
+#[test]
+fn cleared_park_flags_cost_a_delay_not_a_hang() {
+    use shm_sync::atomic::Ordering;
+    use std::sync::mpsc;
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let ring = RingFds::create("lost-wakeup", 4, ElemLayout::of::<u64>()).unwrap();
+    let map = map_header(&ring);
+    let mut tx = shm_ring::Producer::<u64>::open(&ring, None).unwrap();
+    let mut rx = shm_ring::Consumer::<u64>::open(&ring, None).unwrap();
+    tx.set_spin(Duration::ZERO);
+    rx.set_spin(Duration::ZERO);
+
+    // A consumer asleep on the empty ring: each time, its flag is cleared
+    // behind its back before the producer publishes, so the producer skips
+    // the wake-up.
+    let (got_tx, got) = mpsc::channel();
+    let consumer = std::thread::spawn(move || {
+        for _ in 0..LOST_WAKEUPS {
+            got_tx.send(rx.recv().unwrap()).unwrap();
+        }
+        rx
+    });
+    let flag = park_flag(&map, shm_ring::layout::CONSUMER_PARKED);
+    let mut slowest = Duration::ZERO;
+    for i in 0..LOST_WAKEUPS {
+        await_parked(flag, "consumer");
+        // Relaxed: a hostile store; nothing is published with it.
+        flag.store(0, Ordering::Relaxed);
+        tx.send(i).unwrap();
+        let sent = Instant::now();
+        let v = got
+            .recv_timeout(LOST_WAKEUP_BOUND)
+            .expect("the consumer sleeps on although an element is ready");
+        assert_eq!(v, i);
+        slowest = slowest.max(sent.elapsed());
+    }
+    let mut rx = consumer.join().unwrap();
+    eprintln!("consumer: slowest delivery after a lost wake-up {slowest:?}");
+
+    // A producer asleep on the full ring: its flag is cleared before the
+    // consumer frees a slot, so the consumer skips the wake-up.
+    tx.send_all(&[0; 4], None).unwrap();
+    let (sent_tx, sent) = mpsc::channel();
+    let producer = std::thread::spawn(move || {
+        for i in 0..LOST_WAKEUPS {
+            tx.send(100 + i).unwrap();
+            sent_tx.send(i).unwrap();
+        }
+    });
+    let flag = park_flag(&map, shm_ring::layout::PRODUCER_PARKED);
+    let mut slowest = Duration::ZERO;
+    for i in 0..LOST_WAKEUPS {
+        await_parked(flag, "producer");
+        // Relaxed: as above.
+        flag.store(0, Ordering::Relaxed);
+        assert!(rx.try_recv().unwrap().is_some());
+        let freed = Instant::now();
+        let n = sent
+            .recv_timeout(LOST_WAKEUP_BOUND)
+            .expect("the producer sleeps on although a slot is free");
+        assert_eq!(n, i);
+        slowest = slowest.max(freed.elapsed());
+    }
+    producer.join().unwrap();
+    eprintln!("producer: slowest send after a lost wake-up {slowest:?}");
+}
+
+#[test]
+fn a_peer_clearing_park_flags_never_hangs_the_transfer() {
+    const SCRIBBLE: Duration = Duration::from_millis(1500);
+    if let Some(role) = role() {
+        assert_eq!(role, "flag-scribbler");
+        // A client that takes the ring's fds and then, for a while, clears
+        // both `parked` flags as fast as it can.
+        let (ring, _link) = Connector::new(env_path())
+            .connect(Role::Producer, ElemLayout::of::<u64>())
+            .unwrap();
+        let map = map_header(&ring);
+        let flags = [
+            park_flag(&map, shm_ring::layout::PRODUCER_PARKED),
+            park_flag(&map, shm_ring::layout::CONSUMER_PARKED),
+        ];
+        let end = Instant::now() + SCRIBBLE;
+        while Instant::now() < end {
+            for flag in flags {
+                // Relaxed: a hostile store; nothing is published with it.
+                flag.store(0, shm_sync::atomic::Ordering::Relaxed);
+            }
+            std::hint::spin_loop();
+        }
+        return;
+    }
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let path = socket_path();
+    let listener = Listener::bind(&path).unwrap();
+    let ring = RingFds::create("scribbled-flags", 4, ElemLayout::of::<u64>()).unwrap();
+    let mut cmd = role_command(
+        "a_peer_clearing_park_flags_never_hangs_the_transfer",
+        "flag-scribbler",
+    );
+    cmd.env("RING_SOCK", &path);
+    let mut child = spawn(cmd).unwrap();
+    let _link = listener
+        .accept(&ring, Role::Producer, ElemLayout::of::<u64>())
+        .unwrap();
+    // Both ends are ours (no peer socket: the scribbler's exit is not a hang-up).
+    let mut tx = shm_ring::Producer::<u64>::open(&ring, None).unwrap();
+    let mut rx = shm_ring::Consumer::<u64>::open(&ring, None).unwrap();
+    tx.set_spin(Duration::ZERO);
+    rx.set_spin(Duration::ZERO);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let consumer = std::thread::spawn(move || {
+        let mut expect = 0u64;
+        loop {
+            let v = rx.recv().unwrap();
+            if v == u64::MAX {
+                break;
+            }
+            assert_eq!(v, expect, "in order, exactly once");
+            expect += 1;
+            // Now and then the consumer is slow, so the producer parks on a full ring.
+            if expect.is_multiple_of(64) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        done_tx.send(expect).unwrap();
+    });
+    // Send while the scribbler runs, then some more after it stopped; pause
+    // now and then, so the consumer parks on an empty ring.
+    let (mut next, mut after) = (0u64, None);
+    while after.is_none_or(|n| next < n + 500) {
+        tx.send_timeout(next, Some(LOST_WAKEUP_BOUND))
+            .expect("the producer sleeps on although slots are free");
+        next += 1;
+        if next.is_multiple_of(50) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if after.is_none() && child.wait_timeout(Duration::ZERO).unwrap().is_some() {
+            after = Some(next);
+        }
+    }
+    tx.send(u64::MAX).unwrap();
+    let got = done
+        .recv_timeout(LOST_WAKEUP_BOUND)
+        .expect("the consumer sleeps on although elements are ready");
+    assert_eq!(got, next);
+    consumer.join().unwrap();
+    assert!(child.wait_ok(Duration::from_secs(10)).success());
+    eprintln!("{next} elements through a ring whose park flags were being cleared");
+}
+
+#[test]
+fn cleared_park_flags_cost_async_waiters_a_delay_not_a_hang() {
+    use shm_ring::asyncio::{AsyncConsumer, AsyncProducer};
+    use shm_sync::atomic::Ordering;
+    use std::sync::mpsc;
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    // No time driver: the re-check must not depend on tokio's timers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_io()
+        .build()
+        .unwrap();
+    let ring = RingFds::create("lost-wakeup-async", 4, ElemLayout::of::<u64>()).unwrap();
+    let map = map_header(&ring);
+    let mut tx = shm_ring::Producer::<u64>::open(&ring, None).unwrap();
+    let rx = shm_ring::Consumer::<u64>::open(&ring, None).unwrap();
+
+    // An async consumer asleep on the empty ring, its flag cleared before each send.
+    let (got_tx, got) = mpsc::channel();
+    let consumer = rt.spawn(async move {
+        let mut rx = AsyncConsumer::new(rx).unwrap();
+        for _ in 0..LOST_WAKEUPS {
+            got_tx.send(rx.recv().await.unwrap()).unwrap();
+        }
+        rx
+    });
+    let flag = park_flag(&map, shm_ring::layout::CONSUMER_PARKED);
+    for i in 0..LOST_WAKEUPS {
+        await_parked(flag, "async consumer");
+        // Relaxed: a hostile store; nothing is published with it.
+        flag.store(0, Ordering::Relaxed);
+        tx.try_send(i).unwrap();
+        let v = got
+            .recv_timeout(LOST_WAKEUP_BOUND)
+            .expect("the async consumer sleeps on although an element is ready");
+        assert_eq!(v, i);
+    }
+    let mut rx = rt.block_on(consumer).unwrap();
+
+    // An async producer asleep on the full ring, its flag cleared before each release.
+    tx.send_all(&[0; 4], None).unwrap();
+    let (sent_tx, sent) = mpsc::channel();
+    let producer = rt.spawn(async move {
+        let mut tx = AsyncProducer::new(tx).unwrap();
+        for i in 0..LOST_WAKEUPS {
+            tx.send(100 + i).await.unwrap();
+            sent_tx.send(i).unwrap();
+        }
+    });
+    let flag = park_flag(&map, shm_ring::layout::PRODUCER_PARKED);
+    for i in 0..LOST_WAKEUPS {
+        await_parked(flag, "async producer");
+        // Relaxed: as above.
+        flag.store(0, Ordering::Relaxed);
+        assert!(rx.get_mut().try_recv().unwrap().is_some());
+        let n = sent
+            .recv_timeout(LOST_WAKEUP_BOUND)
+            .expect("the async producer sleeps on although a slot is free");
+        assert_eq!(n, i);
+    }
+    rt.block_on(producer).unwrap();
+}
