@@ -175,10 +175,12 @@ pub enum AcceptError {
     #[error(transparent)]
     Open(#[from] OpenError),
     /// A socket operation failed.
-    #[error("{op} failed")]
+    #[error("{op} {}: {source}", .path.display())]
     Io {
-        /// What was being done.
+        /// What was being done ("accept on", "read hello on", ...).
         op: &'static str,
+        /// The listening socket's path.
+        path: PathBuf,
         /// The error.
         #[source]
         source: std::io::Error,
@@ -206,22 +208,62 @@ pub enum ConnectError {
     /// Validating or opening the ring failed.
     #[error(transparent)]
     Open(#[from] OpenError),
-    /// A socket operation failed.
-    #[error("{op} failed")]
+    /// A socket operation failed, e.g. "connect to /run/x.sock: No such file
+    /// or directory (os error 2)".
+    #[error("{op} {}: {source}", .path.display())]
     Io {
-        /// What was being done.
+        /// What was being done ("connect to", "send hello to", ...).
         op: &'static str,
+        /// The server's socket path.
+        path: PathBuf,
         /// The error.
         #[source]
         source: std::io::Error,
     },
 }
 
-fn aerr(op: &'static str) -> impl FnOnce(std::io::Error) -> AcceptError {
-    move |source| AcceptError::Io { op, source }
+fn aerr<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AcceptError + 'a {
+    move |source| AcceptError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
-fn cerr(op: &'static str) -> impl FnOnce(std::io::Error) -> ConnectError {
-    move |source| ConnectError::Io { op, source }
+fn cerr<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ConnectError + 'a {
+    move |source| ConnectError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An I/O error about a socket path, carried inside the `std::io::Error`
+/// that [`Listener::bind`] returns: the path is in the message, the OS error
+/// is its `source()`.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", .path.display())]
+struct PathError {
+    op: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Wraps an I/O error on `path`, keeping its kind.
+fn path_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> std::io::Error + 'a {
+    move |source| {
+        std::io::Error::new(
+            source.kind(),
+            PathError {
+                op,
+                path: path.to_path_buf(),
+                source,
+            },
+        )
+    }
 }
 
 fn peer_cred(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
@@ -241,6 +283,11 @@ pub struct Listener {
 impl Listener {
     /// Listens on `path`. A stale socket file (nobody accepting) is replaced; a
     /// live one gives `AddrInUse`.
+    ///
+    /// # Errors
+    /// The failing step's `std::io::Error`, of the OS error's kind, whose
+    /// message names the step and the path (e.g. "bind /run/x.sock: Permission
+    /// denied (os error 13)"); the OS error itself is the inner error's `source()`.
     ///
     /// # Examples
     /// ```no_run
@@ -262,10 +309,10 @@ impl Listener {
                     format!("a server already listens on {}", path.display()),
                 ));
             }
-            std::fs::remove_file(&path)?;
+            std::fs::remove_file(&path).map_err(path_err("remove stale socket", &path))?;
         }
-        let listener = UnixListener::bind(&path)?;
-        let meta = std::fs::symlink_metadata(&path)?;
+        let listener = UnixListener::bind(&path).map_err(path_err("bind", &path))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(path_err("stat", &path))?;
         Ok(Listener {
             socket: listener,
             path,
@@ -296,17 +343,22 @@ impl Listener {
         give: Role,
         elem: ElemLayout,
     ) -> Result<PeerLink, AcceptError> {
-        let (mut stream, _) = self.socket.accept().map_err(aerr("accept"))?;
-        let (pid, uid) = peer_cred(&stream).map_err(aerr("SO_PEERCRED"))?;
+        let (mut stream, _) = self
+            .socket
+            .accept()
+            .map_err(aerr("accept on", &self.path))?;
+        let (pid, uid) = peer_cred(&stream).map_err(aerr("SO_PEERCRED on", &self.path))?;
         if !self.policy.allows(uid) {
             let _ = send_welcome(&stream, STATUS_REFUSED, 0, None);
             return Err(AcceptError::Refused { pid, uid });
         }
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(aerr("SO_RCVTIMEO"))?;
+            .map_err(aerr("SO_RCVTIMEO on", &self.path))?;
         let mut bytes = [0u8; size_of::<Hello>()];
-        stream.read_exact(&mut bytes).map_err(aerr("read hello"))?;
+        stream
+            .read_exact(&mut bytes)
+            .map_err(aerr("read hello on", &self.path))?;
         let hello = Hello::read_from_bytes(&bytes).map_err(|_| AcceptError::Malformed)?;
         if hello.magic != HELLO_MAGIC {
             return Err(AcceptError::Malformed);
@@ -323,11 +375,13 @@ impl Listener {
             capacity,
             (status == STATUS_OK).then_some(ring),
         )
-        .map_err(aerr("send welcome"))?;
+        .map_err(aerr("send welcome on", &self.path))?;
         if let Some(err) = err {
             return Err(err);
         }
-        stream.set_read_timeout(None).map_err(aerr("SO_RCVTIMEO"))?;
+        stream
+            .set_read_timeout(None)
+            .map_err(aerr("SO_RCVTIMEO on", &self.path))?;
         Ok(PeerLink {
             socket: stream.into(),
             pid,
@@ -463,14 +517,14 @@ impl Connector {
         want: Role,
         elem: ElemLayout,
     ) -> Result<(RingFds, PeerLink), ConnectError> {
-        let mut stream = UnixStream::connect(&self.path).map_err(cerr("connect"))?;
-        let (pid, uid) = peer_cred(&stream).map_err(cerr("SO_PEERCRED"))?;
+        let mut stream = UnixStream::connect(&self.path).map_err(cerr("connect to", &self.path))?;
+        let (pid, uid) = peer_cred(&stream).map_err(cerr("SO_PEERCRED on", &self.path))?;
         if !self.policy.allows(uid) {
             return Err(ConnectError::Refused { pid, uid });
         }
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(cerr("SO_RCVTIMEO"))?;
+            .map_err(cerr("SO_RCVTIMEO on", &self.path))?;
         let hello = Hello {
             magic: HELLO_MAGIC,
             min_version: MIN_VERSION,
@@ -483,8 +537,8 @@ impl Connector {
         };
         stream
             .write_all(hello.as_bytes())
-            .map_err(cerr("send hello"))?;
-        let (welcome, fds) = recv_welcome(&stream)?;
+            .map_err(cerr("send hello to", &self.path))?;
+        let (welcome, fds) = recv_welcome(&stream, &self.path)?;
         if welcome.magic != WELCOME_MAGIC {
             return Err(ConnectError::Malformed);
         }
@@ -506,7 +560,9 @@ impl Connector {
         else {
             return Err(ConnectError::Malformed);
         };
-        stream.set_read_timeout(None).map_err(cerr("SO_RCVTIMEO"))?;
+        stream
+            .set_read_timeout(None)
+            .map_err(cerr("SO_RCVTIMEO on", &self.path))?;
         let ring = RingFds {
             memfd,
             data_ready,
@@ -542,7 +598,7 @@ impl Connector {
     }
 }
 
-fn recv_welcome(stream: &UnixStream) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
+fn recv_welcome(stream: &UnixStream, path: &Path) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
     let mut bytes = [0u8; size_of::<Welcome>()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -552,10 +608,7 @@ fn recv_welcome(stream: &UnixStream) -> Result<(Welcome, Vec<OwnedFd>), ConnectE
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )
-    .map_err(|e| ConnectError::Io {
-        op: "receive welcome",
-        source: e.into(),
-    })?;
+    .map_err(|e| cerr("receive welcome from", path)(e.into()))?;
     let mut fds = Vec::new();
     for msg in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = msg {
@@ -568,12 +621,7 @@ fn recv_welcome(stream: &UnixStream) -> Result<(Welcome, Vec<OwnedFd>), ConnectE
         match reader.read(&mut bytes[have..]) {
             Ok(0) => return Err(ConnectError::Malformed),
             Ok(n) => have += n,
-            Err(e) => {
-                return Err(ConnectError::Io {
-                    op: "receive welcome",
-                    source: e,
-                });
-            }
+            Err(e) => return Err(cerr("receive welcome from", path)(e)),
         }
     }
     let welcome = Welcome::read_from_bytes(&bytes).map_err(|_| ConnectError::Malformed)?;

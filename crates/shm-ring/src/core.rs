@@ -94,7 +94,7 @@ pub enum RingError {
     #[error("timed out")]
     Timeout,
     /// A system call failed.
-    #[error("{op} failed")]
+    #[error("{op} failed: {source}")]
     Io {
         /// What was being done.
         op: &'static str,

@@ -62,7 +62,7 @@ pub enum OpenError {
         align: usize,
     },
     /// A system call failed.
-    #[error("{op} failed")]
+    #[error("{op} failed: {source}")]
     Io {
         /// What was being done.
         op: &'static str,

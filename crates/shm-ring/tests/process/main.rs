@@ -678,3 +678,56 @@ fn cleared_park_flags_cost_async_waiters_a_delay_not_a_hang() {
     }
     rt.block_on(producer).unwrap();
 }
+
+#[test]
+fn socket_and_system_call_errors_name_the_object_and_the_os_error() {
+    use std::error::Error as _;
+    let dir = std::env::temp_dir().join(unique_name("no-such-dir"));
+    let path = dir.join("ring.sock");
+
+    let err = Connector::new(&path).connect_consumer::<u64>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "connect to {}: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
+    let source = err.source().expect("the OS error is the source");
+    let source = source.downcast_ref::<std::io::Error>().unwrap();
+    assert_eq!(source.raw_os_error(), Some(2));
+
+    let err = Listener::bind(&path).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "bind {}: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
+    let inner = err.get_ref().expect("a wrapped error");
+    let os = inner.source().expect("the OS error is the source");
+    assert_eq!(
+        os.downcast_ref::<std::io::Error>().unwrap().raw_os_error(),
+        Some(2)
+    );
+
+    let err = RingError::Io {
+        op: "poll",
+        source: rustix::io::Errno::BADF,
+    };
+    assert_eq!(
+        err.to_string(),
+        "poll failed: Bad file descriptor (os error 9)"
+    );
+    assert!(err.source().is_some());
+    let err = shm_ring::OpenError::Io {
+        op: "dup",
+        source: rustix::io::Errno::MFILE,
+    };
+    assert_eq!(
+        err.to_string(),
+        "dup failed: Too many open files (os error 24)"
+    );
+}
