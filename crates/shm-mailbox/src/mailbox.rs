@@ -46,8 +46,14 @@ pub enum MailboxError {
         max: usize,
     },
     /// A liveness lock call failed.
-    #[error("liveness lock failed")]
-    Lock(#[source] rustix::io::Errno),
+    #[error("mailbox {name}: liveness lock (fcntl F_OFD_SETLK): {source}")]
+    Lock {
+        /// The mailbox's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: rustix::io::Errno,
+    },
 }
 
 /// A latest-value mailbox in a named shared-memory object.
@@ -141,6 +147,8 @@ impl Mailbox {
                 have: payload.len(),
             })?;
         }
+        // Zeros read from a truncated object are not a foreign config block.
+        segment.check_mapped()?;
         let shape = Shape::from_words(config, payload.len() / 8)?;
         let local_readers = (0..shape.readers).map(|_| AtomicBool::new(false)).collect();
         Ok(Mailbox {
@@ -150,9 +158,32 @@ impl Mailbox {
         })
     }
 
-    /// Removes the mailbox `name` (processes still attached keep their view).
+    /// Removes the mailbox `name` if no process has it open. Refused with
+    /// `SegmentError::InUse` while one does, and for anything that is not
+    /// an outlive segment (see [`Segment::remove`]).
     pub fn remove(name: &str) -> Result<bool, MailboxError> {
         Ok(Segment::remove(name)?)
+    }
+
+    /// Removes the mailbox `name` even while processes have it open: they
+    /// keep the old object, newcomers get a new one (a split between the
+    /// two). For operators who know the attached processes are going away.
+    pub fn force_remove(name: &str) -> Result<bool, MailboxError> {
+        Ok(Segment::force_remove(name)?)
+    }
+
+    /// `SegmentError::Truncated` if another process shrank the object under
+    /// us: checked after every access, so zeros read from it are never taken
+    /// for messages.
+    fn check_mapped(&self) -> Result<(), MailboxError> {
+        Ok(self.segment.check_mapped()?)
+    }
+
+    fn lock_error(&self, source: rustix::io::Errno) -> MailboxError {
+        MailboxError::Lock {
+            name: self.segment.name().unwrap_or("memfd").to_owned(),
+            source,
+        }
     }
 
     /// The mailbox's shape.
@@ -182,7 +213,7 @@ impl Mailbox {
     /// Claims the writer role. Refused while another live process holds it.
     pub fn writer(&self) -> Result<Writer<'_>, MailboxError> {
         if !liveness::try_lock(self.segment.fd(), liveness::WRITER_SLOT)
-            .map_err(MailboxError::Lock)?
+            .map_err(|e| self.lock_error(e))?
         {
             return Err(MailboxError::InUse {
                 role: "writer".to_owned(),
@@ -193,6 +224,7 @@ impl Mailbox {
             publishes: 0,
         };
         writer.reap_dead_readers();
+        self.check_mapped()?;
         Ok(writer)
     }
 
@@ -205,7 +237,7 @@ impl Mailbox {
                 readers: self.shape.readers,
             });
         }
-        if !liveness::try_lock(self.segment.fd(), index).map_err(MailboxError::Lock)? {
+        if !liveness::try_lock(self.segment.fd(), index).map_err(|e| self.lock_error(e))? {
             return Err(MailboxError::InUse {
                 role: format!("reader {index}"),
             });
@@ -218,11 +250,20 @@ impl Mailbox {
         words
             .at(self.shape.reader(index, R_PID))
             .store(u64::from(std::process::id()), Ordering::Relaxed);
-        Ok(Reader {
+        let reader = Reader {
             mailbox: self,
             index,
             epoch,
-        })
+        };
+        self.check_mapped()?;
+        Ok(reader)
+    }
+
+    /// Whether another process shrank the mailbox's object under us. Every
+    /// fallible operation reports it as `SegmentError::Truncated`; the
+    /// object is reclaimed by the next `open_or_create` once nobody has it open.
+    pub fn is_truncated(&self) -> bool {
+        self.segment.is_truncated()
     }
 
     /// How many reader indices currently hold a slot (diagnostics: after every
@@ -235,7 +276,8 @@ impl Mailbox {
             .count()
     }
 
-    /// The sequence number of the newest message (0: none yet).
+    /// The sequence number of the newest message (0: none yet, or the
+    /// object was truncated: see [`Mailbox::is_truncated`]).
     pub fn latest_seq(&self) -> u64 {
         // SYNC: Acquire, pairs with the writer's store of `published`.
         self.words().published().load(Ordering::Acquire) >> 16
@@ -265,8 +307,10 @@ impl Writer<'_> {
             });
         }
         let words = self.mailbox.words();
-        let seq = protocol::publish(&words, data, None)?
-            .expect("INVARIANT: runs to completion without stop_after");
+        let published = protocol::publish(&words, data, None);
+        // Truncated: the words were zeros and the message went nowhere.
+        self.mailbox.check_mapped()?;
+        let seq = published?.expect("INVARIANT: runs to completion without stop_after");
         self.wake_readers(&words);
         self.publishes += 1;
         if self.publishes.is_multiple_of(4096) {
@@ -294,7 +338,9 @@ impl Writer<'_> {
 
     /// The last complete message (for a restarted writer to continue from).
     pub fn last(&self, out: &mut [u8]) -> Result<Option<Message>, MailboxError> {
-        Ok(protocol::last(&self.mailbox.words(), out)?)
+        let last = protocol::last(&self.mailbox.words(), out);
+        self.mailbox.check_mapped()?;
+        Ok(last?)
     }
 
     /// Clears the holds of readers whose process is gone (their liveness lock
@@ -343,21 +389,23 @@ impl Reader<'_> {
     /// Copies the newest message into `out` (truncated to `out.len()`; the
     /// returned length is the full one). `None` when nothing was published yet.
     pub fn read(&mut self, out: &mut [u8]) -> Result<Option<Message>, MailboxError> {
-        Ok(protocol::read(
-            &self.mailbox.words(),
-            self.index,
-            self.epoch,
-            out,
-        )?)
+        let read = protocol::read(&self.mailbox.words(), self.index, self.epoch, out);
+        // Checked after the copy: a message read from a truncated object is zeros.
+        self.mailbox.check_mapped()?;
+        Ok(read?)
     }
 
     /// Waits until a message newer than `seq` exists, for at most `timeout`.
-    /// Returns whether one does.
+    /// Returns whether one does; also returns true at once when the object
+    /// was truncated, so that the next [`Reader::read`] reports it.
     pub fn wait_newer(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let words = self.mailbox.words();
         let notify = self.mailbox.notify();
         loop {
+            if self.mailbox.is_truncated() {
+                return true;
+            }
             // SYNC: Acquire, pairs with the writer's SeqCst bump after publishing.
             let seen = notify.load(Ordering::Acquire);
             if self.mailbox.latest_seq() > seq {

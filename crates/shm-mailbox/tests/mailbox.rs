@@ -10,7 +10,9 @@ use shm_testkit::{Watchdog, unique_name};
 struct Cleanup(String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Mailbox::remove(&self.0);
+        // Dropped before the test's mailbox handles (declared after them), so
+        // the object is still open here: only a forced removal unlinks it.
+        let _ = Mailbox::force_remove(&self.0);
     }
 }
 
@@ -235,4 +237,32 @@ fn reaping_neverclears_a_live_reader_of_the_same_handle() {
     hazard.store((5 << 16) | 2, Ordering::SeqCst);
     assert_eq!(w.reap_dead_readers(), 1);
     assert_eq!(sut.held_slots(), 0);
+}
+
+#[test]
+fn remove_refuses_an_open_mailbox_unless_forced() {
+    let name = unique_name("mbox-rm");
+    let sut = Mailbox::open_or_create(
+        &name,
+        Config {
+            readers: 1,
+            slot_bytes: 8,
+        },
+    )
+    .unwrap();
+    let err = Mailbox::remove(&name).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MailboxError::Segment(shm_segment::SegmentError::InUse { .. })
+        ),
+        "{err}"
+    );
+    assert!(Mailbox::open(&name).is_ok(), "still there");
+    assert!(Mailbox::force_remove(&name).unwrap());
+    assert!(matches!(
+        Mailbox::open(&name),
+        Err(MailboxError::Segment(_))
+    ));
+    drop(sut);
 }

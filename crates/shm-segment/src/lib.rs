@@ -41,6 +41,7 @@ mod region;
 pub mod segment;
 mod shared;
 mod shm_box;
+mod sigbus;
 
 pub use header::Layout;
 pub use mapping::{Access, MapError, Mapping};

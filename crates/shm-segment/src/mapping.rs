@@ -6,9 +6,12 @@
 //! from creation until `Drop` unmaps it. It never creates references to the
 //! mapped bytes itself; all access goes through [`Region`], whose contract is
 //! in `region.rs`. The file is checked with `fstat` before mapping so the whole
-//! range is backed when we map it; keeping it backed afterwards is the job of
-//! seals (memfd) or of the trust placed in every process that can open the
-//! object (named segments, mode 0600 by default).
+//! range is backed when we map it. Keeping it backed afterwards is the job of
+//! seals (memfd); a file that cannot be sealed (a named segment) is mapped
+//! with [`Mapping::map_guarded`], whose range is registered with the `SIGBUS`
+//! handler of `sigbus.rs`: if another process shrinks the file, the handler
+//! replaces the mapping with zero pages of the same length and protection, so
+//! `ptr..ptr+len` stays mapped (invariant 1 holds) and accesses return.
 #![allow(unsafe_code)]
 
 use std::os::fd::BorrowedFd;
@@ -18,6 +21,7 @@ use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
 use crate::region::Region;
+use crate::sigbus::{self, Guard, GuardError};
 
 /// Whether a mapping may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +54,17 @@ pub enum MapError {
         have: u64,
     },
     /// `fstat` failed.
-    #[error("fstat failed")]
+    #[error("fstat: {0}")]
     Stat(#[source] Errno),
     /// `mmap` failed.
-    #[error("mmap failed")]
+    #[error("mmap: {0}")]
     Mmap(#[source] Errno),
+    /// Every slot of the registry of guarded mappings is in use.
+    #[error("cannot guard the mapping against truncation: all {0} slots are in use")]
+    GuardsFull(usize),
+    /// The `SIGBUS` handler could not be installed.
+    #[error("cannot guard the mapping against truncation: sigaction(SIGBUS): {0}")]
+    GuardInstall(#[source] Errno),
 }
 
 /// A shared memory mapping (`MAP_SHARED`) of a file descriptor, unmapped on drop.
@@ -80,6 +90,8 @@ pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     access: Access,
+    /// The registration with the SIGBUS handler, for guarded mappings.
+    guard: Option<Guard>,
 }
 
 // SAFETY: a Mapping is an address range, not data with thread affinity; every
@@ -103,6 +115,35 @@ impl Mapping {
         offset: u64,
         len: usize,
         access: Access,
+    ) -> Result<Mapping, MapError> {
+        Mapping::map_inner(fd, offset, len, access, false)
+    }
+
+    /// Like [`Mapping::map`], for a file that another process may shrink
+    /// (anything that cannot be sealed, such as a `/dev/shm` object).
+    ///
+    /// The mapping is registered with a process-wide `SIGBUS` handler
+    /// (installed on first use; faults outside registered mappings go to the
+    /// disposition it replaced). If the file is truncated under the mapping,
+    /// the faulting access does not kill the process: the whole mapping is
+    /// replaced by private zero pages, the access is retried, and
+    /// [`Mapping::is_truncated`] turns true. Check it after reading: bytes read
+    /// from a truncated mapping are zeros, not data.
+    pub fn map_guarded(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Mapping, MapError> {
+        Mapping::map_inner(fd, offset, len, access, true)
+    }
+
+    fn map_inner(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        access: Access,
+        guarded: bool,
     ) -> Result<Mapping, MapError> {
         if len == 0 {
             return Err(MapError::ZeroLength);
@@ -138,7 +179,32 @@ impl Mapping {
         .map_err(MapError::Mmap)?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MapError::Mmap(Errno::FAULT))?;
         // INVARIANTS: (1) fresh mapping of `len` bytes owned by us; (2) prot matches `access`.
-        Ok(Mapping { ptr, len, access })
+        let mut map = Mapping {
+            ptr,
+            len,
+            access,
+            guard: None,
+        };
+        if guarded {
+            // Registered before anyone can access it; on failure `map` drops
+            // and unmaps.
+            let guard = Guard::register(ptr.as_ptr() as usize, len, access == Access::ReadWrite)
+                .map_err(|e| match e {
+                    GuardError::Full => MapError::GuardsFull(sigbus::SLOTS),
+                    GuardError::Install(errno) => {
+                        MapError::GuardInstall(Errno::from_raw_os_error(errno))
+                    }
+                })?;
+            map.guard = Some(guard);
+        }
+        Ok(map)
+    }
+
+    /// Whether the file was truncated under this mapping (guarded mappings
+    /// only; always false for others). Once true, the mapping holds private
+    /// zero pages: what was read from it since the truncation is not data.
+    pub fn is_truncated(&self) -> bool {
+        self.guard.as_ref().is_some_and(Guard::is_truncated)
     }
 
     /// Length of the mapping in bytes.
@@ -179,6 +245,10 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unregister first (this waits out any SIGBUS handler that may still
+        // map over the range), so the handler never touches the range once it
+        // is unmapped and possibly reused.
+        drop(self.guard.take());
         // SAFETY: we own the mapping (invariant 1) and every Region borrowing it
         // has ended, since they borrow `self`.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };

@@ -17,7 +17,7 @@ pub const FIXED_SIZE: Seals = Seals::SHRINK.union(Seals::GROW);
 #[non_exhaustive]
 pub enum MemfdError {
     /// `memfd_create` failed (for example the name holds a NUL byte or is longer than 249 bytes).
-    #[error("memfd_create({name:?}) failed")]
+    #[error("memfd_create({name:?}): {source}")]
     Create {
         /// The name asked for.
         name: String,
@@ -26,8 +26,10 @@ pub enum MemfdError {
         source: Errno,
     },
     /// `ftruncate` to the requested size failed.
-    #[error("cannot size memfd to {size} bytes")]
+    #[error("cannot size memfd (fd {fd}) to {size} bytes: ftruncate: {source}")]
     Resize {
+        /// The descriptor.
+        fd: i32,
         /// The size asked for.
         size: u64,
         /// The OS error.
@@ -35,8 +37,10 @@ pub enum MemfdError {
         source: Errno,
     },
     /// Adding seals failed (for example `F_SEAL_SEAL` is already set).
-    #[error("cannot add seals {seals:?}")]
+    #[error("cannot add seals {seals:?} to memfd (fd {fd}): F_ADD_SEALS: {source}")]
     Seal {
+        /// The descriptor.
+        fd: i32,
         /// The seals asked for.
         seals: Seals,
         /// The OS error.
@@ -65,7 +69,11 @@ pub fn create(name: &str, size: u64, seals: Seals) -> Result<OwnedFd, MemfdError
             name: name.to_owned(),
             source,
         })?;
-    rustix::fs::ftruncate(&fd, size).map_err(|source| MemfdError::Resize { size, source })?;
+    rustix::fs::ftruncate(&fd, size).map_err(|source| MemfdError::Resize {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        size,
+        source,
+    })?;
     add_seals(fd.as_fd(), seals)?;
     Ok(fd)
 }
@@ -76,7 +84,11 @@ pub fn add_seals(fd: BorrowedFd<'_>, seals: Seals) -> Result<(), MemfdError> {
     if seals.is_empty() {
         return Ok(());
     }
-    rustix::fs::fcntl_add_seals(fd, seals).map_err(|source| MemfdError::Seal { seals, source })
+    rustix::fs::fcntl_add_seals(fd, seals).map_err(|source| MemfdError::Seal {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        seals,
+        source,
+    })
 }
 
 /// The seals currently set on `fd`.
@@ -173,8 +185,10 @@ pub enum ValidateError {
         missing: Seals,
     },
     /// A system call failed while inspecting the fd.
-    #[error("cannot inspect fd: {op} failed")]
+    #[error("cannot inspect fd {fd}: {op}: {source}")]
     Io {
+        /// The descriptor.
+        fd: i32,
         /// The call that failed.
         op: &'static str,
         /// The OS error.
@@ -202,13 +216,16 @@ pub fn memfd_name(fd: BorrowedFd<'_>) -> Result<Result<String, String>, std::io:
 /// Call this before mapping any memfd received from another process or the
 /// service manager.
 pub fn validate(fd: BorrowedFd<'_>, req: &Requirements) -> Result<MemfdInfo, ValidateError> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let name = memfd_name(fd)
         .map_err(|source| ValidateError::Io {
+            fd: raw,
             op: "readlink /proc/self/fd",
             source,
         })?
         .map_err(|target| ValidateError::NotMemfd { target })?;
     let stat = rustix::fs::fstat(fd).map_err(|e| ValidateError::Io {
+        fd: raw,
         op: "fstat",
         source: e.into(),
     })?;
@@ -229,6 +246,7 @@ pub fn validate(fd: BorrowedFd<'_>, req: &Requirements) -> Result<MemfdInfo, Val
         });
     }
     let present = seals(fd).map_err(|e| ValidateError::Io {
+        fd: raw,
         op: "F_GET_SEALS",
         source: e.into(),
     })?;

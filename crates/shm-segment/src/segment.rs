@@ -33,8 +33,8 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::header::{
-    DATA_OFFSET, FLAG_LAST_OUT_UNLINKS, FLAG_LEAKED, FLAG_UNLINKED, HeaderFault, HeaderInfo,
-    Layout, RawHeader, STATE_EMPTY, STATE_INITIALISING,
+    DATA_OFFSET, FLAG_LAST_OUT_UNLINKS, FLAG_LEAKED, FLAG_UNLINKED, HEADER_LEN, HeaderFault,
+    HeaderInfo, Layout, MAGIC, RawHeader, STATE_EMPTY, STATE_INITIALISING,
 };
 use crate::mapping::{Access, MapError, Mapping};
 use crate::memfd::{self, MemfdError, ValidateError};
@@ -130,13 +130,32 @@ pub enum SegmentError {
         uid: u32,
     },
     /// Mapping failed.
-    #[error("segment {name}: cannot map")]
+    #[error("segment {name}: cannot map: {source}")]
     Map {
         /// The name.
         name: String,
         /// Why.
         #[source]
         source: MapError,
+    },
+    /// The object was shrunk under its mapping by another process (named
+    /// segments cannot be sealed): what this process read from it since is
+    /// zeros, not data, and what it wrote is lost. The object is reclaimed by
+    /// the next `open_or_create` once no process is attached.
+    #[error(
+        "segment {name} was truncated by another process (its /dev/shm object shrank): its data is lost"
+    )]
+    Truncated {
+        /// The name.
+        name: String,
+    },
+    /// [`Segment::remove`] found live processes attached to the object.
+    #[error(
+        "segment {name} is in use by a live process: not removed (force removal unlinks it anyway)"
+    )]
+    InUse {
+        /// The name.
+        name: String,
     },
     /// Creating or sealing a memfd failed.
     #[error(transparent)]
@@ -145,12 +164,12 @@ pub enum SegmentError {
     #[error(transparent)]
     Validate(#[from] ValidateError),
     /// A system call failed.
-    #[error("segment {name}: {op} failed")]
+    #[error("segment {name}: {op}: {source}")]
     Io {
         /// The name.
         name: String,
-        /// The call.
-        op: &'static str,
+        /// The call, with the path it was made on where there is one.
+        op: String,
         /// The OS error.
         #[source]
         source: Errno,
@@ -239,18 +258,28 @@ impl Segment {
         SegmentBuilder::new(Source::Fd(fd))
     }
 
-    /// Removes the named object `name`, if it exists (for cleanup scripts).
+    /// Removes the named object `name`, if it exists and no process is
+    /// attached to it (for cleanup scripts). Returns whether it was removed.
+    ///
+    /// Follows the reclamation rules of the module docs: only a regular file
+    /// of ours that is an outlive segment (or an empty file, which holds
+    /// nothing to lose) is ever unlinked, anything else gives
+    /// [`SegmentError::Corrupt`] or [`SegmentError::ForeignOwner`]; an object
+    /// with live processes attached gives [`SegmentError::InUse`] (see
+    /// [`Segment::force_remove`]); the unlink happens under the `/dev/shm`
+    /// lock, only if the name still refers to the object inspected, after
+    /// setting its *unlinked* flag.
     pub fn remove(name: &str) -> Result<bool, SegmentError> {
-        check_name(name)?;
-        match rustix::fs::unlinkat(rustix::fs::CWD, shm_path(name).as_str(), AtFlags::empty()) {
-            Ok(()) => Ok(true),
-            Err(Errno::NOENT) => Ok(false),
-            Err(source) => Err(SegmentError::Io {
-                name: name.to_owned(),
-                op: "unlink",
-                source,
-            }),
-        }
+        remove_named(name, false)
+    }
+
+    /// Like [`Segment::remove`], but also unlinks an object that live
+    /// processes are attached to. They keep their (now nameless) object and
+    /// see [`Segment::is_unlinked`]; newcomers get a different object, so
+    /// this splits the users of the name in two: for operators who know the
+    /// attached processes are going away.
+    pub fn force_remove(name: &str) -> Result<bool, SegmentError> {
+        remove_named(name, true)
     }
 
     /// The payload: page-aligned, [`Segment::len`] bytes.
@@ -333,6 +362,28 @@ impl Segment {
         }
     }
 
+    /// Whether another process shrank the object under this mapping (see
+    /// [`SegmentError::Truncated`]). Views of the payload cannot report it
+    /// themselves: check this (or [`Segment::check_mapped`]) after reading,
+    /// before trusting what was read.
+    pub fn is_truncated(&self) -> bool {
+        self.map.is_truncated()
+    }
+
+    /// `Err(SegmentError::Truncated)` if [`Segment::is_truncated`].
+    pub fn check_mapped(&self) -> Result<(), SegmentError> {
+        if self.is_truncated() {
+            return Err(SegmentError::Truncated {
+                name: self.display_name(),
+            });
+        }
+        Ok(())
+    }
+
+    fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "memfd".to_owned())
+    }
+
     /// Whether the name was unlinked by someone (processes opening the name
     /// now get a different object).
     pub fn is_unlinked(&self) -> bool {
@@ -405,6 +456,138 @@ fn check_name(name: &str) -> Result<(), SegmentError> {
         name: name.to_owned(),
         reason,
     })
+}
+
+/// `SegmentError::Io` for `op` on `name`.
+fn io_err(name: &str, op: impl Into<String>) -> impl FnOnce(Errno) -> SegmentError {
+    let (name, op) = (name.to_owned(), op.into());
+    move |source| SegmentError::Io { name, op, source }
+}
+
+/// What the first bytes of a named object say, read with `pread` (no mapping,
+/// so nothing can fault however small the file is).
+struct Probe {
+    /// File size.
+    size: u64,
+    /// Whether it starts with the outlive magic.
+    magic: bool,
+    /// The header's `data_len`, if the file holds it.
+    data_len: Option<u64>,
+}
+
+impl Probe {
+    fn read(fd: BorrowedFd<'_>, name: &str) -> Result<Probe, SegmentError> {
+        let size = rustix::fs::fstat(fd)
+            .map_err(io_err(name, format!("fstat {}", shm_path(name))))?
+            .st_size;
+        let size = u64::try_from(size).unwrap_or(0);
+        let mut head = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < head.len() {
+            match rustix::io::pread(fd, &mut head[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(source) => {
+                    return Err(io_err(name, format!("pread {}", shm_path(name)))(source));
+                }
+            }
+        }
+        let word = |off: usize| {
+            (got >= off + 8)
+                .then(|| u64::from_ne_bytes(head[off..off + 8].try_into().unwrap_or([0; 8])))
+        };
+        Ok(Probe {
+            size,
+            magic: word(core::mem::offset_of!(RawHeader, magic)) == Some(MAGIC),
+            data_len: word(core::mem::offset_of!(RawHeader, data_len)),
+        })
+    }
+
+    /// An outlive object that no longer holds its header page and payload, or
+    /// an empty file: someone shrank it, and its data is gone.
+    fn shrunk(&self) -> bool {
+        self.size == 0
+            || (self.magic
+                && (self.size <= DATA_OFFSET as u64
+                    || self
+                        .data_len
+                        .is_some_and(|len| len > self.size - DATA_OFFSET as u64)))
+    }
+
+    /// Whether the file is recognisably an outlive segment (or empty).
+    fn ours(&self) -> bool {
+        self.size == 0 || self.magic
+    }
+}
+
+/// [`Segment::remove`] and [`Segment::force_remove`].
+fn remove_named(name: &str, force: bool) -> Result<bool, SegmentError> {
+    check_name(name)?;
+    let path = shm_path(name);
+    let open = |flags: OFlags| {
+        rustix::fs::open(
+            path.as_str(),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    // Read-write to set the unlinked flag; read-only is enough to remove.
+    let (fd, writable) = match open(OFlags::RDWR) {
+        Ok(fd) => (fd, true),
+        Err(Errno::ACCESS) => (
+            open(OFlags::RDONLY).map_err(io_err(name, format!("open {path}")))?,
+            false,
+        ),
+        Err(Errno::NOENT) => return Ok(false),
+        Err(source) => return Err(io_err(name, format!("open {path}"))(source)),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(io_err(name, format!("fstat {path}")))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(SegmentError::Corrupt {
+            name: name.to_owned(),
+            what: "not a regular file: never removed",
+        });
+    }
+    if stat.st_uid != rustix::process::geteuid().as_raw() {
+        return Err(SegmentError::ForeignOwner {
+            name: name.to_owned(),
+            uid: stat.st_uid,
+        });
+    }
+    let probe = Probe::read(fd.as_fd(), name)?;
+    if !probe.ours() {
+        return Err(SegmentError::Corrupt {
+            name: name.to_owned(),
+            what: "not an outlive segment: never removed",
+        });
+    }
+    // Exclusive: no process is attached, and none can attach until the name
+    // is gone (openers wait for a shared lock, then find the name unlinked).
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) if force => {}
+        Err(Errno::WOULDBLOCK) => {
+            return Err(SegmentError::InUse {
+                name: name.to_owned(),
+            });
+        }
+        Err(source) => return Err(io_err(name, format!("flock {path}"))(source)),
+    }
+    // Attached processes (force) learn that newcomers get another object.
+    let header = (writable && probe.magic && probe.size >= DATA_OFFSET as u64)
+        .then(|| Mapping::map_guarded(fd.as_fd(), 0, DATA_OFFSET, Access::ReadWrite).ok())
+        .flatten();
+    unlink_if_ours(name, fd.as_fd(), || {
+        if let Some(h) = header
+            .as_ref()
+            .and_then(|m| m.region().get::<RawHeader>(0).ok())
+        {
+            // Relaxed: flags are advisory bits about the name (see `Segment::flags`).
+            h.flags.fetch_or(FLAG_UNLINKED, Ordering::Relaxed);
+        }
+    })
+    .map_err(io_err(name, format!("unlink {path}")))
 }
 
 fn same_inode(a: &rustix::fs::Stat, b: &rustix::fs::Stat) -> bool {
@@ -623,7 +806,7 @@ impl SegmentBuilder {
                         Err(state) => {
                             let mine = fd.try_clone().map_err(|e| SegmentError::Io {
                                 name: name.clone(),
-                                op: "dup",
+                                op: "dup".to_owned(),
                                 source: Errno::from_io_error(&e).unwrap_or(Errno::BADF),
                             })?;
                             // Another process may claim the header between our
@@ -648,7 +831,7 @@ impl SegmentBuilder {
         let name = self.display_name();
         let fd = fd.try_clone().map_err(|e| SegmentError::Io {
             name: name.clone(),
-            op: "dup",
+            op: "dup".to_owned(),
             source: Errno::from_io_error(&e).unwrap_or(Errno::BADF),
         })?;
         let need = DATA_OFFSET as u64 + self.payload_len();
@@ -661,11 +844,7 @@ impl SegmentBuilder {
 
     fn map(fd: BorrowedFd<'_>, name: &str, access: Access) -> Result<(Mapping, u64), SegmentError> {
         let len = rustix::fs::fstat(fd)
-            .map_err(|source| SegmentError::Io {
-                name: name.to_owned(),
-                op: "fstat",
-                source,
-            })?
+            .map_err(io_err(name, "fstat"))?
             .st_size;
         let len = u64::try_from(len).unwrap_or(0);
         if len < DATA_OFFSET as u64 + 1 {
@@ -674,11 +853,18 @@ impl SegmentBuilder {
                 what: "object smaller than a header page",
             });
         }
-        let map =
-            Mapping::map(fd, 0, len as usize, access).map_err(|source| SegmentError::Map {
-                name: name.to_owned(),
-                source,
-            })?;
+        // A file sealed against shrinking (a memfd) cannot be truncated under
+        // us; anything else (a /dev/shm object) is guarded against SIGBUS.
+        let sealed = memfd::seals(fd).is_ok_and(|s| s.contains(memfd::Seals::SHRINK));
+        let map = if sealed {
+            Mapping::map(fd, 0, len as usize, access)
+        } else {
+            Mapping::map_guarded(fd, 0, len as usize, access)
+        }
+        .map_err(|source| SegmentError::Map {
+            name: name.to_owned(),
+            source,
+        })?;
         Ok((map, len))
     }
 
@@ -814,13 +1000,7 @@ impl SegmentBuilder {
         name: &str,
         init: &mut dyn FnMut(Region<'_>),
     ) -> Result<Segment, SegmentError> {
-        let io = |op: &'static str| {
-            move |source| SegmentError::Io {
-                name: name.to_owned(),
-                op,
-                source,
-            }
-        };
+        let io = |op: &'static str| io_err(name, op);
         let mode = Mode::from_raw_mode(self.mode);
         let fd = rustix::fs::open(
             SHM_DIR,
@@ -851,7 +1031,9 @@ impl SegmentBuilder {
                     name: name.to_owned(),
                 });
             }
-            Err(source) => return Err(io("linkat")(source)),
+            Err(source) => {
+                return Err(io_err(name, format!("linkat {}", shm_path(name)))(source));
+            }
         }
         seg.name = Some(name.to_owned());
         seg.owner = !self.persistent;
@@ -861,13 +1043,7 @@ impl SegmentBuilder {
     /// Opens a named object. `Ok(None)`: it does not exist, or it was stale
     /// and has been removed.
     fn open_named(&self, name: &str) -> Result<Option<Segment>, SegmentError> {
-        let io = |op: &'static str| {
-            move |source| SegmentError::Io {
-                name: name.to_owned(),
-                op,
-                source,
-            }
-        };
+        let io = |op: &'static str| io_err(name, format!("{op} {}", shm_path(name)));
         let deadline = Instant::now() + self.timeout;
         loop {
             let oflags = match self.access {
@@ -936,8 +1112,29 @@ impl SegmentBuilder {
             if !is_linked(name, fd.as_fd()) {
                 continue;
             }
+            if Probe::read(fd.as_fd(), name)?.shrunk() {
+                // Processes are attached (else it was reclaimed above): it is
+                // reclaimed once they have all gone, which may be about to
+                // happen (they fail on their next access), so wait a while.
+                if Instant::now() >= deadline {
+                    return Err(SegmentError::Truncated {
+                        name: name.to_owned(),
+                    });
+                }
+                drop(fd);
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             let (map, file_len) = Self::map(fd.as_fd(), name, self.access)?;
-            let info = self.validate(&map, file_len, name)?;
+            let info = self.validate(&map, file_len, name);
+            // Shrunk between the probe and the header check: whatever the
+            // check said, it read zeros.
+            if map.is_truncated() {
+                return Err(SegmentError::Truncated {
+                    name: name.to_owned(),
+                });
+            }
+            let info = info?;
             return Ok(Some(Segment {
                 map,
                 fd,
@@ -950,9 +1147,15 @@ impl SegmentBuilder {
     }
 
     /// With the exclusive lock held on `fd`: removes the object if it is one of
-    /// ours and not leaked. Returns whether it was removed. A foreign or
-    /// unreadable object is never removed: it gives an error instead.
+    /// ours and not leaked, or if it was shrunk (an outlive object cut below its
+    /// header page or payload, or an empty file: its data is gone, leaked or
+    /// not). Returns whether it was removed. A foreign or unreadable object is
+    /// never removed: it gives an error instead.
     fn reclaim_if_stale(name: &str, fd: &OwnedFd) -> Result<bool, SegmentError> {
+        if Probe::read(fd.as_fd(), name)?.shrunk() {
+            let _ = unlink_if_ours(name, fd.as_fd(), || {});
+            return Ok(true);
+        }
         let (map, file_len) = Self::map(fd.as_fd(), name, Access::ReadOnly)?;
         match RawHeader::check(&map.region(), file_len) {
             Ok(info) if info.flags & FLAG_LEAKED != 0 => return Ok(false),

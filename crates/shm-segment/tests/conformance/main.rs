@@ -137,6 +137,24 @@ fn run_child(role: &str) {
             b.value.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(u64::from(std::process::id() % 7)));
         }
+        "read_until_truncated" => {
+            let seg = builder.open().unwrap();
+            println!("RESULT ready");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut i = 0u64;
+            // Keep reading and writing every page while another process shrinks the object.
+            while !seg.is_truncated() && std::time::Instant::now() < deadline {
+                for page in (0..seg.len()).step_by(4096) {
+                    seg.payload().write(page, &i).unwrap();
+                    let _ = seg.payload().read::<u64>(page).unwrap();
+                }
+                i += 1;
+            }
+            match seg.check_mapped() {
+                Err(e @ SegmentError::Truncated { .. }) => println!("RESULT truncated: {e}"),
+                other => println!("RESULT not truncated: {other:?}"),
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -615,4 +633,227 @@ fn persistent_object_outlives_its_creator_until_removed() {
     );
     drop(again);
     assert!(Segment::remove(&home.name).unwrap());
+}
+
+/// Shrinks `/dev/shm/NAME` to `len` bytes, as `truncate -s LEN` would.
+fn shrink(name: &str, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{name}"))
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+#[test]
+fn truncation_under_attached_processes_is_an_error_not_a_sigbus() {
+    const TEST: &str = "truncation_under_attached_processes_is_an_error_not_a_sigbus";
+    if let Some(r) = role() {
+        return run_child(&r);
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let home = Home::new(Kind::Named, "seg-trunc");
+    let builder = || {
+        Segment::builder(&home.name)
+            .layout::<Counter>()
+            .size(16 * 4096)
+    };
+    drop(builder().persistent(true).create().unwrap());
+    let mut child = home.child(TEST, "read_until_truncated");
+    child.stdout(std::process::Stdio::piped());
+    let mut child = spawn(child).unwrap();
+    let mut lines = std::io::BufReader::new(child.inner_mut().stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("RESULT ready")),
+        "child never reported ready"
+    );
+    // This process attaches too, then the object is cut to nothing under both.
+    let mine = builder().open().unwrap();
+    shrink(&home.name, 0);
+    let status = child.wait_ok(Duration::from_secs(30));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        status.success(),
+        "the attached process must survive the truncation: {status:?} {rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("RESULT truncated: segment ")
+            && l.contains("truncated by another process")),
+        "{rest:?}"
+    );
+    // In this process too: the access returns (zeros) and the handle reports it.
+    assert_eq!(mine.payload().read::<u64>(4096).unwrap(), 0);
+    assert!(mine.is_truncated());
+    // Still attached here: an opener is told why it cannot have the object.
+    let err = builder()
+        .open_timeout(Duration::from_millis(50))
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, SegmentError::Truncated { .. }), "{err}");
+    drop(mine);
+    // Nobody is attached any more: the shrunken (even persistent) object is reclaimed.
+    let fresh = builder().open_or_create().unwrap();
+    assert!(fresh.created(), "the shrunken object is replaced");
+    assert!(!fresh.is_truncated());
+}
+
+#[test]
+fn shrunken_object_is_reclaimed_but_a_short_foreign_file_is_not() {
+    let home = Home::new(Kind::Named, "seg-shrunk");
+    let path = format!("/dev/shm/{}", home.name);
+    // Cut inside the payload: the header still says it is ours.
+    drop(
+        Segment::builder(&home.name)
+            .size(8192)
+            .persistent(true)
+            .create()
+            .unwrap(),
+    );
+    shrink(&home.name, 4096 + 100);
+    let seg = Segment::builder(&home.name)
+        .size(8192)
+        .open_or_create()
+        .unwrap();
+    assert!(seg.created());
+    drop(seg);
+    // Cut inside the header page.
+    drop(
+        Segment::builder(&home.name)
+            .size(8)
+            .persistent(true)
+            .create()
+            .unwrap(),
+    );
+    shrink(&home.name, 100);
+    assert!(matches!(
+        Segment::builder(&home.name).size(8).open(),
+        Err(SegmentError::NotFound { .. })
+    ));
+    assert!(std::fs::metadata(&path).is_err(), "reclaimed by open");
+    // A few bytes without our magic: never ours to unlink.
+    std::fs::write(&path, b"abcdefghij").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let err = Segment::builder(&home.name)
+        .size(8)
+        .open_or_create()
+        .unwrap_err();
+    assert!(matches!(err, SegmentError::Corrupt { .. }), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn sigbus_outside_guarded_mappings_still_kills() {
+    const TEST: &str = "sigbus_outside_guarded_mappings_still_kills";
+    if role().is_some() {
+        use shm_segment::{Access, Mapping};
+        // A guarded mapping (installs the handler) survives its file shrinking ...
+        let fd = memfd::create("guarded", 8192, memfd::Seals::empty()).unwrap();
+        let guarded = Mapping::map_guarded(fd.as_fd(), 0, 8192, Access::ReadWrite).unwrap();
+        rustix::fs::ftruncate(&fd, 0).unwrap();
+        assert_eq!(guarded.region().read::<u64>(4096).unwrap(), 0);
+        assert!(guarded.is_truncated());
+        println!("RESULT guarded survived");
+        // ... but a plain mapping's SIGBUS still goes to the default action.
+        let fd = memfd::create("plain", 8192, memfd::Seals::empty()).unwrap();
+        let plain = Mapping::map(fd.as_fd(), 0, 8192, Access::ReadWrite).unwrap();
+        rustix::fs::ftruncate(&fd, 0).unwrap();
+        let v = plain.region().read::<u64>(4096);
+        println!("RESULT plain survived {v:?}");
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut cmd = role_command(TEST, "fault");
+    cmd.stdout(std::process::Stdio::piped());
+    // A handler that swallowed the fault would spin on it: bounded, and the
+    // child is SIGKILLed when the handle drops.
+    let mut child = spawn(cmd).unwrap();
+    let out = child.inner_mut().stdout.take().unwrap();
+    let status = child.wait_ok(Duration::from_secs(20));
+    let stdout = std::io::read_to_string(out).unwrap();
+    assert!(stdout.contains("RESULT guarded survived"), "{stdout}");
+    assert!(!stdout.contains("RESULT plain survived"), "{stdout}");
+    assert_eq!(status.signal(), Some(7), "killed by SIGBUS: {status:?}");
+}
+
+#[test]
+fn remove_refuses_live_and_foreign_objects() {
+    const TEST: &str = "remove_refuses_live_and_foreign_objects";
+    if let Some(r) = role() {
+        return run_child(&r);
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let home = Home::new(Kind::Named, "seg-remove");
+    let path = format!("/dev/shm/{}", home.name);
+    // Held by another live process: refused, and the object stays.
+    let mut child = home.child(TEST, "init_and_hold");
+    child.stdout(std::process::Stdio::piped());
+    let mut child = spawn(child).unwrap();
+    let out = child.inner_mut().stdout.take().unwrap();
+    assert!(
+        std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("RESULT ready"))
+    );
+    let err = Segment::remove(&home.name).unwrap_err();
+    assert!(matches!(err, SegmentError::InUse { .. }), "{err}");
+    assert!(std::fs::metadata(&path).is_ok(), "a live object is kept");
+    // Its holder killed: stale, removed.
+    child.sigkill_and_wait().unwrap();
+    assert!(Segment::remove(&home.name).unwrap());
+    assert!(std::fs::metadata(&path).is_err());
+    assert!(
+        !Segment::remove(&home.name).unwrap(),
+        "nothing left to remove"
+    );
+    // Force unlinks a live object and tells its users.
+    let live = Segment::builder(&home.name)
+        .size(8)
+        .persistent(true)
+        .create()
+        .unwrap();
+    assert!(matches!(
+        Segment::remove(&home.name),
+        Err(SegmentError::InUse { .. })
+    ));
+    assert!(Segment::force_remove(&home.name).unwrap());
+    assert!(live.is_unlinked());
+    assert!(std::fs::metadata(&path).is_err());
+    drop(live);
+    // Not an outlive segment: never removed, by force or not.
+    std::fs::write(&path, b"someone else's data").unwrap();
+    for remove in [Segment::remove, Segment::force_remove] {
+        let err = remove(&home.name).unwrap_err();
+        assert!(matches!(err, SegmentError::Corrupt { .. }), "{err}");
+        assert!(std::fs::metadata(&path).is_ok(), "a foreign file is kept");
+    }
+    std::fs::remove_file(&path).unwrap();
+    // An object shrunk to nothing holds nothing to lose: removed.
+    drop(
+        Segment::builder(&home.name)
+            .size(8)
+            .persistent(true)
+            .create()
+            .unwrap(),
+    );
+    shrink(&home.name, 0);
+    assert!(Segment::remove(&home.name).unwrap());
+}
+
+#[test]
+fn open_errors_name_the_os_error_and_the_path() {
+    let home = Home::new(Kind::Named, "seg-eloop");
+    let path = format!("/dev/shm/{}", home.name);
+    std::os::unix::fs::symlink("/dev/null", &path).unwrap();
+    let err = Segment::builder(&home.name).size(8).open().unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    let shown = err.to_string();
+    assert!(matches!(err, SegmentError::Io { .. }), "{shown}");
+    assert!(
+        shown.contains(&format!("open {path}")) && shown.contains("(os error 40)"),
+        "the message names the call, the path and the OS error: {shown}"
+    );
 }
