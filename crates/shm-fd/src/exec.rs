@@ -34,16 +34,20 @@ pub const CHILD_PARENT_ENV: &str = "SHM_FD_PARENT_PID";
 #[non_exhaustive]
 pub enum ExecError {
     /// Moving the fds into place failed.
-    #[error("cannot place the fds at 3..: {0}")]
-    Place(#[source] Errno),
+    #[error("cannot place the {count} fd(s) at 3..: {errno}")]
+    Place {
+        /// How many fds were to be placed.
+        count: usize,
+        /// The OS error (part of the message, so not also a `source()`).
+        errno: Errno,
+    },
     /// The program could not be executed.
-    #[error("cannot execute {program:?}")]
+    #[error("cannot execute {}: {error}", program.to_string_lossy())]
     Exec {
         /// The program.
         program: OsString,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (part of the message, so not also a `source()`).
+        error: std::io::Error,
     },
 }
 
@@ -74,13 +78,14 @@ pub fn exec_with_fds(
             .env("LISTEN_PID", std::process::id().to_string());
     }
     cmd.env_remove(CHILD_FDS_ENV).env_remove(CHILD_PARENT_ENV);
-    if let Err(e) = crate::sys::place(fds.into_iter().map(|(_, fd)| fd).collect()) {
-        return ExecError::Place(e);
+    let count = fds.len();
+    if let Err(errno) = crate::sys::place(fds.into_iter().map(|(_, fd)| fd).collect()) {
+        return ExecError::Place { count, errno };
     }
-    let source = cmd.exec();
+    let error = cmd.exec();
     ExecError::Exec {
         program: program.clone(),
-        source,
+        error,
     }
 }
 
@@ -130,7 +135,10 @@ pub fn trampoline_main(argv: &[OsString]) -> ExecError {
     let Some((program, args)) = argv.split_first() else {
         return ExecError::Exec {
             program: OsString::new(),
-            source: std::io::ErrorKind::InvalidInput.into(),
+            error: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no program given after `__child --`",
+            ),
         };
     };
     // Die with the supervisor: the signal survives exec. If the supervisor
@@ -171,4 +179,26 @@ pub fn trampoline_main(argv: &[OsString]) -> ExecError {
         ));
     }
     exec_with_fds(program, args, fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_errors_name_the_program_and_the_os_error() {
+        let program = OsString::from("/nonexistent/shm-fd-test-program");
+        let err = exec_with_fds(&program, &[], Vec::new());
+        assert!(
+            matches!(&err, ExecError::Exec { error, .. } if error.raw_os_error() == Some(libc::ENOENT)),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot execute /nonexistent/shm-fd-test-program: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+    }
 }

@@ -21,7 +21,7 @@
 //! let mut fds = ListenFds::from_env()?;
 //! let memfd = match fds.take("state") {
 //!     Some(fd) => {
-//!         state::validate(rustix::fd::AsFd::as_fd(&fd), 1 << 20)?;
+//!         state::validate(rustix::fd::AsFd::as_fd(&fd), "state", 1 << 20)?;
 //!         fd
 //!     }
 //!     None => {

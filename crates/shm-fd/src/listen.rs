@@ -75,11 +75,8 @@ pub enum ListenError {
         count: usize,
     },
     /// A name is empty, too long or has characters systemd does not allow.
-    #[error("LISTEN_FDNAMES holds an invalid name {name:?}")]
-    BadName {
-        /// The name.
-        name: String,
-    },
+    #[error("LISTEN_FDNAMES: {0}")]
+    BadName(FdNameError),
     /// An announced fd is not open.
     #[error("LISTEN_FDS={count} announces fd {fd}, which is not open")]
     NotOpen {
@@ -174,8 +171,8 @@ impl ListenVars {
                         count,
                     });
                 }
-                if let Some(bad) = names.iter().find(|name| !valid_fdname(name)) {
-                    return Err(ListenError::BadName { name: bad.clone() });
+                for name in &names {
+                    validate_fd_name(name).map_err(ListenError::BadName)?;
                 }
                 names
             }
@@ -204,11 +201,101 @@ fn parse_number(value: &str, var: &'static str, what: &'static str) -> Result<u6
     })
 }
 
-/// systemd's `fdname_is_valid`: 1-255 printable ASCII characters, no colon.
-pub fn valid_fdname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b':')
+/// Longest fd name systemd accepts, in bytes.
+pub const MAX_FD_NAME_LEN: usize = 255;
+
+/// An fd name that systemd would refuse, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid fd name {name:?}: {problem} (an fd name is 1-255 printable ASCII characters without ':')"
+)]
+#[non_exhaustive]
+pub struct FdNameError {
+    /// The name.
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: FdNameProblem,
+}
+
+/// What is wrong with an fd name (see [`validate_fd_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FdNameProblem {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than [`MAX_FD_NAME_LEN`] bytes.
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name holds a `:`, which separates names in `LISTEN_FDNAMES`.
+    Colon {
+        /// Byte offset of the first colon.
+        at: usize,
+    },
+    /// The name holds a control character, or a character outside ASCII.
+    NotPrintable {
+        /// Byte offset of the first such byte.
+        at: usize,
+    },
+}
+
+impl std::fmt::Display for FdNameProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FdNameProblem::Empty => f.write_str("it is empty"),
+            FdNameProblem::TooLong { len } => {
+                write!(
+                    f,
+                    "it is {len} bytes long, at most {MAX_FD_NAME_LEN} are allowed"
+                )
+            }
+            FdNameProblem::Colon { at } => write!(f, "it holds ':' at byte {at}"),
+            FdNameProblem::NotPrintable { at } => {
+                write!(f, "it holds a control or non-ASCII character at byte {at}")
+            }
+        }
+    }
+}
+
+/// Checks `name` against systemd's rules for fd names (`FDNAME=`,
+/// `LISTEN_FDNAMES`, `fdname_is_valid`): 1 to 255 bytes of printable ASCII
+/// (space included), without `:`.
+///
+/// Every name this crate accepts or sends passes through here: `--name` of
+/// `shm-fd`, `LISTEN_FDNAMES`, [`crate::notify::store_fd`],
+/// [`crate::notify::remove_fd`] and the supervisor's `FDNAME=`. Programs that
+/// take an fd name from their users should check it with this function too,
+/// so a bad name is refused up front instead of being dropped by the service
+/// manager.
+///
+/// # Errors
+/// [`FdNameError`], naming the name and the first problem found.
+///
+/// # Examples
+/// ```
+/// use shm_fd::listen::{FdNameProblem, validate_fd_name};
+/// assert!(validate_fd_name("state").is_ok());
+/// let err = validate_fd_name("a:b").unwrap_err();
+/// assert_eq!(err.problem, FdNameProblem::Colon { at: 1 });
+/// assert!(err.to_string().contains("\"a:b\""));
+/// ```
+pub fn validate_fd_name(name: &str) -> Result<(), FdNameError> {
+    let problem = if name.is_empty() {
+        FdNameProblem::Empty
+    } else if name.len() > MAX_FD_NAME_LEN {
+        FdNameProblem::TooLong { len: name.len() }
+    } else if let Some(at) = name.bytes().position(|b| !(0x20..0x7f).contains(&b)) {
+        FdNameProblem::NotPrintable { at }
+    } else if let Some(at) = name.find(':') {
+        FdNameProblem::Colon { at }
+    } else {
+        return Ok(());
+    };
+    Err(FdNameError {
+        name: name.to_owned(),
+        problem,
+    })
 }
 
 /// Inherited fds, adopted once, looked up by name.
@@ -415,7 +502,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(&vars(Some("42"), Some("1"), Some(""))),
-            Err(ListenError::BadName { .. })
+            Err(ListenError::BadName(FdNameError {
+                problem: FdNameProblem::Empty,
+                ..
+            }))
         ));
         assert!(matches!(
             parse(&vars(Some("42"), Some("5000"), None)),
@@ -432,6 +522,44 @@ mod tests {
     }
 
     #[test]
+    fn fd_names_follow_systemd_rules() {
+        for good in ["state", "a", "with space", "~!@#$%^&*()", &"x".repeat(255)] {
+            assert_eq!(validate_fd_name(good), Ok(()), "{good:?}");
+        }
+        let long = "x".repeat(256);
+        for (bad, problem) in [
+            ("", FdNameProblem::Empty),
+            (long.as_str(), FdNameProblem::TooLong { len: 256 }),
+            ("a:b", FdNameProblem::Colon { at: 1 }),
+            ("tab\there", FdNameProblem::NotPrintable { at: 3 }),
+            ("nl\n", FdNameProblem::NotPrintable { at: 2 }),
+            ("del\x7f", FdNameProblem::NotPrintable { at: 3 }),
+            ("caf\u{e9}", FdNameProblem::NotPrintable { at: 3 }),
+        ] {
+            let err = validate_fd_name(bad).unwrap_err();
+            assert_eq!(err.problem, problem, "{bad:?}");
+            assert_eq!(err.name, bad);
+            let shown = err.to_string();
+            assert!(shown.contains(&format!("{bad:?}")), "{shown}");
+            assert!(shown.contains(&problem.to_string()), "{shown}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_names_match_fdname_is_valid() {
+        use proptest::prelude::*;
+        // A small alphabet, so colons, control and non-ASCII characters and the
+        // length limit all come up often.
+        proptest!(|(name in "[a: ~\\t\\x7f\u{e9}]{0,6}|a{254,257}|a{250}:")| {
+            // systemd's fdname_is_valid, written out independently.
+            let systemd = !name.is_empty()
+                && name.len() <= 255
+                && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b':');
+            prop_assert_eq!(validate_fd_name(&name).is_ok(), systemd);
+        });
+    }
+
+    #[test]
     fn arbitrary_values_never_panic() {
         use proptest::prelude::*;
         proptest!(|(pid in proptest::option::of(".{0,24}"), fds in proptest::option::of(".{0,8}"), names in proptest::option::of(".{0,40}"))| {
@@ -440,7 +568,7 @@ mod tests {
                 prop_assert!(list.len() <= MAX_LISTEN_FDS);
                 for (i, (fd, name)) in list.iter().enumerate() {
                     prop_assert_eq!(*fd, 3 + i as RawFd);
-                    prop_assert!(valid_fdname(name));
+                    prop_assert!(validate_fd_name(name).is_ok());
                 }
             }
         });

@@ -17,6 +17,7 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
+use crate::listen::{FdNameError, validate_fd_name};
 use crate::sys::VsockAddr;
 
 /// Where `$NOTIFY_SOCKET` points.
@@ -46,20 +47,27 @@ pub enum NotifyError {
         value: String,
     },
     /// A name for `FDNAME=` that systemd would reject.
-    #[error("invalid fd name {name:?}: 1-255 printable ASCII characters without ':'")]
-    BadName {
-        /// The name.
-        name: String,
-    },
+    #[error(transparent)]
+    BadName(#[from] FdNameError),
     /// Creating, connecting or sending on the socket failed.
-    #[error("sending to NOTIFY_SOCKET={addr:?} failed")]
+    #[error("sending to NOTIFY_SOCKET={addr}: {errno}")]
     Send {
-        /// The address.
+        /// The address, as written in `$NOTIFY_SOCKET`.
         addr: String,
-        /// The OS error.
-        #[source]
-        source: Errno,
+        /// The OS error (part of the message, so not also a `source()`).
+        errno: Errno,
     },
+}
+
+/// The address as written in `$NOTIFY_SOCKET`: `/path`, `@name` or `vsock:CID:PORT`.
+impl std::fmt::Display for NotifyAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotifyAddr::Path(p) => write!(f, "{}", p.display()),
+            NotifyAddr::Abstract(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
+            NotifyAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
 }
 
 impl NotifyAddr {
@@ -99,9 +107,9 @@ impl NotifyAddr {
 
     /// Sends `message` (newline-separated `KEY=VALUE` lines) and `fds`.
     pub fn send(&self, message: &str, fds: &[BorrowedFd<'_>]) -> Result<(), NotifyError> {
-        let err = |source| NotifyError::Send {
-            addr: format!("{self:?}"),
-            source,
+        let err = |errno| NotifyError::Send {
+            addr: self.to_string(),
+            errno,
         };
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -184,13 +192,7 @@ pub fn status(text: &str) -> Result<bool, NotifyError> {
 }
 
 fn check_name(name: &str) -> Result<(), NotifyError> {
-    if crate::listen::valid_fdname(name) {
-        Ok(())
-    } else {
-        Err(NotifyError::BadName {
-            name: name.to_owned(),
-        })
-    }
+    Ok(validate_fd_name(name)?)
 }
 
 /// The message [`store_fd`] sends.
@@ -249,6 +251,60 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn addresses_display_as_written() {
+        for value in ["/run/user/0/systemd/notify", "@sd/notify", "vsock:2:1234"] {
+            assert_eq!(NotifyAddr::parse(value).unwrap().to_string(), value);
+        }
+    }
+
+    #[test]
+    fn send_errors_name_the_address_and_the_os_error() {
+        let dir = std::env::temp_dir().join(format!("shm-fd-notify-{}", std::process::id()));
+        let path = dir.join("no-such.sock");
+        let addr = NotifyAddr::parse(path.to_str().unwrap()).unwrap();
+        let err = addr.send("READY=1\n", &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NotifyError::Send {
+                    errno: Errno::NOENT,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "sending to NOTIFY_SOCKET={}: {}",
+                path.display(),
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+        assert!(err.to_string().contains("(os error 2)"), "{err}");
+
+        // An abstract name nobody listens on: ECONNREFUSED, shown as `@name`.
+        let name = format!("@shm-fd-test/{}/nobody", std::process::id());
+        let err = NotifyAddr::parse(&name)
+            .unwrap()
+            .send("READY=1\n", &[])
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("sending to NOTIFY_SOCKET={name}: ")),
+            "{shown}"
+        );
+        assert!(shown.contains("os error"), "{shown}");
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_sending() {
+        let err = remove_fd("a:b").unwrap_err();
+        assert!(matches!(err, NotifyError::BadName(_)), "{err:?}");
+        assert!(err.to_string().contains("\"a:b\""), "{err}");
     }
 
     #[test]

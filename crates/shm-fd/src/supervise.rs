@@ -60,19 +60,34 @@ pub struct Config {
 #[non_exhaustive]
 pub enum SuperviseError {
     /// The notify socket could not be set up.
-    #[error("cannot set up the notify socket")]
-    Socket(#[source] Errno),
+    #[error("cannot set up the notify socket {addr}: {op}: {errno}")]
+    Socket {
+        /// Its address, as given to the program in `$NOTIFY_SOCKET`.
+        addr: String,
+        /// The call that failed.
+        op: &'static str,
+        /// The OS error (part of the message, so not also a `source()`).
+        errno: Errno,
+    },
     /// Signal handling could not be set up.
-    #[error("cannot set up signal handling")]
-    Signals(#[source] std::io::Error),
+    #[error("cannot set up signal handling: {error}")]
+    Signals {
+        /// The OS error (part of the message, so not also a `source()`).
+        error: std::io::Error,
+    },
     /// The program could not be started.
-    #[error("cannot start {program:?}")]
+    #[error(
+        "cannot start {} through {}: {error}",
+        program.to_string_lossy(),
+        trampoline.display()
+    )]
     Spawn {
         /// The program.
         program: OsString,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The binary run first to set up its fds ([`Config::trampoline`]).
+        trampoline: std::path::PathBuf,
+        /// The OS error (part of the message, so not also a `source()`).
+        error: std::io::Error,
     },
 }
 
@@ -83,37 +98,35 @@ fn log(msg: &str) {
 /// Supervises the program until it should no longer be restarted; returns its last exit status.
 pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
     let name = format!("shm-fd/{}/{:x}", std::process::id(), rand_tag());
+    let notify_env = format!("@{name}");
+    let socket_err = |op| {
+        let addr = notify_env.clone();
+        move |errno| SuperviseError::Socket { addr, op, errno }
+    };
     let sock = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::DGRAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )
-    .map_err(SuperviseError::Socket)?;
-    rustix::net::sockopt::set_socket_passcred(&sock, true).map_err(SuperviseError::Socket)?;
-    let addr =
-        SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(SuperviseError::Socket)?;
-    rustix::net::bind(&sock, &addr).map_err(SuperviseError::Socket)?;
-    let notify_env = format!("@{name}");
+    .map_err(socket_err("socket"))?;
+    rustix::net::sockopt::set_socket_passcred(&sock, true)
+        .map_err(socket_err("setsockopt SO_PASSCRED"))?;
+    let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(socket_err("bind"))?;
+    rustix::net::bind(&sock, &addr).map_err(socket_err("bind"))?;
 
     // Signals: each wakes the poll below through a self-pipe; stop signals
     // also record their number, to be forwarded to the child.
-    let (sig_read, sig_write) =
-        std::os::unix::net::UnixStream::pair().map_err(SuperviseError::Signals)?;
-    sig_read
-        .set_nonblocking(true)
-        .map_err(SuperviseError::Signals)?;
+    let signals_err = |error| SuperviseError::Signals { error };
+    let (sig_read, sig_write) = std::os::unix::net::UnixStream::pair().map_err(signals_err)?;
+    sig_read.set_nonblocking(true).map_err(signals_err)?;
     let stop = Arc::new(AtomicUsize::new(0));
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
-            .map_err(SuperviseError::Signals)?;
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize).map_err(signals_err)?;
     }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-        signal_hook::low_level::pipe::register(
-            sig,
-            sig_write.try_clone().map_err(SuperviseError::Signals)?,
-        )
-        .map_err(SuperviseError::Signals)?;
+        signal_hook::low_level::pipe::register(sig, sig_write.try_clone().map_err(signals_err)?)
+            .map_err(signals_err)?;
     }
     let signals = Signals {
         pipe: sig_read,
@@ -129,9 +142,10 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
             &config.store,
             &[("NOTIFY_SOCKET", notify_env.clone())],
         )
-        .map_err(|source| SuperviseError::Spawn {
+        .map_err(|error| SuperviseError::Spawn {
             program: config.program.clone(),
-            source,
+            trampoline: config.trampoline.clone(),
+            error,
         })?;
         log(&format!(
             "started {:?} as pid {} with {} stored fd(s)",
@@ -304,10 +318,8 @@ pub fn apply(text: &str, fds: Vec<OwnedFd>, store: &mut Vec<(String, OwnedFd)>) 
             .find_map(|l| l.strip_prefix(key).map(str::to_owned))
     };
     let name = field("FDNAME=").unwrap_or_else(|| "stored".to_owned());
-    if !crate::listen::valid_fdname(&name) {
-        log(&format!(
-            "ignoring a notification with invalid FDNAME={name:?}"
-        ));
+    if let Err(e) = crate::listen::validate_fd_name(&name) {
+        log(&format!("ignoring a notification with FDNAME=: {e}"));
         return;
     }
     if field("FDSTOREREMOVE=").as_deref() == Some("1") {
@@ -343,5 +355,36 @@ fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
     match (rustix::fs::fstat(a.as_fd()), rustix::fs::fstat(b.as_fd())) {
         (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_object_and_the_os_error() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let err = SuperviseError::Spawn {
+            program: "my-server".into(),
+            trampoline: "/gone/shm-fd".into(),
+            error: enoent(),
+        };
+        assert_eq!(
+            err.to_string(),
+            format!("cannot start my-server through /gone/shm-fd: {}", enoent())
+        );
+        let err = SuperviseError::Socket {
+            addr: "@shm-fd/1/2".into(),
+            op: "bind",
+            errno: Errno::ADDRINUSE,
+        };
+        let shown = err.to_string();
+        assert!(shown.contains("@shm-fd/1/2: bind: "), "{shown}");
+        assert!(
+            shown.ends_with(&format!("(os error {})", libc::EADDRINUSE)),
+            "{shown}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

@@ -350,7 +350,18 @@ fn bad_inherited_state_gives_clear_errors() {
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();
     assert_eq!(out.status.code(), Some(65), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a memfd"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("fd 3 (\"state\") is a character device (/dev/null), not a memfd"),
+        "{out:?}"
+    );
+    // A --name systemd would refuse: a usage error that says why.
+    let out = Command::new(SHM_FD)
+        .args(["--name", "a:b", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid fd name \"a:b\": it holds ':'"),
         "{out:?}"
     );
     // A missing command, and a command that does not exist.
@@ -385,4 +396,27 @@ fn region_that_is_too_small_is_refused() {
         String::from_utf8_lossy(&out.stderr).contains("16384 bytes"),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_socket_handed_over_as_a_region_is_called_a_socket() {
+    if dispatch() {
+        return;
+    }
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let dup = rustix::io::fcntl_dupfd_cloexec(&sock, 50).unwrap();
+    rustix::io::fcntl_setfd(&dup, rustix::io::FdFlags::empty()).unwrap();
+    let n = std::os::fd::AsRawFd::as_raw_fd(&dup);
+    let script = format!(
+        "exec 3<&{n}; exec {n}<&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=state exec {SHM_FD} true"
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    drop(dup);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fd 3 (\"state\") is a socket, not a memfd"),
+        "{out:?}"
+    );
+    assert!(!stderr.contains("0 bytes"), "{out:?}");
 }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shm_fd::listen::{ListenVars, valid_fdname};
+use shm_fd::listen::{ListenVars, validate_fd_name};
 use shm_fd::notify::NotifyAddr;
 
 const OUR_PID: u32 = 4242;
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(pairs) = vars.parse(|p| p == OUR_PID, OUR_PID) {
         for (i, (fd, name)) in pairs.iter().enumerate() {
             assert_eq!(*fd, 3 + i as i32);
-            assert!(valid_fdname(name), "accepted invalid name {name:?}");
+            assert!(validate_fd_name(name).is_ok(), "accepted invalid name {name:?}");
         }
         assert!(pairs.is_empty() || vars.pid.as_deref().and_then(|p| p.parse::<u64>().ok()) == Some(4242));
     }

@@ -6,7 +6,7 @@
 use std::os::fd::AsFd;
 
 use libfuzzer_sys::fuzz_target;
-use shm_fd::listen::valid_fdname;
+use shm_fd::listen::validate_fd_name;
 use shm_fd::supervise::apply;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         apply(&text, fds, &mut store);
     }
     for (name, _) in &store {
-        assert!(valid_fdname(name), "stored under invalid name {name:?}");
+        assert!(validate_fd_name(name).is_ok(), "stored under invalid name {name:?}");
     }
     assert!(store.len() <= 1, "the same memfd stored {} times", store.len());
 });

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shm_fd::exec::{ExecError, exec_with_fds, trampoline_main};
-use shm_fd::listen::ListenFds;
+use shm_fd::listen::{ListenFds, validate_fd_name};
 use shm_fd::supervise::{self, Restart};
 use shm_fd::{notify, state};
 
@@ -46,7 +46,7 @@ inherited fd or LISTEN_* variable; 71 an OS error; 126 COMMAND not executable;
 #[command(trailing_var_arg = true)]
 struct Args {
     /// Name of a memfd state region (repeat for several).
-    #[arg(long = "name", value_name = "NAME", default_value = "state")]
+    #[arg(long = "name", value_name = "NAME", default_value = "state", value_parser = parse_name)]
     names: Vec<String>,
     /// Size of each region created (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
@@ -66,6 +66,11 @@ struct Args {
     /// The program to run, and its arguments.
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    validate_fd_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -122,14 +127,9 @@ fn main() -> ExitCode {
 }
 
 fn exec_failed(err: &ExecError) -> ExitCode {
-    eprintln!(
-        "shm-fd: {err}: {}",
-        std::error::Error::source(err)
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    );
+    eprintln!("shm-fd: {err}");
     match err {
-        ExecError::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        ExecError::Exec { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
             ExitCode::from(EXIT_NOT_FOUND)
         }
         ExecError::Exec { .. } => ExitCode::from(EXIT_CANNOT_EXEC),
@@ -146,18 +146,12 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
         .is_some();
     let mut fds: Vec<(String, OwnedFd)> = Vec::new();
     for name in &args.names {
-        if !shm_fd::listen::valid_fdname(name) {
-            return Err((
-                2,
-                format!("invalid --name {name:?}: 1-255 printable ASCII characters without ':'"),
-            ));
-        }
         let fd = match inherited.take(name) {
             Some(fd) => {
-                let info = state::validate(fd.as_fd(), args.size).map_err(|e| {
+                let info = state::validate(fd.as_fd(), name, args.size).map_err(|e| {
                     (
                         EXIT_BAD_INPUT,
-                        format!("the stored fd named {name:?} is unusable: {e}"),
+                        format!("the region handed back in LISTEN_FDS is unusable: {e}"),
                     )
                 })?;
                 eprintln!(
@@ -189,17 +183,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
         restart: args.restart,
         restart_delay: args.restart_delay,
     })
-    .map_err(|e| {
-        (
-            EXIT_OS,
-            format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            ),
-        )
-    })?;
+    .map_err(|e| (EXIT_OS, e.to_string()))?;
     Ok(exit_like(status))
 }
 
