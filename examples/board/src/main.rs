@@ -15,7 +15,16 @@
 //! released. Payloads carry a checksum; a reader that ever saw a torn message
 //! would print `I: CORRUPT from J` (it must never happen). A second process
 //! started with the same index is refused (exit status 2).
-//! `board --count N --cleanup` removes the N mailboxes.
+//!
+//! `board --count N --cleanup` removes the N mailboxes, but only those no
+//! process has open: a mailbox of a running board is refused (exit status 1),
+//! since unlinking it would split the boards between the old object and a
+//! new one. `--cleanup --force` removes them anyway. Files under the prefix
+//! that are not outlive mailboxes are never removed.
+//!
+//! If another process shrinks a board's `/dev/shm` object, the boards using
+//! it stop with an error saying so (instead of dying of SIGBUS), and the
+//! next start replaces the object.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,9 +53,14 @@ struct Args {
     /// Stop after this many writes (default: run until killed).
     #[arg(long)]
     writes: Option<u64>,
-    /// Remove the N mailboxes and exit.
+    /// Remove the N mailboxes and exit. Mailboxes that a running board has
+    /// open are refused (exit status 1) unless --force is given.
     #[arg(long)]
     cleanup: bool,
+    /// With --cleanup: also remove mailboxes that running boards have open
+    /// (they keep the old objects; boards started later get new ones).
+    #[arg(long, requires = "cleanup")]
+    force: bool,
 }
 
 fn encode(value: u64, writer: usize) -> [u8; PAYLOAD] {
@@ -132,8 +146,23 @@ fn run(args: &Args) -> Result<(), Failure> {
     };
     let name = |j: usize| format!("{}-{j}", args.prefix);
     if args.cleanup {
+        let remove = if args.force {
+            Mailbox::force_remove
+        } else {
+            Mailbox::remove
+        };
+        let mut refused = Vec::new();
         for j in 0..args.count {
-            Mailbox::remove(&name(j))?;
+            if let Err(e) = remove(&name(j)) {
+                eprintln!("board: {e}");
+                refused.push(name(j));
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Failure::Other(format!(
+                "not removed: {} (stop the boards using them first, or pass --force)",
+                refused.join(", ")
+            )));
         }
         return Ok(());
     }
