@@ -5,7 +5,9 @@
 //! - [`Segment`]: a named POSIX shm object or a memfd with a validated header
 //!   (magic, version, layout, init state) and a page-aligned payload.
 //!   Named objects are published atomically, owned, reclaimed when stale,
-//!   and optionally unlinked by the last process out.
+//!   and optionally unlinked by the last process out. Their mappings are
+//!   guarded: another process truncating the object makes
+//!   [`Segment::is_truncated`] true instead of killing this one with `SIGBUS`.
 //! - [`Mapping`] and [`Region`]: the workspace's only `mmap`, and a view of
 //!   shared bytes that never hands out plain references to them.
 //! - [`ShmBox`] and [`Shared`]: typed `&T` views for types whose every mutable

@@ -20,6 +20,14 @@
 //!   exclusive `flock` of the `/dev/shm` directory and only after checking that
 //!   the name still refers to our inode, so no process ever unlinks an object
 //!   it did not mean to.
+//! - **Shrunk objects.** A named object cannot be sealed. Its mappings are
+//!   registered with a `SIGBUS` handler ([`Mapping::map_guarded`]), so a
+//!   process that another one truncated the object under keeps running and
+//!   sees [`Segment::is_truncated`]; an opener that finds a shrunk object with
+//!   nobody attached reclaims it, leaked or not (its data is gone).
+//! - **Removal** ([`Segment::remove`]) applies the same rules: only an
+//!   outlive segment of ours with no process attached is unlinked;
+//!   [`Segment::force_remove`] also unlinks a live one.
 //! - **Divergence is visible.** When the name is unlinked while others are
 //!   still attached, the header's `unlinked` flag is set first:
 //!   [`Segment::is_unlinked`] tells attached processes that newcomers will see
