@@ -22,6 +22,16 @@ pub enum ErrorKind {
     BadGeometry,
     /// The file's region size differs from the one requested.
     SizeMismatch,
+    /// Records in the middle of the log are damaged, and intact snapshots
+    /// that were durable follow them (not what a crash leaves).
+    Damaged,
+    /// The requested generation is not restorable from the file.
+    NoSuchGeneration,
+    /// A live memfd's commit sequence is out of range or went backwards
+    /// (written by something other than the protocol).
+    BadSequence,
+    /// The path is not a regular file (a FIFO, a device, a directory).
+    NotRegular,
 }
 
 /// An error reading or writing a snapshot file.

@@ -1,7 +1,7 @@
 //! The snapshot file format: header, page records, commit records.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ErrorKind, SnapshotError};
@@ -47,6 +47,10 @@ pub struct FileInfo {
     pub file_len: u64,
     /// Whether the file was all zeros (a fresh state of `region_size` bytes).
     pub all_zero: bool,
+    /// Damage in the middle of the log: invalid records with intact, once
+    /// durable snapshots after them. `None` for an intact file and for a
+    /// torn tail (what a crash leaves).
+    pub damage: Option<Damage>,
 }
 
 /// Result of [`restore`].
@@ -57,6 +61,14 @@ pub struct Restored {
     /// Where the newest committed version of each page is (for
     /// [`SnapshotWriter::open_restored`]).
     pub index: PageIndex,
+    /// What an [`OnDamage::Salvage`] restore rebuilt, if it had to.
+    pub salvage: Option<Salvage>,
+    /// Whether the restore stopped before the file's newest generation or
+    /// worked around damage: the state is not the file's, so
+    /// [`SnapshotWriter::open_restored`] refuses to continue the file.
+    partial: bool,
+    /// The header's base generation.
+    base: u64,
 }
 
 /// Per page, the newest committed version in a file: the CRC-32C of its
@@ -315,8 +327,12 @@ pub fn read_header<S: Storage + ?Sized>(s: &S) -> Result<Header, SnapshotError> 
 ///
 /// # Errors
 /// A clear [`SnapshotError`] for an empty, truncated, foreign, corrupt-header
-/// or unreadable file. A torn or corrupt log tail is not an error: it ends the
-/// replay at the last valid commit.
+/// or unreadable file. A torn log tail (records of the one snapshot a crash
+/// interrupted) is not an error: it ends the replay at the last valid commit.
+/// Damage (an invalid record followed by intact records of later, once
+/// durable snapshots) is [`ErrorKind::Damaged`], naming the damaged byte
+/// ranges, the newest generation before them and the newest after them;
+/// [`restore_with`] can restore the former exactly or salvage the latter.
 pub fn restore<S: Storage + ?Sized>(
     s: &S,
     apply: impl FnMut(u64, &[u8]),
@@ -327,14 +343,321 @@ pub fn restore<S: Storage + ?Sized>(
 /// Bytes read per call while replaying.
 const READ_CHUNK: u64 = 1 << 18;
 
+/// What to do when a restore meets damage: records that fail their
+/// checksums with intact, durable snapshots after them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnDamage {
+    /// Refuse with [`ErrorKind::Damaged`] (the default): the file is not
+    /// changed, and nothing is guessed.
+    #[default]
+    Refuse,
+    /// Rebuild the newest state in which every page has an intact version:
+    /// the newest intact snapshot after the damage, each page taken from its
+    /// newest intact record ([`Salvage`] says which pages could only be
+    /// taken from before the damage).
+    Salvage,
+}
+
+/// How [`restore_with`] replays a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Stop at this committed generation instead of the newest one.
+    pub until: Option<u64>,
+    /// What to do with damage in the middle of the log.
+    pub on_damage: OnDamage,
+}
+
+/// Damage in the middle of a log: byte ranges that hold no valid record,
+/// followed by intact records of snapshots that were durable (a crash can
+/// leave only the one snapshot it interrupted unsynced, so records of a
+/// later generation after a bad one mean the bad one was once good).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The byte ranges without valid records, in file order.
+    pub ranges: Vec<std::ops::Range<u64>>,
+    /// The newest generation that restores exactly: the last commit before
+    /// the first damaged range.
+    pub last_before: u64,
+    /// The newest generation with intact records after the damage.
+    pub newest_after: u64,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: u64 = self.ranges.iter().map(|r| r.end - r.start).sum();
+        if let Some(first) = self.ranges.first() {
+            write!(f, "damaged records at bytes {}..{}", first.start, first.end)?;
+        }
+        if self.ranges.len() > 1 {
+            write!(
+                f,
+                " and {} more ranges ({bytes} bytes in all)",
+                self.ranges.len() - 1
+            )?;
+        }
+        write!(
+            f,
+            ", with intact snapshots after them: generation {} is the newest before the damage, generation {} the newest after it",
+            self.last_before, self.newest_after
+        )
+    }
+}
+
+/// What an [`OnDamage::Salvage`] restore rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Salvage {
+    /// The damage it worked around.
+    pub damage: Damage,
+    /// The generation of the rebuilt state (the newest after the damage).
+    pub generation: u64,
+    /// Pages not rewritten by any intact record after the damage: their
+    /// version is the one before it, which a damaged record may have
+    /// replaced (ranges of page indexes).
+    pub pages_from_before: Vec<std::ops::Range<u64>>,
+}
+
+/// A record whose header and checksum are valid, wherever it lies.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    off: u64,
+    kind: u32,
+    generation: u64,
+    index: u64,
+    plen: u64,
+    /// CRC-32C of the payload.
+    page_crc: u32,
+}
+
+/// The geometry a file's records must fit.
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    page_size: u32,
+    region_size: u64,
+    pages: u64,
+}
+
+impl Geo {
+    /// The payload length a record header announces, if its magic, kind
+    /// and length fit this geometry.
+    fn payload_len(&self, rh: &[u8; 32]) -> Option<u64> {
+        if u32_at(rh, 0) != REC_MAGIC {
+            return None;
+        }
+        let plen = u64::from(u32_at(rh, 24));
+        let expected = match u32_at(rh, 4) {
+            KIND_PAGE if u64_at(rh, 16) < self.pages => {
+                page_len(self.page_size, self.region_size, u64_at(rh, 16))
+            }
+            KIND_COMMIT => 0,
+            _ => return None,
+        };
+        (plen == expected).then_some(plen)
+    }
+}
+
+/// Whether the record `rh` + `payload` carries a valid checksum; returns
+/// the payload's own CRC-32C (kept in the page index) if so.
+fn record_valid(rh: &[u8; 32], payload: &[u8]) -> Option<u32> {
+    let head = crc32c::crc32c(&rh[0..28]);
+    // One pass over the payload: its own CRC, from which a 4 KiB page's
+    // record checksum is derived.
+    let page_crc = crc32c::crc32c(payload);
+    let record_crc = if payload.len() == PageCrc::LEN {
+        PageCrc::get().combine(head, page_crc)
+    } else {
+        crc32c::crc32c_append(head, payload)
+    };
+    (record_crc == u32_at(rh, 28)).then_some(page_crc)
+}
+
+/// Every valid record in `from..file_len`, in file order, found by trying
+/// each offset where the record magic appears (a damaged record's length
+/// cannot be trusted, so the next one is found by its magic and checksum).
+fn scan_records<S: Storage + ?Sized>(
+    s: &S,
+    geo: Geo,
+    from: u64,
+    file_len: u64,
+) -> Result<Vec<Rec>, SnapshotError> {
+    let magic = REC_MAGIC.to_le_bytes();
+    let mut found = Vec::new();
+    let mut payload = vec![0u8; geo.page_size as usize];
+    let mut chunk = vec![0u8; usize::try_from(READ_CHUNK).unwrap_or(1 << 18)];
+    let mut off = from;
+    while off + REC_LEN <= file_len {
+        let mut rh = [0u8; 32];
+        rd(s, off, &mut rh)?;
+        if let Some(plen) = geo.payload_len(&rh)
+            && off + REC_LEN + plen <= file_len
+        {
+            let p = &mut payload[..usize::try_from(plen).unwrap_or(0)];
+            rd(s, off + REC_LEN, p)?;
+            if let Some(page_crc) = record_valid(&rh, p) {
+                found.push(Rec {
+                    off,
+                    kind: u32_at(&rh, 4),
+                    generation: u64_at(&rh, 8),
+                    index: u64_at(&rh, 16),
+                    plen,
+                    page_crc,
+                });
+                off += REC_LEN + plen;
+                continue;
+            }
+        }
+        // Not a record here: on to the next place the magic appears.
+        let mut next = None;
+        let mut at = off + 1;
+        while next.is_none() && at + REC_LEN <= file_len {
+            let n = usize::try_from((file_len - at).min(READ_CHUNK)).unwrap_or(0);
+            rd(s, at, &mut chunk[..n])?;
+            next = chunk[..n]
+                .windows(4)
+                .position(|w| w == magic)
+                .map(|i| at + i as u64);
+            // Overlap by 3 bytes so a magic split across chunks is found.
+            at += (n as u64).saturating_sub(3).max(1);
+        }
+        match next {
+            Some(n) => off = n,
+            None => break,
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the tail after the last valid commit (generation `last`), whose
+/// valid records are `tail`, is damage rather than a torn write.
+///
+/// The writer starts generation `g + 1` only after the sync of `g`
+/// returned, so a crash leaves at most one generation unsynced, and any
+/// record of generation `g + 1` (page or commit) proves that `g` was
+/// durable. A torn tail holds records of `last + 1` only; a record of
+/// `last + 2` or later means the records of `last + 1` were once whole: the
+/// invalid bytes before it are damage. Returns the damage and the index in
+/// `tail` past the last record that belongs to it.
+fn classify_tail(tail: &[Rec], from: u64, last: u64) -> Option<(Damage, usize)> {
+    let durable = tail.iter().map(|r| r.generation).max()?.saturating_sub(1);
+    if durable <= last {
+        return None;
+    }
+    // The newest generation after the damage: one proven durable, or the
+    // one after it if its commit record and all the pages it counts are
+    // intact (a whole snapshot, though perhaps never synced).
+    let pages_of = |g: u64| {
+        tail.iter()
+            .filter(|r| r.kind == KIND_PAGE && r.generation == g)
+            .count() as u64
+    };
+    let whole_next = tail.iter().any(|r| {
+        r.kind == KIND_COMMIT && r.generation == durable + 1 && pages_of(durable + 1) == r.index
+    });
+    let newest = if whole_next { durable + 1 } else { durable };
+    // Records up to the last one of a generation up to `newest` (the rest is
+    // the torn tail of the snapshot after it).
+    let end = tail
+        .iter()
+        .rposition(|r| r.generation <= newest && r.generation > last)
+        .map_or(0, |i| i + 1);
+    let mut ranges = Vec::new();
+    let mut at = from;
+    for r in &tail[..end] {
+        if r.off > at {
+            ranges.push(at..r.off);
+        }
+        at = at.max(r.off + REC_LEN + r.plen);
+    }
+    Some((
+        Damage {
+            ranges,
+            last_before: last,
+            newest_after: newest,
+        },
+        end,
+    ))
+}
+
+/// `[0, pages)` minus the sorted set `taken`, as ranges.
+fn complement(pages: u64, taken: &std::collections::BTreeSet<u64>) -> Vec<std::ops::Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &p in taken {
+        if p > at {
+            out.push(at..p);
+        }
+        at = p + 1;
+    }
+    if at < pages {
+        out.push(at..pages);
+    }
+    out
+}
+
 /// [`restore`], reporting `progress(bytes_read, file_len)` after each chunk read.
 ///
 /// # Errors
 /// As [`restore`].
 pub fn restore_with_progress<S: Storage + ?Sized>(
     s: &S,
+    apply: impl FnMut(u64, &[u8]),
+    progress: impl FnMut(u64, u64),
+) -> Result<Restored, SnapshotError> {
+    restore_with(s, RestoreOptions::default(), apply, progress)
+}
+
+/// [`restore_with_progress`] with [`RestoreOptions`]: up to a chosen
+/// generation, or salvaging a damaged file.
+///
+/// A [`Restored`] from a restore that stopped early or salvaged does not
+/// describe the whole file: [`SnapshotWriter::open_restored`] refuses it
+/// (write the state to a new file instead).
+///
+/// # Errors
+/// As [`restore`]; [`ErrorKind::NoSuchGeneration`] for an `until` the file
+/// does not hold exactly (including one after damage).
+#[allow(clippy::too_many_lines)]
+pub fn restore_with<S: Storage + ?Sized>(
+    s: &S,
+    opts: RestoreOptions,
     mut apply: impl FnMut(u64, &[u8]),
     mut progress: impl FnMut(u64, u64),
+) -> Result<Restored, SnapshotError> {
+    let r = scan(s, opts, &mut apply, &mut progress)?;
+    if let Some(d) = &r.info.damage
+        && r.salvage.is_none()
+        && opts.until.is_none()
+    {
+        return Err(SnapshotError::new(ErrorKind::Damaged, d));
+    }
+    if let Some(g) = opts.until
+        && r.info.generation != g
+    {
+        let base = if r.info.all_zero { 0 } else { r.base };
+        let first = if base == 0 { 0 } else { base + 1 };
+        return Err(SnapshotError::new(
+            ErrorKind::NoSuchGeneration,
+            match &r.info.damage {
+                Some(d) if g > d.last_before => format!(
+                    "generation {g} lies after the damage ({d}); only {first}..={} restore exactly",
+                    d.last_before
+                ),
+                _ => format!(
+                    "generation {g} is not in the file: it holds generations {first}..={}",
+                    r.info.generation
+                ),
+            },
+        ));
+    }
+    Ok(r)
+}
+
+#[allow(clippy::too_many_lines)]
+fn scan<S: Storage + ?Sized>(
+    s: &S,
+    opts: RestoreOptions,
+    apply: &mut dyn FnMut(u64, &[u8]),
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Restored, SnapshotError> {
     let (page_size, region_size, file_len, all_zero, base) = parse_header(s)?;
     let mut info = FileInfo {
@@ -345,16 +668,35 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
         valid_end: if all_zero { 0 } else { HEADER_LEN },
         file_len,
         all_zero,
+        damage: None,
+    };
+    let mut restored = Restored {
+        info: info.clone(),
+        index: PageIndex::default(),
+        salvage: None,
+        partial: false,
+        base,
     };
     if all_zero {
         progress(file_len, file_len);
-        return Ok(Restored {
-            info,
-            index: PageIndex::default(),
-        });
+        restored.partial = opts.until.is_some_and(|g| g != 0);
+        return Ok(restored);
+    }
+    if opts
+        .until
+        .is_some_and(|g| g <= base && !(g == 0 && base == 0))
+    {
+        // Not in this file (a compacted file starts after its base).
+        restored.partial = true;
+        return Ok(restored);
     }
     let ps = u64::from(page_size);
     let pages = region_size.div_ceil(ps);
+    let geo = Geo {
+        page_size,
+        region_size,
+        pages,
+    };
     // The window [win_off, win_off + win_len) of the file held in `buf`; one
     // record (header and payload) always fits.
     let cap = READ_CHUNK.max(2 * (REC_LEN + ps));
@@ -365,7 +707,12 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
     let mut committed = PageIndex::default();
     let mut pending: Vec<(u64, (u32, u64))> = Vec::new();
     let mut off = HEADER_LEN;
+    let mut stopped = false;
     while off + REC_LEN <= file_len {
+        if opts.until == Some(info.generation) {
+            stopped = true;
+            break;
+        }
         if off + REC_LEN > win_off + win_len {
             win_off = off;
             win_len = cap.min(file_len - off);
@@ -374,18 +721,15 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
         }
         let at = usize::try_from(off - win_off).unwrap_or(0);
         let rh: [u8; 32] = buf[at..at + 32].try_into().unwrap_or([0; 32]);
-        if u32_at(&rh, 0) != REC_MAGIC || u64_at(&rh, 8) != info.generation + 1 {
+        let Some(plen) = geo.payload_len(&rh) else {
             break;
-        }
+        };
         let kind = u32_at(&rh, 4);
         let index = u64_at(&rh, 16);
-        let plen = u64::from(u32_at(&rh, 24));
-        let expected = match kind {
-            KIND_PAGE if index < pages => page_len(page_size, region_size, index),
-            KIND_COMMIT if index == pending.len() as u64 => 0,
-            _ => break,
-        };
-        if plen != expected || off + REC_LEN + plen > file_len {
+        if u64_at(&rh, 8) != info.generation + 1
+            || (kind == KIND_COMMIT && index != pending.len() as u64)
+            || off + REC_LEN + plen > file_len
+        {
             break;
         }
         if off + REC_LEN + plen > win_off + win_len {
@@ -397,18 +741,9 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
         }
         let at = usize::try_from(off - win_off).unwrap_or(0) + REC_LEN as usize;
         let payload = &buf[at..at + usize::try_from(plen).unwrap_or(0)];
-        let head = crc32c::crc32c(&rh[0..28]);
-        // One pass over the payload: its own CRC (kept in the index), from
-        // which a 4 KiB page's record checksum is derived.
-        let page_crc = crc32c::crc32c(payload);
-        let record_crc = if payload.len() == PageCrc::LEN {
-            PageCrc::get().combine(head, page_crc)
-        } else {
-            crc32c::crc32c_append(head, payload)
-        };
-        if record_crc != u32_at(&rh, 28) {
+        let Some(page_crc) = record_valid(&rh, payload) else {
             break;
-        }
+        };
         if kind == KIND_PAGE {
             apply(index * ps, payload);
             pending.push((index, (page_crc, off + REC_LEN)));
@@ -420,28 +755,78 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
         }
         off += REC_LEN + plen;
     }
-    // Put back the pages of the uncommitted tail.
-    let mut page = vec![0u8; page_size as usize];
-    for (index, _) in pending {
-        let l = usize::try_from(page_len(page_size, region_size, index)).unwrap_or(0);
-        match committed.pages.get(&index) {
-            Some(&(_, poff)) => rd(s, poff, &mut page[..l])?,
-            None => page[..l].fill(0),
+    // What follows the last valid commit: nothing, the torn tail of a
+    // snapshot a crash interrupted, or damage with durable snapshots after it.
+    let mut tail = Vec::new();
+    if !stopped && info.valid_end < file_len {
+        tail = scan_records(s, geo, off, file_len)?;
+        if let Some((damage, end)) = classify_tail(&tail, off, info.generation) {
+            tail.truncate(end);
+            info.damage = Some(damage);
         }
-        apply(index * ps, &page[..l]);
     }
-    Ok(Restored {
-        info,
-        index: committed,
-    })
+    let salvage = matches!(opts.on_damage, OnDamage::Salvage) && opts.until.is_none();
+    match info.damage.clone() {
+        Some(damage) if salvage => {
+            // Pages of the snapshot the damage cut into were durable: keep
+            // them, then lay every later intact page record over them, in
+            // generation order (a record older than one already laid is a
+            // leftover of a failed write, not state).
+            let mut after: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+            for (index, v) in pending.drain(..) {
+                after.insert(index);
+                committed.pages.insert(index, v);
+            }
+            let mut payload = vec![0u8; page_size as usize];
+            let mut newest = info.generation;
+            for r in tail.iter().filter(|r| r.kind == KIND_PAGE) {
+                if r.generation < newest || r.generation > damage.newest_after {
+                    continue;
+                }
+                newest = r.generation;
+                let p = &mut payload[..usize::try_from(r.plen).unwrap_or(0)];
+                rd(s, r.off + REC_LEN, p)?;
+                apply(r.index * ps, p);
+                after.insert(r.index);
+                committed
+                    .pages
+                    .insert(r.index, (r.page_crc, r.off + REC_LEN));
+            }
+            info.commits += tail.iter().filter(|r| r.kind == KIND_COMMIT).count() as u64;
+            info.generation = damage.newest_after;
+            restored.salvage = Some(Salvage {
+                generation: damage.newest_after,
+                pages_from_before: complement(pages, &after),
+                damage,
+            });
+            restored.partial = true;
+        }
+        _ => {
+            // Put back the pages of the uncommitted tail.
+            let mut page = vec![0u8; page_size as usize];
+            for (index, _) in pending {
+                let l = usize::try_from(page_len(page_size, region_size, index)).unwrap_or(0);
+                match committed.pages.get(&index) {
+                    Some(&(_, poff)) => rd(s, poff, &mut page[..l])?,
+                    None => page[..l].fill(0),
+                }
+                apply(index * ps, &page[..l]);
+            }
+            restored.partial = stopped || info.damage.is_some();
+        }
+    }
+    restored.info = info;
+    restored.index = committed;
+    Ok(restored)
 }
 
-/// Scans a file without keeping its contents.
+/// Scans a file without keeping its contents. Damage is reported in
+/// [`FileInfo::damage`], not as an error.
 ///
 /// # Errors
-/// As [`restore`].
+/// As [`restore`], except for damage.
 pub fn inspect<S: Storage + ?Sized>(s: &S) -> Result<FileInfo, SnapshotError> {
-    restore(s, |_, _| {}).map(|r| r.info)
+    scan(s, RestoreOptions::default(), &mut |_, _| {}, &mut |_, _| {}).map(|r| r.info)
 }
 
 /// Appends incremental snapshots to a storage.
@@ -542,8 +927,20 @@ impl<S: Storage> SnapshotWriter<S> {
     ///
     /// # Errors
     /// As [`SnapshotWriter::open`].
+    /// A `restored` that stopped early or salvaged damage is refused
+    /// ([`ErrorKind::Damaged`]): cutting the file back to it would delete
+    /// intact snapshots. Write that state to a new file instead.
     pub fn open_restored(mut storage: S, restored: Restored) -> Result<Self, SnapshotError> {
-        let Restored { info, index } = restored;
+        if restored.partial {
+            return Err(SnapshotError::new(
+                ErrorKind::Damaged,
+                match &restored.info.damage {
+                    Some(d) => format!("not continuing a damaged file ({d})"),
+                    None => "not continuing a file restored to an earlier generation".into(),
+                },
+            ));
+        }
+        let Restored { info, index, .. } = restored;
         if info.all_zero {
             // The file holds generation 0 (all zeros): an empty index
             // describes it, so the next snapshot writes every non-zero page.
@@ -632,6 +1029,7 @@ impl<S: Storage> SnapshotWriter<S> {
             new: Vec::new(),
             failed: false,
             done: false,
+            wrote: false,
             w: self,
         }
     }
@@ -744,6 +1142,9 @@ pub struct Snapshot<'w, S: Storage> {
     new: Vec<(u64, u32, u64)>,
     failed: bool,
     done: bool,
+    /// Whether a write was attempted: a failed one (a full disk) may have
+    /// left part of its bytes after `w.end`.
+    wrote: bool,
 }
 
 impl<S: Storage> Snapshot<'_, S> {
@@ -786,6 +1187,7 @@ impl<S: Storage> Snapshot<'_, S> {
             .push((index, crc, self.off + self.buf.len() as u64));
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= w.batch {
+            self.wrote = true;
             if let Err(e) = w.storage.write_at(self.off, &self.buf) {
                 self.failed = true;
                 return Err(SnapshotError::io("write", e));
@@ -825,6 +1227,7 @@ impl<S: Storage> Snapshot<'_, S> {
             &[],
         ));
         let w = &mut *self.w;
+        self.wrote = true;
         w.storage
             .write_at(self.off, &self.buf)
             .map_err(|e| SnapshotError::io("write", e))?;
@@ -847,35 +1250,150 @@ impl<S: Storage> Snapshot<'_, S> {
 
 impl<S: Storage> Drop for Snapshot<'_, S> {
     fn drop(&mut self) {
-        if !self.done && self.off > self.w.end {
+        if !self.done && self.wrote {
             // Best effort: readers ignore an uncommitted tail anyway, and the
-            // next snapshot overwrites it from `end`.
-            let _ = self.w.storage.set_len(self.w.end);
+            // next snapshot overwrites it from `end`. A write that failed
+            // partway (ENOSPC) left bytes beyond `off`: cut from `end`.
+            if let Err(e) = self.w.storage.set_len(self.w.end) {
+                tracing::warn!(
+                    end = self.w.end,
+                    "cannot cut an unfinished snapshot's tail: {e}"
+                );
+            }
         }
     }
 }
 
-/// The temporary file [`SnapshotWriter::compact_file`] writes before renaming
-/// it over `path`: `path` with `.compact.tmp` appended.
-#[must_use]
-pub fn compact_temp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".compact.tmp");
-    PathBuf::from(s)
+/// The names of the temporary files [`SnapshotWriter::compact_file`] writes
+/// before renaming one over `path`: `NAME.compact.*.tmp` in `path`'s
+/// directory, where `NAME` is `path`'s file name and `*` is random. Returns
+/// the directory and the name's prefix.
+fn compact_temp_prefix(path: &Path) -> (PathBuf, std::ffi::OsString) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut prefix = path.file_name().unwrap_or_default().to_owned();
+    prefix.push(".compact.");
+    (dir, prefix)
 }
 
-/// Removes the temporary file of a compaction that was killed before its
-/// rename (the snapshot file itself is then still the complete old log).
-/// Returns whether there was one.
+/// A pattern naming the temporary files of a compaction of `path`
+/// (`NAME.compact.*.tmp` next to it), for messages.
+#[must_use]
+pub fn compact_temp_path(path: &Path) -> PathBuf {
+    let (dir, mut prefix) = compact_temp_prefix(path);
+    prefix.push("*.tmp");
+    dir.join(prefix)
+}
+
+/// Creates a new temporary file next to `path`, to be renamed over it once
+/// complete (as [`SnapshotWriter::compact_file`] does): `NAME.compact.*.tmp`
+/// ([`compact_temp_path`]), opened `O_CREAT | O_EXCL | O_NOFOLLOW` with mode
+/// 0600 under a random name, then given `path`'s mode, owner and group if
+/// `path` exists. Nothing planted in the directory (a symlink, a file) is
+/// ever opened or truncated: an existing name fails with `EEXIST` and the
+/// next random name is tried. A crash leaves it for
+/// [`remove_stale_compaction`].
 ///
 /// # Errors
-/// I/O errors other than the file being absent.
-pub fn remove_stale_compaction(path: &Path) -> std::io::Result<bool> {
-    match std::fs::remove_file(compact_temp_path(path)) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+/// The OS error.
+pub fn create_temp_beside(path: &Path) -> std::io::Result<(File, PathBuf)> {
+    let (f, tmp) = create_exclusive(path)?;
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            if let Err(e) = copy_access(&m, &f) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     }
+    Ok((f, tmp))
+}
+
+fn create_exclusive(path: &Path) -> std::io::Result<(File, PathBuf)> {
+    use rustix::fs::{Mode, OFlags};
+    use std::hash::{BuildHasher, Hasher};
+    let (dir, prefix) = compact_temp_prefix(path);
+    // `RandomState`'s keys come from the OS's random source: unpredictable
+    // enough for a name that only has to be hard to guess in advance (the
+    // security comes from O_EXCL | O_NOFOLLOW; a guessed name costs a retry).
+    let state = std::collections::hash_map::RandomState::new();
+    let mut last = None;
+    for attempt in 0u64..16 {
+        let mut h = state.build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let mut name = prefix.clone();
+        name.push(format!("{:016x}.tmp", h.finish()));
+        let tmp = dir.join(&name);
+        match rustix::fs::open(
+            &tmp,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => return Ok((File::from(fd), tmp)),
+            Err(rustix::io::Errno::EXIST) => last = Some(rustix::io::Errno::EXIST),
+            Err(e) => return Err(std::io::Error::from(e)),
+        }
+    }
+    Err(std::io::Error::from(
+        last.unwrap_or(rustix::io::Errno::EXIST),
+    ))
+}
+
+/// Removes the temporary files of compactions that were killed before
+/// their rename (the snapshot file itself is then still the complete old
+/// log): every `NAME.compact.*.tmp` next to `path` that is a regular file or
+/// a symlink (unlinking a symlink removes the link, never its target).
+/// Returns the names removed; a directory that does not exist or has no
+/// such entries gives an empty list.
+///
+/// # Errors
+/// I/O errors reading the directory or removing an entry, naming the entry.
+pub fn remove_stale_compaction(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let (dir, prefix) = compact_temp_prefix(path);
+    let prefix = prefix.as_encoded_bytes();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("read directory {}: {e}", dir.display()),
+            ));
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let b = name.as_encoded_bytes();
+        if !(b.starts_with(prefix) && b.ends_with(b".tmp")) {
+            continue;
+        }
+        let ty = entry.file_type()?;
+        if !(ty.is_file() || ty.is_symlink()) {
+            continue;
+        }
+        let p = entry.path();
+        match std::fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("remove {}: {e}", p.display()),
+                ));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn sync_dir_of(path: &Path) -> std::io::Result<()> {
@@ -886,11 +1404,38 @@ fn sync_dir_of(path: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Gives `to` the permission bits, owner and group of `from` (a compacted
+/// file replaces the original with the same access).
+fn copy_access(m: &std::fs::Metadata, to: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    rustix::fs::fchmod(to, rustix::fs::Mode::from_raw_mode(m.mode() & 0o7777))?;
+    let mine = to.metadata()?;
+    if (mine.uid(), mine.gid()) != (m.uid(), m.gid()) {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(m.uid()),
+            rustix::fs::Gid::from_raw(m.gid()),
+        );
+        if let Err(e) = rustix::fs::fchown(to, Some(uid), Some(gid)) {
+            // Without the privilege to give the file away it stays ours,
+            // with the original's permission bits.
+            tracing::warn!(
+                uid = m.uid(),
+                gid = m.gid(),
+                "compacted file keeps this process's owner: {e}"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl SnapshotWriter<FileStorage> {
     /// Replaces the log at `path` (this writer's file) by a compacted copy
-    /// of the newest durable snapshot ([`SnapshotWriter::compact_into`]): writes
-    /// [`compact_temp_path`] and `fdatasync`s it, renames it over `path`, then
-    /// `fsync`s the directory, and continues appending to the new file.
+    /// of the newest durable snapshot ([`SnapshotWriter::compact_into`]):
+    /// writes a new temporary file next to it (created exclusively, never
+    /// following a symlink, mode 0600, under a random name) and
+    /// `fdatasync`s it, gives it `path`'s mode, owner and group, renames it
+    /// over `path`, then `fsync`s the directory, and continues appending to
+    /// the new file.
     ///
     /// A crash at any point leaves `path` restorable to the same generation:
     /// before the rename it is the old log (the temporary file is garbage,
@@ -899,8 +1444,9 @@ impl SnapshotWriter<FileStorage> {
     /// On an error the writer keeps appending to the old log.
     ///
     /// # Errors
-    /// I/O errors (the old log stays in use), and a writer that has not
-    /// snapshotted yet.
+    /// I/O errors (the old log stays in use); a writer that has not
+    /// snapshotted yet; a `path` that is a symlink (the rename would replace
+    /// the link and leave its target stale: pass the resolved path).
     pub fn compact_file(&mut self, path: &Path) -> Result<(), SnapshotError> {
         if self.generation == 0 {
             return Err(SnapshotError::new(
@@ -908,31 +1454,45 @@ impl SnapshotWriter<FileStorage> {
                 "nothing to compact before the first snapshot",
             ));
         }
-        let tmp = compact_temp_path(path);
-        let show = tmp.display();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| SnapshotError::io(&format!("create {show}"), e))?;
-        let (target, index) = match self.compact_to(FileStorage(f)) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
+        let show = path.display();
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(SnapshotError::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{show} is a symlink: compaction would replace the link, not its target (pass the resolved path)"
+                    ),
+                ));
             }
+            Ok(_) => {}
+            Err(e) => return Err(SnapshotError::io(&format!("stat {show}"), e)),
+        }
+        let (f, tmp) = create_exclusive(path).map_err(|e| {
+            SnapshotError::io(&format!("create {}", compact_temp_path(path).display()), e)
+        })?;
+        let tshow = tmp.display();
+        let discard = |e: SnapshotError| {
+            let _ = std::fs::remove_file(&tmp);
+            e
         };
-        let end = match target.len() {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(SnapshotError::io("stat compacted file", e));
-            }
-        };
+        // The access of the file being replaced (this writer's, by its fd).
+        self.storage
+            .0
+            .metadata()
+            .and_then(|m| copy_access(&m, &f))
+            .map_err(|e| {
+                discard(SnapshotError::io(
+                    &format!("set the owner and mode of {tshow}"),
+                    e,
+                ))
+            })?;
+        let (target, index) = self.compact_to(FileStorage(f)).map_err(discard)?;
+        let end = target
+            .len()
+            .map_err(|e| discard(SnapshotError::io(&format!("stat {tshow}"), e)))?;
         crash_point!("compact.temp_synced");
-        std::fs::rename(&tmp, path).map_err(|e| SnapshotError::io(&format!("rename {show}"), e))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| discard(SnapshotError::io(&format!("rename {tshow} to {show}"), e)))?;
         crash_point!("compact.renamed");
         // From here on the new file is the log, whatever happens below.
         self.storage = target;

@@ -15,9 +15,9 @@ pub mod track;
 
 pub use error::{ErrorKind, SnapshotError};
 pub use format::{
-    FileInfo, HEADER_LEN, Header, MAGIC, PageIndex, Restored, Snapshot, SnapshotWriter, VERSION,
-    compact_temp_path, inspect, read_header, remove_stale_compaction, restore,
-    restore_with_progress,
+    Damage, FileInfo, HEADER_LEN, Header, MAGIC, OnDamage, PageIndex, RestoreOptions, Restored,
+    Salvage, Snapshot, SnapshotWriter, VERSION, compact_temp_path, create_temp_beside, inspect,
+    read_header, remove_stale_compaction, restore, restore_with, restore_with_progress,
 };
 pub use storage::{FileStorage, MemStorage, Storage};
 

@@ -274,7 +274,7 @@ impl Client {
         let s = seq.load(Ordering::Relaxed);
         if s > MAX_SEQ {
             return Err(SnapshotError::new(
-                ErrorKind::BadGeometry,
+                ErrorKind::BadSequence,
                 format!("commit sequence {s} is corrupt (no memfd commits 2^61 times)"),
             ));
         }
@@ -616,9 +616,13 @@ impl Host {
     ///
     /// # Errors
     /// Not a snapshot memfd, or the wrong size.
+    /// A commit sequence beyond what any client can reach ([`ErrorKind::BadSequence`]):
+    /// a stray write, which must never reach a snapshot file.
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
         let (map, geo) = map(fd, Access::ReadOnly)?;
-        Ok(Self { map, geo })
+        let host = Self { map, geo };
+        host.checked_seq()?;
+        Ok(host)
     }
 
     /// The state region size.
@@ -636,19 +640,33 @@ impl Host {
             .unwrap_or(0)
     }
 
+    /// `seq`, refused if beyond the bound every client keeps ([`Client::open`]
+    /// refuses more, and commits clamp to it): only a stray write puts it there.
+    fn checked_seq(&self) -> Result<u64, SnapshotError> {
+        let s = self.seq();
+        if s > MAX_SEQ {
+            return Err(bad_sequence(s));
+        }
+        Ok(s)
+    }
+
     /// The latest committed generation.
-    #[must_use]
-    pub fn generation(&self) -> u64 {
-        self.seq() / 2
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`]: the commit sequence is out of range.
+    pub fn generation(&self) -> Result<u64, SnapshotError> {
+        Ok(self.checked_seq()? / 2)
     }
 
     /// The generation of the program's last commit once no client can run
     /// any more: like [`Host::generation`], but a commit the program died
     /// inside counts (the next [`Client::open`] finishes it under this number,
     /// and [`Host::read_after_exit`] reads its state).
-    #[must_use]
-    pub fn generation_after_exit(&self) -> u64 {
-        self.seq().div_ceil(2)
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`]: the commit sequence is out of range.
+    pub fn generation_after_exit(&self) -> Result<u64, SnapshotError> {
+        Ok(self.checked_seq()?.div_ceil(2))
     }
 
     /// Whether the last client died inside a commit (`seq` odd). Only
@@ -671,12 +689,13 @@ impl Host {
     /// runs. Called while a client still runs, it may return a mix of two states.
     ///
     /// # Errors
-    /// The first error of `visit`.
-    pub fn read_after_exit<E>(
+    /// [`ErrorKind::BadSequence`] (nothing is visited) if the commit sequence
+    /// is out of range; the first error of `visit`.
+    pub fn read_after_exit<E: From<SnapshotError>>(
         &self,
         mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let s = self.seq();
+        let s = self.checked_seq()?;
         let from = if s % 2 == 1 {
             self.geo.work
         } else {
@@ -695,23 +714,24 @@ impl Host {
     /// Copies the state of the program's last commit into `dst` once no
     /// client can run any more; see [`Host::read_after_exit`]. Returns its
     /// generation.
-    pub fn copy_after_exit(&self, dst: &mut [u8]) -> u64 {
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`]: the commit sequence is out of range.
+    pub fn copy_after_exit(&self, dst: &mut [u8]) -> Result<u64, SnapshotError> {
         let n = dst.len().min(self.geo.region);
         let dst = &mut dst[..n];
-        let r: Result<u64, std::convert::Infallible> = self.read_after_exit(|p, bytes| {
+        self.read_after_exit(|p, bytes| {
             let o = usize::try_from(p).unwrap_or(usize::MAX) * PAGE as usize;
             if let Some(d) = dst.get_mut(o..o.saturating_add(bytes.len()).min(n)) {
                 d.copy_from_slice(&bytes[..d.len()]);
             }
             Ok(())
-        });
-        match r {
-            Ok(g) => g,
-        }
+        })
     }
 
     /// Copies one committed state into `dst` (`region_size` bytes) and returns
-    /// its generation, or `None` if a commit overlapped each of `tries` attempts.
+    /// its generation, or `None` if a commit overlapped each of `tries`
+    /// attempts or the commit sequence is out of range.
     ///
     /// This reads the whole state; [`Host::copy_changed`] reads only what
     /// changed and is not starved by frequent commits.
@@ -721,6 +741,9 @@ impl Host {
         for _ in 0..tries {
             // SYNC: Acquire, pairs with the Release store ending `Client::commit`.
             let s1 = r.load_u64(SEQ_OFF, Ordering::Acquire).ok()?;
+            if s1 > MAX_SEQ {
+                return None;
+            }
             if s1 % 2 == 1 {
                 std::thread::yield_now();
                 continue;
@@ -747,6 +770,9 @@ impl Host {
     /// `Ok(Changed::Nothing)` when nothing was committed after `since`, and
     /// `Ok(Changed::Conflict)` when commits kept rewriting pages as they were
     /// copied for [`COPY_PASSES`] passes (discard what was visited; retry).
+    /// A commit sequence that is out of range ([`Changed::OutOfRange`]) or
+    /// behind `since` ([`Changed::Backwards`]) was not written by the
+    /// protocol: nothing is visited, and the stamps are not trusted.
     ///
     /// Each pass reads the page-generation table (8 bytes per 4096-byte
     /// page) and copies the pages stamped after the previous pass's target;
@@ -766,8 +792,15 @@ impl Host {
         // The Acquire load of `seq` (even: the end of commit G; odd: the
         // start of commit G+1, which the client also stores with Release)
         // makes the stamps and the copies of every commit up to G visible.
-        let mut target = self.seq() / 2;
-        if target <= since {
+        let s = self.seq();
+        if s > MAX_SEQ {
+            return Ok(Changed::OutOfRange { seq: s });
+        }
+        let mut target = s / 2;
+        if target < since {
+            return Ok(Changed::Backwards { generation: target });
+        }
+        if target == since {
             return Ok(Changed::Nothing);
         }
         // Read-only mapping: the stamps are read with single atomic loads
@@ -835,12 +868,19 @@ impl Host {
             // Every page visited so far holds its newest version up to
             // `target`; what changed since is stamped above it.
             low = target;
-            target = self.seq() / 2;
-            if target <= low {
+            let mut s = self.seq();
+            if s / 2 <= low {
                 // A commit is under way: let it finish.
                 std::thread::yield_now();
-                target = self.seq() / 2;
+                s = self.seq();
             }
+            if s > MAX_SEQ {
+                return Ok(Changed::OutOfRange { seq: s });
+            }
+            if s / 2 < low {
+                return Ok(Changed::Backwards { generation: s / 2 });
+            }
+            target = s / 2;
         }
         Ok(Changed::Conflict)
     }
@@ -859,6 +899,29 @@ pub enum Changed {
     /// Commits kept rewriting pages as they were copied, for
     /// [`COPY_PASSES`] passes: discard what was visited and try again.
     Conflict,
+    /// The commit sequence is beyond what any client reaches: a stray write.
+    /// Discard what was visited.
+    OutOfRange {
+        /// The value found.
+        seq: u64,
+    },
+    /// The committed generation is behind one the host already had: the
+    /// sequence was rewritten. Discard what was visited; the page stamps
+    /// no longer tell what changed.
+    Backwards {
+        /// The generation found.
+        generation: u64,
+    },
+}
+
+/// The error for a commit sequence beyond [`MAX_SEQ`].
+fn bad_sequence(s: u64) -> SnapshotError {
+    SnapshotError::new(
+        ErrorKind::BadSequence,
+        format!(
+            "commit sequence {s} is out of range (at most {MAX_SEQ}): written by something other than a client"
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{ErrorKind, SnapshotError};
 
 /// Positioned byte storage with an explicit durability barrier.
 #[allow(clippy::len_without_is_empty)] // a storage length, not a collection
@@ -53,6 +56,52 @@ pub trait Storage {
 /// A real file.
 #[derive(Debug)]
 pub struct FileStorage(pub File);
+
+impl FileStorage {
+    /// Opens an existing snapshot file for reading (and writing if
+    /// `writable`), refusing anything but a regular file. The open itself
+    /// never blocks: it uses `O_NONBLOCK` (a FIFO would otherwise wait for a
+    /// writer forever), checked with `fstat` before any read, then cleared.
+    ///
+    /// # Errors
+    /// The OS error, naming the path; [`ErrorKind::NotRegular`] for a FIFO,
+    /// socket, device or directory.
+    pub fn open(path: &Path, writable: bool) -> Result<Self, SnapshotError> {
+        use rustix::fs::{FileType, Mode, OFlags};
+        let show = path.display();
+        let access = if writable {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let fd = rustix::fs::open(
+            path,
+            access | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SnapshotError::io(&format!("open {show}"), e.into()))?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|e| SnapshotError::io(&format!("stat {show}"), e.into()))?;
+        let ty = FileType::from_raw_mode(st.st_mode);
+        if ty != FileType::RegularFile {
+            let what = match ty {
+                FileType::Fifo => "a FIFO",
+                FileType::Socket => "a socket",
+                FileType::CharacterDevice => "a character device",
+                FileType::BlockDevice => "a block device",
+                FileType::Directory => "a directory",
+                _ => "not a regular file",
+            };
+            return Err(SnapshotError::new(
+                ErrorKind::NotRegular,
+                format!("{show} is {what}, not a snapshot file"),
+            ));
+        }
+        rustix::fs::fcntl_setfl(&fd, access)
+            .map_err(|e| SnapshotError::io(&format!("fcntl {show}"), e.into()))?;
+        Ok(Self(File::from(fd)))
+    }
+}
 
 impl Storage for FileStorage {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -145,7 +194,12 @@ impl Storage for MemStorage {
     }
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let end = offset + buf.len() as u64;
-        if self.capacity.is_some_and(|c| end > c) {
+        if let Some(c) = self.capacity.filter(|&c| end > c) {
+            // Like a real file system: what fits is written, then ENOSPC.
+            if offset < c {
+                let fit = usize::try_from(c - offset).map_err(io::Error::other)?;
+                self.write_at(offset, &buf[..fit])?;
+            }
             return Err(io::Error::from_raw_os_error(28));
         }
         let (s, e) = (

@@ -3,7 +3,10 @@
 
 use proptest::prelude::*;
 use shm_snapshot::storage_ops::Op;
-use shm_snapshot::{ErrorKind, FileStorage, MemStorage, SnapshotWriter, Storage, inspect, restore};
+use shm_snapshot::{
+    ErrorKind, FileStorage, MemStorage, OnDamage, RestoreOptions, SnapshotWriter, Storage, inspect,
+    restore, restore_with,
+};
 
 const PS: u32 = 256;
 
@@ -180,29 +183,131 @@ fn every_truncation_restores_a_committed_generation() {
     }
 }
 
+/// Restores with options into a vector.
+fn restore_opts<S: Storage>(
+    s: &S,
+    opts: RestoreOptions,
+) -> Result<(Vec<u8>, shm_snapshot::Restored), shm_snapshot::SnapshotError> {
+    let mut v = Vec::new();
+    let r = restore_with(
+        s,
+        opts,
+        |o, b| {
+            let o = usize::try_from(o).unwrap();
+            if v.len() < o + b.len() {
+                v.resize(o + b.len(), 0);
+            }
+            v[o..o + b.len()].copy_from_slice(b);
+        },
+        |_, _| {},
+    )?;
+    v.resize(usize::try_from(r.info.region_size).unwrap(), 0);
+    Ok((v, r))
+}
+
+/// One flipped byte anywhere after the header never costs more than the
+/// snapshot it lies in: a flip in the last snapshot reads as a torn tail
+/// (that generation is lost, as a crash before its sync would lose it); a
+/// flip in any earlier one is damage: refused by default, the generation
+/// before it restores exactly, salvage restores the newest generation with
+/// only the pages it names taken from before the damage, and the writer
+/// refuses to continue (cut) the file.
 #[test]
 fn every_flipped_byte_restores_a_committed_generation_or_errors() {
     let len = 4 * PS as usize;
+    let newest = 5;
     let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
-    for g in 1..=3 {
+    for g in 1..=newest {
         w.snapshot(&state(g, len)).unwrap();
     }
     let full = w.storage().data.clone();
+    // Where the last snapshot's records start.
+    let mut before = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    for g in 1..newest {
+        before.snapshot(&state(g, len)).unwrap();
+    }
+    let last_start = before.len() as usize;
+    let mut damaged = 0;
     for i in 0..full.len() {
         let mut d = full.clone();
         d[i] ^= 0x40;
-        match restore_vec(&MemStorage::with_data(d)) {
+        let m = MemStorage::with_data(d.clone());
+        match restore_vec(&m) {
             Ok((v, g)) => {
-                assert!(g <= 3);
+                assert!(
+                    i >= last_start,
+                    "flip at {i} lost generations: restored {g}"
+                );
+                assert_eq!(g, newest - 1, "flip at {i}");
+                assert_eq!(v, state(g, len), "flip at {i}");
+            }
+            Err(e) if i < 64 => assert_ne!(e.kind(), ErrorKind::Damaged),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Damaged, "flip at {i}: {e}");
+                assert!(i < last_start, "flip at {i}");
+                damaged += 1;
+                let info = inspect(&m).unwrap();
+                let dmg = info.damage.clone().expect("inspect reports the damage");
+                assert!(
+                    dmg.ranges.iter().any(|r| r.contains(&(i as u64))),
+                    "{dmg:?} {i}"
+                );
+                assert_eq!(dmg.newest_after, newest, "flip at {i}");
+                // The generation before the damage, exactly.
+                let exact = RestoreOptions {
+                    until: Some(dmg.last_before),
+                    ..RestoreOptions::default()
+                };
+                let (v, r) = restore_opts(&m, exact).unwrap();
+                assert_eq!(r.info.generation, dmg.last_before);
+                let want = if dmg.last_before == 0 {
+                    vec![0; len]
+                } else {
+                    state(dmg.last_before, len)
+                };
+                assert_eq!(v, want, "flip at {i}");
+                // A generation after the damage is not restorable exactly.
+                let after = RestoreOptions {
+                    until: Some(newest),
+                    ..RestoreOptions::default()
+                };
                 assert_eq!(
-                    v,
-                    if g == 0 { vec![0; len] } else { state(g, len) },
-                    "flip at {i}"
+                    restore_opts(&m, after).unwrap_err().kind(),
+                    ErrorKind::NoSuchGeneration
+                );
+                // Salvage: the newest state, but for the pages it names.
+                let salvage = RestoreOptions {
+                    on_damage: OnDamage::Salvage,
+                    ..RestoreOptions::default()
+                };
+                let (v, r) = restore_opts(&m, salvage).unwrap();
+                let sv = r.salvage.clone().expect("a salvage report");
+                assert_eq!(sv.generation, newest);
+                let want = state(newest, len);
+                for p in 0..len / PS as usize {
+                    let named = sv.pages_from_before.iter().any(|r| r.contains(&(p as u64)));
+                    let range = p * PS as usize..(p + 1) * PS as usize;
+                    if !named {
+                        assert_eq!(v[range.clone()], want[range], "flip at {i}, page {p}");
+                    }
+                }
+                // Nothing may cut the damaged file.
+                assert_eq!(
+                    SnapshotWriter::open(MemStorage::with_data(d.clone()))
+                        .unwrap_err()
+                        .kind(),
+                    ErrorKind::Damaged
+                );
+                assert_eq!(
+                    SnapshotWriter::open_restored(MemStorage::with_data(d), r)
+                        .unwrap_err()
+                        .kind(),
+                    ErrorKind::Damaged
                 );
             }
-            Err(e) => assert!(i < 64, "flip at {i} gave error {e}"),
         }
     }
+    assert!(damaged > 1000, "{damaged}");
 }
 
 /// Replays every crash state POSIX allows at every point of the operation
@@ -283,6 +388,8 @@ fn disk_full_keeps_previous_snapshot() {
     let e = w.snapshot(&state(5, len)).unwrap_err();
     assert!(e.is_disk_full(), "{e}");
     assert_eq!(w.generation(), 1);
+    // The write that failed partway left no bytes behind.
+    assert_eq!(w.storage().data.len() as u64, w.len(), "tail not cut");
     assert_eq!(restore_vec(w.storage()).unwrap(), (state(1, len), 1));
 }
 

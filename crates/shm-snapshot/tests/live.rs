@@ -118,8 +118,11 @@ fn changed_pages_over_the_previous_copy_are_exactly_one_commit() {
                     (copy, since) = (next, g);
                     accepted += 1;
                 }
-                Changed::Nothing => assert!(since == host.generation() || !finished),
+                Changed::Nothing => assert!(since == host.generation().unwrap() || !finished),
                 Changed::Conflict => conflicts += 1,
+                c @ (Changed::OutOfRange { .. } | Changed::Backwards { .. }) => {
+                    panic!("a well-behaved client: {c:?}")
+                }
             }
             if finished && since == COMMITS {
                 break;
@@ -161,8 +164,10 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
         f.write_all_at(&seq.to_le_bytes(), 16).unwrap();
         let e = Client::open(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{seq}: {e}");
-        let host = Host::open(fd.as_fd()).unwrap();
-        assert_eq!(host.generation_after_exit(), seq.div_ceil(2));
+        // A host refuses it too: it would reach FILE as a generation no
+        // cold start can restore.
+        let e = Host::open(fd.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), shm_snapshot::ErrorKind::BadSequence, "{seq}: {e}");
     }
     // And a generation no memfd can hold is refused at initialization.
     let fd = shm_segment::memfd::create(
@@ -172,6 +177,43 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
     )
     .unwrap();
     assert!(live::initialize(fd.as_fd(), 4096, u64::MAX / 2 + 1, |_| {}).is_err());
+}
+
+/// A stray write to the commit sequence of a memfd the host already has
+/// open: out of range, or moving backwards. The host visits nothing and says
+/// which (it never hands such a generation to FILE).
+#[test]
+fn a_scribbled_sequence_is_refused_by_a_running_host() {
+    use std::os::unix::fs::FileExt;
+    let fd = memfd(3 * 4096);
+    let client = Client::open(fd.as_fd()).unwrap();
+    let host = Host::open(fd.as_fd()).unwrap();
+    for _ in 0..4 {
+        client.work().write_bytes(0, &[7u8; 8]).unwrap();
+        client.commit(&[0..8]);
+    }
+    let f = std::fs::File::from(fd.try_clone().unwrap());
+    let never = |_: u64, _: &[u8]| -> Result<(), shm_snapshot::SnapshotError> {
+        panic!("nothing may be visited")
+    };
+    for bad in [1u64 << 63, u64::MAX, (1 << 62) + 2] {
+        f.write_all_at(&bad.to_le_bytes(), 16).unwrap();
+        assert_eq!(
+            host.copy_changed(2, never).unwrap(),
+            Changed::OutOfRange { seq: bad }
+        );
+        let e = host.read_after_exit(never).unwrap_err();
+        assert_eq!(e.kind(), shm_snapshot::ErrorKind::BadSequence);
+        assert!(host.generation().is_err() && host.generation_after_exit().is_err());
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(host.copy(&mut buf, 3), None);
+    }
+    f.write_all_at(&0u64.to_le_bytes(), 16).unwrap();
+    assert_eq!(
+        host.copy_changed(4, never).unwrap(),
+        Changed::Backwards { generation: 0 }
+    );
+    assert_eq!(host.copy_changed(0, never).unwrap(), Changed::Nothing);
 }
 
 /// A real full filesystem: a 1 MiB tmpfs (needs root; skipped with a message otherwise).
@@ -315,9 +357,9 @@ fn host_after_exit_takes_the_commit_a_killed_client_was_inside() {
         let host = Host::open(fd.as_fd()).unwrap();
         let mut buf = vec![0u8; REGION as usize];
         assert_eq!(host.copy(&mut buf, 3), None, "half-written commit copied");
-        assert_eq!(host.generation(), nth - 1);
-        assert_eq!(host.generation_after_exit(), nth);
-        assert_eq!(host.copy_after_exit(&mut buf), nth);
+        assert_eq!(host.generation().unwrap(), nth - 1);
+        assert_eq!(host.generation_after_exit().unwrap(), nth);
+        assert_eq!(host.copy_after_exit(&mut buf).unwrap(), nth);
         assert!(buf == exit_model(nth), "exit copy is not generation {nth}");
         // The next client finishes that commit: the same generation, the same bytes.
         let client = Client::open(fd.as_fd()).unwrap();
@@ -344,7 +386,7 @@ fn host_after_exit_takes_the_commit_a_killed_client_was_inside() {
         assert!(!pages.is_empty() && pages.len() < 8, "{pages:?}");
         // With no commit in flight, the exit copy is the committed copy.
         drop(client);
-        assert_eq!(host.copy_after_exit(&mut again), nth);
+        assert_eq!(host.copy_after_exit(&mut again).unwrap(), nth);
         assert!(again == buf);
     }
 }

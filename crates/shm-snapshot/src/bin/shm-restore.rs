@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use shm_snapshot::live::{self, Changed, Host, Initializer};
 use shm_snapshot::{
-    FileStorage, Restored, SnapshotError, SnapshotWriter, Storage, compact_temp_path, read_header,
-    remove_stale_compaction, restore, restore_with_progress,
+    ErrorKind, FileStorage, OnDamage, RestoreOptions, Restored, SnapshotWriter, Storage,
+    read_header, remove_stale_compaction, restore_with,
 };
 
 #[derive(Parser, Debug)]
@@ -47,6 +48,17 @@ struct Args {
     /// The fd name in LISTEN_FDNAMES and the fd store.
     #[arg(long, default_value = "state")]
     name: String,
+    /// FILE is damaged (intact snapshots follow invalid records): restore
+    /// exactly generation G (at most the newest before the damage) into a
+    /// new FILE, keeping the original aside as FILE.damaged.TIME.
+    #[arg(long, value_name = "G", conflicts_with = "salvage")]
+    accept_generation: Option<u64>,
+    /// FILE is damaged: rebuild the newest state in which every page has an
+    /// intact version (from the inherited memfd on a warm start) into a new
+    /// FILE, keeping the original aside as FILE.damaged.TIME; pages that
+    /// could only be taken from before the damage are listed.
+    #[arg(long)]
+    salvage: bool,
     /// The snapshot file, or `inspect`.
     file: PathBuf,
     /// The program and its arguments.
@@ -87,17 +99,28 @@ fn main() -> ExitCode {
 
 fn do_inspect(path: &Path) -> Result<(), String> {
     let show = path.display();
-    let st = FileStorage(File::open(path).map_err(|e| format!("{show}: {e}"))?);
-    // One pass: the scan, and the program's generation from the image's first bytes.
+    let st = FileStorage::open(path, false).map_err(|e| e.to_string())?;
+    // The program's generation from the image's first bytes, as of the
+    // newest generation that restores exactly (before any damage).
     let mut head = [0u8; 8];
-    let i = restore(&st, |off, b| {
-        if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
-            let k = b.len().min(8 - n);
-            head[n..n + k].copy_from_slice(&b[..k]);
-        }
-    })
-    .map_err(|e| format!("{show}: {e}"))?
-    .info;
+    let i = shm_snapshot::inspect(&st).map_err(|e| format!("{show}: {e}"))?;
+    let until = i.damage.as_ref().map(|d| d.last_before);
+    let opts = RestoreOptions {
+        until,
+        ..RestoreOptions::default()
+    };
+    restore_with(
+        &st,
+        opts,
+        |off, b| {
+            if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
+                let k = b.len().min(8 - n);
+                head[n..n + k].copy_from_slice(&b[..k]);
+            }
+        },
+        |_, _| {},
+    )
+    .map_err(|e| format!("{show}: {e}"))?;
     println!("file: {show}");
     if i.all_zero {
         println!("all zeros: a fresh state of {} bytes", i.region_size);
@@ -120,7 +143,21 @@ fn do_inspect(path: &Path) -> Result<(), String> {
         i.generation, i.commits
     );
     println!("valid bytes: {} of {}", i.valid_end, i.file_len);
-    if i.valid_end < i.file_len {
+    if let Some(d) = &i.damage {
+        println!("DAMAGED: {d}");
+        for r in &d.ranges {
+            println!(
+                "  damaged bytes {}..{} ({} bytes)",
+                r.start,
+                r.end,
+                r.end - r.start
+            );
+        }
+        println!(
+            "  a start refuses FILE; --accept-generation {} restores that generation exactly, --salvage rebuilds generation {} (original kept aside either way)",
+            d.last_before, d.newest_after
+        );
+    } else if i.valid_end < i.file_len {
         println!(
             "ignored torn or corrupt tail: {} bytes (checksums fail)",
             i.file_len - i.valid_end
@@ -143,15 +180,12 @@ fn prefix(generation: u64) -> Vec<u8> {
 /// Removes the temporary file of a compaction that a killed host left behind.
 fn cleanup_temp(path: &Path) {
     match remove_stale_compaction(path) {
-        Ok(true) => eprintln!(
-            "shm-restore: removed stale {}",
-            compact_temp_path(path).display()
-        ),
-        Ok(false) => {}
-        Err(e) => eprintln!(
-            "shm-restore: cannot remove stale {}: {e}",
-            compact_temp_path(path).display()
-        ),
+        Ok(removed) => {
+            for p in removed {
+                eprintln!("shm-restore: removed stale {}", p.display());
+            }
+        }
+        Err(e) => eprintln!("shm-restore: cannot remove stale compaction files: {e}"),
     }
 }
 
@@ -177,11 +211,10 @@ const PROGRESS_MIN: u64 = 64 << 20;
 /// hold; `None` if it does not exist.
 fn open_file(path: &Path) -> Result<Option<Opened>, String> {
     let show = path.display();
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{show}: {e}")),
-    };
+    if !path.exists() && path.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    let file = FileStorage::open(path, true).map_err(|e| e.to_string())?.0;
     let header = read_header(&FileStorage(
         file.try_clone().map_err(|e| format!("{show}: {e}"))?,
     ))
@@ -207,7 +240,12 @@ fn open_file(path: &Path) -> Result<Option<Opened>, String> {
 
 /// Reads FILE once (header, then every valid record), handing the state's
 /// bytes to `state(offset, bytes)` as they are verified.
-fn load(path: &Path, opened: Opened, mut state: impl FnMut(u64, &[u8])) -> Result<Loaded, String> {
+fn load(
+    path: &Path,
+    opened: Opened,
+    opts: RestoreOptions,
+    mut state: impl FnMut(u64, &[u8]),
+) -> Result<Loaded, String> {
     let show = path.display();
     let st = FileStorage(
         opened
@@ -218,8 +256,9 @@ fn load(path: &Path, opened: Opened, mut state: impl FnMut(u64, &[u8])) -> Resul
     let mut head = [0u8; 8];
     let file_len = st.len().unwrap_or(0);
     let mut bar = Progress::new(file_len);
-    let restored = restore_with_progress(
+    let restored = restore_with(
         &st,
+        opts,
         |off, b| {
             // Split at the end of the prefix: bytes before it are the image's
             // generation field, the rest is state.
@@ -237,8 +276,19 @@ fn load(path: &Path, opened: Opened, mut state: impl FnMut(u64, &[u8])) -> Resul
         },
         |done, total| bar.set(done, total),
     )
-    .map_err(|e| format!("{show}: {e}"))?;
+    .map_err(|e| {
+        if e.kind() == ErrorKind::Damaged {
+            format!(
+                "{show}: {e}; nothing was changed. `shm-restore inspect {show}` shows the damage; \
+                 start with --accept-generation G (G at most the newest before the damage) or --salvage \
+                 to continue from a new FILE (the original is kept aside)"
+            )
+        } else {
+            format!("{show}: {e}")
+        }
+    })?;
     bar.finish();
+    report_load(path, &restored);
     Ok(Loaded {
         file: opened.file,
         generation: if restored.info.all_zero {
@@ -248,6 +298,55 @@ fn load(path: &Path, opened: Opened, mut state: impl FnMut(u64, &[u8])) -> Resul
         },
         restored,
     })
+}
+
+/// Says what a load found besides the generation it restored: a torn tail
+/// it ignored, or what a salvage had to take from before the damage.
+fn report_load(path: &Path, r: &Restored) {
+    let show = path.display();
+    let i = &r.info;
+    if let Some(s) = &r.salvage {
+        // Image page 0 is the prefix; image page `i + 1` is state page `i`.
+        let state_pages: Vec<_> = s
+            .pages_from_before
+            .iter()
+            .map(|p| p.start.saturating_sub(1)..p.end - 1)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let n: u64 = state_pages.iter().map(|p| p.end - p.start).sum();
+        eprintln!(
+            "shm-restore: {show}: salvaged file generation {} across the damage ({}); {n} state pages of 4096 bytes could only be taken from file generation {} or before (a damaged record may have held a newer version): {}",
+            s.generation,
+            s.damage,
+            s.damage.last_before,
+            show_ranges(&state_pages)
+        );
+    } else if i.damage.is_none() && i.valid_end < i.file_len && !i.all_zero {
+        eprintln!(
+            "shm-restore: {show}: ignored a torn tail of {} bytes after file generation {} (a snapshot a crash interrupted)",
+            i.file_len - i.valid_end,
+            i.generation
+        );
+    }
+}
+
+/// Page ranges as `0-3, 7, 9-12`, at most 20 of them.
+fn show_ranges(r: &[std::ops::Range<u64>]) -> String {
+    let mut out: Vec<String> = r
+        .iter()
+        .take(20)
+        .map(|p| {
+            if p.end - p.start == 1 {
+                p.start.to_string()
+            } else {
+                format!("{}-{}", p.start, p.end - 1)
+            }
+        })
+        .collect();
+    if r.len() > 20 {
+        out.push(format!("and {} more ranges", r.len() - 20));
+    }
+    out.join(", ")
 }
 
 /// A progress bar on a terminal for large files; nothing otherwise.
@@ -395,45 +494,98 @@ struct Snapshotter<'a> {
     compactions: u64,
     /// Attempts abandoned because a commit rewrote a page being copied.
     conflicts: u64,
+    /// Set once the live commit sequence was seen out of range or moving
+    /// backwards: the memfd was written by something other than the
+    /// protocol, and no more snapshots are taken from it (FILE keeps its
+    /// last good generation).
+    refused: Option<String>,
+    /// Compaction waits until then after it failed on a full disk.
+    compact_after: Option<Instant>,
+    /// The wait after the next failed compaction (doubling, at most 5 min).
+    compact_backoff: Duration,
+    /// The last error reported, and when: the same error is repeated at most
+    /// every 10 s.
+    last_error: Option<(String, Instant)>,
 }
 
 impl Snapshotter<'_> {
     /// Takes a snapshot unless the live state is already on disk; compacts
     /// the log afterwards when it has outgrown `compact_at` times the image.
     fn snapshot(&mut self, read: Read) -> Result<(), String> {
-        let show = self.path.display();
+        /// Why a snapshot attempt ended without a new generation.
+        enum Stop {
+            Nothing,
+            Failed(String),
+            Refuse(String),
+        }
+        let path: &Path = self.path;
+        let show = path.display();
+        if let Some(why) = &self.refused {
+            return Err(format!(
+                "{why}; no snapshot taken, {show} stays at generation {}",
+                self.persisted
+            ));
+        }
         let started = Instant::now();
         let mut tries = 0;
-        let g = loop {
+        let persisted = self.persisted;
+        let outcome = loop {
             let mut tx = self.writer.begin();
             let mut visit = |p: u64, b: &[u8]| tx.page(p + 1, b).map(drop);
-            let g = match read {
+            let got = match read {
                 Read::Full => self.host.read_after_exit(&mut visit),
-                Read::Changed => match self.host.copy_changed(self.persisted, &mut visit) {
+                Read::Changed => match self.host.copy_changed(persisted, &mut visit) {
                     Ok(Changed::Complete(g)) => Ok(g),
-                    Ok(Changed::Nothing) => return Ok(()),
+                    Ok(Changed::Nothing) => break Err(Stop::Nothing),
                     Ok(Changed::Conflict) => {
                         drop(tx);
                         self.conflicts += 1;
                         tries += 1;
                         if tries == CONFLICT_TRIES {
-                            return Err(format!(
+                            break Err(Stop::Failed(format!(
                                 "commits rewrote pages being copied {CONFLICT_TRIES} times in a row; snapshot skipped"
-                            ));
+                            )));
                         }
                         continue;
                     }
+                    Ok(Changed::OutOfRange { seq }) => {
+                        break Err(Stop::Refuse(format!(
+                            "the live commit sequence is {seq}, out of range: a stray write to the memfd"
+                        )));
+                    }
+                    Ok(Changed::Backwards { generation }) => {
+                        break Err(Stop::Refuse(format!(
+                            "the live commit generation went backwards, from {persisted} to {generation}: a stray write to the memfd"
+                        )));
+                    }
                     Err(e) => Err(e),
                 },
+            };
+            let g = match got {
+                Ok(g) => g,
+                Err(e) if e.kind() == ErrorKind::BadSequence => {
+                    break Err(Stop::Refuse(e.to_string()));
+                }
+                Err(e) => break Err(Stop::Failed(format!("{show}: {e}"))),
+            };
+            if g < persisted {
+                break Err(Stop::Refuse(format!(
+                    "the live commit generation went backwards, from {persisted} to {g}: a stray write to the memfd"
+                )));
             }
-            .map_err(|e: SnapshotError| format!("{show}: {e}"))?;
-            if g <= self.persisted && tx.pages_written() == 0 {
-                return Ok(());
+            if g == persisted && tx.pages_written() == 0 {
+                break Err(Stop::Nothing);
             }
-            tx.page(0, &prefix(g))
-                .and_then(|_| tx.commit())
-                .map_err(|e| format!("{show}: {e}"))?;
-            break g;
+            if let Err(e) = tx.page(0, &prefix(g)).and_then(|_| tx.commit()) {
+                break Err(Stop::Failed(format!("{show}: {e}")));
+            }
+            break Ok(g);
+        };
+        let g = match outcome {
+            Ok(g) => g,
+            Err(Stop::Nothing) => return Ok(()),
+            Err(Stop::Failed(e)) => return Err(e),
+            Err(Stop::Refuse(why)) => return Err(self.refuse(why)),
         };
         self.persisted = g;
         self.snapshots += 1;
@@ -443,13 +595,34 @@ impl Snapshotter<'_> {
             "shm-restore: durable generation {g} ({} bytes written)",
             self.writer.last_bytes_written
         );
+        self.maybe_compact()
+    }
+
+    /// Compacts the log when it has outgrown `compact_at` times the image,
+    /// unless a full disk made the last attempt fail recently.
+    fn maybe_compact(&mut self) -> Result<(), String> {
+        let show = self.path.display();
         #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
         let grown = self.writer.len() as f64 > self.compact_at * self.writer.region_size() as f64;
-        if self.compact_at > 0.0 && grown {
+        let due = self.compact_after.is_none_or(|t| Instant::now() >= t);
+        if self.compact_at > 0.0 && grown && due {
             let before = self.writer.len();
-            self.writer
-                .compact_file(self.path)
-                .map_err(|e| format!("{show}: compaction: {e}"))?;
+            if let Err(e) = self.writer.compact_file(self.path) {
+                if e.is_disk_full() {
+                    // Retrying after every snapshot would rewrite the whole
+                    // image into a full disk again and again: back off.
+                    self.compact_after = Some(Instant::now() + self.compact_backoff);
+                    let wait = self.compact_backoff;
+                    self.compact_backoff = (self.compact_backoff * 2).min(Duration::from_secs(300));
+                    return Err(format!(
+                        "{show}: compaction: {e}; next attempt in {:.0}s at the earliest",
+                        wait.as_secs_f64()
+                    ));
+                }
+                return Err(format!("{show}: compaction: {e}"));
+            }
+            self.compact_after = None;
+            self.compact_backoff = Duration::from_secs(1);
             self.compactions += 1;
             eprintln!(
                 "shm-restore: compacted {show}: {before} -> {} bytes",
@@ -459,16 +632,40 @@ impl Snapshotter<'_> {
         Ok(())
     }
 
+    /// Stops taking snapshots from this memfd for good; returns the message.
+    fn refuse(&mut self, why: String) -> String {
+        tracing::error!("{why}");
+        let msg = format!(
+            "{why}; no snapshot taken, {} stays at generation {}",
+            self.path.display(),
+            self.persisted
+        );
+        self.refused = Some(why);
+        msg
+    }
+
+    /// Reports an error, repeating the same one at most every 10 s.
+    fn report(&mut self, e: String) {
+        let now = Instant::now();
+        if let Some((last, at)) = &self.last_error
+            && *last == e
+            && now.saturating_duration_since(*at) < Duration::from_secs(10)
+        {
+            return;
+        }
+        eprintln!("shm-restore: {e}");
+        self.last_error = Some((e, now));
+    }
+
     /// A periodic tick: snapshot if the rate limit allows, then check the lag.
     fn tick(&mut self) {
         if self.limit.ready(Instant::now())
             && let Err(e) = self.snapshot(Read::Changed)
         {
-            eprintln!("shm-restore: {e}");
+            self.report(e);
         }
-        if let Some(w) = self
-            .lag
-            .observe(Instant::now(), self.host.generation(), self.persisted)
+        if let Ok(live) = self.host.generation()
+            && let Some(w) = self.lag.observe(Instant::now(), live, self.persisted)
         {
             eprintln!("shm-restore: {w}");
         }
@@ -486,7 +683,15 @@ impl Snapshotter<'_> {
         if let Err(e) = self.snapshot(read) {
             eprintln!("shm-restore: {e}");
         }
-        let live = self.host.generation_after_exit();
+        let live = match self.host.generation_after_exit() {
+            Ok(g) => g.to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let behind = match self.host.generation_after_exit() {
+            Ok(g) if g >= self.persisted => format!("{} behind", g - self.persisted),
+            Ok(_) => "went backwards: not persisted".into(),
+            Err(_) => "not persisted".into(),
+        };
         if let Some(kb) = private_memory_kb() {
             eprintln!(
                 "shm-restore: host private memory at exit: {kb} kB (state: {} kB in the memfd)",
@@ -494,9 +699,8 @@ impl Snapshotter<'_> {
             );
         }
         eprintln!(
-            "shm-restore: at exit: file at generation {}, live at {live} ({} behind); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
+            "shm-restore: at exit: file at generation {}, live at {live} ({behind}); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
             self.persisted,
-            live.saturating_sub(self.persisted),
             self.snapshots,
             self.bytes,
             self.compactions,
@@ -536,13 +740,79 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// FILE as given, or the file a symlink at FILE points to: resolved once,
+/// so that compaction and rebuilds replace the real file in its own
+/// directory (renaming over the link would leave the target stale).
+fn resolve(path: &Path) -> Result<PathBuf, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let real = std::fs::canonicalize(path)
+                .map_err(|e| format!("{}: resolving the symlink: {e}", path.display()))?;
+            eprintln!(
+                "shm-restore: {} is a symlink: working on {}",
+                path.display(),
+                real.display()
+            );
+            Ok(real)
+        }
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// Keeps the original FILE as `FILE.damaged.SECONDS[.N]` (a hard link: FILE
+/// itself is replaced only once its successor is complete). Returns the name.
+fn keep_aside(path: &Path) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for n in 0..100 {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".damaged.{secs}"));
+        if n > 0 {
+            name.push(format!(".{n}"));
+        }
+        let aside = PathBuf::from(name);
+        match std::fs::hard_link(path, &aside) {
+            Ok(()) => return Ok(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(format!(
+                    "{}: keeping the original as {}: {e}",
+                    path.display(),
+                    aside.display()
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "{}: no free name to keep the original aside",
+        path.display()
+    ))
+}
+
+/// A new, empty snapshot file for the image of a `region`-byte state, at a
+/// temporary name next to `path` (renamed over it once it holds the state).
+fn create_beside(
+    path: &Path,
+    region: u64,
+) -> Result<(SnapshotWriter<FileStorage>, PathBuf), String> {
+    let (f, tmp) = shm_snapshot::create_temp_beside(path)
+        .map_err(|e| format!("{}: creating a new file next to it: {e}", path.display()))?;
+    let w = SnapshotWriter::create(
+        FileStorage(f),
+        u32::try_from(live::PAGE).unwrap_or(4096),
+        live::CONTROL_LEN + region,
+    )
+    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    Ok((w, tmp))
+}
+
 #[allow(clippy::too_many_lines, clippy::single_match_else)]
 fn run(args: &Args) -> Result<ExitCode, String> {
-    let path = &args.file;
-    let show = path.display();
     if args.command.is_empty() {
         return Err("no COMMAND given".into());
     }
+    shm_fd::listen::validate_fd_name(&args.name).map_err(|e| format!("--name: {e}"))?;
     if !(args.interval.is_finite() && args.interval > 0.0) {
         return Err(format!(
             "--interval {}: must be a positive number of seconds",
@@ -561,6 +831,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             args.lag_warn
         ));
     }
+    let resolved = resolve(&args.file)?;
+    let path = resolved.as_path();
+    let show = path.display();
     cleanup_temp(path);
     // Warm start: a memfd from LISTEN_FDS (systemd's fd store or `shm-fd --supervise`).
     let mut fds = shm_fd::listen::ListenFds::from_env().map_err(|e| e.to_string())?;
@@ -584,10 +857,31 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             "{show}: no such file (use --create to start a fresh state)"
         ));
     }
+    // How FILE is read: to its newest generation (refusing damage), to a
+    // chosen one, or salvaging. The last two continue in a new FILE.
+    let rebuild = args.salvage || args.accept_generation.is_some();
+    let opts = RestoreOptions {
+        until: args.accept_generation,
+        on_damage: if args.salvage {
+            OnDamage::Salvage
+        } else {
+            OnDamage::Refuse
+        },
+    };
+    if rebuild && opened.is_none() {
+        return Err(format!(
+            "{show}: no such file to restore with --accept-generation or --salvage"
+        ));
+    }
     // FILE is read once: on a cold start straight into the new memfd.
     let (fd, loaded, first): (OwnedFd, Option<Loaded>, Option<Read>) = match warm {
         Some(fd) => {
             let host = Host::open(fd.as_fd()).map_err(|e| format!("inherited memfd: {e}"))?;
+            if args.accept_generation.is_some() {
+                return Err(
+                    "--accept-generation restores FILE into a fresh memfd, but a memfd was inherited (its state is newer): remove it from the fd store first, or use --salvage to rebuild FILE from it".into(),
+                );
+            }
             let loaded = match opened {
                 Some(o) => {
                     if host.region_size() != o.region {
@@ -597,13 +891,15 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                             o.region
                         ));
                     }
-                    Some(load(path, o, |_, _| {})?)
+                    Some(load(path, o, opts, |_, _| {})?)
                 }
                 None => None,
             };
             let file_gen = loaded.as_ref().map_or(0, |l| l.generation);
             // No program runs yet: a commit the last one died inside counts.
-            let live_gen = host.generation_after_exit();
+            let live_gen = host
+                .generation_after_exit()
+                .map_err(|e| format!("inherited memfd: {e}"))?;
             if live_gen < file_gen {
                 return Err(format!(
                     "inherited memfd is at generation {live_gen} but {show} is newer ({file_gen}); refusing to guess"
@@ -618,7 +914,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 .map_err(|e| format!("memfd: {e}"))?;
             let init = Initializer::new(fd.as_fd(), region).map_err(|e| format!("memfd: {e}"))?;
             let loaded = match opened {
-                Some(o) => Some(load(path, o, |off, b| init.write(off, b))?),
+                Some(o) => Some(load(path, o, opts, |off, b| init.write(off, b))?),
                 None => None,
             };
             let generation = loaded.as_ref().map_or(0, |l| l.generation);
@@ -637,20 +933,31 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 let _ = shm_fd::notify::remove_fd(&args.name);
             }
             let _ = shm_fd::notify::store_fd(&args.name, fd.as_fd());
-            (fd, loaded, None)
+            (fd, loaded, rebuild.then_some(Read::Full))
         }
     };
     let host = Host::open(fd.as_fd()).map_err(|e| format!("memfd: {e}"))?;
     let persisted = loaded.as_ref().map_or(0, |l| l.generation);
-    // The writer continues FILE from the scan just made, or creates FILE.
+    // The writer continues FILE from the scan just made, or creates FILE;
+    // after --accept-generation or --salvage it starts a new file next to
+    // FILE, renamed over it once it holds the state.
+    let mut rebuilt = None;
     let writer = match loaded {
+        Some(l) if rebuild => {
+            let (w, tmp) = create_beside(path, host.region_size())?;
+            rebuilt = Some(tmp);
+            drop(l);
+            w
+        }
         Some(l) => SnapshotWriter::open_restored(FileStorage(l.file), l.restored)
             .map_err(|e| format!("{show}: {e}"))?,
         None => {
+            // Mode 0600: the file holds the program's whole state.
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(|e| format!("{show}: {e}"))?;
             let w = SnapshotWriter::create(
@@ -667,7 +974,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         path,
         host,
         writer,
-        persisted,
+        // A rebuilt file holds nothing yet: its first snapshot writes all.
+        persisted: if rebuilt.is_some() { 0 } else { persisted },
         limit: RateLimit {
             rate: args.max_write_rate,
             next: None,
@@ -684,6 +992,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         bytes: 0,
         compactions: 0,
         conflicts: 0,
+        refused: None,
+        compact_after: None,
+        compact_backoff: Duration::from_secs(1),
+        last_error: None,
     };
     // The program has not started. An inherited memfd is compared with FILE
     // page by page (a commit its predecessor died inside is taken from the
@@ -691,7 +1003,21 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     if let Some(read) = first
         && let Err(e) = snap.snapshot(read)
     {
+        if rebuilt.is_some() {
+            return Err(format!("writing the new {show}: {e}"));
+        }
         eprintln!("shm-restore: {e}");
+    }
+    if let Some(tmp) = rebuilt {
+        let aside = keep_aside(path)?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| format!("{}: renaming to {show}: {e}", tmp.display()))?;
+        sync_dir(path);
+        eprintln!(
+            "shm-restore: {show} now starts from generation {}; the original is kept as {}",
+            snap.persisted,
+            aside.display()
+        );
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (program, rest) = args.command.split_first().ok_or("no COMMAND")?;
