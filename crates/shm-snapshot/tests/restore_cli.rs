@@ -458,6 +458,8 @@ fn bad_options_are_refused_by_name() {
         ("--compact-at", "1"),
         ("--interval", "0"),
         ("--lag-warn=-1", ""),
+        ("--name", "bad:name"),
+        ("--name=", ""),
     ] {
         let opts: &[&str] = if val.is_empty() { &[opt] } else { &[opt, val] };
         let out = Command::new(SHM_RESTORE)
@@ -566,5 +568,337 @@ fn tiny_pages_and_tiny_images_are_described_not_panicked_on() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Waits until `text()` holds `what` at least `n` times.
+fn wait_text(text: impl Fn() -> String, what: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while text().matches(what).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what:?} in:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Anyone who can write FILE's directory plants symlinks where compaction
+/// writes its temporary file (the old fixed name, and many guesses of the
+/// random ones): the host never opens them, the victim keeps its bytes, and
+/// FILE (created 0600, then set to 0640 by its owner) keeps its mode across
+/// compactions.
+#[test]
+fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-symlink-attack");
+    let file = dir.join("state.snap");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"secret").unwrap();
+    let run = Run::start(
+        "compaction_never_follows_a_planted_symlink_and_keeps_the_mode",
+        &file,
+        &[
+            "--create",
+            "--size",
+            &REGION.to_string(),
+            "--interval",
+            "0.02",
+            "--compact-at",
+            "1.5",
+        ],
+    );
+    run.wait_for("durable generation");
+    assert_eq!(mode_of(&file), 0o600, "a new FILE is private");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("state.snap.compact.tmp")).unwrap();
+    for i in 0..64u64 {
+        let name = format!("state.snap.compact.{i:016x}.tmp");
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+    }
+    run.wait_count("compacted ", 3);
+    let text = run.stop();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"secret", "{text}");
+    assert_eq!(mode_of(&file), 0o640, "compaction changed FILE's mode");
+    assert!(
+        !std::fs::symlink_metadata(&file)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    assert_eq!(check_file(&file), last, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// FILE given as a symlink: the host works on its target, so compaction
+/// replaces the real file and the link keeps pointing at the newest state.
+#[test]
+fn a_symlinked_file_is_resolved_once() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-symlinked");
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    let real = dir.join("real/state.snap");
+    let link = dir.join("link.snap");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let run = Run::start(
+        "a_symlinked_file_is_resolved_once",
+        &real,
+        &["--create", "--size", &REGION.to_string()],
+    );
+    run.wait_for("durable generation");
+    run.stop();
+    let run = Run::start(
+        "a_symlinked_file_is_resolved_once",
+        &link,
+        &["--interval", "0.02", "--compact-at", "1.5"],
+    );
+    run.wait_count("compacted ", 2);
+    let text = run.stop();
+    assert!(text.contains("is a symlink: working on"), "{text}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    assert_eq!(check_file(&real), last, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file of many snapshots, one byte flipped in the first one's records.
+fn damaged_file(test: &str, dir: &Path) -> (PathBuf, u64, Vec<u8>) {
+    let file = dir.join("state.snap");
+    let run = Run::start(
+        test,
+        &file,
+        &[
+            "--create",
+            "--size",
+            &REGION.to_string(),
+            "--interval",
+            "0.02",
+            "--compact-at",
+            "0",
+        ],
+    );
+    run.wait_count("durable generation", 8);
+    let text = run.stop();
+    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    // The header (64), the first record's header (32), then its payload.
+    bytes[64 + 32 + 100] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    (file, last, bytes)
+}
+
+fn shm_restore(args: &[&str], file: &Path, program: &[&str]) -> (bool, String) {
+    let out = Command::new(SHM_RESTORE)
+        .args(args)
+        .arg(file)
+        .arg("--")
+        .args(program)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.success(), text)
+}
+
+/// One flipped bit in an old record: a start refuses FILE and changes
+/// nothing; `inspect` names the damage; `--salvage` restores the newest
+/// generation into a new FILE and keeps the original aside, byte for byte.
+#[test]
+fn damage_in_the_middle_is_refused_then_salvaged() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-damaged");
+    let (file, last, bytes) = damaged_file("damage_in_the_middle_is_refused_then_salvaged", &dir);
+    let (ok, text) = shm_restore(&[], &file, &["true"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("damaged records at bytes"), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "a refused FILE changed"
+    );
+    let out = Command::new(SHM_RESTORE)
+        .arg("inspect")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("DAMAGED"), "{shown}");
+    assert!(
+        shown.contains("generation 0 is the newest before the damage"),
+        "{shown}"
+    );
+    let (ok, text) = shm_restore(&["--salvage"], &file, &["true"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("salvaged file generation"), "{text}");
+    // The committer rewrites every word at each commit: nothing comes from
+    // before the damage, and FILE holds exactly the last durable state.
+    assert!(text.contains("; 0 state pages"), "{text}");
+    assert_eq!(check_file(&file), last, "{text}");
+    let aside: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("state.snap.damaged."))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        bytes,
+        "the original changed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--accept-generation G` restores exactly the generation before the
+/// damage into a new FILE; one after the damage is refused.
+#[test]
+fn damage_accepts_the_generation_before_it() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-accept");
+    let (file, _, bytes) = damaged_file("damage_accepts_the_generation_before_it", &dir);
+    let info = inspect(&FileStorage(std::fs::File::open(&file).unwrap())).unwrap();
+    let d = info.damage.expect("damage");
+    let after = d.newest_after.to_string();
+    let (ok, text) = shm_restore(&["--accept-generation", &after], &file, &["true"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("lies after the damage"), "{text}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    let before = d.last_before.to_string();
+    let (ok, text) = shm_restore(&["--accept-generation", &before], &file, &["true"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("the original is kept as"), "{text}");
+    assert_eq!(
+        check_file(&file),
+        0,
+        "the generation before the damage: {text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The host's memfd (`memfd:state` among its fds).
+fn memfd_of(pid: u32) -> PathBuf {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read_link(p).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:state"))
+        })
+        .expect("the host holds its memfd")
+}
+
+/// Stray 8-byte writes to the live commit sequence (what any same-uid
+/// process can do through /proc/HOST/fd): out of range, or back to 0. The
+/// host refuses to persist from then on and says so; FILE keeps its last
+/// good generation and restores cold.
+#[test]
+fn stray_sequence_writes_never_reach_the_file() {
+    use std::os::unix::fs::FileExt;
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-seq");
+    for (k, (bad, says)) in [(1u64 << 63, "out of range"), (0, "went backwards")]
+        .into_iter()
+        .enumerate()
+    {
+        let file = dir.join(format!("state{k}.snap"));
+        let run = Run::start(
+            "stray_sequence_writes_never_reach_the_file",
+            &file,
+            &[
+                "--create",
+                "--size",
+                &REGION.to_string(),
+                "--interval",
+                "0.02",
+            ],
+        );
+        run.wait_count("durable generation", 3);
+        let memfd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(memfd_of(run.child.id()))
+            .unwrap();
+        // Again and again: a commit under way may store over one write.
+        for _ in 0..20 {
+            memfd.write_all_at(&bad.to_le_bytes(), 16).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait_text(|| run.stderr(), says, 1);
+        let text = run.stop();
+        let durable = numbers_after(&text, "durable generation ");
+        let last = *durable.last().unwrap();
+        assert!(last < 1 << 40, "{text}");
+        assert!(text.contains("not persisted"), "{text}");
+        // FILE restores cold, at the last good generation.
+        assert_eq!(check_file(&file), last, "{text}");
+        let (ok, text) = shm_restore(&[], &file, &["true"]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains(&format!("restored generation {last}")),
+            "{text}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `inspect` of a FIFO, a directory or /dev/null: a clear error at once
+/// (opening a FIFO used to wait for a writer forever).
+#[test]
+fn inspect_refuses_what_is_not_a_regular_file() {
+    let _w = Watchdog::new(Duration::from_secs(30));
+    let dir = temp_dir("snap-fifo");
+    let fifo = dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    for (p, says) in [
+        (fifo.as_path(), "is a FIFO"),
+        (dir.as_path(), "is a directory"),
+        (Path::new("/dev/null"), "is a character device"),
+    ] {
+        let out = Command::new(SHM_RESTORE)
+            .arg("inspect")
+            .arg(p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(says), "{p:?}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
