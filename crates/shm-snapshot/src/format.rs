@@ -411,9 +411,9 @@ pub struct Salvage {
     pub damage: Damage,
     /// The generation of the rebuilt state (the newest after the damage).
     pub generation: u64,
-    /// Pages not rewritten by any intact record after the damage: their
-    /// version is the one before it, which a damaged record may have
-    /// replaced (ranges of page indexes).
+    /// Pages whose version in the rebuilt state lies before the end of the
+    /// (last) damaged range, not rewritten by any intact record after it: a
+    /// damaged record may have held a newer version (ranges of page indexes).
     pub pages_from_before: Vec<std::ops::Range<u64>>,
 }
 
@@ -772,9 +772,12 @@ fn scan<S: Storage + ?Sized>(
             // them, then lay every later intact page record over them, in
             // generation order (a record older than one already laid is a
             // leftover of a failed write, not state).
+            // A page is certain only if its version lies after the last
+            // damaged byte: an earlier version may have been replaced by a
+            // record inside a damaged range.
+            let damage_end = damage.ranges.last().map_or(off, |r| r.end);
             let mut after: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
             for (index, v) in pending.drain(..) {
-                after.insert(index);
                 committed.pages.insert(index, v);
             }
             let mut payload = vec![0u8; page_size as usize];
@@ -787,7 +790,11 @@ fn scan<S: Storage + ?Sized>(
                 let p = &mut payload[..usize::try_from(r.plen).unwrap_or(0)];
                 rd(s, r.off + REC_LEN, p)?;
                 apply(r.index * ps, p);
-                after.insert(r.index);
+                if r.off >= damage_end {
+                    after.insert(r.index);
+                } else {
+                    after.remove(&r.index);
+                }
                 committed
                     .pages
                     .insert(r.index, (r.page_crc, r.off + REC_LEN));

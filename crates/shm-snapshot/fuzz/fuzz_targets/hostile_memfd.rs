@@ -2,8 +2,9 @@
 //! commit sequence, the page stamps, both state areas; the region size and
 //! magic too): `Host::open`, `Host::copy_changed`, `Host::read_after_exit`,
 //! `Host::copy` and a later `Client::open` give a result or a typed error,
-//! never a panic or a fault, and the host only ever hands out whole pages of
-//! the state it mapped.
+//! never a panic or a fault; the host only ever hands out whole pages of
+//! the state it mapped, and only with a generation that a cold start can
+//! restore (an out-of-range or backwards sequence visits nothing).
 #![no_main]
 
 use std::os::fd::AsFd;
@@ -36,21 +37,38 @@ fuzz_target!(|data: &[u8]| {
         let _ = file.write_all_at(&value.to_ne_bytes(), index * 8);
     }
     let Ok(host) = Host::open(fd.as_fd()) else { return };
+    // What a host may hand to a snapshot file: a generation a cold start can
+    // restore into a memfd (2 * g within the clients' bound of 2^62).
+    let restorable = |g: u64| g.checked_mul(2).is_some_and(|s| s <= 1 << 62);
+    let visited = std::cell::Cell::new(0usize);
     let pages = host.region_size().div_ceil(4096);
-    let mut check = |p: u64, b: &[u8]| -> Result<(), ()> {
+    let mut check = |p: u64, b: &[u8]| -> Result<(), shm_snapshot::SnapshotError> {
+        visited.set(visited.get() + 1);
         assert!(p < pages, "page {p} of {pages}");
         let want = (host.region_size() - p * 4096).min(4096);
         assert_eq!(b.len() as u64, want, "page {p}");
         Ok(())
     };
     for since in [0, 1, 2, 3, u64::MAX] {
+        visited.set(0);
         match host.copy_changed(since, &mut check) {
-            Ok(Changed::Complete(g)) => assert!(g > since),
-            Ok(Changed::Nothing | Changed::Conflict) | Err(()) => {}
+            Ok(Changed::Complete(g)) => {
+                assert!(g > since);
+                assert!(restorable(g), "generation {g} handed to FILE");
+            }
+            Ok(Changed::OutOfRange { .. } | Changed::Backwards { .. } | Changed::Nothing) => {
+                assert_eq!(visited.get(), 0, "pages visited for no generation");
+            }
+            Ok(Changed::Conflict) | Err(_) => {}
         }
     }
-    let _ = host.read_after_exit(&mut check);
-    let _ = host.generation_after_exit();
+    match host.read_after_exit(&mut check) {
+        Ok(g) => assert!(restorable(g), "generation {g} handed to FILE"),
+        Err(e) => assert_eq!(e.kind(), shm_snapshot::ErrorKind::BadSequence),
+    }
+    if let Ok(g) = host.generation_after_exit() {
+        assert!(restorable(g));
+    }
     let mut buf = vec![0u8; usize::try_from(host.region_size()).unwrap()];
     let _ = host.copy(&mut buf, 2);
     if let Ok(client) = Client::open(fd.as_fd()) {
@@ -58,6 +76,8 @@ fuzz_target!(|data: &[u8]| {
         let n = client.work().len().min(8);
         client.work().write_bytes(0, &[1u8; 8][..n]).expect("work area");
         let _ = client.commit(&[0..8, 4000..9000, usize::MAX - 8..usize::MAX]);
-        let _ = host.copy_changed(0, &mut check);
+        if let Ok(Changed::Complete(g)) = host.copy_changed(0, &mut check) {
+            assert!(restorable(g), "generation {g} handed to FILE");
+        }
     }
 });

@@ -5,7 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shm_snapshot::{MemStorage, SnapshotWriter, inspect, restore};
+use shm_snapshot::{
+    ErrorKind, MemStorage, OnDamage, RestoreOptions, SnapshotWriter, inspect, restore,
+    restore_with,
+};
 
 /// Regions larger than this are not materialised (the header may claim anything).
 const MAX_REGION: u64 = 1 << 20;
@@ -29,10 +32,29 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(info.valid_end <= info.file_len);
     let region = info.region_size;
-    let restored = restore(&storage, |off, bytes| {
+    let inside = |off: u64, bytes: &[u8]| {
         let end = off.checked_add(bytes.len() as u64).expect("offset overflow");
         assert!(end <= region, "restore wrote {off}+{} past the region {region}", bytes.len());
-    });
+    };
+    if let Some(d) = &info.damage {
+        // Damage: refused by default and by the writer (never cut), the
+        // generation before it restores, and salvage stays in the region.
+        let e = restore(&storage, inside).expect_err("damage restored");
+        assert_eq!(e.kind(), ErrorKind::Damaged);
+        assert_eq!(
+            SnapshotWriter::open(storage.clone()).expect_err("damage opened").kind(),
+            ErrorKind::Damaged
+        );
+        let until = RestoreOptions { until: Some(d.last_before), ..RestoreOptions::default() };
+        let r = restore_with(&storage, until, inside, |_, _| {}).expect("the generation before");
+        assert_eq!(r.info.generation, d.last_before);
+        let salvage = RestoreOptions { on_damage: OnDamage::Salvage, ..RestoreOptions::default() };
+        let r = restore_with(&storage, salvage, inside, |_, _| {}).expect("salvage");
+        assert_eq!(r.info.generation, d.newest_after);
+        assert!(d.newest_after > d.last_before);
+        return;
+    }
+    let restored = restore(&storage, inside);
     let restored = restored.expect("inspect accepted the file, restore refused it");
     assert_eq!(restored.info.generation, info.generation);
     // The writer's index holds only pages with records, whatever the header claims.

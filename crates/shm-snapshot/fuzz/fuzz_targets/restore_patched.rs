@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shm_snapshot::{MemStorage, SnapshotWriter, restore};
+use shm_snapshot::{ErrorKind, MemStorage, OnDamage, RestoreOptions, SnapshotWriter, restore_with};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 6;
@@ -47,12 +47,45 @@ fuzz_target!(|data: &[u8]| {
     if cut < bytes.len() {
         bytes.truncate(cut * 7 % bytes.len().max(1));
     }
-    let mut image = vec![0u8; PAGE * PAGES];
-    let Ok(r) = restore(&MemStorage::with_data(bytes), |off, b| {
-        let off = usize::try_from(off).unwrap();
-        image[off..off + b.len()].copy_from_slice(b);
-    }) else {
-        return;
+    let storage = MemStorage::with_data(bytes);
+    let run = |opts: RestoreOptions| {
+        let mut image = vec![0u8; PAGE * PAGES];
+        restore_with(
+            &storage,
+            opts,
+            |off, b| {
+                let off = usize::try_from(off).unwrap();
+                image[off..off + b.len()].copy_from_slice(b);
+            },
+            |_, _| {},
+        )
+        .map(|r| (image, r))
+    };
+    let (image, r) = match run(RestoreOptions::default()) {
+        Ok(x) => x,
+        Err(e) if e.kind() == ErrorKind::Damaged => {
+            // Damage (never from a cut alone): the generation before it
+            // restores exactly; salvage gives the newest generation after it,
+            // except in the pages it names.
+            let d = shm_snapshot::inspect(&storage).unwrap().damage.expect("damage");
+            let until = RestoreOptions { until: Some(d.last_before), ..RestoreOptions::default() };
+            let (image, _) = run(until).expect("the generation before the damage");
+            let g = usize::try_from(d.last_before).unwrap();
+            assert!(image == states[g], "generation {g} before the damage");
+            let salvage = RestoreOptions { on_damage: OnDamage::Salvage, ..RestoreOptions::default() };
+            let (image, r) = run(salvage).expect("salvage");
+            let s = r.salvage.expect("a salvage report");
+            let g = usize::try_from(s.generation).unwrap();
+            assert!(g <= usize::from(gens), "generation {g} was never written");
+            for p in 0..PAGES {
+                if !s.pages_from_before.iter().any(|r| r.contains(&(p as u64))) {
+                    let at = p * PAGE..(p + 1) * PAGE;
+                    assert!(image[at.clone()] == states[g][at], "salvaged page {p} of {g}");
+                }
+            }
+            return;
+        }
+        Err(_) => return,
     };
     let g = usize::try_from(r.info.generation).unwrap();
     assert!(g <= usize::from(gens), "generation {g} was never written");
