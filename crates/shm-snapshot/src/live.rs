@@ -102,6 +102,23 @@ fn bad(msg: impl std::fmt::Display) -> SnapshotError {
 
 fn map(fd: BorrowedFd<'_>, access: Access) -> Result<(Mapping, Geometry), SnapshotError> {
     let st = rustix::fs::fstat(fd).map_err(|e| SnapshotError::io("fstat memfd", e.into()))?;
+    let ty = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if ty != rustix::fs::FileType::RegularFile {
+        let what = match ty {
+            rustix::fs::FileType::Socket => "a socket",
+            rustix::fs::FileType::Fifo => "a pipe",
+            rustix::fs::FileType::Directory => "a directory",
+            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => "a device",
+            _ => "not a regular file",
+        };
+        return Err(SnapshotError::new(
+            ErrorKind::Foreign,
+            format!(
+                "fd {} is {what}, not a memfd",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ),
+        ));
+    }
     let size = u64::try_from(st.st_size).unwrap_or(0);
     if size < CONTROL_LEN {
         return Err(bad(format!(

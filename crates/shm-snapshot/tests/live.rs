@@ -142,6 +142,24 @@ fn foreign_memfd_is_refused() {
     assert!(Client::open(fd.as_fd()).is_err());
 }
 
+/// A socket or a pipe handed over as the state: named for what it is, not
+/// "a memfd of 0 bytes".
+#[test]
+fn a_socket_or_pipe_is_named_not_sized() {
+    let (a, _b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let e = Host::open(a.as_fd()).unwrap_err();
+    assert!(e.to_string().contains("is a socket, not a memfd"), "{e}");
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    let e = Client::open(r.as_fd()).unwrap_err();
+    assert!(e.to_string().contains("is a pipe, not a memfd"), "{e}");
+}
+
 /// Found by the `hostile_memfd` fuzz target: a region size near `u64::MAX`
 /// written into the control page overflowed the page rounding. Every absurd
 /// size is now refused as a bad geometry, and so is an absurd commit sequence.
