@@ -554,12 +554,14 @@ fn classify_tail(tail: &[Rec], from: u64, last: u64) -> Option<(Damage, usize)> 
         r.kind == KIND_COMMIT && r.generation == durable + 1 && pages_of(durable + 1) == r.index
     });
     let newest = if whole_next { durable + 1 } else { durable };
-    // Records up to the last one of a generation up to `newest` (the rest is
-    // the torn tail of the snapshot after it).
+    // The records of generations up to `newest` end where the first record
+    // of a later one starts (the rest is the torn tail of the snapshot after
+    // it); every gap before that is damage, even one after the last intact
+    // record of `newest` (it held that generation's later records).
     let end = tail
         .iter()
-        .rposition(|r| r.generation <= newest && r.generation > last)
-        .map_or(0, |i| i + 1);
+        .position(|r| r.generation > newest)
+        .unwrap_or(tail.len());
     let mut ranges = Vec::new();
     let mut at = from;
     for r in &tail[..end] {
@@ -567,6 +569,11 @@ fn classify_tail(tail: &[Rec], from: u64, last: u64) -> Option<(Damage, usize)> 
             ranges.push(at..r.off);
         }
         at = at.max(r.off + REC_LEN + r.plen);
+    }
+    if let Some(next) = tail.get(end)
+        && next.off > at
+    {
+        ranges.push(at..next.off);
     }
     Some((
         Damage {

@@ -460,13 +460,11 @@ proptest! {
     }
 }
 
-/// Found by the fuzz target `restore_patched`: a file of four generations
-/// with bytes patched and its end cut. A page whose newest intact version
-/// lay before a damaged range (a newer version inside it) was reported as
-/// certain by salvage; now every page whose version lies before the end of
-/// the damage is named, and every other page equals the salvaged generation.
-#[test]
-fn salvage_names_pages_whose_newest_version_may_be_in_the_damage() {
+/// A file of four generations of the `restore_patched` fuzz target's
+/// states, with bytes patched at absolute offsets and cut to `cut` bytes,
+/// salvaged: every page salvage does not name equals the salvaged
+/// generation, and at least one page is named.
+fn salvage_names_uncertain_pages(patches: &[(usize, u8)], cut: usize) {
     const PAGE: usize = 4096;
     const PAGES: usize = 6;
     let state = |g: u8| {
@@ -486,11 +484,9 @@ fn salvage_names_pages_whose_newest_version_may_be_in_the_damage() {
         w.snapshot(&state(g)).unwrap();
     }
     let mut bytes = w.storage().data.clone();
-    for (off, v) in [(0x6868usize, 0x68u8), (0x7a68, 0x00)] {
-        let at = off * 3 % bytes.len();
+    for &(at, v) in patches {
         bytes[at] = v;
     }
-    let cut = 0xfd00usize * 7 % bytes.len();
     bytes.truncate(cut);
     let m = MemStorage::with_data(bytes);
     let salvage = RestoreOptions {
@@ -508,10 +504,38 @@ fn salvage_names_pages_whose_newest_version_may_be_in_the_damage() {
         } else {
             assert!(
                 image[at.clone()] == want[at],
-                "page {p} of {}",
+                "page {p} of {}: {s:?}",
                 s.generation
             );
         }
     }
     assert!(named > 0, "{s:?}");
+}
+
+/// Found by the fuzz target `restore_patched`: a page whose newest intact
+/// version lay before a damaged range (its next version inside it) was
+/// reported as certain by salvage.
+#[test]
+fn salvage_names_pages_whose_newest_version_may_be_in_the_damage() {
+    salvage_names_uncertain_pages(
+        &[(0x6868 * 3 % 66240, 0x68), (0x7a68 * 3 % 66240, 0)],
+        0xfd00 * 7 % 66240,
+    );
+}
+
+/// Found by the fuzz target `restore_patched`: damage after the last intact
+/// record of the salvaged generation (its later records) was not counted as
+/// damage, so pages whose versions it held were reported as certain.
+#[test]
+fn salvage_counts_damage_after_the_last_intact_record_of_its_generation() {
+    salvage_names_uncertain_pages(
+        &[
+            (2166, 0x73),
+            (22425, 0xd2),
+            (26742, 0xad),
+            (29430, 0xd2),
+            (33126, 0xdd),
+        ],
+        46590,
+    );
 }
