@@ -302,7 +302,19 @@ impl Listener {
     /// ```
     pub fn bind(path: impl AsRef<Path>) -> std::io::Result<Listener> {
         let path = path.as_ref().to_path_buf();
-        if std::fs::symlink_metadata(&path).is_ok() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket nobody listens on is ours to replace: never a
+            // file, a directory or a symlink someone put at the path.
+            if !meta.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket: not replacing it",
+                        path.display()
+                    ),
+                ));
+            }
             if UnixStream::connect(&path).is_ok() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,

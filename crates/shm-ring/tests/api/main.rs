@@ -399,3 +399,30 @@ proptest! {
         }
     }
 }
+
+/// `Listener::bind` replaces only a stale socket at its path: a regular file
+/// or a symlink planted there is refused and left as it was.
+#[test]
+fn bind_never_removes_what_is_not_a_stale_socket() {
+    let dir = std::env::temp_dir().join(shm_testkit::unique_name("ring-bind"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("file.sock");
+    std::fs::write(&file, b"keep me").unwrap();
+    let e = shm_ring::Listener::bind(&file).unwrap_err();
+    assert!(e.to_string().contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert!(shm_ring::Listener::bind(&link).is_err());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // A stale socket (its listener gone) is replaced.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    drop(shm_ring::Listener::bind(&stale).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
