@@ -107,11 +107,17 @@ impl Run {
 
     /// `cmd` (`shm-restore`, or a supervisor's command line ending in it)
     /// with `opts FILE -- <this test as ROLE>`.
-    fn launch(mut cmd: Command, role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
-        let err = file.with_extension("err");
+    fn launch(cmd: Command, role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
+        let mut cmd = cmd;
+        cmd.args(opts);
+        Self::launch_with_err(cmd, role, test, file, &file.with_extension("err"))
+    }
+
+    /// `cmd` with `FILE -- <this test as ROLE>`, stderr into `err`.
+    fn launch_with_err(mut cmd: Command, role: &str, test: &str, file: &Path, err: &Path) -> Run {
+        let err = err.to_path_buf();
         let exe = std::env::current_exe().unwrap();
         let child = cmd
-            .args(opts)
             .arg(file)
             .arg("--")
             .arg(exe)
@@ -901,4 +907,82 @@ fn inspect_refuses_what_is_not_a_regular_file() {
         assert!(err.contains(says), "{p:?}: {err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// FILE on a filesystem with room for the growing log but not for a
+/// compacted copy beside it: the first compaction fails on a full disk, and
+/// the host backs off instead of rewriting the image after every snapshot;
+/// snapshots go on while there is room, and FILE stays restorable.
+#[test]
+fn compaction_backs_off_on_a_full_disk() {
+    if role().is_some() {
+        return sparse_committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-full");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=160k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs under CI"
+        );
+        eprintln!("compaction_backs_off_on_a_full_disk: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let file = dir.join("state.snap");
+    let err = std::env::temp_dir().join(unique_name("snap-full-err"));
+    let mut cmd = Command::new(SHM_RESTORE);
+    cmd.args([
+        "--create",
+        "--size",
+        &REGION.to_string(),
+        "--interval",
+        "0.02",
+        "--compact-at",
+        "1.5",
+    ]);
+    // The log (stderr) must not live on the full filesystem.
+    let run = Run::launch_with_err(
+        cmd,
+        "sparse_committer",
+        "compaction_backs_off_on_a_full_disk",
+        &file,
+        &err,
+    );
+    run.wait_for("next attempt in");
+    // Snapshots go on past the failed compaction until the disk is full.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = run.stderr();
+        let after = text.split("next attempt in").nth(1).unwrap_or("");
+        let disk_full = text.contains("No space left");
+        if after.matches("durable generation").count() >= 3
+            || (disk_full && after.contains("write"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = run.stop();
+    let _ = std::fs::remove_file(&err);
+    let tries = text.matches("compaction:").count();
+    let snapshots_after = text
+        .split("next attempt in")
+        .nth(1)
+        .unwrap_or("")
+        .matches("durable generation")
+        .count();
+    let file_ok = inspect(&FileStorage(std::fs::File::open(&file).unwrap()));
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(tries, 1, "compaction retried on a full disk:\n{text}");
+    assert!(snapshots_after >= 1, "{text}");
+    let info = file_ok.unwrap();
+    assert_eq!(info.valid_end, info.file_len, "{info:?}");
 }
