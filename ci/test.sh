@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
+# Shared-memory objects present before the suite: only objects that appear
+# during it are the tests' leaks (other programs' objects are not).
+shm_before=$(mktemp)
+ls /dev/shm | sort > "$shm_before"
 
 step "format"
 cargo fmt --all -- --check
@@ -39,7 +43,8 @@ cargo run -q --release -p shm-segment --example message-passing | tail -n 1
 cargo run -q --release --bin tour -- --plain | tail -n 8
 
 step "no shared-memory objects left behind by tests"
-leftover=$(ls /dev/shm | grep -E '^(ot-|outlive-)' || true)
+leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - || true)
+rm -f "$shm_before"
 if [ -n "$leftover" ]; then
     echo "tests left these objects in /dev/shm:"; echo "$leftover"; exit 1
 fi
