@@ -10,6 +10,8 @@
 //! - [`exec`]: hand fds to a program at 3, 4, ... with `LISTEN_*` set, by
 //!   `exec` (same pid) or as a supervised child (correct `LISTEN_PID`, dies
 //!   with its parent).
+//! - [`cli`]: the one size and duration parser and the logging setup
+//!   (`-q`/`-v`, `RUST_LOG`) of every outlive binary.
 //!
 //! The `shm-fd` binary wraps a program with all of this; `shm-fd --supervise`
 //! is a small supervisor that speaks the same protocol when there is no
@@ -35,6 +37,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod cli;
 pub mod exec;
 pub mod listen;
 pub mod notify;

@@ -420,3 +420,54 @@ fn a_socket_handed_over_as_a_region_is_called_a_socket() {
     );
     assert!(!stderr.contains("0 bytes"), "{out:?}");
 }
+
+/// Command-line conventions: an unknown option before COMMAND is a usage
+/// error (exit 2), not a program to run; everything from COMMAND on is its
+/// own; sizes and durations take every spelling of the one parser;
+/// `--version`; `-q` keeps only warnings and errors.
+#[test]
+fn options_before_the_command_follow_the_conventions() {
+    if dispatch() {
+        return;
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(SHM_FD)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("INVOCATION_ID")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["--bogus", "true"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("'--bogus'"), "{text}");
+    // After `--`, or after COMMAND, options belong to the program.
+    let (code, text) = run(&["--", "--bogus"]);
+    assert_eq!(code, Some(127), "{text}");
+    let (code, text) = run(&["echo", "-n", "--bogus", "-q"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("--bogus -q"), "{text}");
+    for size in ["1048576", "1M", "1MiB", "1 MiB", "1024K"] {
+        let (code, text) = run(&["--size", size, "true"]);
+        assert_eq!(code, Some(0), "--size {size}: {text}");
+        assert!(text.contains("(1048576 bytes)"), "--size {size}: {text}");
+    }
+    for delay in ["0.05", "50ms", "1s"] {
+        let (code, text) = run(&["--supervise", "--restart-delay", delay, "true"]);
+        assert_eq!(code, Some(0), "--restart-delay {delay}: {text}");
+    }
+    let (code, text) = run(&["--restart-delay", "soon", "true"]);
+    assert_eq!(code, Some(2), "{text}");
+    let (code, text) = run(&["--version"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("shm-fd "), "{text}");
+    let (code, text) = run(&["-q", "true"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("created region"), "{text}");
+}

@@ -48,7 +48,7 @@ struct Args {
     /// Name of a memfd state region (repeat for several).
     #[arg(long = "name", value_name = "NAME", default_value = "state", value_parser = parse_name)]
     names: Vec<String>,
-    /// Size of each region created (suffixes K, M, G).
+    /// Size of each region created: bytes, or K, M, G, KiB, MiB, GiB (powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
     size: u64,
     /// Send READY=1 before running COMMAND (for Type=notify units).
@@ -60,11 +60,14 @@ struct Args {
     /// With --supervise: when to restart COMMAND.
     #[arg(long, value_enum, default_value = "no")]
     restart: Restart,
-    /// With --supervise: pause before a restart (e.g. 100ms, 2s).
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    /// With --supervise: pause before a restart (e.g. 100ms, 2s, or seconds: 0.1).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = shm_fd::cli::parse_duration)]
     restart_delay: Duration,
-    /// The program to run, and its arguments.
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "COMMAND")]
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
+    /// The program to run, and its arguments (everything from COMMAND on is
+    /// its own; an unknown option before it is a usage error).
+    #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
     command: Vec<OsString>,
 }
 
@@ -73,41 +76,13 @@ fn parse_name(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// `--size`: the one size parser of every binary, and the smallest region.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1),
-        Some((i, _)) => (
-            &s[..i],
-            match &s[i..] {
-                "K" | "k" | "KiB" => 1 << 10,
-                "M" | "m" | "MiB" => 1 << 20,
-                "G" | "g" | "GiB" => 1 << 30,
-                other => return Err(format!("unknown size suffix {other:?} (use K, M or G)")),
-            },
-        ),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = shm_fd::cli::parse_size(s)?;
     if bytes < 4096 * 2 {
         return Err(format!("{s:?} is too small: a region needs at least 8K"));
     }
     Ok(bytes)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("unknown duration unit in {s:?} (use ms or s)")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -117,6 +92,7 @@ fn main() -> ExitCode {
         return exec_failed(&trampoline_main(rest));
     }
     let args = Args::parse();
+    args.log.init("shm-fd");
     match run(&args) {
         Ok(code) => code,
         Err((code, msg)) => {
@@ -154,8 +130,8 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
                         format!("the region handed back in LISTEN_FDS is unusable: {e}"),
                     )
                 })?;
-                eprintln!(
-                    "shm-fd: reusing region {name:?} ({} bytes) handed back by the service manager",
+                tracing::info!(
+                    "reusing region {name:?} ({} bytes) handed back by the service manager",
                     info.size
                 );
                 fd
@@ -191,8 +167,8 @@ fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failu
     let fd = state::create(name, args.size)
         .map_err(|e| (EXIT_OS, format!("cannot create region {name:?}: {e}")))?;
     if args.supervise {
-        eprintln!(
-            "shm-fd: created region {name:?} ({} bytes); this supervisor keeps it across restarts",
+        tracing::info!(
+            "created region {name:?} ({} bytes); this supervisor keeps it across restarts",
             args.size
         );
     } else if under_manager {
@@ -208,20 +184,20 @@ fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failu
                 "; if this appears on every start, the unit lacks FileDescriptorStoreMax= (systemd drops FDSTORE=1 silently without it)"
             }
         };
-        eprintln!(
-            "shm-fd: created region {name:?} ({} bytes) and pushed it to the fd store{hint}",
+        tracing::info!(
+            "created region {name:?} ({} bytes) and pushed it to the fd store{hint}",
             args.size
         );
     } else if std::env::var_os("INVOCATION_ID").is_some() {
         // systemd sets INVOCATION_ID for every service, but NOTIFY_SOCKET only
         // when the unit may notify: FileDescriptorStoreMax= > 0 implies that.
-        eprintln!(
-            "shm-fd: created region {name:?} ({} bytes), but this systemd unit gives no $NOTIFY_SOCKET: it lacks FileDescriptorStoreMax= (e.g. FileDescriptorStoreMax=4), so the region is lost at every restart",
+        tracing::warn!(
+            "created region {name:?} ({} bytes), but this systemd unit gives no $NOTIFY_SOCKET: it lacks FileDescriptorStoreMax= (e.g. FileDescriptorStoreMax=4), so the region is lost at every restart",
             args.size
         );
     } else {
-        eprintln!(
-            "shm-fd: created region {name:?} ({} bytes); no $NOTIFY_SOCKET, so it lives only as long as this process (use --supervise or systemd to keep it)",
+        tracing::info!(
+            "created region {name:?} ({} bytes); no $NOTIFY_SOCKET, so it lives only as long as this process (use --supervise or systemd to keep it)",
             args.size
         );
     }
