@@ -1,14 +1,19 @@
 //! The fd store of a real systemd user manager (`shm_testkit::systemd`).
 //!
-//! One manager for the whole file; each scenario uses its own unit. Fails (does
-//! not skip) under `CI=true` when no manager can be started.
+//! `oneshot_flow_of_the_docs` runs the command blocks of `docs/systemd.md`
+//! as written (they install `docs/systemd.oneshot.template` with `envsubst`)
+//! and checks the table that `primes` prints grows by 1000 verified primes a
+//! run. `fd_store_of_a_real_user_manager` uses one manager for its scenarios,
+//! each with its own transient unit. Both fail (do not skip) under `CI=true`
+//! when no manager can be started.
 
+use std::path::Path;
 use std::sync::atomic::Ordering; // atomics-ok: a word of the shared region
 use std::time::Duration;
 
 use shm_fd::listen::ListenFds;
 use shm_segment::Segment;
-use shm_testkit::systemd::UserManager;
+use shm_testkit::systemd::{UserManager, doc_block};
 use shm_testkit::{Watchdog, role, unique_name};
 
 const SHM_FD: &str = env!("CARGO_BIN_EXE_shm-fd");
@@ -117,26 +122,6 @@ fn fd_store_of_a_real_user_manager() {
         return;
     };
 
-    // 1. A oneshot unit with a store accumulates state across restarts.
-    {
-        let mut s = Scenario::new(&mut sd, "oneshot");
-        s.start(
-            &[
-                "Type=oneshot",
-                "RemainAfterExit=yes",
-                "FileDescriptorStoreMax=4",
-            ],
-            &[],
-            "exit0",
-        );
-        s.wait_counts(1);
-        s.sd.systemctl(&["restart", &s.unit]);
-        s.wait_counts(2);
-        s.sd.systemctl(&["restart", &s.unit]);
-        assert_eq!(s.wait_counts(3), vec![1, 2, 3], "{}", s.log_text());
-        assert!(s.log_text().contains("reusing region"), "{}", s.log_text());
-    }
-
     // 2. Without FileDescriptorStoreMax= every start is fresh, and shm-fd says why.
     {
         let mut s = Scenario::new(&mut sd, "nostore");
@@ -192,4 +177,103 @@ fn fd_store_of_a_real_user_manager() {
         );
         s.wait_counts(1);
     }
+}
+
+/// The first `n` primes (a sieve: the test checks tables of a few thousand).
+fn first_primes(n: usize) -> Vec<u64> {
+    let mut limit = 64usize;
+    loop {
+        let mut composite = vec![false; limit];
+        let mut primes = Vec::new();
+        for i in 2..limit {
+            if !composite[i] {
+                primes.push(i as u64);
+                let mut j = i * i;
+                while j < limit {
+                    composite[j] = true;
+                    j += i;
+                }
+            }
+        }
+        if primes.len() >= n {
+            primes.truncate(n);
+            return primes;
+        }
+        limit *= 2;
+    }
+}
+
+/// `(total, largest)` of each `generated N more primes, total T, largest P` line.
+fn tables(journal: &str) -> Vec<(u64, u64)> {
+    journal
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("more primes, total ")?.1;
+            let (total, largest) = rest.split_once(", largest ")?;
+            Some((total.trim().parse().ok()?, largest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn oneshot_flow_of_the_docs() {
+    let Some(sd) = UserManager::start() else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap();
+    let doc = root.join("docs/systemd.md");
+    // The block builds the release binaries (minutes on a cold cache) into a
+    // target directory of the tests' own, which it names in the unit.
+    let (target, _) = shm_testkit::nested_target_dir();
+    let env = [
+        ("SHMFD", root.as_os_str()),
+        ("CARGO_TARGET_DIR", target.as_os_str()),
+    ];
+    let unit = "shmfd-primes.service";
+    let out = sd.script(
+        &doc_block(&doc, "Oneshot: install and run once"),
+        &root,
+        &env,
+    );
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let installed = std::fs::read_to_string(sd.unit_dir().join(unit)).unwrap();
+    assert!(
+        !installed.contains("${"),
+        "envsubst left a variable:\n{installed}"
+    );
+    let again = doc_block(&doc, "Oneshot: run it again");
+    for run in 1..=4u64 {
+        if run > 1 {
+            let out = sd.script(&again, &root, &env);
+            eprintln!("{out}");
+        } else {
+            eprintln!("{out}");
+        }
+        // journald files the output asynchronously: wait for this run's line.
+        sd.wait_until(
+            Duration::from_secs(10),
+            &format!("run {run} in the journal"),
+            || tables(&sd.journal(unit)).len() as u64 >= run,
+        );
+    }
+    let journal = sd.journal(unit);
+    let t = tables(&journal);
+    let totals: Vec<u64> = t.iter().map(|&(total, _)| total).collect();
+    assert_eq!(
+        totals,
+        vec![1000, 2000, 3000, 4000],
+        "each run continues the table:\n{journal}"
+    );
+    let primes = first_primes(4000);
+    for &(total, largest) in &t {
+        assert_eq!(
+            largest,
+            primes[total as usize - 1],
+            "the table of {total} primes ends with a wrong prime:\n{journal}"
+        );
+    }
+    assert_eq!(journal.matches("created region").count(), 1, "{journal}");
+    assert_eq!(journal.matches("reusing region").count(), 3, "{journal}");
+    sd.systemctl(&["stop", unit]);
 }

@@ -3,11 +3,17 @@
 //! Follows the recipe that works on machines without systemd as PID 1 (as
 //! root): `unshare -m` a shell that confines itself to a cgroup subtree of its
 //! own (so the manager never adopts other processes), mounts a private tmpfs
-//! on `/run/systemd` with the "booted with systemd" marker, points
-//! `XDG_RUNTIME_DIR`/`XDG_CONFIG_HOME` at fresh directories and starts
-//! `systemd --user`. `systemctl` and `systemd-run` run inside the same
-//! namespace through `nsenter`. Dropping the [`UserManager`] stops the units,
-//! kills the manager and removes the cgroup subtree.
+//! on `/run/systemd` with the "booted with systemd" marker, starts a
+//! `systemd-journald` of its own (volatile storage in a private tmpfs, so
+//! `journalctl --user -u UNIT` works as on a real machine), points `HOME`,
+//! `XDG_RUNTIME_DIR` and `XDG_CONFIG_HOME` (`$HOME/.config`) at fresh
+//! directories and starts `systemd --user`. The subtree is named
+//! `outlive-systemd-PID.slice/user@UID.service`, the shape of a real user
+//! manager's cgroup, so that journald files the units' output under their
+//! user unit. `systemctl`, `journalctl`, `systemd-run` and command blocks of
+//! the docs ([`UserManager::script`]) run inside the same namespace through
+//! `nsenter`. Dropping the [`UserManager`] stops the units, kills the manager
+//! and journald, and removes the cgroup subtree.
 //!
 //! When the manager cannot start, [`UserManager::start`] returns `None` after
 //! printing why, unless `CI=true`, where it panics: CI must fail, not skip.
@@ -19,16 +25,24 @@ use std::time::{Duration, Instant};
 
 const SCRIPT: &str = r#"
 set -eu
-CG=outlive-systemd-$$
+TOP=outlive-systemd-$$.slice
+CG=$TOP/user@$(id -u).service
 DIRS=""
 for d in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
   [ -f "${d}cgroup.procs" ] || continue
-  mkdir "$d$CG" 2>/dev/null || continue
-  if echo $$ > "$d$CG/cgroup.procs" 2>/dev/null; then DIRS="$DIRS $d$CG"; else rmdir "$d$CG"; fi
+  mkdir "$d$TOP" 2>/dev/null || continue
+  if mkdir "$d$CG" 2>/dev/null && echo $$ > "$d$CG/cgroup.procs" 2>/dev/null; then
+    DIRS="$DIRS $d$TOP"
+  else
+    rmdir "$d$CG" "$d$TOP" 2>/dev/null || true
+  fi
 done
 SD=
+JD=
+HOMEDIR=
 cleanup() {
   [ -n "$SD" ] && kill "$SD" 2>/dev/null && wait "$SD" 2>/dev/null || true
+  [ -n "$JD" ] && kill "$JD" 2>/dev/null && wait "$JD" 2>/dev/null || true
   for d in $DIRS; do
     for p in $(cat "$d/cgroup.procs" 2>/dev/null) $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null); do
       [ "$p" = "$$" ] || kill -9 "$p" 2>/dev/null || true
@@ -37,14 +51,38 @@ cleanup() {
     sleep 0.1
     find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
-  rm -rf "$XDG_RUNTIME_DIR" "$XDG_CONFIG_HOME"
+  rm -rf "$XDG_RUNTIME_DIR" "$HOMEDIR"
 }
 trap cleanup EXIT
 trap 'exit 0' TERM INT
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/system
 export XDG_RUNTIME_DIR=$(mktemp -d); chmod 700 "$XDG_RUNTIME_DIR"
-export XDG_CONFIG_HOME=$(mktemp -d); mkdir -p "$XDG_CONFIG_HOME/systemd/user"
+HOMEDIR=$(mktemp -d)
+export HOME=$HOMEDIR
+export XDG_CONFIG_HOME=$HOME/.config; mkdir -p "$XDG_CONFIG_HOME/systemd/user"
+# A journald of our own: volatile, in private tmpfs mounts, importing nothing
+# from the kernel and forwarding nothing (this namespace only).
+mkdir -p /run/log
+mount -t tmpfs tmpfs /run/log
+[ -d /var/log/journal ] && mount -t tmpfs tmpfs /var/log/journal
+printf '[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToKMsg=no\nForwardToConsole=no\nForwardToWall=no\nRateLimitBurst=0\n' \
+  > "$XDG_RUNTIME_DIR/journald.conf"
+[ -f /etc/systemd/journald.conf ] && mount --bind "$XDG_RUNTIME_DIR/journald.conf" /etc/systemd/journald.conf
+if [ -x /lib/systemd/systemd-journald ]; then
+  /lib/systemd/systemd-journald >/dev/null 2>&1 &
+  JD=$!
+  for i in $(seq 100); do [ -S /run/systemd/journal/stdout ] && break; sleep 0.05; done
+  [ -S /run/systemd/journal/stdout ] || echo "NOTICE: systemd-journald did not start; unit output is lost" >&2
+  # journald files root's messages in system.journal, and `journalctl --user`
+  # run by root reads only user-0.journal: a hard link lets the docs'
+  # `journalctl --user -u UNIT` show them, as for any other user.
+  for i in $(seq 100); do
+    sj=$(ls /run/log/journal/*/system.journal 2>/dev/null | head -n 1)
+    [ -n "$sj" ] && break; sleep 0.05
+  done
+  [ "$(id -u)" = 0 ] && [ -n "$sj" ] && ln "$sj" "$(dirname "$sj")/user-0.journal"
+fi
 /lib/systemd/systemd --user --log-level=warning &
 SD=$!
 for i in $(seq 200); do
@@ -54,7 +92,7 @@ for i in $(seq 200); do
   sleep 0.05
 done
 case "$state" in running|degraded) ;; *) echo "FAILED manager state: $state"; exit 1 ;; esac
-echo "READY $$ $XDG_RUNTIME_DIR $XDG_CONFIG_HOME"
+echo "READY $$ $XDG_RUNTIME_DIR $HOME"
 # Live until told to stop (SIGTERM) or our parent closes stdin.
 while read -r _; do :; done
 "#;
@@ -65,7 +103,7 @@ pub struct UserManager {
     shell: Child,
     ns_pid: u32,
     runtime_dir: PathBuf,
-    config_home: PathBuf,
+    home: PathBuf,
     units: Vec<String>,
 }
 
@@ -114,11 +152,11 @@ impl UserManager {
             "systemd --user did not come up within 30 s".to_owned()
         })?;
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if let ["READY", pid, rt, cfg] = parts.as_slice() {
+        if let ["READY", pid, rt, home] = parts.as_slice() {
             return Ok(UserManager {
                 ns_pid: pid.parse().map_err(|_| format!("bad pid in {line:?}"))?,
                 runtime_dir: PathBuf::from(rt),
-                config_home: PathBuf::from(cfg),
+                home: PathBuf::from(home),
                 shell,
                 units: Vec::new(),
             });
@@ -130,10 +168,20 @@ impl UserManager {
 
     /// A command that runs `program` inside the manager's namespace and environment.
     pub fn command(&self, program: &str) -> Command {
+        self.command_in(None, program)
+    }
+
+    /// [`UserManager::command`] in the working directory `dir` (`nsenter`
+    /// would otherwise start it in `/`).
+    fn command_in(&self, dir: Option<&Path>, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &self.ns_pid.to_string(), "-m", "--", program])
+        cmd.args(["-t", &self.ns_pid.to_string(), "-m"]);
+        if let Some(dir) = dir {
+            cmd.arg(format!("--wd={}", dir.display()));
+        }
+        cmd.args(["--", program])
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
-            .env("XDG_CONFIG_HOME", &self.config_home)
+            .env("XDG_CONFIG_HOME", self.home.join(".config"))
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID");
@@ -198,8 +246,95 @@ impl UserManager {
 
     /// The manager's config directory for unit files (`$XDG_CONFIG_HOME/systemd/user`).
     pub fn unit_dir(&self) -> PathBuf {
-        self.config_home.join("systemd/user")
+        self.home.join(".config/systemd/user")
     }
+
+    /// The manager's `$HOME` (a fresh directory; `~/.config` is its `XDG_CONFIG_HOME`).
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Runs `script` with `bash -e -o pipefail` in `dir`, inside the manager's
+    /// namespace, as its user would: `HOME` is the manager's, so `~/.config/systemd/user`
+    /// is where it reads unit files; `CARGO_HOME` and `RUSTUP_HOME` stay the
+    /// caller's (so `cargo` in the script finds its toolchain and registry
+    /// offline). `env` adds variables. Returns the combined output; panics
+    /// with it when the script fails.
+    pub fn script(&self, script: &str, dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> String {
+        let real_home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut cmd = self.command_in(Some(dir), "bash");
+        cmd.args(["-e", "-o", "pipefail", "-c", script])
+            .env("HOME", &self.home);
+        for (var, dir) in [("CARGO_HOME", ".cargo"), ("RUSTUP_HOME", ".rustup")] {
+            if let Some(v) =
+                std::env::var_os(var).or_else(|| Some(real_home.as_ref()?.join(dir).into()))
+            {
+                cmd.env(var, v);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run bash");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "this script failed ({}):\n{script}\n--- its output:\n{text}",
+            out.status
+        );
+        text
+    }
+
+    /// The messages of `unit` in the journal, one a line (`journalctl --user -u UNIT -o cat`).
+    pub fn journal(&self, unit: &str) -> String {
+        let out = self
+            .command("journalctl")
+            .args(["--user", "-u", unit, "-o", "cat", "--no-pager"])
+            .output()
+            .expect("run journalctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The command block (the first ```` ```bash ```` block) under the heading
+/// `heading` (exact text, any level) of the markdown file at `path`: what a
+/// user of those docs runs, for a test to run verbatim.
+pub fn doc_block(path: &Path, heading: &str) -> String {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut lines = text.lines().skip_while(|l| {
+        l.strip_prefix('#')
+            .map(|h| h.trim_start_matches('#').trim())
+            != Some(heading)
+    });
+    assert!(
+        lines.next().is_some(),
+        "{} has no heading {heading:?}",
+        path.display()
+    );
+    let mut block = String::new();
+    let mut inside = false;
+    for line in lines {
+        if !inside && line.starts_with('#') {
+            break;
+        }
+        if !inside && line.trim() == "```bash" {
+            inside = true;
+        } else if inside && line.trim() == "```" {
+            return block;
+        } else if inside {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    panic!(
+        "no complete ```bash block under {heading:?} in {}",
+        path.display()
+    )
 }
 
 impl Drop for UserManager {
