@@ -986,3 +986,300 @@ fn compaction_backs_off_on_a_full_disk() {
     let info = file_ok.unwrap();
     assert_eq!(info.valid_end, info.file_len, "{info:?}");
 }
+
+/// A snapshot file as `shm-restore` writes it: one snapshot per entry of
+/// `generations`, each a state whose every byte is the generation's low byte
+/// (the image's first 8 bytes are the program's generation).
+fn written_file(file: &Path, generations: &[u64]) {
+    use shm_snapshot::SnapshotWriter;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .unwrap();
+    let mut w = SnapshotWriter::create(FileStorage(f), 4096, 4096 + REGION as u64).unwrap();
+    for &g in generations {
+        let mut image = vec![g as u8; 4096 + REGION];
+        image[..4096].fill(0);
+        image[..8].copy_from_slice(&g.to_le_bytes());
+        w.snapshot(&image).unwrap();
+    }
+}
+
+fn inspect_json(file: &Path) -> serde_json::Value {
+    let out = Command::new(SHM_RESTORE)
+        .args(["inspect", "--json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A FILE cut inside its first snapshot has a valid header and no complete
+/// commit: the run says so and what it ignored (it used to log only
+/// "restored generation 0", as for a healthy fresh file). A FILE whose
+/// newest snapshot is torn says which generation it restored and how many
+/// bytes it ignored. `inspect --json` reports both.
+#[test]
+fn a_start_says_what_it_ignored_in_file() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let dir = temp_dir("snap-cut");
+    let cut = dir.join("cut.snap");
+    written_file(&cut, &[1]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let j = inspect_json(&cut);
+    assert_eq!(j["commits"], 0, "{j}");
+    assert_eq!(j["valid_bytes"], 64, "{j}");
+    assert_eq!(j["ignored_tail_bytes"], 36, "{j}");
+    assert_eq!(j["damage"], serde_json::Value::Null, "{j}");
+    let (ok, text) = shm_restore(&[], &cut, &["true"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("no complete commit found: the 36 bytes after the header were ignored"),
+        "{text}"
+    );
+    assert!(text.contains("restored generation 0"), "{text}");
+
+    let torn = dir.join("torn.snap");
+    written_file(&torn, &[1, 2]);
+    let len = std::fs::metadata(&torn).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&torn)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let j = inspect_json(&torn);
+    assert_eq!(
+        (&j["file_generation"], &j["commits"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(j["program_generation"], 1, "{j}");
+    let tail = j["ignored_tail_bytes"].as_u64().unwrap();
+    assert!(tail > 0, "{j}");
+    assert_eq!(j["valid_bytes"].as_u64().unwrap() + tail, len - 10, "{j}");
+    let (ok, text) = shm_restore(&[], &torn, &["true"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "ignored a torn tail of {tail} bytes after file generation 1"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("restored generation 1"), "{text}");
+    assert!(!text.contains("no complete commit"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `inspect --json` of a damaged FILE: the damage as the library finds it.
+#[test]
+fn inspect_json_reports_damage() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-json");
+    let (file, _, _) = damaged_file("inspect_json_reports_damage", &dir);
+    let info = inspect(&FileStorage(std::fs::File::open(&file).unwrap())).unwrap();
+    let d = info.damage.clone().expect("damage");
+    let j = inspect_json(&file);
+    assert_eq!(j["schema"], 1, "{j}");
+    assert_eq!(j["file_generation"], info.generation, "{j}");
+    assert_eq!(j["commits"], info.commits, "{j}");
+    assert_eq!(j["valid_bytes"], info.valid_end, "{j}");
+    assert_eq!(j["file_len"], info.file_len, "{j}");
+    assert_eq!(j["state_size"], REGION, "{j}");
+    assert_eq!(j["ignored_tail_bytes"], 0, "{j}");
+    assert_eq!(j["damage"]["last_before"], d.last_before, "{j}");
+    assert_eq!(j["damage"]["newest_after"], d.newest_after, "{j}");
+    let ranges: Vec<(u64, u64)> = j["damage"]["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["start"].as_u64().unwrap(), r["end"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(u64, u64)> = d.ranges.iter().map(|r| (r.start, r.end)).collect();
+    assert_eq!(ranges, want, "{j}");
+    // The program's generation as of the newest generation before the damage.
+    assert_eq!(j["program_generation"], 0, "{j}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The direct children of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// With the default interval (1 s), a program and its host SIGKILLed half a
+/// second after the program's first commit: the first snapshot was taken as
+/// soon as that commit was made, so a cold restore recovers it (the first
+/// snapshot used to come a whole interval after start: nothing was saved).
+#[test]
+fn first_snapshot_follows_the_first_commit() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let dir = temp_dir("snap-first");
+    let file = dir.join("state.snap");
+    let mut run = Run::start(
+        "first_snapshot_follows_the_first_commit",
+        &file,
+        &["--create", "--size", &REGION.to_string()],
+    );
+    let host = run.child.id();
+    // The live commit sequence (byte 16 of the memfd) is twice the generation.
+    let memfd = memfd_of_when_there(host);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = std::fs::read(&memfd).unwrap_or_default();
+        if b.len() >= 24 && u64::from_le_bytes(b[16..24].try_into().unwrap()) >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", run.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let program = children_of(host);
+    for pid in std::iter::once(host).chain(program) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    run.child.wait().unwrap();
+    let logged = run.stderr();
+    let (ok, text) = shm_restore(&[], &file, &["true"]);
+    assert!(ok, "{text}");
+    let restored = numbers_after(&text, "restored generation ");
+    assert!(
+        restored.first().is_some_and(|&g| g >= 1),
+        "{text}\nthe killed run:\n{logged}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The host's memfd, once it has one.
+fn memfd_of_when_there(pid: u32) -> PathBuf {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                std::fs::read_link(p).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:state"))
+            });
+        if let Some(p) = found {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no memfd in {pid}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Command-line conventions: sizes and durations in every spelling of the
+/// one parser (old ones included), `--version`, usage errors exit 2 (no
+/// COMMAND, no FILE, an unknown option, `inspect` without FILE), `-q` and
+/// `RUST_LOG` quiet the informational lines.
+#[test]
+fn options_follow_the_conventions() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let dir = temp_dir("snap-opts");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(SHM_RESTORE)
+            .args(args)
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains("panicked"), "{text}");
+        (out.status.code(), text)
+    };
+    for (k, opts) in [
+        &["--size", "1M", "--interval", "100ms", "--lag-warn", "2s"][..],
+        &["--size", "1MiB", "--interval", "0.1", "--lag-warn", "2"],
+        &[
+            "--size",
+            "1048576",
+            "--interval",
+            "1",
+            "--max-write-rate",
+            "10MiB",
+        ],
+        &[
+            "--size",
+            "1024K",
+            "--interval",
+            "1min",
+            "--max-write-rate",
+            "10M",
+        ],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let file = dir.join(format!("{k}.snap"));
+        let f = file.to_str().unwrap();
+        let (code, text) = run(&[&["--create"], *opts, &[f, "--", "true"]].concat(), &[]);
+        assert_eq!(code, Some(0), "{opts:?}: {text}");
+        assert!(
+            text.contains("starting a fresh state of 1048576 bytes"),
+            "{opts:?}: {text}"
+        );
+    }
+    let (code, text) = run(&["--version"], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("shm-restore "), "{text}");
+    let f = dir.join("q.snap");
+    let f = f.to_str().unwrap();
+    for (args, what) in [
+        (&[][..], "nothing"),
+        (&[f], "no COMMAND"),
+        (&[f, "--"], "an empty COMMAND"),
+        (&["--bogus", f, "--", "true"], "an unknown option"),
+        (
+            &["--size", "lots", "--create", f, "--", "true"],
+            "a bad size",
+        ),
+        (&["inspect"], "inspect without FILE"),
+    ] {
+        let (code, text) = run(args, &[]);
+        assert_eq!(code, Some(2), "{what}: {text}");
+    }
+    let (code, text) = run(&["-q", "--create", f, "--", "true"], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("starting a fresh state"), "{text}");
+    let (code, text) = run(&[f, "--", "true"], &[("RUST_LOG", "warn")]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("restored generation"), "{text}");
+    let (code, text) = run(&[f, "--", "true"], &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("shm-restore: cold start: restored generation 0"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,6 @@
 //! `shm-restore [OPTIONS] FILE [--] COMMAND [ARGS...]`: keeps continuous,
 //! durable snapshots of a program's memfd state in FILE and restores it on a
-//! cold start; `shm-restore inspect FILE` prints what FILE holds.
+//! cold start; `shm-restore inspect [--json] FILE` prints what FILE holds.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use shm_snapshot::live::{self, Changed, Host, Initializer};
 use shm_snapshot::{
     ErrorKind, FileStorage, OnDamage, RestoreOptions, Restored, SnapshotWriter, Storage,
@@ -20,27 +20,56 @@ use shm_snapshot::{
 #[derive(Parser, Debug)]
 #[command(
     name = "shm-restore",
-    about = "Run COMMAND on a memfd state kept in durable snapshots in FILE"
+    version,
+    about = "Run COMMAND on a memfd state kept in durable snapshots in FILE",
+    override_usage = "shm-restore [OPTIONS] FILE [--] COMMAND [ARGS]...\n       shm-restore inspect [--json] FILE",
+    after_help = "Sizes take bytes or K, M, G, KiB, MiB, GiB (powers of 1024); durations take seconds (0.5) or units (100ms, 2s, 1min).\n\nExit status: COMMAND's own (death by a signal is re-raised); 1 an error before COMMAND ran; 2 a usage error.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    #[command(flatten)]
+    run: Args,
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Print what FILE holds: generations, valid bytes, an ignored tail, damage.
+    Inspect {
+        /// Print one JSON object (its fields: docs/protocol/shm-snapshot.md, "shm-restore inspect --json").
+        #[arg(long)]
+        json: bool,
+        /// The snapshot file.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Start fresh if FILE is missing (it is created).
     #[arg(long)]
     create: bool,
-    /// State size for `--create` (bytes).
-    #[arg(long, default_value_t = 1 << 20)]
+    /// State size for `--create` (e.g. 1048576, 1M, 64MiB).
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = shm_fd::cli::parse_size)]
     size: u64,
-    /// Seconds between snapshots.
-    #[arg(long, default_value_t = 1.0)]
-    interval: f64,
-    /// Average limit on snapshot writes, in bytes per second (suffixes K, M,
-    /// G: powers of 1024). Periodic snapshots wait until the bytes already
-    /// written fit the rate; the snapshot at exit is never delayed.
+    /// Time between snapshots (e.g. 1, 0.1, 100ms). The first one is taken
+    /// as soon as the program has committed once.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = shm_fd::cli::parse_duration)]
+    interval: Duration,
+    /// Average limit on snapshot writes, in bytes per second (e.g. 1048576,
+    /// 512K, 10M; powers of 1024). Periodic snapshots wait until the bytes
+    /// already written fit the rate; the snapshot at exit is never delayed.
     #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
     max_write_rate: Option<u64>,
     /// Log a warning when the file has been behind the live commit
-    /// generation for this many seconds (repeated at most that often).
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
-    lag_warn: f64,
+    /// generation for this long (repeated at most that often).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = shm_fd::cli::parse_duration)]
+    lag_warn: Duration,
     /// Compact FILE when its log grows past this many times the image size
     /// (state plus 4096 bytes): at least 1.5, or 0 to never compact.
     #[arg(long, value_name = "FACTOR", default_value_t = 2.0)]
@@ -59,10 +88,11 @@ struct Args {
     /// could only be taken from before the damage are listed.
     #[arg(long)]
     salvage: bool,
-    /// The snapshot file, or `inspect`.
-    file: PathBuf,
+    /// The snapshot file.
+    #[arg(required = true)]
+    file: Option<PathBuf>,
     /// The program and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
 }
 
@@ -74,21 +104,13 @@ fn main() -> ExitCode {
         eprintln!("shm-restore: {e}");
         return ExitCode::from(127);
     }
-    if argv.get(1).is_some_and(|a| a == "inspect") {
-        let Some(f) = argv.get(2) else {
-            eprintln!("usage: shm-restore inspect FILE");
-            return ExitCode::from(2);
-        };
-        return match do_inspect(Path::new(f)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("shm-restore: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let args = Args::parse();
-    match run(&args) {
+    let cli = Cli::parse();
+    cli.log.init("shm-restore");
+    let result = match &cli.sub {
+        Some(Sub::Inspect { json, file }) => do_inspect(file, *json).map(|()| ExitCode::SUCCESS),
+        None => run(&cli.run),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shm-restore: {e}");
@@ -97,7 +119,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn do_inspect(path: &Path) -> Result<(), String> {
+fn do_inspect(path: &Path, json: bool) -> Result<(), String> {
     let show = path.display();
     let st = FileStorage::open(path, false).map_err(|e| e.to_string())?;
     // The program's generation from the image's first bytes, as of the
@@ -121,6 +143,11 @@ fn do_inspect(path: &Path) -> Result<(), String> {
         |_, _| {},
     )
     .map_err(|e| format!("{show}: {e}"))?;
+    let program_generation = u64::from_le_bytes(head);
+    if json {
+        println!("{}", inspect_json(path, &i, program_generation));
+        return Ok(());
+    }
     println!("file: {show}");
     if i.all_zero {
         println!("all zeros: a fresh state of {} bytes", i.region_size);
@@ -134,10 +161,7 @@ fn do_inspect(path: &Path) -> Result<(), String> {
             i.region_size
         ),
     }
-    println!(
-        "committed generation of the program: {}",
-        u64::from_le_bytes(head)
-    );
+    println!("committed generation of the program: {program_generation}");
     println!(
         "file generation: {} ({} valid commits in the file)",
         i.generation, i.commits
@@ -158,6 +182,9 @@ fn do_inspect(path: &Path) -> Result<(), String> {
             d.last_before, d.newest_after
         );
     } else if i.valid_end < i.file_len {
+        if i.commits == 0 {
+            println!("no complete commit: a start begins from an all-zero state");
+        }
         println!(
             "ignored torn or corrupt tail: {} bytes (checksums fail)",
             i.file_len - i.valid_end
@@ -166,6 +193,45 @@ fn do_inspect(path: &Path) -> Result<(), String> {
         println!("checksums: all records valid");
     }
     Ok(())
+}
+
+/// `inspect --json`: one object, documented in docs/protocol/shm-snapshot.md
+/// ("shm-restore inspect --json"). Fields are only ever added; `schema` changes if one
+/// changes meaning.
+fn inspect_json(path: &Path, i: &shm_snapshot::FileInfo, program_generation: u64) -> String {
+    let state_size = i
+        .region_size
+        .checked_sub(live::CONTROL_LEN)
+        .filter(|&r| r > 0 && !i.all_zero);
+    let ignored_tail = if i.damage.is_none() && !i.all_zero {
+        i.file_len - i.valid_end
+    } else {
+        0
+    };
+    let damage = i.damage.as_ref().map(|d| {
+        serde_json::json!({
+            "ranges": d.ranges.iter().map(|r| serde_json::json!({"start": r.start, "end": r.end})).collect::<Vec<_>>(),
+            "bytes": d.ranges.iter().map(|r| r.end - r.start).sum::<u64>(),
+            "last_before": d.last_before,
+            "newest_after": d.newest_after,
+        })
+    });
+    serde_json::json!({
+        "schema": 1,
+        "file": path.to_string_lossy(),
+        "all_zero": i.all_zero,
+        "page_size": i.page_size,
+        "image_size": i.region_size,
+        "state_size": state_size,
+        "file_generation": i.generation,
+        "program_generation": if i.all_zero { 0 } else { program_generation },
+        "commits": i.commits,
+        "valid_bytes": i.valid_end,
+        "file_len": i.file_len,
+        "ignored_tail_bytes": ignored_tail,
+        "damage": damage,
+    })
+    .to_string()
 }
 
 /// The file holds an **image**: a 4096-byte prefix whose first 8 bytes are
@@ -182,10 +248,10 @@ fn cleanup_temp(path: &Path) {
     match remove_stale_compaction(path) {
         Ok(removed) => {
             for p in removed {
-                eprintln!("shm-restore: removed stale {}", p.display());
+                tracing::info!("removed stale {}", p.display());
             }
         }
-        Err(e) => eprintln!("shm-restore: cannot remove stale compaction files: {e}"),
+        Err(e) => tracing::warn!("cannot remove stale compaction files: {e}"),
     }
 }
 
@@ -196,7 +262,7 @@ struct Opened {
     region: u64,
 }
 
-/// FILE as read by one pass of [`restore_with_progress`].
+/// FILE as read by one pass of [`restore_with`].
 struct Loaded {
     file: File,
     restored: Restored,
@@ -314,16 +380,21 @@ fn report_load(path: &Path, r: &Restored) {
             .filter(|p| !p.is_empty())
             .collect();
         let n: u64 = state_pages.iter().map(|p| p.end - p.start).sum();
-        eprintln!(
-            "shm-restore: {show}: salvaged file generation {} across the damage ({}); {n} state pages of 4096 bytes could only be taken from file generation {} or before (a damaged record may have held a newer version): {}",
+        tracing::warn!(
+            "{show}: salvaged file generation {} across the damage ({}); {n} state pages of 4096 bytes could only be taken from file generation {} or before (a damaged record may have held a newer version): {}",
             s.generation,
             s.damage,
             s.damage.last_before,
             show_ranges(&state_pages)
         );
+    } else if i.damage.is_none() && i.valid_end < i.file_len && !i.all_zero && i.commits == 0 {
+        tracing::warn!(
+            "{show}: no complete commit found: the {} bytes after the header were ignored (a first snapshot a crash interrupted, or a cut file); starting from an all-zero state",
+            i.file_len - i.valid_end
+        );
     } else if i.damage.is_none() && i.valid_end < i.file_len && !i.all_zero {
-        eprintln!(
-            "shm-restore: {show}: ignored a torn tail of {} bytes after file generation {} (a snapshot a crash interrupted)",
+        tracing::info!(
+            "{show}: ignored a torn tail of {} bytes after file generation {} (a snapshot a crash interrupted)",
             i.file_len - i.valid_end,
             i.generation
         );
@@ -359,7 +430,7 @@ impl Progress {
             return Self(None);
         }
         if !std::io::stderr().is_terminal() {
-            eprintln!("shm-restore: reading {total} bytes of snapshot log");
+            tracing::info!("reading {total} bytes of snapshot log");
             return Self(None);
         }
         let bar = indicatif::ProgressBar::new(total);
@@ -443,22 +514,11 @@ impl Lag {
     }
 }
 
-/// Parses a byte rate: an integer with an optional K, M or G suffix (powers of 1024).
+/// `--max-write-rate`: the one size parser of every binary, and more than 0.
 fn parse_rate(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.trim().char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte rate (e.g. 1048576, 512K, 10M)"))?;
-    match n.checked_mul(mult) {
-        Some(0) => Err("the rate must be more than 0 bytes per second".into()),
-        Some(r) => Ok(r),
-        None => Err(format!("{s:?} is too large")),
+    match shm_fd::cli::parse_size(s)? {
+        0 => Err("the rate must be more than 0 bytes per second".into()),
+        r => Ok(r),
     }
 }
 
@@ -591,8 +651,8 @@ impl Snapshotter<'_> {
         self.snapshots += 1;
         self.bytes += self.writer.last_bytes_written;
         self.limit.wrote(started, self.writer.last_bytes_written);
-        eprintln!(
-            "shm-restore: durable generation {g} ({} bytes written)",
+        tracing::info!(
+            "durable generation {g} ({} bytes written)",
             self.writer.last_bytes_written
         );
         self.maybe_compact()
@@ -624,17 +684,13 @@ impl Snapshotter<'_> {
             self.compact_after = None;
             self.compact_backoff = Duration::from_secs(1);
             self.compactions += 1;
-            eprintln!(
-                "shm-restore: compacted {show}: {before} -> {} bytes",
-                self.writer.len()
-            );
+            tracing::info!("compacted {show}: {before} -> {} bytes", self.writer.len());
         }
         Ok(())
     }
 
     /// Stops taking snapshots from this memfd for good; returns the message.
     fn refuse(&mut self, why: String) -> String {
-        tracing::error!("{why}");
         let msg = format!(
             "{why}; no snapshot taken, {} stays at generation {}",
             self.path.display(),
@@ -653,7 +709,7 @@ impl Snapshotter<'_> {
         {
             return;
         }
-        eprintln!("shm-restore: {e}");
+        tracing::error!("{e}");
         self.last_error = Some((e, now));
     }
 
@@ -667,7 +723,7 @@ impl Snapshotter<'_> {
         if let Ok(live) = self.host.generation()
             && let Some(w) = self.lag.observe(Instant::now(), live, self.persisted)
         {
-            eprintln!("shm-restore: {w}");
+            tracing::warn!("{w}");
         }
     }
 
@@ -681,7 +737,7 @@ impl Snapshotter<'_> {
             Read::Changed
         };
         if let Err(e) = self.snapshot(read) {
-            eprintln!("shm-restore: {e}");
+            tracing::error!("{e}");
         }
         let live = match self.host.generation_after_exit() {
             Ok(g) => g.to_string(),
@@ -693,13 +749,13 @@ impl Snapshotter<'_> {
             Err(_) => "not persisted".into(),
         };
         if let Some(kb) = private_memory_kb() {
-            eprintln!(
-                "shm-restore: host private memory at exit: {kb} kB (state: {} kB in the memfd)",
+            tracing::info!(
+                "host private memory at exit: {kb} kB (state: {} kB in the memfd)",
                 self.host.region_size() / 1024
             );
         }
-        eprintln!(
-            "shm-restore: at exit: file at generation {}, live at {live} ({behind}); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
+        tracing::info!(
+            "at exit: file at generation {}, live at {live} ({behind}); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
             self.persisted,
             self.snapshots,
             self.bytes,
@@ -748,8 +804,8 @@ fn resolve(path: &Path) -> Result<PathBuf, String> {
         Ok(m) if m.file_type().is_symlink() => {
             let real = std::fs::canonicalize(path)
                 .map_err(|e| format!("{}: resolving the symlink: {e}", path.display()))?;
-            eprintln!(
-                "shm-restore: {} is a symlink: working on {}",
+            tracing::info!(
+                "{} is a symlink: working on {}",
                 path.display(),
                 real.display()
             );
@@ -809,15 +865,10 @@ fn create_beside(
 
 #[allow(clippy::too_many_lines, clippy::single_match_else)]
 fn run(args: &Args) -> Result<ExitCode, String> {
-    if args.command.is_empty() {
-        return Err("no COMMAND given".into());
-    }
+    let file = args.file.as_deref().ok_or("no FILE given")?;
     shm_fd::listen::validate_fd_name(&args.name).map_err(|e| format!("--name: {e}"))?;
-    if !(args.interval.is_finite() && args.interval > 0.0) {
-        return Err(format!(
-            "--interval {}: must be a positive number of seconds",
-            args.interval
-        ));
+    if args.interval.is_zero() {
+        return Err("--interval 0: must be more than 0".into());
     }
     if !(args.compact_at.is_finite() && (args.compact_at == 0.0 || args.compact_at >= 1.5)) {
         return Err(format!(
@@ -825,13 +876,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             args.compact_at
         ));
     }
-    if !(args.lag_warn.is_finite() && args.lag_warn >= 0.0) {
-        return Err(format!(
-            "--lag-warn {}: must be a number of seconds",
-            args.lag_warn
-        ));
-    }
-    let resolved = resolve(&args.file)?;
+    let resolved = resolve(file)?;
     let path = resolved.as_path();
     let show = path.display();
     cleanup_temp(path);
@@ -844,8 +889,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     // with other contents is never ignored: `Host::open` refuses it below.
     let replace = warm.as_ref().is_some_and(|fd| is_fresh(fd.as_fd()));
     if replace {
-        eprintln!(
-            "shm-restore: the inherited memfd {:?} is all zeros (a fresh region, not yet a snapshot memfd): replacing it",
+        tracing::info!(
+            "the inherited memfd {:?} is all zeros (a fresh region, not yet a snapshot memfd): replacing it",
             args.name
         );
         warm = None;
@@ -905,7 +950,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                     "inherited memfd is at generation {live_gen} but {show} is newer ({file_gen}); refusing to guess"
                 ));
             }
-            eprintln!("shm-restore: warm start from the inherited memfd at generation {live_gen}");
+            tracing::info!("warm start from the inherited memfd at generation {live_gen}");
             (fd, loaded, Some(Read::Full))
         }
         None => {
@@ -920,13 +965,13 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             let generation = loaded.as_ref().map_or(0, |l| l.generation);
             init.finish(generation).map_err(|e| format!("memfd: {e}"))?;
             if loaded.is_some() {
-                eprintln!(
-                    "shm-restore: cold start: restored generation {generation} ({region} bytes) from {show} in {:.3}s",
+                tracing::info!(
+                    "cold start: restored generation {generation} ({region} bytes) from {show} in {:.3}s",
                     started.elapsed().as_secs_f64()
                 );
             } else {
-                eprintln!(
-                    "shm-restore: {show} missing: starting a fresh state of {region} bytes (--create)"
+                tracing::info!(
+                    "{show} missing: starting a fresh state of {region} bytes (--create)"
                 );
             }
             if replace {
@@ -981,7 +1026,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             next: None,
         },
         lag: Lag {
-            warn_after: Duration::from_secs_f64(args.lag_warn),
+            warn_after: args.lag_warn,
             behind_since: None,
             last_warned: None,
             max_generations: 0,
@@ -1006,15 +1051,15 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         if rebuilt.is_some() {
             return Err(format!("writing the new {show}: {e}"));
         }
-        eprintln!("shm-restore: {e}");
+        tracing::error!("{e}");
     }
     if let Some(tmp) = rebuilt {
         let aside = keep_aside(path)?;
         std::fs::rename(&tmp, path)
             .map_err(|e| format!("{}: renaming to {show}: {e}", tmp.display()))?;
         sync_dir(path);
-        eprintln!(
-            "shm-restore: {show} now starts from generation {}; the original is kept as {}",
+        tracing::info!(
+            "{show} now starts from generation {}; the original is kept as {}",
             snap.persisted,
             aside.display()
         );
@@ -1036,7 +1081,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     ])
     .map_err(|e| format!("signal handlers: {e}"))?;
     let child_pid = rustix::process::Pid::from_child(&child);
-    let interval = Duration::from_secs_f64(args.interval.max(0.001));
+    let interval = args.interval.max(Duration::from_millis(1));
+    // The first periodic snapshot is taken as soon as the program has
+    // committed once, not a whole interval after it started: a program
+    // killed early in its first interval still leaves its work on disk.
+    let mut first_tick = true;
     let status = loop {
         let deadline = Instant::now() + interval;
         let mut done = None;
@@ -1050,15 +1099,19 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                     let _ = rustix::process::kill_process(child_pid, sig);
                 }
             }
+            if first_tick && snap.host.generation().is_ok_and(|g| g > snap.persisted) {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         if let Some(s) = done {
             snap.finish();
             break s;
         }
+        first_tick = false;
         snap.tick();
     };
-    eprintln!("shm-restore: {}", shm_fd::supervise::describe(status));
+    tracing::info!("{}", shm_fd::supervise::describe(status));
     Ok(exit_like(status))
 }
 
@@ -1082,13 +1135,13 @@ mod tests {
         assert_eq!(parse_rate("1048576"), Ok(1 << 20));
         assert_eq!(parse_rate("512K"), Ok(512 << 10));
         assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("10MiB"), Ok(10 << 20));
         assert_eq!(parse_rate("2g"), Ok(2 << 30));
         for bad in [
             "0",
             "",
             "fast",
             "-5",
-            "1.5M",
             "99999999999999999999",
             "17179869184G",
         ] {
