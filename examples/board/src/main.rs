@@ -36,7 +36,7 @@ use shm_mailbox::{Config, Mailbox, MailboxError, Reader, Writer};
 const PAYLOAD: usize = 64;
 
 #[derive(Debug, Parser)]
-#[command(about = "Process I of an N-process latest-value board")]
+#[command(version, about = "Process I of an N-process latest-value board")]
 struct Args {
     /// This process's index, 0..count.
     #[arg(long, required_unless_present = "cleanup")]

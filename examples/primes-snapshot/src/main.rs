@@ -16,14 +16,32 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use shm_fd::listen::ListenFds;
 use shm_snapshot::live::Client;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Generate primes continuously into the state region of shm-restore, committing every 1000",
+    after_help = "Run it under shm-restore, which hands it the region in LISTEN_FDS and snapshots it:\n  shm-restore --create primes.snap -- ./target/release/primes-snapshot 20000"
+)]
+struct Args {
+    /// Primes generated per second at most.
+    #[arg(default_value_t = 20_000.0)]
+    primes_per_second: f64,
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
+}
 
 /// Primes per commit.
 const CHUNK: u64 = 1000;
 
 fn main() -> ExitCode {
-    match run() {
+    let args = Args::parse();
+    args.log.init("primes-snapshot");
+    match run(args.primes_per_second) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("primes-snapshot: {e}");
@@ -46,11 +64,7 @@ fn is_prime(n: u64) -> bool {
     true
 }
 
-fn run() -> Result<(), String> {
-    let rate: f64 = std::env::args()
-        .nth(1)
-        .map_or(Ok(20_000.0), |a| a.parse())
-        .map_err(|e| format!("rate: {e}"))?;
+fn run(rate: f64) -> Result<(), String> {
     let mut fds = ListenFds::from_env_inherited().map_err(|e| e.to_string())?;
     let fd = fds
         .take("state")

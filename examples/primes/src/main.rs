@@ -16,8 +16,22 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering; // atomics-ok: words of a shared region
 
+use clap::Parser;
 use shm_fd::listen::ListenFds;
 use shm_segment::Segment;
+
+/// Command-line options: none but the conventions (`--help`, `--version`,
+/// `-q`/`-v`); the state comes from `LISTEN_FDS`.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Extend a table of primes kept in the memfd region `state` by up to 1000 values",
+    after_help = "Run it under shm-fd, which hands it the region in LISTEN_FDS and keeps it:\n  shm-fd watch -n 0.1 ./target/release/primes\n  shm-fd --supervise --restart=always -- ./target/release/primes"
+)]
+struct Args {
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
+}
 
 /// Primes added per run.
 const PER_RUN: u64 = 1000;
@@ -25,6 +39,7 @@ const PER_RUN: u64 = 1000;
 const REGION: usize = 1 << 20;
 
 fn main() -> ExitCode {
+    Args::parse().log.init("primes");
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

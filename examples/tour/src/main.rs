@@ -25,7 +25,7 @@ use clap::Parser;
     clippy::struct_excessive_bools,
     reason = "independent command-line switches"
 )]
-#[command(about = "A guided tour of outlive")]
+#[command(version, about = "A guided tour of outlive")]
 struct Args {
     /// Plain output: no colour, no live progress.
     #[arg(long)]

@@ -11,7 +11,11 @@ use clap::Parser;
 use shm_ring::{Connector, Producer, RingError};
 
 #[derive(Parser, Debug)]
-#[command(about = "Send batches of f64 values to a ring-sum server")]
+#[command(
+    name = "client",
+    version,
+    about = "Send batches of f64 values to a ring-sum server"
+)]
 struct Args {
     /// Unix socket of the server.
     #[arg(long, default_value = ring_sum::DEFAULT_SOCKET)]

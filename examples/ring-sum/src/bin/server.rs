@@ -12,7 +12,10 @@ use clap::Parser;
 use shm_ring::{ElemLayout, Listener, RingError, RingFds};
 
 #[derive(Parser, Debug)]
-#[command(about = "Sum the f64 values a ring-sum client sends through shared memory")]
+#[command(
+    version,
+    about = "Sum the f64 values a ring-sum client sends through shared memory"
+)]
 struct Args {
     /// Unix socket to listen on.
     #[arg(long, default_value = ring_sum::DEFAULT_SOCKET)]
