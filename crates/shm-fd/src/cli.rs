@@ -70,23 +70,38 @@ impl Verbosity {
     /// Installs the process's `tracing` subscriber: plain `PROGRAM: message`
     /// lines on stderr (debug and trace events also name their level and
     /// origin). The flags choose the level; without them `RUST_LOG` does
-    /// (`RUST_LOG=shm_snapshot=debug`), and without it everything at info
-    /// and above is shown. A second call does nothing.
+    /// (`RUST_LOG=warn`, `RUST_LOG=shm_snapshot=debug`: directives for some
+    /// targets keep everything else at info), and without it everything at
+    /// info and above is shown. A second call does nothing.
     pub fn init(&self, program: &'static str) {
-        use tracing_subscriber::EnvFilter;
-        use tracing_subscriber::filter::LevelFilter;
-        let filter = match self.level() {
-            Some(level) => EnvFilter::new(level.as_str()),
-            None => EnvFilter::builder()
-                .with_default_directive(LevelFilter::INFO.into())
-                .from_env_lossy(),
-        };
+        let spec = filter_spec(self.level(), std::env::var("RUST_LOG").ok().as_deref());
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_env_filter(tracing_subscriber::EnvFilter::builder().parse_lossy(spec))
             .with_writer(std::io::stderr)
             .with_ansi(false)
             .event_format(Plain { program })
             .try_init();
+    }
+}
+
+/// The filter directives: the flags' level, else `RUST_LOG` with `info` for
+/// the targets it does not name (unless it sets a level for all).
+fn filter_spec(flags: Option<tracing::Level>, rust_log: Option<&str>) -> String {
+    if let Some(level) = flags {
+        return level.as_str().to_owned();
+    }
+    let env = rust_log.unwrap_or("").trim();
+    let global = env
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .any(|d| d.parse::<tracing_subscriber::filter::LevelFilter>().is_ok());
+    if env.is_empty() {
+        "info".to_owned()
+    } else if global {
+        env.to_owned()
+    } else {
+        format!("info,{env}")
     }
 }
 
@@ -168,6 +183,28 @@ mod tests {
         for bad in ["", "-1", "fast", "1 fortnight", "NaN", "inf"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rust_log_applies_without_flags_and_keeps_info_for_the_rest() {
+        use tracing::Level;
+        assert_eq!(filter_spec(None, None), "info");
+        assert_eq!(filter_spec(None, Some("")), "info");
+        assert_eq!(filter_spec(None, Some("warn")), "warn");
+        assert_eq!(filter_spec(None, Some("off")), "off");
+        assert_eq!(
+            filter_spec(None, Some("shm_snapshot=debug")),
+            "info,shm_snapshot=debug"
+        );
+        assert_eq!(
+            filter_spec(None, Some("shm_snapshot=debug,")),
+            "info,shm_snapshot=debug,"
+        );
+        assert_eq!(
+            filter_spec(None, Some("error,shm_snapshot=debug")),
+            "error,shm_snapshot=debug"
+        );
+        assert_eq!(filter_spec(Some(Level::WARN), Some("debug")), "WARN");
     }
 
     #[test]
