@@ -3,10 +3,12 @@
 //! than the last one the writer reported durable.
 #![cfg(feature = "fault-injection")]
 
+mod common;
+
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use shm_snapshot::{FileStorage, SnapshotWriter, restore};
+use shm_snapshot::{FileStorage, SnapshotWriter};
 
 const LEN: usize = 64 * 4096;
 
@@ -70,13 +72,7 @@ fn writer_killed_at_each_crash_point() {
             .max()
             .unwrap_or(0);
         let f = std::fs::File::open(&path).unwrap();
-        let mut v = vec![0u8; LEN];
-        let r = restore(&FileStorage(f), |o, b| {
-            let o = usize::try_from(o).unwrap();
-            v[o..o + b.len()].copy_from_slice(b);
-        })
-        .unwrap();
-        let g = r.info.generation;
+        let (v, g) = common::restore_vec(&FileStorage(f)).unwrap();
         assert!(g >= durable, "{point}: restored {g} < durable {durable}");
         assert!(
             g <= durable + 1,
@@ -151,12 +147,8 @@ fn compaction_killed_at_each_crash_point() {
             "{point}"
         );
         let f = std::fs::File::open(&path).unwrap();
-        let mut v = vec![0u8; LEN];
-        let r = restore(&FileStorage(f), |o, b| {
-            let o = usize::try_from(o).unwrap();
-            v[o..o + b.len()].copy_from_slice(b);
-        })
-        .unwrap();
+        let (v, r) =
+            common::restore_opts(&FileStorage(f), shm_snapshot::RestoreOptions::default()).unwrap();
         assert_eq!(r.info.generation, 3, "{point}: {text}");
         assert_eq!(v, state(3), "{point}: content");
         // A compacted file holds one commit; the old log three.

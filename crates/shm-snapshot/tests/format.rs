@@ -1,24 +1,16 @@
 //! File format, crash-state replay and bad-file tests.
 #![allow(clippy::many_single_char_names, clippy::cast_possible_truncation)]
 
+mod common;
+
+use common::{restore_opts, restore_vec};
 use proptest::prelude::*;
 use shm_snapshot::storage_ops::Op;
 use shm_snapshot::{
     ErrorKind, FileStorage, MemStorage, OnDamage, RestoreOptions, SnapshotWriter, Storage, inspect,
-    restore, restore_with,
 };
 
 const PS: u32 = 256;
-
-fn restore_vec<S: Storage>(s: &S) -> Result<(Vec<u8>, u64), shm_snapshot::SnapshotError> {
-    let info = inspect(s)?;
-    let mut v = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    let r = restore(s, |off, b| {
-        let o = usize::try_from(off).unwrap();
-        v[o..o + b.len()].copy_from_slice(b);
-    })?;
-    Ok((v, r.info.generation))
-}
 
 /// Generation `g` of the test state: a few pages stamped with `g`, the rest stale.
 fn state(g: u64, len: usize) -> Vec<u8> {
@@ -181,28 +173,6 @@ fn every_truncation_restores_a_committed_generation() {
         w.snapshot(&state(9, len)).unwrap();
         assert_eq!(restore_vec(w.storage()).unwrap(), (state(9, len), g + 1));
     }
-}
-
-/// Restores with options into a vector.
-fn restore_opts<S: Storage>(
-    s: &S,
-    opts: RestoreOptions,
-) -> Result<(Vec<u8>, shm_snapshot::Restored), shm_snapshot::SnapshotError> {
-    let mut v = Vec::new();
-    let r = restore_with(
-        s,
-        opts,
-        |o, b| {
-            let o = usize::try_from(o).unwrap();
-            if v.len() < o + b.len() {
-                v.resize(o + b.len(), 0);
-            }
-            v[o..o + b.len()].copy_from_slice(b);
-        },
-        |_, _| {},
-    )?;
-    v.resize(usize::try_from(r.info.region_size).unwrap(), 0);
-    Ok((v, r))
 }
 
 /// One flipped byte anywhere after the header never costs more than the

@@ -5,18 +5,17 @@
 
 use std::fs::OpenOptions;
 
+mod common;
+
 use shm_snapshot::{FileStorage, MemStorage, SnapshotWriter, Storage, inspect, restore};
 
 const PS: usize = 4096;
 
+/// The newest committed state (checked to be `len` bytes) and its generation.
 fn restore_vec<S: Storage>(s: &S, len: usize) -> (Vec<u8>, u64) {
-    let mut v = vec![0u8; len];
-    let r = restore(s, |off, b| {
-        let o = usize::try_from(off).unwrap();
-        v[o..o + b.len()].copy_from_slice(b);
-    })
-    .unwrap();
-    (v, r.info.generation)
+    let (v, g) = common::restore_vec(s).unwrap();
+    assert_eq!(v.len(), len);
+    (v, g)
 }
 
 fn stamp(v: &mut [u8], page: usize, g: u64) {

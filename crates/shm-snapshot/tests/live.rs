@@ -1,11 +1,13 @@
 //! The commit protocol on a real memfd, and a full real filesystem.
 #![allow(clippy::single_range_in_vec_init, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::fs::OpenOptions;
 use std::os::fd::AsFd;
 
 use shm_snapshot::live::{self, Changed, Client, Host};
-use shm_snapshot::{FileStorage, SnapshotWriter, inspect, restore};
+use shm_snapshot::{FileStorage, SnapshotWriter, inspect};
 
 fn memfd(region: u64) -> std::os::fd::OwnedFd {
     let fd = shm_segment::memfd::create(
@@ -289,11 +291,7 @@ fn full_tmpfs_keeps_previous_snapshot() {
     let writer_len = w.len();
     let f = std::fs::File::open(&path).unwrap();
     let info = inspect(&FileStorage(f.try_clone().unwrap())).unwrap();
-    let mut restored = vec![0u8; region];
-    restore(&FileStorage(f), |o, b| {
-        restored[o as usize..o as usize + b.len()].copy_from_slice(b);
-    })
-    .unwrap();
+    let (restored, _) = common::restore_vec(&FileStorage(f)).unwrap();
     drop(w);
     let _ = std::process::Command::new("umount").arg(&dir).status();
     let _ = std::fs::remove_dir(&dir);
