@@ -47,9 +47,12 @@ struct Args {
     /// Prefix of the shared-memory names (`PREFIX-0` .. `PREFIX-(N-1)`).
     #[arg(long, default_value = "outlive-board")]
     prefix: String,
-    /// Longest pause between two writes, in milliseconds (pauses are random below it).
-    #[arg(long, default_value_t = 1000)]
-    max_interval_ms: u64,
+    /// Longest pause between two writes (e.g. 1s, 20ms, 0.5; pauses are random below it).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = shm_fd::cli::parse_duration)]
+    max_interval: Duration,
+    /// The longest pause in milliseconds (the first spelling of --max-interval).
+    #[arg(long, value_name = "MS", conflicts_with = "max_interval", hide = true)]
+    max_interval_ms: Option<u64>,
     /// Stop after this many writes (default: run until killed).
     #[arg(long)]
     writes: Option<u64>,
@@ -192,6 +195,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     let mut pauses = Pauses(seed ^ u64::from(std::process::id()));
     let mut buf = [0u8; PAYLOAD];
     let mut written = 0;
+    let max_ms = max_pause_ms(args);
     loop {
         for (j, reader) in &mut readers {
             match reader.read(&mut buf)? {
@@ -205,7 +209,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         if args.writes.is_some_and(|w| written >= w) {
             return Ok(());
         }
-        std::thread::sleep(pauses.next(args.max_interval_ms));
+        std::thread::sleep(pauses.next(max_ms));
         value += 1;
         writer.publish(&encode(value, me))?;
         written += 1;
@@ -225,8 +229,32 @@ fn recover(writer: &Writer<'_>, me: usize) -> u64 {
     }
 }
 
+/// The longest pause between two writes, in milliseconds, from either spelling.
+fn max_pause_ms(args: &Args) -> u64 {
+    args.max_interval_ms
+        .unwrap_or(u64::try_from(args.max_interval.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pauses_take_a_duration_or_the_old_milliseconds() {
+        use clap::Parser;
+        let ms = |extra: &[&str]| {
+            let args = super::Args::try_parse_from(
+                [&["board", "--count", "2", "--index", "0"][..], extra].concat(),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>(super::max_pause_ms(&args))
+        };
+        assert_eq!(ms(&[]), Ok(1000));
+        assert_eq!(ms(&["--max-interval", "20ms"]), Ok(20));
+        assert_eq!(ms(&["--max-interval", "0.5"]), Ok(500));
+        assert_eq!(ms(&["--max-interval-ms", "20"]), Ok(20));
+        assert!(ms(&["--max-interval", "soon"]).is_err());
+        assert!(ms(&["--max-interval", "1s", "--max-interval-ms", "5"]).is_err());
+    }
+
     #[test]
     fn encode_decode_round_trip_and_detect_tearing() {
         let sut = super::encode(42, 3);

@@ -23,9 +23,12 @@ struct Args {
     /// Stop after this many batches (default: run until killed).
     #[arg(long)]
     batches: Option<u64>,
-    /// Pause between batches, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    /// Pause between batches (e.g. 1s, 5ms, 0.5).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = shm_fd::cli::parse_duration)]
+    interval: Duration,
+    /// The pause in milliseconds (the first spelling of --interval).
+    #[arg(long, value_name = "MS", conflicts_with = "interval", hide = true)]
+    interval_ms: Option<u64>,
     /// If the server goes away, wait for it to come back and carry on.
     #[arg(long)]
     reconnect: bool,
@@ -100,11 +103,38 @@ fn main() -> Result<()> {
             Err(e) => return Err(e).context("sending"),
         }
         if args.batches.is_none_or(|b| batch <= b) {
-            match pause(&tx, Duration::from_millis(args.interval_ms)) {
+            match pause(&tx, pause_between(&args)) {
                 Err(RingError::Disconnected) if !args.reconnect => bail!("the server went away"),
                 _ => {}
             }
         }
     }
     Ok(())
+}
+
+/// The pause between batches, from either spelling.
+fn pause_between(args: &Args) -> Duration {
+    args.interval_ms
+        .map_or(args.interval, Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pauses_take_a_duration_or_the_old_milliseconds() {
+        use clap::Parser;
+        use std::time::Duration;
+        let pause = |extra: &[&str]| {
+            let args = super::Args::try_parse_from([&["client"][..], extra].concat())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(super::pause_between(&args))
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(pause(&[]), Ok(ms(1000)));
+        assert_eq!(pause(&["--interval", "5ms"]), Ok(ms(5)));
+        assert_eq!(pause(&["--interval", "0.25"]), Ok(ms(250)));
+        assert_eq!(pause(&["--interval-ms", "5"]), Ok(ms(5)));
+        assert!(pause(&["--interval", "soon"]).is_err());
+        assert!(pause(&["--interval", "1s", "--interval-ms", "5"]).is_err());
+    }
 }
