@@ -41,6 +41,7 @@ bash ci/loom.sh
 step "examples, and the README's first command"
 cargo run -q --release -p shm-segment --example message-passing | tail -n 1
 cargo run -q --release --bin tour -- --plain | tail -n 8
+bash ci/readme.sh
 
 step "no shared-memory objects left behind by tests"
 leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - || true)
