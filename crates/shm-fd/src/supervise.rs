@@ -9,6 +9,23 @@
 //! the restart policy, handing the stored fds back. It forwards SIGTERM,
 //! SIGINT and SIGHUP; the child dies with it (parent-death signal); its own
 //! exit mirrors the child's last exit, death by signal included.
+//!
+//! Like systemd (and s6), it bounds what a misbehaving child can do:
+//! - a child that does not exit within [`Config::stop_timeout`] of a
+//!   forwarded stop signal is SIGKILLed (`TimeoutStopSec=`, 90 s by default);
+//! - a child that keeps dying is not restarted in a tight loop: more than
+//!   [`RestartLimit::burst`] starts within [`RestartLimit::interval`] make the
+//!   supervisor give up (`StartLimitBurst=`/`StartLimitIntervalSec=`, 5 in
+//!   10 s by default), or, with [`RestartLimit::max_backoff`], wait twice as
+//!   long before each further restart;
+//! - the store holds at most [`Config::fd_store_max`] fds
+//!   (`FileDescriptorStoreMax=`); further `FDSTORE=1` fds are refused;
+//! - rejected notifications (another sender, a full store, a bad `FDNAME=`)
+//!   are logged at most [`LOG_BURST`] times per [`LOG_WINDOW`] each, then
+//!   counted.
+//!
+//! Everything is logged through `tracing` (the `shm-fd` binary prints it as
+//! `shm-fd: message` lines on stderr).
 
 use std::ffi::OsString;
 use std::io::IoSliceMut;
@@ -18,7 +35,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering}; // atomics-ok: process-local signal flag
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
@@ -53,6 +70,49 @@ pub struct Config {
     pub restart: Restart,
     /// Pause before a restart.
     pub restart_delay: Duration,
+    /// How long the program may take to exit after a forwarded stop signal
+    /// before it is SIGKILLed (systemd's `TimeoutStopSec=`).
+    pub stop_timeout: Duration,
+    /// How often the program may be restarted.
+    pub restart_limit: RestartLimit,
+    /// Most fds the store holds (systemd's `FileDescriptorStoreMax=`):
+    /// `FDSTORE=1` fds beyond it are refused (closed) and the refusal logged.
+    pub fd_store_max: usize,
+}
+
+/// systemd's default `TimeoutStopSec=`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(90);
+/// The default [`Config::fd_store_max`]: far below the 4096 fds a program
+/// accepts in `LISTEN_FDS` ([`crate::listen::MAX_LISTEN_FDS`]).
+pub const DEFAULT_FD_STORE_MAX: usize = 256;
+/// Rejected notifications of one kind logged per [`LOG_WINDOW`]; the rest are counted.
+pub const LOG_BURST: u32 = 10;
+/// See [`LOG_BURST`].
+pub const LOG_WINDOW: Duration = Duration::from_secs(5);
+
+/// A restart rate limit, like systemd's `StartLimitBurst=`/`StartLimitIntervalSec=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartLimit {
+    /// Most starts within [`RestartLimit::interval`]; 0 means no limit.
+    pub burst: u32,
+    /// The window the starts are counted in.
+    pub interval: Duration,
+    /// `None`: give up when the limit is hit (the supervisor exits like the
+    /// program's last exit). `Some(max)`: keep restarting, but wait twice as
+    /// long as before (from `restart_delay`, at least 100 ms) for each start
+    /// over the limit, at most `max`.
+    pub max_backoff: Option<Duration>,
+}
+
+impl Default for RestartLimit {
+    /// systemd's defaults: 5 starts within 10 s, then give up.
+    fn default() -> Self {
+        RestartLimit {
+            burst: 5,
+            interval: Duration::from_secs(10),
+            max_backoff: None,
+        }
+    }
 }
 
 /// Why supervision failed (the program's own failures are exit statuses, not errors).
@@ -92,7 +152,97 @@ pub enum SuperviseError {
 }
 
 fn log(msg: &str) {
-    eprintln!("shm-fd: {msg}");
+    tracing::info!("{msg}");
+}
+
+fn warn(msg: &str) {
+    tracing::warn!("{msg}");
+}
+
+/// Logging of one kind of rejected notification: [`LOG_BURST`] messages per
+/// [`LOG_WINDOW`], then a count of those not shown.
+#[derive(Debug)]
+struct LogLimit {
+    what: &'static str,
+    start: Option<Instant>,
+    shown: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const fn new(what: &'static str) -> Self {
+        LogLimit {
+            what,
+            start: None,
+            shown: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log one more message now.
+    fn allow(&mut self) -> bool {
+        self.tick();
+        if self.start.is_none() {
+            self.start = Some(Instant::now());
+        }
+        if self.shown < LOG_BURST {
+            self.shown += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Ends the window when it has passed, reporting what it suppressed.
+    fn tick(&mut self) {
+        if self.start.is_some_and(|s| s.elapsed() >= LOG_WINDOW) {
+            self.flush();
+        }
+    }
+
+    /// Reports what was suppressed and starts a new window.
+    fn flush(&mut self) {
+        if self.suppressed > 0 {
+            warn(&format!(
+                "{} more {} not logged (at most {LOG_BURST} per {}s)",
+                self.suppressed,
+                self.what,
+                LOG_WINDOW.as_secs()
+            ));
+        }
+        *self = LogLimit::new(self.what);
+    }
+}
+
+/// The rate-limited logs of rejected notifications.
+#[derive(Debug)]
+struct Limits {
+    foreign: LogLimit,
+    full: LogLimit,
+    bad_name: LogLimit,
+}
+
+impl Limits {
+    const fn new() -> Self {
+        Limits {
+            foreign: LogLimit::new("notifications from other processes"),
+            full: LogLimit::new("refusals of fds for a full store"),
+            bad_name: LogLimit::new("notifications with a bad FDNAME="),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.foreign.tick();
+        self.full.tick();
+        self.bad_name.tick();
+    }
+
+    fn flush(&mut self) {
+        self.foreign.flush();
+        self.full.flush();
+        self.bad_name.flush();
+    }
 }
 
 /// Supervises the program until it should no longer be restarted; returns its last exit status.
@@ -134,7 +284,12 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
     };
 
     let mut stopping = false;
+    let mut limits = Limits::new();
+    let mut starts: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let mut over_limit: u32 = 0;
+    warn_if_full(&config);
     loop {
+        starts.push_back(Instant::now());
         let mut child = crate::exec::spawn_with_fds(
             &config.trampoline,
             &config.program,
@@ -157,7 +312,8 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
             &mut child,
             &sock,
             &signals,
-            &mut config.store,
+            &mut config,
+            &mut limits,
             &mut stopping,
         );
         let restart = !stopping
@@ -166,28 +322,105 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
                 Restart::OnFailure => !status.success(),
                 Restart::Always => true,
             };
-        log(&format!(
-            "{:?} exited: {}{}",
-            config.program,
-            describe(status),
-            if restart { "; restarting" } else { "" }
-        ));
         if !restart {
+            limits.flush();
+            log(&format!(
+                "{:?} exited: {}",
+                config.program,
+                describe(status)
+            ));
             return Ok(status);
         }
+        let Some(delay) = restart_delay(&config, &mut starts, &mut over_limit, status) else {
+            limits.flush();
+            return Ok(status);
+        };
         // Sleep, but stay responsive to a stop request.
-        let deadline = std::time::Instant::now() + config.restart_delay;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let deadline = Instant::now() + delay;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let mut fds = [PollFd::new(&signals.pipe, PollFlags::IN)];
             let timeout = rustix::time::Timespec::try_from(left).unwrap_or_default();
             let _ = rustix::event::poll(&mut fds, Some(&timeout));
             signals.drain();
             if signals.take_stop().is_some() {
+                limits.flush();
                 log("stop requested while waiting to restart");
                 return Ok(status);
             }
         }
     }
+}
+
+fn warn_if_full(config: &Config) {
+    if config.store.len() > config.fd_store_max {
+        warn(&format!(
+            "the initial store holds {} fds, more than --fd-store-max {}: the program may push none",
+            config.store.len(),
+            config.fd_store_max
+        ));
+    }
+}
+
+/// The pause before the next start, or `None` when the restart limit says to give up.
+fn restart_delay(
+    config: &Config,
+    starts: &mut std::collections::VecDeque<Instant>,
+    over_limit: &mut u32,
+    status: ExitStatus,
+) -> Option<Duration> {
+    // The rate limit: starts within the interval, this one included. A
+    // back-off ends only when a run lasts the whole interval.
+    let limit = config.restart_limit;
+    if starts.back().is_some_and(|t| t.elapsed() >= limit.interval) {
+        *over_limit = 0;
+    }
+    while starts.front().is_some_and(|t| t.elapsed() > limit.interval) {
+        starts.pop_front();
+    }
+    let mut delay = config.restart_delay;
+    let hit = limit.burst > 0 && starts.len() >= limit.burst as usize;
+    if hit || *over_limit > 0 {
+        let why = if hit {
+            format!(
+                "it was started {} times within {:?} (--restart-burst {} --restart-interval {:?})",
+                starts.len(),
+                limit.interval,
+                limit.burst,
+                limit.interval
+            )
+        } else {
+            format!(
+                "its last run lasted less than --restart-interval {:?}",
+                limit.interval
+            )
+        };
+        let Some(max) = limit.max_backoff else {
+            warn(&format!(
+                "{:?} exited: {}; not restarting it: {why}",
+                config.program,
+                describe(status)
+            ));
+            return None;
+        };
+        *over_limit = over_limit.saturating_add(1);
+        let base = config.restart_delay.max(Duration::from_millis(100));
+        delay = base
+            .checked_mul(1u32 << (*over_limit).min(31))
+            .unwrap_or(max)
+            .min(max);
+        warn(&format!(
+            "{:?} exited: {}; restarting in {delay:?}, backing off: {why}",
+            config.program,
+            describe(status)
+        ));
+    } else {
+        log(&format!(
+            "{:?} exited: {}; restarting",
+            config.program,
+            describe(status)
+        ));
+    }
+    Some(delay)
 }
 
 fn rand_tag() -> u64 {
@@ -228,18 +461,22 @@ impl Signals {
     }
 }
 
-/// Runs until the child exits, serving its notifications and our signals.
+/// Runs until the child exits, serving its notifications and our signals;
+/// SIGKILLs it when it outlives [`Config::stop_timeout`] after a stop signal.
 fn watch(
     child: &mut Child,
     sock: &OwnedFd,
     signals: &Signals,
-    store: &mut Vec<(String, OwnedFd)>,
+    config: &mut Config,
+    limits: &mut Limits,
     stopping: &mut bool,
 ) -> ExitStatus {
     let pid = child.id();
+    let target = rustix::process::Pid::from_raw(pid.cast_signed());
+    let mut kill_at: Option<Instant> = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            receive_all(sock, pid, store);
+            receive_all(sock, pid, config, limits);
             return status;
         }
         let mut fds = [
@@ -252,24 +489,38 @@ fn watch(
         };
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => log(&format!("poll failed: {e}")),
+            Err(e) => warn(&format!("poll failed: {e}")),
         }
-        receive_all(sock, pid, store);
+        receive_all(sock, pid, config, limits);
+        limits.tick();
         signals.drain();
         if let Some(sig) = signals.take_stop() {
             *stopping = true;
             log(&format!("forwarding signal {sig} to pid {pid}"));
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid.cast_signed()).expect("child pid is positive"),
-                rustix::process::Signal::from_named_raw(sig)
-                    .unwrap_or(rustix::process::Signal::TERM),
-            );
+            if let Some(target) = target {
+                let _ = rustix::process::kill_process(
+                    target,
+                    rustix::process::Signal::from_named_raw(sig)
+                        .unwrap_or(rustix::process::Signal::TERM),
+                );
+            }
+            kill_at.get_or_insert(Instant::now() + config.stop_timeout);
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            warn(&format!(
+                "pid {pid} did not exit within {:?} of the stop signal (--stop-timeout): sending SIGKILL",
+                config.stop_timeout
+            ));
+            if let Some(target) = target {
+                let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+            }
+            kill_at = None;
         }
     }
 }
 
 /// Reads every pending notification; applies those sent by `pid`.
-fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
+fn receive_all(sock: &OwnedFd, pid: u32, config: &mut Config, limits: &mut Limits) {
     loop {
         let mut buf = [0u8; 4096];
         let mut space =
@@ -285,7 +536,7 @@ fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
             Ok(msg) => msg,
             Err(Errno::AGAIN | Errno::INTR) => return,
             Err(e) => {
-                log(&format!("notify socket: {e}"));
+                warn(&format!("notify socket: {e}"));
                 return;
             }
         };
@@ -295,31 +546,47 @@ fn receive_all(sock: &OwnedFd, pid: u32, store: &mut Vec<(String, OwnedFd)>) {
             match m {
                 RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
                 RecvAncillaryMessage::ScmCredentials(cred) => {
-                    sender = Some(cred.pid.as_raw_nonzero().get());
+                    sender = Some((cred.pid.as_raw_nonzero().get(), cred.uid.as_raw()));
                 }
                 _ => {}
             }
         }
-        let text = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
-        if sender != Some(pid.cast_signed()) {
-            log(&format!(
-                "ignoring a notification from pid {sender:?}: only the program (pid {pid}) may notify"
-            ));
+        if sender.map(|(p, _)| p) != Some(pid.cast_signed()) {
+            if limits.foreign.allow() {
+                let (spid, uid) = sender.unzip();
+                warn(&format!(
+                    "ignoring a notification from pid {spid:?} (uid {uid:?}): only the program (pid {pid}) may notify"
+                ));
+            }
             continue; // the fds drop here
         }
-        apply(&text, fds, store);
+        let text = String::from_utf8_lossy(&buf[..msg.bytes]);
+        apply_limited(&text, fds, &mut config.store, config.fd_store_max, limits);
     }
 }
 
-/// Applies one notification message to the store.
+/// Applies one notification message to the store (without a limit on its size).
 pub fn apply(text: &str, fds: Vec<OwnedFd>, store: &mut Vec<(String, OwnedFd)>) {
+    apply_limited(text, fds, store, usize::MAX, &mut Limits::new());
+}
+
+/// Applies one notification message to a store of at most `max` fds.
+fn apply_limited(
+    text: &str,
+    fds: Vec<OwnedFd>,
+    store: &mut Vec<(String, OwnedFd)>,
+    max: usize,
+    limits: &mut Limits,
+) {
     let field = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key).map(str::to_owned))
     };
     let name = field("FDNAME=").unwrap_or_else(|| "stored".to_owned());
     if let Err(e) = crate::listen::validate_fd_name(&name) {
-        log(&format!("ignoring a notification with FDNAME=: {e}"));
+        if limits.bad_name.allow() {
+            warn(&format!("ignoring a notification with FDNAME=: {e}"));
+        }
         return;
     }
     if field("FDSTOREREMOVE=").as_deref() == Some("1") {
@@ -331,17 +598,30 @@ pub fn apply(text: &str, fds: Vec<OwnedFd>, store: &mut Vec<(String, OwnedFd)>) 
         ));
     }
     if field("FDSTORE=").as_deref() == Some("1") {
+        let (mut added, mut refused) = (0usize, 0usize);
         for fd in fds {
             // Like systemd: the same open file stored twice is kept once.
-            let dup = store.iter().any(|(_, s)| same_file(s, &fd));
-            if !dup {
-                store.push((name.clone(), fd));
+            if store.iter().any(|(_, s)| same_file(s, &fd)) {
+                continue;
             }
+            if store.len() >= max {
+                refused += 1; // the fd drops (closes) here
+                continue;
+            }
+            store.push((name.clone(), fd));
+            added += 1;
         }
-        log(&format!(
-            "stored fd(s) as {name:?}; the store holds {}",
-            store.len()
-        ));
+        if refused > 0 && limits.full.allow() {
+            warn(&format!(
+                "refused {refused} fd(s) named {name:?}: the store is full ({max} fds, --fd-store-max)"
+            ));
+        }
+        if added > 0 || refused == 0 {
+            log(&format!(
+                "stored fd(s) as {name:?}; the store holds {}",
+                store.len()
+            ));
+        }
     }
     if field("READY=").as_deref() == Some("1") {
         log("the program reported READY=1");

@@ -63,6 +63,25 @@ struct Args {
     /// With --supervise: pause before a restart (e.g. 100ms, 2s, or seconds: 0.1).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = shm_fd::cli::parse_duration)]
     restart_delay: Duration,
+    /// With --supervise: how long COMMAND may take to exit after a forwarded
+    /// SIGTERM/SIGINT/SIGHUP before it is SIGKILLed (systemd's `TimeoutStopSec=`).
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = shm_fd::cli::parse_duration)]
+    stop_timeout: Duration,
+    /// With --supervise: most starts of COMMAND within --restart-interval; then
+    /// give up (or back off, --restart-max-backoff). 0: no limit (systemd's `StartLimitBurst=`).
+    #[arg(long, value_name = "N", default_value = "5")]
+    restart_burst: u32,
+    /// With --supervise: the window --restart-burst counts starts in (systemd's `StartLimitIntervalSec=`).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = shm_fd::cli::parse_duration)]
+    restart_interval: Duration,
+    /// With --supervise: past the limit, keep restarting with a delay that
+    /// doubles each time, up to this, instead of giving up.
+    #[arg(long, value_name = "DURATION", value_parser = shm_fd::cli::parse_duration)]
+    restart_max_backoff: Option<Duration>,
+    /// With --supervise: most fds the store holds; further FDSTORE=1 fds are
+    /// refused (systemd's `FileDescriptorStoreMax=`).
+    #[arg(long, value_name = "N", default_value_t = supervise::DEFAULT_FD_STORE_MAX)]
+    fd_store_max: usize,
     #[command(flatten)]
     log: shm_fd::cli::Verbosity,
     /// The program to run, and its arguments (everything from COMMAND on is
@@ -158,6 +177,13 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
         store: fds,
         restart: args.restart,
         restart_delay: args.restart_delay,
+        stop_timeout: args.stop_timeout,
+        restart_limit: supervise::RestartLimit {
+            burst: args.restart_burst,
+            interval: args.restart_interval,
+            max_backoff: args.restart_max_backoff,
+        },
+        fd_store_max: args.fd_store_max,
     })
     .map_err(|e| (EXIT_OS, e.to_string()))?;
     Ok(exit_like(status))
