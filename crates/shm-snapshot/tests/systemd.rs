@@ -1,34 +1,29 @@
-//! The service flow of `docs/systemd.service.template` under a real systemd
-//! user manager (`shm_testkit::systemd`): `shm-restore FILE -- primes-snapshot`
-//! with `FileDescriptorStoreMax=` and `Restart=on-abnormal`, starting from an
-//! all-zero FILE (`truncate -s`).
+//! The exec-unit flow of `docs/systemd.md`, run as written under a real
+//! systemd user manager (`shm_testkit::systemd`): its command blocks build the
+//! release binaries, install `docs/systemd.service.template` with `envsubst`
+//! (`shm-restore FILE -- primes-snapshot` with `FileDescriptorStoreMax=` and
+//! `Restart=on-abnormal`), make FILE with `truncate -s` and start the unit.
 //!
-//! SIGKILL of the program, then of the host: systemd restarts the service warm
-//! from the fd store and no committed prime is lost. `stop` then `start`: a
-//! cold restore from FILE with exactly the last durable count. Finally the
-//! file's content is checked: exactly the first N primes.
+//! `kill -s SIGKILL` (the doc's block): systemd restarts the service warm from
+//! the fd store and no committed prime is lost. `stop` then `start` (the doc's
+//! block): a cold restore from FILE with exactly the last durable count. Then
+//! SIGKILL of `shm-restore` alone, again warm. Finally the file's content is
+//! checked: exactly the first N primes. The output is read from the journal,
+//! as the doc's `journalctl --user -u` shows it.
 //!
 //! This test fails (it never skips) when no user manager can be started.
 #![cfg(feature = "shm-restore")]
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shm_snapshot::{FileStorage, restore};
-use shm_testkit::systemd::UserManager;
-use shm_testkit::{Watchdog, unique_name};
+use shm_testkit::Watchdog;
+use shm_testkit::systemd::{UserManager, doc_block};
 
 /// Primes per commit of `primes-snapshot`.
 const CHUNK: u64 = 1000;
-/// The state region: room for about 500 000 primes, far more than the test makes.
-const REGION: u64 = 4 << 20;
 const CONTROL: u64 = 4096;
-
-/// Builds `primes-snapshot` (another package) for this test.
-fn primes_snapshot() -> PathBuf {
-    shm_testkit::build_bins(&["-p", "primes-snapshot"]).join("primes-snapshot")
-}
 
 /// Every number following `key` on the lines of `text`, in order.
 fn numbers_after(text: &str, key: &str) -> Vec<u64> {
@@ -38,49 +33,32 @@ fn numbers_after(text: &str, key: &str) -> Vec<u64> {
         .collect()
 }
 
-fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..=n.isqrt()).all(|d| !n.is_multiple_of(d))
-}
-
-/// The unit from the template, with this build's binaries and a log file.
-fn unit_text(restore_bin: &Path, primes: &Path, file: &Path, log: &Path) -> String {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/systemd.service.template"),
-    )
-    .unwrap();
-    assert!(template.contains("FileDescriptorStoreMax="), "{template}");
-    assert!(template.contains("Restart=on-abnormal"), "{template}");
-    let mut unit = String::new();
-    for line in template.lines() {
-        if line.starts_with("ExecStart=") {
-            // A short interval and a modest rate keep the test quick.
-            writeln!(
-                unit,
-                "ExecStart={} --interval 0.05 {} -- {} 5000",
-                restore_bin.display(),
-                file.display(),
-                primes.display()
-            )
-            .unwrap();
-            writeln!(unit, "StandardOutput=append:{}", log.display()).unwrap();
-            writeln!(unit, "StandardError=append:{}", log.display()).unwrap();
-        } else {
-            unit.push_str(line);
-            unit.push('\n');
+/// The first primes up to `limit` (a sieve: the test checks tables of some 10^5 primes).
+fn primes_below(limit: usize) -> Vec<u64> {
+    let mut composite = vec![false; limit];
+    let mut primes = Vec::new();
+    for i in 2..limit {
+        if !composite[i] {
+            primes.push(i as u64);
+            let mut j = i * i;
+            while j < limit {
+                composite[j] = true;
+                j += i;
+            }
         }
     }
-    unit
+    primes
 }
 
 struct Service<'a> {
     sd: &'a UserManager,
     unit: String,
-    log: PathBuf,
 }
 
 impl Service<'_> {
+    /// The unit's messages so far, from the journal.
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.sd.journal(&self.unit)
     }
 
     /// Waits until `probe(log)` holds.
@@ -97,7 +75,7 @@ impl Service<'_> {
     fn last_committed(&self) -> u64 {
         self.log()
             .lines()
-            .filter(|l| l.starts_with("committed generation "))
+            .filter(|l| l.contains("committed generation "))
             .filter_map(|l| numbers_after(l, ": ").pop())
             .next_back()
             .unwrap_or(0)
@@ -108,10 +86,6 @@ impl Service<'_> {
         numbers_after(&self.log(), "durable generation ")
             .last()
             .map_or(0, |g| g * CHUNK)
-    }
-
-    fn main_pid(&self) -> u32 {
-        self.sd.property(&self.unit, "MainPID").parse().unwrap()
     }
 
     /// Waits for a new start after `before` starts, and checks it lost nothing.
@@ -141,7 +115,8 @@ impl Drop for Service<'_> {
 
 /// The file's newest generation holds exactly the first `durable` primes.
 fn check_file(file: &Path, durable: u64, log: &str) {
-    let mut image = vec![0u8; usize::try_from(CONTROL + REGION).unwrap()];
+    let len = std::fs::metadata(file).unwrap().len();
+    let mut image = vec![0u8; usize::try_from(len).unwrap()];
     let r = restore(
         &FileStorage(std::fs::File::open(file).unwrap()),
         |off, b| {
@@ -155,48 +130,54 @@ fn check_file(file: &Path, durable: u64, log: &str) {
         let o = usize::try_from(CONTROL).unwrap() + 8 * i;
         u64::from_le_bytes(image[o..o + 8].try_into().unwrap())
     };
-    let count = word(0);
-    assert_eq!(count, durable, "{log}");
-    let mut p = 1;
-    for i in 1..=usize::try_from(count).unwrap() {
-        p += 1;
-        while !is_prime(p) {
-            p += 1;
+    let count = usize::try_from(word(0)).unwrap();
+    assert_eq!(count as u64, durable, "{log}");
+    let mut limit = 1 << 16;
+    let primes = loop {
+        let p = primes_below(limit);
+        if p.len() >= count {
+            break p;
         }
-        assert_eq!(word(i), p, "entry {i} of the file's table");
+        limit *= 2;
+    };
+    for i in 1..=count {
+        assert_eq!(word(i), primes[i - 1], "entry {i} of the file's table");
     }
 }
 
 #[test]
-fn service_restarts_warm_from_the_fd_store_and_cold_from_the_file() {
-    let _w = Watchdog::new(Duration::from_secs(240));
-    let restore_bin = PathBuf::from(env!("CARGO_BIN_EXE_shm-restore"));
-    let primes = primes_snapshot();
+fn exec_flow_of_the_docs() {
     let sd = UserManager::start()
         .expect("this test needs a systemd user manager (root, /lib/systemd/systemd)");
-    let name = unique_name("primes-snap");
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("fprimes-snapshot");
-    // The seed's `truncate -s SIZE FILE`: all zeros, a fresh state of that size.
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len(CONTROL + REGION)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
         .unwrap();
-    let unit = format!("{name}.service");
+    let doc = root.join("docs/systemd.md");
+    // The blocks build the release binaries (minutes on a cold cache) into a
+    // target directory of the tests' own, which they name in the unit.
+    let (target, _) = shm_testkit::nested_target_dir();
+    let env = [
+        ("SHMFD", root.as_os_str()),
+        ("CARGO_TARGET_DIR", target.as_os_str()),
+    ];
+    let run = |heading: &str| eprintln!("{}", sd.script(&doc_block(&doc, heading), &root, &env));
+    // The block's `truncate -s` makes an all-zero file only where there is none.
+    let file: PathBuf = target.join("fprimes-snapshot");
+    let _ = std::fs::remove_file(&file);
+    let unit = "shmfd-primes-snapshot.service".to_owned();
     let svc = Service {
         sd: &sd,
         unit: unit.clone(),
-        log: dir.join("log"),
     };
-    std::fs::write(
-        sd.unit_dir().join(&unit),
-        unit_text(&restore_bin, &primes, &file, &svc.log),
-    )
-    .unwrap();
-    sd.systemctl(&["daemon-reload"]);
-    sd.systemctl(&["start", &unit]);
 
+    run("Exec unit: install and start");
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let installed = std::fs::read_to_string(sd.unit_dir().join(&unit)).unwrap();
+    assert!(
+        !installed.contains("${"),
+        "envsubst left a variable:\n{installed}"
+    );
     // Start: fresh from the all-zero file; let a few generations become durable.
     svc.wait("the first durable generations", |l| {
         numbers_after(l, "durable generation ")
@@ -205,29 +186,44 @@ fn service_restarts_warm_from_the_fd_store_and_cold_from_the_file() {
     });
     assert_eq!(svc.starts(), vec![0], "{}", svc.log());
 
-    // SIGKILL of the program alone: the host snapshots, dies by the same
-    // signal, and systemd restarts the service with the memfd from the store.
+    // The doc's SIGKILL: systemd kills the unit and restarts it (Restart=on-abnormal)
+    // with the memfd from the store, which holds every commit.
     let committed = svc.last_committed();
-    let host = svc.main_pid();
-    let children = std::fs::read_to_string(format!("/proc/{host}/task/{host}/children")).unwrap();
-    let program: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    let program = rustix::process::Pid::from_raw(program).unwrap();
-    rustix::process::kill_process(program, rustix::process::Signal::KILL).unwrap();
-    let n1 = svc.expect_restart(1, committed, "SIGKILL of the program");
+    run("Exec unit: a crash, a warm restart");
+    let n1 = svc.expect_restart(1, committed, "systemctl kill -s SIGKILL");
     assert!(
         svc.log().contains("warm start from the inherited memfd"),
         "{}",
         svc.log()
     );
 
-    // SIGKILL of the host alone: systemd kills the rest of the unit and
+    // The doc's stop and start: stop empties the store (systemd < 254, and by
+    // default after); the host takes a last snapshot at its exit. start: cold
+    // restore from FILE, of exactly the last generation reported durable.
+    svc.wait("a durable generation after the restart", |_| {
+        svc.last_durable() > n1
+    });
+    run("Exec unit: stop and start, a cold restore");
+    let n2 = svc.expect_restart(2, n1, "stop and start");
+    let log = svc.log();
+    let before_start = &log[..log.match_indices("Recovering ").nth(2).unwrap().0];
+    let durable = numbers_after(before_start, "durable generation ")
+        .last()
+        .map_or(0, |g| g * CHUNK);
+    assert_eq!(
+        n2, durable,
+        "the cold start must restore exactly the last durable generation\n{log}"
+    );
+    assert!(log.contains("cold start: restored generation"), "{log}");
+
+    // SIGKILL of shm-restore alone: systemd kills the rest of the unit and
     // restarts it; the memfd in the store still holds every commit.
-    svc.wait("a commit after the first restart", |_| {
-        svc.last_committed() > n1
+    svc.wait("a commit after the cold start", |_| {
+        svc.last_committed() > n2
     });
     let committed = svc.last_committed();
     sd.systemctl(&["kill", "--kill-whom=main", "-s", "SIGKILL", &unit]);
-    svc.expect_restart(2, committed, "SIGKILL of the host");
+    svc.expect_restart(3, committed, "SIGKILL of shm-restore");
     assert_eq!(
         svc.log()
             .matches("warm start from the inherited memfd")
@@ -236,28 +232,9 @@ fn service_restarts_warm_from_the_fd_store_and_cold_from_the_file() {
         "{}",
         svc.log()
     );
-
-    // stop empties the store (systemd < 254, and by default after); the host
-    // takes a last snapshot at its exit. start: cold restore from FILE.
-    svc.wait("a durable generation after the second restart", |_| {
-        svc.last_durable() > committed
-    });
     sd.systemctl(&["stop", &unit]);
-    let durable = svc.last_durable();
-    sd.systemctl(&["start", &unit]);
-    let n3 = svc.expect_restart(3, durable, "stop and start");
-    assert_eq!(
-        n3,
-        durable,
-        "the cold start must restore exactly the last durable generation\n{}",
-        svc.log()
-    );
-    assert!(
-        svc.log().contains("cold start: restored generation"),
-        "{}",
-        svc.log()
-    );
-    sd.systemctl(&["stop", &unit]);
+    // The last lines reach the journal asynchronously.
+    std::thread::sleep(Duration::from_millis(500));
     let log = svc.log();
     assert!(!log.contains("corrupt"), "{log}");
 
@@ -265,5 +242,5 @@ fn service_restarts_warm_from_the_fd_store_and_cold_from_the_file() {
     check_file(&file, svc.last_durable(), &log);
     drop(svc);
     drop(sd);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&file).unwrap();
 }
