@@ -15,7 +15,7 @@ block=$(awk '/^## Running without systemd/ { f = 1 } f && /^```bash/ { b = 1; ne
 cmds=$(printf '%s\n' "$block" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | sed -e 's/[[:space:]]*#.*$//' | grep -v '^[[:space:]]*$')
 
 out=$(mktemp)
-trap 'rm -f "$out" primes.snap' EXIT
+trap 'rm -f "$out" "$out.server" primes.snap' EXIT
 rm -f primes.snap
 n=0
 while IFS= read -r cmd; do
@@ -40,4 +40,67 @@ while IFS= read -r cmd; do
     fi
     n=$((n + 1))
 done <<< "$cmds"
-echo "readme.sh: $n README commands ran as written"
+echo "readme.sh: $n commands of 'Running without systemd' ran as written"
+
+# The seed command map: every command in the "original command" column of a
+# row whose "here" column says "same", and every command in the "here"
+# column, is run as written (the systemd ones are docs/systemd.md's, run by
+# its tests).
+map=$(awk '/^## The seeds. commands/ { f = 1; next } f && /^## / { exit } f && /^\| [0-9]/' README.md)
+[ -n "$map" ] || { echo "readme.sh: no seed command map in README.md" >&2; exit 1; }
+seeds=$(printf '%s\n' "$map" | awk -F'|' '{
+    here = $4; n = split($3, a, "`")
+    if (here ~ /^ *same/) for (i = 2; i <= n; i += 2) print a[i]
+    n = split(here, b, "`")
+    for (i = 2; i <= n; i += 2) print b[i]
+}' | grep -E '^(cargo|\./|examples/|envsubst|truncate|systemctl)' || true)
+server=
+m=0
+while IFS= read -r cmd; do
+    [ -n "$cmd" ] || continue
+    [ -d "$cmd" ] && continue   # a directory named in the map, not a command
+    typed=no limit=1800 want=''
+    case "$cmd" in
+        envsubst*|truncate*|systemctl*) continue ;;   # docs/systemd.md's blocks, run by the systemd tests
+        cargo\ build*) ;;
+        *" watch "*primes*) limit=3 want='total 1000' ;;
+        "cargo run --example message-passing") want='reader saw all 10 messages in order' ;;
+        "cargo run --release --bin server")
+            # Runs until stopped; the client below talks to it.
+            rm -f /tmp/shmem-test.sock
+            bash -c "$cmd" >"$out.server" 2>&1 </dev/null &
+            server=$!
+            for _ in $(seq 600); do [ -S /tmp/shmem-test.sock ] && break; sleep 0.1; done
+            echo "readme.sh: $cmd (in the background)"
+            m=$((m + 1)); continue ;;
+        "cargo run --release --bin client") limit=8 want='Sending' ;;
+        "examples/board/run.sh 3")
+            # Typed input: kill process 1, start it again, quit.
+            limit=120 want='stopped; boards removed'
+            typed=yes ;;
+        *) echo "readme.sh: no expectation for seed command: $cmd" >&2; exit 1 ;;
+    esac
+    echo "readme.sh: $cmd"
+    rc=0
+    if [ "$typed" = yes ]; then
+        timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 < <(sleep 3; echo 1; sleep 1; echo 1; sleep 1; echo q) || rc=$?
+    else
+        timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 </dev/null || rc=$?
+    fi
+    ok=no
+    if [ "$rc" = 0 ]; then ok=yes; elif [ -n "$want" ] && [ "$rc" = 124 ]; then ok=yes; fi
+    if [ "$ok" != yes ]; then
+        echo "readme.sh: exit status $rc from: $cmd" >&2; tail -n 20 "$out" >&2; exit 1
+    fi
+    if [ -n "$want" ] && ! grep -aq -- "$want" "$out"; then
+        echo "readme.sh: no '$want' in the output of: $cmd" >&2; tail -c 2000 "$out" >&2; exit 1
+    fi
+    m=$((m + 1))
+done <<< "$seeds"
+if [ -n "$server" ]; then
+    # The client hung up when stopped: the server reports its sums.
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    grep -aq 'Sum:' "$out.server" || { echo "readme.sh: the server printed no sum:" >&2; tail -n 20 "$out.server" >&2; exit 1; }
+fi
+echo "readme.sh: $m seed commands ran as written"
