@@ -40,6 +40,10 @@ bash ci/loom.sh
 
 step "examples, and the README's first command"
 cargo run -q --release -p shm-segment --example message-passing | tail -n 1
+cargo run -q --release -p shm-segment --example message-passing -- --version | grep -q '^message-passing '
+if cargo run -q --release -p shm-segment --example message-passing -- --bogus 2>/dev/null; then
+    echo "message-passing accepted an unknown option"; exit 1
+fi
 cargo run -q --release --bin tour -- --plain | tail -n 8
 bash ci/readme.sh
 

@@ -129,11 +129,23 @@ fn reader(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Two processes pass messages through a typed shared segment: this one
+/// writes, a reader process it starts reads them in order.
+#[derive(clap::Parser, Debug)]
+#[command(name = "message-passing", version)]
+struct Args {
+    /// The segment name (default: a unique one). `reader NAME` is how the
+    /// writer starts its reader process.
+    #[arg(num_args = 0..=2, value_name = "NAME")]
+    words: Vec<String>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("reader") => reader(args.get(2).ok_or("reader needs a segment name")?),
-        Some(name) => writer(name),
-        None => writer(&format!("outlive-message-passing-{}", std::process::id())),
+    let args = <Args as clap::Parser>::parse();
+    match args.words.as_slice() {
+        [role, name] if role == "reader" => reader(name),
+        [name] => writer(name),
+        [] => writer(&format!("outlive-message-passing-{}", std::process::id())),
+        _ => Err("usage: message-passing [NAME]".into()),
     }
 }
