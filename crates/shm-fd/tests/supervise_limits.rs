@@ -43,11 +43,27 @@ fn dispatch() -> bool {
         }
         "flood_foreign" => {
             // Our own child, as another user, floods the supervisor's socket.
-            let status = role_command("foreign_notifications_are_logged_rate_limited", "foreign")
-                .uid(65534)
-                .gid(65534)
-                .status()
-                .unwrap();
+            // That user may not reach this binary where it was built (a
+            // checkout under a 0700 directory): it runs a copy in a directory
+            // everyone can read.
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir().join(shm_testkit::unique_name("foreign-exe"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let exe = dir.join("supervise_limits");
+            std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let mut cmd = role_command("foreign_notifications_are_logged_rate_limited", "foreign");
+            let args: Vec<_> = cmd.get_args().map(ToOwned::to_owned).collect();
+            let envs: Vec<_> = cmd
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect();
+            cmd = Command::new(&exe);
+            cmd.args(args).envs(envs);
+            let status = cmd.uid(65534).gid(65534).status();
+            std::fs::remove_dir_all(&dir).unwrap();
+            let status = status.unwrap();
             assert!(status.success(), "{status}");
         }
         "foreign" => {
