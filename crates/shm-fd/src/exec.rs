@@ -49,6 +49,9 @@ pub enum ExecError {
         /// The OS error (part of the message, so not also a `source()`).
         error: std::io::Error,
     },
+    /// The trampoline's `LISTEN_FDNAMES` does not name its fds.
+    #[error("the trampoline's fds: {0}")]
+    Names(#[from] crate::listen::ListenError),
 }
 
 fn names_of(fds: &[(String, OwnedFd)]) -> String {
@@ -61,7 +64,22 @@ fn names_of(fds: &[(String, OwnedFd)]) -> String {
 /// Replaces this process with `program args`, handing it `fds` at 3, 4, ...
 /// with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (our pid: `exec` keeps it).
 /// With no fds the three variables are removed. Returns only on failure.
-pub fn exec_with_fds(
+///
+/// # Safety
+///
+/// Before the `exec`, the fds are moved to 3, 4, ... with `dup2`, which
+/// replaces whatever those numbers held: fds that other objects of this
+/// process may own (a `File`, a socket, an `OwnedFd`). If the `exec` then
+/// fails, this returns with those numbers pointing at the handed fds. The
+/// caller must ensure that nothing in this process uses fds `3..3 +
+/// fds.len()` after a failed return other than through the handed fds (in
+/// practice: call it last, and only report and exit if it returns), and
+/// that no other thread opens or closes fds meanwhile. Otherwise an owner's
+/// fd number would silently name another file: the standard library's I/O
+/// safety rules (`std::os::unix::io`) warn that raw fds "can dangle if they
+/// outlive their resources or be forged if they're created from invalid
+/// values".
+pub unsafe fn exec_with_fds(
     program: &OsString,
     args: &[OsString],
     fds: Vec<(String, OwnedFd)>,
@@ -131,7 +149,17 @@ pub fn spawn_with_fds(
 /// The trampoline's side of [`spawn_with_fds`]: arm the parent-death signal,
 /// move the fds to 3.., set `LISTEN_*` and exec. `argv` is everything after
 /// `__child --`. Returns only on failure.
-pub fn trampoline_main(argv: &[OsString]) -> ExecError {
+///
+/// # Safety
+///
+/// It adopts (takes ownership of) the fd numbers named in
+/// [`CHILD_FDS_ENV`], then calls [`exec_with_fds`]. The caller must be the
+/// process [`spawn_with_fds`] started, at the start of `main`: nothing in it
+/// owns those numbers (each fd is adopted once, as `OwnedFd::from_raw_fd`
+/// requires: "the resource pointed to by `fd` must be open and suitable for
+/// assuming ownership"), and it exits if this returns (the contract of
+/// [`exec_with_fds`]).
+pub unsafe fn trampoline_main(argv: &[OsString]) -> ExecError {
     let Some((program, args)) = argv.split_first() else {
         return ExecError::Exec {
             program: OsString::new(),
@@ -156,29 +184,28 @@ pub fn trampoline_main(argv: &[OsString]) -> ExecError {
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .unwrap_or_default()
-        .split(':')
-        .map(str::to_owned)
-        .collect();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let names = match crate::listen::parse_names(names.as_deref(), numbers.len()) {
+        Ok(n) => n,
+        Err(e) => return ExecError::Names(e),
+    };
     let mut fds = Vec::new();
-    for (i, raw) in numbers.into_iter().enumerate() {
-        if !crate::sys::fd_is_open(raw) {
+    let mut seen = std::collections::HashSet::new();
+    for (raw, name) in numbers.into_iter().zip(names) {
+        if !crate::sys::fd_is_open(raw) || !seen.insert(raw) {
             continue;
         }
-        // SAFETY: the supervisor made `raw` inheritable for this process only
-        // and named it in CHILD_FDS_ENV; nothing else in this fresh process
-        // owns it, and each number is adopted once.
+        // SAFETY: `OwnedFd::from_raw_fd` needs an open fd that nothing else
+        // owns. It is open (checked above); the supervisor made `raw`
+        // inheritable for this process only and named it in CHILD_FDS_ENV;
+        // by this function's contract nothing else in this process owns it;
+        // and each number is adopted once (`seen`).
         let fd = unsafe { crate::sys::adopt(raw) };
-        fds.push((
-            names
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| "unknown".to_owned()),
-            fd,
-        ));
+        fds.push((name, fd));
     }
-    exec_with_fds(program, args, fds)
+    // SAFETY: forwarded: this function's caller exits if it returns, and
+    // this process is single-threaded at the start of the trampoline.
+    unsafe { exec_with_fds(program, args, fds) }
 }
 
 #[cfg(test)]
@@ -188,7 +215,8 @@ mod tests {
     #[test]
     fn exec_errors_name_the_program_and_the_os_error() {
         let program = OsString::from("/nonexistent/shm-fd-test-program");
-        let err = exec_with_fds(&program, &[], Vec::new());
+        // SAFETY: no fds are handed, so none is replaced.
+        let err = unsafe { exec_with_fds(&program, &[], Vec::new()) };
         assert!(
             matches!(&err, ExecError::Exec { error, .. } if error.raw_os_error() == Some(libc::ENOENT)),
             "{err:?}"

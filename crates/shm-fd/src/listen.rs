@@ -158,30 +158,37 @@ impl ListenVars {
                 max: MAX_LISTEN_FDS,
             });
         }
-        let names: Vec<String> = match &self.names {
-            // An unset or empty LISTEN_FDNAMES names every fd "unknown", as systemd does.
-            None => vec!["unknown".to_owned(); count],
-            Some(n) if n.is_empty() && count == 0 => Vec::new(),
-            Some(n) => {
-                let names: Vec<String> = n.split(':').map(str::to_owned).collect();
-                if names.len() != count {
-                    return Err(ListenError::NameCount {
-                        names: n.clone(),
-                        found: names.len(),
-                        count,
-                    });
-                }
-                for name in &names {
-                    validate_fd_name(name).map_err(ListenError::BadName)?;
-                }
-                names
-            }
-        };
+        let names = parse_names(self.names.as_deref(), count)?;
         Ok(names
             .into_iter()
             .enumerate()
             .map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name))
             .collect())
+    }
+}
+
+/// `LISTEN_FDNAMES` for `count` fds: one name per fd, `:`-separated, each
+/// a valid fd name ([`validate_fd_name`]). Unset (or empty with no fds)
+/// names every fd "unknown", as systemd does. The one parser of the
+/// variable: [`ListenVars::parse`] and the exec trampoline use it.
+pub(crate) fn parse_names(names: Option<&str>, count: usize) -> Result<Vec<String>, ListenError> {
+    match names {
+        None => Ok(vec!["unknown".to_owned(); count]),
+        Some("") if count == 0 => Ok(Vec::new()),
+        Some(n) => {
+            let names: Vec<String> = n.split(':').map(str::to_owned).collect();
+            if names.len() != count {
+                return Err(ListenError::NameCount {
+                    names: n.to_owned(),
+                    found: names.len(),
+                    count,
+                });
+            }
+            for name in &names {
+                validate_fd_name(name).map_err(ListenError::BadName)?;
+            }
+            Ok(names)
+        }
     }
 }
 

@@ -108,7 +108,12 @@ fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "__child") {
         let rest = argv.get(3..).unwrap_or_default();
-        return exec_failed(&trampoline_main(rest));
+        #[allow(unsafe_code)]
+        // SAFETY: `trampoline_main` needs to be the process `spawn_with_fds`
+        // started, at the start of `main`, exiting if it returns: `__child` is
+        // only passed by `spawn_with_fds`, nothing has run yet, and we exit.
+        let e = unsafe { trampoline_main(rest) };
+        return exec_failed(&e);
     }
     let args = Args::parse();
     args.log.init("shm-fd");
@@ -166,7 +171,13 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     }
     let (program, rest) = args.command.split_first().expect("clap requires COMMAND");
     if !args.supervise {
-        return Ok(exec_failed(&exec_with_fds(program, rest, fds)));
+        #[allow(unsafe_code)]
+        // SAFETY: `exec_with_fds` replaces fds 3.. and may return: nothing in
+        // this process owns fds other than `fds` now (the inherited ones were
+        // all moved into `fds`; no thread was started), and on return we only
+        // report and exit.
+        let e = unsafe { exec_with_fds(program, rest, fds) };
+        return Ok(exec_failed(&e));
     }
     let trampoline = std::env::current_exe()
         .map_err(|e| (EXIT_OS, format!("cannot find our own executable: {e}")))?;

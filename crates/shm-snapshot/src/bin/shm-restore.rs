@@ -100,7 +100,11 @@ fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "__child") {
         let rest = argv.get(3..).unwrap_or(&[]);
-        let e = shm_fd::exec::trampoline_main(rest);
+        #[allow(unsafe_code)]
+        // SAFETY: `trampoline_main` needs to be the process `spawn_with_fds`
+        // started, at the start of `main`, exiting if it returns: `__child` is
+        // only passed by `spawn_with_fds`, nothing has run yet, and we exit.
+        let e = unsafe { shm_fd::exec::trampoline_main(rest) };
         eprintln!("shm-restore: {e}");
         return ExitCode::from(127);
     }
