@@ -11,19 +11,27 @@
 //! `&ProducerLine`, `&ConsumerLine` and `&ParkFlag` are sound even while another process
 //! writes them.
 //!
-//! Slot bytes are copied in and out with `ptr::copy_nonoverlapping`, never
-//! through references, and only within `[DATA_OFFSET, DATA_OFFSET + capacity *
-//! elem_size)` (checked on every copy). The ring protocol gives the producer
-//! exclusive use of free slots and the consumer of full ones, with Release /
-//! Acquire on the counters ordering the copies, so a peer that follows the
-//! protocol never touches the bytes we copy. A peer that breaks it can write
-//! them concurrently: the bytes we copy out may then be garbage, which is why
-//! slot types must be valid for every bit pattern (`FromBytes`) and why what
-//! untrusted peers send is validated after the copy. The file is sealed
-//! against shrinking, so no access can fault.
+//! [`MapStorage`]'s slot bytes are copied in and out with
+//! `ptr::copy_nonoverlapping`, never through references, and only within
+//! `[DATA_OFFSET, DATA_OFFSET + capacity * elem_size)` (checked on every copy).
+//! The ring protocol gives the producer exclusive use of free slots and the
+//! consumer of full ones, with Release / Acquire on the counters ordering the
+//! copies. A peer process that breaks the protocol can write them concurrently:
+//! the bytes we copy out may then be garbage, which is why slot types must be
+//! valid for every bit pattern (`FromBytes`) and why what untrusted peers send
+//! is validated after the copy. The file is sealed against shrinking, so no
+//! access can fault. `MapStorage` is private: only [`crate::Producer`] and
+//! [`crate::Consumer`] copy through it.
+//!
+//! [`HeapStorage`] is public and `Sync`, and its `write`/`read` are safe
+//! methods anyone may call from any thread, so its slots are atomics (one
+//! byte each; one word each under loom) copied with Relaxed loads and stores:
+//! callers that break the protocol read garbage, never race.
 
 #![allow(unsafe_code)]
 
+#[cfg(not(shm_loom))]
+use shm_sync::atomic::AtomicU8;
 use shm_sync::atomic::{AtomicU32, AtomicU64};
 
 #[cfg(not(shm_loom))]
@@ -89,7 +97,11 @@ const _: () = {
 /// Storage for one ring: two counter lines and `capacity` slots of `elem_size` bytes.
 ///
 /// Implementations check the bounds of every copy themselves (a violation is a
-/// bug in the caller and panics).
+/// bug in the caller and panics). The methods are safe, so an implementation
+/// must stay sound whoever calls them, from any number of threads (for
+/// instance two [`RawProducer`](crate::raw::RawProducer)s attached to one
+/// storage): [`HeapStorage`] copies through atomics for that reason. The ring
+/// algorithm relies on an implementation for correctness, never for soundness.
 pub trait Storage {
     /// The producer's line.
     fn producer(&self) -> &ProducerLine;
@@ -140,12 +152,8 @@ pub struct HeapStorage {
     #[cfg(shm_loom)]
     words: Vec<AtomicU64>,
     #[cfg(not(shm_loom))]
-    bytes: Box<[core::cell::UnsafeCell<u8>]>, // atomics-ok: not an atomic; see `write`
+    bytes: Box<[AtomicU8]>,
 }
-
-// SAFETY: the only non-Sync field is `bytes`, accessed only in `write`/`read`
-// under the ring protocol (see the module's `# Safety`); the counters are atomics.
-unsafe impl Sync for HeapStorage {}
 
 impl HeapStorage {
     /// Storage for `capacity` (a power of two) elements of `elem_size` bytes, counters at 0.
@@ -186,7 +194,7 @@ impl HeapStorage {
                 (0..len / 8).map(|_| AtomicU64::new(0)).collect()
             },
             #[cfg(not(shm_loom))]
-            bytes: (0..len).map(|_| core::cell::UnsafeCell::new(0)).collect(), // atomics-ok
+            bytes: (0..len).map(|_| AtomicU8::new(0)).collect(),
         }
     }
 }
@@ -214,20 +222,22 @@ impl Storage for HeapStorage {
     #[cfg(not(shm_loom))]
     fn write(&self, slot: u64, src: &[u8]) {
         let start = slot_range(slot, src.len(), self.capacity, self.elem_size);
-        let dst = core::cell::UnsafeCell::raw_get(self.bytes.as_ptr()).wrapping_add(start); // atomics-ok
-        // SAFETY:
-        // - `dst..dst+src.len()` lies inside `bytes` (slot_range checked it);
-        // - the ring protocol gives the producer exclusive use of these slots
-        //   (module `# Safety`), and UnsafeCell permits writes through `&self`.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        for (cell, byte) in self.bytes[start..start + src.len()].iter().zip(src) {
+            // Relaxed: the slot is published by the Release store of `tail`
+            // (or of `inline_seq`), which pairs with the reader's Acquire load.
+            cell.store(*byte, shm_sync::atomic::Ordering::Relaxed);
+        }
     }
 
     #[cfg(not(shm_loom))]
     fn read(&self, slot: u64, dst: &mut [u8]) {
         let start = slot_range(slot, dst.len(), self.capacity, self.elem_size);
-        let src = core::cell::UnsafeCell::raw_get(self.bytes.as_ptr()).wrapping_add(start); // atomics-ok
-        // SAFETY: in bounds (checked); the consumer owns full slots (module `# Safety`).
-        unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        let cells = &self.bytes[start..start + dst.len()];
+        for (byte, cell) in dst.iter_mut().zip(cells) {
+            // Relaxed: ordered after the Acquire load of `tail` that showed
+            // this slot full (pairs with the producer's Release store).
+            *byte = cell.load(shm_sync::atomic::Ordering::Relaxed);
+        }
     }
 
     #[cfg(shm_loom)]
@@ -464,5 +474,34 @@ impl<S: Storage + ?Sized> Storage for shm_sync::sync::Arc<S> {
     }
     fn prefetch(&self, slot: u64) {
         (**self).prefetch(slot);
+    }
+}
+
+#[cfg(all(test, not(shm_loom)))]
+mod tests {
+    use super::{HeapStorage, Storage};
+
+    /// Safe code may copy into and out of one slot from several threads at
+    /// once (two producers attached to one storage do): the copies are atomic
+    /// per byte, so a reader sees garbage at worst, each byte from some writer.
+    /// A plain `copy_nonoverlapping` here is a data race (`Miri` and `ThreadSanitizer` report it).
+    #[test]
+    fn concurrent_copies_into_one_slot_are_race_free() {
+        let storage = HeapStorage::new(2, 64);
+        std::thread::scope(|s| {
+            for fill in [0x11u8, 0x22] {
+                let storage = &storage;
+                s.spawn(move || {
+                    for _ in 0..2_000 {
+                        storage.write(0, &[fill; 64]);
+                    }
+                });
+            }
+            let mut out = [0u8; 64];
+            for _ in 0..2_000 {
+                storage.read(0, &mut out);
+                assert!(out.iter().all(|b| [0, 0x11, 0x22].contains(b)), "{out:?}");
+            }
+        });
     }
 }
