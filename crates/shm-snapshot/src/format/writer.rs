@@ -1,0 +1,447 @@
+//! Appending snapshots to a log, and compacting it.
+
+use super::restore::restore;
+use super::{
+    HEADER_LEN, KIND_COMMIT, KIND_PAGE, MAX_PAGE, PageIndex, Restored, header_bytes, page_len, rd,
+    record_header, record_header_hashed,
+};
+use crate::error::{ErrorKind, SnapshotError};
+use crate::storage::Storage;
+
+/// Appends incremental snapshots to a storage.
+///
+/// Only pages whose checksum differs from their newest durable version are
+/// written; a snapshot counts once its commit returned `Ok` (after the
+/// storage's sync). The writer keeps no copy of the state: per page it
+/// knows the checksum and the file offset of the newest durable version
+/// ([`PageIndex`]), which is all that incremental writes and compaction need.
+#[derive(Debug)]
+pub struct SnapshotWriter<S: Storage> {
+    pub(super) storage: S,
+    page_size: u32,
+    region_size: u64,
+    pub(super) generation: u64,
+    pub(super) end: u64,
+    pub(super) index: PageIndex,
+    /// CRC-32C of an all-zero page, and of the (possibly shorter) last page.
+    zero_crc: u32,
+    zero_last_crc: u32,
+    /// Bytes appended by the last snapshot.
+    pub last_bytes_written: u64,
+    batch: usize,
+}
+
+impl<S: Storage> SnapshotWriter<S> {
+    /// Starts a new file (generation 0 = all zeros) on `storage`, replacing its contents.
+    ///
+    /// # Errors
+    /// Bad geometry or I/O errors.
+    pub fn create(mut storage: S, page_size: u32, region_size: u64) -> Result<Self, SnapshotError> {
+        if page_size == 0
+            || page_size > MAX_PAGE
+            || !page_size.is_power_of_two()
+            || region_size == 0
+        {
+            return Err(SnapshotError::new(
+                ErrorKind::BadGeometry,
+                "bad page or region size",
+            ));
+        }
+        storage
+            .set_len(0)
+            .map_err(|e| SnapshotError::io("truncate", e))?;
+        storage
+            .write_at(0, &header_bytes(page_size, region_size, 0))
+            .map_err(|e| SnapshotError::io("write header", e))?;
+        storage
+            .sync()
+            .map_err(|e| SnapshotError::io("fdatasync", e))?;
+        Ok(Self::with_index(
+            storage,
+            page_size,
+            region_size,
+            0,
+            HEADER_LEN,
+            PageIndex::default(),
+        ))
+    }
+
+    fn with_index(
+        storage: S,
+        page_size: u32,
+        region_size: u64,
+        generation: u64,
+        end: u64,
+        index: PageIndex,
+    ) -> Self {
+        let pages = region_size.div_ceil(u64::from(page_size));
+        let last = page_len(page_size, region_size, pages - 1);
+        let zeros = vec![0u8; page_size as usize];
+        Self {
+            storage,
+            page_size,
+            region_size,
+            generation,
+            end,
+            index,
+            zero_crc: crc32c::crc32c(&zeros),
+            zero_last_crc: crc32c::crc32c(&zeros[..usize::try_from(last).unwrap_or(0)]),
+            last_bytes_written: 0,
+            batch: 1 << 20,
+        }
+    }
+
+    /// Continues an existing file: scans it ([`restore`] without keeping
+    /// the state) and cuts off any torn tail durably before the next append.
+    ///
+    /// # Errors
+    /// As [`restore`], and I/O errors.
+    pub fn open(storage: S) -> Result<Self, SnapshotError> {
+        let restored = restore(&storage, |_, _| {})?;
+        Self::open_restored(storage, restored)
+    }
+
+    /// [`SnapshotWriter::open`] without scanning the file again: `restored`
+    /// must come from a [`restore`] of this same storage.
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::open`].
+    /// A `restored` that stopped early or salvaged damage is refused
+    /// ([`ErrorKind::Damaged`]): cutting the file back to it would delete
+    /// intact snapshots. Write that state to a new file instead.
+    pub fn open_restored(mut storage: S, restored: Restored) -> Result<Self, SnapshotError> {
+        if restored.partial {
+            return Err(SnapshotError::new(
+                ErrorKind::Damaged,
+                match &restored.info.damage {
+                    Some(d) => format!("not continuing a damaged file ({d})"),
+                    None => "not continuing a file restored to an earlier generation".into(),
+                },
+            ));
+        }
+        let Restored { info, index, .. } = restored;
+        if info.all_zero {
+            // The file holds generation 0 (all zeros): an empty index
+            // describes it, so the next snapshot writes every non-zero page.
+            return Self::create(storage, info.page_size, info.region_size);
+        }
+        if info.file_len != info.valid_end {
+            storage
+                .set_len(info.valid_end)
+                .map_err(|e| SnapshotError::io("truncate torn tail", e))?;
+            storage
+                .sync()
+                .map_err(|e| SnapshotError::io("fdatasync", e))?;
+        }
+        Ok(Self::with_index(
+            storage,
+            info.page_size,
+            info.region_size,
+            info.generation,
+            info.valid_end,
+            index,
+        ))
+    }
+
+    /// Sets how many bytes are gathered before one write call (default 1 MiB;
+    /// tests use small values to get many independently reorderable writes).
+    pub fn set_write_batch(&mut self, bytes: usize) {
+        self.batch = bytes.max(1);
+    }
+
+    /// The newest durable generation.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The storage length in use.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.end
+    }
+
+    /// Whether nothing but the header is stored.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.end == HEADER_LEN
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The page size of the records.
+    #[must_use]
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// The size of the snapshotted region.
+    #[must_use]
+    pub fn region_size(&self) -> u64 {
+        self.region_size
+    }
+
+    fn pages(&self) -> u64 {
+        self.region_size.div_ceil(u64::from(self.page_size))
+    }
+
+    /// The checksum of page `index`'s newest durable version.
+    fn crc_of(&self, index: u64) -> u32 {
+        match self.index.pages.get(&index) {
+            Some(&(crc, _)) => crc,
+            None if index + 1 == self.pages() => self.zero_last_crc,
+            None => self.zero_crc,
+        }
+    }
+
+    /// Starts the next snapshot: hand it pages with [`Snapshot::page`], then
+    /// [`Snapshot::commit`]. Pages not handed keep their previous contents.
+    /// Dropping it without a commit discards what it appended.
+    pub fn begin(&mut self) -> Snapshot<'_, S> {
+        Snapshot {
+            generation: self.generation + 1,
+            off: self.end,
+            buf: Vec::new(),
+            new: Vec::new(),
+            failed: false,
+            done: false,
+            wrote: false,
+            w: self,
+        }
+    }
+
+    /// Appends the changed pages of `state` and a commit record, then syncs.
+    /// On error the previous snapshot stays the newest valid one and the
+    /// writer stays usable (the failed tail is cut off best-effort and is
+    /// ignored by readers anyway).
+    ///
+    /// # Errors
+    /// I/O errors (e.g. a full disk); a state of the wrong size.
+    pub fn snapshot(&mut self, state: &[u8]) -> Result<u64, SnapshotError> {
+        if state.len() as u64 != self.region_size {
+            return Err(SnapshotError::new(
+                ErrorKind::SizeMismatch,
+                "state size differs from the file's region size",
+            ));
+        }
+        let ps = self.page_size as usize;
+        let mut tx = self.begin();
+        for (i, page) in (0u64..).zip(state.chunks(ps)) {
+            tx.page(i, page)?;
+        }
+        tx.commit()
+    }
+
+    /// Writes a compacted copy (header plus one generation holding only the
+    /// non-zero pages of the newest durable snapshot, numbered as the
+    /// current generation) to `target`, synced, reading each page back from
+    /// this writer's own storage. The caller swaps it in (rename, then fsync
+    /// of the directory) and continues with [`SnapshotWriter::open`];
+    /// [`SnapshotWriter::compact_file`] does all of that for a file.
+    ///
+    /// # Errors
+    /// I/O errors; a page whose stored bytes no longer match the checksum
+    /// they were written with (the storage changed under the writer).
+    pub fn compact_into<T: Storage>(&self, target: T) -> Result<T, SnapshotError> {
+        self.compact_to(target).map(|(t, _)| t)
+    }
+
+    pub(super) fn compact_to<T: Storage>(
+        &self,
+        mut target: T,
+    ) -> Result<(T, PageIndex), SnapshotError> {
+        target
+            .set_len(0)
+            .map_err(|e| SnapshotError::io("truncate", e))?;
+        target
+            .write_at(
+                0,
+                &header_bytes(
+                    self.page_size,
+                    self.region_size,
+                    self.generation.saturating_sub(1),
+                ),
+            )
+            .map_err(|e| SnapshotError::io("write header", e))?;
+        let mut off = HEADER_LEN;
+        // The header's base generation makes this one commit carry the current number.
+        let g = self.generation.max(1);
+        let mut order: Vec<(u64, (u32, u64))> =
+            self.index.pages.iter().map(|(&i, &v)| (i, v)).collect();
+        order.sort_unstable_by_key(|&(i, _)| i);
+        let mut index = PageIndex::default();
+        let mut page = vec![0u8; self.page_size as usize];
+        let mut buf = Vec::new();
+        for (i, (crc, loc)) in order {
+            let len = usize::try_from(page_len(self.page_size, self.region_size, i)).unwrap_or(0);
+            let p = &mut page[..len];
+            rd(&self.storage, loc, p)?;
+            if crc32c::crc32c(p) != crc {
+                return Err(SnapshotError::new(
+                    ErrorKind::CorruptHeader,
+                    format!("page {i} at offset {loc} changed on disk since it was written"),
+                ));
+            }
+            if p.iter().all(|&b| b == 0) {
+                continue;
+            }
+            buf.extend_from_slice(&record_header_hashed(KIND_PAGE, g, i, p, Some(crc)));
+            index.pages.insert(i, (crc, off + buf.len() as u64));
+            buf.extend_from_slice(p);
+            if buf.len() >= self.batch {
+                target
+                    .write_at(off, &buf)
+                    .map_err(|e| SnapshotError::io("write", e))?;
+                target.start_writeback(off, buf.len() as u64);
+                off += buf.len() as u64;
+                buf.clear();
+                crash_point!("compact.batch_written");
+            }
+        }
+        buf.extend_from_slice(&record_header(KIND_COMMIT, g, index.len() as u64, &[]));
+        target
+            .write_at(off, &buf)
+            .map_err(|e| SnapshotError::io("write", e))?;
+        target
+            .sync()
+            .map_err(|e| SnapshotError::io("fdatasync", e))?;
+        Ok((target, index))
+    }
+}
+
+/// One snapshot being appended ([`SnapshotWriter::begin`]).
+#[derive(Debug)]
+pub struct Snapshot<'w, S: Storage> {
+    w: &'w mut SnapshotWriter<S>,
+    generation: u64,
+    /// File offset where `buf` starts.
+    off: u64,
+    buf: Vec<u8>,
+    /// Pages appended: index, crc, payload offset.
+    new: Vec<(u64, u32, u64)>,
+    failed: bool,
+    done: bool,
+    /// Whether a write was attempted: a failed one (a full disk) may have
+    /// left part of its bytes after `w.end`.
+    wrote: bool,
+}
+
+impl<S: Storage> Snapshot<'_, S> {
+    /// Hands page `index` (`bytes` is its whole content) to the snapshot.
+    /// It is appended unless its checksum equals its newest durable
+    /// version's; returns whether it was.
+    ///
+    /// # Errors
+    /// An index beyond the region or a length other than the page's
+    /// (`SizeMismatch`); I/O errors, after which only dropping is useful.
+    pub fn page(&mut self, index: u64, bytes: &[u8]) -> Result<bool, SnapshotError> {
+        let w = &mut *self.w;
+        if index >= w.pages() || bytes.len() as u64 != page_len(w.page_size, w.region_size, index) {
+            return Err(SnapshotError::new(
+                ErrorKind::SizeMismatch,
+                format!(
+                    "page {index} of {} bytes does not fit the region",
+                    bytes.len()
+                ),
+            ));
+        }
+        if self.failed {
+            return Err(SnapshotError::new(
+                ErrorKind::Io,
+                "an earlier write of this snapshot failed",
+            ));
+        }
+        let crc = crc32c::crc32c(bytes);
+        if crc == w.crc_of(index) {
+            return Ok(false);
+        }
+        self.buf.extend_from_slice(&record_header_hashed(
+            KIND_PAGE,
+            self.generation,
+            index,
+            bytes,
+            Some(crc),
+        ));
+        self.new
+            .push((index, crc, self.off + self.buf.len() as u64));
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= w.batch {
+            self.wrote = true;
+            if let Err(e) = w.storage.write_at(self.off, &self.buf) {
+                self.failed = true;
+                return Err(SnapshotError::io("write", e));
+            }
+            // Overlap the device writes with checksumming the next batch.
+            w.storage.start_writeback(self.off, self.buf.len() as u64);
+            self.off += self.buf.len() as u64;
+            self.buf.clear();
+            crash_point!("writer.batch_written");
+        }
+        Ok(true)
+    }
+
+    /// Pages appended so far.
+    #[must_use]
+    pub fn pages_written(&self) -> usize {
+        self.new.len()
+    }
+
+    /// Appends the commit record and syncs: the snapshot is then durable.
+    /// Returns its generation.
+    ///
+    /// # Errors
+    /// I/O errors (e.g. a full disk): the previous snapshot stays the newest
+    /// valid one.
+    pub fn commit(mut self) -> Result<u64, SnapshotError> {
+        if self.failed {
+            return Err(SnapshotError::new(
+                ErrorKind::Io,
+                "an earlier write of this snapshot failed",
+            ));
+        }
+        self.buf.extend_from_slice(&record_header(
+            KIND_COMMIT,
+            self.generation,
+            self.new.len() as u64,
+            &[],
+        ));
+        let w = &mut *self.w;
+        self.wrote = true;
+        w.storage
+            .write_at(self.off, &self.buf)
+            .map_err(|e| SnapshotError::io("write", e))?;
+        self.off += self.buf.len() as u64;
+        crash_point!("writer.before_sync");
+        w.storage
+            .sync()
+            .map_err(|e| SnapshotError::io("fdatasync", e))?;
+        crash_point!("writer.after_sync");
+        for &(i, crc, loc) in &self.new {
+            w.index.pages.insert(i, (crc, loc));
+        }
+        w.last_bytes_written = self.off - w.end;
+        w.end = self.off;
+        w.generation = self.generation;
+        self.done = true;
+        Ok(self.generation)
+    }
+}
+
+impl<S: Storage> Drop for Snapshot<'_, S> {
+    fn drop(&mut self) {
+        if !self.done && self.wrote {
+            // Best effort: readers ignore an uncommitted tail anyway, and the
+            // next snapshot overwrites it from `end`. A write that failed
+            // partway (ENOSPC) left bytes beyond `off`: cut from `end`.
+            if let Err(e) = self.w.storage.set_len(self.w.end) {
+                tracing::warn!(
+                    end = self.w.end,
+                    "cannot cut an unfinished snapshot's tail: {e}"
+                );
+            }
+        }
+    }
+}
