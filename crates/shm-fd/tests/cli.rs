@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering; // atomics-ok: a word of the shared region
+use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use shm_fd::listen::ListenFds;
@@ -28,6 +29,12 @@ fn program(mode: &str) {
     match mode {
         "exit0" => {}
         "hang" => std::thread::sleep(Duration::from_secs(60)),
+        // Runs 3 and 5 on hang (to be SIGKILLed, SIGTERMed); the others exit 0.
+        "hang_at_3_and_5" => {
+            if n == 3 || n >= 5 {
+                std::thread::sleep(Duration::from_secs(600));
+            }
+        }
         "store_extra" => {
             if fds.take("extra").is_none() {
                 let extra = shm_fd::state::create("extra", 8192).unwrap();
@@ -115,36 +122,82 @@ fn exec_mode_without_a_manager_starts_fresh_and_says_why() {
     }
 }
 
+/// Sends each line of `r` to a channel, from a thread.
+fn line_channel(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line of `lines` that contains `needle` (the watchdog bounds the wait).
+fn next_with(lines: &Receiver<String>, needle: &str) -> String {
+    loop {
+        let line = lines
+            .recv()
+            .unwrap_or_else(|_| panic!("output ended before a {needle:?} line"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
 #[test]
 fn supervise_keeps_state_across_restarts_and_sigkill() {
     if dispatch() {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));
-    // Three clean runs, then a run that hangs and is SIGKILLed, then more runs.
+    // Runs 1 and 2 exit 0; run 3 hangs and is SIGKILLed; run 4 exits 0; run
+    // 5 hangs until the supervisor is stopped.
     let mut cmd = wrapped(
         "supervise_keeps_state_across_restarts_and_sigkill",
-        "exit0",
+        "hang_at_3_and_5",
         &["--supervise", "--restart=always", "--restart-delay=10ms"],
     );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut sup = spawn(cmd).unwrap();
-    let out = sup.inner_mut().stdout.take().unwrap();
-    let mut seen = Vec::new();
-    for line in BufReader::new(out).lines().map_while(Result::ok) {
-        seen.extend(counts(&line));
-        if seen.len() >= 5 {
-            break;
+    let out = line_channel(sup.inner_mut().stdout.take().unwrap());
+    let log = line_channel(sup.inner_mut().stderr.take().unwrap());
+    for expected in 1..=5 {
+        let line = next_with(&out, "COUNT ");
+        assert_eq!(
+            counts(&line),
+            vec![expected],
+            "the region survives every restart, SIGKILL included"
+        );
+        // The supervisor logs each start ("started \"...\" as pid N ...").
+        let started = next_with(&log, "as pid ");
+        let pid: i32 = started
+            .split("as pid ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{started:?}: {e}"));
+        if expected == 3 {
+            // Run 3 has committed its count and now hangs: kill it mid-run.
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                rustix::process::Signal::KILL,
+            )
+            .unwrap();
+            let died = next_with(&log, "exited");
+            assert!(died.contains("killed by signal 9"), "{died}");
         }
     }
-    assert_eq!(
-        seen,
-        vec![1, 2, 3, 4, 5],
-        "the region survives every restart"
-    );
+    // Run 5 hangs: SIGTERM to the supervisor reaches it, it dies of it, and
+    // the supervisor, stopping, does not restart it but dies the same way.
     sup.kill(rustix::process::Signal::TERM).unwrap();
-    let status = sup.wait_ok(Duration::from_secs(20));
-    assert!(status.code().is_some() || status.signal().is_some());
+    let status = sup.wait_status(Duration::from_secs(20));
+    assert_eq!(status.signal(), Some(libc_sigterm()), "{status:?}");
 }
 
 #[test]
@@ -204,7 +257,7 @@ fn supervise_mirrors_death_by_signal_and_forwards_sigterm() {
     // SIGTERM to the supervisor reaches the child, which dies of it; the
     // supervisor then dies of the same signal (so Restart=on-abnormal would fire).
     sup.kill(rustix::process::Signal::TERM).unwrap();
-    let status = sup.wait_ok(Duration::from_secs(20));
+    let status = sup.wait_status(Duration::from_secs(20));
     assert_eq!(status.signal(), Some(libc_sigterm()), "{status:?}");
 }
 

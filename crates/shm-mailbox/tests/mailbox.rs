@@ -128,9 +128,15 @@ fn other_shape_is_refused() {
     );
 }
 
+/// Byte offset of the `waiters` word: word 25 of the layout
+/// (`crates/shm-mailbox/src/layout.rs`), counting readers inside `wait_newer`.
+const WAITERS_BYTE: usize = 25 * 8;
+
 #[test]
 fn wait_newer_wakes_on_publish_and_times_out() {
-    let _w = Watchdog::new(Duration::from_secs(30));
+    // The reader below waits far longer than this watchdog: only the
+    // publish's wake-up lets the test finish.
+    let _w = Watchdog::new(Duration::from_secs(60));
     let (sut, c) = fresh(1, 8);
     let reader_box = Mailbox::open(&c.0).unwrap();
     let r = reader_box.reader(0).unwrap();
@@ -138,13 +144,23 @@ fn wait_newer_wakes_on_publish_and_times_out() {
         !r.wait_newer(0, Duration::from_millis(20)),
         "nothing published: times out"
     );
+    let seg = shm_segment::Segment::builder(&c.0).open().unwrap();
+    let waiters = seg.payload().atomic_u64(WAITERS_BYTE).unwrap();
+    assert_eq!(waiters.load(Ordering::SeqCst), 0, "nobody waits yet");
     std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(50));
-            sut.writer().unwrap().publish(b"x").unwrap();
-        });
-        assert!(r.wait_newer(0, Duration::from_secs(10)));
+        let parked = s.spawn(|| r.wait_newer(0, Duration::from_secs(3600)));
+        // Publish only once the reader has announced itself as a waiter.
+        while waiters.load(Ordering::SeqCst) == 0 {
+            assert!(
+                !parked.is_finished(),
+                "returned before anything was published"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sut.writer().unwrap().publish(b"x").unwrap();
+        assert!(parked.join().unwrap(), "woken by the publish");
     });
+    assert_eq!(waiters.load(Ordering::SeqCst), 0, "the waiter left");
 }
 
 #[test]

@@ -74,7 +74,7 @@ fn truncated_mailbox_gives_errors_then_is_reclaimed() {
         .unwrap()
         .set_len(0)
         .unwrap();
-    let status = child.wait_ok(Duration::from_secs(30));
+    let status = child.wait_status(Duration::from_secs(30));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
         status.success(),

@@ -28,14 +28,21 @@ pub fn role_command(test_name: &str, role: &str) -> Command {
 /// Starts `cmd` (a `Command` or `&mut Command`) and returns a handle that
 /// SIGKILLs and reaps it on drop.
 pub fn spawn(mut cmd: impl std::borrow::BorrowMut<Command>) -> io::Result<Child> {
-    let inner = cmd.borrow_mut().spawn()?;
-    Ok(Child { inner: Some(inner) })
+    let cmd = cmd.borrow_mut();
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let inner = cmd.spawn()?;
+    Ok(Child {
+        inner: Some(inner),
+        name,
+    })
 }
 
 /// A child process that is SIGKILLed and reaped when the handle drops.
 #[derive(Debug)]
 pub struct Child {
     inner: Option<std::process::Child>,
+    /// The program it runs, for messages.
+    name: String,
 }
 
 impl Child {
@@ -79,16 +86,33 @@ impl Child {
         }
     }
 
-    /// Waits for the child to exit (bounded by `timeout`) and returns its status.
+    /// Waits for the child to exit (bounded by `timeout`) and returns its
+    /// status, whatever it is: the caller checks it.
     ///
     /// # Panics
     /// If the child is still running after `timeout`.
-    pub fn wait_ok(&mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait_status(&mut self, timeout: Duration) -> ExitStatus {
         match self.wait_timeout(timeout) {
             Ok(Some(status)) => status,
             Ok(None) => panic!("child {} still running after {timeout:?}", self.pid()),
             Err(e) => panic!("waiting for child {}: {e}", self.pid()),
         }
+    }
+
+    /// Waits for the child to exit (bounded by `timeout`) and checks that it
+    /// exited with status 0.
+    ///
+    /// # Panics
+    /// If the child is still running after `timeout`, or exited any other
+    /// way (the panic names the child and its status).
+    pub fn wait_success(&mut self, timeout: Duration) {
+        let status = self.wait_status(timeout);
+        assert!(
+            status.success(),
+            "child {} ({}) did not exit 0: {status}",
+            self.pid(),
+            self.name
+        );
     }
 }
 
@@ -118,8 +142,25 @@ mod tests {
             "exit7",
         ))
         .unwrap();
-        let status = sut.wait_ok(Duration::from_secs(30));
+        let status = sut.wait_status(Duration::from_secs(30));
         assert_eq!(status.code(), Some(7));
+    }
+
+    #[test]
+    fn wait_success_accepts_exit_0_and_refuses_anything_else() {
+        super::spawn(std::process::Command::new("true"))
+            .unwrap()
+            .wait_success(Duration::from_secs(30));
+        let refused = std::panic::catch_unwind(|| {
+            super::spawn(std::process::Command::new("false"))
+                .unwrap()
+                .wait_success(Duration::from_secs(30));
+        });
+        let msg = *refused
+            .expect_err("exit status 1 is refused")
+            .downcast::<String>()
+            .unwrap();
+        assert!(msg.contains("did not exit 0: exit status: 1"), "{msg}");
     }
 
     #[test]

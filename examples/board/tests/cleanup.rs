@@ -90,7 +90,7 @@ fn truncated_board_stops_with_an_error_and_restarts() {
         .unwrap()
         .set_len(0)
         .unwrap();
-    let status = board.wait_ok(Duration::from_secs(20));
+    let status = board.wait_status(Duration::from_secs(20));
     drop(out);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut board.inner_mut().stderr.take().unwrap(), &mut stderr)

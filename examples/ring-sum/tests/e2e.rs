@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shm_testkit::{Child, Watchdog, spawn, unique_name};
 
@@ -56,13 +56,11 @@ fn final_sum(line: &str) -> (f64, u64) {
 }
 
 fn wait_for_socket(path: &str) {
-    for _ in 0..500 {
-        if std::path::Path::new(path).exists() {
-            return;
-        }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::path::Path::new(path).exists() {
+        assert!(Instant::now() < deadline, "server never created {path}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("server never created {path}");
 }
 
 #[test]
@@ -75,11 +73,11 @@ fn client_batches_are_summed_and_server_exits() {
         env!("CARGO_BIN_EXE_client"),
         &["--socket", &sock, "--batches", "5", "--interval-ms", "0"],
     );
-    assert!(client.wait_ok(Duration::from_secs(30)).success());
+    client.wait_success(Duration::from_secs(30));
     let (sum, n) = final_sum(&wait_for(&out, "Final sum: "));
     assert_eq!(n, 100_000 * (1 + 2 + 3 + 4 + 5));
     assert!((sum - 5.0).abs() < 1e-6, "sum {sum}");
-    assert!(server.wait_ok(Duration::from_secs(10)).success());
+    server.wait_success(Duration::from_secs(10));
     assert!(!std::path::Path::new(&sock).exists(), "socket file removed");
 }
 
@@ -97,7 +95,7 @@ fn killing_the_client_ends_the_server_with_its_final_sum() {
     client.sigkill_and_wait().unwrap();
     let (sum, n) = final_sum(&wait_for(&out, "Final sum: "));
     assert!(sum >= 3.0 - 1e-6 && n >= 600_000, "sum {sum} of {n}");
-    assert!(server.wait_ok(Duration::from_secs(10)).success());
+    server.wait_success(Duration::from_secs(10));
 }
 
 #[test]
@@ -111,9 +109,10 @@ fn killing_the_server_does_not_wedge_the_client_and_a_new_server_takes_over() {
         env!("CARGO_BIN_EXE_client"),
         &["--socket", &sock, "--interval-ms", "5"],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Connected and sending: losing the server now is losing it mid-run.
+    wait_for(&plain_out, "Sending ");
     server.sigkill_and_wait().unwrap();
-    let status = plain.wait_ok(Duration::from_secs(10));
+    let status = plain.wait_status(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "client reports the lost server");
     drop(plain_out);
 
@@ -131,6 +130,6 @@ fn killing_the_server_does_not_wedge_the_client_and_a_new_server_takes_over() {
     client.sigkill_and_wait().unwrap();
     let (sum, _) = final_sum(&wait_for(&out2, "Final sum: "));
     assert!(sum > 0.0);
-    assert!(server.wait_ok(Duration::from_secs(10)).success());
+    server.wait_success(Duration::from_secs(10));
     drop(out);
 }

@@ -101,7 +101,7 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    let status = child.wait_ok(Duration::from_secs(30));
+    let status = child.wait_status(Duration::from_secs(30));
     assert!(status.success());
     // The harness prints "test NAME ... " on the same line before our output.
     let theirs = out
@@ -290,7 +290,7 @@ fn sigkill_producer_mid_transfer_then_reconnect_resumes_exactly_once() {
                 Err(e) => panic!("recv: {e}"),
             }
         }
-        let status = child.wait_ok(Duration::from_secs(10));
+        let status = child.wait_status(Duration::from_secs(10));
         if kill_at.is_some() || crash.is_some() {
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(status.signal(), Some(9), "producer died by SIGKILL");
@@ -372,7 +372,7 @@ fn sigkill_consumer_mid_transfer_then_reconnect_resumes_at_head() {
                 Err(e) => panic!("send: {e}"),
             }
         }
-        let status = child.wait_ok(Duration::from_secs(20));
+        let status = child.wait_status(Duration::from_secs(20));
         if kill_at.is_some() {
             assert!(!status.success());
             assert!(next < total, "the producer noticed the hang-up");
@@ -612,7 +612,7 @@ fn a_peer_clearing_park_flags_never_hangs_the_transfer() {
         .expect("the consumer sleeps on although elements are ready");
     assert_eq!(got, next);
     consumer.join().unwrap();
-    assert!(child.wait_ok(Duration::from_secs(10)).success());
+    child.wait_success(Duration::from_secs(10));
     eprintln!("{next} elements through a ring whose park flags were being cleared");
 }
 

@@ -302,7 +302,7 @@ fn creator_killed_then_next_open_recovers(kind: Kind, test: &str, point: &str) {
         assert!(ready, "child never reported ready");
         child.sigkill_and_wait().unwrap();
     } else {
-        let status = child.wait_ok(Duration::from_secs(30));
+        let status = child.wait_status(Duration::from_secs(30));
         assert_eq!(
             status.signal(),
             Some(9),
@@ -673,7 +673,7 @@ fn truncation_under_attached_processes_is_an_error_not_a_sigbus() {
     // This process attaches too, then the object is cut to nothing under both.
     let mine = builder().open().unwrap();
     shrink(&home.name, 0);
-    let status = child.wait_ok(Duration::from_secs(30));
+    let status = child.wait_status(Duration::from_secs(30));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
         status.success(),
@@ -771,7 +771,7 @@ fn sigbus_outside_guarded_mappings_still_kills() {
     // child is SIGKILLed when the handle drops.
     let mut child = spawn(cmd).unwrap();
     let out = child.inner_mut().stdout.take().unwrap();
-    let status = child.wait_ok(Duration::from_secs(20));
+    let status = child.wait_status(Duration::from_secs(20));
     let stdout = std::io::read_to_string(out).unwrap();
     assert!(stdout.contains("RESULT guarded survived"), "{stdout}");
     assert!(!stdout.contains("RESULT plain survived"), "{stdout}");
