@@ -177,6 +177,10 @@ fn attach_counters<S: Storage>(storage: &S) -> Result<(u64, u64), Corrupt> {
 
 impl<S: Storage> RawProducer<S> {
     /// Takes the producer side, resuming at the `tail` found in storage.
+    ///
+    /// Takes no claim: nothing stops a second `attach` on the same storage
+    /// (the ring then delivers wrong data; [`Storage`] implementations stay
+    /// sound). [`crate::Producer::open`] claims the end first.
     pub fn attach(storage: S) -> Result<RawProducer<S>, Corrupt> {
         let (head, tail) = attach_counters(&storage)?;
         // Relaxed: a stale 1 left by a killed producer only costs the consumer a spurious wake-up.
@@ -333,6 +337,10 @@ impl<S: Storage> RawProducer<S> {
 
 impl<S: Storage> RawConsumer<S> {
     /// Takes the consumer side, resuming at the `head` found in storage.
+    ///
+    /// Takes no claim: nothing stops a second `attach` on the same storage
+    /// (the ring then delivers wrong data; [`Storage`] implementations stay
+    /// sound). [`crate::Consumer::open`] claims the end first.
     pub fn attach(storage: S) -> Result<RawConsumer<S>, Corrupt> {
         let (head, tail) = attach_counters(&storage)?;
         // Relaxed: a stale 1 left by a killed consumer only costs a spurious wake-up.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use crate::claim::{self, Claim, End};
 use crate::conn::PeerLink;
 use crate::core::{RawConsumer, RawProducer, RingError};
 use crate::fds::{self, OpenError, Parker, RingFds};
@@ -163,6 +164,8 @@ impl<T: Element> Slots<'_, T> {
 #[derive(Debug)]
 pub struct Producer<T> {
     pub(crate) raw: RawProducer<MapStorage>,
+    /// Our claim on this end (released when dropped or when the process dies).
+    _claim: Claim,
     /// The last zero-copy send published nothing: the next one reloads `head`.
     declined: bool,
     /// The consumer's eventfd (`data_ready`).
@@ -176,6 +179,8 @@ pub struct Producer<T> {
 #[derive(Debug)]
 pub struct Consumer<T> {
     pub(crate) raw: RawConsumer<MapStorage>,
+    /// Our claim on this end (released when dropped or when the process dies).
+    _claim: Claim,
     /// The last zero-copy receive released nothing: the next one reloads `tail`.
     declined: bool,
     /// The producer's eventfd (`space_ready`).
@@ -223,6 +228,11 @@ fn deadline(timeout: Option<Duration>) -> Option<Instant> {
 
 impl<T: Element> Producer<T> {
     /// Opens the producer end of `fds` (element tag 0), resuming at the shared `tail`.
+    ///
+    /// The end is claimed first (one producer per ring, see
+    /// `docs/protocol/shm-ring.md`): while another live Producer holds it, in
+    /// this process or another, this fails with [`OpenError::InUse`]; a dead
+    /// holder's claim (its process exited or was killed) is taken over.
     /// `peer` is the socket whose hang-up means the consumer is gone.
     pub fn open(fds: &RingFds, peer: Option<PeerLink>) -> Result<Producer<T>, OpenError> {
         Producer::open_tagged(fds, 0, peer)
@@ -235,8 +245,11 @@ impl<T: Element> Producer<T> {
         peer: Option<PeerLink>,
     ) -> Result<Producer<T>, OpenError> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
+        // Claimed before attaching: `attach` writes the producer's line.
+        let claim = claim::claim(fds.memfd.as_fd(), End::Producer)?;
         Ok(Producer {
             raw: RawProducer::attach(storage)?,
+            _claim: claim,
             declined: false,
             wake: dup(&fds.data_ready)?,
             parker: Parker {
@@ -447,6 +460,11 @@ impl<T: Element> Producer<T> {
 
 impl<T: Element> Consumer<T> {
     /// Opens the consumer end of `fds` (element tag 0), resuming at the shared `head`.
+    ///
+    /// The end is claimed first (one consumer per ring, see
+    /// `docs/protocol/shm-ring.md`): while another live Consumer holds it, in
+    /// this process or another, this fails with [`OpenError::InUse`]; a dead
+    /// holder's claim (its process exited or was killed) is taken over.
     /// `peer` is the socket whose hang-up means the producer is gone.
     pub fn open(fds: &RingFds, peer: Option<PeerLink>) -> Result<Consumer<T>, OpenError> {
         Consumer::open_tagged(fds, 0, peer)
@@ -459,8 +477,11 @@ impl<T: Element> Consumer<T> {
         peer: Option<PeerLink>,
     ) -> Result<Consumer<T>, OpenError> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
+        // Claimed before attaching: `attach` writes the consumer's line.
+        let claim = claim::claim(fds.memfd.as_fd(), End::Consumer)?;
         Ok(Consumer {
             raw: RawConsumer::attach(storage)?,
+            _claim: claim,
             declined: false,
             wake: dup(&fds.space_ready)?,
             parker: Parker {

@@ -61,6 +61,14 @@ pub enum OpenError {
         /// `align_of::<T>()`.
         align: usize,
     },
+    /// A live process (this one included) already holds this end of the
+    /// ring: one producer and one consumer per ring. The claim is released
+    /// when that end is dropped or its process dies.
+    #[error("the {end} end of this ring is held by a live process (one {end} per ring)")]
+    InUse {
+        /// `"producer"` or `"consumer"`.
+        end: &'static str,
+    },
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Io {

@@ -29,6 +29,11 @@
 //!   and every counter read from shared memory is checked against a private
 //!   shadow ([`Corrupt`]). Payload is copied out before use.
 //!
+//! - One producer and one consumer per ring, enforced: each end is claimed
+//!   with a kernel-released lock on the memfd, so a second live producer or
+//!   consumer (in this process or another) gets [`OpenError::InUse`], and a
+//!   dead one's claim is taken over when its successor opens.
+//!
 //! When not to use it: for more than one producer or consumer (use one ring
 //! per pair), or for a latest-value board (`shm-mailbox`).
 //!
@@ -59,6 +64,8 @@ mod storage;
 pub mod asyncio;
 #[cfg(not(shm_loom))]
 pub mod bench_support;
+#[cfg(not(shm_loom))]
+mod claim;
 #[cfg(not(shm_loom))]
 mod conn;
 #[cfg(not(shm_loom))]

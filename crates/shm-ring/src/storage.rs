@@ -16,12 +16,14 @@
 //! `[DATA_OFFSET, DATA_OFFSET + capacity * elem_size)` (checked on every copy).
 //! The ring protocol gives the producer exclusive use of free slots and the
 //! consumer of full ones, with Release / Acquire on the counters ordering the
-//! copies. A peer process that breaks the protocol can write them concurrently:
+//! copies, and each end has one live holder at a time (the claims of
+//! `claim.rs`), so within this process no two copies touch the same bytes at
+//! once. A peer process that breaks the protocol can write them concurrently:
 //! the bytes we copy out may then be garbage, which is why slot types must be
 //! valid for every bit pattern (`FromBytes`) and why what untrusted peers send
 //! is validated after the copy. The file is sealed against shrinking, so no
 //! access can fault. `MapStorage` is private: only [`crate::Producer`] and
-//! [`crate::Consumer`] copy through it.
+//! [`crate::Consumer`], which hold the claims, copy through it.
 //!
 //! [`HeapStorage`] is public and `Sync`, and its `write`/`read` are safe
 //! methods anyone may call from any thread, so its slots are atomics (one
