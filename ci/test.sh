@@ -47,6 +47,15 @@ fi
 cargo run -q --release --bin tour -- --plain | tail -n 8
 bash ci/readme.sh
 
+step "every binary: --version, --help with -q/-v, usage errors exit 2"
+cargo build -q --release --workspace --bins --all-features
+for b in shm-fd shm-restore primes primes-snapshot board server client tour; do
+    target/release/$b --version | grep -q "^$b " || { echo "$b --version"; exit 1; }
+    target/release/$b --help | grep -q -- '--quiet' || { echo "$b --help has no --quiet"; exit 1; }
+    rc=0; target/release/$b --no-such-option >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 2 ] || { echo "$b --no-such-option exited $rc, not 2"; exit 1; }
+done
+
 step "no shared-memory objects left behind by tests"
 leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - || true)
 rm -f "$shm_before"

@@ -64,6 +64,8 @@ struct Args {
     /// (they keep the old objects; boards started later get new ones).
     #[arg(long, requires = "cleanup")]
     force: bool,
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
 }
 
 fn encode(value: u64, writer: usize) -> [u8; PAYLOAD] {
@@ -113,6 +115,7 @@ impl Pauses {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    args.log.init("board");
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::InUse(msg)) => {

@@ -51,6 +51,8 @@ struct Args {
     /// Arguments of the helper role.
     #[arg(hide = true)]
     rest: Vec<String>,
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
 }
 
 /// One line of the summary.
@@ -64,6 +66,7 @@ pub(crate) struct Outcome {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.log.init("tour");
     if let Some(role) = &args.role {
         return parts::run_role(role, &args.rest);
     }

@@ -32,6 +32,8 @@ struct Args {
     /// If the server goes away, wait for it to come back and carry on.
     #[arg(long)]
     reconnect: bool,
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
 }
 
 fn connect(args: &Args) -> Result<Producer<f64>> {
@@ -81,6 +83,7 @@ fn pause(tx: &Producer<f64>, d: Duration) -> Result<(), RingError> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.log.init("client");
     let mut tx = connect(&args)?;
     let mut batch = 1u64;
     while args.batches.is_none_or(|b| batch <= b) {

@@ -13,6 +13,7 @@ use shm_ring::{ElemLayout, Listener, RingError, RingFds};
 
 #[derive(Parser, Debug)]
 #[command(
+    name = "server",
     version,
     about = "Sum the f64 values a ring-sum client sends through shared memory"
 )]
@@ -26,10 +27,13 @@ struct Args {
     /// After a client hangs up, wait for the next one instead of exiting.
     #[arg(long)]
     keep_serving: bool,
+    #[command(flatten)]
+    log: shm_fd::cli::Verbosity,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    args.log.init("server");
     let listener = Listener::bind(&args.socket)
         .with_context(|| format!("cannot listen on {}", args.socket))?;
     let capacity = args.capacity.max(1).next_power_of_two();
