@@ -17,6 +17,27 @@ cmds=$(printf '%s\n' "$block" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | sed -e '
 out=$(mktemp)
 trap 'rm -f "$out" "$out.server" primes.snap' EXIT
 rm -f primes.snap
+# run CMD LIMIT WANT [typed]: runs CMD with bash for at most LIMIT seconds
+# (stdin empty, or the typed input of board/run.sh), and fails this script
+# unless it exited 0 (or, with an expected WANT, was stopped by the
+# timeout: 124) and printed WANT.
+run() {
+    local cmd=$1 limit=$2 want=$3 typed=${4:-no} rc=0
+    echo "readme.sh: $cmd"
+    if [ "$typed" = yes ]; then
+        # Kill process 1, start it again, quit.
+        timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 < <(sleep 3; echo 1; sleep 1; echo 1; sleep 1; echo q) || rc=$?
+    else
+        timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 </dev/null || rc=$?
+    fi
+    if ! { [ "$rc" = 0 ] || { [ -n "$want" ] && [ "$rc" = 124 ]; }; }; then
+        echo "readme.sh: exit status $rc from: $cmd" >&2; tail -n 20 "$out" >&2; exit 1
+    fi
+    if [ -n "$want" ] && ! grep -aq -- "$want" "$out"; then
+        echo "readme.sh: no '$want' in the output of: $cmd" >&2; tail -c 2000 "$out" >&2; exit 1
+    fi
+}
+
 n=0
 while IFS= read -r cmd; do
     case "$cmd" in
@@ -26,18 +47,7 @@ while IFS= read -r cmd; do
         *--supervise*primes*) limit=3 want='total 3000' ;;
         *) echo "readme.sh: no expectation for README command: $cmd" >&2; exit 1 ;;
     esac
-    echo "readme.sh: $cmd"
-    rc=0
-    timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 </dev/null || rc=$?
-    # 124: stopped by the timeout, as intended for the long-running ones.
-    ok=no
-    if [ "$rc" = 0 ]; then ok=yes; elif [ -n "$want" ] && [ "$rc" = 124 ]; then ok=yes; fi
-    if [ "$ok" != yes ]; then
-        echo "readme.sh: exit status $rc from: $cmd" >&2; tail -n 20 "$out" >&2; exit 1
-    fi
-    if [ -n "$want" ] && ! grep -aq -- "$want" "$out"; then
-        echo "readme.sh: no '$want' in the output of: $cmd" >&2; tail -c 2000 "$out" >&2; exit 1
-    fi
+    run "$cmd" "$limit" "$want"
     n=$((n + 1))
 done <<< "$cmds"
 echo "readme.sh: $n commands of 'Running without systemd' ran as written"
@@ -80,21 +90,7 @@ while IFS= read -r cmd; do
             typed=yes ;;
         *) echo "readme.sh: no expectation for seed command: $cmd" >&2; exit 1 ;;
     esac
-    echo "readme.sh: $cmd"
-    rc=0
-    if [ "$typed" = yes ]; then
-        timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 < <(sleep 3; echo 1; sleep 1; echo 1; sleep 1; echo q) || rc=$?
-    else
-        timeout -s TERM "$limit" bash -c "$cmd" >"$out" 2>&1 </dev/null || rc=$?
-    fi
-    ok=no
-    if [ "$rc" = 0 ]; then ok=yes; elif [ -n "$want" ] && [ "$rc" = 124 ]; then ok=yes; fi
-    if [ "$ok" != yes ]; then
-        echo "readme.sh: exit status $rc from: $cmd" >&2; tail -n 20 "$out" >&2; exit 1
-    fi
-    if [ -n "$want" ] && ! grep -aq -- "$want" "$out"; then
-        echo "readme.sh: no '$want' in the output of: $cmd" >&2; tail -c 2000 "$out" >&2; exit 1
-    fi
+    run "$cmd" "$limit" "$want" "$typed"
     m=$((m + 1))
 done <<< "$seeds"
 if [ -n "$server" ]; then
