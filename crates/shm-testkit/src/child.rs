@@ -127,6 +127,27 @@ impl Drop for Child {
     }
 }
 
+/// Runs `program args` to completion with no `LISTEN_*` variables (so it
+/// gets no fds from this test's environment) and returns its exit code and
+/// its stdout followed by its stderr: for checking what a binary says and
+/// how it exits.
+///
+/// # Panics
+/// If the program cannot be started.
+#[must_use]
+pub fn run_without_fds(program: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(program)
+        .args(args)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

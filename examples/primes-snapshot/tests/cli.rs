@@ -2,21 +2,10 @@
 //! `--version` answer without a memfd, a rate that is not a number is a usage
 //! error (exit 2), and without a region it says how to run it.
 
-use std::process::Command;
-
 const PRIMES_SNAPSHOT: &str = env!("CARGO_BIN_EXE_primes-snapshot");
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(PRIMES_SNAPSHOT)
-        .args(args)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    shm_testkit::run_without_fds(PRIMES_SNAPSHOT, args)
 }
 
 #[test]

@@ -3,21 +3,10 @@
 //! state"), an unknown option is a usage error, and without a region it says
 //! how to run it.
 
-use std::process::Command;
-
 const PRIMES: &str = env!("CARGO_BIN_EXE_primes");
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(PRIMES)
-        .args(args)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    shm_testkit::run_without_fds(PRIMES, args)
 }
 
 #[test]
