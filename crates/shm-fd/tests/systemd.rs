@@ -179,30 +179,6 @@ fn fd_store_of_a_real_user_manager() {
     }
 }
 
-/// The first `n` primes (a sieve: the test checks tables of a few thousand).
-fn first_primes(n: usize) -> Vec<u64> {
-    let mut limit = 64usize;
-    loop {
-        let mut composite = vec![false; limit];
-        let mut primes = Vec::new();
-        for i in 2..limit {
-            if !composite[i] {
-                primes.push(i as u64);
-                let mut j = i * i;
-                while j < limit {
-                    composite[j] = true;
-                    j += i;
-                }
-            }
-        }
-        if primes.len() >= n {
-            primes.truncate(n);
-            return primes;
-        }
-        limit *= 2;
-    }
-}
-
 /// `(total, largest)` of each `generated N more primes, total T, largest P` line.
 fn tables(journal: &str) -> Vec<(u64, u64)> {
     journal
@@ -277,7 +253,7 @@ fn oneshot_flow_of_the_docs() {
         vec![1000, 2000, 3000, 4000],
         "each run continues the table:\n{journal}"
     );
-    let primes = first_primes(4000);
+    let primes = shm_testkit::first_primes(4000);
     for &(total, largest) in &t {
         assert_eq!(
             largest,

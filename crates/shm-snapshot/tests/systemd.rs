@@ -33,23 +33,6 @@ fn numbers_after(text: &str, key: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The first primes up to `limit` (a sieve: the test checks tables of some 10^5 primes).
-fn primes_below(limit: usize) -> Vec<u64> {
-    let mut composite = vec![false; limit];
-    let mut primes = Vec::new();
-    for i in 2..limit {
-        if !composite[i] {
-            primes.push(i as u64);
-            let mut j = i * i;
-            while j < limit {
-                composite[j] = true;
-                j += i;
-            }
-        }
-    }
-    primes
-}
-
 struct Service<'a> {
     sd: &'a UserManager,
     unit: String,
@@ -132,14 +115,7 @@ fn check_file(file: &Path, durable: u64, log: &str) {
     };
     let count = usize::try_from(word(0)).unwrap();
     assert_eq!(count as u64, durable, "{log}");
-    let mut limit = 1 << 16;
-    let primes = loop {
-        let p = primes_below(limit);
-        if p.len() >= count {
-            break p;
-        }
-        limit *= 2;
-    };
+    let primes = shm_testkit::first_primes(count);
     for i in 1..=count {
         assert_eq!(word(i), primes[i - 1], "entry {i} of the file's table");
     }

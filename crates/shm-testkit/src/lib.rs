@@ -22,12 +22,14 @@ mod bins;
 mod child;
 mod crash;
 mod names;
+mod primes;
 mod watchdog;
 
 pub use bins::{build_bins, nested_target_dir};
 pub use child::{Child, ROLE_ENV, role, role_command, run_without_fds, spawn};
 pub use crash::{CRASH_ENV, crash_point_hit};
 pub use names::{shm_objects_with_prefix, unique_name};
+pub use primes::first_primes;
 pub use watchdog::Watchdog;
 
 pub mod systemd;
