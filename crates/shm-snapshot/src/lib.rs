@@ -9,6 +9,7 @@
 
 mod error;
 mod format;
+pub mod host;
 pub mod live;
 mod storage;
 pub mod track;

@@ -1,0 +1,104 @@
+//! What a host's FILE holds, for `shm-restore inspect`: the file's facts
+//! plus the program's commit generation from the image prefix.
+
+use std::path::Path;
+
+use super::HostError;
+use crate::live;
+use crate::{FileInfo, FileStorage, RestoreOptions, restore_with};
+
+/// What a host's FILE holds: the facts of [`crate::inspect`] and the
+/// program's commit generation, read from the image's first 8 bytes as of
+/// the newest generation that restores exactly (before any damage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The file's facts.
+    pub info: FileInfo,
+    /// The program's committed generation (0 for an all-zero FILE).
+    pub program_generation: u64,
+}
+
+impl Inspection {
+    /// Reads FILE (never writing it).
+    ///
+    /// # Errors
+    /// [`HostError::Open`] (including a FIFO, device or directory),
+    /// [`HostError::Read`] for a file that is not a readable snapshot log.
+    ///
+    /// # Examples
+    /// ```
+    /// use shm_snapshot::host::Inspection;
+    /// let file = std::env::temp_dir().join(format!("inspect-doc-{}", std::process::id()));
+    /// std::fs::File::create(&file)?.set_len(1 << 20)?; // all zeros: a fresh state
+    /// let i = Inspection::of(&file)?;
+    /// assert!(i.info.all_zero);
+    /// assert_eq!((i.program_generation, i.state_size()), (0, None));
+    /// std::fs::remove_file(&file)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn of(path: &Path) -> Result<Self, HostError> {
+        let read = |source| HostError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let st = FileStorage::open(path, false).map_err(|source| HostError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let info = crate::inspect(&st).map_err(read)?;
+        let opts = RestoreOptions {
+            until: info.damage.as_ref().map(|d| d.last_before),
+            ..RestoreOptions::default()
+        };
+        let mut head = [0u8; 8];
+        restore_with(
+            &st,
+            opts,
+            |off, b| {
+                if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
+                    let k = b.len().min(8 - n);
+                    head[n..n + k].copy_from_slice(&b[..k]);
+                }
+            },
+            |_, _| {},
+        )
+        .map_err(read)?;
+        Ok(Self {
+            program_generation: if info.all_zero {
+                0
+            } else {
+                u64::from_le_bytes(head)
+            },
+            info,
+        })
+    }
+
+    /// Bytes of the program's state (the image less its 4096-byte prefix);
+    /// `None` for an all-zero FILE or an image too small to hold a state.
+    pub fn state_size(&self) -> Option<u64> {
+        self.info
+            .region_size
+            .checked_sub(live::CONTROL_LEN)
+            .filter(|&r| r > 0 && !self.info.all_zero)
+    }
+
+    /// Bytes after the last valid commit that a start ignores (a torn or
+    /// corrupt tail); 0 for a damaged or all-zero FILE.
+    pub fn ignored_tail(&self) -> u64 {
+        let i = &self.info;
+        if i.damage.is_none() && !i.all_zero {
+            i.file_len.saturating_sub(i.valid_end)
+        } else {
+            0
+        }
+    }
+
+    /// Bytes in damaged ranges (0 without damage).
+    pub fn damaged_bytes(&self) -> u64 {
+        self.info
+            .damage
+            .as_ref()
+            .map_or(0, |d| d.ranges.iter().map(|r| r.end - r.start).sum())
+    }
+}

@@ -1,0 +1,398 @@
+//! The snapshot host: keeps a program's live memfd state durable in a
+//! snapshot file, FILE, and brings it back on a cold start. This is what
+//! the `shm-restore` binary runs; a program that wants to host its own
+//! snapshots uses it directly.
+//!
+//! # What the host does
+//! * **Opening** ([`SnapshotHost::prepare`], [`SnapshotHost::open`]): FILE
+//!   is resolved once if it is a symlink (later renames replace the real
+//!   file); stale temporary files of a killed compaction are removed. On a
+//!   *warm* start the host takes the memfd it inherited (from systemd's fd
+//!   store or a supervisor) and checks it against FILE; an all-zero
+//!   inherited fd ([`is_fresh`]) is replaced by a memfd of its own. On a
+//!   *cold* start it creates a memfd and restores FILE into it in one pass
+//!   (or starts an all-zero state of [`HostConfig::size`] bytes when FILE is
+//!   missing and [`HostConfig::create`] is on; a new FILE is created with
+//!   mode 0600).
+//! * **Damage**: a FILE with invalid records followed by intact snapshots is
+//!   refused ([`HostError::Damaged`]) and left unchanged, unless
+//!   [`StartFrom::Generation`] or [`StartFrom::Salvage`] asks for a rebuild:
+//!   the state is then written to a new file beside FILE, the original is
+//!   kept as `FILE.damaged.SECS` ([`keep_aside`]), and the new file is
+//!   renamed over FILE.
+//! * **Snapshots** ([`SnapshotHost::tick`]): the pages committed since
+//!   FILE's generation are streamed from the memfd into FILE (the host
+//!   holds no copy of the state), retried when commits rewrite the pages
+//!   being copied, spaced by [`HostConfig::max_write_rate`]; a lag behind the
+//!   live state longer than [`HostConfig::lag_warn`] is logged. The log is
+//!   compacted once it outgrows [`HostConfig::compact_at`] times the image;
+//!   after a compaction failed on a full disk the next attempt waits 1 s,
+//!   doubling up to 5 min. A commit sequence that is out of range or goes
+//!   backwards (a stray write into the memfd) stops snapshots for good
+//!   ([`HostError::Refused`]), and FILE keeps its last good generation.
+//!   Errors are logged, the same one at most every 10 s.
+//! * **Exit** ([`SnapshotHost::finish`]): one last snapshot, never rate
+//!   limited, that also takes a commit the program died inside (as its next
+//!   start will finish it), and a summary.
+//!
+//! The host logs through `tracing` and never prints, exits or panics on
+//! what it reads.
+//!
+//! # The loop
+//! The program runs beside the host (usually as a child process that got
+//! the memfd, see `shm-restore`); the host only reads the memfd. Call
+//! [`SnapshotHost::tick`] once per interval, and between ticks check
+//! [`SnapshotHost::wants_snapshot_now`]: it asks for the first snapshot as
+//! soon as the program has committed once, so that a program killed early
+//! in its first interval still leaves its work on disk. When the program
+//! has exited, call [`SnapshotHost::finish`].
+//!
+//! # Examples
+//! A host and a client in one process: the client commits into the memfd
+//! the host created, the host writes FILE, and FILE restores the last
+//! generation.
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shm_snapshot::host::{HostConfig, SnapshotHost};
+//! use shm_snapshot::live::Client;
+//!
+//! let dir = std::env::temp_dir().join(format!("host-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let file = dir.join("state.snap");
+//! let config = HostConfig {
+//!     create: true,
+//!     size: 64 << 10,
+//!     ..HostConfig::new(&file)
+//! };
+//! let mut host = SnapshotHost::open(config, None)?;
+//!
+//! // The program's side (normally another process that got the memfd).
+//! let client = Client::open(host.memfd())?;
+//! client.work().write_bytes(100, b"hello")?;
+//! assert_eq!(client.commit(&[100..105]), 1);
+//! assert!(host.wants_snapshot_now());
+//! host.tick();
+//! assert_eq!(host.persisted(), 1);
+//!
+//! client.work().write_bytes(100, b"world")?;
+//! client.commit(&[100..105]);
+//! drop(client); // the program exits
+//! let done = host.finish();
+//! assert_eq!(done.persisted, 2);
+//!
+//! let mut state = vec![0u8; 64 << 10];
+//! let f = shm_snapshot::FileStorage::open(&file, false)?;
+//! shm_snapshot::restore(&f, |off, b| {
+//!     // FILE holds an image: the 4096-byte prefix, then the state.
+//!     if let Some(at) = off.checked_sub(4096) {
+//!         let at = at as usize;
+//!         state[at..at + b.len()].copy_from_slice(b);
+//!     }
+//! })?;
+//! assert_eq!(&state[100..105], b"world");
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod file;
+mod inspect;
+mod open;
+mod policy;
+mod snapshot;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{HostError, StrayWrite};
+pub use file::{is_fresh, keep_aside, prefix};
+pub use inspect::Inspection;
+
+use crate::live::Host;
+use crate::{FileStorage, SnapshotWriter};
+use policy::{Backoff, Lag, RateLimit, Repeats};
+
+/// How the host starts: what it restores from FILE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// The newest generation of FILE, refusing a damaged FILE (the default).
+    #[default]
+    Newest,
+    /// Exactly this generation (at most the newest before any damage), into
+    /// a fresh memfd (refused if one was inherited), continued in a new FILE;
+    /// the original is kept aside.
+    Generation(u64),
+    /// The newest state in which every page has an intact version (from an
+    /// inherited memfd on a warm start), continued in a new FILE; the
+    /// original is kept aside, and pages that could only be taken from
+    /// before the damage are logged.
+    Salvage,
+}
+
+/// What the host does, and with which file.
+///
+/// Build one with [`HostConfig::new`] and change the fields that differ:
+/// `HostConfig { create: true, ..HostConfig::new(path) }`.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// FILE, the snapshot file (a symlink is resolved once).
+    pub path: PathBuf,
+    /// Start an all-zero state if FILE is missing (it is created). Default: off.
+    pub create: bool,
+    /// The state size when FILE is created, in bytes. Default: 1 MiB.
+    pub size: u64,
+    /// Average limit on snapshot writes in bytes per second (`None`: none).
+    /// Periodic snapshots wait until the bytes already written fit the
+    /// rate; the snapshot at exit is never delayed. Default: none.
+    pub max_write_rate: Option<u64>,
+    /// Log a warning when FILE has been behind the live commit generation
+    /// for this long (repeated at most that often). Default: 10 s.
+    pub lag_warn: Duration,
+    /// Compact FILE when its log grows past this many times the image size
+    /// (state plus 4096 bytes): at least 1.5, or 0 to never compact.
+    /// Default: 2.
+    pub compact_at: f64,
+    /// The name of a memfd the host creates (`memfd_create`), and of the
+    /// inherited memfd in messages. Default: `state`.
+    pub name: String,
+    /// What to restore from FILE. Default: [`StartFrom::Newest`].
+    pub start_from: StartFrom,
+}
+
+impl HostConfig {
+    /// The defaults, with FILE at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            create: false,
+            size: 1 << 20,
+            max_write_rate: None,
+            lag_warn: Duration::from_secs(10),
+            compact_at: 2.0,
+            name: "state".to_owned(),
+            start_from: StartFrom::Newest,
+        }
+    }
+
+    /// Checks the values that have a valid range.
+    ///
+    /// # Errors
+    /// [`HostError::CompactAt`].
+    pub fn validate(&self) -> Result<(), HostError> {
+        let f = self.compact_at;
+        if f.is_finite() && (f == 0.0 || f >= 1.5) {
+            Ok(())
+        } else {
+            Err(HostError::CompactAt { factor: f })
+        }
+    }
+}
+
+/// Progress of reading FILE on a cold start (a large FILE can take a while):
+/// for a progress bar. Every method does nothing by default; `()` ignores
+/// progress.
+pub trait LoadProgress {
+    /// Reading FILE starts: it has `file_len` bytes.
+    fn start(&mut self, file_len: u64) {
+        let _ = file_len;
+    }
+    /// `done` of `total` bytes were read.
+    fn update(&mut self, done: u64, total: u64) {
+        let _ = (done, total);
+    }
+    /// FILE was read completely (not called when reading fails).
+    fn finish(&mut self) {}
+}
+
+impl LoadProgress for () {}
+
+/// The snapshot host of one memfd and FILE. See the [module docs](self).
+#[derive(Debug)]
+pub struct SnapshotHost {
+    /// FILE (resolved).
+    path: PathBuf,
+    /// The memfd's read-only mapping.
+    live: Host,
+    /// The memfd the program gets.
+    memfd: OwnedFd,
+    writer: SnapshotWriter<FileStorage>,
+    /// The program's newest commit generation that is durable in FILE.
+    persisted: u64,
+    limit: RateLimit,
+    lag: Lag,
+    compact_at: f64,
+    compaction: Backoff,
+    stats: HostStats,
+    /// Set once the live commit sequence was seen out of range or moving
+    /// backwards: the memfd was written by something other than the
+    /// protocol, and no more snapshots are taken from it (FILE keeps its
+    /// last good generation).
+    refused: Option<StrayWrite>,
+    repeats: Repeats,
+    /// Whether [`SnapshotHost::tick`] ran.
+    ticked: bool,
+}
+
+/// Counts of a host's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// Snapshots written.
+    pub snapshots: u64,
+    /// Bytes written by them.
+    pub bytes: u64,
+    /// Compactions of FILE.
+    pub compactions: u64,
+    /// Copy attempts abandoned because a commit rewrote a page being copied.
+    pub conflicts: u64,
+    /// The largest lag of FILE behind the live state, in generations.
+    pub max_lag_generations: u64,
+    /// The longest time FILE was behind the live state.
+    pub max_lag: Duration,
+}
+
+/// What [`SnapshotHost::finish`] leaves: FILE's generation, the memfd's, and
+/// the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Finished {
+    /// The program's generation durable in FILE.
+    pub persisted: u64,
+    /// The program's last generation in the memfd (`None`: its commit
+    /// sequence is out of range).
+    pub live: Option<u64>,
+    /// The counts.
+    pub stats: HostStats,
+}
+
+/// A host whose memfd is ready (created and restored, or inherited and
+/// checked) but that has not written FILE yet: the memfd can be handed on
+/// (to a supervisor's fd store, say) before [`Prepared::start`] takes the
+/// first snapshot and completes a rebuild.
+#[derive(Debug)]
+pub struct Prepared {
+    path: PathBuf,
+    config: HostConfig,
+    memfd: OwnedFd,
+    loaded: Option<file::Loaded>,
+    /// Whether the first snapshot (before the program starts) compares every page.
+    first_full: bool,
+    created: bool,
+    replaced: bool,
+}
+
+impl Prepared {
+    /// The memfd the program is to get.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+
+    /// FILE, resolved.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the memfd is new (a cold start), rather than the inherited one.
+    pub fn created_memfd(&self) -> bool {
+        self.created
+    }
+
+    /// Whether an inherited fd was all zeros ([`is_fresh`]) and replaced by
+    /// the new memfd.
+    pub fn replaced_inherited(&self) -> bool {
+        self.replaced
+    }
+}
+
+impl SnapshotHost {
+    /// Opens FILE and readies the memfd (`inherited`, or a new one), reading
+    /// FILE once with `progress`; see the [module docs](self). The memfd is
+    /// ready for the program after this, FILE is not written yet:
+    /// [`Prepared::start`] follows.
+    ///
+    /// # Errors
+    /// Every [`HostError`] about FILE and the memfd; FILE is unchanged.
+    pub fn prepare(
+        config: HostConfig,
+        inherited: Option<OwnedFd>,
+        progress: &mut dyn LoadProgress,
+    ) -> Result<Prepared, HostError> {
+        open::prepare(config, inherited, progress)
+    }
+
+    /// [`SnapshotHost::prepare`] then [`Prepared::start`], without progress.
+    ///
+    /// # Errors
+    /// As both.
+    pub fn open(config: HostConfig, inherited: Option<OwnedFd>) -> Result<Self, HostError> {
+        Self::prepare(config, inherited, &mut ())?.start()
+    }
+
+    /// The memfd the program is to get (a client maps it with
+    /// [`crate::live::Client::open`]).
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+
+    /// FILE, resolved.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The program's newest generation that is durable in FILE.
+    pub fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            max_lag_generations: self.lag.max_generations(),
+            max_lag: self.lag.max_time(),
+            ..self.stats
+        }
+    }
+
+    /// Why snapshots stopped for good, if they did ([`HostError::Refused`]).
+    pub fn refused(&self) -> Option<&StrayWrite> {
+        self.refused.as_ref()
+    }
+
+    /// Whether a snapshot is due before the next tick: no tick ran yet and
+    /// the program has committed a generation FILE does not hold. Polled
+    /// between ticks, it gets the program's first work to disk at once
+    /// rather than an interval later.
+    pub fn wants_snapshot_now(&self) -> bool {
+        !self.ticked && self.live.generation().is_ok_and(|g| g > self.persisted)
+    }
+
+    /// The periodic step: a snapshot of what was committed since the last
+    /// one (unless the write-rate limit defers it), then the lag check.
+    /// Errors are logged, the same one at most every 10 s.
+    pub fn tick(&mut self) {
+        snapshot::tick(self);
+    }
+
+    /// Takes a snapshot of what was committed since the last one now,
+    /// ignoring the write-rate limit; returns the generation written, `None`
+    /// if FILE was up to date. Logs nothing on error.
+    ///
+    /// # Errors
+    /// [`HostError::Refused`], [`HostError::Conflicts`], [`HostError::Write`],
+    /// [`HostError::Compact`] (the snapshot itself is then durable).
+    pub fn snapshot_now(&mut self) -> Result<Option<u64>, HostError> {
+        let before = self.persisted;
+        snapshot::snapshot(self, snapshot::Read::Changed)?;
+        Ok((self.persisted != before).then_some(self.persisted))
+    }
+
+    /// The last snapshot once the program has exited (never rate limited;
+    /// a commit the program died inside is taken whole, as its next start
+    /// will finish it), and the summary, both logged.
+    pub fn finish(mut self) -> Finished {
+        snapshot::finish(&mut self)
+    }
+}

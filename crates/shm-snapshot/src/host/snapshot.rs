@@ -1,0 +1,240 @@
+//! One snapshot: stream the pages committed since FILE's generation from the
+//! memfd into FILE (retrying on conflicts, refusing a stray sequence for
+//! good), then compact when the log has outgrown its limit; the periodic
+//! tick and the exit snapshot around it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Finished, HostError, SnapshotHost, StrayWrite, prefix};
+use crate::ErrorKind;
+use crate::live::Changed;
+
+/// How a snapshot reads the live state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Only the pages committed after FILE's generation
+    /// ([`crate::live::Host::copy_changed`]), while the program may run.
+    Changed,
+    /// Every page, compared with FILE's checksums: before the program
+    /// starts on an inherited memfd (whose history FILE may not share), and
+    /// after it died inside a commit ([`crate::live::Host::read_after_exit`]).
+    Full,
+}
+
+/// Attempts of one periodic snapshot before it is reported as skipped.
+const CONFLICT_TRIES: u32 = 50;
+
+/// Why a snapshot attempt ended without a new generation.
+enum Stop {
+    /// FILE is up to date.
+    Nothing,
+    Failed(HostError),
+    Refuse(StrayWrite),
+}
+
+/// Takes a snapshot unless the live state is already on disk; compacts the
+/// log afterwards when it has outgrown `compact_at` times the image.
+pub(crate) fn snapshot(h: &mut SnapshotHost, read: Read) -> Result<(), HostError> {
+    if let Some(why) = &h.refused {
+        return Err(refused(h, why.clone()));
+    }
+    let started = Instant::now();
+    let g = match copy_into_file(h, read) {
+        Ok(g) => g,
+        Err(Stop::Nothing) => return Ok(()),
+        Err(Stop::Failed(e)) => return Err(e),
+        Err(Stop::Refuse(why)) => {
+            h.refused = Some(why.clone());
+            return Err(refused(h, why));
+        }
+    };
+    let wrote = h.writer.last_bytes_written;
+    h.persisted = g;
+    h.stats.snapshots += 1;
+    h.stats.bytes += wrote;
+    h.limit.wrote(started, wrote);
+    tracing::info!("durable generation {g} ({wrote} bytes written)");
+    maybe_compact(h)
+}
+
+/// The error for a snapshot not taken because of `why`.
+fn refused(h: &SnapshotHost, why: StrayWrite) -> HostError {
+    HostError::Refused {
+        path: h.path.clone(),
+        generation: h.persisted,
+        reason: why,
+    }
+}
+
+/// Copies the live state into one new generation of FILE; returns it.
+fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
+    let persisted = h.persisted;
+    let failed = |h: &SnapshotHost, source| {
+        Stop::Failed(HostError::Write {
+            path: h.path.clone(),
+            source,
+        })
+    };
+    let mut tries = 0;
+    loop {
+        let mut tx = h.writer.begin();
+        let mut visit = |p: u64, b: &[u8]| tx.page(p + 1, b).map(drop);
+        let got = match read {
+            Read::Full => h.live.read_after_exit(&mut visit),
+            Read::Changed => match h.live.copy_changed(persisted, &mut visit) {
+                Ok(Changed::Complete(g)) => Ok(g),
+                Ok(Changed::Nothing) => return Err(Stop::Nothing),
+                Ok(Changed::Conflict) => {
+                    drop(tx);
+                    h.stats.conflicts += 1;
+                    tries += 1;
+                    if tries == CONFLICT_TRIES {
+                        return Err(Stop::Failed(HostError::Conflicts {
+                            tries: CONFLICT_TRIES,
+                        }));
+                    }
+                    continue;
+                }
+                Ok(Changed::OutOfRange { seq }) => {
+                    return Err(Stop::Refuse(StrayWrite::OutOfRange { seq }));
+                }
+                Ok(Changed::Backwards { generation }) => {
+                    return Err(Stop::Refuse(StrayWrite::Backwards {
+                        from: persisted,
+                        to: generation,
+                    }));
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let g = match got {
+            Ok(g) => g,
+            Err(e) if e.kind() == ErrorKind::BadSequence => {
+                return Err(Stop::Refuse(StrayWrite::BadSequence(Arc::new(e))));
+            }
+            Err(e) => {
+                drop(tx);
+                return Err(failed(h, e));
+            }
+        };
+        if g < persisted {
+            return Err(Stop::Refuse(StrayWrite::Backwards {
+                from: persisted,
+                to: g,
+            }));
+        }
+        if g == persisted && tx.pages_written() == 0 {
+            return Err(Stop::Nothing);
+        }
+        if let Err(e) = tx.page(0, &prefix(g)).and_then(|_| tx.commit()) {
+            return Err(failed(h, e));
+        }
+        return Ok(g);
+    }
+}
+
+/// Compacts the log when it has outgrown `compact_at` times the image,
+/// unless a full disk made the last attempt fail recently.
+fn maybe_compact(h: &mut SnapshotHost) -> Result<(), HostError> {
+    #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
+    let grown = h.writer.len() as f64 > h.compact_at * h.writer.region_size() as f64;
+    if !(h.compact_at > 0.0 && grown && h.compaction.due(Instant::now())) {
+        return Ok(());
+    }
+    let before = h.writer.len();
+    if let Err(source) = h.writer.compact_file(&h.path) {
+        let retry_in = source
+            .is_disk_full()
+            .then(|| h.compaction.failed(Instant::now()));
+        return Err(HostError::Compact {
+            path: h.path.clone(),
+            source,
+            retry_in,
+        });
+    }
+    h.compaction.succeeded();
+    h.stats.compactions += 1;
+    tracing::info!(
+        "compacted {}: {before} -> {} bytes",
+        h.path.display(),
+        h.writer.len()
+    );
+    Ok(())
+}
+
+/// Logs an error, the same one at most every 10 s.
+fn report(h: &mut SnapshotHost, e: &HostError) {
+    let msg = e.to_string();
+    if h.repeats.due(Instant::now(), &msg) {
+        tracing::error!("{msg}");
+    }
+}
+
+/// A periodic tick: snapshot if the rate limit allows, then check the lag.
+pub(crate) fn tick(h: &mut SnapshotHost) {
+    h.ticked = true;
+    if h.limit.ready(Instant::now())
+        && let Err(e) = snapshot(h, Read::Changed)
+    {
+        report(h, &e);
+    }
+    if let Ok(live) = h.live.generation()
+        && let Some(w) = h.lag.observe(Instant::now(), live, h.persisted)
+    {
+        tracing::warn!("{w}");
+    }
+}
+
+/// The last snapshot at the program's exit (never rate-limited), and the summary.
+pub(crate) fn finish(h: &mut SnapshotHost) -> Finished {
+    // No client runs: a commit the program died inside is taken whole
+    // from its work area, as the next `Client::open` will finish it.
+    let read = if h.live.died_in_commit() {
+        Read::Full
+    } else {
+        Read::Changed
+    };
+    if let Err(e) = snapshot(h, read) {
+        tracing::error!("{e}");
+    }
+    let live = h.live.generation_after_exit();
+    let behind = match &live {
+        Ok(g) if *g >= h.persisted => format!("{} behind", g - h.persisted),
+        Ok(_) => "went backwards: not persisted".into(),
+        Err(_) => "not persisted".into(),
+    };
+    let shown = match &live {
+        Ok(g) => g.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    if let Some(kb) = private_memory_kb() {
+        tracing::info!(
+            "host private memory at exit: {kb} kB (state: {} kB in the memfd)",
+            h.live.region_size() / 1024
+        );
+    }
+    let stats = h.stats();
+    tracing::info!(
+        "at exit: file at generation {}, live at {shown} ({behind}); {} snapshots, {} bytes written, {} compactions, {} copy conflicts; largest lag {} generations, {:.1}s",
+        h.persisted,
+        stats.snapshots,
+        stats.bytes,
+        stats.compactions,
+        stats.conflicts,
+        stats.max_lag_generations,
+        stats.max_lag.as_secs_f64()
+    );
+    Finished {
+        persisted: h.persisted,
+        live: live.ok(),
+        stats,
+    }
+}
+
+/// `RssAnon` of this process (kB): its private memory, without the mapped memfd.
+fn private_memory_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
