@@ -6,6 +6,36 @@
 //! replays the log up to the last valid commit record. See
 //! `docs/protocol/shm-snapshot.md` for the byte layout and the durability
 //! argument.
+//!
+//! # The parts
+//! * The **file format** (this crate's root): [`SnapshotWriter`] appends
+//!   snapshots and compacts the log, [`restore`] and [`restore_with`] read it
+//!   back (refusing or salvaging damage), [`inspect`] describes a file.
+//! * The **live commit protocol** ([`live`]): the program ([`live::Client`])
+//!   commits consistent states into a memfd; a host ([`live::Host`]) reads
+//!   exactly one committed state, or only the pages changed since one, without
+//!   ever stopping the program. [`track`] finds the pages the program wrote.
+//! * The **snapshot host** ([`host`]): keeps a memfd's state durable in a
+//!   snapshot file and restores it on a cold start, with the policy around
+//!   it (intervals, write-rate limit, lag, compaction, damage, the exit
+//!   snapshot). A program can host its own snapshots with
+//!   [`host::SnapshotHost`]; the `shm-restore` binary runs it for a child
+//!   process.
+//!
+//! Not for: state that only has to outlive a crash of the program, not a
+//! reboot (keep the memfd in systemd's fd store with `shm-fd`, no file
+//! needed); or a program that cannot say when its state is consistent (a
+//! snapshot holds exactly one commit).
+//!
+//! # Features
+//! * `shm-restore`: builds the `shm-restore` binary (command line, fd store,
+//!   child process), on top of [`host`]. The library itself needs no feature.
+//! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
+//!   tests.
+//!
+//! # Examples
+//! A state committed by a client, kept in FILE by the host, restored from FILE:
+//! see the [`host`] module's example.
 
 mod error;
 mod format;

@@ -315,3 +315,27 @@ pub enum StrayWrite {
     #[error("{0}")]
     BadSequence(#[source] Arc<SnapshotError>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_threads_and_chain_their_sources() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<HostError>();
+        send_sync::<StrayWrite>();
+        let sut = HostError::Compact {
+            path: PathBuf::from("/d/f.snap"),
+            source: crate::SnapshotError::io("write", std::io::Error::from_raw_os_error(28)),
+            retry_in: Some(Duration::from_secs(4)),
+        };
+        let msg = sut.to_string();
+        assert!(msg.starts_with("/d/f.snap: compaction: write: "), "{msg}");
+        assert!(
+            msg.ends_with("; next attempt in 4s at the earliest"),
+            "{msg}"
+        );
+        assert!(std::error::Error::source(&sut).is_some());
+    }
+}
