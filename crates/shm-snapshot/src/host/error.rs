@@ -71,7 +71,7 @@ pub enum HostError {
     },
     /// FILE's records are not of the 4096-byte pages the host writes.
     #[error(
-        "{}: records of {page_size} bytes, but shm-restore writes {}-byte pages",
+        "{}: records of {page_size} bytes, but the host writes {}-byte pages",
         .path.display(),
         crate::live::PAGE
     )]

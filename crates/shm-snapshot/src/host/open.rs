@@ -161,7 +161,7 @@ fn cold_start(
             started.elapsed().as_secs_f64()
         );
     } else {
-        tracing::info!("{show} missing: starting a fresh state of {region} bytes (--create)");
+        tracing::info!("{show} missing: starting a fresh state of {region} bytes");
     }
     Ok((fd, loaded, config.start_from.rebuilds()))
 }
