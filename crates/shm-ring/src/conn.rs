@@ -27,6 +27,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::endpoint::{Consumer, Element, Producer};
 use crate::fds::{OpenError, RingFds};
 use crate::layout::ElemLayout;
+use crate::peer::PeerLink;
 
 /// The handshake protocol version this build speaks (the only one so far).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -110,28 +111,6 @@ impl UidPolicy {
             UidPolicy::Uid(want) => uid == want,
             UidPolicy::Any => true,
         }
-    }
-}
-
-/// A connected peer: the socket (kept open as the liveness link) and its credentials.
-#[derive(Debug)]
-pub struct PeerLink {
-    socket: OwnedFd,
-    pid: u32,
-    uid: u32,
-}
-
-impl PeerLink {
-    /// The peer's pid, as the kernel saw it at connect time.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-    /// The peer's uid.
-    pub fn uid(&self) -> u32 {
-        self.uid
-    }
-    pub(crate) fn into_socket(self) -> OwnedFd {
-        self.socket
     }
 }
 

@@ -73,6 +73,8 @@ mod endpoint;
 #[cfg(not(shm_loom))]
 mod fds;
 #[cfg(not(shm_loom))]
+mod peer;
+#[cfg(not(shm_loom))]
 mod trusted;
 
 pub use crate::core::{Corrupt, RingError};
@@ -80,7 +82,7 @@ pub use crate::layout::{ElemLayout, LayoutError};
 
 #[cfg(not(shm_loom))]
 pub use crate::conn::{
-    AcceptError, ConnectError, Connector, Listener, PROTOCOL_VERSION, PeerLink, Role, UidPolicy,
+    AcceptError, ConnectError, Connector, Listener, PROTOCOL_VERSION, Role, UidPolicy,
 };
 #[cfg(not(shm_loom))]
 pub use crate::endpoint::{
@@ -88,6 +90,8 @@ pub use crate::endpoint::{
 };
 #[cfg(not(shm_loom))]
 pub use crate::fds::{OpenError, PARK_RECHECK, RING_SEALS, RingFds};
+#[cfg(not(shm_loom))]
+pub use crate::peer::PeerLink;
 
 /// The algorithm without the OS: generic over storage and over how a side
 /// blocks. Used by the loom models and the unit tests; most users want
