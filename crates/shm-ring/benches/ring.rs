@@ -15,9 +15,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use shm_ring::bench_support::AlignedBuf;
 use shm_ring::channel;
 use shm_sync::atomic::{AtomicU64, Ordering};
+use support::AlignedBuf;
+
+mod support;
 
 const REPS: usize = 5;
 const BATCH: usize = 256;

@@ -63,8 +63,6 @@ mod storage;
 #[cfg(all(feature = "tokio", not(shm_loom)))]
 pub mod asyncio;
 #[cfg(not(shm_loom))]
-pub mod bench_support;
-#[cfg(not(shm_loom))]
 mod claim;
 #[cfg(not(shm_loom))]
 mod conn;

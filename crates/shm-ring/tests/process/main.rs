@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use shm_ring::{Connector, ElemLayout, Listener, RingError, RingFds, Role};
 use shm_segment::{Access, Mapping};
 use shm_testkit::{Watchdog, role, role_command, spawn, unique_name};
+use support::AlignedBuf;
+
+#[path = "../../benches/support/mod.rs"]
+mod support;
 
 /// 1 GiB in release builds; 64 MiB in debug builds (unoptimised copies and checks).
 const BULK_BYTES: u64 = if cfg!(debug_assertions) {
@@ -46,7 +50,7 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
     if let Some(role) = role() {
         assert_eq!(role, "bulk-producer");
         let mut tx = Connector::new(env_path()).connect_producer::<u8>().unwrap();
-        let mut buf = shm_ring::bench_support::AlignedBuf::new(CHUNK);
+        let mut buf = AlignedBuf::new(CHUNK);
         let mut crc = 0u32;
         let mut sent = 0u64;
         while sent < BULK_BYTES {
@@ -69,7 +73,7 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
     cmd.env("RING_SOCK", &path).stdout(Stdio::piped());
     let mut child = spawn(cmd).unwrap();
     let mut rx = listener.accept_consumer::<u8>(&ring).unwrap();
-    let mut buf = shm_ring::bench_support::AlignedBuf::new(CHUNK);
+    let mut buf = AlignedBuf::new(CHUNK);
     let (mut got, mut crc, mut carry) = (0u64, 0u32, Vec::new());
     loop {
         let n = match rx.read(buf.as_mut_slice()) {
