@@ -460,36 +460,39 @@ fn trusted_copies_round_trip_like_the_default_ones() {
     }
 }
 
-/// A peer that breaks the protocol and rewrites published slots while we copy
-/// them out (here: a thread writing them through its own mapping, as another
-/// process would) costs inconsistent elements, never a crash. The default
-/// copies are atomic, so this is no data race either (`ThreadSanitizer` and
-/// Miri would report the plain `memcpy` of `trust_peer`).
+/// A peer that breaks the protocol and rewrites slots while we copy them in
+/// and out costs inconsistent elements, never a crash. The peer here is a
+/// thread writing through the very addresses our two ends copy at (each
+/// end's own mapping), which another process writing the same pages amounts
+/// to, and which lets `ThreadSanitizer` see both sides: the default copies
+/// are atomic, so it reports nothing, while the plain `memcpy` of
+/// `trust_peer` is reported as the data race it is.
 #[test]
 fn a_peer_rewriting_slots_under_our_copies_gets_inconsistent_data_not_a_crash() {
+    use shm_segment::Region;
     use shm_sync::atomic::{AtomicBool, Ordering};
     let elem = ElemLayout::of::<[u64; 32]>();
     let fds = RingFds::create("hostile-slots", 4, elem).unwrap();
     let mut tx = shm_ring::Producer::<[u64; 32]>::open(&fds, None).unwrap();
     let mut rx = shm_ring::Consumer::<[u64; 32]>::open(&fds, None).unwrap();
     let len = layout::total_size(4, elem).unwrap() as usize;
-    let map = shm_segment::Mapping::map(
-        rustix::fd::AsFd::as_fd(&fds.memfd),
-        0,
-        len,
-        shm_segment::Access::ReadWrite,
-    )
-    .unwrap();
+    assert_eq!(tx.mapping_for_tests().len(), len);
+    assert_eq!(rx.mapping_for_tests().len(), len);
+    // SAFETY: each mapping is owned by its end, which outlives the scope
+    // below; the ends access slot bytes only atomically (what this test is
+    // about), and the lines are atomics.
+    let regions = [tx.mapping_for_tests(), rx.mapping_for_tests()]
+        .map(|m| unsafe { Region::from_raw_parts(m.as_ptr(), len, true) });
     let slots = layout::PAYLOAD_OFFSET + layout::SLOTS;
     let stop = AtomicBool::new(false);
     let (mut mixed, mut rounds) = (0u32, 0u32);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let region = map.region();
             let mut fill = 0u64;
             // Relaxed: a stop flag; nothing is published with it.
             while !stop.load(Ordering::Relaxed) {
                 fill = fill.wrapping_add(1);
+                let region = regions[(fill % 2) as usize];
                 for off in (slots..len).step_by(8) {
                     region.write(off, &fill).unwrap();
                 }
