@@ -316,8 +316,9 @@ impl MapStorage {
     /// The peer process follows the ring protocol: it never writes the slots
     /// this side may be copying (free slots for a producer, published and
     /// unreleased ones for a consumer), and never reads the free slots a
-    /// producer is filling. Otherwise a copy races with the peer's accesses,
-    /// which is undefined behaviour.
+    /// producer is filling; nor does anything else, in this process or
+    /// another, through another mapping. Otherwise a copy races with those
+    /// accesses, which is undefined behaviour.
     pub(crate) unsafe fn trust_peer(&mut self) {
         self.trusted = true;
     }

@@ -31,10 +31,12 @@ impl<T: Element> Producer<T> {
     /// # Safety
     /// The peer process follows the protocol: the consumer never reads or
     /// writes slots that are free (not yet published by this producer),
-    /// whoever it is and however long this producer lives. A hostile or
-    /// buggy consumer that does makes our copies a data race, which is
-    /// undefined behaviour in this process. For peers you do not control
-    /// (another uid, a sandboxed process), keep the default copies.
+    /// whoever it is and however long this producer lives; and nothing else
+    /// (another process, or this one through another mapping of the memfd)
+    /// writes them either. A hostile or buggy consumer that does makes our
+    /// copies a data race, which is undefined behaviour in this process.
+    /// For peers you do not control (another uid, a sandboxed process), keep
+    /// the default copies.
     ///
     /// # Examples
     /// ```
@@ -97,7 +99,9 @@ impl<T: Element> Consumer<T> {
     /// # Safety
     /// The peer process follows the protocol: the producer never writes
     /// slots that it has published and this consumer has not released,
-    /// whoever it is and however long this consumer lives. A hostile or
+    /// whoever it is and however long this consumer lives; and nothing else
+    /// (another process, or this one through another mapping of the memfd)
+    /// writes them either. A hostile or
     /// buggy producer that does makes our copies a data race, which is
     /// undefined behaviour in this process. For peers you do not control,
     /// keep the default copies, which make such a peer's writes an
