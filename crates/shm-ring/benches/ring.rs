@@ -5,7 +5,11 @@
 //! mapping either way, so threads see the same cache traffic as processes).
 //! Each figure is the median of several runs; the runs of shm-ring and of the
 //! baselines it is compared with alternate, so a change in the machine's load
-//! during the benchmark hits both sides of a ratio alike.
+//! during the benchmark hits both sides of a ratio alike. The copying rows
+//! come twice: with the default word-atomic slot copies and with both ends
+//! trusting each other (`trust_peer`: plain `memcpy`); the untrusted rows
+//! also give the trusted figure as a baseline, so the cost of the atomic
+//! copies reads off as a ratio.
 // shmem-ipc's raw API hands out raw pointers; copying through them needs unsafe.
 #![allow(unsafe_code)]
 #![allow(clippy::cast_precision_loss, clippy::missing_panics_doc)]
@@ -15,9 +19,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use shm_ring::bench_support::AlignedBuf;
 use shm_ring::channel;
 use shm_sync::atomic::{AtomicU64, Ordering};
+use support::AlignedBuf;
+
+mod support;
 
 const REPS: usize = 5;
 const BATCH: usize = 256;
@@ -63,13 +69,37 @@ fn pair<P: FnOnce() + Send>(producer: P, consumer: impl FnOnce()) -> Duration {
     })
 }
 
+/// How the ring's ends copy slots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Copies {
+    /// The default: word-atomic copies (`Relaxed` `AtomicU64` per word).
+    Untrusted,
+    /// `trust_peer` on both ends: plain `memcpy`.
+    Trusted,
+}
+
+/// A channel whose ends copy as `copies` says.
+fn channel_with<T: shm_ring::Element>(
+    capacity: u64,
+    copies: Copies,
+) -> (shm_ring::Producer<T>, shm_ring::Consumer<T>) {
+    let (mut tx, mut rx) = channel::<T>(capacity).unwrap();
+    if copies == Copies::Trusted {
+        // SAFETY: both ends are shm-ring ends in this process, which follow the protocol.
+        unsafe { tx.trust_peer() };
+        // SAFETY: as above.
+        unsafe { rx.trust_peer() };
+    }
+    (tx, rx)
+}
+
 // ---------- 64-byte messages ----------
 
 type Msg = [u8; 64];
 const MSGS: usize = 4 << 20;
 
-fn ring_64() -> f64 {
-    let (mut tx, mut rx) = channel::<Msg>(1 << 14).unwrap();
+fn ring_64(copies: Copies) -> f64 {
+    let (mut tx, mut rx) = channel_with::<Msg>(1 << 14, copies);
     let batch = vec![[7u8; 64]; BATCH];
     let t = pair(
         move || {
@@ -99,8 +129,8 @@ fn ring_64() -> f64 {
 }
 
 /// 64-byte messages sent and received one per call.
-fn ring_64_single() -> f64 {
-    let (mut tx, mut rx) = channel::<Msg>(1 << 14).unwrap();
+fn ring_64_single(copies: Copies) -> f64 {
+    let (mut tx, mut rx) = channel_with::<Msg>(1 << 14, copies);
     let msgs = MSGS / 4;
     let t = pair(
         move || {
@@ -267,8 +297,8 @@ fn ring_bytes() -> u64 {
         .unwrap_or(4 << 20)
 }
 
-fn ring_stream(total: usize, chunk: usize) -> f64 {
-    let (mut tx, mut rx) = channel::<u8>(ring_bytes()).unwrap();
+fn ring_stream(total: usize, chunk: usize, copies: Copies) -> f64 {
+    let (mut tx, mut rx) = channel_with::<u8>(ring_bytes(), copies);
     stream(
         total,
         chunk,
@@ -555,12 +585,20 @@ fn leak(s: String) -> &'static str {
 }
 
 fn bench_64(rows: &mut Vec<Row>) {
-    let [ours, ipc] = reps([&mut ring_64_single, &mut shmem_ipc_64_single]).map(|r| r / 1e6);
+    let [ours, trusted, ipc] = reps([
+        &mut || ring_64_single(Copies::Untrusted),
+        &mut || ring_64_single(Copies::Trusted),
+        &mut shmem_ipc_64_single,
+    ])
+    .map(|r| r / 1e6);
     let what = "64 B msgs, one per call (try_send)";
     rows.push(row(what, ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    let what = "64 B msgs, one per call, trusted";
+    rows.push(row(what, trusted, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
     let total = MSGS * 64;
-    let [ours, ipc, pipe, unix] = reps([
-        &mut ring_64,
+    let [ours, trusted, ipc, pipe, unix] = reps([
+        &mut || ring_64(Copies::Untrusted),
+        &mut || ring_64(Copies::Trusted),
         &mut shmem_ipc_64,
         &mut || pipe_stream(total, BATCH * 64) / 64.0,
         &mut || unix_stream(total, BATCH * 64) / 64.0,
@@ -570,13 +608,18 @@ fn bench_64(rows: &mut Vec<Row>) {
     rows.push(row(what, ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
     rows.push(row(what, ours, "pipe", pipe, "M/s", true, None));
     rows.push(row(what, ours, "unix socket", unix, "M/s", true, None));
+    rows.push(row(what, ours, "ring, trusted", trusted, "M/s", true, None));
+    let what = "64 B msgs, batches of 256, trusted";
+    rows.push(row(what, trusted, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
+    rows.push(row(what, trusted, "pipe", pipe, "M/s", true, None));
 }
 
 fn bench_streams(rows: &mut Vec<Row>) {
     for (chunk, size) in [(4096usize, "4 KiB"), (65536, "64 KiB")] {
         let total = 1 << 30;
-        let [ours, in_place, copy, hot, pipe, unix] = reps([
-            &mut || ring_stream(total, chunk),
+        let [ours, trusted, in_place, copy, hot, pipe, unix] = reps([
+            &mut || ring_stream(total, chunk, Copies::Untrusted),
+            &mut || ring_stream(total, chunk, Copies::Trusted),
             &mut || ring_stream_in_place(total, chunk),
             &mut || memcpy_bw(total, chunk, ring_bytes() as usize),
             &mut || memcpy_bw(total, chunk, 1 << 20),
@@ -585,19 +628,25 @@ fn bench_streams(rows: &mut Vec<Row>) {
         ])
         .map(|r| r / 1e9);
         let memcpy = "memcpy, ring-sized dest";
+        let hot_memcpy = "memcpy, 1 MiB dest";
         let what = leak(format!("{size} msgs, copy in/out (slices)"));
         rows.push(row(what, ours, memcpy, copy, "GB/s", true, Some(0.6)));
+        rows.push(row(what, ours, hot_memcpy, hot, "GB/s", true, None));
+        rows.push(row(what, ours, "pipe", pipe, "GB/s", true, None));
+        rows.push(row(what, ours, "unix socket", unix, "GB/s", true, None));
         rows.push(row(
             what,
             ours,
-            "memcpy, 1 MiB dest",
-            hot,
+            "ring, trusted",
+            trusted,
             "GB/s",
             true,
             None,
         ));
-        rows.push(row(what, ours, "pipe", pipe, "GB/s", true, None));
-        rows.push(row(what, ours, "unix socket", unix, "GB/s", true, None));
+        let what = leak(format!("{size} msgs, copy in/out, trusted"));
+        rows.push(row(what, trusted, memcpy, copy, "GB/s", true, Some(0.6)));
+        rows.push(row(what, trusted, hot_memcpy, hot, "GB/s", true, None));
+        rows.push(row(what, trusted, "pipe", pipe, "GB/s", true, None));
         let what = leak(format!("{size} msgs, in place (trusted)"));
         rows.push(row(what, in_place, memcpy, copy, "GB/s", true, Some(0.6)));
     }
@@ -661,7 +710,9 @@ fn main() {
         ring_bytes() >> 10
     );
     println!(
-        "copy in/out: try_send_slice copies each message in, try_recv_slice copies it out;\n\
+        "copy in/out: try_send_slice copies each message in, try_recv_slice copies it out,\n\
+         word-atomically (the default, safe with a hostile peer); \"trusted\": both ends called\n\
+         the unsafe trust_peer, so the same calls copy with plain memcpy;\n\
          in place: send_trusted writes it straight into the slots, receive_trusted copies it out once\n"
     );
     println!(

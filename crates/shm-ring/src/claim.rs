@@ -1,8 +1,14 @@
 //! One producer and one consumer per ring, enforced with kernel-released locks.
 //!
 //! Each end is claimed with an exclusive open-file-description lock
-//! (`fcntl(F_OFD_SETLK)`) on one byte of the ring memfd: [`PRODUCER_BYTE`] for
-//! the producer, [`CONSUMER_BYTE`] for the consumer. The lock is taken on a
+//! (`fcntl(F_OFD_SETLK)`) on one byte of the ring memfd: [`PRODUCER_BYTE`]
+//! (file offset 4224, the first byte of the producer's line) for the
+//! producer, [`CONSUMER_BYTE`] (4352, the first byte of the consumer's line)
+//! for the consumer. Both offsets are recorded in the ring's config block,
+//! and an opener refuses a ring whose block names other bytes, so every end
+//! of one ring locks the same bytes. (Layout 2 locked bytes 0 and 1, where
+//! the segment header now starts; the header and the lines are unaffected
+//! either way, see below.) The lock is taken on a
 //! fresh open file description (the memfd reopened through `/proc/self/fd`),
 //! never on the fd the caller passed: OFD locks never conflict within one
 //! description, and the caller's fd may be a `dup` of the one the other end,
@@ -28,11 +34,14 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::fds::OpenError;
+use crate::layout;
 
-/// The byte of the memfd whose lock is the producer's claim.
-pub(crate) const PRODUCER_BYTE: i64 = 0;
-/// The byte of the memfd whose lock is the consumer's claim.
-pub(crate) const CONSUMER_BYTE: i64 = 1;
+/// The byte of the memfd whose lock is the producer's claim (the first byte
+/// of the producer's line; recorded in the config block, which opening checks).
+pub(crate) const PRODUCER_BYTE: i64 = layout::PRODUCER_CLAIM as i64;
+/// The byte of the memfd whose lock is the consumer's claim (the first byte
+/// of the consumer's line).
+pub(crate) const CONSUMER_BYTE: i64 = layout::CONSUMER_CLAIM as i64;
 
 /// Which end of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

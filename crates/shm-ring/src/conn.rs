@@ -27,10 +27,15 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::endpoint::{Consumer, Element, Producer};
 use crate::fds::{OpenError, RingFds};
 use crate::layout::ElemLayout;
+use crate::peer::PeerLink;
 
-/// The handshake protocol version this build speaks (the only one so far).
-pub const PROTOCOL_VERSION: u32 = 1;
-const MIN_VERSION: u32 = 1;
+/// The handshake protocol version this build speaks. 2: the memfd it passes
+/// is a ring of layout version 3 (an `shm-segment` segment with a config
+/// block). Version 1 passed layout-2 memfds, which this build cannot open,
+/// so it is not offered: a client of the other version is told "no common
+/// protocol version" before any fd changes hands.
+pub const PROTOCOL_VERSION: u32 = 2;
+const MIN_VERSION: u32 = 2;
 const HELLO_MAGIC: [u8; 8] = *b"RINGHELO";
 const WELCOME_MAGIC: [u8; 8] = *b"RINGWLCM";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,28 +115,6 @@ impl UidPolicy {
             UidPolicy::Uid(want) => uid == want,
             UidPolicy::Any => true,
         }
-    }
-}
-
-/// A connected peer: the socket (kept open as the liveness link) and its credentials.
-#[derive(Debug)]
-pub struct PeerLink {
-    socket: OwnedFd,
-    pid: u32,
-    uid: u32,
-}
-
-impl PeerLink {
-    /// The peer's pid, as the kernel saw it at connect time.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-    /// The peer's uid.
-    pub fn uid(&self) -> u32 {
-        self.uid
-    }
-    pub(crate) fn into_socket(self) -> OwnedFd {
-        self.socket
     }
 }
 

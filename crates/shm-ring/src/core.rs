@@ -204,6 +204,12 @@ impl<S: Storage> RawProducer<S> {
         &self.storage
     }
 
+    /// The storage, to change how it copies (`MapStorage::trust_peer`).
+    #[cfg(not(shm_loom))]
+    pub(crate) fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// Elements published so far (the shared `tail`).
     pub fn position(&self) -> u64 {
         self.tail
@@ -358,6 +364,12 @@ impl<S: Storage> RawConsumer<S> {
     /// The storage.
     pub fn storage(&self) -> &S {
         &self.storage
+    }
+
+    /// The storage, to change how it copies (`MapStorage::trust_peer`).
+    #[cfg(not(shm_loom))]
+    pub(crate) fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
     }
 
     /// Elements consumed so far (the shared `head`).

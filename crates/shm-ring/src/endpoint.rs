@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::claim::{self, Claim, End};
-use crate::conn::PeerLink;
 use crate::core::{RawConsumer, RawProducer, RingError};
 use crate::fds::{self, OpenError, Parker, RingFds};
 use crate::layout::ElemLayout;
+use crate::peer::PeerLink;
 use crate::storage::{MapStorage, Storage};
 
 /// Types a ring can carry: plain data valid for every bit pattern, so that

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
 use shm_segment::memfd::{self, Requirements, Seals};
-use shm_segment::{Access, Mapping};
+use shm_segment::{Segment, SegmentError};
 
 use crate::core::{Park, RingError};
-use crate::layout::{self, DATA_OFFSET, ElemLayout, Header, LayoutError, VERSION_OFFSET};
+use crate::layout::{self, ElemLayout, LayoutError, RingConfig};
 use crate::storage::MapStorage;
 
 /// The seals a ring memfd must carry: fixed size, and no seal can be removed
@@ -20,7 +20,7 @@ pub const RING_SEALS: Seals = memfd::FIXED_SIZE.union(Seals::SEAL);
 /// may park in a file-descriptor store to survive its own restart.
 #[derive(Debug)]
 pub struct RingFds {
-    /// The sealed memfd with the header, counters and slots.
+    /// The sealed memfd: a segment header, then the config block, counters and slots.
     pub memfd: OwnedFd,
     /// Written by the producer to wake a parked consumer.
     pub data_ready: OwnedFd,
@@ -32,18 +32,19 @@ pub struct RingFds {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
-    /// The requested geometry or the header found is not acceptable.
+    /// The requested geometry or the config block found is not acceptable.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// The memfd is not a valid `shm-segment` segment (its header is
+    /// corrupt, of another format version, or was never published).
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
     /// Creating the memfd failed.
     #[error(transparent)]
     Create(#[from] memfd::MemfdError),
     /// The fd is not a memfd, is too small, or lacks the seals.
     #[error(transparent)]
     Validate(#[from] memfd::ValidateError),
-    /// Mapping failed.
-    #[error(transparent)]
-    Map(#[from] shm_segment::MapError),
     /// An fd that should be an eventfd is something else.
     #[error("{which} is not an eventfd")]
     NotEventfd {
@@ -86,8 +87,10 @@ fn io(op: &'static str) -> impl FnOnce(Errno) -> OpenError {
 
 impl RingFds {
     /// Creates a ring of `capacity` slots (a power of two) for elements of
-    /// layout `elem`: a memfd sealed with [`RING_SEALS`], a header written and
-    /// published, counters at 0, and two non-blocking eventfds.
+    /// layout `elem`: an `shm-segment` memfd segment sealed with
+    /// [`RING_SEALS`], whose payload starts with the ring's config block
+    /// (written before the segment header is published), counters at 0, and
+    /// two non-blocking eventfds.
     ///
     /// # Examples
     /// ```
@@ -98,25 +101,33 @@ impl RingFds {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create(name: &str, capacity: u64, elem: ElemLayout) -> Result<RingFds, OpenError> {
-        let mut header = layout::header_for(capacity, elem)?;
-        let memfd = memfd::create(name, header.total_size, RING_SEALS)?;
-        let map = Mapping::map(memfd.as_fd(), 0, DATA_OFFSET, Access::ReadWrite)?;
-        let region = map.region();
-        // The version goes in last, with Release: an opener never sees a half-written header.
-        let version = header.version;
-        header.version = 0;
-        region.write(0, &header).map_err(|_| OpenError::Io {
-            op: "write header",
+        let config = layout::config_for(capacity, elem)?;
+        let payload = usize::try_from(layout::payload_size(capacity, elem)?).map_err(|_| {
+            LayoutError::TooLarge {
+                capacity,
+                elem_size: elem.size as u64,
+            }
+        })?;
+        // The segment writes its header, runs the closure on the zeroed
+        // payload, and only then publishes the header (state stored last,
+        // with Release): an opener never sees a half-written config block.
+        let mut wrote = Ok(());
+        let segment = Segment::memfd(name)
+            .size(payload)
+            .create_with(|region| wrote = region.write(layout::CONFIG, &config))?;
+        wrote.map_err(|_| OpenError::Io {
+            op: "write the ring config block",
             source: Errno::FAULT,
         })?;
-        let word = region
-            .atomic_u32(VERSION_OFFSET)
-            .map_err(|_| OpenError::Io {
-                op: "write header",
-                source: Errno::FAULT,
+        // The segment sealed SHRINK | GROW; freeze the seal set too.
+        memfd::add_seals(segment.fd(), Seals::SEAL)?;
+        let memfd = segment
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| OpenError::Io {
+                op: "dup",
+                source: Errno::from_io_error(&e).unwrap_or(Errno::BADF),
             })?;
-        // SYNC: Release, pairs with the Acquire load of the version in `open_storage`.
-        word.store(version, shm_sync::atomic::Ordering::Release);
         let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
         Ok(RingFds {
             memfd,
@@ -140,27 +151,56 @@ impl RingFds {
         })
     }
 
-    /// Validates the memfd and maps it: seals, size by `fstat`, header.
+    /// Validates the memfd and maps it: seals, a ring of an older layout,
+    /// the segment header (`shm-segment`), the config block, the file size,
+    /// the eventfds.
     pub(crate) fn open_storage(&self, elem: ElemLayout) -> Result<MapStorage, OpenError> {
-        let req = Requirements::min_size(DATA_OFFSET as u64).with_seals(memfd::FIXED_SIZE);
+        let req = Requirements::min_size(0).with_seals(memfd::FIXED_SIZE);
         let info = memfd::validate(self.memfd.as_fd(), &req)?;
-        let len = usize::try_from(info.size).map_err(|_| LayoutError::Field {
-            field: "file size",
-            found: info.size,
-            expected: layout::MAX_DATA_BYTES,
+        if let Some(found) = read_legacy_version(self.memfd.as_fd()) {
+            return Err(LayoutError::Legacy { found }.into());
+        }
+        let memfd = self.memfd.try_clone().map_err(|e| OpenError::Io {
+            op: "dup",
+            source: Errno::from_io_error(&e).unwrap_or(Errno::BADF),
         })?;
-        let map = Mapping::map(self.memfd.as_fd(), 0, len, Access::ReadWrite)?;
-        let region = map.region();
-        let version = region.load_u32(VERSION_OFFSET, shm_sync::atomic::Ordering::Acquire);
-        // SYNC (above): Acquire, pairs with the Release store of the version in `create`.
-        let version = version.map_err(|_| LayoutError::NotARing)?;
-        let mut header: Header = region.read(0).map_err(|_| LayoutError::NotARing)?;
-        header.version = version;
-        header.validate(info.size, elem)?;
+        // Published before the fd is shared: an initialising header is not
+        // worth waiting for (it would be a peer's doing).
+        let segment = Segment::adopt(memfd).open_timeout(Duration::ZERO).open()?;
+        let payload = segment.payload();
+        let config: RingConfig = payload
+            .read(layout::CONFIG)
+            .map_err(|_| LayoutError::NotARing)?;
+        config.validate(payload.len() as u64, elem)?;
+        let total = layout::PAYLOAD_OFFSET as u64 + payload.len() as u64;
+        if info.size != total {
+            return Err(LayoutError::Field {
+                field: "file size",
+                found: info.size,
+                expected: total,
+            }
+            .into());
+        }
         check_eventfd(self.data_ready.as_fd(), "data_ready")?;
         check_eventfd(self.space_ready.as_fd(), "space_ready")?;
-        Ok(MapStorage::new(map, header.capacity, elem.size))
+        Ok(MapStorage::new(segment, config.capacity, elem.size))
     }
+}
+
+/// The version of a ring of layout 1 or 2 (its own header at offset 0), if
+/// `memfd` holds one. Read with `pread`: nothing is mapped, whatever the size.
+fn read_legacy_version(memfd: BorrowedFd<'_>) -> Option<u32> {
+    let mut first = [0u8; 16];
+    let mut got = 0;
+    while got < first.len() {
+        match rustix::io::pread(memfd, &mut first[got..], got as u64) {
+            Ok(0) => return None,
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    layout::legacy_version(&first)
 }
 
 /// Refuses anything but an eventfd (a pipe or a socket could block our reads

@@ -25,9 +25,14 @@
 //!   not yet committed, and [`Producer::position`] tells a restarted producer
 //!   how many were.
 //! - Untrusted peers: the memfd must be sealed against shrinking and growing,
-//!   its size is checked with `fstat`, the header is copied out and validated,
-//!   and every counter read from shared memory is checked against a private
-//!   shadow ([`Corrupt`]). Payload is copied out before use.
+//!   its size is checked with `fstat`, its `shm-segment` header and the
+//!   ring's config block are copied out and validated, and every counter read
+//!   from shared memory is checked against a private shadow ([`Corrupt`]).
+//!   Payload is copied out before use, word-atomically, so a peer that writes
+//!   slots during our copy (breaking the protocol) leaves an inconsistent
+//!   element, not a data race. Plain `memcpy` copies are an opt-in for
+//!   trusted peers: the `unsafe` [`Producer::trust_peer`] /
+//!   [`Consumer::trust_peer`].
 //!
 //! - One producer and one consumer per ring, enforced: each end is claimed
 //!   with a kernel-released lock on the memfd, so a second live producer or
@@ -37,7 +42,8 @@
 //! When not to use it: for more than one producer or consumer (use one ring
 //! per pair), or for a latest-value board (`shm-mailbox`).
 //!
-//! Layout and protocol: `docs/protocol/shm-ring.md`; the algorithm: [`raw`].
+//! Layout and protocol: `docs/protocol/shm-ring.md` (and [`layout`]); the
+//! algorithm: [`raw`].
 //!
 //! # Example
 //! ```
@@ -63,7 +69,7 @@ mod storage;
 #[cfg(all(feature = "tokio", not(shm_loom)))]
 pub mod asyncio;
 #[cfg(not(shm_loom))]
-pub mod bench_support;
+mod atomic_copy;
 #[cfg(not(shm_loom))]
 mod claim;
 #[cfg(not(shm_loom))]
@@ -73,6 +79,8 @@ mod endpoint;
 #[cfg(not(shm_loom))]
 mod fds;
 #[cfg(not(shm_loom))]
+mod peer;
+#[cfg(not(shm_loom))]
 mod trusted;
 
 pub use crate::core::{Corrupt, RingError};
@@ -80,7 +88,7 @@ pub use crate::layout::{ElemLayout, LayoutError};
 
 #[cfg(not(shm_loom))]
 pub use crate::conn::{
-    AcceptError, ConnectError, Connector, Listener, PROTOCOL_VERSION, PeerLink, Role, UidPolicy,
+    AcceptError, ConnectError, Connector, Listener, PROTOCOL_VERSION, Role, UidPolicy,
 };
 #[cfg(not(shm_loom))]
 pub use crate::endpoint::{
@@ -88,6 +96,8 @@ pub use crate::endpoint::{
 };
 #[cfg(not(shm_loom))]
 pub use crate::fds::{OpenError, PARK_RECHECK, RING_SEALS, RingFds};
+#[cfg(not(shm_loom))]
+pub use crate::peer::PeerLink;
 
 /// The algorithm without the OS: generic over storage and over how a side
 /// blocks. Used by the loom models and the unit tests; most users want

@@ -1,29 +1,40 @@
 //! Where a ring's counters and slots live: the heap (tests, loom models) or a
-//! shared mapping of a memfd.
+//! shared mapping of a memfd segment.
 //!
 //! # Safety
 //!
-//! [`MapStorage`] keeps raw pointers into a [`Mapping`] it owns, so they stay
-//! valid for its whole life. The counter lines at [`PRODUCER_LINE`] and
-//! [`CONSUMER_LINE`] and the flags at [`PRODUCER_PARKED`] and [`CONSUMER_PARKED`] are made only of atomics (padding aside), lie inside the
-//! mapping (its length is checked at construction) and are 128-aligned (the
-//! mapping is page-aligned); any bit pattern is a valid atomic, so shared
-//! `&ProducerLine`, `&ConsumerLine` and `&ParkFlag` are sound even while another process
-//! writes them.
+//! [`MapStorage`] owns the [`Segment`] (and so the mapping) its pointers point
+//! into, so they stay valid for its whole life. The counter lines at
+//! [`PRODUCER_LINE`] and [`CONSUMER_LINE`] and the flags at
+//! [`PRODUCER_PARKED`] and [`CONSUMER_PARKED`] (payload offsets) are made
+//! only of atomics (padding aside), lie inside the mapping (its length is
+//! checked at construction) and are 128-aligned (the payload is
+//! page-aligned); any bit pattern is a valid atomic, so shared
+//! `&ProducerLine`, `&ConsumerLine` and `&ParkFlag` are sound even while
+//! another process writes them.
 //!
-//! [`MapStorage`]'s slot bytes are copied in and out with
-//! `ptr::copy_nonoverlapping`, never through references, and only within
-//! `[DATA_OFFSET, DATA_OFFSET + capacity * elem_size)` (checked on every copy).
-//! The ring protocol gives the producer exclusive use of free slots and the
-//! consumer of full ones, with Release / Acquire on the counters ordering the
-//! copies, and each end has one live holder at a time (the claims of
-//! `claim.rs`), so within this process no two copies touch the same bytes at
-//! once. A peer process that breaks the protocol can write them concurrently:
-//! the bytes we copy out may then be garbage, which is why slot types must be
-//! valid for every bit pattern (`FromBytes`) and why what untrusted peers send
-//! is validated after the copy. The file is sealed against shrinking, so no
-//! access can fault. `MapStorage` is private: only [`crate::Producer`] and
-//! [`crate::Consumer`], which hold the claims, copy through it.
+//! Slot bytes are only ever copied, never referenced (except by the `unsafe`
+//! zero-copy calls of `trusted.rs`), and only within `[SLOTS, SLOTS +
+//! capacity * elem_size)` of the payload (checked on every copy). The ring
+//! protocol gives the producer exclusive use of free slots and the consumer
+//! of full ones, with Release / Acquire on the counters ordering the copies,
+//! and each end has one live holder at a time (the claims of `claim.rs`), so
+//! within this process no two copies touch the same bytes at once. A peer
+//! process is another matter: nothing stops it from breaking the protocol
+//! and writing the slots we are copying, and a plain `memcpy` racing with
+//! such writes is a data race, which is undefined behaviour, not merely
+//! "garbage". So by default every slot copy is word-atomic
+//! (`atomic_copy.rs`: `Relaxed` `AtomicU64` loads and stores for whole
+//! words, `AtomicU8` for the edges): a hostile peer can make what we copy
+//! out inconsistent, never undefined, and slot types are valid for every
+//! bit pattern (`FromBytes`), so any bytes are a valid element, which
+//! callers validate as they would any untrusted input. Plain `memcpy` is
+//! used only after [`MapStorage::trust_peer`], an `unsafe fn` whose caller
+//! promises that the peer process follows the protocol (see
+//! `Producer::trust_peer` / `Consumer::trust_peer`). The file is sealed
+//! against shrinking, so no access can fault. `MapStorage` is private: only
+//! [`crate::Producer`] and [`crate::Consumer`], which hold the claims, copy
+//! through it.
 //!
 //! [`HeapStorage`] is public and `Sync`, and its `write`/`read` are safe
 //! methods anyone may call from any thread, so its slots are atomics (one
@@ -37,9 +48,11 @@ use shm_sync::atomic::AtomicU8;
 use shm_sync::atomic::{AtomicU32, AtomicU64};
 
 #[cfg(not(shm_loom))]
-use crate::layout::{CONSUMER_LINE, CONSUMER_PARKED, DATA_OFFSET, PRODUCER_LINE, PRODUCER_PARKED};
+use crate::layout::{
+    CONSUMER_LINE, CONSUMER_PARKED, PAYLOAD_OFFSET, PRODUCER_LINE, PRODUCER_PARKED, SLOTS,
+};
 #[cfg(not(shm_loom))]
-use shm_segment::Mapping;
+use shm_segment::{Mapping, Segment};
 
 /// Words in [`ProducerLine::inline`]: elements up to this many bytes also travel in the producer's line.
 pub const INLINE_WORDS: usize = 6;
@@ -93,7 +106,8 @@ const _: () = {
     assert!(core::mem::offset_of!(ConsumerLine, head) == 0);
     assert!(core::mem::offset_of!(ParkFlag, parked) == 0);
     assert!(PRODUCER_LINE + 128 <= CONSUMER_LINE && CONSUMER_LINE + 128 <= PRODUCER_PARKED);
-    assert!(PRODUCER_PARKED + 128 <= CONSUMER_PARKED && CONSUMER_PARKED + 128 <= DATA_OFFSET);
+    assert!(PRODUCER_PARKED + 128 <= CONSUMER_PARKED && CONSUMER_PARKED + 128 <= SLOTS);
+    assert!(PRODUCER_LINE.is_multiple_of(128) && PAYLOAD_OFFSET.is_multiple_of(4096));
 };
 
 /// Storage for one ring: two counter lines and `capacity` slots of `elem_size` bytes.
@@ -263,58 +277,86 @@ impl Storage for HeapStorage {
     }
 }
 
-/// Storage in a shared mapping of a ring memfd whose header has been validated.
+/// Storage in a shared mapping of a ring memfd whose segment header and
+/// config block have been validated.
 #[cfg(not(shm_loom))]
 #[derive(Debug)]
 pub(crate) struct MapStorage {
-    mapping: Mapping,
+    segment: Segment,
     capacity: u64,
     elem_size: usize,
+    /// Slot copies are plain `memcpy` (set only by the `unsafe` [`MapStorage::trust_peer`]).
+    trusted: bool,
 }
 
 #[cfg(not(shm_loom))]
 impl MapStorage {
-    /// Wraps a mapping of a validated ring.
+    /// Wraps a validated ring segment; copies are word-atomic.
     ///
     /// # Panics
-    /// If the mapping is smaller than `DATA_OFFSET + capacity * elem_size` or
-    /// `capacity` is not a power of two (callers validate the header first).
-    pub(crate) fn new(mapping: Mapping, capacity: u64, elem_size: usize) -> MapStorage {
+    /// If the mapping is smaller than `PAYLOAD_OFFSET + SLOTS + capacity *
+    /// elem_size` or `capacity` is not a power of two (callers validate the
+    /// config block first).
+    pub(crate) fn new(segment: Segment, capacity: u64, elem_size: usize) -> MapStorage {
         let need = (capacity as usize)
             .checked_mul(elem_size)
-            .and_then(|d| d.checked_add(DATA_OFFSET));
-        assert!(capacity.is_power_of_two() && need.is_some_and(|n| n <= mapping.len()));
+            .and_then(|d| d.checked_add(PAYLOAD_OFFSET + SLOTS));
+        assert!(capacity.is_power_of_two() && need.is_some_and(|n| n <= segment.mapping().len()));
         MapStorage {
-            mapping,
+            segment,
             capacity,
             elem_size,
+            trusted: false,
         }
+    }
+
+    /// Copies slots with plain `memcpy` from now on.
+    ///
+    /// # Safety
+    /// The peer process follows the ring protocol: it never writes the slots
+    /// this side may be copying (free slots for a producer, published and
+    /// unreleased ones for a consumer), and never reads the free slots a
+    /// producer is filling; nor does anything else, in this process or
+    /// another, through another mapping. Otherwise a copy races with those
+    /// accesses, which is undefined behaviour.
+    pub(crate) unsafe fn trust_peer(&mut self) {
+        self.trusted = true;
+    }
+
+    /// Whether [`MapStorage::trust_peer`] was called.
+    pub(crate) fn trusts_peer(&self) -> bool {
+        self.trusted
+    }
+
+    /// Start of the payload (the config block).
+    fn payload_ptr(&self) -> *mut u8 {
+        self.segment.mapping().as_ptr().wrapping_add(PAYLOAD_OFFSET)
     }
 
     /// Start of slot 0.
     pub(crate) fn slots_ptr(&self) -> *mut u8 {
-        self.mapping.as_ptr().wrapping_add(DATA_OFFSET)
+        self.payload_ptr().wrapping_add(SLOTS)
     }
 
-    /// The whole mapping (header checks, hostile tests).
+    /// The whole mapping (hostile tests).
     pub(crate) fn mapping(&self) -> &Mapping {
-        &self.mapping
+        self.segment.mapping()
     }
 }
 
 #[cfg(not(shm_loom))]
 #[allow(
     clippy::cast_ptr_alignment,
-    reason = "the mapping is page-aligned and every line offset is a multiple of 128 (const-asserted)"
+    reason = "the payload is page-aligned and every line offset is a multiple of 128 (const-asserted)"
 )]
 impl MapStorage {
-    /// The shared line of type `L` at byte `offset` of the header page.
+    /// The shared line of type `L` at payload offset `offset`.
     ///
     /// # Safety
     /// `offset` must be one of the line offsets of this module, holding an
     /// `L` (all-atomic, 128-aligned: see the module's `# Safety`).
     unsafe fn line<L>(&self, offset: usize) -> &L {
-        let ptr = self.mapping.as_ptr().wrapping_add(offset).cast::<L>();
+        let ptr = self.payload_ptr().wrapping_add(offset).cast::<L>();
         // SAFETY: by the caller's contract the pointer is inside the mapping,
         // aligned and points at an all-atomic `L`; valid for as long as `self`
         // owns the mapping.
@@ -352,19 +394,23 @@ impl Storage for MapStorage {
         self.elem_size
     }
 
+    #[inline]
     fn write(&self, slot: u64, src: &[u8]) {
         let start = slot_range(slot, src.len(), self.capacity, self.elem_size);
-        // SAFETY:
-        // - `slots_ptr() + start .. + src.len()` is inside the mapping (slot_range
-        //   checked it against capacity * elem_size, `new` checked the mapping);
-        // - no reference to the shared bytes is created; see module `# Safety`
-        //   for why a racing (hostile) peer cannot cause more than garbage bytes.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.slots_ptr().wrapping_add(start),
-                src.len(),
-            );
+        let dst = self.slots_ptr().wrapping_add(start);
+        if self.trusted {
+            // SAFETY:
+            // - `dst .. + src.len()` is inside the mapping (slot_range checked
+            //   it against capacity * elem_size, `new` checked the mapping);
+            // - no reference to the shared bytes exists, and nothing else
+            //   accesses them during the copy: this process by the protocol
+            //   and the claims, the peer by the promise of `trust_peer`'s caller.
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        } else {
+            // SAFETY: in bounds as above; this process accesses slot bytes
+            // only through these atomic copies (or the trusted calls, whose
+            // callers vouch for exclusive access).
+            unsafe { crate::atomic_copy::store(dst, src) };
         }
     }
 
@@ -380,15 +426,16 @@ impl Storage for MapStorage {
         }
     }
 
+    #[inline]
     fn read(&self, slot: u64, dst: &mut [u8]) {
         let start = slot_range(slot, dst.len(), self.capacity, self.elem_size);
-        // SAFETY: as in `write`, copying the other way into a private buffer.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.slots_ptr().wrapping_add(start),
-                dst.as_mut_ptr(),
-                dst.len(),
-            );
+        let src = self.slots_ptr().wrapping_add(start);
+        if self.trusted {
+            // SAFETY: as in `write`, copying the other way into a private buffer.
+            unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        } else {
+            // SAFETY: as in `write`.
+            unsafe { crate::atomic_copy::load(src, dst) };
         }
     }
 }

@@ -1,18 +1,63 @@
-//! The trusted zero-copy calls, which hand out plain slices over shared slots.
+//! The trusted calls: plain `memcpy` slot copies ([`Producer::trust_peer`],
+//! [`Consumer::trust_peer`]) and the zero-copy calls that hand out plain
+//! slices over shared slots ([`Producer::send_trusted`],
+//! [`Consumer::receive_trusted`]).
 //!
 //! # Safety
 //!
-//! The slices cover slots that the ring protocol gives to the caller's side
-//! (free slots for the producer, published and unreleased ones for the
-//! consumer); no other process touches them if it follows the protocol. The
-//! functions are `unsafe` because that is an assumption about the peer which
-//! the type system cannot check: the caller promises the peer is trusted.
+//! Both touch slots that the ring protocol gives to the caller's side (free
+//! slots for the producer, published and unreleased ones for the consumer)
+//! with plain, non-atomic accesses; no other process touches them if it
+//! follows the protocol. A peer that breaks it and writes (or, for slots we
+//! write, reads) them at the same time makes those accesses a data race:
+//! undefined behaviour in this process, which no check of ours can prevent,
+//! because the peer is outside our control. The functions are `unsafe`
+//! because that is an assumption about the peer which the type system
+//! cannot check: the caller promises that the peer process follows the
+//! protocol. The default copies (word-atomic) need no such promise.
 #![allow(unsafe_code)]
 
 use crate::core::RingError;
 use crate::endpoint::{Consumer, Element, Producer};
 
 impl<T: Element> Producer<T> {
+    /// Copies elements into the slots with plain `memcpy` from now on,
+    /// instead of the default word-atomic copies: every copying call
+    /// (`try_send`, `send*`, the slices, [`SlotsMut`](crate::SlotsMut), the
+    /// byte stream and the async end built on this producer). Faster for
+    /// large elements (vector-wide copies), and sound only with a peer that
+    /// keeps to the protocol.
+    ///
+    /// # Safety
+    /// The peer process follows the protocol: the consumer never reads or
+    /// writes slots that are free (not yet published by this producer),
+    /// whoever it is and however long this producer lives; and nothing else
+    /// (another process, or this one through another mapping of the memfd)
+    /// writes them either. A hostile or buggy consumer that does makes our
+    /// copies a data race, which is undefined behaviour in this process.
+    /// For peers you do not control (another uid, a sandboxed process), keep
+    /// the default copies.
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = shm_ring::channel::<[u64; 64]>(16)?;
+    /// // SAFETY: both ends are in this process, and the consumer is an
+    /// // shm-ring Consumer, which follows the protocol.
+    /// unsafe { tx.trust_peer() };
+    /// tx.send([7; 64])?;
+    /// assert_eq!(rx.recv()?, [7; 64]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn trust_peer(&mut self) {
+        // SAFETY: the caller's promise is the storage's precondition, forwarded.
+        unsafe { self.raw.storage_mut().trust_peer() };
+    }
+
+    /// Whether [`Producer::trust_peer`] was called (copies are plain `memcpy`).
+    pub fn trusts_peer(&self) -> bool {
+        self.raw.storage().trusts_peer()
+    }
+
     /// Zero-copy batch with a plain `&mut [T]` over the free slots, as
     /// shmem-ipc's `send_trusted`: `fill` returns how many to publish. The run
     /// is chosen as for [`Producer::send_with`].
@@ -45,6 +90,43 @@ impl<T: Element> Producer<T> {
 }
 
 impl<T: Element> Consumer<T> {
+    /// Copies elements out of the slots with plain `memcpy` from now on,
+    /// instead of the default word-atomic copies: every copying call
+    /// (`try_recv`, `recv*`, the slices, [`Slots`](crate::Slots), the byte
+    /// stream and the async end built on this consumer). Faster for large
+    /// elements, and sound only with a peer that keeps to the protocol.
+    ///
+    /// # Safety
+    /// The peer process follows the protocol: the producer never writes
+    /// slots that it has published and this consumer has not released,
+    /// whoever it is and however long this consumer lives; and nothing else
+    /// (another process, or this one through another mapping of the memfd)
+    /// writes them either. A hostile or
+    /// buggy producer that does makes our copies a data race, which is
+    /// undefined behaviour in this process. For peers you do not control,
+    /// keep the default copies, which make such a peer's writes an
+    /// inconsistent element at worst.
+    ///
+    /// # Examples
+    /// ```
+    /// let (mut tx, mut rx) = shm_ring::channel::<[u64; 64]>(16)?;
+    /// // SAFETY: both ends are in this process, and the producer is an
+    /// // shm-ring Producer, which follows the protocol.
+    /// unsafe { rx.trust_peer() };
+    /// tx.send([7; 64])?;
+    /// assert_eq!(rx.recv()?, [7; 64]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn trust_peer(&mut self) {
+        // SAFETY: the caller's promise is the storage's precondition, forwarded.
+        unsafe { self.raw.storage_mut().trust_peer() };
+    }
+
+    /// Whether [`Consumer::trust_peer`] was called (copies are plain `memcpy`).
+    pub fn trusts_peer(&self) -> bool {
+        self.raw.storage().trusts_peer()
+    }
+
     /// Zero-copy batch with a plain `&[T]` over the ready elements, as
     /// shmem-ipc's `receive_trusted`: `take` returns how many to release. The
     /// run is chosen as for [`Consumer::recv_with`].

@@ -1,5 +1,5 @@
-//! A ring whose header page (layout fields, head and tail counters, parked
-//! flags) a hostile peer overwrites, before and between our operations:
+//! A ring whose control pages (the segment header, the ring's config block,
+//! head and tail counters, parked flags) a hostile peer overwrites, before and between our operations:
 //! opening, every non-blocking send and receive, and the blocking ones (with
 //! short timeouts) give a result or a typed error, never a panic or a fault,
 //! never report more than asked for, and the blocking ones return by their
@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use shm_ring::{Consumer, ElemLayout, Producer, RingError, RingFds};
+use shm_ring::{Consumer, ElemLayout, Producer, RingError, RingFds, layout};
 use shm_segment::{Access, Mapping};
 
 /// Far above any timeout used here and scheduling noise, far below a hang.
@@ -64,11 +64,14 @@ fn blocking(tx: &mut Producer<u64>, rx: &mut Consumer<u64>, op: u8, t: u8) {
     }
 }
 
-/// Writes `(offset: u16, value: u64)` records (10 bytes each) into the header page.
+/// The segment header page and the payload's first page (config block, lines).
+const CONTROL: usize = layout::PAYLOAD_OFFSET + layout::SLOTS;
+
+/// Writes `(offset: u16, value: u64)` records (10 bytes each) into the control pages.
 fn scribble(map: &Mapping, records: &[u8]) {
     let region = map.region();
     for rec in records.chunks_exact(10) {
-        let off = usize::from(u16::from_le_bytes([rec[0], rec[1]])) % (4096 / 8) * 8;
+        let off = usize::from(u16::from_le_bytes([rec[0], rec[1]])) % (CONTROL / 8) * 8;
         let v = u64::from_le_bytes(rec[2..10].try_into().unwrap());
         // Small values too: plausible counters, capacities, flags.
         let v = if rec[0] & 0x80 != 0 { v % 256 } else { v };
@@ -87,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(map) = Mapping::map(
         rustix::fd::AsFd::as_fd(&ring.memfd),
         0,
-        4096,
+        CONTROL,
         Access::ReadWrite,
     ) else {
         return;

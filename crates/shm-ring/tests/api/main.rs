@@ -9,8 +9,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use shm_ring::layout::{self, LayoutError};
 use shm_ring::raw::{HeapStorage, RawConsumer, RawProducer, Storage};
-use shm_ring::{ElemLayout, RingError, RingFds, TrySendError, channel};
+use shm_ring::{ElemLayout, OpenError, RingError, RingFds, TrySendError, channel};
 
 #[test]
 fn full_and_empty_hand_back_the_value() {
@@ -218,11 +219,13 @@ fn wrong_element_type_is_refused() {
 fn unsealed_or_short_memfds_are_refused() {
     use shm_segment::memfd;
     let good = RingFds::create("t", 8, ElemLayout::of::<u64>()).unwrap();
+    let size = layout::total_size(8, ElemLayout::of::<u64>()).unwrap();
     for (size, seals) in [
         (0, memfd::FIXED_SIZE),
-        (4096 + 64, memfd::Seals::empty()),
+        (size, memfd::Seals::empty()),
         (100, memfd::FIXED_SIZE),
-        (4096 + 65, memfd::FIXED_SIZE),
+        (4096 + 64, memfd::FIXED_SIZE),
+        (size + 1, memfd::FIXED_SIZE),
     ] {
         let fds = RingFds {
             memfd: memfd::create("bad", size, seals).unwrap(),
@@ -238,6 +241,284 @@ fn unsealed_or_short_memfds_are_refused() {
         ..good.try_clone().unwrap()
     };
     assert!(shm_ring::Consumer::<u64>::open(&not_eventfd, None).is_err());
+}
+
+/// A copy of `good`'s memfd (segment header, config block, lines, slots) in
+/// a new sealed memfd of `size` bytes, after `edit` has changed the bytes.
+fn tampered(good: &RingFds, size: u64, edit: impl FnOnce(&mut Vec<u8>)) -> RingFds {
+    use shm_segment::memfd;
+    let len = rustix::fs::fstat(&good.memfd).unwrap().st_size as usize;
+    let mut bytes = vec![0u8; len];
+    let got = rustix::io::pread(&good.memfd, &mut bytes, 0).unwrap();
+    assert_eq!(got, len);
+    edit(&mut bytes);
+    bytes.resize(size as usize, 0);
+    let fd = memfd::create("tampered", 0, memfd::Seals::empty()).unwrap();
+    assert_eq!(rustix::io::write(&fd, &bytes).unwrap(), bytes.len());
+    memfd::add_seals(rustix::fd::AsFd::as_fd(&fd), shm_ring::RING_SEALS).unwrap();
+    RingFds {
+        memfd: fd,
+        ..good.try_clone().unwrap()
+    }
+}
+
+/// The first bytes of a ring memfd of layout version 2: its own header.
+fn legacy_header(version: u32) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(b"SHMRING\0");
+    header.extend_from_slice(&0x0102_0304u32.to_ne_bytes());
+    header.extend_from_slice(&version.to_ne_bytes());
+    header.extend_from_slice(&8u64.to_ne_bytes()); // capacity
+    header.extend_from_slice(&8u32.to_ne_bytes()); // elem_size
+    header.extend_from_slice(&8u32.to_ne_bytes()); // elem_align
+    header.extend_from_slice(&4096u64.to_ne_bytes()); // data_offset
+    header.extend_from_slice(&(4096u64 + 64).to_ne_bytes()); // total_size
+    header
+}
+
+/// A memfd laid out by an older build (its own `SHMRING` header at offset 0)
+/// is refused with an error that names both layout versions, not as a
+/// corrupt segment.
+#[test]
+fn a_memfd_of_the_old_layout_is_refused_clearly() {
+    let good = RingFds::create("t", 8, ElemLayout::of::<u64>()).unwrap();
+    for version in [1, 2] {
+        let old = tampered(&good, 4096 + 64, |bytes| {
+            bytes.fill(0);
+            let header = legacy_header(version);
+            bytes[..header.len()].copy_from_slice(&header);
+        });
+        let sut = shm_ring::Consumer::<u64>::open(&old, None).unwrap_err();
+        assert!(
+            matches!(
+                sut,
+                OpenError::Layout(LayoutError::Legacy { found }) if found == version
+            ),
+            "{sut:?}"
+        );
+        let message = sut.to_string();
+        assert!(
+            message.contains(&format!("layout version {version}"))
+                && message.contains(&format!("layout version {}", layout::VERSION)),
+            "{message}"
+        );
+        assert!(shm_ring::Producer::<u64>::open(&old, None).is_err());
+    }
+}
+
+/// Every config block field that disagrees with this build, with the other
+/// fields or with the file is named in the error; a segment that is not a
+/// ring (another payload) is refused as such.
+#[test]
+fn a_wrong_config_block_is_refused_clearly() {
+    use core::mem::offset_of;
+    use shm_ring::layout::RingConfig;
+    let elem = ElemLayout::of::<u64>();
+    let good = RingFds::create("t", 8, elem).unwrap();
+    let size = layout::total_size(8, elem).unwrap();
+    let at = |field: usize| layout::PAYLOAD_OFFSET + layout::CONFIG + field;
+    let put = |bytes: &mut Vec<u8>, field: usize, value: u64| {
+        bytes[at(field)..at(field) + 8].copy_from_slice(&value.to_ne_bytes());
+    };
+    let cases: [(usize, u64, &str); 9] = [
+        (offset_of!(RingConfig, producer_line), 0, "producer_line"),
+        (offset_of!(RingConfig, consumer_line), 128, "consumer_line"),
+        (
+            offset_of!(RingConfig, producer_parked),
+            512,
+            "producer_parked",
+        ),
+        (
+            offset_of!(RingConfig, consumer_parked),
+            384,
+            "consumer_parked",
+        ),
+        (offset_of!(RingConfig, producer_claim), 0, "producer_claim"),
+        (offset_of!(RingConfig, consumer_claim), 1, "consumer_claim"),
+        (offset_of!(RingConfig, slots), 640, "slots"),
+        (offset_of!(RingConfig, slots_len), 128, "slots_len"),
+        (offset_of!(RingConfig, capacity), 4, "slots_len"),
+    ];
+    for (field, value, name) in cases {
+        let fds = tampered(&good, size, |b| put(b, field, value));
+        match shm_ring::Consumer::<u64>::open(&fds, None) {
+            Err(OpenError::Layout(LayoutError::Field { field, .. })) => assert_eq!(field, name),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // A smaller ring's geometry, consistent in itself, in a file of the old size.
+    let fds = tampered(&good, size, |b| {
+        put(b, offset_of!(RingConfig, capacity), 4);
+        put(b, offset_of!(RingConfig, slots_len), 32);
+    });
+    let sut = shm_ring::Consumer::<u64>::open(&fds, None).unwrap_err();
+    assert_eq!(
+        sut.to_string(),
+        "ring config field payload size is 4160, expected 4128"
+    );
+    let fds = tampered(&good, size, |b| {
+        put(b, offset_of!(RingConfig, version), 2);
+    });
+    let sut = shm_ring::Consumer::<u64>::open(&fds, None).unwrap_err();
+    assert!(
+        matches!(sut, OpenError::Layout(LayoutError::Version { found: 2 })),
+        "{sut:?}"
+    );
+    assert_eq!(
+        sut.to_string(),
+        "ring layout version 2, this build speaks 3"
+    );
+    let fds = tampered(&good, size, |b| put(b, offset_of!(RingConfig, capacity), 3));
+    assert!(matches!(
+        shm_ring::Consumer::<u64>::open(&fds, None),
+        Err(OpenError::Layout(LayoutError::Capacity(3)))
+    ));
+    // A valid segment whose payload is something else (here: zeros).
+    let fds = tampered(&good, size, |b| {
+        b[layout::PAYLOAD_OFFSET..].fill(0);
+    });
+    assert!(matches!(
+        shm_ring::Consumer::<u64>::open(&fds, None),
+        Err(OpenError::Layout(LayoutError::NotARing))
+    ));
+    // A segment header that was never published is the segment layer's to report.
+    let fds = tampered(&good, size, |b| b[..4096].fill(0));
+    assert!(matches!(
+        shm_ring::Consumer::<u64>::open(&fds, None),
+        Err(OpenError::Segment(
+            shm_segment::SegmentError::NotInitialized { .. }
+        ))
+    ));
+    // And the untouched copy opens: the refusals above are the edits' doing.
+    let fds = tampered(&good, size, |_| {});
+    let mut rx = shm_ring::Consumer::<u64>::open(&fds, None).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), None);
+}
+
+/// The trusted copies (`trust_peer`: plain memcpy) move the same data as the
+/// default word-atomic ones, for single elements, slices, lent runs and the
+/// byte stream, including at unaligned byte offsets.
+#[test]
+fn trusted_copies_round_trip_like_the_default_ones() {
+    for trusted in [false, true] {
+        let (mut tx, mut rx) = channel::<[u32; 5]>(8).unwrap();
+        if trusted {
+            // SAFETY: both ends are this test's own, which follow the protocol.
+            unsafe { tx.trust_peer() };
+            // SAFETY: as above.
+            unsafe { rx.trust_peer() };
+        }
+        assert_eq!((tx.trusts_peer(), rx.trusts_peer()), (trusted, trusted));
+        let items: Vec<[u32; 5]> = (0..20u32).map(|i| [i, i + 1, i + 2, i + 3, !i]).collect();
+        let mut got = Vec::new();
+        let mut sent = 0;
+        while got.len() < items.len() {
+            match sent % 3 {
+                0 => sent += tx.try_send_slice(&items[sent..]).unwrap(),
+                1 => {
+                    if tx.try_send(items[sent]).is_ok() {
+                        sent += 1;
+                    }
+                }
+                _ => {
+                    sent += tx
+                        .send_with(|mut slots| {
+                            let n = slots.len().min(items.len() - sent);
+                            slots.copy_from_slice(0, &items[sent..sent + n]);
+                            n
+                        })
+                        .unwrap();
+                }
+            }
+            let mut out = [[0u32; 5]; 3];
+            let n = rx.try_recv_slice(&mut out).unwrap();
+            got.extend_from_slice(&out[..n]);
+            if let Some(v) = rx.try_recv().unwrap() {
+                got.push(v);
+            }
+        }
+        assert_eq!(got, items, "trusted {trusted}");
+
+        let (mut tx, mut rx) = channel::<u8>(64).unwrap();
+        if trusted {
+            // SAFETY: as above.
+            unsafe { tx.trust_peer() };
+            // SAFETY: as above.
+            unsafe { rx.trust_peer() };
+        }
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 23];
+        let mut rest = &data[..];
+        while out.len() < data.len() {
+            let n = tx.try_send_slice(&rest[..rest.len().min(37)]).unwrap();
+            rest = &rest[n..];
+            let n = rx.read(&mut buf).unwrap();
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, data, "trusted {trusted}");
+    }
+}
+
+/// A peer that breaks the protocol and rewrites slots while we copy them in
+/// and out costs inconsistent elements, never a crash. The peer here is a
+/// thread writing through the very addresses our two ends copy at (each
+/// end's own mapping), which another process writing the same pages amounts
+/// to, and which lets `ThreadSanitizer` see both sides: the default copies
+/// are atomic, so it reports nothing, while the plain `memcpy` of
+/// `trust_peer` is reported as the data race it is.
+#[test]
+fn a_peer_rewriting_slots_under_our_copies_gets_inconsistent_data_not_a_crash() {
+    use shm_segment::Region;
+    use shm_sync::atomic::{AtomicBool, Ordering};
+    let elem = ElemLayout::of::<[u64; 32]>();
+    let fds = RingFds::create("hostile-slots", 4, elem).unwrap();
+    let mut tx = shm_ring::Producer::<[u64; 32]>::open(&fds, None).unwrap();
+    let mut rx = shm_ring::Consumer::<[u64; 32]>::open(&fds, None).unwrap();
+    let len = layout::total_size(4, elem).unwrap() as usize;
+    assert_eq!(tx.mapping_for_tests().len(), len);
+    assert_eq!(rx.mapping_for_tests().len(), len);
+    // SAFETY: each mapping is owned by its end, which outlives the scope
+    // below; the ends access slot bytes only atomically (what this test is
+    // about), and the lines are atomics.
+    let regions = [tx.mapping_for_tests(), rx.mapping_for_tests()]
+        .map(|m| unsafe { Region::from_raw_parts(m.as_ptr(), len, true) });
+    let slots = layout::PAYLOAD_OFFSET + layout::SLOTS;
+    let stop = AtomicBool::new(false);
+    let (mut mixed, mut rounds) = (0u32, 0u32);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut fill = 0u64;
+            // Relaxed: a stop flag; nothing is published with it.
+            while !stop.load(Ordering::Relaxed) {
+                fill = fill.wrapping_add(1);
+                let region = regions[(fill % 2) as usize];
+                for off in (slots..len).step_by(8) {
+                    region.write(off, &fill).unwrap();
+                }
+            }
+        });
+        let end = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < end || rounds < 100 {
+            let _ = tx.try_send_slice(&[[7u64; 32]; 4]).unwrap();
+            let mut out = [[0u64; 32]; 4];
+            let n = rx.try_recv_slice(&mut out).unwrap();
+            for v in &out[..n] {
+                if v.iter().any(|w| *w != v[0]) {
+                    mixed += 1;
+                }
+            }
+            rounds += 1;
+        }
+        // Relaxed: see above.
+        stop.store(true, Ordering::Relaxed);
+    });
+    eprintln!("{rounds} rounds, {mixed} elements mixed from several writes");
+    // The ring itself still works once the peer stops.
+    let mut out = [[0u64; 32]; 4];
+    while rx.try_recv_slice(&mut out).unwrap() > 0 {}
+    tx.try_send([9; 32]).unwrap();
+    assert_eq!(rx.try_recv().unwrap(), Some([9; 32]));
 }
 
 #[derive(Debug, Clone)]
@@ -375,22 +656,33 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
-    /// Whatever bytes sit in the header page and whatever the file's size, opening
-    /// gives a typed error or a usable ring, never a panic or SIGBUS.
+    /// Whatever bytes sit in the segment header page and the ring's control
+    /// page and whatever the file's size, opening gives a typed error or a
+    /// usable ring, never a panic or SIGBUS. Half the cases start from a
+    /// valid ring, so the edits reach the config block's checks.
     #[test]
-    fn arbitrary_header_page_never_panics(page in proptest::collection::vec(any::<u8>(), 0..700), extra in 0u64..20_000, keep_magic in any::<bool>()) {
-        use shm_segment::{Access, Mapping, memfd};
+    fn arbitrary_control_pages_never_panic(
+        patch in proptest::collection::vec(any::<u8>(), 0..700),
+        at in 0usize..8192,
+        extra in 0u64..20_000,
+        from_valid in any::<bool>(),
+        legacy in any::<bool>(),
+    ) {
         let good = RingFds::create("fuzz", 8, ElemLayout::of::<u64>()).unwrap();
         let size = 4096 + extra;
-        let fd = memfd::create("fuzz", size, shm_ring::RING_SEALS).unwrap();
-        let map = Mapping::map(rustix::fd::AsFd::as_fd(&fd), 0, 4096, Access::ReadWrite).unwrap();
-        let mut bytes = page.clone();
-        if keep_magic && bytes.len() >= 16 {
-            bytes[..8].copy_from_slice(b"SHMRING\0");
-            bytes[8..12].copy_from_slice(&0x0102_0304u32.to_ne_bytes());
-        }
-        map.region().write_bytes(0, &bytes).unwrap();
-        let fds = RingFds { memfd: fd, ..good.try_clone().unwrap() };
+        let fds = tampered(&good, size, |bytes| {
+            if !from_valid {
+                bytes.fill(0);
+            }
+            if legacy {
+                let header = legacy_header(2);
+                bytes[..header.len()].copy_from_slice(&header);
+            }
+            let end = (at + patch.len()).min(bytes.len());
+            if at < end {
+                bytes[at..end].copy_from_slice(&patch[..end - at]);
+            }
+        });
         if let Ok(mut rx) = shm_ring::Consumer::<u64>::open(&fds, None) {
             let _ = rx.try_recv();
         }

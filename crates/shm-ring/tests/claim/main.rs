@@ -5,6 +5,8 @@
 //! The cross-process tests re-run this binary in a role (`shm_testkit::role`)
 //! that gets the ring through the socket handshake.
 #![cfg(not(shm_loom))]
+// `fcntl(F_OFD_GETLK)` through libc, to look at the claims' locks from outside.
+#![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -59,6 +61,59 @@ fn a_second_producer_or_consumer_in_this_process_is_refused() {
 fn channel_ends_are_claimed() {
     let (tx, rx) = channel::<u64>(8).unwrap();
     drop((tx, rx));
+}
+
+/// The type of the lock (`F_WRLCK`, or `F_UNLCK` for none) that a new open
+/// file description of `fds.memfd` would run into on byte `byte`.
+fn lock_on(fds: &RingFds, byte: u64) -> libc::c_short {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fds.memfd.as_raw_fd());
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: `libc::flock` is a plain C struct for which all-zero bytes are valid.
+    let mut fl: libc::flock = unsafe { core::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = byte as libc::off_t;
+    fl.l_len = 1;
+    // SAFETY: `probe` is open for the whole call; `fl` is a valid, initialised
+    // `struct flock` (`l_pid` 0, as F_OFD_GETLK requires) that outlives it.
+    let rc = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &raw mut fl) };
+    assert_eq!(rc, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    fl.l_type
+}
+
+/// The claims lock the bytes that `docs/protocol/shm-ring.md` and the config
+/// block name (the first byte of each end's line), and nothing else.
+#[test]
+fn claims_lock_the_documented_bytes() {
+    use shm_ring::layout::{CONSUMER_CLAIM, PAYLOAD_OFFSET, PRODUCER_CLAIM, PRODUCER_LINE};
+    assert_eq!(PRODUCER_CLAIM, (PAYLOAD_OFFSET + PRODUCER_LINE) as u64);
+    assert_eq!((PRODUCER_CLAIM, CONSUMER_CLAIM), (4224, 4352));
+    let fds = ring();
+    let unlocked = libc::F_UNLCK as libc::c_short;
+    let locked = libc::F_WRLCK as libc::c_short;
+    assert_eq!(lock_on(&fds, PRODUCER_CLAIM), unlocked);
+    let tx = Producer::<u64>::open(&fds, None).unwrap();
+    assert_eq!(lock_on(&fds, PRODUCER_CLAIM), locked);
+    assert_eq!(lock_on(&fds, CONSUMER_CLAIM), unlocked);
+    let rx = Consumer::<u64>::open(&fds, None).unwrap();
+    assert_eq!(lock_on(&fds, CONSUMER_CLAIM), locked);
+    for byte in [
+        0,
+        1,
+        PRODUCER_CLAIM - 1,
+        PRODUCER_CLAIM + 1,
+        CONSUMER_CLAIM + 1,
+    ] {
+        assert_eq!(lock_on(&fds, byte), unlocked, "byte {byte}");
+    }
+    drop((tx, rx));
+    assert_eq!(lock_on(&fds, PRODUCER_CLAIM), unlocked);
+    assert_eq!(lock_on(&fds, CONSUMER_CLAIM), unlocked);
 }
 
 fn socket_path() -> PathBuf {

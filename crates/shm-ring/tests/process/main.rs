@@ -9,9 +9,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use shm_ring::{Connector, ElemLayout, Listener, RingError, RingFds, Role};
+use shm_ring::{Connector, ElemLayout, Listener, RingError, RingFds, Role, layout};
 use shm_segment::{Access, Mapping};
 use shm_testkit::{Watchdog, role, role_command, spawn, unique_name};
+use support::AlignedBuf;
+
+#[path = "../../benches/support/mod.rs"]
+mod support;
 
 /// 1 GiB in release builds; 64 MiB in debug builds (unoptimised copies and checks).
 const BULK_BYTES: u64 = if cfg!(debug_assertions) {
@@ -46,7 +50,7 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
     if let Some(role) = role() {
         assert_eq!(role, "bulk-producer");
         let mut tx = Connector::new(env_path()).connect_producer::<u8>().unwrap();
-        let mut buf = shm_ring::bench_support::AlignedBuf::new(CHUNK);
+        let mut buf = AlignedBuf::new(CHUNK);
         let mut crc = 0u32;
         let mut sent = 0u64;
         while sent < BULK_BYTES {
@@ -69,7 +73,7 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
     cmd.env("RING_SOCK", &path).stdout(Stdio::piped());
     let mut child = spawn(cmd).unwrap();
     let mut rx = listener.accept_consumer::<u8>(&ring).unwrap();
-    let mut buf = shm_ring::bench_support::AlignedBuf::new(CHUNK);
+    let mut buf = AlignedBuf::new(CHUNK);
     let (mut got, mut crc, mut carry) = (0u64, 0u32, Vec::new());
     loop {
         let n = match rx.read(buf.as_mut_slice()) {
@@ -112,24 +116,20 @@ fn bulk_transfer_between_two_processes_is_checksummed() {
     assert_eq!(theirs, format!("{crc:08x}"));
 }
 
-/// Overwrites the whole header page (header, counters, parked flags) with
-/// random words, forever, and checks that the memfd cannot be shrunk.
+/// Overwrites the segment header, the ring's config block, counters and
+/// parked flags with random words, forever, and checks that the memfd cannot
+/// be shrunk.
 fn scribble(ring: &RingFds) -> ! {
     assert!(
         rustix::fs::ftruncate(&ring.memfd, 0).is_err(),
         "sealed memfd shrank"
     );
-    let map = Mapping::map(
-        rustix::fd::AsFd::as_fd(&ring.memfd),
-        0,
-        4096,
-        Access::ReadWrite,
-    )
-    .unwrap();
+    let map = map_header(ring);
     let region = map.region();
     let mut x = 0x2545_f491_4f6c_dd1du64 ^ u64::from(std::process::id());
+    let lines = layout::PAYLOAD_OFFSET..layout::PAYLOAD_OFFSET + layout::CONSUMER_PARKED + 128;
     loop {
-        for off in (0..640).step_by(8) {
+        for off in (0..128).chain(lines.clone()).step_by(8) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -431,17 +431,56 @@ fn handshake_refuses_wrong_role_and_layout() {
     assert!(!path.exists(), "the listener removes its socket file");
 }
 
-/// The `parked` flag at `offset` ([`shm_ring::layout::PRODUCER_PARKED`] or
-/// [`shm_ring::layout::CONSUMER_PARKED`]) in a mapping of the ring's header page.
-fn park_flag(map: &Mapping, offset: usize) -> &shm_sync::atomic::AtomicU32 {
-    map.region().atomic_u32(offset).unwrap()
+/// A client of handshake version 1 (whose builds passed and expected
+/// layout-2 memfds) is told "no common version" and gets no fds.
+#[test]
+fn handshake_refuses_a_version_1_client() {
+    let path = socket_path();
+    let listener = Listener::bind(&path).unwrap();
+    let ring = RingFds::create("hs-v1", 8, ElemLayout::of::<u64>()).unwrap();
+    let p2 = path.clone();
+    let client = std::thread::spawn(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&p2).unwrap();
+        let mut hello = Vec::new();
+        hello.extend_from_slice(b"RINGHELO");
+        for word in [1u32, 1, 1, 8, 8, 0] {
+            hello.extend_from_slice(&word.to_ne_bytes()); // versions 1..=1, producer, u64
+        }
+        hello.extend_from_slice(&0u64.to_ne_bytes());
+        stream.write_all(&hello).unwrap();
+        let mut welcome = [0u8; 32];
+        stream.read_exact(&mut welcome).unwrap();
+        let word = |at: usize| u32::from_ne_bytes(welcome[at..at + 4].try_into().unwrap());
+        (welcome[..8].to_vec(), word(8), word(12))
+    });
+    let err = listener
+        .accept(&ring, Role::Producer, ElemLayout::of::<u64>())
+        .unwrap_err();
+    assert!(
+        matches!(err, shm_ring::AcceptError::Version { min: 1, max: 1 }),
+        "{err:?}"
+    );
+    let (magic, version, status) = client.join().unwrap();
+    assert_eq!(magic, b"RINGWLCM");
+    assert_eq!((version, status), (shm_ring::PROTOCOL_VERSION, 1));
+    assert_eq!(shm_ring::PROTOCOL_VERSION, 2);
 }
 
+/// The `parked` flag at payload offset `offset` ([`layout::PRODUCER_PARKED`]
+/// or [`layout::CONSUMER_PARKED`]) in a mapping from [`map_header`].
+fn park_flag(map: &Mapping, offset: usize) -> &shm_sync::atomic::AtomicU32 {
+    map.region()
+        .atomic_u32(layout::PAYLOAD_OFFSET + offset)
+        .unwrap()
+}
+
+/// Maps the ring's control pages: the segment header page and the payload's
+/// first page (config block, counter lines, parked flags).
 fn map_header(ring: &RingFds) -> Mapping {
     Mapping::map(
         rustix::fd::AsFd::as_fd(&ring.memfd),
         0,
-        4096,
+        layout::PAYLOAD_OFFSET + layout::SLOTS,
         Access::ReadWrite,
     )
     .unwrap()
@@ -487,7 +526,7 @@ fn cleared_park_flags_cost_a_delay_not_a_hang() {
         }
         rx
     });
-    let flag = park_flag(&map, shm_ring::layout::CONSUMER_PARKED);
+    let flag = park_flag(&map, layout::CONSUMER_PARKED);
     let mut slowest = Duration::ZERO;
     for i in 0..LOST_WAKEUPS {
         await_parked(flag, "consumer");
@@ -514,7 +553,7 @@ fn cleared_park_flags_cost_a_delay_not_a_hang() {
             sent_tx.send(i).unwrap();
         }
     });
-    let flag = park_flag(&map, shm_ring::layout::PRODUCER_PARKED);
+    let flag = park_flag(&map, layout::PRODUCER_PARKED);
     let mut slowest = Duration::ZERO;
     for i in 0..LOST_WAKEUPS {
         await_parked(flag, "producer");
@@ -544,8 +583,8 @@ fn a_peer_clearing_park_flags_never_hangs_the_transfer() {
             .unwrap();
         let map = map_header(&ring);
         let flags = [
-            park_flag(&map, shm_ring::layout::PRODUCER_PARKED),
-            park_flag(&map, shm_ring::layout::CONSUMER_PARKED),
+            park_flag(&map, layout::PRODUCER_PARKED),
+            park_flag(&map, layout::CONSUMER_PARKED),
         ];
         let end = Instant::now() + SCRIBBLE;
         while Instant::now() < end {
@@ -642,7 +681,7 @@ fn cleared_park_flags_cost_async_waiters_a_delay_not_a_hang() {
         }
         rx
     });
-    let flag = park_flag(&map, shm_ring::layout::CONSUMER_PARKED);
+    let flag = park_flag(&map, layout::CONSUMER_PARKED);
     for i in 0..LOST_WAKEUPS {
         await_parked(flag, "async consumer");
         // Relaxed: a hostile store; nothing is published with it.
@@ -665,7 +704,7 @@ fn cleared_park_flags_cost_async_waiters_a_delay_not_a_hang() {
             sent_tx.send(i).unwrap();
         }
     });
-    let flag = park_flag(&map, shm_ring::layout::PRODUCER_PARKED);
+    let flag = park_flag(&map, layout::PRODUCER_PARKED);
     for i in 0..LOST_WAKEUPS {
         await_parked(flag, "async producer");
         // Relaxed: as above.
