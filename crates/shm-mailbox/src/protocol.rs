@@ -202,8 +202,11 @@ pub(crate) fn read(
 }
 
 /// Publishes `data` (at most the slot size). With `stop_after = Some(k)` the
-/// writer stops after `k` steps, as if killed there (loom crash models).
-/// Returns the new sequence number, or `None` if stopped.
+/// writer stops after `k` steps, as if killed there (loom crash models): the
+/// steps are choosing the slot, each data word, and the `len` + `seq` words;
+/// the store of `published` follows them. Production calls pass `None` and
+/// run the very same code to its end. Returns the new sequence number, or
+/// `None` if stopped.
 pub(crate) fn publish(
     words: &Words<'_>,
     data: &[u8],
@@ -214,6 +217,7 @@ pub(crate) fn publish(
         return Err(Corrupt("message larger than the slot"));
     }
     let mut steps = 0usize;
+    // One step done; true if the writer is to stop here.
     let mut stop = || {
         steps += 1;
         stop_after.is_some_and(|k| steps > k)
@@ -228,23 +232,11 @@ pub(crate) fn publish(
     if stop() {
         return Ok(None);
     }
-    if stop_after.is_none() {
-        copy_in(words.data(slot, data.len().div_ceil(8)), data);
-    }
-    for (i, chunk) in data.chunks(8).enumerate().filter(|_| stop_after.is_some()) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        // Relaxed: published by the Release store of `published` below.
-        words
-            .at(shape.slot(slot, S_DATA + i))
-            .store(u64::from_le_bytes(word), Ordering::Relaxed);
-        shm_testkit_point();
-        if stop() {
-            return Ok(None);
-        }
+    if !copy_in(words.data(slot, data.len().div_ceil(8)), data, &mut stop) {
+        return Ok(None);
     }
     let next = seq + 1;
-    // Relaxed: as above.
+    // Relaxed: published by the Release store of `published` below.
     words
         .at(shape.slot(slot, S_LEN))
         .store(data.len() as u64, Ordering::Relaxed);
@@ -289,17 +281,22 @@ fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt
         .ok_or(Corrupt("no free slot: hazard words are corrupt"))
 }
 
-#[inline]
 /// Stores `data` into `dst` (`data.len().div_ceil(8)` words), little-endian,
-/// the last word zero-padded.
-fn copy_in(dst: &[AtomicU64], data: &[u8]) {
+/// the last word zero-padded. After each word: the `mailbox.writer_mid_slot`
+/// crash point, then `stop()`; returns false as soon as `stop()` does (the
+/// rest of the message is not written, as if the writer had been killed).
+#[inline]
+fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bool {
     let mut chunks = data.chunks_exact(8);
     for (w, chunk) in dst.iter().zip(&mut chunks) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         // Relaxed: published by the Release store of `published` in `publish`.
         w.store(u64::from_le_bytes(word), Ordering::Relaxed);
-        shm_testkit_point();
+        crate::crash_point!("mailbox.writer_mid_slot");
+        if stop() {
+            return false;
+        }
     }
     let tail = chunks.remainder();
     if !tail.is_empty() {
@@ -307,10 +304,10 @@ fn copy_in(dst: &[AtomicU64], data: &[u8]) {
         word[..tail.len()].copy_from_slice(tail);
         // Relaxed: as above.
         dst[data.len() / 8].store(u64::from_le_bytes(word), Ordering::Relaxed);
-        shm_testkit_point();
+        crate::crash_point!("mailbox.writer_mid_slot");
+        if stop() {
+            return false;
+        }
     }
-}
-
-fn shm_testkit_point() {
-    crate::crash_point!("mailbox.writer_mid_slot");
+    true
 }
