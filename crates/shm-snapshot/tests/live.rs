@@ -381,7 +381,11 @@ fn host_after_exit_takes_the_commit_a_killed_client_was_inside() {
         .env("SHM_CRASH_AT", format!("client.mid_commit@{nth}"))
         .output()
         .unwrap();
-        assert!(!out.status.success(), "crash point {nth} did not fire");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "crash point {nth} did not SIGKILL the client"
+        );
         let host = Host::open(fd.as_fd()).unwrap();
         let mut buf = vec![0u8; REGION as usize];
         assert_eq!(host.copy(&mut buf, 3), None, "half-written commit copied");
