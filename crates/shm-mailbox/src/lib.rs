@@ -12,6 +12,8 @@
 //! example does).
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(not(shm_loom))]
+mod builder;
 mod layout;
 #[cfg(not(shm_loom))]
 mod liveness;
@@ -19,10 +21,15 @@ mod liveness;
 mod mailbox;
 pub mod protocol;
 
+#[cfg(not(shm_loom))]
+pub use builder::MailboxBuilder;
 pub use layout::{Config, LayoutError, MAX_READERS, MAX_SLOT_BYTES};
 #[cfg(not(shm_loom))]
 pub use mailbox::{Mailbox, MailboxError, Reader, Writer};
 pub use protocol::{Corrupt, Message};
+/// Re-exported for [`MailboxBuilder::access`].
+#[cfg(not(shm_loom))]
+pub use shm_segment::AccessPolicy;
 
 // The crash points of this crate: nothing at the call sites without its
 // `fault-injection` feature (see `shm_sync::crash`).

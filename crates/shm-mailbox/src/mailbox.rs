@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use shm_segment::{Segment, SegmentError};
+use shm_segment::{AccessPolicy, Segment, SegmentError};
 use shm_sync::atomic::Ordering;
 use std::sync::atomic::AtomicBool; // atomics-ok: process-local bookkeeping
 
@@ -93,16 +93,26 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Opens the mailbox `name`, creating it with `config` if it does not
-    /// exist. An existing mailbox of another shape is refused.
+    /// exist. An existing mailbox of another shape is refused. (For options,
+    /// such as an access policy, see [`Mailbox::builder`].)
+    pub fn open_or_create(name: &str, config: Config) -> Result<Mailbox, MailboxError> {
+        Mailbox::open_or_create_in(name, config, &AccessPolicy::default())
+    }
+
+    /// [`Mailbox::open_or_create`] under an access `policy`.
     #[allow(
         clippy::missing_panics_doc,
         reason = "the expect states an invariant: the payload was sized for the config block"
     )]
-    pub fn open_or_create(name: &str, config: Config) -> Result<Mailbox, MailboxError> {
+    pub(crate) fn open_or_create_in(
+        name: &str,
+        config: Config,
+        policy: &AccessPolicy,
+    ) -> Result<Mailbox, MailboxError> {
         let shape = config.shape()?;
         // Open first without a size, so a mailbox of another shape is reported
         // as such rather than as too small.
-        let existing = match Segment::builder(name).open() {
+        let existing = match Segment::builder(name).access(policy.clone()).open() {
             Ok(segment) => Some(segment),
             Err(SegmentError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
@@ -110,6 +120,7 @@ impl Mailbox {
         let segment = match existing {
             Some(segment) => segment,
             None => Segment::builder(name)
+                .access(policy.clone())
                 .size(shape.total_words() * 8)
                 .persistent(true)
                 .open_or_create_with(|payload| {
@@ -135,7 +146,12 @@ impl Mailbox {
 
     /// Opens an existing mailbox of whatever shape it has.
     pub fn open(name: &str) -> Result<Mailbox, MailboxError> {
-        Mailbox::from_segment(Segment::builder(name).open()?)
+        Mailbox::open_in(name, &AccessPolicy::default())
+    }
+
+    /// [`Mailbox::open`] under an access `policy`.
+    pub(crate) fn open_in(name: &str, policy: &AccessPolicy) -> Result<Mailbox, MailboxError> {
+        Mailbox::from_segment(Segment::builder(name).access(policy.clone()).open()?)
     }
 
     fn from_segment(segment: Segment) -> Result<Mailbox, MailboxError> {

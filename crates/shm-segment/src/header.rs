@@ -15,21 +15,25 @@
 //! | 32     | `data_len`     | payload bytes |
 //! | 40     | `type_size`    | size of the payload type (0 for raw bytes) |
 //! | 48     | `type_align`   | alignment of the payload type |
-//! | 56     | `type_id`      | fingerprint of the payload type's name (0 for raw bytes) |
+//! | 56     | `type_id`      | structural fingerprint of the payload type ([`Layout`]; 0 for raw bytes) |
 //! | 64     | `flags`        | bit 0 leaked, bit 1 last-one-out-unlinks, bit 2 unlinked |
 //! | 68     | `creator_pid`  | pid of the initialiser (diagnostics only) |
 //! | 72     | `generation`   | bumped by every (re)initialisation |
-//! | 80-127 | reserved       | zero |
+//! | 80     | `type_name`    | the payload type's name, UTF-8, zero-padded to 40 bytes (messages only) |
+//! | 120    | reserved       | zero |
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering}; // atomics-ok: header fields in shared memory
 
+pub use crate::layout::{Layout, TYPE_NAME_LEN};
 use crate::region::Region;
 use crate::shared_struct;
 
 /// `b"OUTLIVE\0"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OUTLIVE\0");
-/// Version of this header format.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this header format: 2 since `type_id` is a structural
+/// fingerprint and the header holds `type_name` (version 1 hashed the type's
+/// path, and its readers would misjudge a version 2 segment's type).
+pub const FORMAT_VERSION: u32 = 2;
 /// The byte-order probe.
 pub const ENDIAN_PROBE: u32 = 0x0102_0304;
 /// Size of the header in bytes.
@@ -81,8 +85,10 @@ shared_struct! {
         pub creator_pid: AtomicU32,
         /// Bumped by each initialisation.
         pub generation: AtomicU64,
+        /// The payload type's name ([`TYPE_NAME_LEN`] bytes, zero-padded), for messages.
+        pub type_name: [AtomicU64; TYPE_NAME_LEN / 8],
         /// Zero.
-        pub reserved: [AtomicU64; 6],
+        pub reserved: AtomicU64,
     }
 }
 
@@ -95,61 +101,10 @@ const _: () = {
     assert!(core::mem::offset_of!(RawHeader, type_id) == 56);
     assert!(core::mem::offset_of!(RawHeader, flags) == 64);
     assert!(core::mem::offset_of!(RawHeader, generation) == 72);
+    assert!(core::mem::offset_of!(RawHeader, type_name) == 80);
+    assert!(core::mem::offset_of!(RawHeader, reserved) == 120);
+    assert!(TYPE_NAME_LEN % 8 == 0);
 };
-
-/// What a segment's payload holds: a size, an alignment and a type fingerprint.
-///
-/// Two processes agree on a segment only if their layouts are equal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Layout {
-    /// Payload type size in bytes (0 for raw bytes).
-    pub size: u64,
-    /// Payload type alignment.
-    pub align: u64,
-    /// Fingerprint of the type's name (0 for raw bytes).
-    pub id: u64,
-}
-
-impl Layout {
-    /// Raw bytes: no type is checked.
-    pub const BYTES: Layout = Layout {
-        size: 0,
-        align: 1,
-        id: 0,
-    };
-
-    /// The layout of `T`, fingerprinted by its type name (FNV-1a), size and alignment.
-    ///
-    /// `type_name` is the same for every binary that shares a crate version
-    /// defining `T`; processes built from different versions of that crate may
-    /// disagree, which is then reported as a mismatch rather than misread.
-    pub fn of<T>() -> Layout {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in core::any::type_name::<T>().bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        Layout {
-            size: size_of::<T>() as u64,
-            align: align_of::<T>() as u64,
-            id: hash | 1,
-        }
-    }
-}
-
-impl core::fmt::Display for Layout {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        if *self == Layout::BYTES {
-            f.write_str("raw bytes")
-        } else {
-            write!(
-                f,
-                "type {:#018x} (size {}, align {})",
-                self.id, self.size, self.align
-            )
-        }
-    }
-}
 
 /// A validated copy of a header's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +143,15 @@ impl RawHeader {
         self.type_size.store(layout.size, Ordering::Relaxed);
         self.type_align.store(layout.align, Ordering::Relaxed);
         self.type_id.store(layout.id, Ordering::Relaxed);
+        for (word, bytes) in self
+            .type_name
+            .iter()
+            .zip(layout.name_bytes().chunks_exact(8))
+        {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(bytes);
+            word.store(u64::from_le_bytes(le), Ordering::Relaxed);
+        }
         self.flags.store(flags, Ordering::Relaxed);
         self.creator_pid
             .store(std::process::id(), Ordering::Relaxed);
@@ -256,11 +220,16 @@ impl RawHeader {
                 "payload length does not fit the object",
             ));
         }
-        let layout = Layout {
-            size: u64_at(offset_of!(RawHeader, type_size))?,
-            align: u64_at(offset_of!(RawHeader, type_align))?,
-            id: u64_at(offset_of!(RawHeader, type_id))?,
-        };
+        let mut name = [0u8; TYPE_NAME_LEN];
+        for (i, bytes) in name.chunks_exact_mut(8).enumerate() {
+            bytes.copy_from_slice(&u64_at(offset_of!(RawHeader, type_name) + i * 8)?.to_le_bytes());
+        }
+        let layout = Layout::from_header(
+            u64_at(offset_of!(RawHeader, type_size))?,
+            u64_at(offset_of!(RawHeader, type_align))?,
+            u64_at(offset_of!(RawHeader, type_id))?,
+            name,
+        );
         if !layout.align.is_power_of_two()
             || layout.align > DATA_OFFSET as u64
             || layout.size > data_len

@@ -36,7 +36,12 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+// `shared_struct!` derives zerocopy through `::shm_segment::zerocopy`, which
+// must also resolve inside this crate (the header is a shared struct).
+extern crate self as shm_segment;
+
 pub mod header;
+pub mod layout;
 mod mapping;
 pub mod memfd;
 mod region;
@@ -45,10 +50,10 @@ mod shared;
 mod shm_box;
 mod sigbus;
 
-pub use header::Layout;
+pub use layout::Layout;
 pub use mapping::{Access, MapError, Mapping};
 pub use region::{OutOfBounds, Region};
-pub use segment::{Segment, SegmentBuilder, SegmentError};
+pub use segment::{AccessPolicy, ObjectAccess, Segment, SegmentBuilder, SegmentError};
 pub use shared::Shared;
 pub use shm_box::ShmBox;
 

@@ -14,6 +14,8 @@ use core::sync::atomic; // atomics-ok
 
 use zerocopy::{FromBytes, KnownLayout};
 
+use crate::layout::Layout;
+
 /// Types that are sound to share by `&T` between processes.
 ///
 /// Implemented for the fixed-size atomic integers and arrays of `Shared`
@@ -34,42 +36,63 @@ use zerocopy::{FromBytes, KnownLayout};
 ///    so no `&Self` promises immutability of anything another process may write;
 /// 3. `Self` has no drop glue and holds no pointers or references;
 /// 4. its layout is fixed (`#[repr(C)]` or primitive), the same in every process.
-pub unsafe trait Shared: FromBytes + KnownLayout + Sync {}
+///
+/// [`LAYOUT`](Shared::SHARED_LAYOUT) is not part of the safety contract: views check
+/// size and alignment against the real type, and a wrong fingerprint only
+/// makes processes disagree about whether they share a type.
+pub unsafe trait Shared: FromBytes + KnownLayout + Sync {
+    /// The type's size, alignment and structural fingerprint (see
+    /// [`Layout`]): what segments record at creation and check at open.
+    const SHARED_LAYOUT: Layout;
+}
 
 macro_rules! impl_shared {
-    ($($t:ty),*) => {$(
+    ($($t:ident),*) => {$(
         // SAFETY: an atomic integer is an UnsafeCell around a fixed-size integer:
         // every bit pattern is valid, all its bytes are interior-mutable, no drop glue.
-        unsafe impl Shared for $t {}
+        unsafe impl Shared for atomic::$t {
+            const SHARED_LAYOUT: Layout = Layout::tagged::<atomic::$t>(stringify!($t));
+        }
     )*};
 }
 impl_shared!(
-    atomic::AtomicU8,
-    atomic::AtomicU16,
-    atomic::AtomicU32,
-    atomic::AtomicU64,
-    atomic::AtomicI8,
-    atomic::AtomicI16,
-    atomic::AtomicI32,
-    atomic::AtomicI64
+    AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64
 );
 
 // SAFETY: an array has no padding between elements, so each of the four
 // properties of `T` holds for `[T; N]`.
-unsafe impl<T: Shared, const N: usize> Shared for [T; N] {}
+unsafe impl<T: Shared, const N: usize> Shared for [T; N] {
+    const SHARED_LAYOUT: Layout = Layout::array(T::SHARED_LAYOUT, N);
+}
 
 /// Declares a `#[repr(C)]` struct whose fields are all [`Shared`], and
 /// implements `Shared` (and zerocopy's `FromBytes` + `KnownLayout`, and `Debug`) for it.
 ///
 /// Every field type is checked to be `Shared` at compile time, and the struct
-/// is checked to have no drop glue. The calling crate must depend on `zerocopy`
-/// (with its `derive` feature). Fields are the real (`core`) atomics: loom's
+/// is checked to have no drop glue. zerocopy is derived through this crate's
+/// re-export ([`shm_segment::zerocopy`](crate::zerocopy)), so the calling crate
+/// needs no zerocopy dependency of its own (it must name this crate
+/// `shm_segment`, the default). Fields are the real (`core`) atomics: loom's
 /// model atomics cannot live in shared memory, so loom models keep their
 /// state in heap-backed storage of `shm_sync` atomics instead.
 ///
+/// # Fingerprint
+///
+/// The struct's [`Shared::SHARED_LAYOUT`] is computed at compile time from its
+/// structure: each field's name, type (recursively: a field that is itself a
+/// shared struct contributes its own structural fingerprint) and offset, then
+/// the size and alignment (see [`Layout`]). Two programs that each declare
+/// the same struct, under any name or module, share segments; a renamed,
+/// reordered or retyped field makes them refuse each other with
+/// [`SegmentError::LayoutMismatch`](crate::SegmentError::LayoutMismatch).
+///
+/// `#[shared(tag = "...")]` among the struct's attributes mixes a tag of
+/// your choosing into the fingerprint, for structurally equal types that mean
+/// different things, or to retire a meaning without changing the fields.
+///
 /// # Examples
 /// ```
-/// use shm_segment::shared_struct;
+/// use shm_segment::{Layout, shared_struct};
 /// use std::sync::atomic::{AtomicU32, AtomicU64};
 ///
 /// shared_struct! {
@@ -81,21 +104,40 @@ unsafe impl<T: Shared, const N: usize> Shared for [T; N] {}
 ///         pub writers: [AtomicU32; 2],
 ///     }
 /// }
+/// shared_struct! {
+///     /// The same fields, with a meaning of its own.
+///     #[shared(tag = "bytes-sent")]
+///     pub struct BytesSent {
+///         pub value: AtomicU64,
+///         pub writers: [AtomicU32; 2],
+///     }
+/// }
 /// fn assert_shared<T: shm_segment::Shared>() {}
 /// assert_shared::<Counter>();
+/// assert_ne!(Layout::of::<Counter>(), Layout::of::<BytesSent>());
+/// assert_eq!(Layout::of::<Counter>().name(), "Counter");
 /// ```
 #[macro_export]
 macro_rules! shared_struct {
+    // Attributes, one at a time: `#[shared(tag = "...")]` is taken as the tag,
+    // any other is kept for the struct.
+    (@attrs [$($attr:tt)*] [$($tag:tt)*] #[shared(tag = $t:literal)] $($rest:tt)*) => {
+        $crate::shared_struct!(@attrs [$($attr)*] [$t] $($rest)*);
+    };
+    (@attrs [$($attr:tt)*] [$($tag:tt)*] #[$meta:meta] $($rest:tt)*) => {
+        $crate::shared_struct!(@attrs [$($attr)* #[$meta]] [$($tag)*] $($rest)*);
+    };
     (
-        $(#[$meta:meta])*
+        @attrs [$($attr:tt)*] [$($tag:tt)*]
         $vis:vis struct $name:ident {
             $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
         }
     ) => {
-        $(#[$meta])*
+        $($attr)*
         #[repr(C)]
         #[derive(Debug)]
-        #[derive(::zerocopy::FromBytes, ::zerocopy::KnownLayout)]
+        #[derive($crate::zerocopy::FromBytes, $crate::zerocopy::KnownLayout)]
+        #[zerocopy(crate = "::shm_segment::zerocopy")]
         $vis struct $name {
             $( $(#[$fmeta])* $fvis $field : $ty ),*
         }
@@ -105,12 +147,31 @@ macro_rules! shared_struct {
         // bit pattern is valid (FromBytes derive), the layout is fixed, and there
         // is no drop glue (also asserted below).
         #[allow(unsafe_code)]
-        unsafe impl $crate::Shared for $name {}
+        unsafe impl $crate::Shared for $name {
+            const SHARED_LAYOUT: $crate::Layout = $crate::Layout::structural::<$name>(
+                $crate::layout::Fingerprint::new()
+                    $(
+                        .str(::core::stringify!($field))
+                        .u64(<$ty as $crate::Shared>::SHARED_LAYOUT.id)
+                        .u64(::core::mem::offset_of!($name, $field) as u64)
+                    )*,
+                ::core::stringify!($name),
+            )
+            $( .with_tag($tag) )*;
+        }
 
         const _: () = {
             const fn field_is_shared<T: $crate::Shared>() {}
             $( field_is_shared::<$ty>(); )*
             assert!(!::core::mem::needs_drop::<$name>(), "shared structs must not have drop glue");
         };
+    };
+    (@attrs $($bad:tt)*) => {
+        ::core::compile_error!(
+            "shared_struct! expects `[attributes] [pub] struct Name { field: Type, ... }`"
+        );
+    };
+    ($($input:tt)*) => {
+        $crate::shared_struct!(@attrs [] [] $($input)*);
     };
 }

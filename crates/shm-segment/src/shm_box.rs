@@ -11,7 +11,6 @@ use core::marker::PhantomData;
 use core::ops::Deref;
 use core::ptr::NonNull;
 
-use crate::header::Layout;
 use crate::segment::{Segment, SegmentError};
 use crate::shared::Shared;
 
@@ -57,10 +56,10 @@ impl<T: Shared> ShmBox<T> {
     /// mappings (atomics in them could not be used).
     pub fn new(segment: Segment) -> Result<ShmBox<T>, SegmentError> {
         let name = segment.name().unwrap_or("memfd").to_owned();
-        if segment.layout() != Layout::of::<T>() {
+        if segment.layout() != T::SHARED_LAYOUT {
             return Err(SegmentError::LayoutMismatch {
                 name,
-                expected: Layout::of::<T>(),
+                expected: T::SHARED_LAYOUT,
                 found: segment.layout(),
             });
         }

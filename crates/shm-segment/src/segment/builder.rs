@@ -9,7 +9,7 @@ use rustix::io::Errno;
 
 use super::error::{fault_error, io_err};
 use super::named::check_name;
-use super::{Segment, SegmentError};
+use super::{AccessPolicy, Segment, SegmentError};
 use crate::header::{
     DATA_OFFSET, FLAG_LAST_OUT_UNLINKS, FLAG_LEAKED, HeaderFault, HeaderInfo, Layout, RawHeader,
     STATE_EMPTY, STATE_INITIALISING,
@@ -34,7 +34,9 @@ pub struct SegmentBuilder {
     source: Source,
     size: u64,
     layout: Layout,
-    pub(super) mode: u32,
+    /// `None`: the policy's default.
+    mode: Option<u32>,
+    pub(super) policy: AccessPolicy,
     last_out_unlinks: bool,
     pub(super) persistent: bool,
     pub(super) timeout: Duration,
@@ -47,7 +49,8 @@ impl core::fmt::Debug for SegmentBuilder {
             .field("name", &self.display_name())
             .field("size", &self.size)
             .field("layout", &self.layout)
-            .field("mode", &format_args!("{:#o}", self.mode))
+            .field("mode", &format_args!("{:#o}", self.effective_mode()))
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -58,7 +61,8 @@ impl SegmentBuilder {
             source,
             size: 0,
             layout: Layout::BYTES,
-            mode: 0o600,
+            mode: None,
+            policy: AccessPolicy::default(),
             last_out_unlinks: false,
             persistent: false,
             timeout: DEFAULT_TIMEOUT,
@@ -83,23 +87,40 @@ impl SegmentBuilder {
         self
     }
 
-    /// The payload holds a `T`: its size, alignment and type fingerprint are
-    /// recorded at creation and checked at open.
-    pub fn layout<T>(self) -> SegmentBuilder {
-        self.with_layout(Layout::of::<T>())
+    /// The payload holds a `T`: its size, alignment and structural
+    /// fingerprint ([`Shared::SHARED_LAYOUT`](crate::Shared::SHARED_LAYOUT)) are recorded at
+    /// creation and checked at open.
+    pub fn layout<T: crate::Shared>(self) -> SegmentBuilder {
+        self.with_layout(T::SHARED_LAYOUT)
     }
 
-    /// Like [`layout`](Self::layout) with an explicit [`Layout`].
+    /// Like [`layout`](Self::layout) with an explicit [`Layout`], e.g.
+    /// [`Layout::tagged`] for a plain-data payload.
     pub fn with_layout(mut self, layout: Layout) -> SegmentBuilder {
         self.layout = layout;
         self
     }
 
-    /// Permission bits for a named object (default 0600). `open` refuses an
-    /// object whose bits differ.
+    /// Permission bits for a named object (default 0600, or 0660 when the
+    /// [`access`](Self::access) policy lets a group or other uids in). `open`
+    /// refuses an object whose bits differ.
     pub fn mode(mut self, mode: u32) -> SegmentBuilder {
-        self.mode = mode & 0o777;
+        self.mode = Some(mode & 0o777);
         self
+    }
+
+    /// Which users share a named object (default
+    /// [`AccessPolicy::same_uid`]): its owner, group, mode and ACL are set
+    /// at creation and checked at open, and only the owner creates,
+    /// reclaims or unlinks it. See the [`access`](super::access) rules.
+    pub fn access(mut self, policy: AccessPolicy) -> SegmentBuilder {
+        self.policy = policy;
+        self
+    }
+
+    /// The permission bits a named object is created with and expected to have.
+    pub(super) fn effective_mode(&self) -> u32 {
+        self.mode.unwrap_or_else(|| self.policy.default_mode())
     }
 
     /// The last process to detach unlinks the name (recorded in the header at

@@ -46,8 +46,13 @@ pub enum SegmentError {
         /// Version supported.
         expected: u32,
     },
-    /// The payload holds another type than the one asked for.
-    #[error("segment {name} holds {found}, expected {expected}")]
+    /// The payload holds another type than the one asked for. The message
+    /// shows both layouts (name, size, alignment, fingerprint) and what
+    /// differs.
+    #[error(
+        "segment {name} holds {found}, but {expected} was expected: {}",
+        crate::layout::mismatch_hint(.expected, .found)
+    )]
     LayoutMismatch {
         /// The name.
         name: String,
@@ -91,6 +96,34 @@ pub enum SegmentError {
         name: String,
         /// Its owner.
         uid: u32,
+    },
+    /// The object or this process is outside the segment's
+    /// [`AccessPolicy`](super::AccessPolicy): another owner, group, mode or
+    /// ACL than the policy says, or a process the policy does not let in.
+    #[error("segment {name:?} ({object}) refused under access policy {policy}: {reason}")]
+    AccessDenied {
+        /// The name.
+        name: String,
+        /// The object's owner, group and mode.
+        object: super::ObjectAccess,
+        /// The policy it was checked against.
+        policy: super::AccessPolicy,
+        /// What does not match.
+        reason: String,
+    },
+    /// Only the policy's owner creates (and unlinks) the object, and this
+    /// process runs as another uid.
+    #[error(
+        "segment {name:?}: only its owner uid {} creates it under access policy {policy}; this process runs as uid {euid}",
+        .policy.owner_uid()
+    )]
+    NotOwner {
+        /// The name.
+        name: String,
+        /// Our effective uid.
+        euid: u32,
+        /// The policy.
+        policy: super::AccessPolicy,
     },
     /// Mapping failed.
     #[error("segment {name}: cannot map: {source}")]

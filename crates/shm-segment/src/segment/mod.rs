@@ -28,16 +28,21 @@
 //! - **Removal** ([`Segment::remove`]) applies the same rules: only an
 //!   outlive segment of ours with no process attached is unlinked;
 //!   [`Segment::force_remove`] also unlinks a live one.
+//! - **Users.** An [`AccessPolicy`] says which users share the object: its
+//!   owner (the only one who creates, reclaims or unlinks it) and optionally
+//!   a group and further uids; see the [`access`] rules.
 //! - **Divergence is visible.** When the name is unlinked while others are
 //!   still attached, the header's `unlinked` flag is set first:
 //!   [`Segment::is_unlinked`] tells attached processes that newcomers will see
 //!   a different object.
 //!
 //! The code follows these concepts: this file holds the [`Segment`] handle;
+//! `access.rs` the [`AccessPolicy`];
 //! `builder.rs` its options and the memfd and adopted-fd paths; `named.rs`
 //! the named objects (create, open, reclaim, remove, unlink); `error.rs`
 //! [`SegmentError`].
 
+pub mod access;
 mod builder;
 mod error;
 mod named;
@@ -47,6 +52,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::FlockOperation;
 
+pub use access::{AccessPolicy, ObjectAccess};
 pub use builder::SegmentBuilder;
 pub use error::SegmentError;
 

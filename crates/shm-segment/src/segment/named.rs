@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::error::{fault_error, io_err};
-use super::{Segment, SegmentBuilder, SegmentError};
+use super::{AccessPolicy, ObjectAccess, Segment, SegmentBuilder, SegmentError};
 use crate::header::{
     DATA_OFFSET, FLAG_LEAKED, FLAG_UNLINKED, HEADER_LEN, HeaderFault, MAGIC, RawHeader, STATE_EMPTY,
 };
@@ -114,10 +114,19 @@ pub(super) fn remove_named(name: &str, force: bool) -> Result<bool, SegmentError
     // Read-write to set the unlinked flag; read-only is enough to remove.
     let (fd, writable) = match open(OFlags::RDWR) {
         Ok(fd) => (fd, true),
-        Err(Errno::ACCESS) => (
-            open(OFlags::RDONLY).map_err(io_err(name, format!("open {path}")))?,
-            false,
-        ),
+        Err(Errno::ACCESS) => match open(OFlags::RDONLY) {
+            Ok(fd) => (fd, false),
+            // Not even readable by us: not ours either (only the owner removes).
+            Err(Errno::ACCESS) => {
+                let stat = rustix::fs::stat(path.as_str())
+                    .map_err(io_err(name, format!("stat {path}")))?;
+                return Err(SegmentError::ForeignOwner {
+                    name: name.to_owned(),
+                    uid: stat.st_uid,
+                });
+            }
+            Err(source) => return Err(io_err(name, format!("open {path}"))(source)),
+        },
         Err(Errno::NOENT) => return Ok(false),
         Err(source) => return Err(io_err(name, format!("open {path}"))(source)),
     };
@@ -184,14 +193,19 @@ fn is_linked(name: &str, fd: BorrowedFd<'_>) -> bool {
     }
 }
 
-/// Unlinks `name` if it still refers to `fd`'s object, serialised against every
-/// other unlinker by an exclusive `flock` on `/dev/shm` (released by the
-/// kernel even if we are killed). `before` runs just before the unlink.
+/// Unlinks `name` if it still refers to `fd`'s object and that object belongs
+/// to our effective uid (only owners unlink: see the
+/// [`access`](super::access) rules), serialised against every other unlinker
+/// by an exclusive `flock` on `/dev/shm` (released by the kernel even if we
+/// are killed). `before` runs just before the unlink.
 pub(super) fn unlink_if_ours(
     name: &str,
     fd: BorrowedFd<'_>,
     before: impl FnOnce(),
 ) -> Result<bool, Errno> {
+    if rustix::fs::fstat(fd)?.st_uid != rustix::process::geteuid().as_raw() {
+        return Ok(false);
+    }
     let dir = rustix::fs::open(
         SHM_DIR,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -215,7 +229,15 @@ impl SegmentBuilder {
         init: &mut dyn FnMut(Region<'_>),
     ) -> Result<Segment, SegmentError> {
         let io = |op: &'static str| io_err(name, op);
-        let mode = Mode::from_raw_mode(self.mode);
+        if !self.policy.we_own() {
+            return Err(SegmentError::NotOwner {
+                name: name.to_owned(),
+                euid: rustix::process::geteuid().as_raw(),
+                policy: self.policy.clone(),
+            });
+        }
+        let mode_bits = self.effective_mode();
+        let mode = Mode::from_raw_mode(mode_bits);
         let fd = rustix::fs::open(
             SHM_DIR,
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
@@ -224,6 +246,10 @@ impl SegmentBuilder {
         .map_err(io("open O_TMPFILE in /dev/shm"))?;
         // The umask may have cleared bits we were asked for.
         rustix::fs::fchmod(&fd, mode).map_err(io("fchmod"))?;
+        // The policy's group and ACL, before anyone can see the object.
+        self.policy
+            .apply(fd.as_fd(), mode_bits)
+            .map_err(|(op, source)| io(op)(source))?;
         rustix::fs::ftruncate(&fd, DATA_OFFSET as u64 + self.payload_len())
             .map_err(io("ftruncate"))?;
         let mut seg = self.init_in_place(fd, name, init, STATE_EMPTY)?;
@@ -271,6 +297,7 @@ impl SegmentBuilder {
             ) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => return Ok(None),
+                Err(Errno::ACCESS) => return Err(self.refused_by_kernel(name)),
                 Err(source) => return Err(io("open")(source)),
             };
             let stat = rustix::fs::fstat(&fd).map_err(io("fstat"))?;
@@ -280,25 +307,13 @@ impl SegmentBuilder {
                     what: "not a regular file",
                 });
             }
-            if stat.st_uid != rustix::process::geteuid().as_raw() {
-                return Err(SegmentError::ForeignOwner {
-                    name: name.to_owned(),
-                    uid: stat.st_uid,
-                });
-            }
-            let mode = stat.st_mode & 0o777;
-            if mode != self.mode {
-                return Err(SegmentError::Permissions {
-                    name: name.to_owned(),
-                    mode,
-                    expected: self.mode,
-                });
-            }
+            self.check_access(name, fd.as_fd(), ObjectAccess::of(&stat))?;
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {
                     // Nobody is attached. A leaked object is kept; anything else
                     // of ours is stale (its users were killed) and is reclaimed.
-                    if Self::reclaim_if_stale(name, &fd)? {
+                    // Only its owner reclaims it: others open it as it is.
+                    if self.policy.we_own() && Self::reclaim_if_stale(name, &fd)? {
                         return Ok(None);
                     }
                     rustix::fs::flock(&fd, FlockOperation::LockShared).map_err(io("flock"))?;
@@ -357,6 +372,62 @@ impl SegmentBuilder {
                 owner: false,
                 created: false,
             }));
+        }
+    }
+
+    /// Checks the owner, group, mode and ACL of the object open as `fd`
+    /// against the access policy, and that the policy lets us in.
+    fn check_access(
+        &self,
+        name: &str,
+        fd: BorrowedFd<'_>,
+        object: ObjectAccess,
+    ) -> Result<(), SegmentError> {
+        let denied = |reason| SegmentError::AccessDenied {
+            name: name.to_owned(),
+            object,
+            policy: self.policy.clone(),
+            reason,
+        };
+        // The default policy keeps its plain error for another user's object.
+        if self.policy == AccessPolicy::same_uid()
+            && object.uid != rustix::process::geteuid().as_raw()
+        {
+            return Err(SegmentError::ForeignOwner {
+                name: name.to_owned(),
+                uid: object.uid,
+            });
+        }
+        self.policy.check_identity(object).map_err(denied)?;
+        let expected = self.effective_mode();
+        if object.mode != expected {
+            return Err(SegmentError::Permissions {
+                name: name.to_owned(),
+                mode: object.mode,
+                expected,
+            });
+        }
+        self.policy.check_acl(fd, expected).map_err(denied)
+    }
+
+    /// The error for an object the kernel would not let us open: what the
+    /// policy says about it, from its `stat`.
+    fn refused_by_kernel(&self, name: &str) -> SegmentError {
+        let path = shm_path(name);
+        let stat = match rustix::fs::stat(path.as_str()) {
+            Ok(stat) => stat,
+            Err(source) => return io_err(name, format!("stat {path}"))(source),
+        };
+        let object = ObjectAccess::of(&stat);
+        let reason = match self.policy.check_identity(object) {
+            Err(reason) => reason,
+            Ok(()) => "the object's mode or ACL does not let this process in".to_owned(),
+        };
+        SegmentError::AccessDenied {
+            name: name.to_owned(),
+            object,
+            policy: self.policy.clone(),
+            reason,
         }
     }
 

@@ -492,14 +492,28 @@ fn other_mode_or_user_is_refused() {
             matches!(err, SegmentError::ForeignOwner { uid: 65534, .. }),
             "{err}"
         );
+        // Only an object's owner unlinks it: even the creating handle leaves
+        // another user's object alone, and so does `remove`.
+        drop(seg);
+        assert!(
+            std::fs::metadata(&path).is_ok(),
+            "another user's object is kept"
+        );
+        let err = Segment::remove(&home.name).unwrap_err();
+        assert!(
+            matches!(err, SegmentError::ForeignOwner { uid: 65534, .. }),
+            "{err}"
+        );
+        rustix::fs::chown(path.as_str(), Some(rustix::process::geteuid()), None).unwrap();
+        assert!(Segment::remove(&home.name).unwrap());
     } else {
         assert_ne!(
             std::env::var("CI").as_deref(),
             Ok("true"),
             "CI runs as root so the foreign-owner check runs"
         );
+        drop(seg);
     }
-    drop(seg);
 }
 
 #[test]
