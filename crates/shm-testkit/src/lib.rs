@@ -9,6 +9,7 @@
 //! - [`systemd`]: a real `systemd --user` manager in a private mount namespace.
 //! - [`build_bins`]: other packages' binaries, built for a test without
 //!   disturbing the binaries of the test run itself.
+//! - [`users`]: running programs as other users (`setpriv`), for access policies.
 //!
 //! This crate is for tests only (`publish = false`) and is only ever a
 //! dev-dependency; it panics freely on setup failures, which is what a test
@@ -31,3 +32,4 @@ pub use primes::first_primes;
 pub use watchdog::Watchdog;
 
 pub mod systemd;
+pub mod users;

@@ -1,0 +1,105 @@
+//! Opens the writer's segment as a `Message` that differs from the writer's
+//! in one way, chosen by `--variant`: a field renamed, two fields swapped, a
+//! field retyped, a nested struct's field renamed, or a tag added. Every one
+//! must be refused; it prints the error and exits 1.
+//!
+//! `mismatched NAME --variant renamed|reordered|retyped|nested|tagged`
+#![allow(
+    missing_docs,
+    reason = "the fields are the writer's, documented there; each struct's doc says what differs"
+)]
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64};
+
+use shm_segment::{Layout, Segment, Shared, ShmBox, shared_struct};
+
+shared_struct! {
+    /// The writer's stamp.
+    pub struct Stamp { pub seq: AtomicU64, pub micros: AtomicU64 }
+}
+
+mod renamed {
+    use super::*;
+    shared_struct! {
+        /// `temperature` is now `celsius`.
+        pub struct Message { pub stamp: Stamp, pub celsius: AtomicI64, pub samples: [AtomicU32; 4] }
+    }
+}
+
+mod reordered {
+    use super::*;
+    shared_struct! {
+        /// `seq` and `micros` swapped (same types, same size).
+        pub struct Stamp { pub micros: AtomicU64, pub seq: AtomicU64 }
+    }
+    shared_struct! {
+        /// Uses the reordered stamp.
+        pub struct Message { pub stamp: Stamp, pub temperature: AtomicI64, pub samples: [AtomicU32; 4] }
+    }
+}
+
+mod retyped {
+    use super::*;
+    shared_struct! {
+        /// `temperature` is unsigned now.
+        pub struct Message { pub stamp: Stamp, pub temperature: AtomicU64, pub samples: [AtomicU32; 4] }
+    }
+}
+
+mod nested {
+    use super::*;
+    shared_struct! {
+        /// The nested stamp's `seq` is now `sequence`.
+        pub struct Stamp { pub sequence: AtomicU64, pub micros: AtomicU64 }
+    }
+    shared_struct! {
+        /// Uses the changed stamp.
+        pub struct Message { pub stamp: Stamp, pub temperature: AtomicI64, pub samples: [AtomicU32; 4] }
+    }
+}
+
+mod tagged {
+    use super::*;
+    shared_struct! {
+        /// The writer's fields, with a meaning of its own.
+        #[shared(tag = "fahrenheit")]
+        pub struct Message { pub stamp: Stamp, pub temperature: AtomicI64, pub samples: [AtomicU32; 4] }
+    }
+}
+
+fn open_as<T: Shared>(name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    // Through the builder (checked at open) and through ShmBox::new on a raw
+    // open (checked when viewed): both must refuse.
+    let by_builder = Segment::builder(name).layout::<T>().open();
+    let raw = Segment::builder(name).open()?;
+    let by_box = ShmBox::<T>::new(raw);
+    match (by_builder, by_box) {
+        (Err(a), Err(b)) => {
+            println!("{b}");
+            Err(a.into())
+        }
+        _ => Ok(println!("opened as {}", Layout::of::<T>())),
+    }
+}
+
+fn main() {
+    typed_share::main_with(
+        "mismatched NAME --variant renamed|reordered|retyped|nested|tagged",
+        |args| {
+            let variant = args
+                .rest
+                .iter()
+                .skip_while(|a| *a != "--variant")
+                .nth(1)
+                .map(String::as_str);
+            match variant {
+                Some("renamed") => open_as::<renamed::Message>(&args.name),
+                Some("reordered") => open_as::<reordered::Message>(&args.name),
+                Some("retyped") => open_as::<retyped::Message>(&args.name),
+                Some("nested") => open_as::<nested::Message>(&args.name),
+                Some("tagged") => open_as::<tagged::Message>(&args.name),
+                other => Err(format!("unknown variant {other:?}").into()),
+            }
+        },
+    );
+}
