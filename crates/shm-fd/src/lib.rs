@@ -20,15 +20,17 @@
 //! # Example: a program that keeps its state in a stored memfd
 //! ```no_run
 //! use shm_fd::{listen::ListenFds, notify, state};
+//! use std::os::fd::AsFd;
+//!
 //! let mut fds = ListenFds::from_env()?;
 //! let memfd = match fds.take("state") {
 //!     Some(fd) => {
-//!         state::validate(rustix::fd::AsFd::as_fd(&fd), "state", 1 << 20)?;
+//!         state::validate(fd.as_fd(), "state", 1 << 20)?;
 //!         fd
 //!     }
 //!     None => {
 //!         let fd = state::create("state", 1 << 20)?;
-//!         notify::store_fd("state", rustix::fd::AsFd::as_fd(&fd))?;
+//!         notify::store_fd("state", fd.as_fd())?;
 //!         fd
 //!     }
 //! };

@@ -18,8 +18,9 @@ use crate::mailbox::{Mailbox, MailboxError};
 /// let board = Mailbox::builder("board").access(policy.clone())
 ///     .open_or_create(Config { readers: 4, slot_bytes: 64 })?;
 /// // In a member of group 4242: opens it after checking owner, group, mode and ACL.
-/// let mut reader = Mailbox::builder("board").access(policy).open()?.reader(1)?;
-/// # drop((board, reader.read(&mut [0; 64])?));
+/// let view = Mailbox::builder("board").access(policy).open()?;
+/// let mut reader = view.reader(1)?;
+/// # drop((reader.read(&mut [0; 64])?, board));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]

@@ -103,7 +103,7 @@ const _: () = {
     assert!(core::mem::offset_of!(RawHeader, generation) == 72);
     assert!(core::mem::offset_of!(RawHeader, type_name) == 80);
     assert!(core::mem::offset_of!(RawHeader, reserved) == 120);
-    assert!(TYPE_NAME_LEN % 8 == 0);
+    assert!(TYPE_NAME_LEN.is_multiple_of(8));
 };
 
 /// A validated copy of a header's fields.

@@ -252,6 +252,7 @@ impl Layout {
     /// This layout with `tag` mixed into its fingerprint: for structurally
     /// equal types that must not be mistaken for each other (units, versions
     /// of a meaning). The name is kept.
+    #[must_use]
     pub const fn with_tag(mut self, tag: &str) -> Layout {
         self.id = Fingerprint::new().u64(self.id).str("tag").str(tag).finish();
         self
@@ -376,6 +377,44 @@ mod tests {
             Layout::tagged::<u8>(&odd).name(),
             format!("x{}", "é".repeat(TYPE_NAME_LEN / 2 - 1))
         );
+    }
+
+    #[test]
+    fn struct_fingerprint_follows_the_documented_stream() {
+        use core::sync::atomic::{AtomicU32, AtomicU64}; // atomics-ok: fields of a layout under test
+        crate::shared_struct! { struct Pair { a: AtomicU32, b: [AtomicU64; 2] } }
+        // docs/PROTOCOL.md, "Type fingerprint", written out by hand.
+        fn fnv(stream: &[Vec<u8>]) -> u64 {
+            let mut h = FNV_OFFSET;
+            for b in stream.concat() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(FNV_PRIME);
+            }
+            h | 1
+        }
+        let num = |v: u64| v.to_le_bytes().to_vec();
+        let string = |s: &str| [num(s.len() as u64), s.as_bytes().to_vec()].concat();
+        let leaf =
+            |name: &str, size: u64| fnv(&[string("leaf"), string(name), num(size), num(size)]);
+        let array = fnv(&[string("array"), num(leaf("AtomicU64", 8)), num(2)]);
+        let pair = fnv(&[
+            string("a"),
+            num(leaf("AtomicU32", 4)),
+            num(0),
+            string("b"),
+            num(array),
+            num(8),
+            string("struct"),
+            num(24),
+            num(8),
+        ]);
+        let sut = Layout::of::<Pair>();
+        assert_eq!(
+            (sut.id, sut.size, sut.align, sut.name()),
+            (pair, 24, 8, "Pair")
+        );
+        let tagged = fnv(&[num(pair), string("tag"), string("v2")]);
+        assert_eq!(sut.with_tag("v2").id, tagged);
     }
 
     #[test]

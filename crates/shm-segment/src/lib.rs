@@ -12,10 +12,24 @@
 //!   shared bytes that never hands out plain references to them.
 //! - [`ShmBox`] and [`Shared`]: typed `&T` views for types whose every mutable
 //!   byte is atomic; plain data is copied with [`Region::read`] / [`Region::write`].
+//! - [`shared_struct!`] and [`Layout`]: shared structs whose layout fingerprint
+//!   is structural, so separately built programs that declare the same struct
+//!   share it, and any other struct is refused with both layouts shown.
+//! - [`AccessPolicy`]: which users share a named object (owner, group, uids),
+//!   set at creation and checked at open.
 //!
-//! When not to use it: for data that never leaves one process, or for
-//! structured messages between processes (see `shm-ring` and `shm-mailbox`,
-//! which build on this crate).
+//! When to use it, and when something else: use this crate when processes
+//! (possibly of different users, possibly killed at any time, possibly built
+//! separately) must share *state* in place: counters, flags, tables of
+//! atomics, a region another process snapshots, a memfd a service manager
+//! keeps across restarts. It gives you the object, its ownership and
+//! reclamation, a validated header, and typed views that stay sound while
+//! others write. It does not move messages: for a stream where every item
+//! must arrive, use `shm-ring`; for "the newest value wins" between one
+//! writer and many readers, use `shm-mailbox` (both build on this crate).
+//! For data that never leaves one process, use ordinary memory; for files
+//! that must survive a reboot, use files (`shm-snapshot` writes segments to
+//! them).
 //!
 //! # Example
 //! ```

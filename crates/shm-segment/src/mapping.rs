@@ -77,8 +77,10 @@ pub enum MapError {
 /// # Examples
 /// ```
 /// use shm_segment::{Access, Mapping, memfd};
+/// use std::os::fd::AsFd;
+///
 /// let fd = memfd::create("doc", 4096, memfd::Seals::empty())?;
-/// let map = Mapping::map(rustix::fd::AsFd::as_fd(&fd), 0, 4096, Access::ReadWrite)?;
+/// let map = Mapping::map(fd.as_fd(), 0, 4096, Access::ReadWrite)?;
 /// map.region().write_bytes(0, b"hello")?;
 /// let mut buf = [0u8; 5];
 /// map.region().read_bytes(0, &mut buf)?;

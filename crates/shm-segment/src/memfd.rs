@@ -54,8 +54,11 @@ pub enum MemfdError {
 /// # Examples
 /// ```
 /// use shm_segment::memfd;
+/// use std::os::fd::AsFd;
+///
 /// let fd = memfd::create("state", 1 << 20, memfd::FIXED_SIZE)?;
-/// let info = memfd::validate(rustix::fd::AsFd::as_fd(&fd), &memfd::Requirements::min_size(1 << 20).with_seals(memfd::FIXED_SIZE))?;
+/// let want = memfd::Requirements::min_size(1 << 20).with_seals(memfd::FIXED_SIZE);
+/// let info = memfd::validate(fd.as_fd(), &want)?;
 /// assert_eq!(info.size, 1 << 20);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

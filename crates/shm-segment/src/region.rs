@@ -36,6 +36,33 @@ pub struct OutOfBounds {
 
 /// A view of `len` shared bytes that never hands out plain references to them.
 ///
+/// Plain data is copied in and out ([`read`](Region::read),
+/// [`write`](Region::write)); single words are used in place as atomics; every
+/// access is bounds- and alignment-checked and fails with [`OutOfBounds`]
+/// rather than panicking.
+///
+/// # Examples
+/// ```
+/// use shm_segment::{Layout, Segment};
+/// use std::sync::atomic::Ordering;
+///
+/// let name = format!("doc-region-{}", std::process::id());
+/// // A plain-data payload (no atomics), named so every program agrees on it.
+/// let layout = Layout::tagged::<[u64; 4]>("readings-v1");
+/// let seg = Segment::builder(&name).with_layout(layout).create()?;
+/// let region = seg.payload();
+/// region.write(0, &[1u64, 2, 3, 4])?;
+/// let copy: [u64; 4] = region.read(0)?;
+/// assert_eq!(copy, [1, 2, 3, 4]);
+/// // A word used in place, as an atomic.
+/// region.atomic_u64(8)?.fetch_add(10, Ordering::Relaxed);
+/// assert_eq!(region.load_u64(8, Ordering::Acquire)?, 12);
+/// // Out of bounds or misaligned: an error, never a fault.
+/// assert!(region.read::<u64>(region.len()).is_err());
+/// assert!(region.atomic_u64(3).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Invariants
 /// 1. `ptr..ptr+len` is valid for reads (and for writes when `writable`) for `'a`.
 /// 2. Every access this type performs to those bytes is atomic.

@@ -59,8 +59,8 @@ impl<T: Shared> ShmBox<T> {
         if segment.layout() != T::SHARED_LAYOUT {
             return Err(SegmentError::LayoutMismatch {
                 name,
-                expected: T::SHARED_LAYOUT,
-                found: segment.layout(),
+                expected: Box::new(T::SHARED_LAYOUT),
+                found: Box::new(segment.layout()),
             });
         }
         let value: &T = segment

@@ -332,8 +332,8 @@ impl SegmentBuilder {
         if self.layout != Layout::BYTES && info.layout != self.layout {
             return Err(SegmentError::LayoutMismatch {
                 name: name.to_owned(),
-                expected: self.layout,
-                found: info.layout,
+                expected: Box::new(self.layout),
+                found: Box::new(info.layout),
             });
         }
         if info.data_len < self.payload_len() {

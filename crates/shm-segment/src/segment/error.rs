@@ -56,10 +56,10 @@ pub enum SegmentError {
     LayoutMismatch {
         /// The name.
         name: String,
-        /// Layout asked for.
-        expected: Layout,
+        /// Layout asked for (boxed: a layout carries its type's name inline).
+        expected: Box<Layout>,
         /// Layout found.
-        found: Layout,
+        found: Box<Layout>,
     },
     /// The object is smaller than needed.
     #[error("segment {name} holds {have} payload bytes, {need} are needed")]

@@ -204,7 +204,7 @@ fn layout_mismatch_is_refused(kind: Kind, _test: &str) {
     let _a = home.builder().layout::<Counter>().create().unwrap();
     let err = home.builder().layout::<Other>().open().unwrap_err();
     assert!(
-        matches!(err, SegmentError::LayoutMismatch { expected, found, .. } if expected == Layout::of::<Other>() && found == Layout::of::<Counter>()),
+        matches!(&err, SegmentError::LayoutMismatch { expected, found, .. } if **expected == Layout::of::<Other>() && **found == Layout::of::<Counter>()),
         "{err}"
     );
     let seg = home.builder().layout::<Counter>().open().unwrap();

@@ -9,7 +9,7 @@
     reason = "the fields are the writer's, documented there; each struct's doc says what differs"
 )]
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64}; // atomics-ok: fields of a type shared across processes
 
 use shm_segment::{Layout, Segment, Shared, ShmBox, shared_struct};
 
@@ -19,7 +19,7 @@ shared_struct! {
 }
 
 mod renamed {
-    use super::*;
+    use super::{AtomicI64, AtomicU32, Stamp, shared_struct};
     shared_struct! {
         /// `temperature` is now `celsius`.
         pub struct Message { pub stamp: Stamp, pub celsius: AtomicI64, pub samples: [AtomicU32; 4] }
@@ -27,7 +27,7 @@ mod renamed {
 }
 
 mod reordered {
-    use super::*;
+    use super::{AtomicI64, AtomicU32, AtomicU64, shared_struct};
     shared_struct! {
         /// `seq` and `micros` swapped (same types, same size).
         pub struct Stamp { pub micros: AtomicU64, pub seq: AtomicU64 }
@@ -39,7 +39,7 @@ mod reordered {
 }
 
 mod retyped {
-    use super::*;
+    use super::{AtomicU32, AtomicU64, Stamp, shared_struct};
     shared_struct! {
         /// `temperature` is unsigned now.
         pub struct Message { pub stamp: Stamp, pub temperature: AtomicU64, pub samples: [AtomicU32; 4] }
@@ -47,7 +47,7 @@ mod retyped {
 }
 
 mod nested {
-    use super::*;
+    use super::{AtomicI64, AtomicU32, AtomicU64, shared_struct};
     shared_struct! {
         /// The nested stamp's `seq` is now `sequence`.
         pub struct Stamp { pub sequence: AtomicU64, pub micros: AtomicU64 }
@@ -59,7 +59,7 @@ mod nested {
 }
 
 mod tagged {
-    use super::*;
+    use super::{AtomicI64, AtomicU32, Stamp, shared_struct};
     shared_struct! {
         /// The writer's fields, with a meaning of its own.
         #[shared(tag = "fahrenheit")]
@@ -73,13 +73,12 @@ fn open_as<T: Shared>(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let by_builder = Segment::builder(name).layout::<T>().open();
     let raw = Segment::builder(name).open()?;
     let by_box = ShmBox::<T>::new(raw);
-    match (by_builder, by_box) {
-        (Err(a), Err(b)) => {
-            println!("{b}");
-            Err(a.into())
-        }
-        _ => Ok(println!("opened as {}", Layout::of::<T>())),
+    if let (Err(a), Err(b)) = (by_builder, by_box) {
+        println!("{b}");
+        return Err(a.into());
     }
+    println!("opened as {}", Layout::of::<T>());
+    Ok(())
 }
 
 fn main() {

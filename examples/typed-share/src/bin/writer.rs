@@ -4,7 +4,7 @@
 //! `writer NAME [--owner UID] [--group GID] [--uid UID]...`
 
 use std::io::{BufRead, Write};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering}; // atomics-ok: fields of a type shared across processes
 
 use shm_segment::{Segment, ShmBox, shared_struct};
 
