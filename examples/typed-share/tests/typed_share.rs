@@ -104,9 +104,12 @@ fn renamed_reordered_retyped_or_tagged_fields_are_refused() {
     writer.finish();
 }
 
-/// The writer as `WRITER_UID` in `GROUP`, with `policy_args`.
+/// The writer as `WRITER_UID`, primary group its own (so the object's group
+/// comes from the policy, not by chance), also in `GROUP`, with `policy_args`.
 fn start_writer_as_service(exe: &SharedExe, name: &str, policy_args: &[&str]) -> Writer {
-    let mut cmd = User::new(WRITER_UID, GROUP).command(exe.path());
+    let mut cmd = User::new(WRITER_UID, WRITER_UID)
+        .in_group(GROUP)
+        .command(exe.path());
     cmd.arg(name).args(policy_args);
     Writer::start(cmd)
 }
@@ -213,8 +216,8 @@ fn a_uid_list_lets_in_exactly_those_users() {
     assert_eq!(code, Some(0), "the listed uid was refused: {err}");
     assert_eq!(out.trim(), MESSAGE);
 
-    // Another uid, even in the writer's own group: the object's group has no access.
-    let unlisted = User::new(NOBODY - 1, GROUP);
+    // Another uid, even in the object's group: that group has no access.
+    let unlisted = User::new(NOBODY - 1, WRITER_UID);
     let (code, _, err) = read_as(&reader_exe, &unlisted, &name, &policy);
     assert_eq!(code, Some(1), "an unlisted uid was let in");
     assert!(
@@ -222,14 +225,14 @@ fn a_uid_list_lets_in_exactly_those_users() {
         "{err}"
     );
 
-    // A reader whose policy has the group but no uid list refuses the
-    // object: its ACL lets in a user that policy does not.
-    let group = GROUP.to_string();
+    // A reader whose policy lets in the object's group (the writer's own,
+    // so owner, group and mode 0660 all match) but no uid refuses the object:
+    // its ACL lets in a user that policy does not.
     let (code, _, err) = read_as(
         &reader_exe,
-        &User::new(WRITER_UID, GROUP),
+        &User::new(WRITER_UID, WRITER_UID),
         &name,
-        &["--group", &group],
+        &["--group", &owner],
     );
     assert_eq!(
         code,
