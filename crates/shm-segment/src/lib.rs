@@ -31,6 +31,10 @@
 //! that must survive a reboot, use files (`shm-snapshot` writes segments to
 //! them).
 //!
+//! Features: `fault-injection` arms the crate's named SIGKILL points
+//! (`SHM_CRASH_AT`, see `shm_sync::crash_point!`) for crash tests; without it
+//! they compile to nothing.
+//!
 //! # Example
 //! ```
 //! use shm_segment::{Segment, ShmBox, shared_struct};
