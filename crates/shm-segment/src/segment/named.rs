@@ -116,10 +116,13 @@ pub(super) fn remove_named(name: &str, force: bool) -> Result<bool, SegmentError
         Ok(fd) => (fd, true),
         Err(Errno::ACCESS) => match open(OFlags::RDONLY) {
             Ok(fd) => (fd, false),
-            // Not even readable by us: not ours either (only the owner removes).
+            // Not even readable by us: another user's (only the owner removes).
             Err(Errno::ACCESS) => {
                 let stat = rustix::fs::stat(path.as_str())
                     .map_err(io_err(name, format!("stat {path}")))?;
+                if stat.st_uid == rustix::process::geteuid().as_raw() {
+                    return Err(io_err(name, format!("open {path}"))(Errno::ACCESS));
+                }
                 return Err(SegmentError::ForeignOwner {
                     name: name.to_owned(),
                     uid: stat.st_uid,
