@@ -1,0 +1,324 @@
+//! The host's side of the live protocol: [`Host`] copies committed states
+//! out of a read-only mapping.
+
+use std::os::fd::BorrowedFd;
+
+use core::sync::atomic::{Ordering, fence}; // atomics-ok: views of the mapped memfd
+use shm_segment::{Access, Mapping}; // atomics-ok: views of the mmap'd memfd (Region hands out core atomics); modelled in tests/loom.rs
+
+use super::layout::{Geometry, MAX_SEQ, PAGE, SEQ_OFF, bad_sequence, map};
+use crate::error::SnapshotError;
+
+/// The host's side: a read-only mapping of the memfd.
+#[derive(Debug)]
+pub struct Host {
+    map: Mapping,
+    geo: Geometry,
+}
+
+/// State pages copied per batch by [`Host::copy_changed`] and
+/// [`Host::read_after_exit`] (256 KiB).
+const BATCH_PAGES: usize = 64;
+
+impl Host {
+    /// Maps an initialized memfd read-only.
+    ///
+    /// # Errors
+    /// Not a snapshot memfd, or the wrong size.
+    /// A commit sequence beyond what any client can reach ([`ErrorKind::BadSequence`](crate::ErrorKind::BadSequence)):
+    /// a stray write, which must never reach a snapshot file.
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
+        let (map, geo) = map(fd, Access::ReadOnly)?;
+        let host = Self { map, geo };
+        host.checked_seq()?;
+        Ok(host)
+    }
+
+    /// The state region size.
+    #[must_use]
+    pub fn region_size(&self) -> u64 {
+        self.geo.region as u64
+    }
+
+    fn seq(&self) -> u64 {
+        // SYNC: Acquire, pairs with the client's Release stores of `seq`
+        // (both the odd and the even one).
+        self.map
+            .region()
+            .load_u64(SEQ_OFF, Ordering::Acquire)
+            .unwrap_or(0)
+    }
+
+    /// `seq`, refused if beyond the bound every client keeps ([`Client::open`](super::Client::open)
+    /// refuses more, and commits clamp to it): only a stray write puts it there.
+    fn checked_seq(&self) -> Result<u64, SnapshotError> {
+        let s = self.seq();
+        if s > MAX_SEQ {
+            return Err(bad_sequence(s));
+        }
+        Ok(s)
+    }
+
+    /// The latest committed generation.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`](crate::ErrorKind::BadSequence): the commit sequence is out of range.
+    pub fn generation(&self) -> Result<u64, SnapshotError> {
+        Ok(self.checked_seq()? / 2)
+    }
+
+    /// The generation of the program's last commit once no client can run
+    /// any more: like [`Host::generation`], but a commit the program died
+    /// inside counts (the next [`Client::open`](super::Client::open) finishes it under this number,
+    /// and [`Host::read_after_exit`] reads its state).
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`](crate::ErrorKind::BadSequence): the commit sequence is out of range.
+    pub fn generation_after_exit(&self) -> Result<u64, SnapshotError> {
+        Ok(self.checked_seq()?.div_ceil(2))
+    }
+
+    /// Whether the last client died inside a commit (`seq` odd). Only
+    /// meaningful once no client runs.
+    #[must_use]
+    pub fn died_in_commit(&self) -> bool {
+        self.seq() % 2 == 1
+    }
+
+    /// Hands every page of the state of the program's last commit to
+    /// `visit(page_index, bytes)`, in order, once no client can run any more
+    /// (the program exited or was killed, and no other process maps the
+    /// memfd writable); returns its generation.
+    ///
+    /// If the program died inside `commit` (`seq` odd), the committed copy
+    /// is half written, but the work area holds the complete state that
+    /// commit was publishing: it is what the next [`Client::open`](super::Client::open) finishes
+    /// the commit with, under the same generation. So the work area is read
+    /// then, and this never gives up as [`Host::copy`] must while a client
+    /// runs. Called while a client still runs, it may return a mix of two states.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`](crate::ErrorKind::BadSequence) (nothing is visited) if the commit sequence
+    /// is out of range; the first error of `visit`.
+    pub fn read_after_exit<E: From<SnapshotError>>(
+        &self,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let s = self.checked_seq()?;
+        let from = if s % 2 == 1 {
+            self.geo.work
+        } else {
+            self.geo.committed
+        };
+        let r = self.map.region();
+        let mut buf = vec![0u8; PAGE as usize];
+        for p in 0..self.geo.pages {
+            let n = self.geo.page_len(p);
+            let _ = r.read_bytes(from + p * PAGE as usize, &mut buf[..n]);
+            visit(p as u64, &buf[..n])?;
+        }
+        Ok(s.div_ceil(2))
+    }
+
+    /// Copies the state of the program's last commit into `dst` once no
+    /// client can run any more; see [`Host::read_after_exit`]. Returns its
+    /// generation.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`](crate::ErrorKind::BadSequence): the commit sequence is out of range.
+    pub fn copy_after_exit(&self, dst: &mut [u8]) -> Result<u64, SnapshotError> {
+        let n = dst.len().min(self.geo.region);
+        let dst = &mut dst[..n];
+        self.read_after_exit(|p, bytes| {
+            let o = usize::try_from(p).unwrap_or(usize::MAX) * PAGE as usize;
+            if let Some(d) = dst.get_mut(o..o.saturating_add(bytes.len()).min(n)) {
+                d.copy_from_slice(&bytes[..d.len()]);
+            }
+            Ok(())
+        })
+    }
+
+    /// Copies one committed state into `dst` (`region_size` bytes) and returns
+    /// its generation, or `None` if a commit overlapped each of `tries`
+    /// attempts or the commit sequence is out of range.
+    ///
+    /// This reads the whole state; [`Host::copy_changed`] reads only what
+    /// changed and is not starved by frequent commits.
+    pub fn copy(&self, dst: &mut [u8], tries: usize) -> Option<u64> {
+        let r = self.map.region();
+        let n = dst.len().min(self.geo.region);
+        for _ in 0..tries {
+            // SYNC: Acquire, pairs with the Release store ending `Client::commit`.
+            let s1 = r.load_u64(SEQ_OFF, Ordering::Acquire).ok()?;
+            if s1 > MAX_SEQ {
+                return None;
+            }
+            if s1 % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            r.read_bytes(self.geo.committed, &mut dst[..n]).ok()?;
+            // SYNC: Acquire fence, pairs with the client's Release fence after
+            // the odd store: if any byte read came from a later commit's copy,
+            // the load below sees that commit's odd (or later) value.
+            fence(Ordering::Acquire);
+            // Relaxed: ordered by the fence above.
+            let s2 = r.load_u64(SEQ_OFF, Ordering::Relaxed).ok()?;
+            if s1 == s2 {
+                return Some(s1 / 2);
+            }
+        }
+        None
+    }
+
+    /// Hands to `visit(page_index, bytes)` every page of the state that
+    /// changed after generation `since`, as of one complete commit `G`, and
+    /// returns `Ok(Changed::Complete(G))`: laid over a copy of generation
+    /// `since` in the order visited (a page may be visited more than once;
+    /// the last visit wins), the pages make exactly state `G`. Returns
+    /// `Ok(Changed::Nothing)` when nothing was committed after `since`, and
+    /// `Ok(Changed::Conflict)` when commits kept rewriting pages as they were
+    /// copied for [`COPY_PASSES`] passes (discard what was visited; retry).
+    /// A commit sequence that is out of range ([`Changed::OutOfRange`]) or
+    /// behind `since` ([`Changed::Backwards`]) was not written by the
+    /// protocol: nothing is visited, and the stamps are not trusted.
+    ///
+    /// Each pass reads the page-generation table (8 bytes per 4096-byte
+    /// page) and copies the pages stamped after the previous pass's target;
+    /// a page a commit rewrote while it was copied is not visited, and is
+    /// taken by the next pass, whose target is the newest commit then. So a
+    /// client that keeps rewriting a few pages costs a few short passes, not
+    /// a restart. Never writes the memfd.
+    ///
+    /// # Errors
+    /// The first error of `visit` (nothing more is visited).
+    pub fn copy_changed<E>(
+        &self,
+        since: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<Changed, E> {
+        let r = self.map.region();
+        // The Acquire load of `seq` (even: the end of commit G; odd: the
+        // start of commit G+1, which the client also stores with Release)
+        // makes the stamps and the copies of every commit up to G visible.
+        let s = self.seq();
+        if s > MAX_SEQ {
+            return Ok(Changed::OutOfRange { seq: s });
+        }
+        let mut target = s / 2;
+        if target < since {
+            return Ok(Changed::Backwards { generation: target });
+        }
+        if target == since {
+            return Ok(Changed::Nothing);
+        }
+        // Read-only mapping: the stamps are read with single atomic loads
+        // (`Region` hands out atomic slices only for writable mappings).
+        // Relaxed: ordered by the Acquire load of `seq` and by the Acquire
+        // fence in `flush`.
+        let gens = self.geo.gens;
+        let stamp = |p: usize| {
+            r.load_u64(gens + 8 * p, Ordering::Relaxed)
+                .unwrap_or(u64::MAX)
+        };
+        let mut batch: Vec<usize> = Vec::with_capacity(BATCH_PAGES);
+        let mut buf = vec![0u8; BATCH_PAGES * PAGE as usize];
+        // Pages stamped in `(low, target]` are copied by this pass.
+        let mut low = since;
+        for _ in 0..COPY_PASSES {
+            let mut missed = false;
+            let mut flush = |batch: &mut Vec<usize>, target: u64| -> Result<bool, E> {
+                for (k, &p) in batch.iter().enumerate() {
+                    let n = self.geo.page_len(p);
+                    let dst = &mut buf[k * PAGE as usize..k * PAGE as usize + n];
+                    let _ = r.read_bytes(self.geo.committed + p * PAGE as usize, dst);
+                }
+                // SYNC: Acquire fence, pairs with the Release fence in
+                // `Client::publish` between its stamps and its copy: if a byte
+                // read above was stored by a commit after `target`, the re-read
+                // stamp of that page below shows that commit's generation.
+                fence(Ordering::Acquire);
+                let mut all = true;
+                for (k, &p) in batch.iter().enumerate() {
+                    if stamp(p) > target {
+                        // Rewritten while copied: the next pass takes it.
+                        all = false;
+                        continue;
+                    }
+                    let n = self.geo.page_len(p);
+                    visit(p as u64, &buf[k * PAGE as usize..k * PAGE as usize + n])?;
+                }
+                batch.clear();
+                Ok(all)
+            };
+            for p in 0..self.geo.pages {
+                // A stale value is still at least the last stamp of a commit
+                // up to `target` (the Acquire load of `seq`).
+                let g = stamp(p);
+                if g <= low {
+                    continue;
+                }
+                if g > target {
+                    // A later commit is rewriting this page: the next pass.
+                    missed = true;
+                    continue;
+                }
+                batch.push(p);
+                if batch.len() == BATCH_PAGES && !flush(&mut batch, target)? {
+                    missed = true;
+                }
+            }
+            if !batch.is_empty() && !flush(&mut batch, target)? {
+                missed = true;
+            }
+            if !missed {
+                return Ok(Changed::Complete(target));
+            }
+            // Every page visited so far holds its newest version up to
+            // `target`; what changed since is stamped above it.
+            low = target;
+            let mut s = self.seq();
+            if s / 2 <= low {
+                // A commit is under way: let it finish.
+                std::thread::yield_now();
+                s = self.seq();
+            }
+            if s > MAX_SEQ {
+                return Ok(Changed::OutOfRange { seq: s });
+            }
+            if s / 2 < low {
+                return Ok(Changed::Backwards { generation: s / 2 });
+            }
+            target = s / 2;
+        }
+        Ok(Changed::Conflict)
+    }
+}
+
+/// Passes [`Host::copy_changed`] makes before it reports a conflict.
+pub const COPY_PASSES: usize = 8;
+
+/// What [`Host::copy_changed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// Every page changed after `since` was visited, as of this generation.
+    Complete(u64),
+    /// No commit after `since`: nothing was visited.
+    Nothing,
+    /// Commits kept rewriting pages as they were copied, for
+    /// [`COPY_PASSES`] passes: discard what was visited and try again.
+    Conflict,
+    /// The commit sequence is beyond what any client reaches: a stray write.
+    /// Discard what was visited.
+    OutOfRange {
+        /// The value found.
+        seq: u64,
+    },
+    /// The committed generation is behind one the host already had: the
+    /// sequence was rewritten. Discard what was visited; the page stamps
+    /// no longer tell what changed.
+    Backwards {
+        /// The generation found.
+        generation: u64,
+    },
+}
