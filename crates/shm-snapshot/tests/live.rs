@@ -9,6 +9,11 @@ use std::os::fd::AsFd;
 use shm_snapshot::live::{self, Changed, Client, Host};
 use shm_snapshot::{FileStorage, SnapshotWriter, inspect};
 
+/// Memfd offsets of the control block's state size and of `seq`: the
+/// segment header page, then the payload (docs/protocol/shm-snapshot.md).
+const STATE_SIZE_AT: u64 = 4096 + 32;
+const SEQ_AT: u64 = 4096 + 128;
+
 fn memfd(region: u64) -> std::os::fd::OwnedFd {
     let fd = shm_segment::memfd::create(
         "live-test",
@@ -171,7 +176,8 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
     for region in [u64::MAX, u64::MAX - 4095, 1 << 62, 0, 5] {
         let fd = memfd(3 * 4096);
         let f = std::fs::File::from(fd.try_clone().unwrap());
-        f.write_all_at(&region.to_le_bytes(), 8).unwrap();
+        f.write_all_at(&region.to_le_bytes(), STATE_SIZE_AT)
+            .unwrap();
         let e = Host::open(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{region}: {e}");
         assert!(Client::open(fd.as_fd()).is_err(), "{region}");
@@ -181,7 +187,7 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
     for seq in [u64::MAX, u64::MAX - 1, (1 << 62) + 1] {
         let fd = memfd(3 * 4096);
         let f = std::fs::File::from(fd.try_clone().unwrap());
-        f.write_all_at(&seq.to_le_bytes(), 16).unwrap();
+        f.write_all_at(&seq.to_le_bytes(), SEQ_AT).unwrap();
         let e = Client::open(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{seq}: {e}");
         // A host refuses it too: it would reach FILE as a generation no
@@ -217,7 +223,7 @@ fn a_scribbled_sequence_is_refused_by_a_running_host() {
         panic!("nothing may be visited")
     };
     for bad in [1u64 << 63, u64::MAX, (1 << 62) + 2] {
-        f.write_all_at(&bad.to_le_bytes(), 16).unwrap();
+        f.write_all_at(&bad.to_le_bytes(), SEQ_AT).unwrap();
         assert_eq!(
             host.copy_changed(2, never).unwrap(),
             Changed::OutOfRange { seq: bad }
@@ -228,7 +234,7 @@ fn a_scribbled_sequence_is_refused_by_a_running_host() {
         let mut buf = vec![0u8; 4096];
         assert_eq!(host.copy(&mut buf, 3), None);
     }
-    f.write_all_at(&0u64.to_le_bytes(), 16).unwrap();
+    f.write_all_at(&0u64.to_le_bytes(), SEQ_AT).unwrap();
     assert_eq!(
         host.copy_changed(4, never).unwrap(),
         Changed::Backwards { generation: 0 }

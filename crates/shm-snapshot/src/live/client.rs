@@ -1,16 +1,186 @@
 //! The program's side of the live protocol: [`Client`] edits the work area
-//! and commits it into the committed copy.
+//! and commits it into the committed copy; the commit itself is
+//! [`RawClient`], generic over where the words live.
+//!
+//! # Protocol (the client's steps)
+//!
+//! Commit of generation `g = s / 2 + 1`, where `s` is the even `seq`:
+//! store `seq = s + 1` (Release); store `g` into the stamp of every page the
+//! dirty ranges touch (Relaxed); Release fence; copy the dirty ranges from
+//! the work area into the committed copy (Relaxed); store `seq = s + 2`
+//! (Release). Only the client writes any of these, and nothing waits for
+//! the host. A client killed between two steps leaves `seq` odd, and the
+//! next [`Client::open`] finishes that commit from the work area
+//! ([`RawClient::recover`]). The host's side and the argument are in
+//! [`super::host`] and `docs/protocol/shm-snapshot.md`.
 
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::sync::{Mutex, TryLockError};
 
-use core::sync::atomic::{AtomicU64, Ordering, fence}; // atomics-ok: views of the mapped memfd
-use shm_segment::{Access, Mapping, Region}; // atomics-ok: views of the mmap'd memfd (Region hands out core atomics); modelled in tests/loom.rs
+use shm_segment::{Access, Region, Segment};
+use shm_sync::atomic::{Ordering, fence};
 
-use super::layout::{Geometry, MAX_SEQ, PAGE, SEQ_OFF, map};
+use super::layout::{self, Geometry, MAX_SEQ, SEQ_OFF};
+use super::words::WordsMut;
 use crate::error::{ErrorKind, SnapshotError};
 use crate::track::{TrackError, TrackErrorKind, Tracker};
+
+/// The client's half of the protocol over any word storage: the real commit
+/// and recovery code, which [`Client`] runs on the memfd and the loom models
+/// (`tests/loom.rs`) run on heap words.
+#[derive(Debug)]
+pub(crate) struct RawClient<S> {
+    words: S,
+    geo: Geometry,
+    /// Negative control of the loom models only: skip the Release fence
+    /// between the stamps and the copy, which loom must then catch.
+    #[cfg(shm_loom)]
+    pub(crate) skip_fence: bool,
+}
+
+impl<S: WordsMut> RawClient<S> {
+    /// The client of the payload in `words`, laid out as `geo`.
+    ///
+    /// `words` must hold at least `geo.len` bytes (checked against the
+    /// mapping at open, or allocated so); an access past it panics in the
+    /// storage (a bug, not a reaction to shared data).
+    #[inline]
+    pub(crate) fn new(words: S, geo: Geometry) -> Self {
+        debug_assert!(words.len() >= geo.len);
+        Self {
+            words,
+            geo,
+            #[cfg(shm_loom)]
+            skip_fence: false,
+        }
+    }
+
+    /// `seq`. Relaxed: only the (single) client writes it.
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.words.load(SEQ_OFF)
+    }
+
+    /// The number of commits so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.seq() / 2
+    }
+
+    /// SYNC: Release fence: orders the odd store of `seq` and the stamps
+    /// before every store of the copy after it; pairs with the host's Acquire
+    /// fences in `RawHost::copy` (before its second load of `seq`) and in
+    /// `RawHost::copy_changed` (before it re-reads the stamps).
+    #[inline]
+    #[cfg_attr(
+        not(shm_loom),
+        allow(clippy::unused_self, reason = "the knob exists only under loom")
+    )]
+    fn release_fence(&self) {
+        #[cfg(shm_loom)]
+        if self.skip_fence {
+            return;
+        }
+        fence(Ordering::Release);
+    }
+
+    /// Starts a client's tenure. If the previous client died inside a
+    /// commit (`seq` odd), its work area holds the complete state it was
+    /// committing: the commit is finished page by page with the steps of
+    /// [`RawClient::publish`] after the odd store (stamp, fence, copy), for
+    /// every page where the work area and the committed copy differ (pages
+    /// it had already copied compare equal and keep their stamp), and `seq`
+    /// is made even. Otherwise the work area is reset to the committed copy.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`]: `seq` beyond what any client reaches.
+    pub(crate) fn recover(&self) -> Result<(), SnapshotError> {
+        let g = self.geo;
+        let s = self.seq();
+        if s > MAX_SEQ {
+            return Err(SnapshotError::new(
+                ErrorKind::BadSequence,
+                format!("commit sequence {s} is corrupt (no memfd commits 2^61 times)"),
+            ));
+        }
+        if s.is_multiple_of(2) {
+            self.words.copy(g.committed, g.work, g.region);
+            return Ok(());
+        }
+        let generation = s.div_ceil(2);
+        for p in 0..g.pages {
+            let (o, n) = (g.page_start(p), g.page_len(p));
+            if !self.words.same(g.work + o, g.committed + o, n) {
+                // Relaxed: published by the fence below.
+                self.words
+                    .store(g.stamps + 8 * p, generation, Ordering::Relaxed);
+                self.release_fence();
+                self.words.copy(g.work + o, g.committed + o, n);
+            }
+        }
+        // SYNC: Release, pairs with the host's Acquire fence after its loads of `seq`.
+        self.words.store(SEQ_OFF, s + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Hands `found` the byte range of every state page where the work area
+    /// and the committed copy differ.
+    pub(crate) fn differing_pages(&self, mut found: impl FnMut(Range<usize>)) {
+        let g = self.geo;
+        for p in 0..g.pages {
+            let (o, n) = (g.page_start(p), g.page_len(p));
+            if !self.words.same(g.work + o, g.committed + o, n) {
+                found(o..o + n);
+            }
+        }
+    }
+
+    /// The commit: `seq` odd, stamp the pages of `dirty` with the new
+    /// generation, Release fence, copy `dirty` work → committed, `seq` even.
+    /// Returns the new generation.
+    pub(crate) fn publish(&self, dirty: &[Range<usize>]) -> u64 {
+        let g = self.geo;
+        // Relaxed (`seq`). Clamped: a value another process scribbled there
+        // must not overflow the stores below (it was checked at open; the
+        // memfd stays writable for others).
+        let s = self.seq().min(MAX_SEQ) & !1;
+        let generation = s / 2 + 1;
+        // SYNC: Release, pairs with the host's Acquire fence after its load
+        // of `seq`: a host that sees this odd value sees every earlier commit whole.
+        self.words.store(SEQ_OFF, s + 1, Ordering::Release);
+        for r in dirty {
+            let end = r.end.min(g.region);
+            let start = r.start.min(end);
+            let (first, last) = (g.page_of(start), g.page_of(end + g.page - 1));
+            // Relaxed: published by the fence below.
+            self.words
+                .fill(g.stamps + 8 * first, last - first, generation);
+        }
+        self.release_fence();
+        // The crash point sits between the two halves of the ranges, so a
+        // kill there leaves the committed copy partly written.
+        let (first, rest) = dirty.split_at(dirty.len() / 2);
+        self.copy_ranges(first);
+        crate::format::crash_point_client();
+        self.copy_ranges(rest);
+        // SYNC: Release, pairs with the host's Acquire fence after its load
+        // of `seq`: a host that sees `s + 2` sees every byte of this copy.
+        self.words.store(SEQ_OFF, s + 2, Ordering::Release);
+        generation
+    }
+
+    /// Copies ranges of the work area into the committed copy, clipped to
+    /// the state region. Relaxed: published by the caller's Release store of `seq`.
+    fn copy_ranges(&self, ranges: &[Range<usize>]) {
+        let g = self.geo;
+        for range in ranges {
+            let end = range.end.min(g.region);
+            let start = range.start.min(end);
+            self.words
+                .copy(g.work + start, g.committed + start, end - start);
+        }
+    }
+}
 
 /// The program's side: edits the work area and commits.
 ///
@@ -19,9 +189,9 @@ use crate::track::{TrackError, TrackErrorKind, Tracker};
 /// (they would interleave their `seq` stores).
 #[derive(Debug)]
 pub struct Client {
-    /// Dirty tracking, when started (declared before `map`: unregistered first).
+    /// Dirty tracking, when started (declared before `segment`: unregistered first).
     tracking: Option<Mutex<Tracked>>,
-    map: Mapping,
+    segment: Segment,
     geo: Geometry,
 }
 
@@ -63,63 +233,27 @@ impl Client {
     /// committed state, and work area and committed copy agree (which
     /// `commit`'s dirty ranges rely on).
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
-        let (map, geo) = map(fd, Access::ReadWrite)?;
+        let (segment, geo) = layout::open(fd, Access::ReadWrite)?;
         let client = Self {
             tracking: None,
-            map,
+            segment,
             geo,
         };
-        let seq = client.seq();
-        // Relaxed: only the (single) client writes `seq`, and we are it now.
-        let s = seq.load(Ordering::Relaxed);
-        if s > MAX_SEQ {
-            return Err(SnapshotError::new(
-                ErrorKind::BadSequence,
-                format!("commit sequence {s} is corrupt (no memfd commits 2^61 times)"),
-            ));
-        }
-        let region = client.map.region();
-        if s % 2 == 1 {
-            // Finish the interrupted commit, page by page with the same
-            // steps as `publish` after the odd store: stamp, fence, copy.
-            // Pages it had already copied compare equal and keep their stamp.
-            let generation = s.div_ceil(2);
-            for (p, stamp) in client.gens().iter().enumerate() {
-                let (o, n) = (p * PAGE as usize, geo.page_len(p));
-                if !same_bytes(region, geo.work + o, geo.committed + o, n) {
-                    stamp.store(generation, Ordering::Relaxed);
-                    // SYNC: Release, pairs with the host's Acquire fence in
-                    // `Host::copy_changed` (as in `publish`).
-                    fence(Ordering::Release);
-                    copy_bytes(region, geo.work + o, geo.committed + o, n);
-                }
-            }
-            // SYNC: Release, pairs with the host's Acquire loads of `seq`.
-            seq.store(s + 1, Ordering::Release);
-        } else {
-            copy_bytes(region, geo.committed, geo.work, geo.region);
-        }
+        client.raw().recover()?;
         Ok(client)
     }
 
-    /// The page-generation table.
-    fn gens(&self) -> &[AtomicU64] {
-        self.map
-            .region()
-            .atomics_u64(self.geo.gens, self.geo.pages)
-            .expect("checked at open")
+    /// The segment's payload (the control page, the stamps and both areas).
+    #[inline]
+    fn payload(&self) -> Region<'_> {
+        self.segment.payload()
     }
 
-    /// Copies ranges of the work area into the committed copy, clipped to
-    /// the state region.
-    fn copy_ranges(&self, ranges: &[Range<usize>]) {
-        let r = self.map.region();
-        let g = self.geo;
-        for range in ranges {
-            let end = range.end.min(g.region);
-            let start = range.start.min(end);
-            copy_bytes(r, g.work + start, g.committed + start, end - start);
-        }
+    /// The protocol over this client's mapping.
+    #[inline]
+    fn raw(&self) -> RawClient<Region<'_>> {
+        // INVARIANT: the geometry was checked against the payload at open.
+        RawClient::new(self.payload(), self.geo)
     }
 
     /// The work area (the program's state).
@@ -128,8 +262,7 @@ impl Client {
     /// Never: the bounds were checked at open.
     #[must_use]
     pub fn work(&self) -> Region<'_> {
-        self.map
-            .region()
+        self.payload()
             .sub(self.geo.work, self.geo.region)
             .expect("checked at open")
     }
@@ -137,15 +270,7 @@ impl Client {
     /// The number of commits so far (including those before a restore).
     #[must_use]
     pub fn generation(&self) -> u64 {
-        // Relaxed: only this client writes `seq`.
-        self.seq().load(Ordering::Relaxed) / 2
-    }
-
-    fn seq(&self) -> &AtomicU64 {
-        self.map
-            .region()
-            .atomic_u64(SEQ_OFF)
-            .expect("checked at open")
+        self.raw().generation()
     }
 
     /// Publishes the work area's bytes in `dirty` (byte ranges; everything
@@ -157,7 +282,7 @@ impl Client {
     /// tracker saw written stay pending and are copied (again) by the next
     /// [`Client::commit_tracked`].
     pub fn commit(&self, dirty: &[Range<usize>]) -> u64 {
-        self.publish(dirty)
+        self.raw().publish(dirty)
     }
 
     /// Starts automatic dirty tracking of the work area (Linux 6.7 or later;
@@ -176,10 +301,8 @@ impl Client {
         if self.tracking.is_some() {
             return Ok(());
         }
-        let g = self.geo;
-        let area = g.committed - g.work;
-        let r = self.map.region();
-        let work = r.sub(g.work, area).map_err(|_| {
+        let area = self.geo.area();
+        let work = self.payload().sub(self.geo.work, area).map_err(|_| {
             TrackError::new(
                 TrackErrorKind::Unsupported,
                 "work area outside the mapping",
@@ -190,12 +313,7 @@ impl Client {
         // comparison, one after it in the first scan.
         let tracker = Tracker::new(work.as_ptr(), area)?;
         let mut dirty = Vec::new();
-        for p in 0..g.pages {
-            let (o, n) = (p * PAGE as usize, g.page_len(p));
-            if !same_bytes(r, g.work + o, g.committed + o, n) {
-                push_range(&mut dirty, o..o + n);
-            }
-        }
+        self.raw().differing_pages(|r| push_range(&mut dirty, r));
         self.tracking = Some(Mutex::new(Tracked {
             tracker,
             dirty,
@@ -265,14 +383,17 @@ impl Client {
         }
         let region = self.geo.region;
         let (generation, bytes) = if t.owe_full {
-            (self.publish(std::slice::from_ref(&(0..region))), region)
+            (
+                self.raw().publish(std::slice::from_ref(&(0..region))),
+                region,
+            )
         } else {
             let bytes = t
                 .dirty
                 .iter()
                 .map(|r| r.end.min(region) - r.start.min(region))
                 .sum();
-            (self.publish(&t.dirty), bytes)
+            (self.raw().publish(&t.dirty), bytes)
         };
         t.owe_full = false;
         t.dirty.clear();
@@ -301,45 +422,6 @@ impl Client {
             .as_ref()
             .map(|t| t.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
-
-    /// The commit: `seq` odd, stamp the pages of `dirty` with the new
-    /// generation, copy `dirty` work → committed, `seq` even.
-    fn publish(&self, dirty: &[Range<usize>]) -> u64 {
-        let seq = self.seq();
-        // Relaxed: only this client writes `seq`. Clamped: a value another
-        // process scribbled there must not overflow the stores below (it was
-        // checked at open; the memfd stays writable for others).
-        let s = seq.load(Ordering::Relaxed).min(MAX_SEQ) & !1;
-        let generation = s / 2 + 1;
-        // SYNC: Release, pairs with the host's Acquire load of `seq`: a host
-        // that sees this odd value sees every earlier commit whole.
-        seq.store(s + 1, Ordering::Release);
-        let gens = self.gens();
-        let page = PAGE as usize;
-        for r in dirty {
-            let end = r.end.min(self.geo.region);
-            let start = r.start.min(end);
-            for stamp in &gens[start / page..end.div_ceil(page)] {
-                // Relaxed: published by the fence below.
-                stamp.store(generation, Ordering::Relaxed);
-            }
-        }
-        // SYNC: Release fence: orders the odd store and the stamps before
-        // every store of the copy below; pairs with the host's Acquire fences
-        // in `Host::copy` (before its second load of `seq`) and in
-        // `Host::copy_changed` (before it re-reads the stamps).
-        fence(Ordering::Release);
-        // The crash point sits between the two halves of the ranges, so a
-        // kill there leaves the committed copy partly written.
-        let (first, rest) = dirty.split_at(dirty.len() / 2);
-        self.copy_ranges(first);
-        crate::format::crash_point_client();
-        self.copy_ranges(rest);
-        // SYNC: Release, pairs with the host's Acquire load of `seq` in `Host::copy`:
-        // a host that sees `s + 2` sees every byte of this copy.
-        seq.store(s + 2, Ordering::Release);
-        generation
-    }
 }
 
 /// Appends `r` to `v`, merging it with the last range when adjacent.
@@ -348,54 +430,4 @@ fn push_range(v: &mut Vec<Range<usize>>, r: Range<usize>) {
         Some(last) if last.end == r.start => last.end = r.end,
         _ => v.push(r),
     }
-}
-
-/// Copies `len` bytes of the mapping from offset `from` to offset `to`
-/// (`from` and `to` congruent modulo 8): 8-byte Relaxed atomic loads and
-/// stores in the aligned middle, byte copies at the edges. Ordering against the
-/// host comes from the caller's seqlock.
-pub(crate) fn copy_bytes(r: Region<'_>, from: usize, to: usize, len: usize) {
-    let head = ((8 - from % 8) % 8).min(len);
-    let words = (len - head) / 8;
-    let tail = len - head - words * 8;
-    let mut edge = [0u8; 8];
-    if head > 0 {
-        let _ = r.read_bytes(from, &mut edge[..head]);
-        let _ = r.write_bytes(to, &edge[..head]);
-    }
-    if let (Ok(src), Ok(dst)) = (
-        r.atomics_u64(from + head, words),
-        r.atomics_u64(to + head, words),
-    ) {
-        for (d, s) in dst.iter().zip(src) {
-            // Relaxed: published by the caller's Release store of `seq`.
-            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-    if tail > 0 {
-        let o = head + words * 8;
-        let _ = r.read_bytes(from + o, &mut edge[..tail]);
-        let _ = r.write_bytes(to + o, &edge[..tail]);
-    }
-}
-
-/// Whether `len` bytes at offsets `a` and `b` of the mapping are equal (both
-/// 8-aligned). Relaxed loads: only the calling client writes either side.
-pub(crate) fn same_bytes(region: Region<'_>, a: usize, b: usize, len: usize) -> bool {
-    let words = len / 8;
-    let (Ok(left), Ok(right)) = (region.atomics_u64(a, words), region.atomics_u64(b, words)) else {
-        return false;
-    };
-    if left
-        .iter()
-        .zip(right)
-        .any(|(l, r)| l.load(Ordering::Relaxed) != r.load(Ordering::Relaxed))
-    {
-        return false;
-    }
-    let (mut p, mut q) = ([0u8; 8], [0u8; 8]);
-    let tail = len - words * 8;
-    let _ = region.read_bytes(a + words * 8, &mut p[..tail]);
-    let _ = region.read_bytes(b + words * 8, &mut q[..tail]);
-    p == q
 }
