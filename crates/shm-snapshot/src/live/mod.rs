@@ -49,11 +49,11 @@ pub use layout::{
 pub mod model {
     use std::ops::Range;
 
+    pub use super::Changed;
     use super::client::RawClient;
     use super::host::RawHost;
     use super::layout::{Geometry, SEQ_OFF};
     use super::words::HeapWords;
-    pub use super::{COPY_PASSES, Changed};
 
     /// Whether the fence under test runs (the protocol) or is skipped (a
     /// negative control, which the model must catch).
@@ -77,6 +77,8 @@ pub mod model {
     }
 
     impl HeapLive {
+        /// A payload of `pages` pages of `page` bytes, all zero, at generation 0.
+        ///
         /// # Panics
         /// If `page` is not a power of two of at least 8 bytes.
         #[must_use]
