@@ -10,7 +10,6 @@
 //! between the stamps and the copy, or the host's Acquire fence before its
 //! re-check. loom must then find a torn copy.
 #![cfg(shm_loom)]
-#![allow(clippy::single_range_in_vec_init)]
 
 use shm_snapshot::live::model::{Changed, Fence, HeapLive};
 use shm_sync::sync::Arc;
