@@ -149,6 +149,86 @@ fn foreign_memfd_is_refused() {
     assert!(Client::open(fd.as_fd()).is_err());
 }
 
+/// The live memfd is an `shm-segment` segment: any segment opener accepts
+/// it, and its payload is the control block of docs/protocol/shm-snapshot.md
+/// (magic, version 3, the geometry, `seq`, and the reserved words zero).
+#[test]
+fn live_memfd_is_a_segment_with_the_documented_control_block() {
+    let region = 3 * 4096 + 8;
+    let fd = memfd(region);
+    let client = Client::open(fd.as_fd()).unwrap();
+    client.work().write_bytes(0, b"x").unwrap();
+    assert_eq!(client.commit(&[0..1]), 1);
+    let sut = shm_segment::Segment::adopt(fd.try_clone().unwrap())
+        .read_only()
+        .open()
+        .unwrap();
+    assert_eq!(sut.len() as u64, live::memfd_size(region) - 4096);
+    let mut words = [0u64; 512];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = sut.payload().read(8 * i).unwrap();
+    }
+    // magic, version, page size, pages, state size, stamps, work, committed
+    let (t, a) = (4096, 4 * 4096);
+    assert_eq!(
+        words[..8],
+        [
+            live::LIVE_MAGIC,
+            3,
+            4096,
+            4,
+            region,
+            4096,
+            4096 + t,
+            4096 + t + a
+        ]
+    );
+    assert_eq!(words[16], 2, "seq at payload offset 128");
+    let zero: Vec<usize> = (8..512).filter(|&i| i != 16).collect();
+    assert!(
+        zero.iter().all(|&i| words[i] == 0),
+        "reserved words are zero"
+    );
+}
+
+/// A memfd of the previous layout (a bare control page starting with
+/// `OUTLLIV2`) is refused as another version, by name; one whose
+/// initialization never finished (no magic yet) is refused too.
+#[test]
+fn an_old_layout_or_unfinished_memfd_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let fd = shm_segment::memfd::create("v2", 5 * 4096, shm_segment::memfd::FIXED_SIZE).unwrap();
+    let f = std::fs::File::from(fd.try_clone().unwrap());
+    f.write_all_at(b"OUTLLIV2", 0).unwrap();
+    f.write_all_at(&4096u64.to_le_bytes(), 8).unwrap();
+    for e in [
+        Host::open(fd.as_fd()).unwrap_err(),
+        Client::open(fd.as_fd()).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), shm_snapshot::ErrorKind::Version, "{e}");
+        assert!(e.to_string().contains("OUTLLIV2"), "{e}");
+    }
+    let fd = shm_segment::memfd::create(
+        "unfinished",
+        live::memfd_size(4096),
+        shm_segment::memfd::FIXED_SIZE,
+    )
+    .unwrap();
+    let init = live::Initializer::new(fd.as_fd(), 4096).unwrap();
+    init.write(0, &[1; 4096]);
+    for e in [
+        Host::open(fd.as_fd()).unwrap_err(),
+        Client::open(fd.as_fd()).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), shm_snapshot::ErrorKind::Foreign, "{e}");
+        assert!(e.to_string().contains("never finished"), "{e}");
+    }
+    // A memfd that is already a segment is not initialized again.
+    assert!(live::Initializer::new(fd.as_fd(), 4096).is_err());
+    init.finish(7).unwrap();
+    assert_eq!(Host::open(fd.as_fd()).unwrap().generation().unwrap(), 7);
+}
+
 /// A socket or a pipe handed over as the state: named for what it is, not
 /// "a memfd of 0 bytes".
 #[test]
