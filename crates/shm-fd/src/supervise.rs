@@ -452,9 +452,14 @@ impl Signals {
 
     /// The stop signal received since the last call, if any.
     fn take_stop(&self) -> Option<i32> {
-        // SeqCst: the handler's store and this swap are the only accesses; no
-        // other memory is published through the flag.
-        match self.stop.swap(0, Ordering::SeqCst) {
+        // Relaxed: pairs with the handler's store of the signal number
+        // (signal_hook::flag::register_usize, SeqCst), but only the number
+        // itself travels through the flag: nothing else is published, so no
+        // happens-before is needed. None is missed either: the swap, a
+        // read-modify-write, reads the last value in the flag's modification
+        // order, and a store after it is followed by the handler's write to
+        // the self-pipe, which wakes the poll for the next call.
+        match self.stop.swap(0, Ordering::Relaxed) {
             0 => None,
             sig => i32::try_from(sig).ok(),
         }
