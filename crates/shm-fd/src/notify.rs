@@ -292,6 +292,37 @@ mod tests {
     }
 
     #[test]
+    fn messages_arrive_with_their_fds_and_our_credentials() {
+        use rustix::fd::AsFd;
+        let name = format!("shm-fd-test/{}/fds", std::process::id());
+        let rx = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::sockopt::set_socket_passcred(&rx, true).unwrap();
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).unwrap();
+        rustix::net::bind(&rx, &addr).unwrap();
+        let memfd = crate::state::create("state", 8192).unwrap();
+        let sut = NotifyAddr::parse(&format!("@{name}")).unwrap();
+        sut.send(&store_message("state"), &[memfd.as_fd(), memfd.as_fd()])
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let got = shm_segment::fdpass::recv_with_fds(&rx, &mut buf, 4).unwrap();
+        assert_eq!(&buf[..got.len], store_message("state").as_bytes());
+        assert_eq!(got.fds.len(), 2);
+        let ino = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).unwrap().st_ino;
+        assert!(
+            got.fds
+                .iter()
+                .all(|fd| ino(fd.as_fd()) == ino(memfd.as_fd()))
+        );
+        assert_eq!(got.creds.map(|c| c.pid), Some(rustix::process::getpid()));
+    }
+
+    #[test]
     fn bad_names_are_refused_before_sending() {
         let err = remove_fd("a:b").unwrap_err();
         assert!(matches!(err, NotifyError::BadName(_)), "{err:?}");
