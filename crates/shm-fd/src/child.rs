@@ -21,6 +21,9 @@
 //! at most one `Runner` at a time. After it is dropped they stay caught and
 //! are ignored (`signal-hook` cannot restore the default action).
 //!
+//! Dropping a `Runner` leaves a child that still runs alone (one started
+//! with [`Runner::spawn_with_fds`] dies with this process).
+//!
 //! Needs Linux 5.3 or later (`pidfd_open`).
 //!
 //! # Example: run a program, forwarding signals, until it exits
