@@ -86,11 +86,22 @@ fn io(op: &'static str) -> impl FnOnce(Errno) -> OpenError {
 }
 
 impl RingFds {
-    /// Creates a ring of `capacity` slots (a power of two) for elements of
-    /// layout `elem`: an `shm-segment` memfd segment sealed with
-    /// [`RING_SEALS`], whose payload starts with the ring's config block
-    /// (written before the segment header is published), counters at 0, and
-    /// two non-blocking eventfds.
+    /// Creates a ring of at least `capacity` slots for elements of layout
+    /// `elem`: an `shm-segment` memfd segment sealed with [`RING_SEALS`],
+    /// whose payload starts with the ring's config block (written before the
+    /// segment header is published), counters at 0, and two non-blocking
+    /// eventfds.
+    ///
+    /// The capacity is rounded up to a power of two
+    /// ([`layout::round_capacity`]): ask for 1000, get 1024. The ends tell
+    /// the actual one ([`Producer::capacity`](crate::Producer::capacity),
+    /// [`Consumer::capacity`](crate::Consumer::capacity)).
+    ///
+    /// # Errors
+    /// [`OpenError::Layout`] with [`LayoutError::ZeroCapacity`] for 0,
+    /// [`LayoutError::CapacityOverflow`] past 2^63, [`LayoutError::TooLarge`]
+    /// when the slots would exceed [`layout::MAX_DATA_BYTES`], and the
+    /// errors of creating the memfd and the eventfds.
     ///
     /// # Examples
     /// ```
@@ -101,6 +112,7 @@ impl RingFds {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create(name: &str, capacity: u64, elem: ElemLayout) -> Result<RingFds, OpenError> {
+        let capacity = layout::round_capacity(capacity)?;
         let config = layout::config_for(capacity, elem)?;
         let payload = usize::try_from(layout::payload_size(capacity, elem)?).map_err(|_| {
             LayoutError::TooLarge {

@@ -77,6 +77,8 @@ mod conn;
 #[cfg(not(shm_loom))]
 mod endpoint;
 #[cfg(not(shm_loom))]
+mod evloop;
+#[cfg(not(shm_loom))]
 mod fds;
 #[cfg(not(shm_loom))]
 mod peer;
