@@ -44,6 +44,7 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of a [`Hello`] on the wire.
 pub(crate) const HELLO_LEN: usize = size_of::<Hello>();
 /// Bytes of a [`Welcome`] on the wire.
+#[cfg(feature = "tokio")]
 pub(crate) const WELCOME_LEN: usize = size_of::<Welcome>();
 
 /// Client → server, first bytes on the socket.

@@ -339,6 +339,23 @@ impl<T: Element> Producer<T> {
             .is_some_and(|p| fds::peer_gone(p.as_fd()))
     }
 
+    /// Shuts down the sending side of the peer socket: the consumer sees the
+    /// hang-up (after draining the ring) as if this end had been dropped.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn hang_up(&self) -> Result<(), RingError> {
+        let Some(peer) = &self.parker.peer else {
+            return Ok(());
+        };
+        match rustix::net::shutdown(peer, rustix::net::Shutdown::Write) {
+            // Not connected: the consumer is already gone.
+            Ok(()) | Err(rustix::io::Errno::NOTCONN) => Ok(()),
+            Err(source) => Err(RingError::Io {
+                op: "shutdown",
+                source,
+            }),
+        }
+    }
+
     pub(crate) fn committed(&mut self, n: u64) -> Result<(), RingError> {
         crate::crash_point!("ring.before_commit");
         if self.raw.commit(n) {
@@ -498,11 +515,6 @@ impl<T: Element> Producer<T> {
             .raw
             .wait(want as u64, self.spin, &mut self.parker, deadline(timeout))?;
         Ok(n as usize)
-    }
-
-    #[cfg(feature = "tokio")]
-    pub(crate) fn parts(&mut self) -> (&mut RawProducer<MapStorage>, &Parker) {
-        (&mut self.raw, &self.parker)
     }
 
     /// The mapping (for tests that play a hostile peer).
@@ -697,11 +709,6 @@ impl<T: Element> Consumer<T> {
         Ok(n as usize)
     }
 
-    #[cfg(feature = "tokio")]
-    pub(crate) fn parts(&mut self) -> (&mut RawConsumer<MapStorage>, &Parker) {
-        (&mut self.raw, &self.parker)
-    }
-
     /// The mapping (for tests that play a hostile peer).
     #[doc(hidden)]
     pub fn mapping_for_tests(&self) -> &shm_segment::Mapping {
@@ -729,7 +736,7 @@ impl std::io::Read for Consumer<u8> {
     }
 }
 
-fn into_io(e: RingError) -> std::io::Error {
+pub(crate) fn into_io(e: RingError) -> std::io::Error {
     let kind = match &e {
         RingError::Disconnected => std::io::ErrorKind::BrokenPipe,
         RingError::Timeout => std::io::ErrorKind::TimedOut,

@@ -330,3 +330,15 @@ pub(crate) fn peer_gone(peer: BorrowedFd<'_>) -> bool {
     };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
+
+/// Whether the peer shut down its sending side or closed the socket
+/// (`POLLRDHUP`), whether or not unread data is queued (non-blocking check).
+#[cfg(feature = "tokio")]
+pub(crate) fn peer_gone_rdhup(peer: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&peer, PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}

@@ -61,12 +61,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod core;
 pub mod layout;
 mod storage;
 
 #[cfg(all(feature = "tokio", not(shm_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod asyncio;
 #[cfg(not(shm_loom))]
 mod atomic_copy;

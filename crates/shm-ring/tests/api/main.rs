@@ -13,6 +13,8 @@ use shm_ring::layout::{self, LayoutError};
 use shm_ring::raw::{HeapStorage, RawConsumer, RawProducer, Storage};
 use shm_ring::{ElemLayout, OpenError, RingError, RingFds, TrySendError, channel};
 
+mod event_loop;
+
 #[test]
 fn full_and_empty_hand_back_the_value() {
     let (mut tx, mut rx) = channel::<u64>(2).unwrap();
