@@ -13,6 +13,7 @@ use shm_ring::layout::{self, LayoutError};
 use shm_ring::raw::{HeapStorage, RawConsumer, RawProducer, Storage};
 use shm_ring::{ElemLayout, OpenError, RingError, RingFds, TrySendError, channel};
 
+mod async_io;
 mod event_loop;
 
 #[test]
