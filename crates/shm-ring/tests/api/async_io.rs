@@ -256,7 +256,8 @@ fn async_batches_round_trip_in_order() {
 }
 
 /// A few MiB through a byte ring with `tokio::io::copy` on both sides,
-/// checked byte for byte; the reader's copy ends at the writer's shutdown.
+/// checked byte for byte; the reader's copy ends at the writer's shutdown
+/// (the writer's end is still alive then).
 #[test]
 fn async_read_and_write_carry_a_byte_stream_through_tokio_io_copy() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));
@@ -278,11 +279,15 @@ fn async_read_and_write_carry_a_byte_stream_through_tokio_io_copy() {
         let writer = tokio::spawn(async move {
             let copied = tokio::io::copy(&mut &source[..], &mut tx).await.unwrap();
             tx.shutdown().await.unwrap();
-            copied
+            // Kept alive until the reader is done: its end of file comes
+            // from the shutdown, not from dropping the end.
+            (copied, tx)
         });
         let mut out = Vec::with_capacity(len);
         let read = tokio::io::copy(&mut rx, &mut out).await.unwrap();
-        assert_eq!(writer.await.unwrap(), len as u64);
+        let (copied, tx) = writer.await.unwrap();
+        drop(tx);
+        assert_eq!(copied, len as u64);
         assert_eq!(read, len as u64);
         if let Some(at) = out.iter().zip(&data).position(|(a, b)| a != b) {
             panic!("first difference at byte {at}");
