@@ -14,6 +14,7 @@ use shm_ring::raw::{HeapStorage, RawConsumer, RawProducer, Storage};
 use shm_ring::{ElemLayout, OpenError, RingError, RingFds, TrySendError, channel};
 
 mod async_io;
+mod capacity;
 mod event_loop;
 
 #[test]
