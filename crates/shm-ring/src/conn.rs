@@ -212,14 +212,20 @@ pub enum ConnectError {
     },
 }
 
-pub(crate) fn aerr<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AcceptError + 'a {
+pub(crate) fn aerr<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> AcceptError + 'a {
     move |source| AcceptError::Io {
         op,
         path: path.to_path_buf(),
         source,
     }
 }
-pub(crate) fn cerr<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ConnectError + 'a {
+pub(crate) fn cerr<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ConnectError + 'a {
     move |source| ConnectError::Io {
         op,
         path: path.to_path_buf(),
@@ -680,7 +686,10 @@ pub(crate) fn welcomed(welcome: &Welcome, fds: Vec<OwnedFd>) -> Result<RingFds, 
     })
 }
 
-pub(crate) fn recv_welcome(stream: &UnixStream, path: &Path) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
+pub(crate) fn recv_welcome(
+    stream: &UnixStream,
+    path: &Path,
+) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
     let mut bytes = [0u8; size_of::<Welcome>()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);

@@ -140,7 +140,11 @@ impl Readiness {
         if side.park_begin()? > 0 {
             return Ok(false);
         }
-        if parker.peer.as_ref().is_some_and(|p| fds::peer_gone(p.as_fd())) {
+        if parker
+            .peer
+            .as_ref()
+            .is_some_and(|p| fds::peer_gone(p.as_fd()))
+        {
             side.park_end();
             // The peer may have published (or released) just before it hung up.
             return match side.work()? {

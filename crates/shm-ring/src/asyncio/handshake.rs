@@ -88,8 +88,7 @@ async fn welcome_queued(stream: &UnixStream) -> std::io::Result<()> {
             let mut peek = [0u8; WELCOME_LEN];
             let (queued, _) =
                 rustix::net::recv(stream, &mut peek, RecvFlags::PEEK | RecvFlags::DONTWAIT)?;
-            if queued == 0 || queued == WELCOME_LEN || crate::fds::peer_gone_rdhup(stream.as_fd())
-            {
+            if queued == 0 || queued == WELCOME_LEN || crate::fds::peer_gone_rdhup(stream.as_fd()) {
                 Ok(())
             } else {
                 // Part of it: wait for the rest (or the hang-up).
@@ -133,9 +132,12 @@ impl Listener {
         let stream = self.accept_stream_async().await?;
         let twin = twin(&stream).map_err(aerr("dup", &self.path))?;
         let (pid, uid) = self.admit(&twin)?;
-        let answered = Timer::within(HANDSHAKE_TIMEOUT, self.answer(&stream, &twin, ring, give, elem))
-            .await
-            .map_err(|e| aerr("timer for", &self.path)(ring_io(e)))?;
+        let answered = Timer::within(
+            HANDSHAKE_TIMEOUT,
+            self.answer(&stream, &twin, ring, give, elem),
+        )
+        .await
+        .map_err(|e| aerr("timer for", &self.path)(ring_io(e)))?;
         answered.unwrap_or_else(|| Err(aerr("read hello on", &self.path)(timed_out())))?;
         link(stream, pid, uid).map_err(aerr("deregister", &self.path))
     }
@@ -166,10 +168,7 @@ impl Listener {
     /// reactor for this call only, as a duplicate: concurrent calls each
     /// have their own registration and take one connection each.
     async fn accept_stream_async(&self) -> Result<UnixStream, AcceptError> {
-        let dup = self
-            .socket
-            .try_clone()
-            .map_err(aerr("dup", &self.path))?;
+        let dup = self.socket.try_clone().map_err(aerr("dup", &self.path))?;
         let listener = UnixListener::from_std(dup).map_err(aerr("register", &self.path))?;
         let (stream, _) = listener
             .accept()

@@ -91,7 +91,7 @@ impl Timer {
     }
 
     /// (Re)arms the timer to expire once, `after` from now. Arming also
-    /// resets the expiry count (timerfd_settime(2)), so an expiry left over
+    /// resets the expiry count (`timerfd_settime(2)`), so an expiry left over
     /// from an earlier arming does not end this one early.
     fn arm(&self, after: Duration) -> Result<(), RingError> {
         let once = Itimerspec {
@@ -114,9 +114,9 @@ impl Timer {
             let mut buf = [0u8; 8];
             // A readiness left over from an earlier arming reads EAGAIN:
             // `try_io` clears it and we wait for this arming's expiry.
-            if let Ok(read) = guard.try_io(|fd| {
-                rustix::io::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from)
-            }) {
+            if let Ok(read) = guard
+                .try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf).map_err(std::io::Error::from))
+            {
                 return Poll::Ready(read.map(drop).map_err(io_err("read timerfd")));
             }
         }
@@ -390,7 +390,11 @@ impl<T: Element> AsyncProducer<T> {
             .map_ok(|n| n as usize)
     }
 
-    fn poll_send_slice(&mut self, cx: &mut Context<'_>, items: &[T]) -> Poll<Result<usize, RingError>> {
+    fn poll_send_slice(
+        &mut self,
+        cx: &mut Context<'_>,
+        items: &[T],
+    ) -> Poll<Result<usize, RingError>> {
         loop {
             let n = self.inner.try_send_slice(items)?;
             if n > 0 || items.is_empty() {

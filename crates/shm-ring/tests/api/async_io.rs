@@ -40,7 +40,7 @@ impl Sample {
     fn new(seq: u64) -> Sample {
         Sample {
             seq,
-            value: seq as f64 * 0.5,
+            value: f64::from(seq as u32) * 0.5,
             tag: (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes(),
         }
     }
@@ -76,11 +76,11 @@ async fn client(path: &std::path::Path, id: u64, n: u64) {
 /// watchdog then fails the test).
 #[test]
 fn an_async_server_accepts_two_clients_at_once_on_a_current_thread_runtime() {
+    const N: u64 = 5_000;
     let _watchdog = Watchdog::new(Duration::from_secs(60));
     let dir = std::env::temp_dir().join(unique_name("ring-async"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("server.sock");
-    const N: u64 = 5_000;
     current_thread().block_on(async {
         let listener = Listener::bind(&path).unwrap();
         let rings: Vec<RingFds> = (0..3)
@@ -181,8 +181,8 @@ fn async_handshake_refusals_and_a_blocking_peer() {
 /// it is closed while still alive.
 #[test]
 fn stream_and_sink_round_trip_and_end_when_the_producer_hangs_up() {
-    let _watchdog = Watchdog::new(Duration::from_secs(60));
     const N: u64 = 10_000;
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
     for close_explicitly in [false, true] {
         multi_thread().block_on(async {
             let (tx, rx) = channel::<Sample>(100).unwrap();

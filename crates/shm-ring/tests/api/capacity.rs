@@ -36,7 +36,10 @@ fn zero_and_overflowing_capacities_are_refused_clearly() {
         matches!(sut, OpenError::Layout(LayoutError::ZeroCapacity)),
         "{sut:?}"
     );
-    assert_eq!(sut.to_string(), "capacity 0: a ring needs at least one slot");
+    assert_eq!(
+        sut.to_string(),
+        "capacity 0: a ring needs at least one slot"
+    );
 
     for asked in [u64::MAX, (1 << 63) + 1] {
         let sut = channel::<u8>(asked).unwrap_err();

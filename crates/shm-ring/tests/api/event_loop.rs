@@ -24,9 +24,15 @@ fn prepare_park_arms_only_when_there_is_nothing_to_do() {
     assert!(rx.prepare_park().unwrap(), "empty: safe to sleep");
     assert!(!readable(rx.readiness_fd()));
     tx.try_send(1).unwrap();
-    assert!(readable(rx.readiness_fd()), "the send woke the armed consumer");
+    assert!(
+        readable(rx.readiness_fd()),
+        "the send woke the armed consumer"
+    );
     rx.finish_park();
-    assert!(!rx.prepare_park().unwrap(), "an element is ready: do not sleep");
+    assert!(
+        !rx.prepare_park().unwrap(),
+        "an element is ready: do not sleep"
+    );
     assert_eq!(rx.try_recv().unwrap(), Some(1));
     assert!(rx.prepare_park().unwrap());
     assert!(!readable(rx.readiness_fd()), "the old wake-up was reset");
@@ -43,7 +49,10 @@ fn prepare_park_arms_only_when_there_is_nothing_to_do() {
     assert!(tx.prepare_park().unwrap(), "full: safe to sleep");
     assert!(!readable(tx.readiness_fd()));
     assert_eq!(rx.try_recv().unwrap(), Some(2));
-    assert!(readable(tx.readiness_fd()), "the receive woke the armed producer");
+    assert!(
+        readable(tx.readiness_fd()),
+        "the receive woke the armed producer"
+    );
     tx.finish_park();
     assert!(!tx.prepare_park().unwrap(), "a slot is free");
 
@@ -208,5 +217,8 @@ fn an_epoll_loop_multiplexes_rings_without_losing_a_wakeup() {
         peer.join().unwrap();
     }
     eprintln!("{sleeps} sleeps, {wakeups} readiness events");
-    assert!(sleeps > 0, "the loop never slept: the test did not test parking");
+    assert!(
+        sleeps > 0,
+        "the loop never slept: the test did not test parking"
+    );
 }

@@ -1,5 +1,6 @@
 //! In-process tests of the public API: typed, batch, zero-copy, byte-stream,
-//! blocking, async, and wrap-around properties against a model.
+//! blocking, async (`async_io`), external event loops (`event_loop`),
+//! capacities (`capacity`), and wrap-around properties against a model.
 #![cfg(not(shm_loom))]
 // The trusted zero-copy calls are unsafe; this test exercises them.
 #![allow(unsafe_code)]
