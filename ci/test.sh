@@ -56,6 +56,9 @@ for b in shm-fd shm-restore primes primes-snapshot board server client tour; do
     [ "$rc" = 2 ] || { echo "$b --no-such-option exited $rc, not 2"; exit 1; }
 done
 
+step "crash points compile to nothing without fault-injection"
+bash ci/check-crash-points.sh
+
 step "no shared-memory objects left behind by tests"
 leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - || true)
 rm -f "$shm_before"

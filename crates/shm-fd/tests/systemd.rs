@@ -7,13 +7,12 @@
 //! each with its own transient unit. Both fail (do not skip) under `CI=true`
 //! when no manager can be started.
 
-use std::path::Path;
 use std::sync::atomic::Ordering; // atomics-ok: a word of the shared region
 use std::time::Duration;
 
 use shm_fd::listen::ListenFds;
 use shm_segment::Segment;
-use shm_testkit::systemd::{UserManager, doc_block};
+use shm_testkit::systemd::{DocFlow, UserManager, numbers_after};
 use shm_testkit::{Watchdog, role, unique_name};
 
 const SHM_FD: &str = env!("CARGO_BIN_EXE_shm-fd");
@@ -38,18 +37,7 @@ fn program(mode: &str) {
 }
 
 fn counts(log: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split("COUNT ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
+    numbers_after(&std::fs::read_to_string(log).unwrap_or_default(), "COUNT ")
 }
 
 struct Scenario<'a> {
@@ -103,11 +91,7 @@ impl<'a> Scenario<'a> {
 
 impl Drop for Scenario<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .sd
-            .command("systemctl")
-            .args(["--user", "stop", &self.unit])
-            .output();
+        self.sd.stop_quietly(&self.unit);
         let _ = std::fs::remove_file(&self.log);
     }
 }
@@ -127,7 +111,7 @@ fn fd_store_of_a_real_user_manager() {
         let mut s = Scenario::new(&mut sd, "nostore");
         s.start(&["Type=oneshot", "RemainAfterExit=yes"], &[], "exit0");
         s.wait_counts(1);
-        s.sd.systemctl(&["restart", &s.unit]);
+        s.sd.restart(&s.unit);
         assert_eq!(s.wait_counts(2), vec![1, 1], "{}", s.log_text());
         assert!(
             s.log_text().contains("FileDescriptorStoreMax="),
@@ -151,7 +135,7 @@ fn fd_store_of_a_real_user_manager() {
         );
         s.wait_counts(1);
         for n in 2..=3 {
-            s.sd.systemctl(&["kill", "-s", "SIGKILL", &s.unit]);
+            s.sd.kill(&s.unit, "SIGKILL");
             s.wait_counts(n);
         }
         assert_eq!(counts(&s.log), vec![1, 2, 3], "{}", s.log_text());
@@ -196,54 +180,20 @@ fn oneshot_flow_of_the_docs() {
     let Some(sd) = UserManager::start() else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let root = root.canonicalize().unwrap();
-    let doc = root.join("docs/systemd.md");
-    // The block builds the release binaries (minutes on a cold cache) into a
-    // target directory of the tests' own, which it names in the unit.
-    let (target, _) = shm_testkit::nested_target_dir();
-    let env = [
-        ("SHMFD", root.as_os_str()),
-        ("CARGO_TARGET_DIR", target.as_os_str()),
-    ];
+    let docs = DocFlow::new(&sd, "docs/systemd.md");
     let unit = "shmfd-primes.service";
-    let out = sd.script(
-        &doc_block(&doc, "Oneshot: install and run once"),
-        &root,
-        &env,
-    );
+    // The block builds the release binaries (minutes on a cold cache) first.
+    docs.run("Oneshot: install and run once");
     let _w = Watchdog::new(Duration::from_secs(400));
-    let installed = std::fs::read_to_string(sd.unit_dir().join(unit)).unwrap();
-    assert!(
-        !installed.contains("${"),
-        "envsubst left a variable:\n{installed}"
-    );
-    let again = doc_block(&doc, "Oneshot: run it again");
-    for run in 1..=4u64 {
+    sd.installed_unit(unit);
+    for run in 1..=4 {
         if run > 1 {
-            let out = sd.script(&again, &root, &env);
-            eprintln!("{out}");
-        } else {
-            eprintln!("{out}");
+            docs.run("Oneshot: run it again");
         }
-        // journald files the output asynchronously: wait for this run's line
-        // (generously: a loaded 2-core machine once took more than 10 s).
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while (tables(&sd.journal(unit)).len() as u64) < run {
-            if std::time::Instant::now() > deadline {
-                let status = sd
-                    .command("systemctl")
-                    .args(["--user", "status", unit, "--no-pager"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                panic!(
-                    "run {run} not in the journal after 60 s:\n{}\nstatus:\n{status}",
-                    sd.journal(unit)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Generously: a loaded 2-core machine once took more than 10 s.
+        sd.wait_journal(unit, Duration::from_secs(60), &format!("run {run}"), |j| {
+            tables(j).len() >= run
+        });
     }
     let journal = sd.journal(unit);
     let t = tables(&journal);
@@ -263,5 +213,5 @@ fn oneshot_flow_of_the_docs() {
     }
     assert_eq!(journal.matches("created region").count(), 1, "{journal}");
     assert_eq!(journal.matches("reusing region").count(), 3, "{journal}");
-    sd.systemctl(&["stop", unit]);
+    sd.stop(unit);
 }

@@ -24,14 +24,9 @@ pub use layout::{Config, LayoutError, MAX_READERS, MAX_SLOT_BYTES};
 pub use mailbox::{Mailbox, MailboxError, Reader, Writer};
 pub use protocol::{Corrupt, Message};
 
-#[cfg(feature = "fault-injection")]
-pub(crate) use shm_testkit::crash_point;
-#[cfg(not(feature = "fault-injection"))]
-macro_rules! crash_point {
-    ($name:literal) => {{}};
-}
-#[cfg(not(feature = "fault-injection"))]
-pub(crate) use crash_point;
+// The crash points of this crate: nothing at the call sites without its
+// `fault-injection` feature (see `shm_sync::crash`).
+pub(crate) use shm_sync::crash_point;
 
 /// Loom-model entry points over heap-backed words (only with `--cfg shm_loom`).
 #[cfg(shm_loom)]

@@ -270,9 +270,9 @@ impl Mailbox {
     /// reader has stopped and a writer has reaped, this is 0).
     pub fn held_slots(&self) -> usize {
         let words = self.words();
-        // SeqCst: like every hazard access; diagnostics only.
+        // Relaxed: diagnostics only; nothing is read through the hazard.
         (0..self.shape.readers)
-            .filter(|&r| words.hazard(r).load(Ordering::SeqCst) != 0)
+            .filter(|&r| words.hazard(r).load(Ordering::Relaxed) != 0)
             .count()
     }
 
@@ -321,12 +321,18 @@ impl Writer<'_> {
 
     fn wake_readers(&self, words: &Words<'_>) {
         let notify = self.mailbox.notify();
-        // SYNC: SeqCst: bumped after `published`; a reader that read the old
-        // value of `notify` before deciding to sleep has its futex wait fail.
+        // SYNC: SeqCst: the store half of a store-load (Dekker) pattern with
+        // `Reader::wait_newer`. We bump `notify`, then load `waiters`; a
+        // reader increments `waiters` (SeqCst), then FUTEX_WAIT compares
+        // `notify` with the value it saw (after a full barrier in the
+        // kernel). The total order means one of the two loads sees the other
+        // side's store: we see the reader counted and wake it, or its wait
+        // sees the new `notify` and returns at once. Also Release, pairs
+        // with the reader's Acquire load of `notify`: a reader that sees the
+        // bump sees the message, published before it.
         notify.fetch_add(1, Ordering::SeqCst);
-        // SYNC: SeqCst, pairs with the readers' SeqCst increment of `waiters`
-        // before their re-check of `published` (Dekker): either they see our
-        // message, or we see them waiting.
+        // SYNC: SeqCst: the load half of the pattern above, pairs with the
+        // readers' SeqCst increment of `waiters` in `Reader::wait_newer`.
         if words.at(W_WAITERS).load(Ordering::SeqCst) > 0 {
             let _ = rustix::thread::futex::wake(
                 notify,
@@ -351,8 +357,9 @@ impl Writer<'_> {
         let words = self.mailbox.words();
         let mut cleared = 0;
         for r in 0..self.mailbox.shape.readers {
-            // SeqCst: the compare-and-swap below re-checks the exact word.
-            let seen = words.hazard(r).load(Ordering::SeqCst);
+            // Relaxed: only a candidate; the compare-and-swap in `reap`
+            // re-checks the exact word atomically before clearing it.
+            let seen = words.hazard(r).load(Ordering::Relaxed);
             // Relaxed: see `reader`.
             if seen != 0
                 && !self.mailbox.local_readers[r].load(Ordering::Relaxed)
@@ -406,7 +413,10 @@ impl Reader<'_> {
             if self.mailbox.is_truncated() {
                 return true;
             }
-            // SYNC: Acquire, pairs with the writer's SeqCst bump after publishing.
+            // SYNC: Acquire, pairs with the Release half of the writer's
+            // SeqCst bump in `Writer::wake_readers`, made after publishing:
+            // read before `published` below, so a bump we have seen comes with
+            // its message, and one we have not makes the futex wait return.
             let seen = notify.load(Ordering::Acquire);
             if self.mailbox.latest_seq() > seq {
                 return true;
@@ -415,10 +425,16 @@ impl Reader<'_> {
             if left.is_zero() {
                 return false;
             }
-            // SYNC: SeqCst, pairs with the writer's SeqCst load of `waiters` (see `wake_readers`).
+            // SYNC: SeqCst: the store half of our side of the store-load
+            // (Dekker) pattern of `Writer::wake_readers`, pairs with the
+            // writer's SeqCst bump of `notify` and SeqCst load of `waiters`;
+            // the load half is FUTEX_WAIT's compare of `notify` below.
             words.at(W_WAITERS).fetch_add(1, Ordering::SeqCst);
-            // SYNC: SeqCst re-check after announcing ourselves.
-            if words.published().load(Ordering::SeqCst) >> 16 <= seq {
+            // Relaxed: only saves a futex call when the message came in
+            // meanwhile. A newer value sends us round the loop, where
+            // `latest_seq` reads it again with Acquire; a stale one is caught
+            // by the futex's compare of `notify` (the pattern above).
+            if words.published().load(Ordering::Relaxed) >> 16 <= seq {
                 let ts = rustix::time::Timespec {
                     tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
                     tv_nsec: left.subsec_nanos().into(),
@@ -430,19 +446,23 @@ impl Reader<'_> {
                     Some(&ts),
                 );
             }
-            // SeqCst: the counterpart of the increment above.
-            words.at(W_WAITERS).fetch_sub(1, Ordering::SeqCst);
+            // Relaxed: a count; the read-modify-write never loses another
+            // reader's increment, and a writer that still sees ours only
+            // makes a needless wake call.
+            words.at(W_WAITERS).fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        // SYNC: SeqCst, like every hazard store.
+        // SYNC: Release, pairs with the Acquire loads of the writer's hazard
+        // scan (`protocol::free_slot`): whatever this handle copied is
+        // complete before a writer sees the slot free.
         self.mailbox
             .words()
             .hazard(self.index)
-            .store(0, Ordering::SeqCst);
+            .store(0, Ordering::Release);
         liveness::unlock(self.mailbox.segment.fd(), self.index);
         // Relaxed: see `Mailbox::reader`.
         self.mailbox.local_readers[self.index].store(false, Ordering::Relaxed);

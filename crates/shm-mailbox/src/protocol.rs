@@ -19,7 +19,16 @@
 //! (Relaxed); store `published` (Release). Reader: load `published`
 //! (Acquire); store the hazard (Relaxed); SeqCst fence; load `published`
 //! again (Acquire); if it changed, retry; else copy the slot and clear the
-//! hazard (Release).
+//! hazard (Release). Every other clear of a hazard (a reader attaching to
+//! its index or dropping its handle) is a Release store too; a writer clears
+//! a dead reader's hazard with a compare-and-swap whose atomicity, not its
+//! ordering, is what matters (Relaxed).
+//!
+//! The two SeqCst fences are the only SeqCst accesses: the hazard check is a
+//! store-load (Dekker) pattern, the writer storing `published` then loading
+//! the hazards, the reader storing its hazard then loading `published`, and
+//! only a total order over the two fences rules out both loads missing the
+//! other side's store.
 //!
 //! Why a held slot is never overwritten: the writer overwrites slot `s` only
 //! after a scan that found no hazard for it, and `s` was not current then, so
@@ -101,16 +110,27 @@ impl<'a> Words<'a> {
             .fetch_add(1, Ordering::Relaxed)
             + 1)
             & ((1 << 48) - 1);
-        // SYNC: SeqCst, like every hazard store, so the writer's scan sees it in order.
-        self.hazard(r).store(0, Ordering::SeqCst);
+        // SYNC: Release, pairs with the Acquire loads of the writer's hazard
+        // scan (`free_slot`). The previous holder of the index has let go of
+        // it (it died, or cleared its hazard before unlocking); together with
+        // the liveness lock passed on to us, this orders its last copy before
+        // any reuse of the slot by a writer that sees the 0. No SeqCst: a
+        // clear is not part of the store-load pattern (see the module docs).
+        self.hazard(r).store(0, Ordering::Release);
         epoch
     }
 
     /// Clears reader `r`'s hazard if it is still exactly `seen` (the reader is dead).
     pub(crate) fn reap(&self, r: usize, seen: u64) -> bool {
-        // SeqCst: ordered with the scans; failure Relaxed: we only learn the reader moved on.
+        // Relaxed on success and failure: the exchange's atomicity is what
+        // matters. It clears only the exact word `seen`, so the hazard of a
+        // new tenant of the index (another epoch) is never lost. The reader
+        // that stored `seen` is gone (its liveness lock is free), so there is
+        // no copy of its to order before our reuse of the slot, and our own
+        // next scan sees the 0 (same thread, same word). On failure we only
+        // learn that the word moved on.
         self.hazard(r)
-            .compare_exchange(seen, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(seen, 0, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
 }
@@ -185,8 +205,10 @@ pub(crate) fn read(
         words
             .hazard(r)
             .store(hazard(epoch, slot), Ordering::Relaxed);
-        // SYNC: SeqCst fence, pairs with the writer's SeqCst fence before its
-        // hazard scan (see module docs): either the scan sees our hazard, or
+        // SYNC: SeqCst fence, pairs with the writer's SeqCst fence in
+        // `free_slot`, between its store of `published` and its hazard
+        // loads. A store-load (Dekker) pattern, so it needs the total order
+        // of SeqCst fences: either the scan sees our hazard store above, or
         // the load below sees the newer `published` and we retry.
         fence(Ordering::SeqCst);
         // Acquire: as for the first load.
@@ -202,8 +224,11 @@ pub(crate) fn read(
 }
 
 /// Publishes `data` (at most the slot size). With `stop_after = Some(k)` the
-/// writer stops after `k` steps, as if killed there (loom crash models).
-/// Returns the new sequence number, or `None` if stopped.
+/// writer stops after `k` steps, as if killed there (loom crash models): the
+/// steps are choosing the slot, each data word, and the `len` + `seq` words;
+/// the store of `published` follows them. Production calls pass `None` and
+/// run the very same code to its end. Returns the new sequence number, or
+/// `None` if stopped.
 pub(crate) fn publish(
     words: &Words<'_>,
     data: &[u8],
@@ -214,6 +239,7 @@ pub(crate) fn publish(
         return Err(Corrupt("message larger than the slot"));
     }
     let mut steps = 0usize;
+    // One step done; true if the writer is to stop here.
     let mut stop = || {
         steps += 1;
         stop_after.is_some_and(|k| steps > k)
@@ -228,23 +254,11 @@ pub(crate) fn publish(
     if stop() {
         return Ok(None);
     }
-    if stop_after.is_none() {
-        copy_in(words.data(slot, data.len().div_ceil(8)), data);
-    }
-    for (i, chunk) in data.chunks(8).enumerate().filter(|_| stop_after.is_some()) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        // Relaxed: published by the Release store of `published` below.
-        words
-            .at(shape.slot(slot, S_DATA + i))
-            .store(u64::from_le_bytes(word), Ordering::Relaxed);
-        shm_testkit_point();
-        if stop() {
-            return Ok(None);
-        }
+    if !copy_in(words.data(slot, data.len().div_ceil(8)), data, &mut stop) {
+        return Ok(None);
     }
     let next = seq + 1;
-    // Relaxed: as above.
+    // Relaxed: published by the Release store of `published` below.
     words
         .at(shape.slot(slot, S_LEN))
         .store(data.len() as u64, Ordering::Relaxed);
@@ -273,9 +287,11 @@ fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt
     if let Some(c) = current {
         mark(c);
     }
-    // SYNC: SeqCst fence, pairs with the readers' fence between their hazard
-    // store and their validating load (see module docs). It follows our store
-    // of the `published` word that made every older slot non-current.
+    // SYNC: SeqCst fence, pairs with the reader's SeqCst fence in `read`,
+    // between its hazard store and its validating load of `published`. A
+    // store-load (Dekker) pattern, so it needs the total order of SeqCst
+    // fences (see the module docs). It follows our store of the `published`
+    // word that made every older slot non-current.
     fence(Ordering::SeqCst);
     for r in 0..shape.readers {
         // SYNC: Acquire, pairs with a reader's Release clear of its hazard:
@@ -289,17 +305,22 @@ fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt
         .ok_or(Corrupt("no free slot: hazard words are corrupt"))
 }
 
-#[inline]
 /// Stores `data` into `dst` (`data.len().div_ceil(8)` words), little-endian,
-/// the last word zero-padded.
-fn copy_in(dst: &[AtomicU64], data: &[u8]) {
+/// the last word zero-padded. After each word: the `mailbox.writer_mid_slot`
+/// crash point, then `stop()`; returns false as soon as `stop()` does (the
+/// rest of the message is not written, as if the writer had been killed).
+#[inline]
+fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bool {
     let mut chunks = data.chunks_exact(8);
     for (w, chunk) in dst.iter().zip(&mut chunks) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         // Relaxed: published by the Release store of `published` in `publish`.
         w.store(u64::from_le_bytes(word), Ordering::Relaxed);
-        shm_testkit_point();
+        crate::crash_point!("mailbox.writer_mid_slot");
+        if stop() {
+            return false;
+        }
     }
     let tail = chunks.remainder();
     if !tail.is_empty() {
@@ -307,10 +328,10 @@ fn copy_in(dst: &[AtomicU64], data: &[u8]) {
         word[..tail.len()].copy_from_slice(tail);
         // Relaxed: as above.
         dst[data.len() / 8].store(u64::from_le_bytes(word), Ordering::Relaxed);
-        shm_testkit_point();
+        crate::crash_point!("mailbox.writer_mid_slot");
+        if stop() {
+            return false;
+        }
     }
-}
-
-fn shm_testkit_point() {
-    crate::crash_point!("mailbox.writer_mid_slot");
+    true
 }

@@ -4,6 +4,7 @@
 //! publishes again. Needs `--features fault-injection`.
 #![cfg(all(feature = "fault-injection", not(shm_loom)))]
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use shm_mailbox::{Config, Mailbox};
@@ -62,9 +63,10 @@ fn writer_killed_mid_write_leaves_the_last_message() {
         )
         .unwrap();
         let status = child.wait_timeout(Duration::from_secs(60)).unwrap();
-        assert!(
-            status.is_some_and(|s| !s.success()),
-            "writer with crash at hit {hit} should have been killed: {status:?}"
+        assert_eq!(
+            status.and_then(|s| s.signal()),
+            Some(9),
+            "writer with crash at hit {hit} should have SIGKILLed itself: {status:?}"
         );
         let mut buf = [0u8; 64];
         let m = reader.read(&mut buf).unwrap();

@@ -78,9 +78,10 @@ fn two_readers_and_a_writer_with_all_slots_in_play() {
     });
 }
 
-/// The writer is "killed" after every possible step of its second publish;
-/// a concurrent reader and then a restarted writer must see message 1 or
-/// message 2 complete, never a mix.
+/// The writer is "killed" after every possible step of its second publish
+/// (the production `publish`, told where to stop); a concurrent reader and
+/// then a restarted writer must see message 1 or message 2 complete, never a
+/// mix.
 #[test]
 fn writer_stopped_at_every_step_leaves_a_complete_message() {
     // publish() of a 16-byte message takes 4 steps: choose, word 0, word 1, len+seq; then the store.

@@ -177,29 +177,8 @@ pub mod raw {
     };
 }
 
-// Crash points (no-ops without `fault-injection`). With it, a point costs one
-// load of a cached flag unless the process started with the crash variable set:
-// `shm_testkit::crash_point_hit` reads the environment, which takes a process-wide
-// lock, and the benchmark (built with the feature, as a dev-dependency) would
-// measure that lock bouncing between the producer's and the consumer's cores.
-#[cfg(feature = "fault-injection")]
-macro_rules! crash_point {
-    ($name:literal) => {{
-        if $crate::crash_points_armed() {
-            shm_testkit::crash_point!($name);
-        }
-    }};
-}
-#[cfg(not(feature = "fault-injection"))]
-macro_rules! crash_point {
-    ($name:literal) => {{}};
-}
-pub(crate) use crash_point;
-
-/// Whether [`shm_testkit::CRASH_ENV`] was set when first asked (tests set it
-/// only in the environment of the processes they start).
-#[cfg(feature = "fault-injection")]
-pub(crate) fn crash_points_armed() -> bool {
-    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ARMED.get_or_init(|| std::env::var_os(shm_testkit::CRASH_ENV).is_some())
-}
+// The crash points of this crate: nothing at the call sites without its
+// `fault-injection` feature; with it, one load of a once-set flag per point
+// unless the process was started with `SHM_CRASH_AT` (see `shm_sync::crash`),
+// so the benchmark, built with the feature, measures no more than that.
+pub(crate) use shm_sync::crash_point;

@@ -55,12 +55,6 @@ pub use shm_box::ShmBox;
 /// Re-exported so [`shared_struct!`] users and callers name the same version.
 pub use zerocopy;
 
-// Used by the crash points in this crate (no-ops without `fault-injection`).
-#[cfg(feature = "fault-injection")]
-pub(crate) use shm_testkit::crash_point;
-#[cfg(not(feature = "fault-injection"))]
-macro_rules! crash_point {
-    ($name:literal) => {{}};
-}
-#[cfg(not(feature = "fault-injection"))]
-pub(crate) use crash_point;
+// The crash points of this crate: nothing at the call sites without its
+// `fault-injection` feature (see `shm_sync::crash`).
+pub(crate) use shm_sync::crash_point;

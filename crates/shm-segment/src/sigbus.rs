@@ -31,6 +31,20 @@
 //! Callers of the mapping check [`Guard::is_truncated`] *after* their
 //! accesses: zeros read after the replacement are then never taken for data.
 //!
+//! # Orderings
+//!
+//! - Unregistering against a handler in flight is a store-load (Dekker)
+//!   pattern: [`Guard`]'s drop empties the slot, then loads `IN_HANDLER`; the
+//!   handler increments `IN_HANDLER`, then reads the slots. A SeqCst fence on
+//!   each side, between the two steps, gives the total order that makes one
+//!   of the two loads see the other side's store. These two fences are the
+//!   module's only SeqCst.
+//! - The *truncated* flag is ordered by the kernel: the handler stores it
+//!   before its `mmap`, and a thread can only reach the zero pages through
+//!   page-table entries created after that system call; an Acquire fence in
+//!   [`Guard::is_truncated`] keeps the caller's earlier reads of the mapping
+//!   before its load of the flag.
+//!
 //! # Safety
 //!
 //! `sigaction` is called through `libc` because rustix offers no stable
@@ -152,10 +166,15 @@ impl Guard {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                // SeqCst: pairs with the handler's SeqCst store (one total order
-                // for the flag; a stale `true` from a previous owner is cleared
-                // before the range is visible).
-                slot.truncated.store(false, Ordering::SeqCst);
+                // Relaxed: published with the range by the Release increment
+                // ending `set` below, which pairs with the handler's Acquire
+                // load of `seq`: a handler that finds our range stores `true`
+                // after this `false`. A previous owner's handler stored its
+                // `true` before its Release decrement of IN_HANDLER, which the
+                // owner's drop waited for before releasing the slot (Release
+                // store of `used`, our Acquire claim above): it cannot land
+                // after this store.
+                slot.truncated.store(false, Ordering::Relaxed);
                 slot.set(start, len, writable);
                 return Ok(Guard { slot: i });
             }
@@ -165,10 +184,18 @@ impl Guard {
 
     /// Whether the handler replaced this mapping with zero pages.
     pub(crate) fn is_truncated(&self) -> bool {
-        // SYNC: SeqCst, pairs with the handler's SeqCst store, which precedes
-        // its `mmap`: an access that saw the replacement zero pages is
-        // followed by this load seeing the flag.
-        REGISTRY[self.slot].truncated.load(Ordering::SeqCst)
+        // SYNC: Acquire fence: keeps the caller's earlier reads of the
+        // mapping before the load of the flag below. A read that returned a
+        // replacement zero page went through a page-table entry made by the
+        // handler's `mmap` or after it, and the handler stored the flag before
+        // that system call (see `on_sigbus`): the load, kept after the read,
+        // sees `true`. (SeqCst would add nothing: a SeqCst load does not keep
+        // earlier loads before it, and there is no store-load pattern here.
+        // Writes that went to the zero pages need no check: they are lost as
+        // they would be had the truncation come just after them.)
+        fence(Ordering::Acquire);
+        // Relaxed: ordered by the fence above.
+        REGISTRY[self.slot].truncated.load(Ordering::Relaxed)
     }
 }
 
@@ -179,10 +206,16 @@ impl Drop for Guard {
         // A handler that read the old range before `set` may still be about to
         // map over it: wait for every handler in flight before the caller
         // unmaps (handlers never block, so this ends).
-        // SYNC: SeqCst, pairs with the handler's SeqCst increment before its
-        // lookup: either it counted itself before this load, or its lookup
-        // comes after our `set` and finds the slot empty.
-        while IN_HANDLER.load(Ordering::SeqCst) != 0 {
+        // SYNC: SeqCst fence, pairs with the handler's SeqCst fence between
+        // its increment of IN_HANDLER and its lookup. A store-load (Dekker)
+        // pattern (our `set`, then our load of IN_HANDLER; its increment,
+        // then its loads of the slot), so it needs the fences' total order:
+        // either the load below sees the handler counted, or its lookup sees
+        // the slot emptied by `set`.
+        fence(Ordering::SeqCst);
+        // SYNC: Acquire, pairs with the handlers' Release decrement after
+        // their `mmap`: a handler we waited for is done with the range.
+        while IN_HANDLER.load(Ordering::Acquire) != 0 {
             std::thread::yield_now();
         }
         // SYNC: Release, pairs with the Acquire claim in `register`.
@@ -253,8 +286,13 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // interrupted code (signal-safety(7): "save errno on entry ... and
     // restore it on exit").
     let errno = unsafe { *errno_at };
-    // SYNC: SeqCst, pairs with the SeqCst load in `Guard::drop`.
-    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+    // Relaxed: ordered before the lookup by the fence below; the
+    // read-modify-write alone keeps concurrent handlers' counts.
+    IN_HANDLER.fetch_add(1, Ordering::Relaxed);
+    // SYNC: SeqCst fence, pairs with the SeqCst fence in `Guard::drop`
+    // (a store-load pattern, see there): either `Guard::drop` sees our
+    // increment and waits for us, or our lookup sees its emptied slot.
+    fence(Ordering::SeqCst);
     // SAFETY: with SA_SIGINFO the kernel passes a valid `siginfo_t` that
     // lives until the handler returns ("siginfo_t ... pointed to by the
     // second argument", sigaction(2)).
@@ -267,9 +305,13 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // si_code > 0: raised by the kernel for a fault, not sent by a process.
     let hit = if code > 0 { lookup(addr) } else { None };
     if let Some((slot, start, len, writable)) = hit {
-        // SYNC: SeqCst, pairs with `Guard::is_truncated`; stored before the
-        // replacement so no access can see the zero pages without the flag.
-        REGISTRY[slot].truncated.store(true, Ordering::SeqCst);
+        // Relaxed: ordered by the `mmap` below, not by this access. The
+        // store precedes the system call, and no thread can read a zero page
+        // before the call has replaced the range (the kernel's address-space
+        // lock and TLB invalidation come first); pairs with the Acquire
+        // fence in `Guard::is_truncated`, which keeps a caller's read of a
+        // zero page before its load of this flag.
+        REGISTRY[slot].truncated.store(true, Ordering::Relaxed);
         let prot = if writable {
             ProtFlags::READ | ProtFlags::WRITE
         } else {
@@ -291,8 +333,9 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 MapFlags::PRIVATE | MapFlags::FIXED,
             )
         };
-        // SeqCst: see the increment above.
-        IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+        // SYNC: Release, pairs with the Acquire load in `Guard::drop`: our
+        // `mmap` over the range comes before the owner may unmap it.
+        IN_HANDLER.fetch_sub(1, Ordering::Release);
         if replaced.is_ok() {
             // SAFETY: as on entry.
             unsafe { *errno_at = errno };
@@ -301,8 +344,9 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         // The zero pages could not be mapped: fall through to the previous
         // disposition, as for a fault we do not own.
     } else {
-        // SeqCst: see the increment above.
-        IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+        // SYNC: Release, pairs with the Acquire load in `Guard::drop`: our
+        // lookup's reads of the slot come before its reuse.
+        IN_HANDLER.fetch_sub(1, Ordering::Release);
     }
     chain(sig, siginfo.si_code, info, ctx);
     // SAFETY: as on entry.

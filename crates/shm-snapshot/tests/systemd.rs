@@ -19,19 +19,11 @@ use std::time::Duration;
 
 use shm_snapshot::{FileStorage, restore};
 use shm_testkit::Watchdog;
-use shm_testkit::systemd::{UserManager, doc_block};
+use shm_testkit::systemd::{DocFlow, UserManager, numbers_after};
 
 /// Primes per commit of `primes-snapshot`.
 const CHUNK: u64 = 1000;
 const CONTROL: u64 = 4096;
-
-/// Every number following `key` on the lines of `text`, in order.
-fn numbers_after(text: &str, key: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
-        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .collect()
-}
 
 struct Service<'a> {
     sd: &'a UserManager,
@@ -47,7 +39,7 @@ impl Service<'_> {
     /// Waits until `probe(log)` holds.
     fn wait(&self, what: &str, probe: impl Fn(&str) -> bool) {
         self.sd
-            .wait_until(Duration::from_secs(60), what, || probe(&self.log()));
+            .wait_journal(&self.unit, Duration::from_secs(60), what, probe);
     }
 
     fn starts(&self) -> Vec<u64> {
@@ -88,11 +80,7 @@ impl Service<'_> {
 
 impl Drop for Service<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .sd
-            .command("systemctl")
-            .args(["--user", "stop", &self.unit])
-            .output();
+        self.sd.stop_quietly(&self.unit);
     }
 }
 
@@ -125,21 +113,9 @@ fn check_file(file: &Path, durable: u64, log: &str) {
 fn exec_flow_of_the_docs() {
     let sd = UserManager::start()
         .expect("this test needs a systemd user manager (root, /lib/systemd/systemd)");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
-    let doc = root.join("docs/systemd.md");
-    // The blocks build the release binaries (minutes on a cold cache) into a
-    // target directory of the tests' own, which they name in the unit.
-    let (target, _) = shm_testkit::nested_target_dir();
-    let env = [
-        ("SHMFD", root.as_os_str()),
-        ("CARGO_TARGET_DIR", target.as_os_str()),
-    ];
-    let run = |heading: &str| eprintln!("{}", sd.script(&doc_block(&doc, heading), &root, &env));
+    let docs = DocFlow::new(&sd, "docs/systemd.md");
     // The block's `truncate -s` makes an all-zero file only where there is none.
-    let file: PathBuf = target.join("fprimes-snapshot");
+    let file: PathBuf = docs.target_dir().join("fprimes-snapshot");
     let _ = std::fs::remove_file(&file);
     let unit = "shmfd-primes-snapshot.service".to_owned();
     let svc = Service {
@@ -147,13 +123,10 @@ fn exec_flow_of_the_docs() {
         unit: unit.clone(),
     };
 
-    run("Exec unit: install and start");
+    // The block builds the release binaries (minutes on a cold cache) first.
+    docs.run("Exec unit: install and start");
     let _w = Watchdog::new(Duration::from_secs(240));
-    let installed = std::fs::read_to_string(sd.unit_dir().join(&unit)).unwrap();
-    assert!(
-        !installed.contains("${"),
-        "envsubst left a variable:\n{installed}"
-    );
+    sd.installed_unit(&unit);
     // Start: fresh from the all-zero file; let a few generations become durable.
     svc.wait("the first durable generations", |l| {
         numbers_after(l, "durable generation ")
@@ -165,7 +138,7 @@ fn exec_flow_of_the_docs() {
     // The doc's SIGKILL: systemd kills the unit and restarts it (Restart=on-abnormal)
     // with the memfd from the store, which holds every commit.
     let committed = svc.last_committed();
-    run("Exec unit: a crash, a warm restart");
+    docs.run("Exec unit: a crash, a warm restart");
     let n1 = svc.expect_restart(1, committed, "systemctl kill -s SIGKILL");
     assert!(
         svc.log().contains("warm start from the inherited memfd"),
@@ -179,7 +152,7 @@ fn exec_flow_of_the_docs() {
     svc.wait("a durable generation after the restart", |_| {
         svc.last_durable() > n1
     });
-    run("Exec unit: stop and start, a cold restore");
+    docs.run("Exec unit: stop and start, a cold restore");
     let n2 = svc.expect_restart(2, n1, "stop and start");
     let log = svc.log();
     let before_start = &log[..log.match_indices("Recovering ").nth(2).unwrap().0];
@@ -198,7 +171,7 @@ fn exec_flow_of_the_docs() {
         svc.last_committed() > n2
     });
     let committed = svc.last_committed();
-    sd.systemctl(&["kill", "--kill-whom=main", "-s", "SIGKILL", &unit]);
+    sd.kill_main(&unit, "SIGKILL");
     svc.expect_restart(3, committed, "SIGKILL of shm-restore");
     assert_eq!(
         svc.log()
@@ -208,9 +181,14 @@ fn exec_flow_of_the_docs() {
         "{}",
         svc.log()
     );
-    sd.systemctl(&["stop", &unit]);
-    // The last lines reach the journal asynchronously.
-    std::thread::sleep(Duration::from_millis(500));
+    let summaries = |l: &str| l.matches("at exit: file at generation").count();
+    let before = summaries(&svc.log());
+    sd.stop(&unit);
+    // The last lines reach the journal asynchronously: wait for the summary
+    // that shm-restore logs after its last snapshot.
+    svc.wait("the summary shm-restore logs at exit", |l| {
+        summaries(l) > before
+    });
     let log = svc.log();
     assert!(!log.contains("corrupt"), "{log}");
 

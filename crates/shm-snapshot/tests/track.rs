@@ -289,7 +289,11 @@ fn client_killed_inside_a_tracked_commit() {
             .env("SHM_CRASH_AT", format!("client.mid_commit@{nth}"))
             .output()
             .unwrap();
-        assert!(!out.status.success(), "crash point {nth} did not fire");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "crash point {nth} did not SIGKILL the client"
+        );
         let host = Host::open(fd.as_fd()).unwrap();
         let mut buf = vec![0u8; 32 * PAGE];
         assert_eq!(host.copy(&mut buf, 1), None, "half-published commit copied");

@@ -10,7 +10,20 @@
 //! `ci/check-atomics.sh` enforces that no other crate imports
 //! `core::sync::atomic` or `std::sync::atomic`.
 //!
+//! It also holds the workspace's one fault-injection facility,
+//! [`crash_point!`]: named points where a test makes the process SIGKILL
+//! itself, compiled to nothing unless the crate that marks them enables its
+//! `fault-injection` feature (see [`crash`]).
+//!
+//! # Features
+//!
+//! - `fault-injection`: the code behind [`crash_point!`] (it reads
+//!   `SHM_CRASH_AT` and sends the signal). Enabled by the `fault-injection`
+//!   feature of each crate that marks crash points; never needed otherwise.
+//!
 //! [loom]: https://docs.rs/loom
+
+pub mod crash;
 
 /// Atomic integers and fences.
 pub mod atomic {

@@ -17,6 +17,14 @@
 //!
 //! When the manager cannot start, [`UserManager::start`] returns `None` after
 //! printing why, unless `CI=true`, where it panics: CI must fail, not skip.
+//!
+//! The scenario steps the tests share are here too: units started, restarted,
+//! killed and stopped ([`UserManager::run`], [`UserManager::restart`],
+//! [`UserManager::kill`], [`UserManager::stop`]), a unit's journal waited on
+//! with a deadline ([`UserManager::wait_journal`]), the command blocks of the
+//! docs run as written ([`DocFlow`]) and the unit files they install checked
+//! ([`UserManager::installed_unit`]), and numbers read from log lines
+//! ([`numbers_after`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -232,6 +240,88 @@ impl UserManager {
         );
     }
 
+    /// `systemctl --user restart UNIT`.
+    pub fn restart(&self, unit: &str) {
+        self.systemctl(&["restart", unit]);
+    }
+
+    /// `systemctl --user stop UNIT`.
+    pub fn stop(&self, unit: &str) {
+        self.systemctl(&["stop", unit]);
+    }
+
+    /// `systemctl --user stop UNIT`, whatever the outcome: for the `Drop` of a
+    /// scenario, where the unit may be gone already and a panic would hide
+    /// the test's own failure.
+    pub fn stop_quietly(&self, unit: &str) {
+        let _ = self
+            .command("systemctl")
+            .args(["--user", "stop", unit])
+            .output();
+    }
+
+    /// Sends `signal` (`SIGKILL`, ...) to every process of `unit`
+    /// (`systemctl --user kill -s SIGNAL UNIT`).
+    pub fn kill(&self, unit: &str, signal: &str) {
+        self.systemctl(&["kill", "-s", signal, unit]);
+    }
+
+    /// Sends `signal` to the main process of `unit` only (`--kill-whom=main`).
+    pub fn kill_main(&self, unit: &str, signal: &str) {
+        self.systemctl(&["kill", "--kill-whom=main", "-s", signal, unit]);
+    }
+
+    /// `systemctl --user status UNIT`, for failure messages (never fails).
+    pub fn status(&self, unit: &str) -> String {
+        self.command("systemctl")
+            .args(["--user", "status", unit, "--no-pager"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `probe` holds for the journal of `unit` (see
+    /// [`UserManager::journal`]), polling, for at most `timeout`, and returns
+    /// that journal. journald files a unit's output asynchronously, so a test
+    /// waits for the lines it expects rather than reading once. On timeout it
+    /// panics with `what`, the journal and the unit's status.
+    pub fn wait_journal(
+        &self,
+        unit: &str,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let journal = self.journal(unit);
+            if probe(&journal) {
+                return journal;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what} in the journal of {unit}:\n\
+                 {journal}\n--- status:\n{}",
+                self.status(unit)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The unit file `unit` as installed in [`UserManager::unit_dir`]
+    /// (by a doc's command block, with `envsubst`); panics if it is missing
+    /// or still holds a `${VARIABLE}` that `envsubst` left.
+    pub fn installed_unit(&self, unit: &str) -> String {
+        let path = self.unit_dir().join(unit);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("unit {unit} is not installed ({}): {e}", path.display()));
+        assert!(
+            !text.contains("${"),
+            "envsubst left a variable in {unit}:\n{text}"
+        );
+        text
+    }
+
     /// Waits until `probe()` is true, polling, for at most `timeout`.
     pub fn wait_until(&self, timeout: Duration, what: &str, mut probe: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
@@ -300,6 +390,74 @@ impl UserManager {
     }
 }
 
+/// The command blocks of a markdown file of the workspace (`docs/systemd.md`),
+/// run as written under a [`UserManager`], as a user of those docs would:
+/// from the workspace root, with `SHMFD` set to it (the docs' variable for
+/// the checkout) and `CARGO_TARGET_DIR` to the tests' [`nested_target_dir`]
+/// (the blocks build the release binaries, minutes on a cold cache, into a
+/// directory of the tests' own, and name it in the units they install).
+///
+/// [`nested_target_dir`]: crate::nested_target_dir
+#[derive(Debug)]
+pub struct DocFlow<'a> {
+    sd: &'a UserManager,
+    root: PathBuf,
+    doc: PathBuf,
+    target: PathBuf,
+}
+
+impl<'a> DocFlow<'a> {
+    /// The blocks of `doc` (a path relative to the workspace root).
+    pub fn new(sd: &'a UserManager, doc: &str) -> DocFlow<'a> {
+        let root = workspace_root();
+        let (target, _) = crate::nested_target_dir();
+        DocFlow {
+            sd,
+            doc: root.join(doc),
+            root,
+            target,
+        }
+    }
+
+    /// The target directory the blocks build into (`CARGO_TARGET_DIR`).
+    pub fn target_dir(&self) -> &Path {
+        &self.target
+    }
+
+    /// Runs the block under `heading` (see [`doc_block`]) and returns its
+    /// output, which it also prints for the test's log; panics with the
+    /// output if the block fails.
+    pub fn run(&self, heading: &str) -> String {
+        let env = [
+            ("SHMFD", self.root.as_os_str()),
+            ("CARGO_TARGET_DIR", self.target.as_os_str()),
+        ];
+        let out = self
+            .sd
+            .script(&doc_block(&self.doc, heading), &self.root, &env);
+        eprintln!("{out}");
+        out
+    }
+}
+
+/// The workspace's root directory (where `Cargo.toml` names the members).
+pub fn workspace_root() -> PathBuf {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    Path::new(root)
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("workspace root {root}: {e}"))
+}
+
+/// Every number that follows `key` on the lines of `text`, in order: the
+/// leading digits after the first `key` of each line that holds one
+/// (`numbers_after("a 1\nb\na 22x", "a ")` is `[1, 22]`).
+pub fn numbers_after(text: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
 /// The command block (the first ```` ```bash ```` block) under the heading
 /// `heading` (exact text, any level) of the markdown file at `path`: what a
 /// user of those docs runs, for a test to run verbatim.
@@ -340,10 +498,7 @@ pub fn doc_block(path: &Path, heading: &str) -> String {
 impl Drop for UserManager {
     fn drop(&mut self) {
         for unit in std::mem::take(&mut self.units) {
-            let _ = self
-                .command("systemctl")
-                .args(["--user", "stop", &unit])
-                .output();
+            self.stop_quietly(&unit);
         }
         // Closing stdin ends the script's read loop; its EXIT trap cleans up.
         drop(self.shell.stdin.take());
@@ -356,5 +511,22 @@ impl Drop for UserManager {
         }
         let _ = self.shell.kill();
         let _ = self.shell.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbers_after;
+
+    #[test]
+    fn numbers_after_reads_the_leading_digits_after_the_first_key_of_each_line() {
+        let sut = "COUNT 1\nnothing\nCOUNT 22 more, COUNT 5\nCOUNT x\nx COUNT 3\n";
+        assert_eq!(numbers_after(sut, "COUNT "), [1, 22, 3]);
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let manifest = std::fs::read_to_string(super::workspace_root().join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
     }
 }

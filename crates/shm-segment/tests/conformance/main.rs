@@ -288,7 +288,7 @@ fn creator_killed_then_next_open_recovers(kind: Kind, test: &str, point: &str) {
     let home = Home::new(kind, "seg-kill");
     let mut child = home.child(test, "init_and_hold");
     child
-        .env(shm_testkit::CRASH_ENV, point)
+        .env(shm_sync::crash::CRASH_ENV, point)
         .stdout(std::process::Stdio::piped());
     let mut child = spawn(child).unwrap();
     if point.is_empty() {

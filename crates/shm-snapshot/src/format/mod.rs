@@ -10,17 +10,13 @@ use std::collections::HashMap;
 use crate::error::{ErrorKind, SnapshotError};
 use crate::storage::Storage;
 
-// Crash points (`SHM_CRASH_AT`) of the `fault-injection` feature; nothing
-// otherwise. Defined before the submodules so that they see it.
-#[cfg(feature = "fault-injection")]
+// Crash points (`SHM_CRASH_AT`) of the `fault-injection` feature; nothing at
+// the call sites otherwise (see `shm_sync::crash`). Defined before the
+// submodules so that they see it.
 macro_rules! crash_point {
     ($name:literal) => {
-        shm_testkit::crash_point!($name)
+        shm_sync::crash_point!($name)
     };
-}
-#[cfg(not(feature = "fault-injection"))]
-macro_rules! crash_point {
-    ($name:literal) => {};
 }
 
 mod files;
