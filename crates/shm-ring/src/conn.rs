@@ -17,7 +17,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -389,9 +388,10 @@ impl Listener {
             match self.socket.accept() {
                 Ok((stream, _)) => return Ok(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    use rustix::event::{PollFd, PollFlags};
                     let mut fds = [PollFd::new(&self.socket, PollFlags::IN)];
                     match rustix::event::poll(&mut fds, None) {
-                        Ok(_) | Err(Errno::INTR) => {}
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
                         Err(e) => return Err(aerr("poll", &self.path)(e.into())),
                     }
                 }
@@ -642,6 +642,15 @@ impl Connector {
     }
 }
 
+/// Receives the welcome and its fds (for the async handshake).
+#[cfg(feature = "tokio")]
+pub(crate) fn receive_welcome(
+    stream: &UnixStream,
+    path: &Path,
+) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
+    recv_welcome(stream, path)
+}
+
 /// The client's hello asking for end `want` of a ring of `elem`.
 pub(crate) fn hello(want: Role, elem: ElemLayout) -> Hello {
     Hello {
@@ -686,10 +695,7 @@ pub(crate) fn welcomed(welcome: &Welcome, fds: Vec<OwnedFd>) -> Result<RingFds, 
     })
 }
 
-pub(crate) fn recv_welcome(
-    stream: &UnixStream,
-    path: &Path,
-) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
+fn recv_welcome(stream: &UnixStream, path: &Path) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
     let mut bytes = [0u8; size_of::<Welcome>()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);

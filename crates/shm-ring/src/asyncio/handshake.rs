@@ -20,7 +20,7 @@ use zerocopy::IntoBytes;
 use super::Timer;
 use crate::conn::{
     AcceptError, Answer, ConnectError, Connector, HANDSHAKE_TIMEOUT, HELLO_LEN, Listener, Role,
-    WELCOME_LEN, aerr, cerr, hello, recv_welcome, send_welcome, welcomed,
+    WELCOME_LEN, aerr, cerr, hello, receive_welcome, send_welcome, welcomed,
 };
 use crate::endpoint::{Consumer, Element, Producer};
 use crate::fds::RingFds;
@@ -264,7 +264,7 @@ impl Connector {
             .await
             .map_err(cerr("receive welcome from", path))?;
         let twin = twin(&stream).map_err(cerr("dup", path))?;
-        let (welcome, fds) = recv_welcome(&twin, path)?;
+        let (welcome, fds) = receive_welcome(&twin, path)?;
         let ring = welcomed(&welcome, fds)?;
         let link = link(stream, pid, uid).map_err(cerr("deregister", path))?;
         Ok((ring, link))
