@@ -117,10 +117,8 @@ impl Readiness {
     pub(crate) fn set_peer(&mut self, old: Option<BorrowedFd<'_>>, new: Option<BorrowedFd<'_>>) {
         let removed = old.map_or(Ok(()), |old| epoll::delete(&self.epoll, old));
         let added = removed.and_then(|()| new.map_or(Ok(()), |new| watch(&self.epoll, new)));
+        // Reported by the next `prepare_park`: only event-loop users need the fd.
         self.broken = added.err();
-        if let Some(e) = self.broken {
-            tracing::warn!("cannot watch the new peer socket in the readiness fd: {e}");
-        }
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
