@@ -1,5 +1,6 @@
 //! In-process tests of the public API: typed, batch, zero-copy, byte-stream,
-//! blocking, async, and wrap-around properties against a model.
+//! blocking, async (`async_io`), external event loops (`event_loop`),
+//! capacities (`capacity`), and wrap-around properties against a model.
 #![cfg(not(shm_loom))]
 // The trusted zero-copy calls are unsafe; this test exercises them.
 #![allow(unsafe_code)]
@@ -12,6 +13,10 @@ use proptest::prelude::*;
 use shm_ring::layout::{self, LayoutError};
 use shm_ring::raw::{HeapStorage, RawConsumer, RawProducer, Storage};
 use shm_ring::{ElemLayout, OpenError, RingError, RingFds, TrySendError, channel};
+
+mod async_io;
+mod capacity;
+mod event_loop;
 
 #[test]
 fn full_and_empty_hand_back_the_value() {
