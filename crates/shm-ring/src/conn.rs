@@ -9,19 +9,14 @@
 //!   validate memfd (seals, fstat, header), attach; the socket stays open as the liveness link
 //! ```
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use shm_segment::fdpass::{recv_with_fds, send_with_fds};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::endpoint::{Consumer, Element, Producer};
@@ -38,12 +33,18 @@ pub const PROTOCOL_VERSION: u32 = 2;
 const MIN_VERSION: u32 = 2;
 const HELLO_MAGIC: [u8; 8] = *b"RINGHELO";
 const WELCOME_MAGIC: [u8; 8] = *b"RINGWLCM";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each side of the handshake waits for the other.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of a [`Hello`] on the wire.
+pub(crate) const HELLO_LEN: usize = size_of::<Hello>();
+/// Bytes of a [`Welcome`] on the wire.
+#[cfg(feature = "tokio")]
+pub(crate) const WELCOME_LEN: usize = size_of::<Welcome>();
 
 /// Client → server, first bytes on the socket.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
-struct Hello {
+pub(crate) struct Hello {
     magic: [u8; 8],
     min_version: u32,
     max_version: u32,
@@ -58,7 +59,7 @@ struct Hello {
 /// Server → client, with the fds attached when `status == 0`.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
-struct Welcome {
+pub(crate) struct Welcome {
     magic: [u8; 8],
     version: u32,
     status: u32,
@@ -205,14 +206,20 @@ pub enum ConnectError {
     },
 }
 
-fn aerr<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AcceptError + 'a {
+pub(crate) fn aerr<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> AcceptError + 'a {
     move |source| AcceptError::Io {
         op,
         path: path.to_path_buf(),
         source,
     }
 }
-fn cerr<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ConnectError + 'a {
+pub(crate) fn cerr<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ConnectError + 'a {
     move |source| ConnectError::Io {
         op,
         path: path.to_path_buf(),
@@ -249,16 +256,22 @@ fn path_err<'a>(
     }
 }
 
-fn peer_cred(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
+fn peer_cred(stream: impl AsFd) -> std::io::Result<(u32, u32)> {
     let cred = rustix::net::sockopt::socket_peercred(stream)?;
     Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
 }
 
 /// The server side: a listening Unix socket that hands out one end of a ring.
+///
+/// With the `tokio` feature, [`Listener::accept_async`] (and its typed
+/// forms) accepts without blocking the runtime, and several accepts may run
+/// at once, each handling one client.
 #[derive(Debug)]
 pub struct Listener {
-    socket: UnixListener,
-    path: PathBuf,
+    /// Non-blocking, so that the async accepts can share it; the blocking
+    /// accept `poll`s it first.
+    pub(crate) socket: UnixListener,
+    pub(crate) path: PathBuf,
     inode: (u64, u64),
     policy: UidPolicy,
 }
@@ -307,6 +320,9 @@ impl Listener {
             std::fs::remove_file(&path).map_err(path_err("remove stale socket", &path))?;
         }
         let listener = UnixListener::bind(&path).map_err(path_err("bind", &path))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(path_err("O_NONBLOCK on", &path))?;
         let meta = std::fs::symlink_metadata(&path).map_err(path_err("stat", &path))?;
         Ok(Listener {
             socket: listener,
@@ -338,42 +354,19 @@ impl Listener {
         give: Role,
         elem: ElemLayout,
     ) -> Result<PeerLink, AcceptError> {
-        let (mut stream, _) = self
-            .socket
-            .accept()
-            .map_err(aerr("accept on", &self.path))?;
-        let (pid, uid) = peer_cred(&stream).map_err(aerr("SO_PEERCRED on", &self.path))?;
-        if !self.policy.allows(uid) {
-            let _ = send_welcome(&stream, STATUS_REFUSED, 0, None);
-            return Err(AcceptError::Refused { pid, uid });
-        }
+        let mut stream = self.accept_stream()?;
+        let (pid, uid) = self.admit(&stream)?;
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(aerr("SO_RCVTIMEO on", &self.path))?;
-        let mut bytes = [0u8; size_of::<Hello>()];
+        let mut bytes = [0u8; HELLO_LEN];
         stream
             .read_exact(&mut bytes)
             .map_err(aerr("read hello on", &self.path))?;
-        let hello = Hello::read_from_bytes(&bytes).map_err(|_| AcceptError::Malformed)?;
-        if hello.magic != HELLO_MAGIC {
-            return Err(AcceptError::Malformed);
-        }
-        let (status, err) = check_hello(&hello, give, elem);
-        let capacity = if status == STATUS_OK {
-            ring_capacity(ring, elem)?
-        } else {
-            0
-        };
-        send_welcome(
-            &stream,
-            status,
-            capacity,
-            (status == STATUS_OK).then_some(ring),
-        )
-        .map_err(aerr("send welcome on", &self.path))?;
-        if let Some(err) = err {
-            return Err(err);
-        }
+        let answer = Answer::to(&bytes, ring, give, elem)?;
+        send_welcome(&stream, answer.status, answer.capacity, answer.fds(ring))
+            .map_err(aerr("send welcome on", &self.path))?;
+        answer.outcome()?;
         stream
             .set_read_timeout(None)
             .map_err(aerr("SO_RCVTIMEO on", &self.path))?;
@@ -382,6 +375,36 @@ impl Listener {
             pid,
             uid,
         })
+    }
+
+    /// The next connection, waiting for one (the socket is non-blocking).
+    fn accept_stream(&self) -> Result<UnixStream, AcceptError> {
+        loop {
+            match self.socket.accept() {
+                Ok((stream, _)) => return Ok(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    use rustix::event::{PollFd, PollFlags};
+                    let mut fds = [PollFd::new(&self.socket, PollFlags::IN)];
+                    match rustix::event::poll(&mut fds, None) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(aerr("poll", &self.path)(e.into())),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(aerr("accept on", &self.path)(e)),
+            }
+        }
+    }
+
+    /// Checks a new client's credentials against the policy; a refused
+    /// client is told so (best effort) before the error is returned.
+    pub(crate) fn admit(&self, stream: &UnixStream) -> Result<(u32, u32), AcceptError> {
+        let (pid, uid) = peer_cred(stream).map_err(aerr("SO_PEERCRED on", &self.path))?;
+        if !self.policy.allows(uid) {
+            let _ = send_welcome(stream, STATUS_REFUSED, 0, None);
+            return Err(AcceptError::Refused { pid, uid });
+        }
+        Ok((pid, uid))
     }
 
     /// Accepts a client that will send `T`s, and opens the consumer end for us.
@@ -405,6 +428,51 @@ impl Drop for Listener {
         {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// The server's answer to a hello: what the welcome says, and the error the
+/// server reports once it is sent.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u32,
+    pub(crate) capacity: u64,
+    error: Option<AcceptError>,
+}
+
+impl Answer {
+    /// Checks the hello `bytes`; a hello that is not one (wrong magic) gets no answer.
+    pub(crate) fn to(
+        bytes: &[u8; HELLO_LEN],
+        ring: &RingFds,
+        give: Role,
+        elem: ElemLayout,
+    ) -> Result<Answer, AcceptError> {
+        let hello = Hello::read_from_bytes(bytes).map_err(|_| AcceptError::Malformed)?;
+        if hello.magic != HELLO_MAGIC {
+            return Err(AcceptError::Malformed);
+        }
+        let (status, error) = check_hello(&hello, give, elem);
+        let capacity = if status == STATUS_OK {
+            ring_capacity(ring, elem)?
+        } else {
+            0
+        };
+        Ok(Answer {
+            status,
+            capacity,
+            error,
+        })
+    }
+
+    /// The fds that go with the welcome: the ring's, only when it is accepted.
+    pub(crate) fn fds<'r>(&self, ring: &'r RingFds) -> Option<&'r RingFds> {
+        (self.status == STATUS_OK).then_some(ring)
+    }
+
+    /// `Ok` if the client was given the ring, else why not.
+    pub(crate) fn outcome(self) -> Result<(), AcceptError> {
+        self.error.map_or(Ok(()), Err)
     }
 }
 
@@ -444,7 +512,7 @@ fn check_hello(hello: &Hello, give: Role, elem: ElemLayout) -> (u32, Option<Acce
     (STATUS_OK, None)
 }
 
-fn send_welcome(
+pub(crate) fn send_welcome(
     stream: &UnixStream,
     status: u32,
     capacity: u64,
@@ -458,25 +526,15 @@ fn send_welcome(
         server_pid: std::process::id(),
         reserved: 0,
     };
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(ring) = ring {
-        fds = [
+    let fds = ring.map(|ring| {
+        [
             ring.memfd.as_fd(),
             ring.data_ready.as_fd(),
             ring.space_ready.as_fd(),
-        ];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(Errno::NOBUFS.into());
-        }
-    }
-    let sent = rustix::net::sendmsg(
-        stream,
-        &[IoSlice::new(welcome.as_bytes())],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+        ]
+    });
+    let fds = fds.as_ref().map_or(&[][..], |fds| fds.as_slice());
+    let sent = send_with_fds(stream, welcome.as_bytes(), fds, None)?;
     if sent != size_of::<Welcome>() {
         return Err(std::io::ErrorKind::WriteZero.into());
     }
@@ -513,56 +571,18 @@ impl Connector {
         elem: ElemLayout,
     ) -> Result<(RingFds, PeerLink), ConnectError> {
         let mut stream = UnixStream::connect(&self.path).map_err(cerr("connect to", &self.path))?;
-        let (pid, uid) = peer_cred(&stream).map_err(cerr("SO_PEERCRED on", &self.path))?;
-        if !self.policy.allows(uid) {
-            return Err(ConnectError::Refused { pid, uid });
-        }
+        let (pid, uid) = self.check_server(&stream)?;
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(cerr("SO_RCVTIMEO on", &self.path))?;
-        let hello = Hello {
-            magic: HELLO_MAGIC,
-            min_version: MIN_VERSION,
-            max_version: PROTOCOL_VERSION,
-            role: want.wire(),
-            elem_size: elem.size as u32,
-            elem_align: elem.align as u32,
-            reserved: 0,
-            tag: elem.tag,
-        };
         stream
-            .write_all(hello.as_bytes())
+            .write_all(hello(want, elem).as_bytes())
             .map_err(cerr("send hello to", &self.path))?;
         let (welcome, fds) = recv_welcome(&stream, &self.path)?;
-        if welcome.magic != WELCOME_MAGIC {
-            return Err(ConnectError::Malformed);
-        }
-        match welcome.status {
-            STATUS_OK => {}
-            STATUS_VERSION => return Err(ConnectError::Rejected("no common protocol version")),
-            STATUS_ROLE => {
-                return Err(ConnectError::Rejected(
-                    "that end of the ring is not offered",
-                ));
-            }
-            STATUS_ELEMENT => return Err(ConnectError::Rejected("different element layout")),
-            STATUS_REFUSED => return Err(ConnectError::Rejected("credentials not allowed")),
-            _ => return Err(ConnectError::Malformed),
-        }
-        let mut fds = fds.into_iter();
-        let (Some(memfd), Some(data_ready), Some(space_ready), None) =
-            (fds.next(), fds.next(), fds.next(), fds.next())
-        else {
-            return Err(ConnectError::Malformed);
-        };
+        let ring = welcomed(&welcome, fds)?;
         stream
             .set_read_timeout(None)
             .map_err(cerr("SO_RCVTIMEO on", &self.path))?;
-        let ring = RingFds {
-            memfd,
-            data_ready,
-            space_ready,
-        };
         Ok((
             ring,
             PeerLink {
@@ -571,6 +591,20 @@ impl Connector {
                 uid,
             },
         ))
+    }
+
+    /// The server's credentials, if the policy accepts them.
+    pub(crate) fn check_server(&self, stream: impl AsFd) -> Result<(u32, u32), ConnectError> {
+        let (pid, uid) = peer_cred(stream).map_err(cerr("SO_PEERCRED on", &self.path))?;
+        if !self.policy.allows(uid) {
+            return Err(ConnectError::Refused { pid, uid });
+        }
+        Ok((pid, uid))
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Connects as the producer of `T`s.
@@ -593,24 +627,69 @@ impl Connector {
     }
 }
 
+/// Receives the welcome and its fds (for the async handshake).
+#[cfg(feature = "tokio")]
+pub(crate) fn receive_welcome(
+    stream: &UnixStream,
+    path: &Path,
+) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
+    recv_welcome(stream, path)
+}
+
+/// The client's hello asking for end `want` of a ring of `elem`.
+pub(crate) fn hello(want: Role, elem: ElemLayout) -> Hello {
+    Hello {
+        magic: HELLO_MAGIC,
+        min_version: MIN_VERSION,
+        max_version: PROTOCOL_VERSION,
+        role: want.wire(),
+        elem_size: elem.size as u32,
+        elem_align: elem.align as u32,
+        reserved: 0,
+        tag: elem.tag,
+    }
+}
+
+/// The ring's fds, if the server's welcome accepted us and carried exactly three.
+pub(crate) fn welcomed(welcome: &Welcome, fds: Vec<OwnedFd>) -> Result<RingFds, ConnectError> {
+    if welcome.magic != WELCOME_MAGIC {
+        return Err(ConnectError::Malformed);
+    }
+    match welcome.status {
+        STATUS_OK => {}
+        STATUS_VERSION => return Err(ConnectError::Rejected("no common protocol version")),
+        STATUS_ROLE => {
+            return Err(ConnectError::Rejected(
+                "that end of the ring is not offered",
+            ));
+        }
+        STATUS_ELEMENT => return Err(ConnectError::Rejected("different element layout")),
+        STATUS_REFUSED => return Err(ConnectError::Rejected("credentials not allowed")),
+        _ => return Err(ConnectError::Malformed),
+    }
+    let mut fds = fds.into_iter();
+    let (Some(memfd), Some(data_ready), Some(space_ready), None) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        return Err(ConnectError::Malformed);
+    };
+    Ok(RingFds {
+        memfd,
+        data_ready,
+        space_ready,
+    })
+}
+
 fn recv_welcome(stream: &UnixStream, path: &Path) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
     let mut bytes = [0u8; size_of::<Welcome>()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(&mut bytes)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(|e| cerr("receive welcome from", path)(e.into()))?;
-    let mut fds = Vec::new();
-    for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = msg {
-            fds.extend(rights);
-        }
+    // The server sends 3 fds with an OK welcome and none otherwise: more is malformed.
+    let got = recv_with_fds(stream, &mut bytes, 3)
+        .map_err(|e| cerr("receive welcome from", path)(e.into()))?;
+    if got.fds_truncated {
+        return Err(ConnectError::Malformed);
     }
-    let mut have = got.bytes;
+    let fds = got.fds;
+    let mut have = got.len;
     let mut reader = stream;
     while have < bytes.len() {
         match reader.read(&mut bytes[have..]) {

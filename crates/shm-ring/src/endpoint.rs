@@ -9,6 +9,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::claim::{self, Claim, End};
 use crate::core::{RawConsumer, RawProducer, RingError};
+use crate::evloop::Readiness;
 use crate::fds::{self, OpenError, Parker, RingFds};
 use crate::layout::ElemLayout;
 use crate::peer::PeerLink;
@@ -170,7 +171,9 @@ pub struct Producer<T> {
     declined: bool,
     /// The consumer's eventfd (`data_ready`).
     wake: OwnedFd,
-    parker: Parker,
+    pub(crate) parker: Parker,
+    /// The readiness fd for external event loops (`evloop.rs`).
+    pub(crate) readiness: Readiness,
     spin: Duration,
     _t: PhantomData<fn(T) -> T>,
 }
@@ -185,7 +188,9 @@ pub struct Consumer<T> {
     declined: bool,
     /// The producer's eventfd (`space_ready`).
     wake: OwnedFd,
-    parker: Parker,
+    pub(crate) parker: Parker,
+    /// The readiness fd for external event loops (`evloop.rs`).
+    pub(crate) readiness: Readiness,
     spin: Duration,
     _t: PhantomData<fn(T) -> T>,
 }
@@ -208,18 +213,59 @@ fn dup(fd: &OwnedFd) -> Result<OwnedFd, OpenError> {
     })
 }
 
-/// Creates an in-process ring of `capacity` (a power of two) elements and returns both ends.
+/// Creates an in-process ring of at least `capacity` elements and returns both ends.
+///
+/// The capacity is rounded up to a power of two (1000 gives 1024; see
+/// [`layout::round_capacity`](crate::layout::round_capacity)); the ends'
+/// `capacity()` tells the actual one. The two ends are linked by a socket
+/// pair, as a server and its client are: dropping one is a hang-up for the
+/// other, whose blocking and async calls then end with
+/// [`RingError::Disconnected`] (a consumer first gets everything sent).
+///
+/// # Errors
+/// [`OpenError::Layout`] for a capacity of 0 ([`LayoutError::ZeroCapacity`](crate::LayoutError::ZeroCapacity)),
+/// past 2^63 ([`LayoutError::CapacityOverflow`](crate::LayoutError::CapacityOverflow)) or
+/// whose slots would exceed 1 TiB ([`LayoutError::TooLarge`](crate::LayoutError::TooLarge));
+/// [`OpenError::ElementType`] for a zero-sized or over-aligned `T`; OS errors.
 ///
 /// # Examples
 /// ```
-/// let (mut tx, mut rx) = shm_ring::channel::<[u8; 16]>(64)?;
+/// let (mut tx, mut rx) = shm_ring::channel::<[u8; 16]>(1000)?;
+/// assert_eq!(tx.capacity(), 1024);
 /// tx.send([1; 16])?;
+/// drop(tx);
 /// assert_eq!(rx.recv()?, [1; 16]);
+/// assert!(matches!(rx.recv(), Err(shm_ring::RingError::Disconnected)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn channel<T: Element>(capacity: u64) -> Result<(Producer<T>, Consumer<T>), OpenError> {
     let fds = RingFds::create("shm-ring", capacity, layout_of::<T>(0)?)?;
-    Ok((Producer::open(&fds, None)?, Consumer::open(&fds, None)?))
+    let (tx_link, rx_link) = in_process_links()?;
+    Ok((
+        Producer::open(&fds, Some(tx_link))?,
+        Consumer::open(&fds, Some(rx_link))?,
+    ))
+}
+
+/// Two connected sockets standing for the two ends of an in-process channel.
+fn in_process_links() -> Result<(PeerLink, PeerLink), OpenError> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|source| OpenError::Io {
+        op: "socketpair",
+        source,
+    })?;
+    let link = |socket| PeerLink {
+        socket,
+        pid: std::process::id(),
+        uid: rustix::process::geteuid().as_raw(),
+    };
+    Ok((link(a), link(b)))
 }
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
@@ -247,15 +293,17 @@ impl<T: Element> Producer<T> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
         // Claimed before attaching: `attach` writes the producer's line.
         let claim = claim::claim(fds.memfd.as_fd(), End::Producer)?;
+        let parker = Parker {
+            eventfd: dup(&fds.space_ready)?,
+            peer: peer.map(PeerLink::into_socket),
+        };
         Ok(Producer {
             raw: RawProducer::attach(storage)?,
             _claim: claim,
             declined: false,
             wake: dup(&fds.data_ready)?,
-            parker: Parker {
-                eventfd: dup(&fds.space_ready)?,
-                peer: peer.map(PeerLink::into_socket),
-            },
+            readiness: Readiness::new(&parker)?,
+            parker,
             spin: DEFAULT_SPIN,
             _t: PhantomData,
         })
@@ -274,8 +322,14 @@ impl<T: Element> Producer<T> {
         self.spin = spin;
     }
     /// Replaces the peer socket (a new consumer connected to the same ring).
+    /// The [readiness fd](Self::readiness_fd) watches the new one from now on.
     pub fn set_peer(&mut self, peer: Option<PeerLink>) {
-        self.parker.peer = peer.map(PeerLink::into_socket);
+        let peer = peer.map(PeerLink::into_socket);
+        self.readiness.set_peer(
+            self.parker.peer.as_ref().map(AsFd::as_fd),
+            peer.as_ref().map(AsFd::as_fd),
+        );
+        self.parker.peer = peer;
     }
     /// Whether a peer socket is set and shows a hang-up.
     pub fn peer_gone(&self) -> bool {
@@ -283,6 +337,23 @@ impl<T: Element> Producer<T> {
             .peer
             .as_ref()
             .is_some_and(|p| fds::peer_gone(p.as_fd()))
+    }
+
+    /// Shuts down the sending side of the peer socket: the consumer sees the
+    /// hang-up (after draining the ring) as if this end had been dropped.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn hang_up(&self) -> Result<(), RingError> {
+        let Some(peer) = &self.parker.peer else {
+            return Ok(());
+        };
+        match rustix::net::shutdown(peer, rustix::net::Shutdown::Write) {
+            // Not connected: the consumer is already gone.
+            Ok(()) | Err(rustix::io::Errno::NOTCONN) => Ok(()),
+            Err(source) => Err(RingError::Io {
+                op: "shutdown",
+                source,
+            }),
+        }
     }
 
     pub(crate) fn committed(&mut self, n: u64) -> Result<(), RingError> {
@@ -446,11 +517,6 @@ impl<T: Element> Producer<T> {
         Ok(n as usize)
     }
 
-    #[cfg(feature = "tokio")]
-    pub(crate) fn parts(&mut self) -> (&mut RawProducer<MapStorage>, &Parker) {
-        (&mut self.raw, &self.parker)
-    }
-
     /// The mapping (for tests that play a hostile peer).
     #[doc(hidden)]
     pub fn mapping_for_tests(&self) -> &shm_segment::Mapping {
@@ -479,15 +545,17 @@ impl<T: Element> Consumer<T> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
         // Claimed before attaching: `attach` writes the consumer's line.
         let claim = claim::claim(fds.memfd.as_fd(), End::Consumer)?;
+        let parker = Parker {
+            eventfd: dup(&fds.data_ready)?,
+            peer: peer.map(PeerLink::into_socket),
+        };
         Ok(Consumer {
             raw: RawConsumer::attach(storage)?,
             _claim: claim,
             declined: false,
             wake: dup(&fds.space_ready)?,
-            parker: Parker {
-                eventfd: dup(&fds.data_ready)?,
-                peer: peer.map(PeerLink::into_socket),
-            },
+            readiness: Readiness::new(&parker)?,
+            parker,
             spin: DEFAULT_SPIN,
             _t: PhantomData,
         })
@@ -506,8 +574,14 @@ impl<T: Element> Consumer<T> {
         self.spin = spin;
     }
     /// Replaces the peer socket (a new producer connected to the same ring).
+    /// The [readiness fd](Self::readiness_fd) watches the new one from now on.
     pub fn set_peer(&mut self, peer: Option<PeerLink>) {
-        self.parker.peer = peer.map(PeerLink::into_socket);
+        let peer = peer.map(PeerLink::into_socket);
+        self.readiness.set_peer(
+            self.parker.peer.as_ref().map(AsFd::as_fd),
+            peer.as_ref().map(AsFd::as_fd),
+        );
+        self.parker.peer = peer;
     }
     /// Whether a peer socket is set and shows a hang-up.
     pub fn peer_gone(&self) -> bool {
@@ -635,11 +709,6 @@ impl<T: Element> Consumer<T> {
         Ok(n as usize)
     }
 
-    #[cfg(feature = "tokio")]
-    pub(crate) fn parts(&mut self) -> (&mut RawConsumer<MapStorage>, &Parker) {
-        (&mut self.raw, &self.parker)
-    }
-
     /// The mapping (for tests that play a hostile peer).
     #[doc(hidden)]
     pub fn mapping_for_tests(&self) -> &shm_segment::Mapping {
@@ -667,7 +736,7 @@ impl std::io::Read for Consumer<u8> {
     }
 }
 
-fn into_io(e: RingError) -> std::io::Error {
+pub(crate) fn into_io(e: RingError) -> std::io::Error {
     let kind = match &e {
         RingError::Disconnected => std::io::ErrorKind::BrokenPipe,
         RingError::Timeout => std::io::ErrorKind::TimedOut,

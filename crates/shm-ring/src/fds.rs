@@ -86,11 +86,22 @@ fn io(op: &'static str) -> impl FnOnce(Errno) -> OpenError {
 }
 
 impl RingFds {
-    /// Creates a ring of `capacity` slots (a power of two) for elements of
-    /// layout `elem`: an `shm-segment` memfd segment sealed with
-    /// [`RING_SEALS`], whose payload starts with the ring's config block
-    /// (written before the segment header is published), counters at 0, and
-    /// two non-blocking eventfds.
+    /// Creates a ring of at least `capacity` slots for elements of layout
+    /// `elem`: an `shm-segment` memfd segment sealed with [`RING_SEALS`],
+    /// whose payload starts with the ring's config block (written before the
+    /// segment header is published), counters at 0, and two non-blocking
+    /// eventfds.
+    ///
+    /// The capacity is rounded up to a power of two
+    /// ([`layout::round_capacity`]): ask for 1000, get 1024. The ends tell
+    /// the actual one ([`Producer::capacity`](crate::Producer::capacity),
+    /// [`Consumer::capacity`](crate::Consumer::capacity)).
+    ///
+    /// # Errors
+    /// [`OpenError::Layout`] with [`LayoutError::ZeroCapacity`] for 0,
+    /// [`LayoutError::CapacityOverflow`] past 2^63, [`LayoutError::TooLarge`]
+    /// when the slots would exceed [`layout::MAX_DATA_BYTES`], and the
+    /// errors of creating the memfd and the eventfds.
     ///
     /// # Examples
     /// ```
@@ -101,6 +112,7 @@ impl RingFds {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create(name: &str, capacity: u64, elem: ElemLayout) -> Result<RingFds, OpenError> {
+        let capacity = layout::round_capacity(capacity)?;
         let config = layout::config_for(capacity, elem)?;
         let payload = usize::try_from(layout::payload_size(capacity, elem)?).map_err(|_| {
             LayoutError::TooLarge {
@@ -312,6 +324,18 @@ impl Park for Parker {
 /// Whether the peer's socket shows a hang-up (non-blocking check).
 pub(crate) fn peer_gone(peer: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&peer, PollFlags::IN | PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
+/// Whether the peer shut down its sending side or closed the socket
+/// (`POLLRDHUP`), whether or not unread data is queued (non-blocking check).
+#[cfg(feature = "tokio")]
+pub(crate) fn peer_gone_rdhup(peer: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&peer, PollFlags::RDHUP)];
     let zero = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -140,9 +140,22 @@ impl ElemLayout {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LayoutError {
-    /// The capacity is zero or not a power of two.
+    /// The capacity recorded in a config block (or given to [`config_for`])
+    /// is zero or not a power of two. Capacities asked of
+    /// [`RingFds::create`](crate::RingFds::create) and
+    /// [`channel`](crate::channel) are rounded up instead ([`round_capacity`]).
     #[error("capacity {0} is not a power of two")]
     Capacity(u64),
+    /// A ring of zero slots was asked for.
+    #[error("capacity 0: a ring needs at least one slot")]
+    ZeroCapacity,
+    /// The capacity asked for has no power of two at or above it that a
+    /// 64-bit counter can hold (it exceeds 2^63).
+    #[error("capacity {requested} cannot be rounded up to a power of two (at most 2^63)")]
+    CapacityOverflow {
+        /// The capacity asked for.
+        requested: u64,
+    },
     /// The element size is zero, its alignment is not a power of two or too large.
     #[error("element layout (size {size}, align {align}) is not supported")]
     Element {
@@ -152,7 +165,7 @@ pub enum LayoutError {
         align: u64,
     },
     /// The slot area would exceed [`MAX_DATA_BYTES`].
-    #[error("capacity {capacity} x {elem_size} bytes is too large")]
+    #[error("capacity {capacity} x {elem_size} bytes is too large (at most 2^40 bytes of slots)")]
     TooLarge {
         /// Slots.
         capacity: u64,
@@ -205,6 +218,32 @@ pub enum LayoutError {
         /// Tag expected.
         tag: u64,
     },
+}
+
+/// The capacity a ring gets when `requested` slots are asked for: the
+/// smallest power of two at or above it (slot indices are `counter &
+/// (capacity - 1)`, so the ring needs a power of two).
+///
+/// # Errors
+/// [`LayoutError::ZeroCapacity`] for 0, [`LayoutError::CapacityOverflow`]
+/// above 2^63. Whether the rounded ring fits is checked on creation
+/// ([`LayoutError::TooLarge`]).
+///
+/// # Examples
+/// ```
+/// use shm_ring::layout::{round_capacity, LayoutError};
+/// assert_eq!(round_capacity(1000)?, 1024);
+/// assert_eq!(round_capacity(1024)?, 1024);
+/// assert_eq!(round_capacity(0), Err(LayoutError::ZeroCapacity));
+/// # Ok::<(), LayoutError>(())
+/// ```
+pub fn round_capacity(requested: u64) -> Result<u64, LayoutError> {
+    if requested == 0 {
+        return Err(LayoutError::ZeroCapacity);
+    }
+    requested
+        .checked_next_power_of_two()
+        .ok_or(LayoutError::CapacityOverflow { requested })
 }
 
 /// Bytes of slots for `capacity` elements of `elem`, after checking the geometry.

@@ -10,8 +10,14 @@
 //!   operation comes non-blocking (`try_*`: full and empty hand the value back),
 //!   blocking with an optional timeout (spin briefly, then park on an eventfd,
 //!   re-checking the ring every [`PARK_RECHECK`] in case a wake-up was lost),
-//!   and async behind the `tokio` feature (module `asyncio`).
-//! - [`Listener`] / [`Connector`]: a server and a client over a Unix socket.
+//!   and async behind the `tokio` feature (module `asyncio`: batches,
+//!   `Stream` / `Sink` of typed values, `AsyncRead` / `AsyncWrite` for bytes,
+//!   and an async handshake). An external event loop (epoll, mio, glib) can
+//!   multiplex many ends through their readiness fds (see "Event loops").
+//! - Capacities are rounded up to a power of two ([`channel`]`::<T>(1000)`
+//!   holds 1024); `capacity()` on either end tells the actual one.
+//! - [`Listener`] / [`Connector`]: a server and a client over a Unix socket
+//!   (blocking, or async with the `tokio` feature).
 //!   The server creates (or adopts) the ring, checks the client's credentials
 //!   (`SO_PEERCRED`, same uid by default), negotiates the protocol version and
 //!   passes the sealed memfd and two eventfds by `SCM_RIGHTS`. The socket then
@@ -42,6 +48,10 @@
 //! When not to use it: for more than one producer or consumer (use one ring
 //! per pair), or for a latest-value board (`shm-mailbox`).
 //!
+//! Features: `tokio` (the [`asyncio`] module and the async handshake on
+//! [`Listener`] and [`Connector`]; the runtime needs its I/O driver only),
+//! `fault-injection` (named crash points for this workspace's crash tests).
+//!
 //! Layout and protocol: `docs/protocol/shm-ring.md` (and [`layout`]); the
 //! algorithm: [`raw`].
 //!
@@ -60,13 +70,69 @@
 //! assert_eq!(sum, 10_000 * 9_999 / 2);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Event loops
+//!
+//! Each end has a readiness fd ([`Consumer::readiness_fd`], also its
+//! `AsFd`): readable when the peer may have made progress (sent something,
+//! made room) or has hung up. An event loop multiplexes many ends by
+//! registering those fds, and parks an end with a two-step handshake that
+//! never loses a wake-up:
+//!
+//! 1. do the work the ring allows (`try_recv` until `None`, `try_send`
+//!    until full);
+//! 2. call `prepare_park()`: `Ok(true)` means nothing can be done and it is
+//!    safe to sleep on the readiness fd (the peer's next step will make it
+//!    readable, even if that happens before the loop sleeps); `Ok(false)`
+//!    means work appeared meanwhile: go back to 1 without sleeping;
+//!    `Err(RingError::Disconnected)` means the peer hung up and nothing is
+//!    left (a consumer's end of stream);
+//! 3. sleep (`poll`, `epoll_wait`, ...) until the fd is readable, then call
+//!    `finish_park()` and go back to 1.
+//!
+//! Underneath, `prepare_park` resets the eventfd, sets the end's `parked`
+//! flag, issues a SeqCst fence and checks the peer's counter again; the peer
+//! writes the eventfd when it sees the flag after its next publish or
+//! release (`docs/protocol/shm-ring.md`, "Parking in an external event
+//! loop"). As in the blocking calls, a peer that clears the flag in shared
+//! memory can withhold wake-ups: a loop serving untrusted peers wakes at
+//! least every [`PARK_RECHECK`].
+//!
+//! ```
+//! use rustix::event::{poll, PollFd, PollFlags};
+//!
+//! let (mut tx, mut rx) = shm_ring::channel::<u32>(64)?;
+//! let sender = std::thread::spawn(move || (0..1000).try_for_each(|i| tx.send(i)));
+//! let mut next = 0;
+//! loop {
+//!     while let Some(v) = rx.try_recv()? {
+//!         assert_eq!(v, next);
+//!         next += 1;
+//!     }
+//!     match rx.prepare_park() {
+//!         Ok(true) => {
+//!             let mut fds = [PollFd::new(&rx, PollFlags::IN)]; // any number of ends
+//!             poll(&mut fds, None)?;
+//!             rx.finish_park();
+//!         }
+//!         Ok(false) => {}
+//!         Err(shm_ring::RingError::Disconnected) => break, // the sender is done
+//!         Err(e) => return Err(e.into()),
+//!     }
+//! }
+//! assert_eq!(next, 1000);
+//! sender.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod core;
 pub mod layout;
 mod storage;
 
 #[cfg(all(feature = "tokio", not(shm_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod asyncio;
 #[cfg(not(shm_loom))]
 mod atomic_copy;
@@ -76,6 +142,8 @@ mod claim;
 mod conn;
 #[cfg(not(shm_loom))]
 mod endpoint;
+#[cfg(not(shm_loom))]
+mod evloop;
 #[cfg(not(shm_loom))]
 mod fds;
 #[cfg(not(shm_loom))]

@@ -22,7 +22,7 @@
 //! | 80     | `type_name`    | the payload type's name, UTF-8, zero-padded to 40 bytes (messages only) |
 //! | 120    | reserved       | zero |
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering}; // atomics-ok: header fields in shared memory
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence}; // atomics-ok: header fields in shared memory
 
 pub use crate::layout::{Layout, TYPE_NAME_LEN};
 use crate::region::Region;
@@ -132,7 +132,7 @@ impl RawHeader {
     /// Writes every field but `state`, for a payload of `data_len` bytes of `layout`.
     pub(crate) fn write_fields(&self, data_len: u64, layout: Layout, flags: u32) {
         // Relaxed: these stores are published by the Release store of `state`
-        // in `publish` (SYNC: pairs with the Acquire load of `state` in `check`).
+        // in `publish` (SYNC: pairs with the Acquire fence after the load of `state` in `check`).
         self.magic.store(MAGIC, Ordering::Relaxed);
         self.version.store(FORMAT_VERSION, Ordering::Relaxed);
         self.endian.store(ENDIAN_PROBE, Ordering::Relaxed);
@@ -160,12 +160,13 @@ impl RawHeader {
 
     /// Marks the header and payload valid.
     pub(crate) fn publish(&self) {
-        // SYNC: Release, pairs with the Acquire load of `state` in `check`;
+        // SYNC: Release, pairs with the Acquire fence after the load of `state` in `check`;
         // publishes the header fields and the initialised payload.
         self.state.store(STATE_READY, Ordering::Release);
     }
 
-    /// Validates the header at the start of `region` (read-only regions work),
+    /// Validates the header at the start of `region` (read-only regions work:
+    /// every load is Relaxed),
     /// for an object of `file_len` bytes.
     pub(crate) fn check(region: &Region<'_>, file_len: u64) -> Result<HeaderInfo, HeaderFault> {
         use core::mem::offset_of;
@@ -179,11 +180,14 @@ impl RawHeader {
                 .load_u64(off, Ordering::Relaxed)
                 .map_err(|_| HeaderFault::Corrupt("object too small for a header"))
         };
-        // SYNC: Acquire, pairs with the Release store in `publish`; the Relaxed
-        // loads below are ordered after it.
+        // Relaxed: `region` may be a read-only mapping, where Rust allows only
+        // Relaxed atomic loads; the fence below gives it Acquire semantics.
         let state = region
-            .load_u32(offset_of!(RawHeader, state), Ordering::Acquire)
+            .load_u32(offset_of!(RawHeader, state), Ordering::Relaxed)
             .map_err(|_| HeaderFault::Corrupt("object too small for a header"))?;
+        // SYNC: Acquire fence, pairs with the Release store in `publish`: the
+        // Relaxed loads below see the fields written before it.
+        fence(Ordering::Acquire);
         let magic = u64_at(offset_of!(RawHeader, magic))?;
         match state {
             STATE_EMPTY if magic == 0 => return Err(HeaderFault::Empty),

@@ -17,6 +17,8 @@
 //!   share it, and any other struct is refused with both layouts shown.
 //! - [`AccessPolicy`]: which users share a named object (owner, group, uids),
 //!   set at creation and checked at open.
+//! - [`fdpass`]: handing fds (a memfd, eventfds) to another process over a
+//!   Unix socket (`SCM_RIGHTS`), without ever losing one silently.
 //!
 //! When to use it, and when something else: use this crate when processes
 //! (possibly of different users, possibly killed at any time, possibly built
@@ -58,6 +60,7 @@
 // must also resolve inside this crate (the header is a shared struct).
 extern crate self as shm_segment;
 
+pub mod fdpass;
 pub mod header;
 pub mod layout;
 mod mapping;

@@ -180,7 +180,9 @@ impl<'a> Region<'a> {
         Ok(unsafe { core::slice::from_raw_parts(words, count) })
     }
 
-    /// Loads the `u64` at `offset` (8-aligned) with `order`; works on read-only regions.
+    /// Loads the `u64` at `offset` (8-aligned) with `order`; works on read-only
+    /// regions, where `order` must be `Relaxed` (Rust allows no other atomic
+    /// load on read-only memory: follow it with an Acquire fence instead).
     pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, OutOfBounds> {
         let ptr = self.check(offset, 8, 8, false)?;
         // SAFETY: in bounds and aligned (checked); only loads are performed, which a
@@ -188,7 +190,8 @@ impl<'a> Region<'a> {
         Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) }.load(order))
     }
 
-    /// Loads the `u32` at `offset` (4-aligned) with `order`; works on read-only regions.
+    /// Loads the `u32` at `offset` (4-aligned) with `order`; works on read-only
+    /// regions, where `order` must be `Relaxed` (see [`Region::load_u64`]).
     pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, OutOfBounds> {
         let ptr = self.check(offset, 4, 4, false)?;
         // SAFETY: as in `load_u64`.

@@ -50,7 +50,9 @@ fn commit(client: &Client, model: &mut [u8], g: u64) {
 /// The memfd's commit sequence, overwritten as a stray write would.
 fn write_seq(memfd: &OwnedFd, seq: u64) {
     let f = std::fs::File::from(memfd.try_clone().unwrap());
-    f.write_all_at(&seq.to_le_bytes(), 16).unwrap();
+    // `seq` is at payload offset 128, after the 4096-byte segment header
+    // (docs/protocol/shm-snapshot.md).
+    f.write_all_at(&seq.to_le_bytes(), 4096 + 128).unwrap();
 }
 
 #[test]

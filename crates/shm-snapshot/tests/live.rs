@@ -9,6 +9,11 @@ use std::os::fd::AsFd;
 use shm_snapshot::live::{self, Changed, Client, Host};
 use shm_snapshot::{FileStorage, SnapshotWriter, inspect};
 
+/// Memfd offsets of the control block's state size and of `seq`: the
+/// segment header page, then the payload (docs/protocol/shm-snapshot.md).
+const STATE_SIZE_AT: u64 = 4096 + 32;
+const SEQ_AT: u64 = 4096 + 128;
+
 fn memfd(region: u64) -> std::os::fd::OwnedFd {
     let fd = shm_segment::memfd::create(
         "live-test",
@@ -144,6 +149,86 @@ fn foreign_memfd_is_refused() {
     assert!(Client::open(fd.as_fd()).is_err());
 }
 
+/// The live memfd is an `shm-segment` segment: any segment opener accepts
+/// it, and its payload is the control block of docs/protocol/shm-snapshot.md
+/// (magic, version 3, the geometry, `seq`, and the reserved words zero).
+#[test]
+fn live_memfd_is_a_segment_with_the_documented_control_block() {
+    let region = 3 * 4096 + 8;
+    let fd = memfd(region);
+    let client = Client::open(fd.as_fd()).unwrap();
+    client.work().write_bytes(0, b"x").unwrap();
+    assert_eq!(client.commit(&[0..1]), 1);
+    let sut = shm_segment::Segment::adopt(fd.try_clone().unwrap())
+        .read_only()
+        .open()
+        .unwrap();
+    assert_eq!(sut.len() as u64, live::memfd_size(region) - 4096);
+    let mut words = [0u64; 512];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = sut.payload().read(8 * i).unwrap();
+    }
+    // magic, version, page size, pages, state size, stamps, work, committed
+    let (t, a) = (4096, 4 * 4096);
+    assert_eq!(
+        words[..8],
+        [
+            live::LIVE_MAGIC,
+            3,
+            4096,
+            4,
+            region,
+            4096,
+            4096 + t,
+            4096 + t + a
+        ]
+    );
+    assert_eq!(words[16], 2, "seq at payload offset 128");
+    let zero: Vec<usize> = (8..512).filter(|&i| i != 16).collect();
+    assert!(
+        zero.iter().all(|&i| words[i] == 0),
+        "reserved words are zero"
+    );
+}
+
+/// A memfd of the previous layout (a bare control page starting with
+/// `OUTLLIV2`) is refused as another version, by name; one whose
+/// initialization never finished (no magic yet) is refused too.
+#[test]
+fn an_old_layout_or_unfinished_memfd_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let fd = shm_segment::memfd::create("v2", 5 * 4096, shm_segment::memfd::FIXED_SIZE).unwrap();
+    let f = std::fs::File::from(fd.try_clone().unwrap());
+    f.write_all_at(b"OUTLLIV2", 0).unwrap();
+    f.write_all_at(&4096u64.to_le_bytes(), 8).unwrap();
+    for e in [
+        Host::open(fd.as_fd()).unwrap_err(),
+        Client::open(fd.as_fd()).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), shm_snapshot::ErrorKind::Version, "{e}");
+        assert!(e.to_string().contains("OUTLLIV2"), "{e}");
+    }
+    let fd = shm_segment::memfd::create(
+        "unfinished",
+        live::memfd_size(4096),
+        shm_segment::memfd::FIXED_SIZE,
+    )
+    .unwrap();
+    let init = live::Initializer::new(fd.as_fd(), 4096).unwrap();
+    init.write(0, &[1; 4096]);
+    for e in [
+        Host::open(fd.as_fd()).unwrap_err(),
+        Client::open(fd.as_fd()).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), shm_snapshot::ErrorKind::Foreign, "{e}");
+        assert!(e.to_string().contains("never finished"), "{e}");
+    }
+    // A memfd that is already a segment is not initialized again.
+    assert!(live::Initializer::new(fd.as_fd(), 4096).is_err());
+    init.finish(7).unwrap();
+    assert_eq!(Host::open(fd.as_fd()).unwrap().generation().unwrap(), 7);
+}
+
 /// A socket or a pipe handed over as the state: named for what it is, not
 /// "a memfd of 0 bytes".
 #[test]
@@ -171,7 +256,8 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
     for region in [u64::MAX, u64::MAX - 4095, 1 << 62, 0, 5] {
         let fd = memfd(3 * 4096);
         let f = std::fs::File::from(fd.try_clone().unwrap());
-        f.write_all_at(&region.to_le_bytes(), 8).unwrap();
+        f.write_all_at(&region.to_le_bytes(), STATE_SIZE_AT)
+            .unwrap();
         let e = Host::open(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{region}: {e}");
         assert!(Client::open(fd.as_fd()).is_err(), "{region}");
@@ -181,7 +267,7 @@ fn absurd_region_sizes_in_the_control_page_are_refused() {
     for seq in [u64::MAX, u64::MAX - 1, (1 << 62) + 1] {
         let fd = memfd(3 * 4096);
         let f = std::fs::File::from(fd.try_clone().unwrap());
-        f.write_all_at(&seq.to_le_bytes(), 16).unwrap();
+        f.write_all_at(&seq.to_le_bytes(), SEQ_AT).unwrap();
         let e = Client::open(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{seq}: {e}");
         // A host refuses it too: it would reach FILE as a generation no
@@ -217,7 +303,7 @@ fn a_scribbled_sequence_is_refused_by_a_running_host() {
         panic!("nothing may be visited")
     };
     for bad in [1u64 << 63, u64::MAX, (1 << 62) + 2] {
-        f.write_all_at(&bad.to_le_bytes(), 16).unwrap();
+        f.write_all_at(&bad.to_le_bytes(), SEQ_AT).unwrap();
         assert_eq!(
             host.copy_changed(2, never).unwrap(),
             Changed::OutOfRange { seq: bad }
@@ -228,7 +314,7 @@ fn a_scribbled_sequence_is_refused_by_a_running_host() {
         let mut buf = vec![0u8; 4096];
         assert_eq!(host.copy(&mut buf, 3), None);
     }
-    f.write_all_at(&0u64.to_le_bytes(), 16).unwrap();
+    f.write_all_at(&0u64.to_le_bytes(), SEQ_AT).unwrap();
     assert_eq!(
         host.copy_changed(4, never).unwrap(),
         Changed::Backwards { generation: 0 }

@@ -43,8 +43,9 @@ fn scribbler() {
     let len = usize::try_from(rustix::fs::fstat(fd).unwrap().st_size).unwrap();
     let raw = shm_segment::Mapping::map(fd, 0, len, shm_segment::Access::ReadWrite).unwrap();
     let pages = client.work().len().div_ceil(4096);
+    // The stamp table: after the segment header page and the control page.
     for p in 0..pages {
-        raw.region().write(4096 + 8 * p, &u64::MAX).unwrap();
+        raw.region().write(2 * 4096 + 8 * p, &u64::MAX).unwrap();
     }
     println!("scribbled");
     loop {
@@ -856,7 +857,8 @@ fn stray_sequence_writes_never_reach_the_file() {
             .unwrap();
         // Again and again: a commit under way may store over one write.
         for _ in 0..20 {
-            memfd.write_all_at(&bad.to_le_bytes(), 16).unwrap();
+            // `seq`: payload offset 128, after the segment header page.
+            memfd.write_all_at(&bad.to_le_bytes(), 4096 + 128).unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
         wait_text(|| run.stderr(), says, 1);

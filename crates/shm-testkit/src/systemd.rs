@@ -379,11 +379,20 @@ impl UserManager {
         text
     }
 
-    /// The messages of `unit` in the journal, one a line (`journalctl --user -u UNIT -o cat`).
+    /// The messages of `unit` in the journal, one a line.
+    ///
+    /// This is `journalctl --user -u UNIT -o cat`, widened to the entries
+    /// journald filed under `_SYSTEMD_UNIT=UNIT`: when a process has exited
+    /// before journald reads its cgroup (a short oneshot run, on a loaded
+    /// machine), journald falls back to the unit name the service manager
+    /// sent with the stream and files it as a system unit's, which `-u` on
+    /// the user journal does not match.
     pub fn journal(&self, unit: &str) -> String {
+        let user_unit = format!("_SYSTEMD_USER_UNIT={unit}");
+        let fallback = format!("_SYSTEMD_UNIT={unit}");
         let out = self
             .command("journalctl")
-            .args(["--user", "-u", unit, "-o", "cat", "--no-pager"])
+            .args(["--user", "-o", "cat", "--no-pager", &user_unit, "+", &fallback])
             .output()
             .expect("run journalctl");
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -1,6 +1,6 @@
 //! A live memfd whose writable parts a hostile client has overwritten (the
-//! commit sequence, the page stamps, both state areas; the region size and
-//! magic too): `Host::open`, `Host::copy_changed`, `Host::read_after_exit`,
+//! commit sequence, the page stamps, both state areas; the segment header
+//! and the control block's magic and geometry too): `Host::open`, `Host::copy_changed`, `Host::read_after_exit`,
 //! `Host::copy` and a later `Client::open` give a result or a typed error,
 //! never a panic or a fault; the host only ever hands out whole pages of
 //! the state it mapped, and only with a generation that a cold start can
@@ -28,10 +28,11 @@ fuzz_target!(|data: &[u8]| {
     let len = live::memfd_size(region);
     let words = len / 8;
     // Patches: (word index: u16, value: u64). Half of them land in the first
-    // page and the stamp table, where the protocol's words are.
+    // three pages (the segment header, the control block, the stamp table),
+    // where the protocol's words are.
     for rec in rest.chunks_exact(10) {
         let w = u64::from(u16::from_le_bytes([rec[0], rec[1]]));
-        let index = if rec[0] & 1 == 0 { w % 1024 } else { w % words };
+        let index = if rec[0] & 1 == 0 { w % 1536 } else { w % words };
         let value = u64::from_le_bytes(rec[2..10].try_into().unwrap());
         let value = if rec[1] & 0x80 != 0 { value % 32 } else { value };
         let _ = file.write_all_at(&value.to_ne_bytes(), index * 8);

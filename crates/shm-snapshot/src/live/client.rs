@@ -1,0 +1,433 @@
+//! The program's side of the live protocol: [`Client`] edits the work area
+//! and commits it into the committed copy; the commit itself is
+//! [`RawClient`], generic over where the words live.
+//!
+//! # Protocol (the client's steps)
+//!
+//! Commit of generation `g = s / 2 + 1`, where `s` is the even `seq`:
+//! store `seq = s + 1` (Release); store `g` into the stamp of every page the
+//! dirty ranges touch (Relaxed); Release fence; copy the dirty ranges from
+//! the work area into the committed copy (Relaxed); store `seq = s + 2`
+//! (Release). Only the client writes any of these, and nothing waits for
+//! the host. A client killed between two steps leaves `seq` odd, and the
+//! next [`Client::open`] finishes that commit from the work area
+//! ([`RawClient::recover`]). The host's side and the argument are in
+//! [`super::host`] and `docs/protocol/shm-snapshot.md`.
+
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::sync::{Mutex, TryLockError};
+
+use shm_segment::{Access, Region, Segment};
+use shm_sync::atomic::{Ordering, fence};
+
+use super::layout::{self, Geometry, MAX_SEQ, SEQ_OFF};
+use super::words::WordsMut;
+use crate::error::{ErrorKind, SnapshotError};
+use crate::track::{TrackError, TrackErrorKind, Tracker};
+
+/// The client's half of the protocol over any word storage: the real commit
+/// and recovery code, which [`Client`] runs on the memfd and the loom models
+/// (`tests/loom.rs`) run on heap words.
+#[derive(Debug)]
+pub(crate) struct RawClient<S> {
+    words: S,
+    geo: Geometry,
+    /// Negative control of the loom models only: skip the Release fence
+    /// between the stamps and the copy, which loom must then catch.
+    #[cfg(shm_loom)]
+    pub(crate) skip_fence: bool,
+}
+
+impl<S: WordsMut> RawClient<S> {
+    /// The client of the payload in `words`, laid out as `geo`.
+    ///
+    /// `words` must hold at least `geo.len` bytes (checked against the
+    /// mapping at open, or allocated so); an access past it panics in the
+    /// storage (a bug, not a reaction to shared data).
+    #[inline]
+    pub(crate) fn new(words: S, geo: Geometry) -> Self {
+        debug_assert!(words.len() >= geo.len);
+        Self {
+            words,
+            geo,
+            #[cfg(shm_loom)]
+            skip_fence: false,
+        }
+    }
+
+    /// `seq`. Relaxed: only the (single) client writes it.
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.words.load(SEQ_OFF)
+    }
+
+    /// The number of commits so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.seq() / 2
+    }
+
+    /// SYNC: Release fence: orders the odd store of `seq` and the stamps
+    /// before every store of the copy after it; pairs with the host's Acquire
+    /// fences in `RawHost::copy` (before its second load of `seq`) and in
+    /// `RawHost::copy_changed` (before it re-reads the stamps).
+    #[inline]
+    #[cfg_attr(
+        not(shm_loom),
+        allow(clippy::unused_self, reason = "the knob exists only under loom")
+    )]
+    fn release_fence(&self) {
+        #[cfg(shm_loom)]
+        if self.skip_fence {
+            return;
+        }
+        fence(Ordering::Release);
+    }
+
+    /// Starts a client's tenure. If the previous client died inside a
+    /// commit (`seq` odd), its work area holds the complete state it was
+    /// committing: the commit is finished page by page with the steps of
+    /// [`RawClient::publish`] after the odd store (stamp, fence, copy), for
+    /// every page where the work area and the committed copy differ (pages
+    /// it had already copied compare equal and keep their stamp), and `seq`
+    /// is made even. Otherwise the work area is reset to the committed copy.
+    ///
+    /// # Errors
+    /// [`ErrorKind::BadSequence`]: `seq` beyond what any client reaches.
+    pub(crate) fn recover(&self) -> Result<(), SnapshotError> {
+        let g = self.geo;
+        let s = self.seq();
+        if s > MAX_SEQ {
+            return Err(SnapshotError::new(
+                ErrorKind::BadSequence,
+                format!("commit sequence {s} is corrupt (no memfd commits 2^61 times)"),
+            ));
+        }
+        if s.is_multiple_of(2) {
+            self.words.copy(g.committed, g.work, g.region);
+            return Ok(());
+        }
+        let generation = s.div_ceil(2);
+        for p in 0..g.pages {
+            let (o, n) = (g.page_start(p), g.page_len(p));
+            if !self.words.same(g.work + o, g.committed + o, n) {
+                // Relaxed: published by the fence below.
+                self.words
+                    .store(g.stamps + 8 * p, generation, Ordering::Relaxed);
+                self.release_fence();
+                self.words.copy(g.work + o, g.committed + o, n);
+            }
+        }
+        // SYNC: Release, pairs with the host's Acquire fence after its loads of `seq`.
+        self.words.store(SEQ_OFF, s + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Hands `found` the byte range of every state page where the work area
+    /// and the committed copy differ.
+    pub(crate) fn differing_pages(&self, mut found: impl FnMut(Range<usize>)) {
+        let g = self.geo;
+        for p in 0..g.pages {
+            let (o, n) = (g.page_start(p), g.page_len(p));
+            if !self.words.same(g.work + o, g.committed + o, n) {
+                found(o..o + n);
+            }
+        }
+    }
+
+    /// The commit: `seq` odd, stamp the pages of `dirty` with the new
+    /// generation, Release fence, copy `dirty` work → committed, `seq` even.
+    /// Returns the new generation.
+    pub(crate) fn publish(&self, dirty: &[Range<usize>]) -> u64 {
+        let g = self.geo;
+        // Relaxed (`seq`). Clamped: a value another process scribbled there
+        // must not overflow the stores below (it was checked at open; the
+        // memfd stays writable for others).
+        let s = self.seq().min(MAX_SEQ) & !1;
+        let generation = s / 2 + 1;
+        // SYNC: Release, pairs with the host's Acquire fence after its load
+        // of `seq`: a host that sees this odd value sees every earlier commit whole.
+        self.words.store(SEQ_OFF, s + 1, Ordering::Release);
+        for r in dirty {
+            let end = r.end.min(g.region);
+            let start = r.start.min(end);
+            let (first, last) = (g.page_of(start), g.page_of(end + g.page - 1));
+            // Relaxed: published by the fence below.
+            self.words
+                .fill(g.stamps + 8 * first, last - first, generation);
+        }
+        self.release_fence();
+        // The crash point sits between the two halves of the ranges, so a
+        // kill there leaves the committed copy partly written.
+        let (first, rest) = dirty.split_at(dirty.len() / 2);
+        self.copy_ranges(first);
+        crate::format::crash_point_client();
+        self.copy_ranges(rest);
+        // SYNC: Release, pairs with the host's Acquire fence after its load
+        // of `seq`: a host that sees `s + 2` sees every byte of this copy.
+        self.words.store(SEQ_OFF, s + 2, Ordering::Release);
+        generation
+    }
+
+    /// Copies ranges of the work area into the committed copy, clipped to
+    /// the state region. Relaxed: published by the caller's Release store of `seq`.
+    fn copy_ranges(&self, ranges: &[Range<usize>]) {
+        let g = self.geo;
+        for range in ranges {
+            let end = range.end.min(g.region);
+            let start = range.start.min(end);
+            self.words
+                .copy(g.work + start, g.committed + start, end - start);
+        }
+    }
+}
+
+/// The program's side: edits the work area and commits.
+///
+/// Single writer: the work area must be written only through this client's
+/// mapping ([`Client::work`]) by this process, and commits must not overlap
+/// (they would interleave their `seq` stores).
+#[derive(Debug)]
+pub struct Client {
+    /// Dirty tracking, when started (declared before `segment`: unregistered first).
+    tracking: Option<Mutex<Tracked>>,
+    segment: Segment,
+    geo: Geometry,
+}
+
+/// What [`Client::commit_tracked`] published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackedCommit {
+    /// The new commit generation.
+    pub generation: u64,
+    /// Bytes copied into the committed copy: whole written pages, clipped to
+    /// the state region (0 when nothing was written).
+    pub bytes: u64,
+}
+
+/// The state of automatic dirty tracking.
+#[derive(Debug)]
+struct Tracked {
+    tracker: Tracker,
+    /// Byte ranges of the work area to copy at the next commit.
+    dirty: Vec<Range<usize>>,
+    /// A scan failed: pages may have been re-protected without being
+    /// reported, so the next commit copies the whole work area.
+    owe_full: bool,
+    /// Fault injection: fail the next scan ([`Client::fail_next_scan`]).
+    fail_next_scan: bool,
+}
+
+impl Client {
+    /// Maps an initialized memfd read-write.
+    ///
+    /// # Errors
+    /// Not a snapshot memfd, or the wrong size.
+    ///
+    /// Recovery of a previous client's death: if it died inside `commit`
+    /// (`seq` odd), its work area held the complete state it was committing,
+    /// so the commit is finished (every page where the work area and the
+    /// committed copy differ is stamped and copied, and `seq` made even).
+    /// Otherwise the work area is reset to the committed copy, discarding
+    /// uncommitted edits. Either way the client starts from exactly one
+    /// committed state, and work area and committed copy agree (which
+    /// `commit`'s dirty ranges rely on).
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
+        let (segment, geo) = layout::open(fd, Access::ReadWrite)?;
+        let client = Self {
+            tracking: None,
+            segment,
+            geo,
+        };
+        client.raw().recover()?;
+        Ok(client)
+    }
+
+    /// The segment's payload (the control page, the stamps and both areas).
+    #[inline]
+    fn payload(&self) -> Region<'_> {
+        self.segment.payload()
+    }
+
+    /// The protocol over this client's mapping.
+    #[inline]
+    fn raw(&self) -> RawClient<Region<'_>> {
+        // INVARIANT: the geometry was checked against the payload at open.
+        RawClient::new(self.payload(), self.geo)
+    }
+
+    /// The work area (the program's state).
+    ///
+    /// # Panics
+    /// Never: the bounds were checked at open.
+    #[must_use]
+    pub fn work(&self) -> Region<'_> {
+        self.payload()
+            .sub(self.geo.work, self.geo.region)
+            .expect("checked at open")
+    }
+
+    /// The number of commits so far (including those before a restore).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.raw().generation()
+    }
+
+    /// Publishes the work area's bytes in `dirty` (byte ranges; everything
+    /// changed since the last commit must be covered) as the next committed
+    /// state. Wait-free: it copies the ranges and never waits for the host.
+    /// Returns the new generation.
+    ///
+    /// With tracking started, this still copies only `dirty`; the pages the
+    /// tracker saw written stay pending and are copied (again) by the next
+    /// [`Client::commit_tracked`].
+    pub fn commit(&self, dirty: &[Range<usize>]) -> u64 {
+        self.raw().publish(dirty)
+    }
+
+    /// Starts automatic dirty tracking of the work area (Linux 6.7 or later;
+    /// see [`crate::track`]). Afterwards [`Client::commit_tracked`] commits
+    /// without being told what changed.
+    ///
+    /// Edits made before this call and not yet committed are found by
+    /// comparing the work area with the committed copy once (a read of both,
+    /// proportional to the state size) and are included in the next tracked
+    /// commit. Calling it again while tracking does nothing.
+    ///
+    /// # Errors
+    /// [`TrackErrorKind::Unsupported`] when the kernel or the sandbox does not
+    /// offer the mechanism: keep committing with named ranges.
+    pub fn track(&mut self) -> Result<(), TrackError> {
+        if self.tracking.is_some() {
+            return Ok(());
+        }
+        let area = self.geo.area();
+        let work = self.payload().sub(self.geo.work, area).map_err(|_| {
+            TrackError::new(
+                TrackErrorKind::Unsupported,
+                "work area outside the mapping",
+                None,
+            )
+        })?;
+        // Arm first, then compare: a write before arming shows in the
+        // comparison, one after it in the first scan.
+        let tracker = Tracker::new(work.as_ptr(), area)?;
+        let mut dirty = Vec::new();
+        self.raw().differing_pages(|r| push_range(&mut dirty, r));
+        self.tracking = Some(Mutex::new(Tracked {
+            tracker,
+            dirty,
+            owe_full: false,
+            fail_next_scan: false,
+        }));
+        Ok(())
+    }
+
+    /// Whether [`Client::track`] has started dirty tracking.
+    #[must_use]
+    pub fn is_tracking(&self) -> bool {
+        self.tracking.is_some()
+    }
+
+    /// Publishes every page of the work area written since the previous
+    /// commit as the next committed state, found by the dirty tracker (one
+    /// `PAGEMAP_SCAN` walk that also re-arms it), then copied under the same
+    /// seqlock as [`Client::commit`]. Never waits for the host or for another
+    /// thread. Returns the new generation and the bytes copied.
+    ///
+    /// Only writes through this client's mapping are seen (see
+    /// `docs/protocol/shm-snapshot.md`, "Dirty tracking").
+    ///
+    /// # Errors
+    /// [`TrackErrorKind::NotTracking`] before [`Client::track`];
+    /// [`TrackErrorKind::Busy`] when another thread is committing;
+    /// [`TrackErrorKind::Failed`] when the scan failed. In each case nothing
+    /// was committed; after a failed scan the next successful tracked commit
+    /// copies the whole work area, and `commit(&[0..region_size])` is always
+    /// a correct fallback.
+    pub fn commit_tracked(&self) -> Result<TrackedCommit, TrackError> {
+        let Some(tracking) = &self.tracking else {
+            return Err(TrackError::new(
+                TrackErrorKind::NotTracking,
+                "tracking was not started",
+                None,
+            ));
+        };
+        let mut t = match tracking.try_lock() {
+            Ok(t) => t,
+            // A panic inside a commit leaves `owe_full` or the pending list
+            // conservative (both only ever grow before the copy).
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                return Err(TrackError::new(
+                    TrackErrorKind::Busy,
+                    "another commit is in progress",
+                    None,
+                ));
+            }
+        };
+        let t = &mut *t;
+        let dirty = &mut t.dirty;
+        let scanned = if std::mem::take(&mut t.fail_next_scan) {
+            Err(rustix::io::Errno::IO)
+        } else {
+            t.tracker.collect(|r| push_range(dirty, r))
+        };
+        if let Err(e) = scanned {
+            t.owe_full = true;
+            return Err(TrackError::new(
+                TrackErrorKind::Failed,
+                "PAGEMAP_SCAN failed",
+                Some(e),
+            ));
+        }
+        let region = self.geo.region;
+        let (generation, bytes) = if t.owe_full {
+            (
+                self.raw().publish(std::slice::from_ref(&(0..region))),
+                region,
+            )
+        } else {
+            let bytes = t
+                .dirty
+                .iter()
+                .map(|r| r.end.min(region) - r.start.min(region))
+                .sum();
+            (self.raw().publish(&t.dirty), bytes)
+        };
+        t.owe_full = false;
+        t.dirty.clear();
+        Ok(TrackedCommit {
+            generation,
+            bytes: bytes as u64,
+        })
+    }
+
+    /// Makes the next [`Client::commit_tracked`] fail as if its scan had
+    /// failed (tests of the recovery path).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_scan(&self) {
+        if let Some(t) = &self.tracking {
+            let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            t.fail_next_scan = true;
+        }
+    }
+
+    /// Holds the tracked-commit lock until the returned guard is dropped, as
+    /// a commit in another thread would (tests of [`TrackErrorKind::Busy`]).
+    #[cfg(feature = "fault-injection")]
+    #[must_use]
+    pub fn hold_commit_lock(&self) -> Option<impl Drop + '_> {
+        self.tracking
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// Appends `r` to `v`, merging it with the last range when adjacent.
+fn push_range(v: &mut Vec<Range<usize>>, r: Range<usize>) {
+    match v.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => v.push(r),
+    }
+}
