@@ -17,11 +17,11 @@
 //!
 //! # Example
 //! ```
-//! use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 //! use shm_segment::fdpass::{recv_with_fds, send_with_fds};
 //! use std::os::fd::AsFd;
+//! use std::os::unix::net::UnixDatagram;
 //!
-//! let (a, b) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+//! let (a, b) = UnixDatagram::pair()?;
 //! let memfd = shm_segment::memfd::create("doc-fdpass", 4096, shm_segment::memfd::FIXED_SIZE)?;
 //! send_with_fds(&a, b"state", &[memfd.as_fd()], None)?;
 //! let mut buf = [0u8; 16];
@@ -89,18 +89,21 @@ pub struct Received {
 ///
 /// # Examples
 /// ```
-/// use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-/// use shm_segment::fdpass::send_with_fds;
+/// use shm_segment::fdpass::{recv_with_fds, send_with_fds};
 /// use std::os::fd::AsFd;
+/// use std::os::linux::net::SocketAddrExt;
+/// use std::os::unix::net::{SocketAddr, UnixDatagram};
 ///
 /// // A datagram to a socket bound to an abstract name, as sd_notify sends.
 /// let name = format!("shm-segment-doc/{}", std::process::id());
-/// let addr = SocketAddrUnix::new_abstract_name(name.as_bytes())?;
-/// let rx = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)?;
-/// rustix::net::bind(&rx, &addr)?;
-/// let tx = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)?;
+/// let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+/// let tx = UnixDatagram::unbound()?;
+/// // The destination, in the form `sendmsg` takes (rustix's address type).
+/// let addr = rustix::net::SocketAddrUnix::new_abstract_name(name.as_bytes())?;
 /// let memfd = shm_segment::memfd::create("doc-send", 4096, shm_segment::memfd::FIXED_SIZE)?;
 /// assert_eq!(send_with_fds(&tx, b"FDSTORE=1\n", &[memfd.as_fd()], Some(&addr))?, 10);
+/// let mut buf = [0u8; 16];
+/// assert_eq!(recv_with_fds(&rx, &mut buf, 1)?.fds.len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
@@ -155,11 +158,12 @@ pub fn send_with_fds(
 ///
 /// # Examples
 /// ```
-/// use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 /// use shm_segment::fdpass::{recv_with_fds, send_with_fds};
 /// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixDatagram;
 ///
-/// let (a, b) = socketpair(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None)?;
+/// let (a, b) = UnixDatagram::pair()?;
+/// // std has no SO_PASSCRED yet: rustix sets it.
 /// rustix::net::sockopt::set_socket_passcred(&b, true)?;
 /// send_with_fds(&a, b"hello", &[a.as_fd(), a.as_fd()], None)?;
 /// let mut buf = [0u8; 4];

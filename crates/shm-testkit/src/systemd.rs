@@ -392,7 +392,15 @@ impl UserManager {
         let fallback = format!("_SYSTEMD_UNIT={unit}");
         let out = self
             .command("journalctl")
-            .args(["--user", "-o", "cat", "--no-pager", &user_unit, "+", &fallback])
+            .args([
+                "--user",
+                "-o",
+                "cat",
+                "--no-pager",
+                &user_unit,
+                "+",
+                &fallback,
+            ])
             .output()
             .expect("run journalctl");
         String::from_utf8_lossy(&out.stdout).into_owned()
