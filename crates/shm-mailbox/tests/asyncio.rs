@@ -73,8 +73,8 @@ async fn follow(mut reader: OwnedReader, last: u64) -> Result<u64, MailboxError>
 
 #[test]
 fn wait_newer_async_follows_a_writer_on_both_runtimes() {
-    let _w = Watchdog::new(Duration::from_secs(120));
     const LAST: u64 = 2_000;
+    let _w = Watchdog::new(Duration::from_secs(120));
     for (flavour, runtime) in runtimes() {
         let (mailbox, _c) = fresh();
         let reader = mailbox.claim_owned_reader().unwrap();

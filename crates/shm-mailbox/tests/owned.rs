@@ -46,8 +46,8 @@ fn value_of(m: &[u8]) -> u64 {
 
 #[test]
 fn owned_reader_in_a_spawned_thread_follows_the_writer() {
-    let _w = Watchdog::new(Duration::from_secs(120));
     const LAST: u64 = 20_000;
+    let _w = Watchdog::new(Duration::from_secs(120));
     let (mailbox, _c) = fresh(2, 32);
     let mut sut = mailbox.claim_owned_reader().unwrap();
     // Moved into a 'static thread: no scope, no borrow of `mailbox`.
