@@ -272,10 +272,6 @@ impl<M: Deref<Target = Mailbox>> WriterRole<M> {
         Ok(writer)
     }
 
-    #[allow(
-        clippy::missing_panics_doc,
-        reason = "the expect states an invariant of `protocol::publish` without a stop"
-    )]
     fn publish(&mut self, data: &[u8]) -> Result<u64, MailboxError> {
         let max = self.mailbox.shape.slot_bytes();
         if data.len() > max {
@@ -288,6 +284,7 @@ impl<M: Deref<Target = Mailbox>> WriterRole<M> {
         let published = protocol::publish(&words, data, None);
         // Truncated: the words were zeros and the message went nowhere.
         self.mailbox.check_mapped()?;
+        // INVARIANT: `protocol::publish` without `stop_after` runs to completion.
         let seq = published?.expect("INVARIANT: runs to completion without stop_after");
         self.wake_readers(&words);
         self.publishes += 1;
