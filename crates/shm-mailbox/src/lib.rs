@@ -7,9 +7,66 @@
 //! (hazard words over `N + 2` slots) is described in the [`protocol`] module
 //! docs and in `docs/protocol/shm-mailbox.md`.
 //!
-//! When not to use it: when readers need *every* message (use `shm-ring`), or
-//! when there are several writers (give each its own mailbox, as the `board`
-//! example does).
+//! # Example
+//! ```
+//! use shm_mailbox::{Config, Mailbox};
+//!
+//! // Create (or open) the named mailbox: 4 readers, messages up to 64 bytes.
+//! let name = format!("doc-front-{}", std::process::id());
+//! let mailbox = Mailbox::open_or_create(&name, Config { readers: 4, slot_bytes: 64 })?;
+//!
+//! // In the publishing process: one writer at a time.
+//! let mut writer = mailbox.writer()?;
+//! writer.publish(b"temperature=21.5")?;
+//! writer.publish(b"temperature=21.7")?;
+//!
+//! // In a reading process: claim any free reader index, read the newest message.
+//! let mut reader = mailbox.claim_reader()?;
+//! let mut buf = [0u8; 64];
+//! let msg = reader.read(&mut buf)?.expect("something was published");
+//! assert_eq!((msg.seq, &buf[..msg.len]), (2, &b"temperature=21.7"[..]));
+//!
+//! // The object outlives every process until it is removed.
+//! drop(reader);
+//! drop(writer);
+//! drop(mailbox);
+//! Mailbox::remove(&name)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # When to use it, and when not
+//!
+//! Use it for *state*: the latest position, configuration, health or
+//! counter that one process owns and others look at, where a reader that
+//! falls behind should skip straight to the newest value, the writer must
+//! never be slowed or blocked by readers, and any process may die at any
+//! time. Do not use it when readers need *every* message (a stream or a
+//! queue of commands: use `shm-ring`, which delivers each element once and
+//! blocks a full producer), when there are several writers (give each its
+//! own mailbox, as the `board` example does), or when both sides live in
+//! one process and never restart (an `Arc<Mutex<T>>` or a `tokio::sync::watch`
+//! channel is simpler).
+//!
+//! # The API
+//!
+//! - [`Mailbox`]: opens or creates the named object, and hands out roles.
+//!   [`Writer`] and [`Reader`] borrow it; [`OwnedWriter`] and [`OwnedReader`]
+//!   hold an `Arc<Mailbox>`, to move into threads and tasks. All are `Send`.
+//! - Readers either name their index ([`Mailbox::reader`], as the `board`
+//!   example does) or claim any free one ([`Mailbox::claim_reader`]); a dead
+//!   process's index is free again, however it died.
+//! - [`TypedMailbox`]: values of one plain-data type (zerocopy's `FromBytes +
+//!   IntoBytes + Immutable + KnownLayout`) instead of bytes; the mailbox
+//!   remembers its type and refuses another.
+//! - Waiting: [`Reader::wait_newer`] sleeps on a futex until a newer message
+//!   is published.
+//!
+//! # Features
+//!
+//! - `tokio`: `OwnedReader::wait_newer_async` and
+//!   `TypedReader::wait_newer_async`, which wait on tokio's blocking pool (a
+//!   futex cannot be watched by epoll; the method docs give the costs).
+//! - `fault-injection`: named SIGKILL points for crash tests.
 #![doc(test(attr(deny(warnings))))]
 
 #[cfg(not(shm_loom))]
@@ -24,8 +81,13 @@ pub mod protocol;
 #[cfg(not(shm_loom))]
 pub use builder::MailboxBuilder;
 pub use layout::{Config, LayoutError, MAX_READERS, MAX_SLOT_BYTES};
+#[cfg(all(feature = "tokio", not(shm_loom)))]
+pub use mailbox::ASYNC_WAIT_SLICE;
 #[cfg(not(shm_loom))]
-pub use mailbox::{Mailbox, MailboxError, Reader, Writer};
+pub use mailbox::{
+    Mailbox, MailboxError, OwnedReader, OwnedWriter, Reader, TypedMailbox, TypedReader,
+    TypedWriter, Writer,
+};
 pub use protocol::{Corrupt, Message};
 /// Re-exported for [`MailboxBuilder::access`].
 #[cfg(not(shm_loom))]

@@ -1,14 +1,22 @@
-//! The public handles: [`Mailbox`], [`Writer`], [`Reader`].
-
-use std::time::{Duration, Instant};
+//! [`Mailbox`]: a named mailbox object, opened or created. Its role handles
+//! are in `handles`, typed handles in `typed`, async waiting in `asyncio`.
 
 use shm_segment::{AccessPolicy, Segment, SegmentError};
 use shm_sync::atomic::Ordering;
 use std::sync::atomic::AtomicBool; // atomics-ok: process-local bookkeeping
 
-use crate::layout::{Config, LayoutError, NOTIFY_BYTE, R_PID, Shape, W_WAITERS};
-use crate::liveness;
-use crate::protocol::{self, Corrupt, Message, Words};
+use crate::layout::{Config, LayoutError, NOTIFY_BYTE, Shape};
+use crate::protocol::{Corrupt, Words};
+
+#[cfg(feature = "tokio")]
+mod asyncio;
+mod handles;
+mod typed;
+
+#[cfg(feature = "tokio")]
+pub use asyncio::ASYNC_WAIT_SLICE;
+pub use handles::{OwnedReader, OwnedWriter, Reader, Writer};
+pub use typed::{TypedMailbox, TypedReader, TypedWriter};
 
 /// Why a mailbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +31,9 @@ pub enum MailboxError {
     /// Shared state failed validation.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
-    /// Another live process holds this role.
-    #[error("{role} is already held by another live process")]
+    /// Another live process, or another handle of the same [`Mailbox`],
+    /// holds this role.
+    #[error("{role} is already held by a live handle (in this or another process)")]
     InUse {
         /// `writer` or `reader N`.
         role: String,
@@ -37,6 +46,12 @@ pub enum MailboxError {
         /// Readers the mailbox has.
         readers: usize,
     },
+    /// Every reader index is held by a live handle: nothing left to claim.
+    #[error("all {readers} reader indices of this mailbox are held by live handles")]
+    NoFreeReader {
+        /// Readers the mailbox has.
+        readers: usize,
+    },
     /// A message larger than the slot size.
     #[error("message of {len} bytes exceeds the slot size of {max}")]
     TooLarge {
@@ -44,6 +59,33 @@ pub enum MailboxError {
         len: usize,
         /// Slot size.
         max: usize,
+    },
+    /// A typed handle met a mailbox bound to another payload type.
+    #[error(
+        "mailbox holds another payload type ({found_size}-byte values, type tag {found_tag:#010x}), \
+         not `{expected}` ({expected_size} bytes, type tag {expected_tag:#010x})"
+    )]
+    TypeMismatch {
+        /// The tag asked for: the type's name, or the tag given to
+        /// [`TypedMailbox::with_tag`](crate::TypedMailbox::with_tag).
+        expected: String,
+        /// Size of the type asked for.
+        expected_size: usize,
+        /// Hash of the tag asked for.
+        expected_tag: u32,
+        /// Size of the type the mailbox is bound to.
+        found_size: usize,
+        /// Hash of the tag the mailbox is bound to.
+        found_tag: u32,
+    },
+    /// A typed reader found a message whose length is not its type's size
+    /// (published through the untyped API).
+    #[error("message of {len} bytes where the payload type has {expected}")]
+    MessageSize {
+        /// Length of the message found.
+        len: usize,
+        /// Size of the payload type.
+        expected: usize,
     },
     /// A liveness lock call failed.
     #[error("mailbox {name}: liveness lock (fcntl F_OFD_SETLK): {source}")]
@@ -54,6 +96,13 @@ pub enum MailboxError {
         #[source]
         source: rustix::io::Errno,
     },
+    /// An asynchronous wait could not run (no tokio runtime, or the runtime
+    /// is shutting down).
+    #[error("waiting for a newer message was aborted: {reason}")]
+    WaitAborted {
+        /// What went wrong.
+        reason: &'static str,
+    },
 }
 
 /// A latest-value mailbox in a named shared-memory object.
@@ -63,6 +112,15 @@ pub enum MailboxError {
 /// at any time: the object persists (until [`Mailbox::remove`]), a restarted
 /// writer continues from the last complete message, and a restarted reader
 /// releases what its previous incarnation held.
+///
+/// Handles come in two kinds: [`Writer`] and [`Reader`] borrow the
+/// `Mailbox`; [`OwnedWriter`] and [`OwnedReader`] (from
+/// [`Mailbox::owned_writer`], [`Mailbox::owned_reader`] and
+/// [`Mailbox::claim_owned_reader`] on an `Arc<Mailbox>`) hold a clone of the
+/// `Arc`, so they can move into spawned threads and tasks and sit in a struct
+/// next to each other. A reader either names its index ([`Mailbox::reader`])
+/// or claims any free one ([`Mailbox::claim_reader`]). For plain-data values
+/// instead of bytes, see [`TypedMailbox`](crate::TypedMailbox).
 ///
 /// # Examples
 /// ```
@@ -87,8 +145,11 @@ pub struct Mailbox {
     shape: Shape,
     /// Reader indices held through this handle. Liveness locks cannot tell
     /// them from free ones (they belong to our own open file description), so
-    /// reaping must skip them.
+    /// reaping must skip them, and claiming must check them first.
     local_readers: Box<[AtomicBool]>,
+    /// The writer role is held through this handle (the liveness lock cannot
+    /// tell: it belongs to our own open file description).
+    local_writer: AtomicBool,
 }
 
 impl Mailbox {
@@ -171,6 +232,7 @@ impl Mailbox {
             segment,
             shape,
             local_readers,
+            local_writer: AtomicBool::new(false),
         })
     }
 
@@ -226,55 +288,6 @@ impl Mailbox {
             .expect("INVARIANT: inside the control line")
     }
 
-    /// Claims the writer role. Refused while another live process holds it.
-    pub fn writer(&self) -> Result<Writer<'_>, MailboxError> {
-        if !liveness::try_lock(self.segment.fd(), liveness::WRITER_SLOT)
-            .map_err(|e| self.lock_error(e))?
-        {
-            return Err(MailboxError::InUse {
-                role: "writer".to_owned(),
-            });
-        }
-        let writer = Writer {
-            mailbox: self,
-            publishes: 0,
-        };
-        writer.reap_dead_readers();
-        self.check_mapped()?;
-        Ok(writer)
-    }
-
-    /// Claims reader index `index`, releasing whatever a previous (killed)
-    /// holder of the index left held. Refused while another live process holds it.
-    pub fn reader(&self, index: usize) -> Result<Reader<'_>, MailboxError> {
-        if index >= self.shape.readers {
-            return Err(MailboxError::NoSuchReader {
-                index,
-                readers: self.shape.readers,
-            });
-        }
-        if !liveness::try_lock(self.segment.fd(), index).map_err(|e| self.lock_error(e))? {
-            return Err(MailboxError::InUse {
-                role: format!("reader {index}"),
-            });
-        }
-        // Relaxed: process-local flag, read only by this handle's writer for reaping.
-        self.local_readers[index].store(true, Ordering::Relaxed);
-        let words = self.words();
-        let epoch = words.attach_reader(index);
-        // Relaxed: diagnostics only.
-        words
-            .at(self.shape.reader(index, R_PID))
-            .store(u64::from(std::process::id()), Ordering::Relaxed);
-        let reader = Reader {
-            mailbox: self,
-            index,
-            epoch,
-        };
-        self.check_mapped()?;
-        Ok(reader)
-    }
-
     /// Whether another process shrank the mailbox's object under us. Every
     /// fallible operation reports it as `SegmentError::Truncated`; the
     /// object is reclaimed by the next `open_or_create` once nobody has it open.
@@ -297,190 +310,5 @@ impl Mailbox {
     pub fn latest_seq(&self) -> u64 {
         // SYNC: Acquire, pairs with the writer's store of `published`.
         self.words().published().load(Ordering::Acquire) >> 16
-    }
-}
-
-/// The writer role of a [`Mailbox`]; released when dropped or when the process dies.
-#[derive(Debug)]
-pub struct Writer<'a> {
-    mailbox: &'a Mailbox,
-    publishes: u64,
-}
-
-impl Writer<'_> {
-    /// Publishes `data` as the newest message; never waits for readers.
-    /// Returns its sequence number.
-    #[allow(
-        clippy::missing_panics_doc,
-        reason = "the expect states an invariant of `protocol::publish` without a stop"
-    )]
-    pub fn publish(&mut self, data: &[u8]) -> Result<u64, MailboxError> {
-        let max = self.mailbox.shape.slot_bytes();
-        if data.len() > max {
-            return Err(MailboxError::TooLarge {
-                len: data.len(),
-                max,
-            });
-        }
-        let words = self.mailbox.words();
-        let published = protocol::publish(&words, data, None);
-        // Truncated: the words were zeros and the message went nowhere.
-        self.mailbox.check_mapped()?;
-        let seq = published?.expect("INVARIANT: runs to completion without stop_after");
-        self.wake_readers(&words);
-        self.publishes += 1;
-        if self.publishes.is_multiple_of(4096) {
-            self.reap_dead_readers();
-        }
-        Ok(seq)
-    }
-
-    fn wake_readers(&self, words: &Words<'_>) {
-        let notify = self.mailbox.notify();
-        // SYNC: SeqCst: the store half of a store-load (Dekker) pattern with
-        // `Reader::wait_newer`. We bump `notify`, then load `waiters`; a
-        // reader increments `waiters` (SeqCst), then FUTEX_WAIT compares
-        // `notify` with the value it saw (after a full barrier in the
-        // kernel). The total order means one of the two loads sees the other
-        // side's store: we see the reader counted and wake it, or its wait
-        // sees the new `notify` and returns at once. Also Release, pairs
-        // with the reader's Acquire load of `notify`: a reader that sees the
-        // bump sees the message, published before it.
-        notify.fetch_add(1, Ordering::SeqCst);
-        // SYNC: SeqCst: the load half of the pattern above, pairs with the
-        // readers' SeqCst increment of `waiters` in `Reader::wait_newer`.
-        if words.at(W_WAITERS).load(Ordering::SeqCst) > 0 {
-            let _ = rustix::thread::futex::wake(
-                notify,
-                rustix::thread::futex::Flags::empty(),
-                i32::MAX as u32,
-            );
-        }
-    }
-
-    /// The last complete message (for a restarted writer to continue from).
-    pub fn last(&self, out: &mut [u8]) -> Result<Option<Message>, MailboxError> {
-        let last = protocol::last(&self.mailbox.words(), out);
-        self.mailbox.check_mapped()?;
-        Ok(last?)
-    }
-
-    /// Clears the holds of readers whose process is gone (their liveness lock
-    /// is free). Done on claiming the writer role and every 4096 publishes;
-    /// never needed for progress (a free slot always exists), only to keep
-    /// slots from staying pinned. Returns how many holds were cleared.
-    pub fn reap_dead_readers(&self) -> usize {
-        let words = self.mailbox.words();
-        let mut cleared = 0;
-        for r in 0..self.mailbox.shape.readers {
-            // Relaxed: only a candidate; the compare-and-swap in `reap`
-            // re-checks the exact word atomically before clearing it.
-            let seen = words.hazard(r).load(Ordering::Relaxed);
-            // Relaxed: see `reader`.
-            if seen != 0
-                && !self.mailbox.local_readers[r].load(Ordering::Relaxed)
-                && liveness::is_held(self.mailbox.segment.fd(), r) == Ok(false)
-                && words.reap(r, seen)
-            {
-                cleared += 1;
-            }
-        }
-        cleared
-    }
-}
-
-impl Drop for Writer<'_> {
-    fn drop(&mut self) {
-        liveness::unlock(self.mailbox.segment.fd(), liveness::WRITER_SLOT);
-    }
-}
-
-/// One reader index of a [`Mailbox`]; released when dropped or when the process dies.
-#[derive(Debug)]
-pub struct Reader<'a> {
-    mailbox: &'a Mailbox,
-    index: usize,
-    epoch: u64,
-}
-
-impl Reader<'_> {
-    /// This reader's index.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// Copies the newest message into `out` (truncated to `out.len()`; the
-    /// returned length is the full one). `None` when nothing was published yet.
-    pub fn read(&mut self, out: &mut [u8]) -> Result<Option<Message>, MailboxError> {
-        let read = protocol::read(&self.mailbox.words(), self.index, self.epoch, out);
-        // Checked after the copy: a message read from a truncated object is zeros.
-        self.mailbox.check_mapped()?;
-        Ok(read?)
-    }
-
-    /// Waits until a message newer than `seq` exists, for at most `timeout`.
-    /// Returns whether one does; also returns true at once when the object
-    /// was truncated, so that the next [`Reader::read`] reports it.
-    pub fn wait_newer(&self, seq: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let words = self.mailbox.words();
-        let notify = self.mailbox.notify();
-        loop {
-            if self.mailbox.is_truncated() {
-                return true;
-            }
-            // SYNC: Acquire, pairs with the Release half of the writer's
-            // SeqCst bump in `Writer::wake_readers`, made after publishing:
-            // read before `published` below, so a bump we have seen comes with
-            // its message, and one we have not makes the futex wait return.
-            let seen = notify.load(Ordering::Acquire);
-            if self.mailbox.latest_seq() > seq {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            // SYNC: SeqCst: the store half of our side of the store-load
-            // (Dekker) pattern of `Writer::wake_readers`, pairs with the
-            // writer's SeqCst bump of `notify` and SeqCst load of `waiters`;
-            // the load half is FUTEX_WAIT's compare of `notify` below.
-            words.at(W_WAITERS).fetch_add(1, Ordering::SeqCst);
-            // Relaxed: only saves a futex call when the message came in
-            // meanwhile. A newer value sends us round the loop, where
-            // `latest_seq` reads it again with Acquire; a stale one is caught
-            // by the futex's compare of `notify` (the pattern above).
-            if words.published().load(Ordering::Relaxed) >> 16 <= seq {
-                let ts = rustix::time::Timespec {
-                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
-                    tv_nsec: left.subsec_nanos().into(),
-                };
-                let _ = rustix::thread::futex::wait(
-                    notify,
-                    rustix::thread::futex::Flags::empty(),
-                    seen,
-                    Some(&ts),
-                );
-            }
-            // Relaxed: a count; the read-modify-write never loses another
-            // reader's increment, and a writer that still sees ours only
-            // makes a needless wake call.
-            words.at(W_WAITERS).fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for Reader<'_> {
-    fn drop(&mut self) {
-        // SYNC: Release, pairs with the Acquire loads of the writer's hazard
-        // scan (`protocol::free_slot`): whatever this handle copied is
-        // complete before a writer sees the slot free.
-        self.mailbox
-            .words()
-            .hazard(self.index)
-            .store(0, Ordering::Release);
-        liveness::unlock(self.mailbox.segment.fd(), self.index);
-        // Relaxed: see `Mailbox::reader`.
-        self.mailbox.local_readers[self.index].store(false, Ordering::Relaxed);
     }
 }
