@@ -39,6 +39,7 @@
 pub mod header;
 mod mapping;
 pub mod memfd;
+pub mod ofd_lock;
 mod region;
 pub mod segment;
 mod shared;
@@ -47,6 +48,7 @@ mod sigbus;
 
 pub use header::Layout;
 pub use mapping::{Access, MapError, Mapping};
+pub use ofd_lock::{OfdLock, is_locked};
 pub use region::{OutOfBounds, Region};
 pub use segment::{Segment, SegmentBuilder, SegmentError};
 pub use shared::Shared;

@@ -30,14 +30,17 @@
 //! written since the previous commit, with the same seqlock protocol.
 
 mod client;
+mod durable;
 mod host;
 mod layout;
 mod words;
 
 pub use client::{Client, TrackedCommit};
+pub use durable::{Publisher, WaitError, Waker};
 pub use host::{COPY_PASSES, Changed, Host};
 pub use layout::{
-    CONTROL_LEN, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE, initialize, memfd_size,
+    CONTROL_LEN, HOST_LOCK_BYTE, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE, initialize,
+    memfd_size,
 };
 
 /// The real commit and copy code on heap words, for the loom models
