@@ -10,12 +10,17 @@
 //! - [`exec`]: hand fds to a program at 3, 4, ... with `LISTEN_*` set, by
 //!   `exec` (same pid) or as a supervised child (correct `LISTEN_PID`, dies
 //!   with its parent).
-//! - [`cli`]: the one size and duration parser and the logging setup
-//!   (`-q`/`-v`, `RUST_LOG`) of every outlive binary.
+//! - [`child`]: run such a child, forwarding signals to it, SIGKILLing it
+//!   after a stop timeout, and waiting for it without polling on a timer.
+//! - `cli` (feature `cli`, off by default): the one size and duration parser
+//!   and the logging setup (`-q`/`-v`, `RUST_LOG`) of every outlive binary,
+//!   on `clap`, `parse-size`, `humantime` and `tracing-subscriber`. The
+//!   library itself needs none of them.
 //!
 //! The `shm-fd` binary wraps a program with all of this; `shm-fd --supervise`
 //! is a small supervisor that speaks the same protocol when there is no
-//! systemd (containers, development machines). See `docs/systemd.md`.
+//! systemd (containers, development machines). See `docs/systemd.md`. It
+//! needs the `cli` feature: `cargo install shm-fd --features cli`.
 //!
 //! # Example: a program that keeps its state in a stored memfd
 //! ```no_run
@@ -37,6 +42,8 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod child;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod exec;
 pub mod listen;

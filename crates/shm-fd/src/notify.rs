@@ -4,18 +4,15 @@
 //! (0.5) treats `$NOTIFY_SOCKET` only as a filesystem path (an `@abstract`
 //! name becomes a relative path, `vsock:` is not understood), cannot report
 //! "not sent" apart from "sent", and needs a second crate for fd passing.
-//! rustix's `sendmsg` with `SCM_RIGHTS` covers all of it.
+//! The workspace's one `SCM_RIGHTS` routine ([`shm_segment::fdpass`])
+//! covers all of it.
 
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
 use rustix::io::Errno;
-use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
-    SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use shm_segment::fdpass::send_with_fds;
 
 use crate::listen::{FdNameError, validate_fd_name};
 use crate::sys::VsockAddr;
@@ -105,18 +102,13 @@ impl NotifyAddr {
         }
     }
 
-    /// Sends `message` (newline-separated `KEY=VALUE` lines) and `fds`.
+    /// Sends `message` (newline-separated `KEY=VALUE` lines) and `fds` (at
+    /// most [`shm_segment::fdpass::MAX_FDS`]; more give `EINVAL`).
     pub fn send(&self, message: &str, fds: &[BorrowedFd<'_>]) -> Result<(), NotifyError> {
         let err = |errno| NotifyError::Send {
             addr: self.to_string(),
             errno,
         };
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(err(Errno::TOOBIG));
-        }
-        let iov = [IoSlice::new(message.as_bytes())];
         let sent = match self {
             NotifyAddr::Path(_) | NotifyAddr::Abstract(_) => {
                 let addr = match self {
@@ -132,8 +124,7 @@ impl NotifyAddr {
                     None,
                 )
                 .map_err(err)?;
-                rustix::net::sendmsg_addr(&sock, &addr, &iov, &mut control, SendFlags::NOSIGNAL)
-                    .map_err(err)?
+                send_with_fds(&sock, message.as_bytes(), fds, Some(&addr)).map_err(err)?
             }
             NotifyAddr::Vsock { cid, port } => {
                 // systemd listens for vsock notifications on a SOCK_SEQPACKET socket.
@@ -152,7 +143,7 @@ impl NotifyAddr {
                     },
                 )
                 .map_err(err)?;
-                rustix::net::sendmsg(&sock, &iov, &mut control, SendFlags::NOSIGNAL).map_err(err)?
+                send_with_fds(&sock, message.as_bytes(), fds, None).map_err(err)?
             }
         };
         if sent != message.len() {
@@ -298,6 +289,37 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("os error"), "{shown}");
+    }
+
+    #[test]
+    fn messages_arrive_with_their_fds_and_our_credentials() {
+        use rustix::fd::AsFd;
+        let name = format!("shm-fd-test/{}/fds", std::process::id());
+        let rx = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::sockopt::set_socket_passcred(&rx, true).unwrap();
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).unwrap();
+        rustix::net::bind(&rx, &addr).unwrap();
+        let memfd = crate::state::create("state", 8192).unwrap();
+        let sut = NotifyAddr::parse(&format!("@{name}")).unwrap();
+        sut.send(&store_message("state"), &[memfd.as_fd(), memfd.as_fd()])
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let got = shm_segment::fdpass::recv_with_fds(&rx, &mut buf, 4).unwrap();
+        assert_eq!(&buf[..got.len], store_message("state").as_bytes());
+        assert_eq!(got.fds.len(), 2);
+        let ino = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).unwrap().st_ino;
+        assert!(
+            got.fds
+                .iter()
+                .all(|fd| ino(fd.as_fd()) == ino(memfd.as_fd()))
+        );
+        assert_eq!(got.creds.map(|c| c.pid), Some(rustix::process::getpid()));
     }
 
     #[test]

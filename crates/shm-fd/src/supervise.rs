@@ -7,8 +7,10 @@
 //! `FDSTOREREMOVE=1` from the child only (the sender's `SCM_CREDENTIALS` pid
 //! must be the child's; like `NotifyAccess=main`), and restarts the child per
 //! the restart policy, handing the stored fds back. It forwards SIGTERM,
-//! SIGINT and SIGHUP; the child dies with it (parent-death signal); its own
-//! exit mirrors the child's last exit, death by signal included.
+//! SIGINT, SIGHUP and SIGQUIT (which stop it: no restart after them),
+//! SIGUSR1 and SIGUSR2 (see [`crate::child::Runner`]); the child dies with
+//! it (parent-death signal); its own exit mirrors the child's last exit,
+//! death by signal included.
 //!
 //! Like systemd (and s6), it bounds what a misbehaving child can do:
 //! - a child that does not exit within [`Config::stop_timeout`] of a
@@ -28,24 +30,20 @@
 //! `shm-fd: message` lines on stderr).
 
 use std::ffi::OsString;
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering}; // atomics-ok: process-local signal flag
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix,
-    SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use shm_segment::fdpass::{MAX_FDS, recv_with_fds};
+
+use crate::child::{Runner, Wake};
 
 /// When to restart the program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Restart {
     /// Never: exit when the program exits.
     No,
@@ -135,6 +133,14 @@ pub enum SuperviseError {
         /// The OS error (part of the message, so not also a `source()`).
         error: std::io::Error,
     },
+    /// Waiting for the program failed.
+    #[error("cannot wait for pid {pid}: {error}")]
+    Wait {
+        /// The program's pid.
+        pid: u32,
+        /// The OS error (part of the message, so not also a `source()`).
+        error: std::io::Error,
+    },
     /// The program could not be started.
     #[error(
         "cannot start {} through {}: {error}",
@@ -194,6 +200,11 @@ impl LogLimit {
         }
     }
 
+    /// When the current window ends, if one is open.
+    fn window_end(&self) -> Option<Instant> {
+        self.start.map(|s| s + LOG_WINDOW)
+    }
+
     /// Ends the window when it has passed, reporting what it suppressed.
     fn tick(&mut self) {
         if self.start.is_some_and(|s| s.elapsed() >= LOG_WINDOW) {
@@ -221,6 +232,7 @@ struct Limits {
     foreign: LogLimit,
     full: LogLimit,
     bad_name: LogLimit,
+    truncated: LogLimit,
 }
 
 impl Limits {
@@ -229,19 +241,30 @@ impl Limits {
             foreign: LogLimit::new("notifications from other processes"),
             full: LogLimit::new("refusals of fds for a full store"),
             bad_name: LogLimit::new("notifications with a bad FDNAME="),
+            truncated: LogLimit::new("truncated notifications"),
         }
+    }
+
+    /// When the next window ends: [`Limits::tick`] is due then.
+    fn next_tick(&self) -> Option<Instant> {
+        [&self.foreign, &self.full, &self.bad_name, &self.truncated]
+            .into_iter()
+            .filter_map(LogLimit::window_end)
+            .min()
     }
 
     fn tick(&mut self) {
         self.foreign.tick();
         self.full.tick();
         self.bad_name.tick();
+        self.truncated.tick();
     }
 
     fn flush(&mut self) {
         self.foreign.flush();
         self.full.flush();
         self.bad_name.flush();
+        self.truncated.flush();
     }
 }
 
@@ -265,58 +288,37 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
     let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(socket_err("bind"))?;
     rustix::net::bind(&sock, &addr).map_err(socket_err("bind"))?;
 
-    // Signals: each wakes the poll below through a self-pipe; stop signals
-    // also record their number, to be forwarded to the child.
-    let signals_err = |error| SuperviseError::Signals { error };
-    let (sig_read, sig_write) = std::os::unix::net::UnixStream::pair().map_err(signals_err)?;
-    sig_read.set_nonblocking(true).map_err(signals_err)?;
-    let stop = Arc::new(AtomicUsize::new(0));
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize).map_err(signals_err)?;
-    }
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-        signal_hook::low_level::pipe::register(sig, sig_write.try_clone().map_err(signals_err)?)
-            .map_err(signals_err)?;
-    }
-    let signals = Signals {
-        pipe: sig_read,
-        stop,
-    };
-
-    let mut stopping = false;
+    // Signals are forwarded to the program while it runs; a stop signal
+    // ends supervision.
+    let mut runner = Runner::new(Some(config.stop_timeout))
+        .map_err(|error| SuperviseError::Signals { error })?;
     let mut limits = Limits::new();
     let mut starts: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     let mut over_limit: u32 = 0;
     warn_if_full(&config);
     loop {
         starts.push_back(Instant::now());
-        let mut child = crate::exec::spawn_with_fds(
-            &config.trampoline,
-            &config.program,
-            &config.args,
-            &config.store,
-            &[("NOTIFY_SOCKET", notify_env.clone())],
-        )
-        .map_err(|error| SuperviseError::Spawn {
-            program: config.program.clone(),
-            trampoline: config.trampoline.clone(),
-            error,
-        })?;
+        let pid = runner
+            .spawn_with_fds(
+                &config.trampoline,
+                &config.program,
+                &config.args,
+                &config.store,
+                &[("NOTIFY_SOCKET", notify_env.clone())],
+            )
+            .map_err(|error| SuperviseError::Spawn {
+                program: config.program.clone(),
+                trampoline: config.trampoline.clone(),
+                error,
+            })?;
         log(&format!(
-            "started {:?} as pid {} with {} stored fd(s)",
+            "started {:?} as pid {pid} with {} stored fd(s)",
             config.program,
-            child.id(),
             config.store.len()
         ));
-        let status = watch(
-            &mut child,
-            &sock,
-            &signals,
-            &mut config,
-            &mut limits,
-            &mut stopping,
-        );
-        let restart = !stopping
+        let status = watch(&mut runner, pid, &sock, &mut config, &mut limits)
+            .map_err(|error| SuperviseError::Wait { pid, error })?;
+        let restart = runner.stop_requested().is_none()
             && match config.restart {
                 Restart::No => false,
                 Restart::OnFailure => !status.success(),
@@ -335,18 +337,15 @@ pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
             limits.flush();
             return Ok(status);
         };
-        // Sleep, but stay responsive to a stop request.
-        let deadline = Instant::now() + delay;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let mut fds = [PollFd::new(&signals.pipe, PollFlags::IN)];
-            let timeout = rustix::time::Timespec::try_from(left).unwrap_or_default();
-            let _ = rustix::event::poll(&mut fds, Some(&timeout));
-            signals.drain();
-            if signals.take_stop().is_some() {
-                limits.flush();
-                log("stop requested while waiting to restart");
-                return Ok(status);
-            }
+        // Sleep, but stay responsive to a stop request: with no program
+        // running, the wait ends early on one.
+        runner
+            .wait_until(Instant::now() + delay)
+            .map_err(|error| SuperviseError::Wait { pid, error })?;
+        if runner.stop_requested().is_some() {
+            limits.flush();
+            log("stop requested while waiting to restart");
+            return Ok(status);
         }
     }
 }
@@ -438,119 +437,45 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The self-pipe that signals wake us through, and the last stop signal seen.
-struct Signals {
-    pipe: std::os::unix::net::UnixStream,
-    stop: Arc<AtomicUsize>,
-}
-
-impl Signals {
-    fn drain(&self) {
-        let mut buf = [0u8; 64];
-        while matches!(rustix::io::read(&self.pipe, &mut buf), Ok(n) if n > 0) {}
-    }
-
-    /// The stop signal received since the last call, if any.
-    fn take_stop(&self) -> Option<i32> {
-        // SeqCst: the handler's store and this swap are the only accesses; no
-        // other memory is published through the flag.
-        match self.stop.swap(0, Ordering::SeqCst) {
-            0 => None,
-            sig => i32::try_from(sig).ok(),
-        }
-    }
-}
-
-/// Runs until the child exits, serving its notifications and our signals;
-/// SIGKILLs it when it outlives [`Config::stop_timeout`] after a stop signal.
+/// Runs until the program exits, serving its notifications (the runner
+/// forwards signals and applies the stop timeout meanwhile).
 fn watch(
-    child: &mut Child,
+    runner: &mut Runner,
+    pid: u32,
     sock: &OwnedFd,
-    signals: &Signals,
     config: &mut Config,
     limits: &mut Limits,
-    stopping: &mut bool,
-) -> ExitStatus {
-    let pid = child.id();
-    let target = rustix::process::Pid::from_raw(pid.cast_signed());
-    let mut kill_at: Option<Instant> = None;
+) -> std::io::Result<ExitStatus> {
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            receive_all(sock, pid, config, limits);
-            return status;
-        }
-        let mut fds = [
-            PollFd::new(sock, PollFlags::IN),
-            PollFd::new(&signals.pipe, PollFlags::IN),
-        ];
-        let timeout = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => warn(&format!("poll failed: {e}")),
-        }
+        // Wakes for a notification, the program's exit, a signal, or the
+        // end of a log window (to report what it suppressed).
+        let wake = runner.wait_or_readable(sock.as_fd(), limits.next_tick())?;
         receive_all(sock, pid, config, limits);
+        if let Wake::Exited(status) = wake {
+            return Ok(status);
+        }
         limits.tick();
-        signals.drain();
-        if let Some(sig) = signals.take_stop() {
-            *stopping = true;
-            log(&format!("forwarding signal {sig} to pid {pid}"));
-            if let Some(target) = target {
-                let _ = rustix::process::kill_process(
-                    target,
-                    rustix::process::Signal::from_named_raw(sig)
-                        .unwrap_or(rustix::process::Signal::TERM),
-                );
-            }
-            kill_at.get_or_insert(Instant::now() + config.stop_timeout);
-        }
-        if kill_at.is_some_and(|t| Instant::now() >= t) {
-            warn(&format!(
-                "pid {pid} did not exit within {:?} of the stop signal (--stop-timeout): sending SIGKILL",
-                config.stop_timeout
-            ));
-            if let Some(target) = target {
-                let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
-            }
-            kill_at = None;
-        }
     }
 }
 
 /// Reads every pending notification; applies those sent by `pid`.
 fn receive_all(sock: &OwnedFd, pid: u32, config: &mut Config, limits: &mut Limits) {
     loop {
+        // systemd's limit on a notification (NOTIFY_BUFFER_MAX): one more
+        // byte would not fit.
         let mut buf = [0u8; 4096];
-        let mut space =
-            [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(32), ScmCredentials(1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match rustix::net::recvmsg(
-            sock,
-            &mut iov,
-            &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-        ) {
+        // The socket is non-blocking: EAGAIN when all are read.
+        let msg = match recv_with_fds(sock, &mut buf, MAX_FDS) {
             Ok(msg) => msg,
-            Err(Errno::AGAIN | Errno::INTR) => return,
+            Err(Errno::AGAIN) => return,
             Err(e) => {
                 warn(&format!("notify socket: {e}"));
                 return;
             }
         };
-        let mut sender = None;
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for m in control.drain() {
-            match m {
-                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
-                RecvAncillaryMessage::ScmCredentials(cred) => {
-                    sender = Some((cred.pid.as_raw_nonzero().get(), cred.uid.as_raw()));
-                }
-                _ => {}
-            }
-        }
+        let sender = msg
+            .creds
+            .map(|c| (c.pid.as_raw_nonzero().get(), c.uid.as_raw()));
         if sender.map(|(p, _)| p) != Some(pid.cast_signed()) {
             if limits.foreign.allow() {
                 let (spid, uid) = sender.unzip();
@@ -560,8 +485,24 @@ fn receive_all(sock: &OwnedFd, pid: u32, config: &mut Config, limits: &mut Limit
             }
             continue; // the fds drop here
         }
-        let text = String::from_utf8_lossy(&buf[..msg.bytes]);
-        apply_limited(&text, fds, &mut config.store, config.fd_store_max, limits);
+        if msg.truncated || msg.fds_truncated {
+            // Like systemd: a message cut short is not applied in part.
+            if limits.truncated.allow() {
+                warn(&format!(
+                    "ignoring a truncated notification from pid {pid} (more than {} bytes or {MAX_FDS} fds)",
+                    buf.len()
+                ));
+            }
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf[..msg.len]);
+        apply_limited(
+            &text,
+            msg.fds,
+            &mut config.store,
+            config.fd_store_max,
+            limits,
+        );
     }
 }
 

@@ -66,6 +66,14 @@ fn dispatch() -> bool {
             let status = status.unwrap();
             assert!(status.success(), "{status}");
         }
+        "oversized" => {
+            // Cut at 4096 bytes, it would still read as a complete FDSTORE=1.
+            let fd = shm_fd::state::create("big", 8192).unwrap();
+            let message = format!("FDSTORE=1\nFDNAME=big\nSTATUS={}\n", "x".repeat(5000));
+            assert!(shm_fd::notify::notify(&message, &[fd.as_fd()]).unwrap());
+            let fd = shm_fd::state::create("small", 8192).unwrap();
+            assert!(shm_fd::notify::store_fd("small", fd.as_fd()).unwrap());
+        }
         "foreign" => {
             for _ in 0..FOREIGN {
                 assert!(shm_fd::notify::notify("FDSTORE=1\nFDNAME=intruder", &[]).unwrap());
@@ -152,7 +160,7 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
         "{took:?}\n{err}"
     );
     assert!(
-        err.contains("did not exit within 1s of the stop signal (--stop-timeout): sending SIGKILL"),
+        err.contains("did not exit within 1s of the stop signal: sending SIGKILL"),
         "{err}"
     );
 }
@@ -315,4 +323,21 @@ fn foreign_notifications_are_logged_rate_limited() {
         "{} lines of log",
         err.lines().count()
     );
+}
+
+#[test]
+fn an_oversized_notification_is_ignored_not_applied_in_part() {
+    if dispatch() {
+        return;
+    }
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let test = "an_oversized_notification_is_ignored_not_applied_in_part";
+    let (status, _, err) = run(supervise(test, "oversized", &[]), Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(
+        err.contains("ignoring a truncated notification from pid"),
+        "{err}"
+    );
+    assert!(err.contains("stored fd(s) as \"small\""), "{err}");
+    assert!(!err.contains("\"big\""), "{err}");
 }

@@ -9,19 +9,14 @@
 //!   validate memfd (seals, fstat, header), attach; the socket stays open as the liveness link
 //! ```
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use shm_segment::fdpass::{recv_with_fds, send_with_fds};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::endpoint::{Consumer, Element, Producer};
@@ -458,25 +453,15 @@ fn send_welcome(
         server_pid: std::process::id(),
         reserved: 0,
     };
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(ring) = ring {
-        fds = [
+    let fds = ring.map(|ring| {
+        [
             ring.memfd.as_fd(),
             ring.data_ready.as_fd(),
             ring.space_ready.as_fd(),
-        ];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(Errno::NOBUFS.into());
-        }
-    }
-    let sent = rustix::net::sendmsg(
-        stream,
-        &[IoSlice::new(welcome.as_bytes())],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+        ]
+    });
+    let fds = fds.as_ref().map_or(&[][..], |fds| fds.as_slice());
+    let sent = send_with_fds(stream, welcome.as_bytes(), fds, None)?;
     if sent != size_of::<Welcome>() {
         return Err(std::io::ErrorKind::WriteZero.into());
     }
@@ -595,22 +580,14 @@ impl Connector {
 
 fn recv_welcome(stream: &UnixStream, path: &Path) -> Result<(Welcome, Vec<OwnedFd>), ConnectError> {
     let mut bytes = [0u8; size_of::<Welcome>()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(&mut bytes)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(|e| cerr("receive welcome from", path)(e.into()))?;
-    let mut fds = Vec::new();
-    for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = msg {
-            fds.extend(rights);
-        }
+    // The server sends 3 fds with an OK welcome and none otherwise: more is malformed.
+    let got = recv_with_fds(stream, &mut bytes, 3)
+        .map_err(|e| cerr("receive welcome from", path)(e.into()))?;
+    if got.fds_truncated {
+        return Err(ConnectError::Malformed);
     }
-    let mut have = got.bytes;
+    let fds = got.fds;
+    let mut have = got.len;
     let mut reader = stream;
     while have < bytes.len() {
         match reader.read(&mut bytes[have..]) {

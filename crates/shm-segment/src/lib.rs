@@ -12,6 +12,8 @@
 //!   shared bytes that never hands out plain references to them.
 //! - [`ShmBox`] and [`Shared`]: typed `&T` views for types whose every mutable
 //!   byte is atomic; plain data is copied with [`Region::read`] / [`Region::write`].
+//! - [`fdpass`]: handing fds (a memfd, eventfds) to another process over a
+//!   Unix socket (`SCM_RIGHTS`), without ever losing one silently.
 //!
 //! When not to use it: for data that never leaves one process, or for
 //! structured messages between processes (see `shm-ring` and `shm-mailbox`,
@@ -36,6 +38,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod fdpass;
 pub mod header;
 mod mapping;
 pub mod memfd;

@@ -26,7 +26,8 @@ pub fn nested_target_dir() -> (PathBuf, bool) {
 
 /// Runs `cargo build ARGS` into [`nested_target_dir`], in the profile of the
 /// running test, from the workspace root, and returns the directory that holds
-/// the binaries.
+/// the binaries. Building package `shm-fd` enables its feature `cli`,
+/// which its binary requires.
 pub fn build_bins(args: &[&str]) -> PathBuf {
     let (target, release) = nested_target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -36,6 +37,9 @@ pub fn build_bins(args: &[&str]) -> PathBuf {
         .args(args)
         .arg("--target-dir")
         .arg(&target);
+    if args.windows(2).any(|w| w == ["-p", "shm-fd"]) {
+        cmd.args(["--features", "cli"]);
+    }
     if release {
         cmd.arg("--release");
     }

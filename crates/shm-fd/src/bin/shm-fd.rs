@@ -3,11 +3,11 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use shm_fd::child::exit_like;
 use shm_fd::exec::{ExecError, exec_with_fds, trampoline_main};
 use shm_fd::listen::{ListenFds, validate_fd_name};
 use shm_fd::supervise::{self, Restart};
@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = shm_fd::cli::parse_duration)]
     restart_delay: Duration,
     /// With --supervise: how long COMMAND may take to exit after a forwarded
-    /// SIGTERM/SIGINT/SIGHUP before it is SIGKILLed (systemd's `TimeoutStopSec=`).
+    /// SIGTERM/SIGINT/SIGHUP/SIGQUIT before it is SIGKILLed (systemd's `TimeoutStopSec=`).
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = shm_fd::cli::parse_duration)]
     stop_timeout: Duration,
     /// With --supervise: most starts of COMMAND within --restart-interval; then
@@ -239,15 +239,4 @@ fn create(name: &str, args: &Args, under_manager: bool) -> Result<OwnedFd, Failu
         );
     }
     Ok(fd)
-}
-
-/// Ends this process the way the child ended: same exit code, or death by the same signal.
-fn exit_like(status: std::process::ExitStatus) -> ExitCode {
-    if let Some(sig) = status.signal() {
-        // Re-raise with the default action, so our parent (systemd, a shell)
-        // sees death by signal and e.g. Restart=on-abnormal fires.
-        let _ = signal_hook::low_level::emulate_default_handler(sig);
-        return ExitCode::from(128 + u8::try_from(sig).unwrap_or(0));
-    }
-    ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }

@@ -718,3 +718,51 @@ fn bind_never_removes_what_is_not_a_stale_socket() {
     drop(shm_ring::Listener::bind(&stale).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A server that attaches more fds to its welcome than the three of a ring
+/// is malformed: the client refuses it, and closes every fd it was sent.
+#[test]
+fn a_welcome_with_extra_fds_is_refused_and_every_fd_closed() {
+    use std::os::fd::AsFd;
+    let dir = std::env::temp_dir().join(shm_testkit::unique_name("ring-extra-fds"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut hello = [0u8; 40];
+        stream.read_exact(&mut hello).unwrap();
+        // Welcome: magic, version 1, status OK, capacity, pid, reserved.
+        let mut welcome = Vec::new();
+        welcome.extend_from_slice(b"RINGWLCM");
+        welcome.extend_from_slice(&1u32.to_ne_bytes());
+        welcome.extend_from_slice(&0u32.to_ne_bytes());
+        welcome.extend_from_slice(&1024u64.to_ne_bytes());
+        welcome.extend_from_slice(&std::process::id().to_ne_bytes());
+        welcome.extend_from_slice(&0u32.to_ne_bytes());
+        let fds = [write.as_fd(); 4];
+        let sent = shm_segment::fdpass::send_with_fds(&stream, &welcome, &fds, None).unwrap();
+        assert_eq!(sent, 32);
+        // Our copy closes here; the client's copies are all that is left.
+        drop(write);
+        stream
+    });
+    let err = shm_ring::Connector::new(&path)
+        .connect(shm_ring::Role::Producer, ElemLayout::of::<u64>())
+        .unwrap_err();
+    assert!(matches!(err, shm_ring::ConnectError::Malformed), "{err}");
+    drop(server.join().unwrap());
+    // End of file on the pipe: no write end is open anywhere (none leaked).
+    let mut fds = [rustix::event::PollFd::new(
+        &read,
+        rustix::event::PollFlags::IN,
+    )];
+    let ten_s = rustix::time::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&ten_s)).unwrap(), 1);
+    assert_eq!(rustix::io::read(&read, &mut [0u8; 1]).unwrap(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
