@@ -109,8 +109,9 @@ use std::time::{Duration, Instant};
 pub use error::{HostError, StrayWrite};
 pub use file::{is_fresh, keep_aside, prefix};
 pub use inspect::Inspection;
+pub use crate::live::Waker;
 
-use crate::live::{Host, Publisher, Waker};
+use crate::live::{Host, Publisher};
 use crate::{FileStorage, SnapshotWriter};
 use policy::{Backoff, Lag, RateLimit, Repeats};
 
