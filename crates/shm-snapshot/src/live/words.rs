@@ -288,6 +288,33 @@ pub(crate) trait Control {
     fn futex_wake(&self, off: usize);
 }
 
+impl<C: Control + ?Sized> Control for &C {
+    fn load_u64(&self, off: usize, order: Ordering) -> u64 {
+        (**self).load_u64(off, order)
+    }
+    fn store_u64(&self, off: usize, value: u64, order: Ordering) {
+        (**self).store_u64(off, value, order);
+    }
+    fn fetch_max_u64(&self, off: usize, value: u64, order: Ordering) -> u64 {
+        (**self).fetch_max_u64(off, value, order)
+    }
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        (**self).load_u32(off, order)
+    }
+    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        (**self).store_u32(off, value, order);
+    }
+    fn fetch_add_u32(&self, off: usize, value: u32, order: Ordering) -> u32 {
+        (**self).fetch_add_u32(off, value, order)
+    }
+    fn futex_wait(&self, off: usize, expected: u32, timeout: Option<std::time::Duration>) {
+        (**self).futex_wait(off, expected, timeout);
+    }
+    fn futex_wake(&self, off: usize) {
+        (**self).futex_wake(off);
+    }
+}
+
 impl Control for Region<'_> {
     #[inline]
     fn load_u64(&self, off: usize, order: Ordering) -> u64 {
@@ -358,10 +385,7 @@ pub(crate) struct HeapControl {
     mode: shm_sync::atomic::AtomicU32,
     wanted: shm_sync::atomic::AtomicU64,
     requests: shm_sync::atomic::AtomicU32,
-    #[cfg(shm_loom)]
-    futex: (loom::sync::Mutex<()>, loom::sync::Condvar),
-    #[cfg(not(shm_loom))]
-    futex: (std::sync::Mutex<()>, std::sync::Condvar),
+    futex: (shm_sync::sync::Mutex<()>, shm_sync::sync::Condvar),
 }
 
 #[cfg(any(test, shm_loom))]
