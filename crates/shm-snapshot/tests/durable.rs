@@ -55,6 +55,13 @@ fn setup(name: &str) -> (PathBuf, OwnedFd, String) {
     let host = SnapshotHost::open(config, None).unwrap();
     let memfd = host.memfd().try_clone_to_owned().unwrap();
     drop(host);
+    // A child another test forks in this process may hold a copy of the
+    // dropped host's lock description until it execs: wait for the release.
+    let t = Instant::now();
+    while shm_segment::is_locked(memfd.as_fd(), shm_snapshot::live::HOST_LOCK_BYTE).unwrap() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the lock stays held");
+        std::thread::yield_now();
+    }
     let path = format!("/proc/{}/fd/{}", std::process::id(), memfd.as_raw_fd());
     (file, memfd, path)
 }
