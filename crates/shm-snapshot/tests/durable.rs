@@ -157,7 +157,10 @@ fn wait_returns_once_file_holds_the_generation_even_if_the_host_dies_right_after
         client.wait_durable(g, Duration::from_secs(30)).unwrap();
         host.sigkill_and_wait().unwrap();
         let (fg, word) = file_state(&file, usize::try_from(g % 64).unwrap());
-        assert!(fg >= g, "round {round}: FILE holds {fg} < {g} after the kill");
+        assert!(
+            fg >= g,
+            "round {round}: FILE holds {fg} < {g} after the kill"
+        );
         assert_eq!(word, g);
         // With the host gone: NoHost at once for a generation not durable.
         let g = commit(&client, g + 1);
@@ -252,7 +255,12 @@ fn many_waiters_survive_host_kills_and_restarts() {
         shm_testkit::spawn(cmd).unwrap()
     };
     let mut waiter_lines = BufReader::new(waiter.inner_mut().stdout.take().unwrap()).lines();
-    while !waiter_lines.next().unwrap().unwrap().contains("waiter ready") {}
+    while !waiter_lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .contains("waiter ready")
+    {}
     let mut host = start_host(TEST, &path, &file);
     let stop = Arc::new(AtomicBool::new(false));
     // The committer: one thread (commits never overlap).

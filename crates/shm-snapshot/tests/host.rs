@@ -50,7 +50,8 @@ fn commit(client: &Client, model: &mut [u8], g: u64) {
 /// The memfd's commit sequence, overwritten as a stray write would.
 fn write_seq(memfd: &OwnedFd, seq: u64) {
     let f = std::fs::File::from(memfd.try_clone().unwrap());
-    f.write_all_at(&seq.to_le_bytes(), 16).unwrap();
+    // `seq`: payload offset 128, after the segment header page.
+    f.write_all_at(&seq.to_le_bytes(), 4096 + 128).unwrap();
 }
 
 #[test]

@@ -199,7 +199,12 @@ fn a_durable_waiter_is_always_woken() {
 #[test]
 fn without_the_durable_seq_bump_loom_finds_a_lost_wakeup() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "durable_control_body", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "durable_control_body",
+            "--ignored",
+            "--nocapture",
+        ])
         .output()
         .unwrap();
     let text = format!(

@@ -339,7 +339,8 @@ fn run_child(args: &Args, mut host: SnapshotHost) -> Result<ExitCode, String> {
         .spawn_with_fds(&exe, program, rest, &[(args.name.clone(), dup)], &[])
         .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
     let waker = host.waker();
-    let waiter = std::thread::spawn(move || {
+    let (exited, status) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
         let status = loop {
             match runner.wait_until(Instant::now() + Duration::from_secs(3600)) {
                 Ok(Some(s)) => break Ok(s),
@@ -347,8 +348,9 @@ fn run_child(args: &Args, mut host: SnapshotHost) -> Result<ExitCode, String> {
                 Err(e) => break Err(e.to_string()),
             }
         };
+        // Sent before the wake: the woken loop finds it.
+        let _ = exited.send(status);
         waker.wake();
-        status
     });
     // `--interval 0` snapshots on every commit; the tick then only checks the lag.
     let interval = if args.interval.is_zero() {
@@ -357,21 +359,22 @@ fn run_child(args: &Args, mut host: SnapshotHost) -> Result<ExitCode, String> {
         args.interval
     };
     let mut next_tick = Instant::now() + interval;
-    loop {
+    let status = loop {
         match host.wait_for_work(next_tick) {
-            Work::Interrupted if waiter.is_finished() => break,
-            Work::Interrupted => {}
+            Work::Interrupted => {
+                if let Ok(s) = status.try_recv() {
+                    break s;
+                }
+            }
             Work::Waiters | Work::Commits => host.serve_waiters(),
             _ => {
                 host.tick();
                 next_tick = Instant::now() + interval;
             }
         }
-    }
+    };
     host.finish();
-    let status = waiter
-        .join()
-        .map_err(|_| "the child's waiting thread panicked".to_owned())??;
+    let status = status?;
     tracing::info!("{}", shm_fd::supervise::describe(status));
     Ok(shm_fd::child::exit_like(status))
 }

@@ -106,10 +106,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use crate::live::Waker;
 pub use error::{HostError, StrayWrite};
 pub use file::{is_fresh, keep_aside, prefix};
 pub use inspect::Inspection;
-pub use crate::live::Waker;
 
 use crate::live::{Host, Publisher};
 use crate::{FileStorage, SnapshotWriter};
@@ -472,7 +472,8 @@ impl SnapshotHost {
             if let Some(t) = self.retry_at.filter(|&t| t > now) {
                 until = until.min(t);
             }
-            self.durable.sleep(seen, until.saturating_duration_since(now));
+            self.durable
+                .sleep(seen, until.saturating_duration_since(now));
         }
     }
 

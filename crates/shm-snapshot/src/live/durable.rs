@@ -136,7 +136,8 @@ impl<C: Control> RawDurable<C> {
         }
         // SYNC: Release, pairs with the Acquire load of `durable_seq` in
         // `wait_step`: orders the store of `durable` before the bump.
-        self.ctl.fetch_add_u32(DURABLE_SEQ_OFF, 1, Ordering::Release);
+        self.ctl
+            .fetch_add_u32(DURABLE_SEQ_OFF, 1, Ordering::Release);
         self.ctl.futex_wake(DURABLE_SEQ_OFF);
     }
 
@@ -230,7 +231,10 @@ pub struct Waker {
 /// bytes (checked at map time).
 fn control_region(map: &shm_segment::Mapping) -> shm_segment::Region<'_> {
     map.region()
-        .sub(shm_segment::header::DATA_OFFSET, super::CONTROL_LEN as usize)
+        .sub(
+            shm_segment::header::DATA_OFFSET,
+            super::CONTROL_LEN as usize,
+        )
         .expect("mapped CONTROL_MAP_LEN bytes")
 }
 
@@ -245,13 +249,11 @@ impl Publisher {
     /// lock, or the lock or the mapping failed.
     pub fn open(fd: std::os::fd::BorrowedFd<'_>) -> Result<Self, crate::SnapshotError> {
         use crate::{ErrorKind, SnapshotError};
-        let control = shm_segment::Mapping::map(
-            fd,
-            0,
-            CONTROL_MAP_LEN,
-            shm_segment::Access::ReadWrite,
-        )
-        .map_err(|e| SnapshotError::new(ErrorKind::Io, format!("map the control page: {e}")))?;
+        let control =
+            shm_segment::Mapping::map(fd, 0, CONTROL_MAP_LEN, shm_segment::Access::ReadWrite)
+                .map_err(|e| {
+                    SnapshotError::new(ErrorKind::Io, format!("map the control page: {e}"))
+                })?;
         let lock = shm_segment::OfdLock::try_acquire(fd, super::HOST_LOCK_BYTE)
             .map_err(|e| {
                 SnapshotError::new(ErrorKind::Io, format!("the host's liveness lock: {e}"))
