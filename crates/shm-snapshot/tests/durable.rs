@@ -110,7 +110,7 @@ fn start_host(test: &str, memfd_path: &str, file: &Path) -> shm_testkit::Child {
 fn commit(c: &Client, g: u64) -> u64 {
     let page = usize::try_from(g % 64).unwrap() * 4096;
     c.work().write_bytes(page, &g.to_le_bytes()).unwrap();
-    c.commit(&[page..page + 8])
+    c.commit(std::slice::from_ref(&(page..page + 8)))
 }
 
 #[test]
