@@ -322,3 +322,51 @@ fn many_waiters_survive_host_kills_and_restarts() {
     drop(host);
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
+
+/// The async form, with the host on a thread of this process.
+#[cfg(feature = "tokio")]
+#[test]
+fn async_wait_returns_once_durable() {
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("durable-async-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("state.snap");
+    let config = HostConfig {
+        create: true,
+        size: REGION,
+        ..HostConfig::new(&file)
+    };
+    let mut host = SnapshotHost::open(config, None).unwrap();
+    let client = Arc::new(Client::open(host.memfd()).unwrap());
+    let (waker, stop) = (host.waker(), Arc::new(AtomicBool::new(false)));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match host.wait_for_work(Instant::now() + Duration::from_secs(1)) {
+                Work::Waiters | Work::Commits => host.serve_waiters(),
+                Work::Interrupted => {}
+                _ => host.tick(),
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for g in 1..=3 {
+        assert_eq!(commit(&client, g), g);
+        let d = rt
+            .block_on(
+                client
+                    .clone()
+                    .wait_durable_async(g, Duration::from_secs(30)),
+            )
+            .unwrap();
+        assert!(d >= g);
+        assert!(file_state(&file, usize::try_from(g).unwrap()).0 >= g);
+    }
+    stop.store(true, Ordering::Relaxed);
+    waker.wake();
+    thread.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -544,6 +544,31 @@ impl Client {
     }
 }
 
+#[cfg(feature = "tokio")]
+impl Client {
+    /// [`Client::wait_durable`] for async code (feature `tokio`): the
+    /// blocking wait runs on tokio's blocking pool (`spawn_blocking`), so
+    /// the runtime's workers never block. Its cost: one blocking-pool thread
+    /// parked on the futex per pending wait (the pool grows to 512 threads
+    /// by default, then waits queue), and a thread hand-off at each end (a
+    /// few microseconds, next to the fdatasync being waited for). Dropping
+    /// the future does not cancel the wait: its thread runs until the wait
+    /// ends, at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`Client::wait_durable`]; [`WaitError::Runtime`] if the runtime
+    /// shut down first.
+    pub async fn wait_durable_async(
+        self: std::sync::Arc<Self>,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<u64, WaitError> {
+        tokio::task::spawn_blocking(move || self.wait_durable(generation, timeout))
+            .await
+            .unwrap_or_else(|e| Err(WaitError::Runtime(e.to_string())))
+    }
+}
+
 /// Appends `r` to `v`, merging it with the last range when adjacent.
 fn push_range(v: &mut Vec<Range<usize>>, r: Range<usize>) {
     match v.last_mut() {

@@ -206,6 +206,9 @@ pub enum WaitError {
     /// Checking the host's liveness lock failed.
     #[error("checking the snapshot host's liveness lock: {0}")]
     Lock(rustix::io::Errno),
+    /// The async form's blocking task did not finish (its runtime shut down).
+    #[error("the waiting task did not finish: {0}")]
+    Runtime(String),
 }
 
 /// The host's side of durable commits on one memfd: its liveness lock and a
