@@ -47,6 +47,14 @@
 //! in its first interval still leaves its work on disk. When the program
 //! has exited, call [`SnapshotHost::finish`].
 //!
+//! Rather than polling, sleep in [`SnapshotHost::wait_for_work`] until the
+//! next tick (what `shm-restore` does): it returns early for clients
+//! waiting in [`Client::wait_durable`](crate::live::Client::wait_durable)
+//! ([`Work::Waiters`], answered with [`SnapshotHost::serve_waiters`]), for
+//! the program's first commit, for every commit with
+//! [`HostConfig::continuous`] ([`Work::Commits`]), and for a [`Waker`]
+//! ([`Work::Interrupted`], e.g. from the thread that waits for the child).
+//!
 //! # Examples
 //! A host and a client in one process: the client commits into the memfd
 //! the host created, the host writes FILE, and FILE restores the last
