@@ -65,6 +65,7 @@ pub mod header;
 pub mod layout;
 mod mapping;
 pub mod memfd;
+pub mod ofd_lock;
 mod region;
 pub mod segment;
 mod shared;
@@ -73,6 +74,7 @@ mod sigbus;
 
 pub use layout::Layout;
 pub use mapping::{Access, MapError, Mapping};
+pub use ofd_lock::{OfdLock, is_locked};
 pub use region::{OutOfBounds, Region};
 pub use segment::{AccessPolicy, ObjectAccess, Segment, SegmentBuilder, SegmentError};
 pub use shared::Shared;

@@ -15,6 +15,10 @@
 //!   commits consistent states into a memfd; a host ([`live::Host`]) reads
 //!   exactly one committed state, or only the pages changed since one, without
 //!   ever stopping the program. [`track`] finds the pages the program wrote.
+//!   **Durable commits**: [`live::Client::wait_durable`] waits (on a futex)
+//!   until the host has fdatasynced a generation into FILE, asking it for a
+//!   snapshot at once; one fdatasync covers every generation committed
+//!   meanwhile (group commit). See its example.
 //! * The **snapshot host** ([`host`]): keeps a memfd's state durable in a
 //!   snapshot file and restores it on a cold start, with the policy around
 //!   it (intervals, write-rate limit, lag, compaction, damage, the exit
@@ -32,6 +36,7 @@
 //!   child process), on top of [`host`]. The library itself needs no feature.
 //! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
 //!   tests.
+//! * `tokio`: [`live::Client::wait_durable_async`].
 //!
 //! # Examples
 //! A state committed by a client, kept in FILE by the host, restored from FILE:

@@ -288,10 +288,16 @@ fn power_loss_replay() {
     let len = 6 * PS as usize;
     let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
     w.set_write_batch(1);
+    // Each generation is acknowledged (what the host publishes as durable)
+    // when `snapshot()` returns: after the first `acked_at[g - 1]` operations.
+    let mut acked_at = Vec::new();
     for g in 1..=4 {
-        w.snapshot(&full_state(g, len)).unwrap();
+        assert_eq!(w.snapshot(&full_state(g, len)).unwrap(), g);
+        acked_at.push(w.storage().log.len());
     }
     let log = w.storage().log.clone();
+    // The newest generation acknowledged before operation `i` was issued.
+    let acknowledged = |i: usize| acked_at.iter().filter(|&&at| at <= i).count() as u64;
     let mut durable_gen = 0u64;
     let mut durable = MemStorage::default();
     let mut pending: Vec<Op> = Vec::new();
@@ -303,7 +309,7 @@ fn power_loss_replay() {
         Op::SetLen(l) => m.set_len(*l).unwrap(),
         Op::Sync => {}
     };
-    for op in &log {
+    for (i, op) in log.iter().enumerate() {
         if *op == Op::Sync {
             for p in pending.drain(..) {
                 apply(&mut durable, &p);
@@ -333,6 +339,8 @@ fn power_loss_replay() {
                     continue;
                 };
                 assert!(g >= durable_gen, "restored {g} < durable {durable_gen}");
+                let acked = acknowledged(i);
+                assert!(g >= acked, "restored {g} < acknowledged {acked}");
                 assert_eq!(
                     v,
                     if g == 0 {

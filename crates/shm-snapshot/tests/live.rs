@@ -151,7 +151,8 @@ fn foreign_memfd_is_refused() {
 
 /// The live memfd is an `shm-segment` segment: any segment opener accepts
 /// it, and its payload is the control block of docs/protocol/shm-snapshot.md
-/// (magic, version 3, the geometry, `seq`, and the reserved words zero).
+/// (magic, version 4, the geometry, `seq`, and the reserved words zero; the
+/// durable-commit words stay zero while no host or waiter touched them).
 #[test]
 fn live_memfd_is_a_segment_with_the_documented_control_block() {
     let region = 3 * 4096 + 8;
@@ -174,7 +175,7 @@ fn live_memfd_is_a_segment_with_the_documented_control_block() {
         words[..8],
         [
             live::LIVE_MAGIC,
-            3,
+            4,
             4096,
             4,
             region,

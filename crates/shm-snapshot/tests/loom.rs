@@ -11,6 +11,7 @@
 //! re-check. loom must then find a torn copy.
 #![cfg(shm_loom)]
 
+use shm_snapshot::live::durable_model::{Bump, HeapDurable};
 use shm_snapshot::live::model::{Changed, Fence, HeapLive};
 use shm_sync::sync::Arc;
 use shm_sync::thread;
@@ -161,4 +162,81 @@ fn changed_without_the_client_fence_loom_finds_a_torn_copy() {
 #[should_panic(expected = "torn copy")]
 fn changed_without_the_host_fence_loom_finds_a_torn_copy() {
     changed_model(Fence::Kept, Fence::Skipped);
+}
+
+/// The durable-commit handshake (`live::durable`): a client requests
+/// generation 1 and waits on `durable_seq`, the host sleeps on `requests`
+/// until it sees the request, then publishes. Every interleaving must end
+/// with the client woken, holding the published generation (a lost wake-up
+/// on either futex is a deadlock loom reports).
+fn durable_model(bump: Bump) {
+    loom::model(move || {
+        let d = Arc::new(HeapDurable::default());
+        let host = {
+            let d = d.clone();
+            thread::spawn(move || d.serve(1, bump))
+        };
+        // The client waits on the main thread (so that a lost wake-up leaves
+        // exactly it blocked, which loom reports as a deadlock).
+        assert_eq!(d.request_and_wait(1), 1);
+        host.join().unwrap();
+        assert_eq!(d.durable(), 1);
+    });
+}
+
+#[test]
+fn a_durable_waiter_is_always_woken() {
+    durable_model(Bump::Kept);
+}
+
+/// The control: a host that stores `durable` and wakes, but does not bump
+/// `durable_seq`, loses the wake-up of a waiter that loaded the old
+/// `durable` before the store and sleeps after the wake.
+///
+/// loom reports the deadlock by panicking, then aborts while unwinding the
+/// blocked thread, which `should_panic` cannot catch: the model runs in a
+/// child process of this test binary, which must die reporting it.
+#[test]
+fn without_the_durable_seq_bump_loom_finds_a_lost_wakeup() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "durable_control_body",
+            "--ignored",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the control passed:\n{text}");
+    assert!(text.contains("deadlock"), "{text}");
+}
+
+/// The body of the control above (run only by it).
+#[test]
+#[ignore = "run by without_the_durable_seq_bump_loom_finds_a_lost_wakeup in a child process"]
+fn durable_control_body() {
+    durable_model(Bump::Skipped);
+}
+
+/// Two waiters on generations 1 and 2 while the host publishes 1 then 2:
+/// each returns a durable generation at least its own.
+#[test]
+fn two_waiters_on_different_generations() {
+    loom::model(|| {
+        let d = Arc::new(HeapDurable::default());
+        let waiter = |g: u64| {
+            let d = d.clone();
+            thread::spawn(move || d.request_and_wait(g))
+        };
+        let (w1, w2) = (waiter(1), waiter(2));
+        d.publish(1, Bump::Kept);
+        d.serve(2, Bump::Kept);
+        assert!(w1.join().unwrap() >= 1);
+        assert_eq!(w2.join().unwrap(), 2);
+    });
 }

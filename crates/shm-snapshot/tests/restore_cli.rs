@@ -463,7 +463,6 @@ fn bad_options_are_refused_by_name() {
         ("--max-write-rate", "0"),
         ("--max-write-rate", "fast"),
         ("--compact-at", "1"),
-        ("--interval", "0"),
         ("--lag-warn=-1", ""),
         ("--name", "bad:name"),
         ("--name=", ""),

@@ -60,12 +60,13 @@ pub mod thread {
     pub use std::thread::{JoinHandle, spawn, yield_now};
 }
 
-/// Shared ownership (loom's `Arc` under `shm_loom`, so leaks are checked).
+/// Shared ownership (loom's `Arc` under `shm_loom`, so leaks are checked),
+/// and the mutex and condition variable that model a futex on heap words.
 pub mod sync {
     #[cfg(shm_loom)]
-    pub use loom::sync::Arc;
+    pub use loom::sync::{Arc, Condvar, Mutex};
     #[cfg(not(shm_loom))]
-    pub use std::sync::Arc;
+    pub use std::sync::{Arc, Condvar, Mutex};
 }
 
 /// Runs `f` as a loom model, or once as a plain closure outside loom.

@@ -6,7 +6,9 @@
 //! primes) and prints `Recovering N existing primes`; then one line per chunk:
 //! `committed generation G: N primes`. `shm-restore` prints `durable
 //! generation G` once generation G is on disk; since every commit adds exactly
-//! `CHUNK` primes, generation G holds `G * CHUNK` primes.
+//! `CHUNK` primes, generation G holds `G * CHUNK` primes. With `--durable`
+//! it waits after each commit until that generation is durable
+//! (`Client::wait_durable`) and ends its line with ` durable`.
 //!
 //! Work-area layout: word 0 is the count N, words 1..=N the primes.
 //!
@@ -31,17 +33,23 @@ struct Args {
     /// Primes generated per second at most.
     #[arg(default_value_t = 20_000.0)]
     primes_per_second: f64,
+    /// After each commit, wait until shm-restore has made it durable (its
+    /// snapshot's fdatasync returned) and print `durable` on its line.
+    #[arg(long)]
+    durable: bool,
     #[command(flatten)]
     log: shm_fd::cli::Verbosity,
 }
 
 /// Primes per commit.
 const CHUNK: u64 = 1000;
+/// How long `--durable` waits for each generation.
+const DURABLE_WAIT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init("primes-snapshot");
-    match run(args.primes_per_second) {
+    match run(args.primes_per_second, args.durable) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("primes-snapshot: {e}");
@@ -64,7 +72,7 @@ fn is_prime(n: u64) -> bool {
     true
 }
 
-fn run(rate: f64) -> Result<(), String> {
+fn run(rate: f64, durable: bool) -> Result<(), String> {
     let mut fds = ListenFds::from_env_inherited().map_err(|e| e.to_string())?;
     let fd = fds
         .take("state")
@@ -136,7 +144,17 @@ fn run(rate: f64) -> Result<(), String> {
             }
             None => client.commit(&[0..8, lo..hi]),
         };
-        println!("committed generation {g}: {n} primes, largest {p}");
+        if durable {
+            match client.wait_durable(g, DURABLE_WAIT) {
+                Ok(_) => println!("committed generation {g}: {n} primes, largest {p} durable"),
+                Err(e) => {
+                    println!("committed generation {g}: {n} primes, largest {p}");
+                    eprintln!("primes-snapshot: generation {g}: {e}");
+                }
+            }
+        } else {
+            println!("committed generation {g}: {n} primes, largest {p}");
+        }
         // Throughput limit.
         #[allow(clippy::cast_precision_loss)]
         let due = Duration::from_secs_f64((n - base) as f64 / rate.max(1.0));

@@ -110,3 +110,61 @@ fn random_sigkill_never_loses_durable_primes() {
     assert!(durable > 0, "no snapshot became durable in any round");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--durable` under a host whose interval is far away (10 s): every
+/// generation the program prints as durable was made durable by a snapshot
+/// its wait asked for, and survives a SIGKILL of host and program together.
+#[test]
+fn durable_lines_survive_a_sigkill() {
+    let bin = shm_restore();
+    let dir = std::env::temp_dir().join(format!("primes-snapshot-durable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("primes.snap");
+    let out_path = dir.join("out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(&bin)
+        .args(["--create", "--interval", "10"])
+        .arg(&file)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_primes-snapshot"))
+        .args(["--durable", "20000"])
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET")
+        .process_group(0)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let durable_lines = || {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with(" durable"))
+            .count()
+    };
+    while durable_lines() < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no durable lines within 60 s (with a 10 s interval, waits must drive snapshots)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Both die at once: the process group.
+    let pgid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL).unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let last = text
+        .lines()
+        .filter(|l| l.ends_with(" durable"))
+        .filter_map(|l| last_number_after(l, "committed generation "))
+        .next_back()
+        .unwrap();
+    assert!(last >= 5, "{text}");
+    let on_disk = inspect_generation(&bin, &file);
+    assert!(on_disk >= last, "FILE holds {on_disk} < durable {last}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,14 +4,20 @@
 //! `Host::copy` and a later `Client::open` give a result or a typed error,
 //! never a panic or a fault; the host only ever hands out whole pages of
 //! the state it mapped, and only with a generation that a cold start can
-//! restore (an out-of-range or backwards sequence visits nothing).
+//! restore (an out-of-range or backwards sequence visits nothing). With
+//! the durable-commit words scribbled, a client's wait answers at once with
+//! no host, and never claims a generation beyond the committed one (a
+//! scribbled `durable` at or below it is believed: a hostile writer of the
+//! memfd can lie about durability, as it can about the state).
 #![no_main]
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use libfuzzer_sys::fuzz_target;
-use shm_snapshot::live::{self, Changed, Client, Host};
+use std::time::{Duration, Instant};
+
+use shm_snapshot::live::{self, Changed, Client, Host, WaitError};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&shape, rest)) = data.split_first() else { return };
@@ -76,7 +82,19 @@ fuzz_target!(|data: &[u8]| {
         // The region size may have been rewritten to anything that fits.
         let n = client.work().len().min(8);
         client.work().write_bytes(0, &[1u8; 8][..n]).expect("work area");
-        let _ = client.commit(&[0..8, 4000..9000, usize::MAX - 8..usize::MAX]);
+        let g = client.commit(&[0..8, 4000..9000, usize::MAX - 8..usize::MAX]);
+        // Scribbled durable words (`durable`, `durable_seq`, `mode`,
+        // `wanted`, `requests`): a wait answers at once (no host holds the
+        // liveness lock), and never claims more than was committed.
+        for timeout in [Duration::ZERO, Duration::from_secs(5)] {
+            let started = Instant::now();
+            match client.wait_durable(g, timeout) {
+                Ok(d) => assert!(d >= g && d <= client.generation(), "durable {d} for {g}"),
+                Err(WaitError::NoHost | WaitError::Future { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "a wait hung");
+        }
         if let Ok(Changed::Complete(g)) = host.copy_changed(0, &mut check) {
             assert!(restorable(g), "generation {g} handed to FILE");
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use shm_snapshot::host::{
-    HostConfig, HostError, Inspection, LoadProgress, SnapshotHost, StartFrom,
+    HostConfig, HostError, Inspection, LoadProgress, SnapshotHost, StartFrom, Work,
 };
 
 #[derive(Parser, Debug)]
@@ -57,7 +57,9 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = shm_fd::cli::parse_size)]
     size: u64,
     /// Time between snapshots (e.g. 1, 0.1, 100ms). The first one is taken
-    /// as soon as the program has committed once.
+    /// as soon as the program has committed once, and a program waiting for
+    /// a durable generation gets a snapshot at once. 0: snapshot
+    /// continuously (every commit wakes the host; it sleeps when idle).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = shm_fd::cli::parse_duration)]
     interval: Duration,
     /// Average limit on snapshot writes, in bytes per second (e.g. 1048576,
@@ -269,6 +271,7 @@ fn config(args: &Args, file: &Path) -> HostConfig {
             (None, true) => StartFrom::Salvage,
             (None, false) => StartFrom::Newest,
         },
+        continuous: args.interval.is_zero(),
         ..HostConfig::new(file)
     }
 }
@@ -298,9 +301,6 @@ fn explain(e: &HostError) -> String {
 fn run(args: &Args) -> Result<ExitCode, String> {
     let file = args.file.as_deref().ok_or("no FILE given")?;
     shm_fd::listen::validate_fd_name(&args.name).map_err(|e| format!("--name: {e}"))?;
-    if args.interval.is_zero() {
-        return Err("--interval 0: must be more than 0".into());
-    }
     let config = config(args, file);
     config.validate().map_err(|e| explain(&e))?;
     // Warm start: a memfd from LISTEN_FDS (systemd's fd store or `shm-fd --supervise`).
@@ -320,9 +320,12 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     run_child(args, host)
 }
 
-/// Runs COMMAND with the memfd, forwarding signals to it, with a host tick
-/// every `--interval` (and the first snapshot as soon as it has committed
-/// once); the exit snapshot when it exits, whose status is ours.
+/// Runs COMMAND with the memfd: a thread waits for it (forwarding signals
+/// through the shared runner) and wakes the host when it exits; this thread
+/// sleeps in [`SnapshotHost::wait_for_work`] until the next `--interval`
+/// tick, a client waiting for a durable generation (served at once), a
+/// commit (with `--interval 0`), or the child's exit. Then the exit
+/// snapshot; the child's status is ours.
 fn run_child(args: &Args, mut host: SnapshotHost) -> Result<ExitCode, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (program, rest) = args.command.split_first().ok_or("no COMMAND")?;
@@ -330,58 +333,50 @@ fn run_child(args: &Args, mut host: SnapshotHost) -> Result<ExitCode, String> {
         .memfd()
         .try_clone_to_owned()
         .map_err(|e| e.to_string())?;
-    let mut child =
-        shm_fd::exec::spawn_with_fds(&exe, program, rest, &[(args.name.clone(), dup)], &[])
-            .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
-    // Forward termination and user signals to the child; we exit when it does.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGQUIT,
-        signal_hook::consts::SIGUSR1,
-        signal_hook::consts::SIGUSR2,
-    ])
-    .map_err(|e| format!("signal handlers: {e}"))?;
-    let child_pid = rustix::process::Pid::from_child(&child);
-    let interval = args.interval.max(Duration::from_millis(1));
-    let status = loop {
-        let deadline = Instant::now() + interval;
-        let mut done = None;
-        while Instant::now() < deadline {
-            if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-                done = Some(s);
-                break;
+    let mut runner =
+        shm_fd::child::Runner::new(None).map_err(|e| format!("signal handlers: {e}"))?;
+    runner
+        .spawn_with_fds(&exe, program, rest, &[(args.name.clone(), dup)], &[])
+        .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
+    let waker = host.waker();
+    let (exited, status) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let status = loop {
+            match runner.wait_until(Instant::now() + Duration::from_secs(3600)) {
+                Ok(Some(s)) => break Ok(s),
+                Ok(None) => {}
+                Err(e) => break Err(e.to_string()),
             }
-            for sig in signals.pending() {
-                if let Some(sig) = rustix::process::Signal::from_named_raw(sig) {
-                    let _ = rustix::process::kill_process(child_pid, sig);
+        };
+        // Sent before the wake: the woken loop finds it.
+        let _ = exited.send(status);
+        waker.wake();
+    });
+    // `--interval 0` snapshots on every commit; the tick then only checks the lag.
+    let interval = if args.interval.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        args.interval
+    };
+    let mut next_tick = Instant::now() + interval;
+    let status = loop {
+        match host.wait_for_work(next_tick) {
+            Work::Interrupted => {
+                if let Ok(s) = status.try_recv() {
+                    break s;
                 }
             }
-            if host.wants_snapshot_now() {
-                break;
+            Work::Waiters | Work::Commits => host.serve_waiters(),
+            _ => {
+                host.tick();
+                next_tick = Instant::now() + interval;
             }
-            std::thread::sleep(Duration::from_millis(5));
         }
-        if let Some(s) = done {
-            host.finish();
-            break s;
-        }
-        host.tick();
     };
+    host.finish();
+    let status = status?;
     tracing::info!("{}", shm_fd::supervise::describe(status));
-    Ok(exit_like(status))
-}
-
-fn exit_like(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = status.signal() {
-        // Die by the same signal (default action, despite our forwarding
-        // handlers) so the death is visible to our parent (`Restart=on-abnormal`).
-        let _ = signal_hook::low_level::emulate_default_handler(sig);
-        return ExitCode::from(128 + u8::try_from(sig).unwrap_or(0));
-    }
-    ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+    Ok(shm_fd::child::exit_like(status))
 }
 
 #[cfg(test)]

@@ -47,6 +47,14 @@
 //! in its first interval still leaves its work on disk. When the program
 //! has exited, call [`SnapshotHost::finish`].
 //!
+//! Rather than polling, sleep in [`SnapshotHost::wait_for_work`] until the
+//! next tick (what `shm-restore` does): it returns early for clients
+//! waiting in [`Client::wait_durable`](crate::live::Client::wait_durable)
+//! ([`Work::Waiters`], answered with [`SnapshotHost::serve_waiters`]), for
+//! the program's first commit, for every commit with
+//! [`HostConfig::continuous`] ([`Work::Commits`]), and for a [`Waker`]
+//! ([`Work::Interrupted`], e.g. from the thread that waits for the child).
+//!
 //! # Examples
 //! A host and a client in one process: the client commits into the memfd
 //! the host created, the host writes FILE, and FILE restores the last
@@ -104,13 +112,14 @@ mod snapshot;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+pub use crate::live::Waker;
 pub use error::{HostError, StrayWrite};
 pub use file::{is_fresh, keep_aside, prefix};
 pub use inspect::Inspection;
 
-use crate::live::Host;
+use crate::live::{Host, Publisher};
 use crate::{FileStorage, SnapshotWriter};
 use policy::{Backoff, Lag, RateLimit, Repeats};
 
@@ -160,6 +169,11 @@ pub struct HostConfig {
     pub name: String,
     /// What to restore from FILE. Default: [`StartFrom::Newest`].
     pub start_from: StartFrom,
+    /// Snapshot continuously (`shm-restore --interval 0`): every commit
+    /// wakes the host ([`SnapshotHost::wait_for_work`] returns
+    /// [`Work::Commits`]), which snapshots back to back while commits arrive
+    /// and sleeps when idle. Default: off.
+    pub continuous: bool,
 }
 
 impl HostConfig {
@@ -174,6 +188,7 @@ impl HostConfig {
             compact_at: 2.0,
             name: "state".to_owned(),
             start_from: StartFrom::Newest,
+            continuous: false,
         }
     }
 
@@ -234,7 +249,33 @@ pub struct SnapshotHost {
     repeats: Repeats,
     /// Whether [`SnapshotHost::tick`] ran.
     ticked: bool,
+    /// The durable words and the liveness lock.
+    durable: Publisher,
+    /// [`HostConfig::continuous`].
+    continuous: bool,
+    /// After a failed snapshot for waiters or commits: not before then again.
+    retry_at: Option<Instant>,
 }
+
+/// What [`SnapshotHost::wait_for_work`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Work {
+    /// Clients wait for a generation FILE does not hold: call
+    /// [`SnapshotHost::serve_waiters`] now.
+    Waiters,
+    /// Continuous mode: commits arrived that FILE does not hold; call
+    /// [`SnapshotHost::serve_waiters`].
+    Commits,
+    /// The deadline passed (or the program's first commit awaits its first
+    /// snapshot): call [`SnapshotHost::tick`].
+    Tick,
+    /// A [`Waker`] woke the host.
+    Interrupted,
+}
+
+/// How long the host waits before serving waiters again after a failed snapshot.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// Counts of a host's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -387,6 +428,75 @@ impl SnapshotHost {
         let before = self.persisted;
         snapshot::snapshot(self, snapshot::Read::Changed)?;
         Ok((self.persisted != before).then_some(self.persisted))
+    }
+
+    /// The generation published as durable in the memfd (FILE's, after its
+    /// fdatasync returned).
+    pub fn durable(&self) -> u64 {
+        self.durable.durable()
+    }
+
+    /// A cloneable, `Send` handle that interrupts [`SnapshotHost::wait_for_work`]
+    /// from another thread (which then returns [`Work::Interrupted`]).
+    pub fn waker(&self) -> Waker {
+        self.durable.waker()
+    }
+
+    /// Whether clients wait for a generation FILE does not hold yet and the
+    /// memfd has it (a `wanted` beyond the last commit is a stray write, and
+    /// ignored beyond that commit).
+    fn has_waiters(&self, wanted: u64, live: u64) -> bool {
+        wanted.min(live) > self.persisted
+    }
+
+    /// Sleeps on the memfd's `requests` futex word until there is work or
+    /// `deadline` passes; see [`Work`]. Never busy-waits: after a failed
+    /// snapshot for waiters it reports them again only after 100 ms.
+    pub fn wait_for_work(&mut self, deadline: Instant) -> Work {
+        loop {
+            // `requests` first: a request or wake after this load moves it,
+            // and the sleep below returns at once.
+            let seen = self.durable.requests();
+            if self.durable.take_interrupt() {
+                return Work::Interrupted;
+            }
+            let now = Instant::now();
+            let ready = self.refused.is_none() && self.retry_at.is_none_or(|t| now >= t);
+            if ready && let Ok(live) = self.live.generation() {
+                if self.has_waiters(self.durable.wanted(), live) {
+                    return Work::Waiters;
+                }
+                if self.continuous && live > self.persisted {
+                    return Work::Commits;
+                }
+                if !self.ticked && live > self.persisted {
+                    return Work::Tick;
+                }
+            }
+            if now >= deadline {
+                return Work::Tick;
+            }
+            let mut until = deadline;
+            if let Some(t) = self.retry_at.filter(|&t| t > now) {
+                until = until.min(t);
+            }
+            self.durable
+                .sleep(seen, until.saturating_duration_since(now));
+        }
+    }
+
+    /// A snapshot now, ignoring the write-rate limit (for [`Work::Waiters`]
+    /// and [`Work::Commits`]): one fdatasync covers every generation
+    /// committed meanwhile. An error is logged, and waiters are served again
+    /// only 100 ms later.
+    pub fn serve_waiters(&mut self) {
+        match snapshot::snapshot(self, snapshot::Read::Changed) {
+            Ok(()) => self.retry_at = None,
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                snapshot::report(self, &e);
+            }
+        }
     }
 
     /// The last snapshot once the program has exited (never rate limited;

@@ -14,7 +14,7 @@ use super::snapshot::{self, Read};
 use super::{
     HostConfig, HostError, HostStats, LoadProgress, Prepared, SnapshotHost, StartFrom, is_fresh,
 };
-use crate::live::{self, Host, Initializer};
+use crate::live::{self, Host, Initializer, Publisher};
 use crate::{OnDamage, RestoreOptions};
 
 impl StartFrom {
@@ -190,6 +190,11 @@ impl Prepared {
             ..
         } = self;
         let live = Host::open(memfd.as_fd()).map_err(|source| HostError::Memfd { source })?;
+        let durable =
+            Publisher::open(memfd.as_fd()).map_err(|source| HostError::Memfd { source })?;
+        // Every commit wakes the host: continuously, or until the first
+        // snapshot (so the program's first work is on disk at once).
+        durable.set_wake_on_commit(true);
         let rebuild = config.start_from.rebuilds();
         let persisted = loaded.as_ref().map_or(0, |l| l.generation);
         // The writer continues FILE from the scan just made, or creates FILE;
@@ -220,6 +225,9 @@ impl Prepared {
             refused: None,
             repeats: Repeats::default(),
             ticked: false,
+            durable,
+            continuous: config.continuous,
+            retry_at: None,
         };
         if first_full && let Err(e) = snapshot::snapshot(&mut host, Read::Full) {
             if rebuilt.is_some() {
@@ -238,6 +246,12 @@ impl Prepared {
                 host.persisted,
                 aside.display()
             );
+        }
+        // FILE's generation is durable once FILE's data is (a host killed
+        // between its write and its fdatasync left it in the page cache only).
+        match std::fs::File::open(&host.path).and_then(|f| f.sync_data()) {
+            Ok(()) => host.durable.publish(host.persisted),
+            Err(e) => tracing::error!("fdatasync {}: {e}", host.path.display()),
         }
         Ok(host)
     }

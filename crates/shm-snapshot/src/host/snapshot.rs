@@ -51,6 +51,12 @@ pub(crate) fn snapshot(h: &mut SnapshotHost, read: Read) -> Result<(), HostError
     };
     let wrote = h.writer.last_bytes_written;
     h.persisted = g;
+    // The writer's commit returned only after its fdatasync.
+    h.durable.publish(g);
+    if !h.continuous {
+        // The first-commit wake-up has served its purpose.
+        h.durable.set_wake_on_commit(false);
+    }
     h.stats.snapshots += 1;
     h.stats.bytes += wrote;
     h.limit.wrote(started, wrote);
@@ -164,7 +170,7 @@ fn maybe_compact(h: &mut SnapshotHost) -> Result<(), HostError> {
 }
 
 /// Logs an error, the same one at most every 10 s.
-fn report(h: &mut SnapshotHost, e: &HostError) {
+pub(crate) fn report(h: &mut SnapshotHost, e: &HostError) {
     let msg = e.to_string();
     if h.repeats.due(Instant::now(), &msg) {
         tracing::error!("{msg}");

@@ -17,11 +17,13 @@
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::sync::{Mutex, TryLockError};
+use std::time::{Duration, Instant};
 
 use shm_segment::{Access, Region, Segment};
 use shm_sync::atomic::{Ordering, fence};
 
-use super::layout::{self, Geometry, MAX_SEQ, SEQ_OFF};
+use super::durable::{RawDurable, WaitError};
+use super::layout::{self, Geometry, HOST_LOCK_BYTE, MAX_SEQ, SEQ_OFF};
 use super::words::WordsMut;
 use crate::error::{ErrorKind, SnapshotError};
 use crate::track::{TrackError, TrackErrorKind, Tracker};
@@ -182,6 +184,9 @@ impl<S: WordsMut> RawClient<S> {
     }
 }
 
+/// How often [`Client::wait_durable`] re-checks the host's liveness lock.
+const LIVENESS_CHECK: Duration = Duration::from_millis(50);
+
 /// The program's side: edits the work area and commits.
 ///
 /// Single writer: the work area must be written only through this client's
@@ -282,7 +287,121 @@ impl Client {
     /// tracker saw written stay pending and are copied (again) by the next
     /// [`Client::commit_tracked`].
     pub fn commit(&self, dirty: &[Range<usize>]) -> u64 {
-        self.raw().publish(dirty)
+        let g = self.raw().publish(dirty);
+        self.durable_raw().after_commit();
+        g
+    }
+
+    /// The durable-commit words over this client's mapping.
+    #[inline]
+    fn durable_raw(&self) -> RawDurable<Region<'_>> {
+        RawDurable::new(self.payload())
+    }
+
+    /// The newest generation the host has made durable in FILE (its
+    /// snapshot's fdatasync returned), as published in the memfd; 0 before
+    /// the first host published one.
+    #[must_use]
+    pub fn durable_generation(&self) -> u64 {
+        self.durable_raw().durable()
+    }
+
+    /// Whether a snapshot host holds the memfd's liveness lock.
+    fn host_alive(&self) -> Result<bool, WaitError> {
+        shm_segment::is_locked(self.segment.fd(), HOST_LOCK_BYTE).map_err(WaitError::Lock)
+    }
+
+    /// Waits until generation `generation` (committed already) is durable in
+    /// the host's FILE; returns the durable generation (at least
+    /// `generation`). Asks the host for a snapshot at once (group commit: one
+    /// fdatasync covers every generation committed meanwhile), then sleeps
+    /// on a futex, re-checking the host's liveness lock at least every 50 ms.
+    /// A `timeout` of zero checks once.
+    ///
+    /// A durable word beyond the committed generation was not written by a
+    /// host (a stray write) and is not believed.
+    ///
+    /// # Errors
+    /// [`WaitError::Future`]: `generation` is not committed yet;
+    /// [`WaitError::NoHost`] (at once): no host serves the memfd;
+    /// [`WaitError::HostGone`]: the host died during the wait;
+    /// [`WaitError::Timeout`]; [`WaitError::Lock`]: the liveness check failed.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, Instant};
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost, Work};
+    /// use shm_snapshot::live::{Client, WaitError};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("wait-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 4096, ..HostConfig::new(dir.join("s.snap")) };
+    /// let mut host = SnapshotHost::open(config, None)?;
+    /// let client = std::sync::Arc::new(Client::open(host.memfd())?);
+    ///
+    /// client.work().write_bytes(0, b"paid")?;
+    /// let g = client.commit(&[0..4]);
+    /// assert!(matches!(client.wait_durable(g, Duration::ZERO), Err(WaitError::Timeout { .. })));
+    /// // Normally another process: the program waits while the host works.
+    /// let waiter = std::thread::spawn({
+    ///     let client = client.clone();
+    ///     move || client.wait_durable(g, Duration::from_secs(10))
+    /// });
+    /// while host.persisted() < g {
+    ///     if host.wait_for_work(Instant::now() + Duration::from_secs(1)) == Work::Waiters {
+    ///         host.serve_waiters();
+    ///     }
+    /// }
+    /// assert!(waiter.join().unwrap()? >= g);
+    /// assert!(client.durable_generation() >= g);
+    /// # drop(host);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wait_durable(&self, generation: u64, timeout: Duration) -> Result<u64, WaitError> {
+        let committed = self.generation();
+        if generation > committed {
+            return Err(WaitError::Future {
+                requested: generation,
+                committed,
+            });
+        }
+        let raw = self.durable_raw();
+        // A value beyond the committed generation is a stray write.
+        let believed = |d: u64| (d >= generation && d <= self.generation()).then_some(d);
+        if let Some(d) = believed(raw.durable()) {
+            return Ok(d);
+        }
+        if !self.host_alive()? {
+            return Err(WaitError::NoHost);
+        }
+        let timed_out = || WaitError::Timeout {
+            requested: generation,
+            durable: raw.durable(),
+        };
+        if timeout.is_zero() {
+            return Err(timed_out());
+        }
+        raw.request(generation);
+        let start = Instant::now();
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            if let Some(d) = raw
+                .wait_step(generation, Some(left.min(LIVENESS_CHECK)))
+                .and_then(believed)
+            {
+                return Ok(d);
+            }
+            if !self.host_alive()? {
+                // It may have published just before it exited.
+                return believed(raw.durable()).ok_or(WaitError::HostGone);
+            }
+            if start.elapsed() >= timeout {
+                return Err(timed_out());
+            }
+        }
     }
 
     /// Starts automatic dirty tracking of the work area (Linux 6.7 or later;
@@ -395,6 +514,7 @@ impl Client {
                 .sum();
             (self.raw().publish(&t.dirty), bytes)
         };
+        self.durable_raw().after_commit();
         t.owe_full = false;
         t.dirty.clear();
         Ok(TrackedCommit {
@@ -421,6 +541,31 @@ impl Client {
         self.tracking
             .as_ref()
             .map(|t| t.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Client {
+    /// [`Client::wait_durable`] for async code (feature `tokio`): the
+    /// blocking wait runs on tokio's blocking pool (`spawn_blocking`), so
+    /// the runtime's workers never block. Its cost: one blocking-pool thread
+    /// parked on the futex per pending wait (the pool grows to 512 threads
+    /// by default, then waits queue), and a thread hand-off at each end (a
+    /// few microseconds, next to the fdatasync being waited for). Dropping
+    /// the future does not cancel the wait: its thread runs until the wait
+    /// ends, at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`Client::wait_durable`]; [`WaitError::Runtime`] if the runtime
+    /// shut down first.
+    pub async fn wait_durable_async(
+        self: std::sync::Arc<Self>,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<u64, WaitError> {
+        tokio::task::spawn_blocking(move || self.wait_durable(generation, timeout))
+            .await
+            .unwrap_or_else(|e| Err(WaitError::Runtime(e.to_string())))
     }
 }
 

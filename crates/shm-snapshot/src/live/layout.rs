@@ -20,9 +20,16 @@
 //! | 64..128 | reserved, zero | |
 //! | 128 | `seq`, the commit sequence | client |
 //! | 136..256 | reserved, zero | |
-//! | 256 | reserved for a durable generation, zero | |
-//! | 264 | reserved for a count of waiters, zero | |
-//! | 272..4096 | reserved, zero | |
+//! | 256 | `durable`: newest generation whose snapshot fdatasync returned (`u64`) | host |
+//! | 264 | `durable_seq`: futex word, bumped after each publish of `durable` (`u32`) | host |
+//! | 268 | `mode`: bit 0 `wake_on_commit` (`u32`) | host |
+//! | 272..384 | reserved, zero | |
+//! | 384 | `wanted`: highest generation a client waits for (`u64`, `fetch_max`) | clients |
+//! | 392 | `requests`: futex word clients bump to wake the host (`u32`) | clients, host's waker |
+//! | 396..4096 | reserved, zero | |
+//!
+//! The host's liveness lock is an OFD lock on memfd byte [`HOST_LOCK_BYTE`]
+//! (4608, payload offset 512; the lock guards no bytes).
 //! | 4096 | page stamps, `8P` bytes | client |
 //! | `4096 + T` | work area, `A` bytes | client |
 //! | `4096 + T + A` | committed copy, `A` bytes | client |
@@ -40,9 +47,11 @@ use crate::error::{ErrorKind, SnapshotError};
 
 /// Magic of the control block (the first word of the segment's payload).
 pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV3");
-/// Version of the live layout (3: a segment with a config block; 2 was a
-/// bare control page with the magic `OUTLLIV2`).
-pub const LIVE_VERSION: u64 = 3;
+/// Version of the live layout (4: the durable-commit words at 256..400 of
+/// the control page; 3 had them reserved and zero; 3 and 4 share the magic
+/// `OUTLLIV3`, a segment with a config block; 2 was a bare control page
+/// with the magic `OUTLLIV2`).
+pub const LIVE_VERSION: u64 = 4;
 /// The magic of layout version 2, recognised only to name it in the error.
 const V2_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV2");
 /// Length of the control page (config block and commit words) at the start
@@ -66,19 +75,43 @@ const CONFIG_LEN: usize = 128;
 /// Payload offset of the commit sequence `seq` (its own 128-byte line: only
 /// the client writes it).
 pub(crate) const SEQ_OFF: usize = 128;
-/// Payload offset reserved for a durable generation (its own 128-byte line:
-/// another writer than `seq`'s); zero in this version.
+/// Payload offset of `durable` (`u64`), the newest generation whose
+/// snapshot's fdatasync returned (its own 128-byte line: only the host
+/// writes it and the two words after it).
 pub(crate) const DURABLE_OFF: usize = 256;
-/// Payload offset reserved for a count of waiters next to it; zero.
-pub(crate) const WAITERS_OFF: usize = 264;
+/// Payload offset of `durable_seq` (`u32` futex word), bumped by the host
+/// after each store of `durable`.
+pub(crate) const DURABLE_SEQ_OFF: usize = 264;
+/// Payload offset of `mode` (`u32`): bit 0 [`WAKE_ON_COMMIT`].
+pub(crate) const MODE_OFF: usize = 268;
+/// Bit of `mode`: every commit bumps `requests` and wakes the host (a host
+/// with interval 0, snapshotting continuously).
+pub(crate) const WAKE_ON_COMMIT: u32 = 1;
+/// Payload offset of `wanted` (`u64`), the highest generation a client
+/// waits for (its own 128-byte line: the clients' words).
+pub(crate) const WANTED_OFF: usize = 384;
+/// Payload offset of `requests` (`u32` futex word the host sleeps on).
+pub(crate) const REQUESTS_OFF: usize = 392;
+/// Payload offset of the byte whose OFD lock is the host's liveness.
+const HOST_LOCK_OFF: usize = 512;
+/// The memfd byte whose OFD lock the live host holds (kernel-released when
+/// it dies): the segment header page, then payload offset 512.
+pub const HOST_LOCK_BYTE: u64 = (DATA_OFFSET + HOST_LOCK_OFF) as u64;
+/// Bytes of the memfd the host maps writable for the durable words: the
+/// segment header page and the control page.
+pub(crate) const CONTROL_MAP_LEN: usize = DATA_OFFSET + CONTROL_LEN as usize;
 
 const _: () = {
     assert!(VERSION_OFF == MAGIC_OFF + 8);
     assert!(VERSION_OFF + 8 * CONFIG_WORDS <= CONFIG_LEN);
     assert!(CONFIG_LEN <= SEQ_OFF && SEQ_OFF.is_multiple_of(128));
     assert!(SEQ_OFF + 128 <= DURABLE_OFF && DURABLE_OFF.is_multiple_of(128));
-    assert!(WAITERS_OFF == DURABLE_OFF + 8);
-    assert!(WAITERS_OFF + 8 <= CONTROL_LEN as usize);
+    assert!(DURABLE_SEQ_OFF == DURABLE_OFF + 8 && MODE_OFF == DURABLE_SEQ_OFF + 4);
+    assert!(MODE_OFF + 4 <= DURABLE_OFF + 128);
+    assert!(WANTED_OFF == DURABLE_OFF + 128 && REQUESTS_OFF == WANTED_OFF + 8);
+    assert!(REQUESTS_OFF + 4 <= WANTED_OFF + 128);
+    assert!(WANTED_OFF + 128 <= HOST_LOCK_OFF && HOST_LOCK_OFF < CONTROL_LEN as usize);
+    assert!(HOST_LOCK_BYTE == 4608);
     assert!(DATA_OFFSET as u64 == PAGE && CONTROL_LEN == PAGE);
 };
 
@@ -459,15 +492,18 @@ pub fn initialize(
 #[cfg(test)]
 mod tests {
     use super::{
-        CONTROL_LEN, DURABLE_OFF, Geometry, LIVE_VERSION, SEQ_OFF, WAITERS_OFF, memfd_size,
+        CONTROL_LEN, DURABLE_OFF, DURABLE_SEQ_OFF, Geometry, HOST_LOCK_BYTE, LIVE_VERSION,
+        MODE_OFF, REQUESTS_OFF, SEQ_OFF, WANTED_OFF, memfd_size,
     };
 
     /// The layout of docs/protocol/shm-snapshot.md, "Live memfd".
     #[test]
     fn layout_matches_the_protocol_document() {
         assert_eq!(CONTROL_LEN, 4096);
-        assert_eq!((SEQ_OFF, DURABLE_OFF, WAITERS_OFF), (128, 256, 264));
-        assert_eq!(LIVE_VERSION, 3);
+        assert_eq!(SEQ_OFF, 128);
+        assert_eq!((DURABLE_OFF, DURABLE_SEQ_OFF, MODE_OFF), (256, 264, 268));
+        assert_eq!((WANTED_OFF, REQUESTS_OFF, HOST_LOCK_BYTE), (384, 392, 4608));
+        assert_eq!(LIVE_VERSION, 4);
         // R = 1: the segment header page, the control page, one page of
         // stamps, one page each for work and committed.
         assert_eq!(memfd_size(1), 5 * 4096);
@@ -484,7 +520,7 @@ mod tests {
         assert_eq!(memfd_size(u64::MAX), 0);
         assert_eq!(
             g.config_words(),
-            [3, 4096, 4, 3 * 4096 + 8, 4096, 8192, 8192 + 16384]
+            [4, 4096, 4, 3 * 4096 + 8, 4096, 8192, 8192 + 16384]
         );
     }
 }

@@ -30,14 +30,17 @@
 //! written since the previous commit, with the same seqlock protocol.
 
 mod client;
+mod durable;
 mod host;
 mod layout;
 mod words;
 
 pub use client::{Client, TrackedCommit};
+pub use durable::{Publisher, WaitError, Waker};
 pub use host::{COPY_PASSES, Changed, Host};
 pub use layout::{
-    CONTROL_LEN, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE, initialize, memfd_size,
+    CONTROL_LEN, HOST_LOCK_BYTE, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE, initialize,
+    memfd_size,
 };
 
 /// The real commit and copy code on heap words, for the loom models
@@ -130,6 +133,76 @@ pub mod model {
     }
 }
 
+/// The real durable-commit handshake on heap words, for the loom models
+/// (`tests/loom.rs`; only with `--cfg shm_loom`): [`Client::wait_durable`]'s
+/// request and wait steps, and the host's publish and its sleep on
+/// `requests`, with the futex modelled by a mutex and a condition variable
+/// (untimed: a lost wake-up is a deadlock loom reports).
+#[cfg(shm_loom)]
+pub mod durable_model {
+    use super::durable::RawDurable;
+    use super::words::HeapControl;
+
+    /// Whether the host bumps `durable_seq` after storing `durable` (the
+    /// protocol) or skips it (a negative control loom must catch).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Bump {
+        /// The protocol as written.
+        Kept,
+        /// The control: only the store and the wake, no bump.
+        Skipped,
+    }
+
+    /// The control words of one memfd, on the heap.
+    #[derive(Debug, Default)]
+    pub struct HeapDurable(HeapControl);
+
+    impl HeapDurable {
+        fn raw(&self, bump: Bump) -> RawDurable<&HeapControl> {
+            let mut raw = RawDurable::new(&self.0);
+            raw.skip_bump = bump == Bump::Skipped;
+            raw
+        }
+
+        /// A client asks for `generation` and waits until it is durable;
+        /// returns the durable generation.
+        pub fn request_and_wait(&self, generation: u64) -> u64 {
+            let raw = self.raw(Bump::Kept);
+            raw.request(generation);
+            loop {
+                if let Some(d) = raw.wait_step(generation, None) {
+                    return d;
+                }
+            }
+        }
+
+        /// The host sleeps until some client wants at least `generation`
+        /// (`SnapshotHost::wait_for_work`'s order: `requests`, then
+        /// `wanted`, then the sleep), then publishes it.
+        pub fn serve(&self, generation: u64, bump: Bump) {
+            let raw = self.raw(bump);
+            loop {
+                let seen = raw.requests();
+                if raw.wanted() >= generation {
+                    break;
+                }
+                raw.sleep(seen, None);
+            }
+            raw.publish(generation);
+        }
+
+        /// The host publishes `generation` without waiting for a request.
+        pub fn publish(&self, generation: u64, bump: Bump) {
+            self.raw(bump).publish(generation);
+        }
+
+        /// The durable generation.
+        pub fn durable(&self) -> u64 {
+            self.raw(Bump::Kept).durable()
+        }
+    }
+}
+
 /// The generic protocol code on heap words, outside loom: what the loom
 /// models drive, checked here in plain runs too.
 #[cfg(test)]
@@ -155,6 +228,31 @@ mod tests {
             Ok::<(), ()>(())
         });
         (r.unwrap(), seen)
+    }
+
+    #[test]
+    fn durable_handshake_on_heap_words() {
+        use super::durable::RawDurable;
+        use super::words::HeapControl;
+        let ctl = HeapControl::default();
+        let raw = RawDurable::new(&ctl);
+        assert_eq!(raw.durable(), 0);
+        let seen = raw.requests();
+        raw.request(3);
+        assert_eq!(raw.requests(), seen + 1);
+        assert_eq!(raw.wanted(), 3);
+        raw.request(2);
+        assert_eq!(raw.wanted(), 3, "fetch_max keeps the highest");
+        raw.publish(3);
+        assert_eq!(raw.wait_step(3, None), Some(3));
+        assert_eq!(raw.wait_step(1, None), Some(3));
+        // Wake on commit only in that mode.
+        let before = raw.requests();
+        raw.after_commit();
+        assert_eq!(raw.requests(), before);
+        raw.set_wake_on_commit(true);
+        raw.after_commit();
+        assert_eq!(raw.requests(), before + 1);
     }
 
     #[test]

@@ -261,3 +261,192 @@ impl WordsMut for HeapWords {
         x == y
     }
 }
+
+/// The durable-commit words of the control page (`layout::DURABLE_OFF` and
+/// the words after it): ordered loads and read-modify-writes, and a futex on
+/// the 32-bit words. Implemented by a writable [`Region`] (the client's
+/// mapping, and the host's small writable mapping of the control page) and
+/// by [`HeapControl`] for the loom models.
+pub(crate) trait Control {
+    /// Loads the `u64` at `off` with `order`.
+    fn load_u64(&self, off: usize, order: Ordering) -> u64;
+    /// Stores the `u64` at `off` with `order`.
+    fn store_u64(&self, off: usize, value: u64, order: Ordering);
+    /// `fetch_max` on the `u64` at `off`; returns the previous value.
+    fn fetch_max_u64(&self, off: usize, value: u64, order: Ordering) -> u64;
+    /// Loads the `u32` at `off` with `order`.
+    fn load_u32(&self, off: usize, order: Ordering) -> u32;
+    /// Stores the `u32` at `off` with `order`.
+    fn store_u32(&self, off: usize, value: u32, order: Ordering);
+    /// Wrapping `fetch_add` on the `u32` at `off`; returns the previous value.
+    fn fetch_add_u32(&self, off: usize, value: u32, order: Ordering) -> u32;
+    /// Sleeps while the `u32` at `off` is `expected`, at most `timeout`
+    /// (`None`: until woken). May return early (spuriously, or on a
+    /// signal): callers re-check their condition.
+    fn futex_wait(&self, off: usize, expected: u32, timeout: Option<std::time::Duration>);
+    /// Wakes every sleeper on the `u32` at `off`.
+    fn futex_wake(&self, off: usize);
+}
+
+impl<C: Control + ?Sized> Control for &C {
+    fn load_u64(&self, off: usize, order: Ordering) -> u64 {
+        (**self).load_u64(off, order)
+    }
+    fn store_u64(&self, off: usize, value: u64, order: Ordering) {
+        (**self).store_u64(off, value, order);
+    }
+    fn fetch_max_u64(&self, off: usize, value: u64, order: Ordering) -> u64 {
+        (**self).fetch_max_u64(off, value, order)
+    }
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        (**self).load_u32(off, order)
+    }
+    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        (**self).store_u32(off, value, order);
+    }
+    fn fetch_add_u32(&self, off: usize, value: u32, order: Ordering) -> u32 {
+        (**self).fetch_add_u32(off, value, order)
+    }
+    fn futex_wait(&self, off: usize, expected: u32, timeout: Option<std::time::Duration>) {
+        (**self).futex_wait(off, expected, timeout);
+    }
+    fn futex_wake(&self, off: usize) {
+        (**self).futex_wake(off);
+    }
+}
+
+impl Control for Region<'_> {
+    #[inline]
+    fn load_u64(&self, off: usize, order: Ordering) -> u64 {
+        self.atomic_u64(off).expect(OUTSIDE).load(order)
+    }
+
+    #[inline]
+    fn store_u64(&self, off: usize, value: u64, order: Ordering) {
+        self.atomic_u64(off).expect(OUTSIDE).store(value, order);
+    }
+
+    #[inline]
+    fn fetch_max_u64(&self, off: usize, value: u64, order: Ordering) -> u64 {
+        self.atomic_u64(off).expect(OUTSIDE).fetch_max(value, order)
+    }
+
+    #[inline]
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        self.atomic_u32(off).expect(OUTSIDE).load(order)
+    }
+
+    #[inline]
+    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        self.atomic_u32(off).expect(OUTSIDE).store(value, order);
+    }
+
+    #[inline]
+    fn fetch_add_u32(&self, off: usize, value: u32, order: Ordering) -> u32 {
+        self.atomic_u32(off).expect(OUTSIDE).fetch_add(value, order)
+    }
+
+    fn futex_wait(&self, off: usize, expected: u32, timeout: Option<std::time::Duration>) {
+        let ts = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: t.subsec_nanos().into(),
+        });
+        // Shared (not PRIVATE): the word is in a memfd other processes map.
+        // EAGAIN (the word moved), ETIMEDOUT and EINTR all mean "re-check".
+        let _ = rustix::thread::futex::wait(
+            self.atomic_u32(off).expect(OUTSIDE),
+            rustix::thread::futex::Flags::empty(),
+            expected,
+            ts.as_ref(),
+        );
+    }
+
+    fn futex_wake(&self, off: usize) {
+        let _ = rustix::thread::futex::wake(
+            self.atomic_u32(off).expect(OUTSIDE),
+            rustix::thread::futex::Flags::empty(),
+            u32::MAX,
+        );
+    }
+}
+
+/// The durable-commit words on the heap, `shm_sync` atomics (loom's under
+/// `--cfg shm_loom`), with a futex modelled by a mutex and a condition
+/// variable: a wait compares the word under the mutex and sleeps on the
+/// condition variable (releasing the mutex atomically), a wake takes the
+/// mutex and notifies all, as the kernel's futex hash-bucket lock orders a
+/// `FUTEX_WAIT`'s compare against a `FUTEX_WAKE`. Timeouts are ignored (a
+/// wait sleeps until woken), so a lost wake-up is a deadlock loom reports.
+#[cfg(any(test, shm_loom))]
+#[derive(Debug, Default)]
+pub(crate) struct HeapControl {
+    durable: shm_sync::atomic::AtomicU64,
+    durable_seq: shm_sync::atomic::AtomicU32,
+    mode: shm_sync::atomic::AtomicU32,
+    wanted: shm_sync::atomic::AtomicU64,
+    requests: shm_sync::atomic::AtomicU32,
+    futex: (shm_sync::sync::Mutex<()>, shm_sync::sync::Condvar),
+}
+
+#[cfg(any(test, shm_loom))]
+impl HeapControl {
+    fn u64_at(&self, off: usize) -> &shm_sync::atomic::AtomicU64 {
+        use super::layout::{DURABLE_OFF, WANTED_OFF};
+        match off {
+            DURABLE_OFF => &self.durable,
+            WANTED_OFF => &self.wanted,
+            _ => panic!("{OUTSIDE}"),
+        }
+    }
+
+    fn u32_at(&self, off: usize) -> &shm_sync::atomic::AtomicU32 {
+        use super::layout::{DURABLE_SEQ_OFF, MODE_OFF, REQUESTS_OFF};
+        match off {
+            DURABLE_SEQ_OFF => &self.durable_seq,
+            MODE_OFF => &self.mode,
+            REQUESTS_OFF => &self.requests,
+            _ => panic!("{OUTSIDE}"),
+        }
+    }
+}
+
+#[cfg(any(test, shm_loom))]
+impl Control for HeapControl {
+    fn load_u64(&self, off: usize, order: Ordering) -> u64 {
+        self.u64_at(off).load(order)
+    }
+
+    fn store_u64(&self, off: usize, value: u64, order: Ordering) {
+        self.u64_at(off).store(value, order);
+    }
+
+    fn fetch_max_u64(&self, off: usize, value: u64, order: Ordering) -> u64 {
+        self.u64_at(off).fetch_max(value, order)
+    }
+
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        self.u32_at(off).load(order)
+    }
+
+    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        self.u32_at(off).store(value, order);
+    }
+
+    fn fetch_add_u32(&self, off: usize, value: u32, order: Ordering) -> u32 {
+        self.u32_at(off).fetch_add(value, order)
+    }
+
+    fn futex_wait(&self, off: usize, expected: u32, _timeout: Option<std::time::Duration>) {
+        let guard = self.futex.0.lock().unwrap();
+        // Relaxed: the kernel's compare is a plain load; ordering comes from
+        // the callers' Acquire loads and the mutex.
+        if self.u32_at(off).load(Ordering::Relaxed) == expected {
+            drop(self.futex.1.wait(guard).unwrap());
+        }
+    }
+
+    fn futex_wake(&self, _off: usize) {
+        let _guard = self.futex.0.lock().unwrap();
+        self.futex.1.notify_all();
+    }
+}

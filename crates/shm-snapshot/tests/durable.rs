@@ -1,0 +1,372 @@
+//! Durable commits across real processes: a host process serves the memfd
+//! (warm start on the memfd this test keeps), the test's threads and a
+//! second process commit and wait, and FILE is read back with
+//! `shm_snapshot::restore` after every successful wait.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering}; // atomics-ok: test bookkeeping, not a shared layout
+use std::time::{Duration, Instant};
+
+use shm_snapshot::host::{HostConfig, SnapshotHost, Work};
+use shm_snapshot::live::{Client, WaitError};
+use shm_snapshot::{FileStorage, restore};
+
+const REGION: u64 = 64 * 4096;
+
+/// The program generation FILE holds (the first word of its image's
+/// 4096-byte prefix, `host::prefix`) and the first 8 bytes of page `page`
+/// of its state.
+fn file_state(path: &Path, page: usize) -> (u64, u64) {
+    let f = FileStorage::open(path, false).unwrap();
+    let (mut generation, mut word) = ([0u8; 8], [0u8; 8]);
+    let at = 4096 + (page as u64) * 4096;
+    restore(&f, |off, b| {
+        let end = off + b.len() as u64;
+        if off == 0 && b.len() >= 8 {
+            generation.copy_from_slice(&b[..8]);
+        }
+        if off <= at && at + 8 <= end {
+            let o = usize::try_from(at - off).unwrap();
+            word.copy_from_slice(&b[o..o + 8]);
+        }
+    })
+    .unwrap();
+    (u64::from_le_bytes(generation), u64::from_le_bytes(word))
+}
+
+/// A fresh FILE (through an in-process host, dropped again) and its memfd,
+/// kept by the test; `/proc/self/fd/N` of it for the children.
+fn setup(name: &str) -> (PathBuf, OwnedFd, String) {
+    let dir = std::env::temp_dir().join(format!("durable-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("state.snap");
+    let config = HostConfig {
+        create: true,
+        size: REGION,
+        ..HostConfig::new(&file)
+    };
+    let host = SnapshotHost::open(config, None).unwrap();
+    let memfd = host.memfd().try_clone_to_owned().unwrap();
+    drop(host);
+    // A child another test forks in this process may hold a copy of the
+    // dropped host's lock description until it execs: wait for the release.
+    let t = Instant::now();
+    while shm_segment::is_locked(memfd.as_fd(), shm_snapshot::live::HOST_LOCK_BYTE).unwrap() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the lock stays held");
+        std::thread::yield_now();
+    }
+    let path = format!("/proc/{}/fd/{}", std::process::id(), memfd.as_raw_fd());
+    (file, memfd, path)
+}
+
+/// The host role: a warm start on the test's memfd, then the
+/// `shm-restore` loop until killed.
+fn host_role() {
+    let fd: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(std::env::var("MEMFD_PATH").unwrap())
+        .unwrap()
+        .into();
+    let file = std::env::var("FILE").unwrap();
+    let mut host = SnapshotHost::open(HostConfig::new(file), Some(fd)).unwrap();
+    println!("host ready");
+    loop {
+        match host.wait_for_work(Instant::now() + Duration::from_secs(1)) {
+            Work::Waiters | Work::Commits => host.serve_waiters(),
+            _ => host.tick(),
+        }
+    }
+}
+
+/// Starts a host process on `memfd_path` and waits until it holds the lock.
+fn start_host(test: &str, memfd_path: &str, file: &Path) -> shm_testkit::Child {
+    let mut cmd = shm_testkit::role_command(test, "host");
+    cmd.env("MEMFD_PATH", memfd_path)
+        .env("FILE", file)
+        .stdout(Stdio::piped());
+    let mut child = shm_testkit::spawn(cmd).unwrap();
+    let out = child.inner_mut().stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        let line = lines.next().expect("host exited before ready").unwrap();
+        if line.contains("host ready") {
+            break;
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+/// Commits generation `g`: writes `g` into page `g % 64` and commits it.
+fn commit(c: &Client, g: u64) -> u64 {
+    let page = usize::try_from(g % 64).unwrap() * 4096;
+    c.work().write_bytes(page, &g.to_le_bytes()).unwrap();
+    c.commit(std::slice::from_ref(&(page..page + 8)))
+}
+
+#[test]
+fn wait_returns_once_file_holds_the_generation_even_if_the_host_dies_right_after() {
+    const TEST: &str =
+        "wait_returns_once_file_holds_the_generation_even_if_the_host_dies_right_after";
+    if shm_testkit::role().is_some() {
+        host_role();
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(120));
+    let (file, memfd, path) = setup("basic");
+    let client = Client::open(memfd.as_fd()).unwrap();
+    // No host: NoHost at once, even with a long timeout.
+    let g = commit(&client, 1);
+    let t = Instant::now();
+    assert_eq!(
+        client.wait_durable(g, Duration::from_secs(30)),
+        Err(WaitError::NoHost)
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // Future: a generation not committed yet.
+    assert_eq!(
+        client.wait_durable(g + 1, Duration::from_secs(1)),
+        Err(WaitError::Future {
+            requested: g + 1,
+            committed: g
+        })
+    );
+    for round in 0..3 {
+        let mut host = start_host(TEST, &path, &file);
+        for _ in 0..5 {
+            let g = commit(&client, client.generation() + 1);
+            let d = client.wait_durable(g, Duration::from_secs(30)).unwrap();
+            assert!(d >= g);
+            let (fg, word) = file_state(&file, usize::try_from(g % 64).unwrap());
+            assert!(fg >= g, "Ok({d}) for {g} but FILE holds {fg}");
+            assert_eq!(word, g, "FILE's page of generation {g}");
+            // Timeout zero: a durable generation answers at once.
+            assert_eq!(client.wait_durable(g, Duration::ZERO), Ok(d));
+        }
+        // Killed right after a wait returned: a cold restore has it.
+        let g = commit(&client, client.generation() + 1);
+        client.wait_durable(g, Duration::from_secs(30)).unwrap();
+        host.sigkill_and_wait().unwrap();
+        let (fg, word) = file_state(&file, usize::try_from(g % 64).unwrap());
+        assert!(
+            fg >= g,
+            "round {round}: FILE holds {fg} < {g} after the kill"
+        );
+        assert_eq!(word, g);
+        // With the host gone: NoHost at once for a generation not durable.
+        let g = commit(&client, g + 1);
+        assert_eq!(
+            client.wait_durable(g, Duration::from_secs(30)),
+            Err(WaitError::NoHost)
+        );
+        assert_eq!(
+            client.wait_durable(g, Duration::ZERO),
+            Err(WaitError::NoHost)
+        );
+    }
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// Timeout zero with a live host that has not snapshotted yet: `Timeout`.
+#[test]
+fn timeout_zero_checks_once() {
+    const TEST: &str = "timeout_zero_checks_once";
+    if shm_testkit::role().is_some() {
+        host_role();
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(60));
+    let (file, memfd, path) = setup("zero");
+    let client = Client::open(memfd.as_fd()).unwrap();
+    let _host = start_host(TEST, &path, &file);
+    // The host's next tick is up to a second away and nobody asked yet.
+    let g = commit(&client, 1);
+    match client.wait_durable(g, Duration::ZERO) {
+        Err(WaitError::Timeout { requested, .. }) => assert_eq!(requested, g),
+        // The first commit wakes the host at once: it may have been that fast.
+        Ok(d) => assert!(d >= g && file_state(&file, 1).0 >= g),
+        other => panic!("{other:?}"),
+    }
+    assert!(client.wait_durable(g, Duration::from_secs(30)).unwrap() >= g);
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// The waiter role: opens a client (before the test commits), then waits
+/// for whatever is committed until told to stop (its stdin closes).
+fn waiter_role() {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(std::env::var("MEMFD_PATH").unwrap())
+        .unwrap();
+    let file = PathBuf::from(std::env::var("FILE").unwrap());
+    let client = Client::open(f.as_fd()).unwrap();
+    println!("waiter ready");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().lines().count();
+        s.store(true, Ordering::Relaxed);
+    });
+    let (mut oks, mut gone) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let g = client.generation();
+        match client.wait_durable(g, Duration::from_secs(20)) {
+            Ok(d) => {
+                assert!(d >= g);
+                let (fg, _) = file_state(&file, 0);
+                assert!(fg >= g, "Ok({d}) for {g} but FILE holds {fg}");
+                oks += 1;
+            }
+            Err(WaitError::HostGone) => gone += 1,
+            Err(WaitError::NoHost) => std::thread::yield_now(),
+            Err(e) => panic!("waiter process: {e}"),
+        }
+    }
+    println!("waiter done: {oks} ok, {gone} host gone");
+}
+
+#[test]
+fn many_waiters_survive_host_kills_and_restarts() {
+    const TEST: &str = "many_waiters_survive_host_kills_and_restarts";
+    match shm_testkit::role().as_deref() {
+        Some("host") => return host_role(),
+        Some("waiter") => return waiter_role(),
+        _ => {}
+    }
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(240));
+    let (file, memfd, path) = setup("many");
+    let client = Arc::new(Client::open(memfd.as_fd()).unwrap());
+    let mut waiter = {
+        let mut cmd = shm_testkit::role_command(TEST, "waiter");
+        cmd.env("MEMFD_PATH", &path)
+            .env("FILE", &file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        shm_testkit::spawn(cmd).unwrap()
+    };
+    let mut waiter_lines = BufReader::new(waiter.inner_mut().stdout.take().unwrap()).lines();
+    while !waiter_lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .contains("waiter ready")
+    {}
+    let mut host = start_host(TEST, &path, &file);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The committer: one thread (commits never overlap).
+    let committer = {
+        let (c, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                commit(&c, c.generation() + 1);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    // Waiters on different generations: the newest, and ones behind it.
+    let waiters: Vec<_> = (0..6u64)
+        .map(|k| {
+            let (c, stop, file) = (client.clone(), stop.clone(), file.clone());
+            std::thread::spawn(move || {
+                let (mut oks, mut gone) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let g = c.generation().saturating_sub(k);
+                    match c.wait_durable(g, Duration::from_secs(20)) {
+                        Ok(d) => {
+                            assert!(d >= g);
+                            let (fg, _) = file_state(&file, 0);
+                            assert!(fg >= g, "Ok({d}) for {g} but FILE holds {fg}");
+                            oks += 1;
+                        }
+                        Err(WaitError::HostGone) => gone += 1,
+                        Err(WaitError::NoHost) => std::thread::yield_now(),
+                        Err(e) => panic!("waiter {k}: {e}"),
+                    }
+                }
+                (oks, gone)
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        let until = client.generation() + 20;
+        let t = Instant::now();
+        while client.durable_generation() < until {
+            assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        host.sigkill_and_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        host = start_host(TEST, &path, &file);
+    }
+    stop.store(true, Ordering::Relaxed);
+    committer.join().unwrap();
+    let mut total = 0;
+    for w in waiters {
+        let (oks, _gone) = w.join().unwrap();
+        total += oks;
+    }
+    assert!(total > 0);
+    drop(waiter.inner_mut().stdin.take());
+    let status = waiter.wait_status(Duration::from_secs(60));
+    assert!(status.success(), "the waiter process failed");
+    drop(host);
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// The async form, with the host on a thread of this process.
+#[cfg(feature = "tokio")]
+#[test]
+fn async_wait_returns_once_durable() {
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("durable-async-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("state.snap");
+    let config = HostConfig {
+        create: true,
+        size: REGION,
+        ..HostConfig::new(&file)
+    };
+    let mut host = SnapshotHost::open(config, None).unwrap();
+    let client = Arc::new(Client::open(host.memfd()).unwrap());
+    let (waker, stop) = (host.waker(), Arc::new(AtomicBool::new(false)));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match host.wait_for_work(Instant::now() + Duration::from_secs(1)) {
+                Work::Waiters | Work::Commits => host.serve_waiters(),
+                Work::Interrupted => {}
+                _ => host.tick(),
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for g in 1..=3 {
+        assert_eq!(commit(&client, g), g);
+        let d = rt
+            .block_on(
+                client
+                    .clone()
+                    .wait_durable_async(g, Duration::from_secs(30)),
+            )
+            .unwrap();
+        assert!(d >= g);
+        assert!(file_state(&file, usize::try_from(g).unwrap()).0 >= g);
+    }
+    stop.store(true, Ordering::Relaxed);
+    waker.wake();
+    thread.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
