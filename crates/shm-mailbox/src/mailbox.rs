@@ -89,7 +89,9 @@ pub enum MailboxError {
     },
     /// A liveness lock call failed (reopening the segment through
     /// `/proc/self/fd`, or `fcntl`).
-    #[error("mailbox {name}: liveness lock (reopen through /proc/self/fd, fcntl F_OFD_SETLK): {source}")]
+    #[error(
+        "mailbox {name}: liveness lock (reopen through /proc/self/fd, fcntl F_OFD_SETLK): {source}"
+    )]
     Lock {
         /// The mailbox's name.
         name: String,

@@ -29,10 +29,10 @@ use crate::layout;
 
 /// The byte of the memfd whose lock is the producer's claim (the first byte
 /// of the producer's line; recorded in the config block, which opening checks).
-pub(crate) const PRODUCER_BYTE: u64 = layout::PRODUCER_CLAIM as u64;
+pub(crate) const PRODUCER_BYTE: u64 = layout::PRODUCER_CLAIM;
 /// The byte of the memfd whose lock is the consumer's claim (the first byte
 /// of the consumer's line).
-pub(crate) const CONSUMER_BYTE: u64 = layout::CONSUMER_CLAIM as u64;
+pub(crate) const CONSUMER_BYTE: u64 = layout::CONSUMER_CLAIM;
 
 /// Which end of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
