@@ -87,8 +87,11 @@ pub enum MailboxError {
         /// Size of the payload type.
         expected: usize,
     },
-    /// A liveness lock call failed.
-    #[error("mailbox {name}: liveness lock (fcntl F_OFD_SETLK): {source}")]
+    /// A liveness lock call failed (reopening the segment through
+    /// `/proc/self/fd`, or `fcntl`).
+    #[error(
+        "mailbox {name}: liveness lock (reopen through /proc/self/fd, fcntl F_OFD_SETLK): {source}"
+    )]
     Lock {
         /// The mailbox's name.
         name: String,
@@ -143,12 +146,13 @@ pub enum MailboxError {
 pub struct Mailbox {
     segment: Segment,
     shape: Shape,
-    /// Reader indices held through this handle. Liveness locks cannot tell
-    /// them from free ones (they belong to our own open file description), so
-    /// reaping must skip them, and claiming must check them first.
+    /// Reader indices held through this handle: claiming checks them before
+    /// the liveness lock, and giving an index back clears its flag after the
+    /// lock is released, which orders one handle's tenure before the next
+    /// one's; reaping skips them.
     local_readers: Box<[AtomicBool]>,
-    /// The writer role is held through this handle (the liveness lock cannot
-    /// tell: it belongs to our own open file description).
+    /// The writer role is held through this handle (taken before, and given
+    /// back after, the writer's liveness lock, as for the readers).
     local_writer: AtomicBool,
 }
 

@@ -12,6 +12,10 @@
 //! description, whether somebody holds the byte. The locks are advisory:
 //! they guard no bytes, and mappings ignore them.
 //!
+//! This is the one implementation of these locks in the workspace: the
+//! ring's end claims (`shm-ring`), the mailbox's role locks (`shm-mailbox`)
+//! and the snapshot host's liveness lock (`shm-snapshot`) all take theirs here.
+//!
 //! # Safety
 //!
 //! rustix offers only whole-file OFD locks (`fcntl_lock`, which moreover

@@ -5,15 +5,14 @@
 //!
 //! # Roles within one process
 //!
-//! Liveness locks belong to the open file description, so they tell this
-//! `Mailbox` from other processes (and from other `Mailbox` values opened
-//! separately), but not one handle of it from another. The `local_writer` and
-//! `local_readers` flags do that: a role is taken by a compare-and-swap of its
-//! flag (Acquire), then by its liveness lock; it is given back by unlocking,
-//! then storing `false` (Release). That Release/Acquire pair orders one
-//! handle's whole tenure (its last publish, its hazard clear) before the next
-//! handle's on the same `Mailbox`, as the kernel's lock hand-over does between
-//! processes.
+//! Each role handle holds its liveness lock (an [`OfdLock`] on a private
+//! description of the segment), so the locks tell any two holders apart. The
+//! `local_writer` and `local_readers` flags come first all the same: a role
+//! is taken by a compare-and-swap of its flag (Acquire), then by its liveness
+//! lock; it is given back by dropping the lock, then storing `false`
+//! (Release). That Release/Acquire pair orders one handle's whole tenure (its
+//! last publish, its hazard clear) before the next handle's on the same
+//! `Mailbox`, as the kernel's lock hand-over does between processes.
 //!
 //! # Threads
 //!
@@ -34,6 +33,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shm_segment::OfdLock;
 use shm_sync::atomic::{Ordering, fence};
 
 use super::{Mailbox, MailboxError};
@@ -134,8 +134,9 @@ impl Mailbox {
         ReaderRole::claim_free(Arc::clone(self)).map(OwnedReader)
     }
 
-    /// Takes the writer role for a new handle of this `Mailbox`.
-    fn take_writer(&self) -> Result<(), MailboxError> {
+    /// Takes the writer role for a new handle of this `Mailbox`, returning
+    /// its liveness lock.
+    fn take_writer(&self) -> Result<OfdLock, MailboxError> {
         let in_use = || MailboxError::InUse {
             role: "writer".to_owned(),
         };
@@ -151,8 +152,8 @@ impl Mailbox {
             return Err(in_use());
         }
         match liveness::try_lock(self.segment.fd(), liveness::WRITER_SLOT) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
+            Ok(Some(lock)) => Ok(lock),
+            Ok(None) => {
                 self.give_back_writer();
                 Err(in_use())
             }
@@ -168,9 +169,10 @@ impl Mailbox {
         self.local_writer.store(false, Ordering::Release);
     }
 
-    /// Takes reader index `index` for a new handle of this `Mailbox`;
-    /// `Ok(false)` if another handle of it or another live process holds it.
-    fn take_reader(&self, index: usize) -> Result<bool, MailboxError> {
+    /// Takes reader index `index` for a new handle of this `Mailbox`,
+    /// returning its liveness lock; `Ok(None)` if another handle of it or
+    /// another live process holds it.
+    fn take_reader(&self, index: usize) -> Result<Option<OfdLock>, MailboxError> {
         // SYNC: Acquire on success, pairs with the Release store in
         // `give_back_reader` by the index's previous handle of this `Mailbox`:
         // its hazard clear happens before our attach. Relaxed on failure:
@@ -179,13 +181,13 @@ impl Mailbox {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return Ok(false);
+            return Ok(None);
         }
         match liveness::try_lock(self.segment.fd(), index) {
-            Ok(true) => Ok(true),
-            Ok(false) => {
+            Ok(Some(lock)) => Ok(Some(lock)),
+            Ok(None) => {
                 self.give_back_reader(index);
-                Ok(false)
+                Ok(None)
             }
             Err(e) => {
                 self.give_back_reader(index);
@@ -256,15 +258,19 @@ impl Mailbox {
 #[derive(Debug)]
 struct WriterRole<M: Deref<Target = Mailbox>> {
     mailbox: M,
+    /// The liveness lock; `None` only while dropping (released before the
+    /// local flag is given back).
+    lock: Option<OfdLock>,
     publishes: u64,
 }
 
 impl<M: Deref<Target = Mailbox>> WriterRole<M> {
     fn claim(mailbox: M) -> Result<WriterRole<M>, MailboxError> {
-        mailbox.take_writer()?;
+        let lock = mailbox.take_writer()?;
         // From here on, dropping `writer` gives the role back.
         let writer = WriterRole {
             mailbox,
+            lock: Some(lock),
             publishes: 0,
         };
         writer.reap_dead_readers();
@@ -353,7 +359,8 @@ impl<M: Deref<Target = Mailbox>> WriterRole<M> {
 
 impl<M: Deref<Target = Mailbox>> Drop for WriterRole<M> {
     fn drop(&mut self) {
-        liveness::unlock(self.mailbox.segment.fd(), liveness::WRITER_SLOT);
+        // Closes the lock's description: the kernel releases the lock.
+        drop(self.lock.take());
         self.mailbox.give_back_writer();
     }
 }
@@ -363,6 +370,9 @@ impl<M: Deref<Target = Mailbox>> Drop for WriterRole<M> {
 struct ReaderRole<M: Deref<Target = Mailbox>> {
     mailbox: M,
     index: usize,
+    /// The liveness lock; `None` only while dropping (released before the
+    /// local flag is given back).
+    lock: Option<OfdLock>,
     epoch: u64,
 }
 
@@ -372,31 +382,32 @@ impl<M: Deref<Target = Mailbox>> ReaderRole<M> {
         if index >= readers {
             return Err(MailboxError::NoSuchReader { index, readers });
         }
-        if !mailbox.take_reader(index)? {
+        let Some(lock) = mailbox.take_reader(index)? else {
             return Err(MailboxError::InUse {
                 role: format!("reader {index}"),
             });
-        }
-        ReaderRole::attach(mailbox, index)
+        };
+        ReaderRole::attach(mailbox, index, lock)
     }
 
     fn claim_free(mailbox: M) -> Result<ReaderRole<M>, MailboxError> {
         let readers = mailbox.shape.readers;
         for index in 0..readers {
-            if mailbox.take_reader(index)? {
-                return ReaderRole::attach(mailbox, index);
+            if let Some(lock) = mailbox.take_reader(index)? {
+                return ReaderRole::attach(mailbox, index, lock);
             }
         }
         Err(MailboxError::NoFreeReader { readers })
     }
 
     /// Starts the tenure of index `index`, already taken by `take_reader`.
-    fn attach(mailbox: M, index: usize) -> Result<ReaderRole<M>, MailboxError> {
+    fn attach(mailbox: M, index: usize, lock: OfdLock) -> Result<ReaderRole<M>, MailboxError> {
         // SYNC: Release fence, pairs with the Acquire fence in
-        // `WriterRole::reap_dead_readers`: our writer (in this process, whose
-        // liveness lock cannot tell us from a dead reader) that sees any of
-        // our hazard stores, all after this fence, also sees our flag, set
-        // by `take_reader` before it.
+        // `WriterRole::reap_dead_readers`: our writer (in this process) that
+        // sees any of our hazard stores, all after this fence, also sees our
+        // flag, set by `take_reader` before it. (It also sees our liveness
+        // lock, held from before this fence until after our last hazard
+        // clear; the flag keeps the reap's skip independent of the kernel.)
         fence(Ordering::Release);
         let words = mailbox.words();
         let epoch = words.attach_reader(index);
@@ -408,6 +419,7 @@ impl<M: Deref<Target = Mailbox>> ReaderRole<M> {
         let reader = ReaderRole {
             mailbox,
             index,
+            lock: Some(lock),
             epoch,
         };
         reader.mailbox.check_mapped()?;
@@ -431,7 +443,8 @@ impl<M: Deref<Target = Mailbox>> Drop for ReaderRole<M> {
             .words()
             .hazard(self.index)
             .store(0, Ordering::Release);
-        liveness::unlock(self.mailbox.segment.fd(), self.index);
+        // Closes the lock's description: the kernel releases the lock.
+        drop(self.lock.take());
         self.mailbox.give_back_reader(self.index);
     }
 }
