@@ -44,6 +44,14 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+/// The shared-memory protocol of this crate: the text of `docs/protocol/shm-fd.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not an intra-doc link.
+#[allow(rustdoc::broken_intra_doc_links)]
+#[doc = include_str!("../../../docs/protocol/shm-fd.md")]
+pub mod protocol {}
+
 pub mod child;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -52,7 +52,8 @@
 //! [`Listener`] and [`Connector`]; the runtime needs its I/O driver only),
 //! `fault-injection` (named crash points for this workspace's crash tests).
 //!
-//! Layout and protocol: `docs/protocol/shm-ring.md` (and [`layout`]); the
+//! Layout and protocol: [`protocol`] (`docs/protocol/shm-ring.md`) and
+//! [`layout`]; the
 //! algorithm: [`raw`].
 //!
 //! # Example
@@ -126,6 +127,14 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The shared-memory protocol of this crate: the text of `docs/protocol/shm-ring.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not an intra-doc link.
+#[allow(rustdoc::broken_intra_doc_links)]
+#[doc = include_str!("../../../docs/protocol/shm-ring.md")]
+pub mod protocol {}
 
 mod core;
 pub mod layout;

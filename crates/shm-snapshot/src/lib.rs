@@ -4,8 +4,8 @@
 //! Page records of generation `g` become state only when the commit record of
 //! `g` follows them and the log up to that record is intact; a restore
 //! replays the log up to the last valid commit record. See
-//! `docs/protocol/shm-snapshot.md` for the byte layout and the durability
-//! argument.
+//! [`protocol`] (`docs/protocol/shm-snapshot.md` in the source repository)
+//! for the byte layout and the durability argument.
 //!
 //! # The parts
 //! * The **file format** (this crate's root): [`SnapshotWriter`] appends
@@ -41,6 +41,14 @@
 //! # Examples
 //! A state committed by a client, kept in FILE by the host, restored from FILE:
 //! see the [`host`] module's example.
+
+/// The shared-memory protocol of this crate: the text of `docs/protocol/shm-snapshot.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not an intra-doc link.
+#[allow(rustdoc::broken_intra_doc_links)]
+#[doc = include_str!("../../../docs/protocol/shm-snapshot.md")]
+pub mod protocol {}
 
 mod error;
 mod format;
