@@ -45,16 +45,21 @@
 //!   consumer (in this process or another) gets [`OpenError::InUse`], and a
 //!   dead one's claim is taken over when its successor opens.
 //!
-//! When not to use it: for more than one producer or consumer (use one ring
-//! per pair), or for a latest-value board (`shm-mailbox`).
+//! When to use it, and when something else: use this crate when one process
+//! streams items to another and every item must arrive, in order, with
+//! backpressure when the consumer falls behind, and either side may be
+//! killed and restarted. For more than one producer or consumer, use one
+//! ring per pair; when only the newest value matters (a status, a setting),
+//! use `shm-mailbox`; for state shared in place (counters, tables of
+//! atomics), use `shm-segment`; between threads of one process, an ordinary
+//! in-process channel is simpler.
 //!
 //! Features: `tokio` (the [`asyncio`] module and the async handshake on
 //! [`Listener`] and [`Connector`]; the runtime needs its I/O driver only),
 //! `fault-injection` (named crash points for this workspace's crash tests).
 //!
 //! Layout and protocol: [`protocol`] (`docs/protocol/shm-ring.md`) and
-//! [`layout`]; the
-//! algorithm: [`raw`].
+//! [`layout`]; the algorithm: [`raw`].
 //!
 //! # Example
 //! ```

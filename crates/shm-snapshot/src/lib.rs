@@ -26,7 +26,10 @@
 //!   [`host::SnapshotHost`]; the `shm-restore` binary runs it for a child
 //!   process.
 //!
-//! Not for: state that only has to outlive a crash of the program, not a
+//! When to use it, and when something else: use this crate when a program's
+//! in-memory state must survive a reboot (or the loss of the memfd) and come
+//! back exactly as one consistent commit, written to disk incrementally
+//! without pausing the program. Not for: state that only has to outlive a crash of the program, not a
 //! reboot (keep the memfd in systemd's fd store with `shm-fd`, no file
 //! needed); or a program that cannot say when its state is consistent (a
 //! snapshot holds exactly one commit).
