@@ -136,8 +136,9 @@
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-ring.md` in the
 /// source repository, included here so it is readable with the API docs.
 #[doc = ""]
-// The text is Markdown written for a repository browser: `x[i]` there is not an intra-doc link.
-#[allow(rustdoc::broken_intra_doc_links)]
+// The text is Markdown written for a repository browser: `x[i]` there is not
+// an intra-doc link, and identifiers are not always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
 #[doc = include_str!("../../../docs/protocol/shm-ring.md")]
 pub mod protocol {}
 
