@@ -22,6 +22,15 @@
 //! systemd (containers, development machines). See `docs/systemd.md`. It
 //! needs the `cli` feature: `cargo install shm-fd --features cli`.
 //!
+//! When to use it, and when something else: use this crate when a service's
+//! state lives in a memfd that must survive the service being restarted
+//! (a crash, an upgrade, `systemctl restart`) but not a reboot: the service
+//! manager, or `shm-fd --supervise`, holds the fd meanwhile, and the
+//! restarted service maps the same memory again. For state that must also
+//! survive a reboot, add `shm-snapshot` (a snapshot file); to share the
+//! memory between processes that are running, use `shm-segment`; to stream
+//! data between them, `shm-ring`.
+//!
 //! # Example: a program that keeps its state in a stored memfd
 //! ```no_run
 //! use shm_fd::{listen::ListenFds, notify, state};
@@ -43,6 +52,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![doc(test(attr(deny(warnings))))]
+
+/// The shared-memory protocol of this crate: the text of `docs/protocol/shm-fd.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not
+// an intra-doc link, and identifiers are not always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
+#[doc = include_str!("../../../docs/protocol/shm-fd.md")]
+pub mod protocol {}
 
 pub mod child;
 #[cfg(feature = "cli")]

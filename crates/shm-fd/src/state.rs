@@ -8,6 +8,19 @@ use rustix::io::Errno;
 use shm_segment::memfd::{self, FIXED_SIZE, MemfdError, MemfdInfo, Requirements, ValidateError};
 
 /// Creates a memfd of `size` zero bytes, sealed against shrinking and growing.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsFd;
+///
+/// let fd = shm_fd::state::create("state", 64 << 10)?;
+/// // Later, when the fd comes back from the store under the name "state":
+/// let info = shm_fd::state::validate(fd.as_fd(), "state", 64 << 10)?;
+/// assert_eq!(info.size, 64 << 10);
+/// # Ok(())
+/// # }
+/// ```
 pub fn create(name: &str, size: u64) -> Result<OwnedFd, MemfdError> {
     memfd::create(name, size, FIXED_SIZE)
 }
@@ -137,6 +150,27 @@ pub enum StateError {
 /// only appears in the error. An fd that is no memfd at all (a socket, a
 /// pipe, a file, `/dev/null`) is reported as what it is
 /// ([`StateError::NotMemfd`]).
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shm_fd::state::{FdKind, StateError, validate};
+/// use std::os::fd::AsFd;
+///
+/// let fd = shm_fd::state::create("state", 4096)?;
+/// assert!(validate(fd.as_fd(), "state", 4096).is_ok());
+/// // Too small for what the program needs:
+/// assert!(validate(fd.as_fd(), "state", 8192).is_err());
+///
+/// // Not a memfd at all: reported as what it is.
+/// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+/// match validate(a.as_fd(), "state", 4096) {
+///     Err(StateError::NotMemfd { kind, .. }) => assert_eq!(kind, FdKind::Socket),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn validate(fd: BorrowedFd<'_>, name: &str, min_size: u64) -> Result<MemfdInfo, StateError> {
     let raw = fd.as_raw_fd();
     let io = |op, error| StateError::Io {

@@ -5,7 +5,7 @@
 //! slots; any process can be SIGKILLed and restarted at any time; readers can
 //! tell new messages from old by their sequence numbers. The protocol
 //! (hazard words over `N + 2` slots) is described in the [`protocol`] module
-//! docs and in `docs/protocol/shm-mailbox.md`.
+//! docs and in [`protocol::document`] (`docs/protocol/shm-mailbox.md`).
 //!
 //! # Example
 //! ```

@@ -335,3 +335,13 @@ fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bo
     }
     true
 }
+
+/// The byte layout and protocol of the mailbox: the text of
+/// `docs/protocol/shm-mailbox.md` in the source repository, included here so
+/// it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not
+// an intra-doc link, and identifiers are not always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
+#[doc = include_str!("../../../docs/protocol/shm-mailbox.md")]
+pub mod document {}

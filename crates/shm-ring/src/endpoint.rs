@@ -468,6 +468,26 @@ impl<T: Element> Producer<T> {
     ///
     /// # Panics
     /// If `fill` returns more than it was lent.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = shm_ring::channel::<u32>(8)?;
+    /// // Write straight into the free slots, publishing three of them.
+    /// let sent = tx.send_with(|mut slots| {
+    ///     let n = slots.len().min(3);
+    ///     for i in 0..n {
+    ///         slots.set(i, &(10 * i as u32));
+    ///     }
+    ///     n
+    /// })?;
+    /// assert_eq!(sent, 3);
+    /// assert_eq!(tx.position(), 3);
+    /// assert_eq!(rx.try_recv()?, Some(0));
+    /// assert_eq!(rx.try_recv()?, Some(10));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send_with<F: FnOnce(SlotsMut<'_, T>) -> usize>(
         &mut self,
         fill: F,
@@ -668,6 +688,24 @@ impl<T: Element> Consumer<T> {
     ///
     /// # Panics
     /// If `take` returns more than it was lent.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = shm_ring::channel::<u32>(8)?;
+    /// tx.send_slice(&[1, 2, 3, 4], None)?;
+    /// // Read the ready elements in place and release all of them.
+    /// let mut sum = 0;
+    /// let taken = rx.recv_with(|slots| {
+    ///     for i in 0..slots.len() {
+    ///         sum += slots.get(i);
+    ///     }
+    ///     slots.len()
+    /// })?;
+    /// assert_eq!((taken, sum), (4, 10));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv_with<F: FnOnce(Slots<'_, T>) -> usize>(
         &mut self,
         take: F,

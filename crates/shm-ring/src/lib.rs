@@ -45,15 +45,21 @@
 //!   consumer (in this process or another) gets [`OpenError::InUse`], and a
 //!   dead one's claim is taken over when its successor opens.
 //!
-//! When not to use it: for more than one producer or consumer (use one ring
-//! per pair), or for a latest-value board (`shm-mailbox`).
+//! When to use it, and when something else: use this crate when one process
+//! streams items to another and every item must arrive, in order, with
+//! backpressure when the consumer falls behind, and either side may be
+//! killed and restarted. For more than one producer or consumer, use one
+//! ring per pair; when only the newest value matters (a status, a setting),
+//! use `shm-mailbox`; for state shared in place (counters, tables of
+//! atomics), use `shm-segment`; between threads of one process, an ordinary
+//! in-process channel is simpler.
 //!
 //! Features: `tokio` (the [`asyncio`] module and the async handshake on
 //! [`Listener`] and [`Connector`]; the runtime needs its I/O driver only),
 //! `fault-injection` (named crash points for this workspace's crash tests).
 //!
-//! Layout and protocol: `docs/protocol/shm-ring.md` (and [`layout`]); the
-//! algorithm: [`raw`].
+//! Layout and protocol: [`protocol`] (`docs/protocol/shm-ring.md`) and
+//! [`layout`]; the algorithm: [`raw`].
 //!
 //! # Example
 //! ```
@@ -126,6 +132,15 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The shared-memory protocol of this crate: the text of `docs/protocol/shm-ring.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not
+// an intra-doc link, and identifiers are not always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
+#[doc = include_str!("../../../docs/protocol/shm-ring.md")]
+pub mod protocol {}
 
 mod core;
 pub mod layout;

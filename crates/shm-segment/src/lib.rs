@@ -60,6 +60,15 @@
 // must also resolve inside this crate (the header is a shared struct).
 extern crate self as shm_segment;
 
+/// The shared-memory protocol of this crate: the text of `docs/PROTOCOL.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not
+// an intra-doc link, and identifiers are not always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
+#[doc = include_str!("../../../docs/PROTOCOL.md")]
+pub mod protocol {}
+
 pub mod fdpass;
 pub mod header;
 pub mod layout;

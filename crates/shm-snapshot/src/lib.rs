@@ -4,8 +4,8 @@
 //! Page records of generation `g` become state only when the commit record of
 //! `g` follows them and the log up to that record is intact; a restore
 //! replays the log up to the last valid commit record. See
-//! `docs/protocol/shm-snapshot.md` for the byte layout and the durability
-//! argument.
+//! [`protocol`] (`docs/protocol/shm-snapshot.md` in the source repository)
+//! for the byte layout and the durability argument.
 //!
 //! # The parts
 //! * The **file format** (this crate's root): [`SnapshotWriter`] appends
@@ -26,7 +26,10 @@
 //!   [`host::SnapshotHost`]; the `shm-restore` binary runs it for a child
 //!   process.
 //!
-//! Not for: state that only has to outlive a crash of the program, not a
+//! When to use it, and when something else: use this crate when a program's
+//! in-memory state must survive a reboot (or the loss of the memfd) and come
+//! back exactly as one consistent commit, written to disk incrementally
+//! without pausing the program. Not for: state that only has to outlive a crash of the program, not a
 //! reboot (keep the memfd in systemd's fd store with `shm-fd`, no file
 //! needed); or a program that cannot say when its state is consistent (a
 //! snapshot holds exactly one commit).
@@ -38,9 +41,92 @@
 //!   tests.
 //! * `tokio`: [`live::Client::wait_durable_async`].
 //!
+//! # The client/host model
+//! The program whose state is kept is the **client**: it maps a live memfd
+//! with [`live::Client::open`], edits its state in the work area
+//! ([`live::Client::work`]) and, whenever the state is consistent, commits it
+//! ([`live::Client::commit`] with the byte ranges it changed, or
+//! [`live::Client::commit_tracked`] after [`live::Client::track`]). A commit
+//! is wait-free and never touches a file. The **host** —
+//! [`host::SnapshotHost`] in the program's supervisor or in the program
+//! itself, or the `shm-restore` binary that runs the program as its child —
+//! reads committed states out of the memfd and writes them into the snapshot
+//! file, FILE, and restores FILE into a new memfd on a cold start. A commit is
+//! durable once the host has fdatasynced it: a client that must know waits
+//! with [`live::Client::wait_durable`].
+//!
 //! # Examples
+//! Commit named byte ranges (the memfd comes from a host; normally the
+//! client is another process that inherited it):
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shm_snapshot::host::{HostConfig, SnapshotHost};
+//! use shm_snapshot::live::Client;
+//!
+//! let dir = std::env::temp_dir().join(format!("lib-doc-commit-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let config = HostConfig { create: true, size: 8192, ..HostConfig::new(dir.join("s.snap")) };
+//! let host = SnapshotHost::open(config, None)?;
+//!
+//! let client = Client::open(host.memfd())?;
+//! client.work().write_bytes(0, b"counter=1")?;
+//! let g = client.commit(&[0..9]);
+//! assert_eq!(g, 1);
+//! assert_eq!(client.generation(), 1);
+//! # drop(client);
+//! # drop(host);
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Let the kernel find the written pages (userfaultfd write-protection,
+//! Linux 6.7 or later); on an older kernel or in a sandbox that refuses it,
+//! fall back to named ranges:
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shm_snapshot::host::{HostConfig, SnapshotHost};
+//! use shm_snapshot::live::Client;
+//! use shm_snapshot::track::TrackErrorKind;
+//!
+//! let dir = std::env::temp_dir().join(format!("lib-doc-track-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let config = HostConfig { create: true, size: 8192, ..HostConfig::new(dir.join("s.snap")) };
+//! let host = SnapshotHost::open(config, None)?;
+//! let mut client = Client::open(host.memfd())?;
+//!
+//! match client.track() {
+//!     Ok(()) => {
+//!         client.work().write_bytes(4096, b"tracked")?;
+//!         let done = client.commit_tracked()?;
+//!         assert_eq!(done.generation, 1);
+//!         assert_eq!(done.bytes, 4096); // the one written page
+//!     }
+//!     Err(e) if e.kind() == TrackErrorKind::Unsupported => {
+//!         client.work().write_bytes(4096, b"tracked")?;
+//!         assert_eq!(client.commit(&[4096..4103]), 1);
+//!     }
+//!     Err(e) => return Err(e.into()),
+//! }
+//! # drop(client);
+//! # drop(host);
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! A state committed by a client, kept in FILE by the host, restored from FILE:
-//! see the [`host`] module's example.
+//! see the [`host`] module's example; a durable commit: see
+//! [`live::Client::wait_durable`].
+
+/// The shared-memory protocol of this crate: the text of `docs/protocol/shm-snapshot.md` in the
+/// source repository, included here so it is readable with the API docs.
+#[doc = ""]
+// The text is Markdown written for a repository browser: `x[i]` there is not
+// an intra-doc link, and identifiers are not always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
+#[doc = include_str!("../../../docs/protocol/shm-snapshot.md")]
+pub mod protocol {}
 
 mod error;
 mod format;

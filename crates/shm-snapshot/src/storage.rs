@@ -66,6 +66,27 @@ impl FileStorage {
     /// # Errors
     /// The OS error, naming the path; [`ErrorKind::NotRegular`] for a FIFO,
     /// socket, device or directory.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::{FileStorage, SnapshotWriter, inspect};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("storage-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("state.snap");
+    /// std::fs::File::create(&path)?;
+    ///
+    /// let mut writer = SnapshotWriter::create(FileStorage::open(&path, true)?, 4096, 4096)?;
+    /// writer.snapshot(&[9u8; 4096])?;
+    /// drop(writer);
+    ///
+    /// let info = inspect(&FileStorage::open(&path, false)?)?;
+    /// assert_eq!(info.generation, 1);
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(path: &Path, writable: bool) -> Result<Self, SnapshotError> {
         use rustix::fs::{FileType, Mode, OFlags};
         let show = path.display();

@@ -15,6 +15,12 @@
 //! itself, compiled to nothing unless the crate that marks them enables its
 //! `fault-injection` feature (see [`crash`]).
 //!
+//! When to use it, and when something else: depend on it to write a
+//! lock-free protocol in this workspace that the loom models must check, or
+//! to mark crash points. It holds no data structure of its own: programs use
+//! `shm-segment`, `shm-ring`, `shm-mailbox` or `shm-snapshot`, and code
+//! without a loom model can use `core::sync::atomic` directly.
+//!
 //! # Features
 //!
 //! - `fault-injection`: the code behind [`crash_point!`] (it reads

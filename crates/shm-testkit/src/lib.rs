@@ -11,6 +11,11 @@
 //!   disturbing the binaries of the test run itself.
 //! - [`users`]: running programs as other users (`setpriv`), for access policies.
 //!
+//! When to use it, and when something else: use it in this workspace's
+//! tests that need a real second process, a real service manager or another
+//! user; a test that stays in one process needs none of it. It is not
+//! published, so code outside the workspace brings its own helpers.
+//!
 //! This crate is for tests only (`publish = false`) and is only ever a
 //! dev-dependency; it panics freely on setup failures, which is what a test
 //! wants. (The crash points that tests arm with `SHM_CRASH_AT` live in the

@@ -28,6 +28,27 @@ use crate::storage::Storage;
 /// durable snapshots) is [`ErrorKind::Damaged`], naming the damaged byte
 /// ranges, the newest generation before them and the newest after them;
 /// [`restore_with`] can restore the former exactly or salvage the latter.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shm_snapshot::{MemStorage, SnapshotWriter, restore};
+///
+/// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 8192)?;
+/// let mut state = vec![0u8; 8192];
+/// state[5000..5005].copy_from_slice(b"hello");
+/// assert_eq!(writer.snapshot(&state)?, 1);
+///
+/// let mut back = vec![0u8; 8192];
+/// let restored = restore(writer.storage(), |offset, bytes| {
+///     let at = offset as usize;
+///     back[at..at + bytes.len()].copy_from_slice(bytes);
+/// })?;
+/// assert_eq!(restored.info.generation, 1);
+/// assert_eq!(back, state);
+/// # Ok(())
+/// # }
+/// ```
 pub fn restore<S: Storage + ?Sized>(
     s: &S,
     apply: impl FnMut(u64, &[u8]),
@@ -318,6 +339,32 @@ pub fn restore_with_progress<S: Storage + ?Sized>(
 /// # Errors
 /// As [`restore`]; [`ErrorKind::NoSuchGeneration`] for an `until` the file
 /// does not hold exactly (including one after damage).
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shm_snapshot::{MemStorage, RestoreOptions, SnapshotWriter, restore_with};
+///
+/// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 4096)?;
+/// writer.snapshot(&[1u8; 4096])?;
+/// writer.snapshot(&[2u8; 4096])?;
+///
+/// // Generation 1, not the newest (2).
+/// let mut back = vec![0u8; 4096];
+/// let options = RestoreOptions { until: Some(1), ..RestoreOptions::default() };
+/// restore_with(
+///     writer.storage(),
+///     options,
+///     |offset, bytes| {
+///         let at = offset as usize;
+///         back[at..at + bytes.len()].copy_from_slice(bytes);
+///     },
+///     |_read, _len| {},
+/// )?;
+/// assert_eq!(back, vec![1u8; 4096]);
+/// # Ok(())
+/// # }
+/// ```
 #[allow(clippy::too_many_lines)]
 pub fn restore_with<S: Storage + ?Sized>(
     s: &S,
@@ -534,6 +581,20 @@ fn scan<S: Storage + ?Sized>(
 ///
 /// # Errors
 /// As [`restore`], except for damage.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shm_snapshot::{MemStorage, SnapshotWriter, inspect};
+///
+/// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 8192)?;
+/// writer.snapshot(&[7u8; 8192])?;
+/// let info = inspect(writer.storage())?;
+/// assert_eq!((info.page_size, info.region_size, info.generation), (4096, 8192, 1));
+/// assert!(info.damage.is_none());
+/// # Ok(())
+/// # }
+/// ```
 pub fn inspect<S: Storage + ?Sized>(s: &S) -> Result<FileInfo, SnapshotError> {
     scan(s, RestoreOptions::default(), &mut |_, _| {}, &mut |_, _| {}).map(|r| r.info)
 }

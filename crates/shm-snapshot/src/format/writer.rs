@@ -36,6 +36,19 @@ impl<S: Storage> SnapshotWriter<S> {
     ///
     /// # Errors
     /// Bad geometry or I/O errors.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::{MemStorage, SnapshotWriter};
+    ///
+    /// // 4096-byte pages, a 16 KiB state; generation 0 is all zeros.
+    /// let writer = SnapshotWriter::create(MemStorage::default(), 4096, 16 << 10)?;
+    /// assert_eq!(writer.generation(), 0);
+    /// assert_eq!(writer.region_size(), 16 << 10);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create(mut storage: S, page_size: u32, region_size: u64) -> Result<Self, SnapshotError> {
         if page_size == 0
             || page_size > MAX_PAGE
@@ -96,6 +109,22 @@ impl<S: Storage> SnapshotWriter<S> {
     ///
     /// # Errors
     /// As [`restore`], and I/O errors.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::{MemStorage, SnapshotWriter};
+    ///
+    /// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 4096)?;
+    /// writer.snapshot(&[3u8; 4096])?;
+    ///
+    /// // Later (e.g. after a restart): continue the same log.
+    /// let mut writer = SnapshotWriter::open(writer.storage().clone())?;
+    /// assert_eq!(writer.generation(), 1);
+    /// assert_eq!(writer.snapshot(&[4u8; 4096])?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(storage: S) -> Result<Self, SnapshotError> {
         let restored = restore(&storage, |_, _| {})?;
         Self::open_restored(storage, restored)
@@ -220,6 +249,24 @@ impl<S: Storage> SnapshotWriter<S> {
     ///
     /// # Errors
     /// I/O errors (e.g. a full disk); a state of the wrong size.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::{MemStorage, SnapshotWriter};
+    ///
+    /// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 8192)?;
+    /// let mut state = vec![0u8; 8192];
+    /// state[0] = 1;
+    /// assert_eq!(writer.snapshot(&state)?, 1);
+    /// let len = writer.len();
+    /// // Only the changed page is appended.
+    /// state[4096] = 1;
+    /// assert_eq!(writer.snapshot(&state)?, 2);
+    /// assert!(writer.len() - len < 8192);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn snapshot(&mut self, state: &[u8]) -> Result<u64, SnapshotError> {
         if state.len() as u64 != self.region_size {
             return Err(SnapshotError::new(

@@ -274,6 +274,26 @@ impl Client {
 
     /// The number of commits so far (including those before a restore).
     #[must_use]
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost};
+    /// use shm_snapshot::live::Client;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("client-generation-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 4096, ..HostConfig::new(dir.join("s.snap")) };
+    /// let host = SnapshotHost::open(config, None)?;
+    /// let client = Client::open(host.memfd())?;
+    /// assert_eq!(client.generation(), 0);
+    /// client.commit(&[]);
+    /// assert_eq!(client.generation(), 1);
+    /// # drop((client, host));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn generation(&self) -> u64 {
         self.raw().generation()
     }
@@ -302,6 +322,30 @@ impl Client {
     /// snapshot's fdatasync returned), as published in the memfd; 0 before
     /// the first host published one.
     #[must_use]
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost};
+    /// use shm_snapshot::live::Client;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("client-durable-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 4096, ..HostConfig::new(dir.join("s.snap")) };
+    /// let mut host = SnapshotHost::open(config, None)?;
+    /// let client = Client::open(host.memfd())?;
+    ///
+    /// client.work().write_bytes(0, b"x")?;
+    /// let g = client.commit(&[0..1]);
+    /// assert_eq!(client.durable_generation(), 0); // committed, not yet in FILE
+    /// host.tick(); // the host writes and fdatasyncs FILE
+    /// assert_eq!(host.persisted(), g);
+    /// assert_eq!(client.durable_generation(), g);
+    /// # drop((client, host));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn durable_generation(&self) -> u64 {
         self.durable_raw().durable()
     }

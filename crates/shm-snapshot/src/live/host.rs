@@ -256,6 +256,30 @@ impl Host {
     /// Not a snapshot memfd, or the wrong size.
     /// A commit sequence beyond what any client can reach ([`ErrorKind::BadSequence`](crate::ErrorKind::BadSequence)):
     /// a stray write, which must never reach a snapshot file.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost};
+    /// use shm_snapshot::live::{Client, Host};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("live-host-open-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 8192, ..HostConfig::new(dir.join("s.snap")) };
+    /// let snapshots = SnapshotHost::open(config, None)?;
+    ///
+    /// let client = Client::open(snapshots.memfd())?;
+    /// client.work().write_bytes(0, b"state")?;
+    /// client.commit(&[0..5]);
+    ///
+    /// let host = Host::open(snapshots.memfd())?;
+    /// assert_eq!(host.region_size(), 8192);
+    /// assert_eq!(host.generation()?, 1);
+    /// # drop((host, client, snapshots));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
         let (segment, geo) = layout::open(fd, Access::ReadOnly)?;
         let host = Self { segment, geo };
@@ -376,6 +400,38 @@ impl Host {
     ///
     /// # Errors
     /// The first error of `visit` (nothing more is visited).
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost};
+    /// use shm_snapshot::live::{Changed, Client, Host};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("live-host-changed-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 4 * 4096, ..HostConfig::new(dir.join("s.snap")) };
+    /// let snapshots = SnapshotHost::open(config, None)?;
+    /// let client = Client::open(snapshots.memfd())?;
+    /// let host = Host::open(snapshots.memfd())?;
+    ///
+    /// client.work().write_bytes(2 * 4096, b"only this page")?;
+    /// client.commit(&[2 * 4096..2 * 4096 + 14]);
+    ///
+    /// let mut pages = Vec::new();
+    /// let changed = host.copy_changed(0, |offset, bytes| {
+    ///     if bytes.windows(14).any(|w| w == b"only this page") {
+    ///         pages.push(offset);
+    ///     }
+    ///     Ok::<(), std::convert::Infallible>(())
+    /// })?;
+    /// assert_eq!(changed, Changed::Complete(1));
+    /// assert_eq!(pages.len(), 1);
+    /// assert_eq!(host.copy_changed(1, |_, _| Ok::<(), std::convert::Infallible>(()))?, Changed::Nothing);
+    /// # drop((host, client, snapshots));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn copy_changed<E>(
         &self,
         since: u64,
