@@ -74,4 +74,9 @@ impl SnapshotError {
             || self.source.as_ref().map(std::io::Error::kind)
                 == Some(std::io::ErrorKind::StorageFull)
     }
+
+    /// Whether a read found the end of the storage before the bytes it wanted.
+    pub(crate) fn is_short_read(&self) -> bool {
+        self.source.as_ref().map(std::io::Error::kind) == Some(std::io::ErrorKind::UnexpectedEof)
+    }
 }

@@ -45,6 +45,13 @@ pub trait Storage {
     fn data_from(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
     }
+    /// How many bytes of zeros a [`crate::SnapshotWriter`] on this storage
+    /// keeps written past the log's end by default
+    /// ([`crate::SnapshotWriter::set_reserve`]). The default is 0: only a
+    /// file system pays for growing a file at every sync.
+    fn preferred_reserve(&self) -> u64 {
+        0
+    }
     /// A hint: start writing `len` bytes at `offset` to the device now, so
     /// that the next [`Storage::sync`] has less left to wait for. Gives no
     /// durability by itself. The default does nothing.
@@ -139,6 +146,9 @@ impl Storage for FileStorage {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn preferred_reserve(&self) -> u64 {
+        1 << 20
     }
     fn start_writeback(&mut self, offset: u64, len: u64) {
         use std::os::fd::AsRawFd;

@@ -285,9 +285,22 @@ fn every_flipped_byte_restores_a_committed_generation_or_errors() {
 /// writes may have reached the disk, and one of them may be torn.
 #[test]
 fn power_loss_replay() {
+    power_loss_replay_with(0);
+}
+
+/// The same with zeros reserved after the log (what a file gets,
+/// [`SnapshotWriter::set_reserve`]): some snapshots write records over
+/// reserved zeros, others grow the file and reserve again.
+#[test]
+fn power_loss_replay_with_reserved_zeros() {
+    power_loss_replay_with(10 * u64::from(PS));
+}
+
+fn power_loss_replay_with(reserve: u64) {
     let len = 6 * PS as usize;
     let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
     w.set_write_batch(1);
+    w.set_reserve(reserve);
     // Each generation is acknowledged (what the host publishes as durable)
     // when `snapshot()` returns: after the first `acked_at[g - 1]` operations.
     let mut acked_at = Vec::new();
@@ -353,6 +366,55 @@ fn power_loss_replay() {
         }
     }
     assert!(states > 200, "{states}");
+}
+
+/// Zeros reserved after the last commit are no records: the newest
+/// generation restores, `inspect` counts them as reserved (not as an ignored
+/// tail), a cut anywhere inside them changes nothing, `open` cuts them off
+/// and dropping the writer trims them.
+#[test]
+fn reserved_zeros_are_space_not_records() {
+    let len = 4 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.set_reserve(3 * u64::from(PS));
+    for g in 1..=3 {
+        w.snapshot(&state(g, len)).unwrap();
+        let data = &w.storage().data;
+        assert!(
+            data.len() as u64 > w.len(),
+            "generation {g}: nothing reserved"
+        );
+        let info = inspect(w.storage()).unwrap();
+        assert_eq!(info.generation, g);
+        assert_eq!(info.valid_end, w.len());
+        assert_eq!(info.reserved, data.len() as u64 - w.len());
+        assert!(info.damage.is_none());
+        for cut in w.len() as usize..=data.len() {
+            let m = MemStorage::with_data(data[..cut].to_vec());
+            assert_eq!(restore_vec(&m).unwrap(), (state(g, len), g), "cut at {cut}");
+        }
+    }
+    // A non-zero byte in the reserve is a torn tail, not reserved space.
+    let mut d = w.storage().data.clone();
+    let n = d.len();
+    d[n - 1] = 1;
+    let info = inspect(&MemStorage::with_data(d)).unwrap();
+    assert_eq!((info.generation, info.reserved), (3, 0));
+    // Continuing cuts the reserve off first.
+    let reopened = SnapshotWriter::open(w.storage().clone()).unwrap();
+    assert_eq!(reopened.storage().data.len() as u64, reopened.len());
+    // A file reserves 1 MiB by default; dropping the writer trims it.
+    let dir = std::env::temp_dir().join(format!("reserve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("f.snap");
+    let f = std::fs::File::create_new(&path).unwrap();
+    let mut w = SnapshotWriter::create(FileStorage(f), PS, len as u64).unwrap();
+    w.snapshot(&state(1, len)).unwrap();
+    let end = w.len();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), end + (1 << 20));
+    drop(w);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -516,4 +578,93 @@ fn salvage_counts_damage_after_the_last_intact_record_of_its_generation() {
         ],
         46590,
     );
+}
+
+/// A file read while its writer appends two snapshots over the reserved
+/// zeros, the appends landing between any two reads of the reader: never
+/// damage, always a committed generation (2, 3 or 4) restored exactly. The
+/// same when a starting writer cuts the zeros off during the read.
+#[test]
+fn appends_during_a_read_are_not_damage() {
+    use std::cell::Cell;
+    struct Growing {
+        before: MemStorage,
+        after: MemStorage,
+        reads: Cell<usize>,
+        switch_at: usize,
+    }
+    impl Storage for Growing {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let n = self.reads.get();
+            self.reads.set(n + 1);
+            let s = if n < self.switch_at {
+                &self.before
+            } else {
+                &self.after
+            };
+            s.read_at(offset, buf)
+        }
+        fn write_at(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> {
+            unreachable!("read only")
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            if self.reads.get() < self.switch_at {
+                self.before.len()
+            } else {
+                self.after.len()
+            }
+        }
+        fn set_len(&mut self, _: u64) -> std::io::Result<()> {
+            unreachable!("read only")
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let len = 8 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.set_reserve(64 << 10);
+    w.set_write_batch(300);
+    w.snapshot(&state(1, len)).unwrap();
+    w.snapshot(&state(2, len)).unwrap();
+    let before = w.storage().clone();
+    w.snapshot(&state(3, len)).unwrap();
+    w.snapshot(&state(4, len)).unwrap();
+    let after = w.storage().clone();
+    assert_eq!(
+        before.data.len(),
+        after.data.len(),
+        "both within the reserve"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for switch_at in 0..64 {
+        let g = Growing {
+            before: before.clone(),
+            after: after.clone(),
+            reads: Cell::new(0),
+            switch_at,
+        };
+        let (v, gen_) =
+            restore_vec(&g).unwrap_or_else(|e| panic!("switch at read {switch_at}: {e}"));
+        assert!(
+            (2..=4).contains(&gen_),
+            "switch at read {switch_at}: {gen_}"
+        );
+        assert_eq!(v, state(gen_, len), "switch at read {switch_at}");
+        seen.insert(gen_);
+    }
+    assert!(seen.contains(&2) && seen.contains(&4), "{seen:?}");
+    // A writer starting on the file cuts the reserved zeros off mid-read.
+    let mut cut = after.clone();
+    cut.set_len(w.len()).unwrap();
+    for switch_at in 0..64 {
+        let g = Growing {
+            before: after.clone(),
+            after: cut.clone(),
+            reads: Cell::new(0),
+            switch_at,
+        };
+        let r = restore_vec(&g).unwrap_or_else(|e| panic!("cut at read {switch_at}: {e}"));
+        assert_eq!(r, (state(4, len), 4), "cut at read {switch_at}");
+    }
 }

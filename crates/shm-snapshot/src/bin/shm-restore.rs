@@ -178,6 +178,12 @@ fn do_inspect(path: &Path, json: bool) -> Result<(), String> {
     } else {
         println!("checksums: all records valid");
     }
+    if r.reserved() > 0 {
+        println!(
+            "reserved: {} bytes of zeros after the last commit (space for the next snapshots)",
+            r.reserved()
+        );
+    }
     Ok(())
 }
 
@@ -207,6 +213,7 @@ fn inspect_json(path: &Path, r: &Inspection) -> String {
         "valid_bytes": i.valid_end,
         "file_len": i.file_len,
         "ignored_tail_bytes": r.ignored_tail(),
+        "reserved_bytes": r.reserved(),
         "damage": damage,
     })
     .to_string()

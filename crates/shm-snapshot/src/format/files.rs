@@ -242,6 +242,7 @@ impl SnapshotWriter<FileStorage> {
         // From here on the new file is the log, whatever happens below.
         self.storage = target;
         self.end = end;
+        self.reserved_end = end;
         self.index = index;
         sync_dir_of(path).map_err(|e| SnapshotError::io("fsync directory", e))?;
         crash_point!("compact.dir_synced");

@@ -61,6 +61,10 @@ pub struct FileInfo {
     pub valid_end: u64,
     /// The storage length.
     pub file_len: u64,
+    /// Zeros after the last valid commit, up to the end: space the writer
+    /// keeps reserved ([`SnapshotWriter::set_reserve`]), not a torn tail.
+    /// 0 when anything else follows the last commit.
+    pub reserved: u64,
     /// Whether the file was all zeros (a fresh state of `region_size` bytes).
     pub all_zero: bool,
     /// Damage in the middle of the log: invalid records with intact, once

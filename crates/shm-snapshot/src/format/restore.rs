@@ -243,6 +243,38 @@ fn scan_records<S: Storage + ?Sized>(
     Ok(found)
 }
 
+/// Whether a valid record starts at `off` (read now).
+fn record_at<S: Storage + ?Sized>(s: &S, geo: Geo, off: u64) -> Result<bool, SnapshotError> {
+    let len = s.len().map_err(|e| SnapshotError::io("stat", e))?;
+    if off + REC_LEN > len {
+        return Ok(false);
+    }
+    let mut rh = [0u8; 32];
+    rd(s, off, &mut rh)?;
+    let Some(plen) = geo.payload_len(&rh).filter(|&p| off + REC_LEN + p <= len) else {
+        return Ok(false);
+    };
+    let mut payload = vec![0u8; usize::try_from(plen).unwrap_or(0)];
+    rd(s, off + REC_LEN, &mut payload)?;
+    Ok(record_valid(&rh, &payload).is_some())
+}
+
+/// Whether `from..to` reads as zeros (the writer's reserved space,
+/// [`crate::SnapshotWriter::set_reserve`]).
+fn all_zeros<S: Storage + ?Sized>(s: &S, from: u64, to: u64) -> Result<bool, SnapshotError> {
+    let mut chunk = vec![0u8; usize::try_from(READ_CHUNK.min(to - from)).unwrap_or(1 << 18)];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from((to - at).min(READ_CHUNK)).unwrap_or(0);
+        rd(s, at, &mut chunk[..n])?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Whether the tail after the last valid commit (generation `last`), whose
 /// valid records are `tail`, is damage rather than a torn write.
 ///
@@ -402,12 +434,56 @@ pub fn restore_with<S: Storage + ?Sized>(
 }
 
 #[allow(clippy::too_many_lines)]
+/// Passes [`scan`] makes over a file that grows while it is read.
+const SCAN_PASSES: u32 = 8;
+
+/// [`scan_once`] until a pass reads the file unchanged (at most
+/// [`SCAN_PASSES`] times; the last pass's findings stand).
+///
+/// A file can be read while its writer appends: a live host's FILE ends in
+/// reserved zeros ([`crate::SnapshotWriter::set_reserve`]) that the writer
+/// overwrites with new records. A pass may then read zeros where a record
+/// lies by the time it reads a later one, which looks like damage (invalid
+/// bytes with intact snapshots after them). POSIX makes a `read` that
+/// starts after a `write` returned see its bytes, and the writer writes
+/// records in file order, so reading the first invalid offset again after
+/// finding the later records tells the two apart: a record there now means
+/// the file grew under this pass; the same invalid bytes mean damage. A
+/// writer that starts on the file cuts those zeros off, so a pass that
+/// meets the end of the file early also reads it again.
 fn scan<S: Storage + ?Sized>(
     s: &S,
     opts: RestoreOptions,
     apply: &mut dyn FnMut(u64, &[u8]),
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Restored, SnapshotError> {
+    let mut pass = 1;
+    loop {
+        let last = pass == SCAN_PASSES;
+        match scan_once(s, opts, apply, progress, last) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => tracing::debug!("the file grew while it was read: reading it again"),
+            // The writer cut its reserved zeros (or a torn tail) off while
+            // this pass read them.
+            Err(e) if !last && e.is_short_read() => {
+                tracing::debug!("the file shrank while it was read: reading it again");
+            }
+            Err(e) => return Err(e),
+        }
+        pass += 1;
+    }
+}
+
+/// One pass of [`scan`]; `None` if damage it found turned out to be a
+/// record written while the pass read the file (never when `last`).
+#[allow(clippy::too_many_lines)]
+fn scan_once<S: Storage + ?Sized>(
+    s: &S,
+    opts: RestoreOptions,
+    apply: &mut dyn FnMut(u64, &[u8]),
+    progress: &mut dyn FnMut(u64, u64),
+    last: bool,
+) -> Result<Option<Restored>, SnapshotError> {
     let (page_size, region_size, file_len, all_zero, base) = parse_header(s)?;
     let mut info = FileInfo {
         page_size,
@@ -416,6 +492,7 @@ fn scan<S: Storage + ?Sized>(
         commits: 0,
         valid_end: if all_zero { 0 } else { HEADER_LEN },
         file_len,
+        reserved: 0,
         all_zero,
         damage: None,
     };
@@ -429,7 +506,7 @@ fn scan<S: Storage + ?Sized>(
     if all_zero {
         progress(file_len, file_len);
         restored.partial = opts.until.is_some_and(|g| g != 0);
-        return Ok(restored);
+        return Ok(Some(restored));
     }
     if opts
         .until
@@ -437,7 +514,7 @@ fn scan<S: Storage + ?Sized>(
     {
         // Not in this file (a compacted file starts after its base).
         restored.partial = true;
-        return Ok(restored);
+        return Ok(Some(restored));
     }
     let ps = u64::from(page_size);
     let pages = region_size.div_ceil(ps);
@@ -510,8 +587,14 @@ fn scan<S: Storage + ?Sized>(
     if !stopped && info.valid_end < file_len {
         tail = scan_records(s, geo, off, file_len)?;
         if let Some((damage, end)) = classify_tail(&tail, off, info.generation) {
+            if !last && record_at(s, geo, off)? {
+                return Ok(None);
+            }
             tail.truncate(end);
             info.damage = Some(damage);
+        }
+        if tail.is_empty() && all_zeros(s, info.valid_end, file_len)? {
+            info.reserved = file_len - info.valid_end;
         }
     }
     let salvage = matches!(opts.on_damage, OnDamage::Salvage) && opts.until.is_none();
@@ -573,7 +656,7 @@ fn scan<S: Storage + ?Sized>(
     }
     restored.info = info;
     restored.index = committed;
-    Ok(restored)
+    Ok(Some(restored))
 }
 
 /// Scans a file without keeping its contents. Damage is reported in

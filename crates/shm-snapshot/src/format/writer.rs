@@ -29,6 +29,11 @@ pub struct SnapshotWriter<S: Storage> {
     /// Bytes appended by the last snapshot.
     pub last_bytes_written: u64,
     batch: usize,
+    /// Bytes of zeros kept written past the log's end ([`SnapshotWriter::set_reserve`]).
+    reserve: u64,
+    /// The storage's length as this writer left it: `end` plus the zeros
+    /// still reserved after it.
+    pub(super) reserved_end: u64,
 }
 
 impl<S: Storage> SnapshotWriter<S> {
@@ -90,6 +95,7 @@ impl<S: Storage> SnapshotWriter<S> {
         let pages = region_size.div_ceil(u64::from(page_size));
         let last = page_len(page_size, region_size, pages - 1);
         let zeros = vec![0u8; page_size as usize];
+        let reserve = storage.preferred_reserve();
         Self {
             storage,
             page_size,
@@ -101,6 +107,8 @@ impl<S: Storage> SnapshotWriter<S> {
             zero_last_crc: crc32c::crc32c(&zeros[..usize::try_from(last).unwrap_or(0)]),
             last_bytes_written: 0,
             batch: 1 << 20,
+            reserve,
+            reserved_end: end,
         }
     }
 
@@ -170,6 +178,24 @@ impl<S: Storage> SnapshotWriter<S> {
             info.valid_end,
             index,
         ))
+    }
+
+    /// Sets how many bytes of zeros the writer keeps written past the end of
+    /// the log (default: [`Storage::preferred_reserve`], 1 MiB for a
+    /// [`crate::FileStorage`]; 0 turns it off).
+    ///
+    /// Why: appending changes the file's size, and an `fdatasync` after a
+    /// size change must also commit the file system's journal (on ext4 and
+    /// XFS about as long as the data flush itself). Records written over
+    /// zeros that are already allocated and on disk change no metadata, so
+    /// their `fdatasync` is a data flush only. When a snapshot's records
+    /// pass the reserved zeros, the same snapshot writes the next `bytes`
+    /// of zeros after them, covered by its one `fdatasync`: one snapshot in
+    /// many pays the size change. The zeros are not records: a restore stops
+    /// at them as at a torn tail, [`SnapshotWriter::open`] cuts them off, and
+    /// dropping the writer trims them (best effort).
+    pub fn set_reserve(&mut self, bytes: u64) {
+        self.reserve = bytes;
     }
 
     /// Sets how many bytes are gathered before one write call (default 1 MiB;
@@ -359,6 +385,42 @@ impl<S: Storage> SnapshotWriter<S> {
     }
 }
 
+impl<S: Storage> SnapshotWriter<S> {
+    /// Writes [`SnapshotWriter::set_reserve`]'s zeros from `from` on, before
+    /// the snapshot's sync. The zeros are an optimisation: a failed write
+    /// (a full disk) is undone and the snapshot goes on without them.
+    fn reserve_after(&mut self, from: u64) {
+        if self.reserve == 0 {
+            return;
+        }
+        let Ok(n) = usize::try_from(self.reserve) else {
+            return;
+        };
+        match self.storage.write_at(from, &vec![0u8; n]) {
+            Ok(()) => self.reserved_end = from + self.reserve,
+            Err(e) => {
+                tracing::debug!("no zeros reserved after the log ({e})");
+                if let Err(e) = self.storage.set_len(from) {
+                    tracing::warn!(end = from, "cannot cut the reserved zeros: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl<S: Storage> Drop for SnapshotWriter<S> {
+    fn drop(&mut self) {
+        // Trim the reserved zeros so a file at rest ends with its last
+        // commit. Not synced: a crash keeps either length, and zeros after
+        // the last commit are ignored by every reader.
+        if self.reserved_end > self.end
+            && let Err(e) = self.storage.set_len(self.end)
+        {
+            tracing::debug!(end = self.end, "cannot trim the reserved zeros: {e}");
+        }
+    }
+}
+
 /// One snapshot being appended ([`SnapshotWriter::begin`]).
 #[derive(Debug)]
 pub struct Snapshot<'w, S: Storage> {
@@ -461,6 +523,10 @@ impl<S: Storage> Snapshot<'_, S> {
             .write_at(self.off, &self.buf)
             .map_err(|e| SnapshotError::io("write", e))?;
         self.off += self.buf.len() as u64;
+        if self.off > w.reserved_end {
+            w.reserved_end = self.off;
+            w.reserve_after(self.off);
+        }
         crash_point!("writer.before_sync");
         w.storage
             .sync()
@@ -483,6 +549,7 @@ impl<S: Storage> Drop for Snapshot<'_, S> {
             // Best effort: readers ignore an uncommitted tail anyway, and the
             // next snapshot overwrites it from `end`. A write that failed
             // partway (ENOSPC) left bytes beyond `off`: cut from `end`.
+            self.w.reserved_end = self.w.end;
             if let Err(e) = self.w.storage.set_len(self.w.end) {
                 tracing::warn!(
                     end = self.w.end,

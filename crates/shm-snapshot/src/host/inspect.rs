@@ -84,14 +84,21 @@ impl Inspection {
     }
 
     /// Bytes after the last valid commit that a start ignores (a torn or
-    /// corrupt tail); 0 for a damaged or all-zero FILE.
+    /// corrupt tail); 0 for a damaged or all-zero FILE, and for zeros the
+    /// writer reserved ([`Inspection::reserved`]).
     pub fn ignored_tail(&self) -> u64 {
         let i = &self.info;
         if i.damage.is_none() && !i.all_zero {
-            i.file_len.saturating_sub(i.valid_end)
+            i.file_len.saturating_sub(i.valid_end + i.reserved)
         } else {
             0
         }
+    }
+
+    /// Zeros after the last commit that a running (or killed) host keeps
+    /// reserved for its next snapshots ([`crate::SnapshotWriter::set_reserve`]).
+    pub fn reserved(&self) -> u64 {
+        self.info.reserved
     }
 
     /// Bytes in damaged ranges (0 without damage).
