@@ -346,6 +346,7 @@ fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bo
 // its end.
 #[doc = "[segment-header]: shm_segment::protocol#segment-layout-crate-shm-segment"]
 #[doc = "[sigbus-guard]: shm_segment::protocol#truncation-of-named-objects-the-sigbus-guard"]
+#[doc = "[type-fingerprint]: shm_segment::protocol#type-fingerprint-type_size-type_align-type_id"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.

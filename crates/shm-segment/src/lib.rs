@@ -15,6 +15,9 @@
 //! - [`shared_struct!`] and [`Layout`]: shared structs whose layout fingerprint
 //!   is structural, so separately built programs that declare the same struct
 //!   share it, and any other struct is refused with both layouts shown.
+//! - [`plain_struct!`] and [`Plain`]: the same structural fingerprint for
+//!   plain-data values that are copied rather than viewed in place (the
+//!   payloads of `shm-mailbox`'s typed boards).
 //! - [`AccessPolicy`]: which users share a named object (owner, group, uids),
 //!   set at creation and checked at open.
 //! - [`fdpass`]: handing fds (a memfd, eventfds) to another process over a
@@ -85,6 +88,7 @@ pub mod layout;
 mod mapping;
 pub mod memfd;
 pub mod ofd_lock;
+mod plain;
 mod region;
 pub mod segment;
 mod shared;
@@ -94,6 +98,7 @@ mod sigbus;
 pub use layout::Layout;
 pub use mapping::{Access, MapError, Mapping};
 pub use ofd_lock::{OfdLock, is_locked};
+pub use plain::Plain;
 pub use region::{OutOfBounds, Region};
 pub use segment::{AccessPolicy, ObjectAccess, Segment, SegmentBuilder, SegmentError};
 pub use shared::Shared;

@@ -1,12 +1,18 @@
 //! The parts of the typed-share programs that are not the shared type: each
 //! binary (`writer`, `reader`, `mismatched`) declares its own `Message` with
 //! `shared_struct!`, as separately developed programs would, and they still
-//! share segments because the layout fingerprint is structural.
+//! share segments because the layout fingerprint is structural. With
+//! `--board` they share a typed mailbox instead, of a `Message` each declares
+//! with `plain_struct!` (values copied, not viewed in place), recognised the
+//! same way.
 //!
 //! Arguments: `NAME [--owner UID] [--group GID] [--uid UID]...`, where the
 //! options make up the segment's [`AccessPolicy`]; each binary adds its own.
 
-use shm_segment::AccessPolicy;
+use std::sync::Arc;
+
+use shm_mailbox::{Config, Mailbox, MailboxError, TypedMailbox};
+use shm_segment::{AccessPolicy, Plain};
 
 /// The segment name and access policy from the command line, and the
 /// arguments left for the binary.
@@ -72,4 +78,29 @@ pub fn main_with(usage: &str, body: impl FnOnce(Args) -> Result<(), Box<dyn std:
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Creates the typed board `name` for values of `T` (two readers), under
+/// `policy`, and binds it to `T`'s structure.
+pub fn create_board<T: Plain>(
+    name: &str,
+    policy: AccessPolicy,
+) -> Result<TypedMailbox<T>, MailboxError> {
+    let config = Config {
+        readers: 2,
+        slot_bytes: size_of::<T>(),
+    };
+    let mailbox = Mailbox::builder(name)
+        .access(policy)
+        .open_or_create(config)?;
+    TypedMailbox::new(Arc::new(mailbox))
+}
+
+/// Opens the existing typed board `name` under `policy` as one of `T`: refused
+/// unless `T` has the structure the board was bound to.
+pub fn open_board<T: Plain>(
+    name: &str,
+    policy: AccessPolicy,
+) -> Result<TypedMailbox<T>, MailboxError> {
+    TypedMailbox::new(Arc::new(Mailbox::builder(name).access(policy).open()?))
 }

@@ -1,6 +1,7 @@
 //! Separately built programs sharing a `shared_struct!` type, as their users
 //! run them: the `writer`, `reader` and `mismatched` binaries of this package,
-//! each declaring its own `Message`; and, as root, the same programs run as
+//! each declaring its own `Message`; the same with `--board`, a typed mailbox
+//! of a `plain_struct!` each declares; and, as root, the same programs run as
 //! other users under access policies (`setpriv`).
 
 use std::io::{BufRead, BufReader};
@@ -101,6 +102,51 @@ fn renamed_reordered_retyped_or_tagged_fields_are_refused() {
             "{variant}: {err}"
         );
     }
+    writer.finish();
+}
+
+#[test]
+fn separately_built_programs_share_a_typed_board_of_their_own_declarations() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let name = unique_name("ts-board");
+    let writer = Writer::start(cmd(Path::new(WRITER), &name, &["--board"]));
+    let (code, out, err) = run(cmd(Path::new(READER), &name, &["--board"]));
+    assert_eq!(code, Some(0), "the reader was refused: {err}");
+    assert_eq!(out.trim(), MESSAGE);
+    writer.finish();
+    assert!(
+        shm_objects_with_prefix(&name).is_empty(),
+        "the writer removes its board on exit"
+    );
+}
+
+#[test]
+fn a_typed_board_refuses_renamed_reordered_retyped_or_tagged_fields() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let name = unique_name("ts-board-mismatch");
+    let writer = Writer::start(cmd(Path::new(WRITER), &name, &["--board"]));
+    for variant in ["renamed", "reordered", "retyped", "nested", "tagged"] {
+        let (code, _, err) = run(cmd(
+            Path::new(MISMATCHED),
+            &name,
+            &["--board", "--variant", variant],
+        ));
+        assert_eq!(code, Some(1), "{variant}: not refused: {err}");
+        // Both sides, by name, size and fingerprint, and what differs.
+        let found = err.find("mailbox holds `Message` (40 bytes, fingerprint 0x");
+        let expected = err.find("not `Message` (40 bytes, fingerprint 0x");
+        assert!(
+            found.is_some() && expected.is_some(),
+            "{variant}: the error shows both types: {err}"
+        );
+        assert!(
+            err.contains("fields' names, order or types"),
+            "{variant}: {err}"
+        );
+    }
+    // The refusals left the board as it was.
+    let (code, out, err) = run(cmd(Path::new(READER), &name, &["--board"]));
+    assert_eq!((code, out.trim()), (Some(0), MESSAGE), "{err}");
     writer.finish();
 }
 

@@ -1,9 +1,10 @@
 //! Opens the writer's segment as a `Message` that differs from the writer's
 //! in one way, chosen by `--variant`: a field renamed, two fields swapped, a
 //! field retyped, a nested struct's field renamed, or a tag added. Every one
-//! must be refused; it prints the error and exits 1.
+//! must be refused; it prints the error and exits 1. With `--board`, opens the
+//! writer's typed board as a plain `Message` that differs in the same ways.
 //!
-//! `mismatched NAME --variant renamed|reordered|retyped|nested|tagged`
+//! `mismatched NAME --variant renamed|reordered|retyped|nested|tagged [--board]`
 #![allow(
     missing_docs,
     reason = "the fields are the writer's, documented there; each struct's doc says what differs"
@@ -11,7 +12,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64}; // atomics-ok: fields of a type shared across processes
 
-use shm_segment::{Layout, Segment, Shared, ShmBox, shared_struct};
+use shm_segment::{Layout, Plain, Segment, Shared, ShmBox, shared_struct};
 
 shared_struct! {
     /// The writer's stamp.
@@ -67,6 +68,72 @@ mod tagged {
     }
 }
 
+/// The writer's plain board message, changed in one way per module.
+mod board {
+    use shm_segment::plain_struct;
+
+    plain_struct! {
+        /// The writer's stamp.
+        pub struct Stamp { pub seq: u64, pub micros: u64 }
+    }
+
+    pub(crate) mod renamed {
+        use super::{Stamp, plain_struct};
+        plain_struct! {
+            /// `temperature` is now `celsius`.
+            pub struct Message { pub stamp: Stamp, pub celsius: i64, pub samples: [u32; 4] }
+        }
+    }
+
+    pub(crate) mod reordered {
+        use super::plain_struct;
+        plain_struct! {
+            /// `seq` and `micros` swapped (same types, same size).
+            pub struct Stamp { pub micros: u64, pub seq: u64 }
+        }
+        plain_struct! {
+            /// Uses the reordered stamp.
+            pub struct Message { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
+        }
+    }
+
+    pub(crate) mod retyped {
+        use super::{Stamp, plain_struct};
+        plain_struct! {
+            /// `temperature` is unsigned now.
+            pub struct Message { pub stamp: Stamp, pub temperature: u64, pub samples: [u32; 4] }
+        }
+    }
+
+    pub(crate) mod nested {
+        use super::plain_struct;
+        plain_struct! {
+            /// The nested stamp's `seq` is now `sequence`.
+            pub struct Stamp { pub sequence: u64, pub micros: u64 }
+        }
+        plain_struct! {
+            /// Uses the changed stamp.
+            pub struct Message { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
+        }
+    }
+
+    pub(crate) mod tagged {
+        use super::{Stamp, plain_struct};
+        plain_struct! {
+            /// The writer's fields, with a meaning of its own.
+            #[plain(tag = "fahrenheit")]
+            pub struct Message { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
+        }
+    }
+}
+
+/// Opens the writer's board as a `T`: must be refused.
+fn open_board_as<T: Plain>(args: &typed_share::Args) -> Result<(), Box<dyn std::error::Error>> {
+    typed_share::open_board::<T>(&args.name, args.policy.clone())?;
+    println!("opened the board as {}", T::PLAIN_LAYOUT);
+    Ok(())
+}
+
 fn open_as<T: Shared>(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     // Through the builder (checked at open) and through ShmBox::new on a raw
     // open (checked when viewed): both must refuse.
@@ -83,7 +150,7 @@ fn open_as<T: Shared>(name: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() {
     typed_share::main_with(
-        "mismatched NAME --variant renamed|reordered|retyped|nested|tagged",
+        "mismatched NAME --variant renamed|reordered|retyped|nested|tagged [--board]",
         |args| {
             let variant = args
                 .rest
@@ -91,6 +158,16 @@ fn main() {
                 .skip_while(|a| *a != "--variant")
                 .nth(1)
                 .map(String::as_str);
+            if args.has("--board") {
+                return match variant {
+                    Some("renamed") => open_board_as::<board::renamed::Message>(&args),
+                    Some("reordered") => open_board_as::<board::reordered::Message>(&args),
+                    Some("retyped") => open_board_as::<board::retyped::Message>(&args),
+                    Some("nested") => open_board_as::<board::nested::Message>(&args),
+                    Some("tagged") => open_board_as::<board::tagged::Message>(&args),
+                    other => Err(format!("unknown variant {other:?}").into()),
+                };
+            }
             match variant {
                 Some("renamed") => open_as::<renamed::Message>(&args.name),
                 Some("reordered") => open_as::<reordered::Message>(&args.name),
