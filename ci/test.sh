@@ -58,10 +58,12 @@ bash ci/readme.sh
 
 step "every binary: --version, --help with -q/-v, usage errors exit 2"
 cargo build -q --release --workspace --bins --all-features
-for b in shm-fd shm-restore primes primes-snapshot board server client tour; do
-    target/release/$b --version | grep -q "^$b " || { echo "$b --version"; exit 1; }
-    target/release/$b --help | grep -q -- '--quiet' || { echo "$b --help has no --quiet"; exit 1; }
-    rc=0; target/release/$b --no-such-option >/dev/null 2>&1 || rc=$?
+release="${CARGO_TARGET_DIR:-target}/release"
+for b in shm-fd shm-restore primes primes-snapshot board server client tour writer reader mismatched; do
+    "$release/$b" --version | grep -q "^$b " || { echo "$b --version"; exit 1; }
+    "$release/$b" --help | grep -q -- '--quiet' || { echo "$b --help has no --quiet"; exit 1; }
+    "$release/$b" --help | grep -q -- '--verbose' || { echo "$b --help has no --verbose"; exit 1; }
+    rc=0; "$release/$b" --no-such-option >/dev/null 2>&1 || rc=$?
     [ "$rc" = 2 ] || { echo "$b --no-such-option exited $rc, not 2"; exit 1; }
 done
 

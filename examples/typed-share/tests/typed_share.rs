@@ -150,6 +150,63 @@ fn a_typed_board_refuses_renamed_reordered_retyped_or_tagged_fields() {
     writer.finish();
 }
 
+#[test]
+fn the_binaries_follow_the_command_line_conventions() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    for (program, name) in [
+        (WRITER, "writer"),
+        (READER, "reader"),
+        (MISMATCHED, "mismatched"),
+    ] {
+        let (code, out, _) = run(cmd_args(program, &["--version"]));
+        assert_eq!(code, Some(0), "{name} --version");
+        assert_eq!(out.trim(), format!("{name} {}", env!("CARGO_PKG_VERSION")));
+        let (code, out, _) = run(cmd_args(program, &["--help"]));
+        assert_eq!(code, Some(0), "{name} --help");
+        for option in [
+            "--quiet",
+            "--verbose",
+            "--board",
+            "--owner",
+            "--group",
+            "--uid",
+        ] {
+            assert!(out.contains(option), "{name} --help lacks {option}: {out}");
+        }
+        for usage in [&["--no-such-option"][..], &[][..], &["a", "b"][..]] {
+            let (code, _, err) = run(cmd_args(program, usage));
+            assert_eq!(code, Some(2), "{name} {usage:?} is a usage error: {err}");
+            assert!(err.contains("Usage:"), "{name} {usage:?}: {err}");
+        }
+    }
+    let (code, _, err) = run(cmd_args(MISMATCHED, &["x", "--variant", "sideways"]));
+    assert_eq!(code, Some(2), "an unknown variant is a usage error: {err}");
+    let (code, _, err) = run(cmd_args(READER, &["x", "--board", "--remove"]));
+    assert_eq!(code, Some(2), "--board and --remove conflict: {err}");
+
+    // -v shows the debug events, -q hides them (the writer exits at once:
+    // its standard input is empty).
+    let name = unique_name("ts-cli");
+    for (flag, shown) in [("-v", true), ("-q", false)] {
+        let mut writer = cmd(Path::new(WRITER), &name, &[flag]);
+        writer.stdin(Stdio::null());
+        let (code, out, err) = run(writer);
+        assert_eq!((code, out.trim()), (Some(0), "ready"), "{flag}: {err}");
+        assert_eq!(
+            err.contains("writer: DEBUG writer: segment created"),
+            shown,
+            "{flag}: {err}"
+        );
+    }
+    assert!(shm_objects_with_prefix(&name).is_empty());
+}
+
+fn cmd_args(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd
+}
+
 /// The writer as `WRITER_UID`, primary group its own (so the object's group
 /// comes from the policy, not by chance), also in `GROUP`, with `policy_args`.
 fn start_writer_as_service(exe: &SharedExe, name: &str, policy_args: &[&str]) -> Writer {
