@@ -17,6 +17,12 @@
 //!   on `clap`, `parse-size`, `humantime` and `tracing-subscriber`. The
 //!   library itself needs none of them.
 //!
+//! Examples that run: [`exec::spawn_with_fds`] hands a file to `sh` at fd 3,
+//! [`supervise::run`] restarts a failing `sh` with its stored memfd (both
+//! from a program that is its own trampoline, as the `shm-fd` binary is),
+//! and the `cli` helpers (`cli::Verbosity`, `cli::parse_size`,
+//! `cli::parse_duration`) parse a binary's arguments.
+//!
 //! The `shm-fd` binary wraps a program with all of this; `shm-fd --supervise`
 //! is a small supervisor that speaks the same protocol when there is no
 //! systemd (containers, development machines). See `docs/systemd.md`. It
