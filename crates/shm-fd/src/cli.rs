@@ -13,6 +13,17 @@ use std::time::Duration;
 /// unit, all of them powers of 1024 (`512K`, `10M`, `1MiB`, `2 GiB`, `1.5M`;
 /// case does not matter). `parse-size` with binary units; `K`, `M`, `G` were
 /// powers of 1024 in every outlive binary before it, and stay so.
+///
+/// # Examples
+/// ```
+/// use shm_fd::cli::parse_size;
+///
+/// assert_eq!(parse_size("1048576")?, 1 << 20);
+/// assert_eq!(parse_size("512K")?, 512 << 10);
+/// assert_eq!(parse_size("1.5 MiB")?, 3 << 19);
+/// assert!(parse_size("ten").unwrap_err().contains("is not a size"));
+/// # Ok::<(), String>(())
+/// ```
 pub fn parse_size(s: &str) -> Result<u64, String> {
     parse_size::Config::new()
         .with_binary()
@@ -27,6 +38,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// outlive's binaries took first), or `humantime` (`100ms`, `2s`, `1min`,
 /// `1m 30s`). The bare-seconds case is ours because `humantime` requires a
 /// unit on every number but zero.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use shm_fd::cli::parse_duration;
+///
+/// assert_eq!(parse_duration("0.1")?, Duration::from_millis(100));
+/// assert_eq!(parse_duration("100ms")?, Duration::from_millis(100));
+/// assert_eq!(parse_duration("1m 30s")?, Duration::from_secs(90));
+/// assert!(parse_duration("-1").is_err());
+/// # Ok::<(), String>(())
+/// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if let Ok(secs) = t.parse::<f64>() {
@@ -40,6 +63,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `-q`/`-v`: how much a binary logs. Flatten it into the binary's
 /// arguments (`#[command(flatten)] log: Verbosity`) and call
 /// [`Verbosity::init`] first thing.
+///
+/// # Examples
+///
+/// A binary's arguments with the conventions: the size and duration
+/// parsers, and `-q`/`-v`.
+/// ```
+/// use std::time::Duration;
+/// use clap::Parser;
+///
+/// /// What the program takes.
+/// #[derive(Debug, Parser)]
+/// #[command(name = "example", version)]
+/// struct Args {
+///     /// Size of the region (e.g. 1048576, 512K, 1MiB).
+///     #[arg(long, value_parser = shm_fd::cli::parse_size)]
+///     size: u64,
+///     /// Pause between two polls (e.g. 0.5, 100ms, 2s).
+///     #[arg(long, value_parser = shm_fd::cli::parse_duration, default_value = "1s")]
+///     interval: Duration,
+///     #[command(flatten)]
+///     log: shm_fd::cli::Verbosity,
+/// }
+///
+/// let args = Args::try_parse_from(["example", "--size", "1MiB", "-vv"])?;
+/// assert_eq!((args.size, args.interval), (1 << 20, Duration::from_secs(1)));
+/// assert_eq!(args.log.level(), Some(tracing::Level::TRACE));
+/// args.log.init("example");
+/// tracing::trace!("mapped"); // stderr: "example: TRACE <target>: mapped"
+///
+/// // -q with -v, or a size that is not one, is a usage error: exit status 2.
+/// let err = Args::try_parse_from(["example", "--size", "1M", "-q", "-v"]).unwrap_err();
+/// assert_eq!(err.exit_code(), 2);
+/// let err = Args::try_parse_from(["example", "--size", "lots"]).unwrap_err();
+/// assert!(err.to_string().contains("is not a size"), "{err}");
+/// # Ok::<(), clap::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 #[allow(
     clippy::doc_markdown,
@@ -56,6 +115,16 @@ pub struct Verbosity {
 
 impl Verbosity {
     /// The level the flags ask for, `None` without flags.
+    ///
+    /// # Examples
+    /// ```
+    /// use shm_fd::cli::Verbosity;
+    /// use tracing::Level;
+    ///
+    /// assert_eq!(Verbosity::default().level(), None);
+    /// assert_eq!(Verbosity { quiet: 1, verbose: 0 }.level(), Some(Level::WARN));
+    /// assert_eq!(Verbosity { quiet: 0, verbose: 1 }.level(), Some(Level::DEBUG));
+    /// ```
     pub fn level(&self) -> Option<tracing::Level> {
         use tracing::Level;
         match (self.verbose, self.quiet) {
@@ -73,6 +142,14 @@ impl Verbosity {
     /// (`RUST_LOG=warn`, `RUST_LOG=shm_snapshot=debug`: directives for some
     /// targets keep everything else at info), and without it everything at
     /// info and above is shown. A second call does nothing.
+    ///
+    /// # Examples
+    /// ```
+    /// let log = shm_fd::cli::Verbosity { quiet: 1, verbose: 0 };
+    /// log.init("example");
+    /// tracing::info!("started"); // not shown: -q keeps warnings and errors
+    /// tracing::warn!("disk almost full"); // stderr: "example: disk almost full"
+    /// ```
     pub fn init(&self, program: &'static str) {
         let spec = filter_spec(self.level(), std::env::var("RUST_LOG").ok().as_deref());
         let _ = tracing_subscriber::fmt()

@@ -112,6 +112,42 @@ pub unsafe fn exec_with_fds(
 /// signal. `trampoline` is the path of a binary that runs
 /// [`trampoline_main`] when its first argument is `__child` (the `shm-fd`
 /// binary does). `env` is added to the child's environment.
+///
+/// # Examples
+///
+/// A program that is its own trampoline (as the `shm-fd` binary is) hands a
+/// file to `sh`, which finds it at fd 3 under its name, with `LISTEN_PID`
+/// its own pid:
+/// ```standalone_crate
+/// use std::ffi::OsString;
+/// use std::os::fd::OwnedFd;
+/// use shm_fd::exec::{spawn_with_fds, trampoline_main};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let argv: Vec<OsString> = std::env::args_os().collect();
+/// if argv.get(1).is_some_and(|a| a == "__child") {
+///     // SAFETY: this is the process spawn_with_fds started (only it passes
+///     // `__child`), at the start of main, and it exits if the call returns.
+///     let err = unsafe { trampoline_main(&argv[3..]) };
+///     eprintln!("{err}");
+///     std::process::exit(127);
+/// }
+///
+/// let file: OwnedFd = std::fs::File::open("/dev/null")?.into();
+/// let script = r#"[ "$LISTEN_FDS" = 1 ] && [ "$LISTEN_FDNAMES" = config ] &&
+///                 [ "$LISTEN_PID" = $$ ] && [ -e /dev/fd/3 ] && [ "$GREETING" = hello ]"#;
+/// let child = spawn_with_fds(
+///     &std::env::current_exe()?,
+///     &OsString::from("sh"),
+///     &["-c".into(), script.into()],
+///     &[("config".to_owned(), file)],
+///     &[("GREETING", "hello".to_owned())],
+/// )?;
+/// let status = child.wait_with_output()?.status;
+/// assert!(status.success(), "{status}");
+/// # Ok(())
+/// # }
+/// ```
 pub fn spawn_with_fds(
     trampoline: &std::path::Path,
     program: &OsString,

@@ -17,6 +17,12 @@
 //!   on `clap`, `parse-size`, `humantime` and `tracing-subscriber`. The
 //!   library itself needs none of them.
 //!
+//! Examples that run: [`exec::spawn_with_fds`] hands a file to `sh` at fd 3,
+//! [`supervise::run`] restarts a failing `sh` with its stored memfd (both
+//! from a program that is its own trampoline, as the `shm-fd` binary is),
+//! and the `cli` helpers (`cli::Verbosity`, `cli::parse_size`,
+//! `cli::parse_duration`) parse a binary's arguments.
+//!
 //! The `shm-fd` binary wraps a program with all of this; `shm-fd --supervise`
 //! is a small supervisor that speaks the same protocol when there is no
 //! systemd (containers, development machines). See `docs/systemd.md`. It
@@ -54,12 +60,18 @@
 #![doc(test(attr(deny(warnings))))]
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-fd.md` in the
-/// source repository, included here so it is readable with the API docs.
+/// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
+/// crate carries a copy), included here so it is readable with the API docs.
+#[doc = ""]
+// Rustdoc targets for the document's reference links: the first definition of
+// a label wins, so these take the place of the repository-relative ones at
+// its end.
+#[doc = "[segment-header]: shm_segment::protocol#segment-layout-crate-shm-segment"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.
 #[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
-#[doc = include_str!("../../../docs/protocol/shm-fd.md")]
+#[doc = include_str!("../PROTOCOL.md")]
 pub mod protocol {}
 
 pub mod child;

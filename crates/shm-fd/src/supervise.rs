@@ -269,6 +269,48 @@ impl Limits {
 }
 
 /// Supervises the program until it should no longer be restarted; returns its last exit status.
+///
+/// # Examples
+///
+/// A program that is its own trampoline (as the `shm-fd` binary is)
+/// supervises `sh`, which fails on its first run and succeeds on the
+/// second: restarted on failure, it gets the stored memfd and
+/// `$NOTIFY_SOCKET` each time.
+/// ```standalone_crate
+/// use std::ffi::OsString;
+/// use std::time::Duration;
+/// use shm_fd::exec::trampoline_main;
+/// use shm_fd::supervise::{self, Config, Restart, RestartLimit};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let argv: Vec<OsString> = std::env::args_os().collect();
+/// if argv.get(1).is_some_and(|a| a == "__child") {
+///     // SAFETY: this is the process the supervisor started (only it passes
+///     // `__child`), at the start of main, and it exits if the call returns.
+///     let err = unsafe { trampoline_main(&argv[3..]) };
+///     eprintln!("{err}");
+///     std::process::exit(127);
+/// }
+///
+/// let marker = std::env::temp_dir().join(format!("supervise-doc-{}", std::process::id()));
+/// let script = r#"[ "$LISTEN_FDNAMES" = state ] && [ -n "$NOTIFY_SOCKET" ] || exit 2
+///                 [ -e "$0" ] && exit 0; touch "$0"; exit 1"#;
+/// let status = supervise::run(Config {
+///     trampoline: std::env::current_exe()?,
+///     program: "sh".into(),
+///     args: vec!["-c".into(), script.into(), marker.clone().into()],
+///     store: vec![("state".to_owned(), shm_fd::state::create("state", 4096)?)],
+///     restart: Restart::OnFailure,
+///     restart_delay: Duration::ZERO,
+///     stop_timeout: supervise::DEFAULT_STOP_TIMEOUT,
+///     restart_limit: RestartLimit::default(),
+///     fd_store_max: supervise::DEFAULT_FD_STORE_MAX,
+/// })?;
+/// assert!(status.success(), "{status}");
+/// std::fs::remove_file(&marker)?; // the first run left it: there were two
+/// # Ok(())
+/// # }
+/// ```
 pub fn run(mut config: Config) -> Result<ExitStatus, SuperviseError> {
     let name = format!("shm-fd/{}/{:x}", std::process::id(), rand_tag());
     let notify_env = format!("@{name}");

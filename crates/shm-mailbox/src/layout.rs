@@ -3,7 +3,8 @@
 //! | words | what | written by |
 //! |---|---|---|
 //! | 0..16 | config: magic, version, readers `N`, slots `S`, data words per slot `W` | creator, once |
-//! | 5 | payload type tag: `hash << 32 \| size`, 0 = untyped | first typed handle, once (compare-and-swap) |
+//! | 5 | payload type fingerprint (`shm_segment::Layout::id`), 0 = untyped | first typed handle, once (compare-and-swap) |
+//! | 6, 7..12 | the bound type's size, and its name (40 bytes): for messages only | the handle that bound it, right after |
 //! | 16 | `published`: `seq << 16 \| slot`, 0 = nothing yet | writer |
 //! | 24 (low 32 bits) | `notify`: futex word, bumped after each publish | writer |
 //! | 25 | `waiters`: readers blocked on `notify` | readers |
@@ -14,8 +15,10 @@
 
 /// `b"OLMBOX\0\x01"` as a little-endian word.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"OLMBOX\0\x01");
-/// Layout version (2: word 5 holds the payload type tag).
-pub(crate) const VERSION: u64 = 2;
+/// Layout version (3: word 5 holds the payload type's 64-bit structural
+/// fingerprint, words 6..12 its size and name; 2 had a 32-bit hash of the
+/// type's name in word 5).
+pub(crate) const VERSION: u64 = 3;
 /// Most readers a mailbox can have (the published word holds the slot in 16 bits).
 pub const MAX_READERS: usize = 4096;
 /// Largest payload per slot, in bytes.
@@ -26,9 +29,15 @@ pub(crate) const W_VERSION: usize = 1;
 pub(crate) const W_READERS: usize = 2;
 pub(crate) const W_SLOTS: usize = 3;
 pub(crate) const W_SLOT_WORDS: usize = 4;
-/// The payload type tag of typed mailboxes (`TypedMailbox`); 0 until a typed handle binds it.
+/// The payload type fingerprint of typed mailboxes (`TypedMailbox`); 0 until a typed handle binds it.
 #[cfg_attr(shm_loom, allow(dead_code, reason = "typed handles are not modelled"))]
 pub(crate) const W_TYPE: usize = 5;
+/// The bound type's size in bytes, for messages (0 until recorded).
+#[cfg_attr(shm_loom, allow(dead_code, reason = "typed handles are not modelled"))]
+pub(crate) const W_TYPE_SIZE: usize = 6;
+/// The bound type's name, UTF-8, zero-padded, in 5 words, for messages.
+#[cfg_attr(shm_loom, allow(dead_code, reason = "typed handles are not modelled"))]
+pub(crate) const W_TYPE_NAME: usize = 7;
 pub(crate) const W_PUBLISHED: usize = 16;
 /// Byte offset of the 32-bit futex word (never accessed as a 64-bit word).
 pub(crate) const NOTIFY_BYTE: usize = 24 * 8;

@@ -57,7 +57,10 @@
 //!   process's index is free again, however it died.
 //! - [`TypedMailbox`]: values of one plain-data type (zerocopy's `FromBytes +
 //!   IntoBytes + Immutable + KnownLayout`) instead of bytes; the mailbox
-//!   remembers its type and refuses another.
+//!   remembers its type and refuses another. Structs declared with
+//!   `shm_segment::plain_struct!` are recognised by their structure, so
+//!   separately built programs that declare the same struct share a board;
+//!   other types by a tag of your choosing.
 //! - Waiting: [`Reader::wait_newer`] sleeps on a futex until a newer message
 //!   is published.
 //!

@@ -60,23 +60,31 @@ pub enum MailboxError {
         /// Slot size.
         max: usize,
     },
-    /// A typed handle met a mailbox bound to another payload type.
+    /// A typed handle met a mailbox bound to another payload type: another
+    /// structure (a field renamed, reordered or retyped, another tag), or
+    /// another explicit tag.
     #[error(
-        "mailbox holds another payload type ({found_size}-byte values, type tag {found_tag:#010x}), \
-         not `{expected}` ({expected_size} bytes, type tag {expected_tag:#010x})"
+        "mailbox holds `{found}` ({found_size} bytes, fingerprint {found_id:#018x}), \
+         not `{expected}` ({expected_size} bytes, fingerprint {expected_id:#018x}): {hint}",
+        hint = type_mismatch_hint(*.expected_size, *.found_size)
     )]
     TypeMismatch {
-        /// The tag asked for: the type's name, or the tag given to
+        /// The type asked for: the name of a [`Plain`](shm_segment::Plain)
+        /// type, or the tag given to
         /// [`TypedMailbox::with_tag`](crate::TypedMailbox::with_tag).
         expected: String,
         /// Size of the type asked for.
         expected_size: usize,
-        /// Hash of the tag asked for.
-        expected_tag: u32,
-        /// Size of the type the mailbox is bound to.
+        /// Fingerprint of the type asked for ([`shm_segment::Layout::id`]).
+        expected_id: u64,
+        /// The name (or tag) the mailbox was bound with, as recorded by the
+        /// handle that bound it (possibly truncated to 40 bytes; empty if that
+        /// handle has not recorded it yet).
+        found: String,
+        /// Size of the type the mailbox is bound to (0 if not recorded yet).
         found_size: usize,
-        /// Hash of the tag the mailbox is bound to.
-        found_tag: u32,
+        /// Fingerprint the mailbox is bound to.
+        found_id: u64,
     },
     /// A typed reader found a message whose length is not its type's size
     /// (published through the untyped API).
@@ -106,6 +114,18 @@ pub enum MailboxError {
         /// What went wrong.
         reason: &'static str,
     },
+}
+
+/// What differs between two payload types, in words, for
+/// [`MailboxError::TypeMismatch`].
+fn type_mismatch_hint(expected_size: usize, found_size: usize) -> &'static str {
+    if found_size == 0 {
+        "the binding handle had not recorded its size yet"
+    } else if expected_size != found_size {
+        "the types differ in size"
+    } else {
+        "same size, but the fields' names, order or types (or the tags) differ"
+    }
 }
 
 /// A latest-value mailbox in a named shared-memory object.

@@ -337,11 +337,19 @@ fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bo
 }
 
 /// The byte layout and protocol of the mailbox: the text of
-/// `docs/protocol/shm-mailbox.md` in the source repository, included here so
-/// it is readable with the API docs.
+/// `docs/protocol/shm-mailbox.md` in the source repository (the crate's
+/// `PROTOCOL.md` links to it, and the packaged crate carries a copy), included
+/// here so it is readable with the API docs.
+#[doc = ""]
+// Rustdoc targets for the document's reference links: the first definition of
+// a label wins, so these take the place of the repository-relative ones at
+// its end.
+#[doc = "[segment-header]: shm_segment::protocol#segment-layout-crate-shm-segment"]
+#[doc = "[sigbus-guard]: shm_segment::protocol#truncation-of-named-objects-the-sigbus-guard"]
+#[doc = "[type-fingerprint]: shm_segment::protocol#type-fingerprint-type_size-type_align-type_id"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.
 #[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
-#[doc = include_str!("../../../docs/protocol/shm-mailbox.md")]
+#[doc = include_str!("../PROTOCOL.md")]
 pub mod document {}

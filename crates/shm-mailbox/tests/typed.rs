@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shm_mailbox::{Config, LayoutError, Mailbox, MailboxError, TypedMailbox};
+use shm_segment::plain_struct;
 use shm_testkit::unique_name;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -16,23 +17,25 @@ impl Drop for Cleanup {
     }
 }
 
-#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, PartialEq)]
-#[repr(C)]
-struct Position {
-    x: f64,
-    y: f64,
-    id: u32,
-    flags: u32,
+plain_struct! {
+    #[derive(PartialEq)]
+    struct Position {
+        x: f64,
+        y: f64,
+        id: u32,
+        flags: u32,
+    }
 }
 
-/// The same size as `Position`, another type.
-#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, PartialEq)]
-#[repr(C)]
-struct Velocity {
-    dx: f64,
-    dy: f64,
-    id: u32,
-    flags: u32,
+plain_struct! {
+    /// The same size as `Position`, another structure (field names).
+    #[derive(PartialEq)]
+    struct Velocity {
+        dx: f64,
+        dy: f64,
+        id: u32,
+        flags: u32,
+    }
 }
 
 fn position(i: u32) -> Position {
@@ -82,14 +85,20 @@ fn a_mailbox_of_one_type_refuses_another() {
         MailboxError::TypeMismatch {
             expected,
             expected_size: 24,
+            found,
             found_size: 24,
             ..
-        } => assert!(expected.ends_with("Velocity"), "{expected}"),
+        } => assert_eq!(
+            (expected.as_str(), found.as_str()),
+            ("Velocity", "Position")
+        ),
         other => panic!("{other:?}"),
     }
     let text = err.to_string();
     assert!(
-        text.contains("another payload type") && text.contains("Velocity"),
+        text.contains("holds `Position` (24 bytes")
+            && text.contains("not `Velocity` (24 bytes")
+            && text.contains("fields' names, order or types"),
         "{text}"
     );
     assert!(matches!(
@@ -141,19 +150,139 @@ fn the_first_typed_handle_binds_an_untyped_mailbox() {
     drop(sut);
 }
 
+/// One program's declaration of the wire type ...
 mod here {
-    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
-    /// One program's definition of the wire type.
-    #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, PartialEq)]
-    #[repr(C)]
-    pub(crate) struct Sample {
-        pub(crate) t: u64,
+    shm_segment::plain_struct! {
+        /// Sequence and time, nested in `Sample`.
+        pub struct Stamp { pub seq: u64, pub micros: u64 }
+    }
+    shm_segment::plain_struct! {
+        /// What is published.
+        pub struct Sample { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
     }
 }
 
+/// ... another program's, under other names ...
 mod there {
+    shm_segment::plain_struct! {
+        /// The same fields as `here::Stamp`.
+        #[derive(PartialEq)]
+        pub struct Time { pub seq: u64, pub micros: u64 }
+    }
+    shm_segment::plain_struct! {
+        /// The same fields as `here::Sample`.
+        #[derive(PartialEq)]
+        pub struct Reading { pub stamp: Time, pub temperature: i64, pub samples: [u32; 4] }
+    }
+}
+
+/// ... and declarations that differ from `here::Sample` in one way each.
+mod differ {
+    use super::here::Stamp;
+    shm_segment::plain_struct! {
+        /// `temperature` renamed.
+        pub struct Renamed { pub stamp: Stamp, pub celsius: i64, pub samples: [u32; 4] }
+    }
+    shm_segment::plain_struct! {
+        /// `temperature` and `stamp` swapped.
+        pub struct Reordered { pub temperature: i64, pub stamp: Stamp, pub samples: [u32; 4] }
+    }
+    shm_segment::plain_struct! {
+        /// `temperature` unsigned.
+        pub struct Retyped { pub stamp: Stamp, pub temperature: u64, pub samples: [u32; 4] }
+    }
+    shm_segment::plain_struct! {
+        /// The nested stamp's `seq` renamed.
+        pub struct Stamp2 { pub sequence: u64, pub micros: u64 }
+    }
+    shm_segment::plain_struct! {
+        /// Uses the changed stamp.
+        pub struct Nested { pub stamp: Stamp2, pub temperature: i64, pub samples: [u32; 4] }
+    }
+    shm_segment::plain_struct! {
+        /// The same fields, with a meaning of their own.
+        #[plain(tag = "fahrenheit")]
+        pub struct Tagged { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
+    }
+}
+
+fn sample() -> here::Sample {
+    here::Sample {
+        stamp: here::Stamp {
+            seq: 42,
+            micros: 1_700_000,
+        },
+        temperature: -7,
+        samples: [10, 20, 30, 40],
+    }
+}
+
+#[test]
+fn separately_declared_identical_structs_share_a_mailbox_by_default() {
+    let name = unique_name("mbox-typed-struct");
+    let _c = Cleanup(name.clone());
+    let writer_side = TypedMailbox::<here::Sample>::open_or_create(&name, 1).unwrap();
+    let reader_side = TypedMailbox::<there::Reading>::open(&name).unwrap();
+    writer_side.writer().unwrap().publish(&sample()).unwrap();
+    let read = reader_side.claim_reader().unwrap().read().unwrap();
+    assert_eq!(
+        read,
+        Some(there::Reading {
+            stamp: there::Time {
+                seq: 42,
+                micros: 1_700_000
+            },
+            temperature: -7,
+            samples: [10, 20, 30, 40],
+        })
+    );
+}
+
+fn refused<T: shm_segment::Plain>(name: &str, what: &str) {
+    let Err(err) = TypedMailbox::<T>::open(name) else {
+        panic!("{what}: opened a board bound to another structure")
+    };
+    let MailboxError::TypeMismatch {
+        expected,
+        found,
+        expected_size,
+        found_size,
+        expected_id,
+        found_id,
+    } = &err
+    else {
+        panic!("{what}: {err:?}")
+    };
+    assert_eq!((found.as_str(), *found_size), ("Sample", 40), "{what}");
+    assert_eq!(*expected_size, 40, "{what}");
+    assert_ne!(expected_id, found_id, "{what}");
+    let text = err.to_string();
+    assert!(
+        text.contains("holds `Sample` (40 bytes")
+            && text.contains(&format!("not `{expected}` (40 bytes"))
+            && text.contains("fields' names, order or types (or the tags) differ"),
+        "{what}: {text}"
+    );
+}
+
+#[test]
+fn renamed_reordered_retyped_nested_or_tagged_fields_are_refused() {
+    let name = unique_name("mbox-typed-differ");
+    let _c = Cleanup(name.clone());
+    let sut = TypedMailbox::<here::Sample>::open_or_create(&name, 1).unwrap();
+    refused::<differ::Renamed>(&name, "renamed");
+    refused::<differ::Reordered>(&name, "reordered");
+    refused::<differ::Retyped>(&name, "retyped");
+    refused::<differ::Nested>(&name, "nested");
+    refused::<differ::Tagged>(&name, "tagged");
+    // Refusals never rebind: the original structure is still welcome.
+    assert!(TypedMailbox::<there::Reading>::open(&name).is_ok());
+    drop(sut);
+}
+
+/// A plain-data type of the caller's own (a zerocopy derive, not `Plain`).
+mod own {
     use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
-    /// Another program's definition of the same wire type.
     #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, PartialEq)]
     #[repr(C)]
     pub(crate) struct Sample {
@@ -162,7 +291,7 @@ mod there {
 }
 
 #[test]
-fn separately_defined_types_share_a_mailbox_by_tag() {
+fn other_plain_data_types_share_a_mailbox_by_tag() {
     let name = unique_name("mbox-typed-tag");
     let _c = Cleanup(name.clone());
     let config = Config {
@@ -170,29 +299,23 @@ fn separately_defined_types_share_a_mailbox_by_tag() {
         slot_bytes: 8,
     };
     let raw = Arc::new(Mailbox::open_or_create(&name, config).unwrap());
-    // By type name they differ ...
-    let _bound = TypedMailbox::<here::Sample>::new(Arc::clone(&raw)).unwrap();
-    assert!(matches!(
-        TypedMailbox::<there::Sample>::new(Arc::clone(&raw)),
-        Err(MailboxError::TypeMismatch { .. })
-    ));
-    // ... by an explicit tag they agree.
-    let name2 = unique_name("mbox-typed-tag2");
-    let _c2 = Cleanup(name2.clone());
-    let raw = Arc::new(Mailbox::open_or_create(&name2, config).unwrap());
-    let writer = TypedMailbox::<here::Sample>::with_tag(Arc::clone(&raw), "sample-v1").unwrap();
-    let reader = TypedMailbox::<there::Sample>::with_tag(Arc::clone(&raw), "sample-v1").unwrap();
+    let writer = TypedMailbox::<own::Sample>::with_tag(Arc::clone(&raw), "sample-v1").unwrap();
+    let reader = TypedMailbox::<u64>::open_with_tag(&name, "sample-v1").unwrap();
     writer
         .writer()
         .unwrap()
-        .publish(&here::Sample { t: 9 })
+        .publish(&own::Sample { t: 9 })
         .unwrap();
-    assert_eq!(
-        reader.claim_reader().unwrap().read().unwrap(),
-        Some(there::Sample { t: 9 })
+    assert_eq!(reader.claim_reader().unwrap().read().unwrap(), Some(9));
+    let err = TypedMailbox::<own::Sample>::with_tag(Arc::clone(&raw), "sample-v2").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("mailbox holds `sample-v1` (8 bytes"),
+        "{err}"
     );
+    // A tag is not a structure: the structural binding of `u64` is another type.
     assert!(matches!(
-        TypedMailbox::<there::Sample>::with_tag(raw, "sample-v2"),
+        TypedMailbox::<u64>::new(raw),
         Err(MailboxError::TypeMismatch { .. })
     ));
 }
@@ -227,7 +350,7 @@ fn zero_sized_types_are_refused() {
     let name = unique_name("mbox-typed-zst");
     let _c = Cleanup(name.clone());
     assert!(matches!(
-        TypedMailbox::<Nothing>::open_or_create(&name, 1),
+        TypedMailbox::<Nothing>::open_or_create_with_tag(&name, 1, "nothing"),
         Err(MailboxError::Layout(LayoutError::InvalidConfig(_)))
     ));
 }

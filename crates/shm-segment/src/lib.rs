@@ -15,6 +15,9 @@
 //! - [`shared_struct!`] and [`Layout`]: shared structs whose layout fingerprint
 //!   is structural, so separately built programs that declare the same struct
 //!   share it, and any other struct is refused with both layouts shown.
+//! - [`plain_struct!`] and [`Plain`]: the same structural fingerprint for
+//!   plain-data values that are copied rather than viewed in place (the
+//!   payloads of `shm-mailbox`'s typed boards).
 //! - [`AccessPolicy`]: which users share a named object (owner, group, uids),
 //!   set at creation and checked at open.
 //! - [`fdpass`]: handing fds (a memfd, eventfds) to another process over a
@@ -60,13 +63,23 @@
 // must also resolve inside this crate (the header is a shared struct).
 extern crate self as shm_segment;
 
-/// The shared-memory protocol of this crate: the text of `docs/PROTOCOL.md` in the
-/// source repository, included here so it is readable with the API docs.
+/// The shared-memory protocol of this crate, and the index
+/// of every outlive layout: the text of `docs/PROTOCOL.md` in the
+/// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
+/// crate carries a copy), included here so it is readable with the API docs.
+#[doc = ""]
+// Rustdoc targets for the document's reference links: the first definition of
+// a label wins, so these take the place of the repository-relative ones at
+// its end.
+#[doc = "[shm-fd]: https://docs.rs/shm-fd/latest/shm_fd/protocol/index.html"]
+#[doc = "[shm-mailbox]: https://docs.rs/shm-mailbox/latest/shm_mailbox/protocol/document/index.html"]
+#[doc = "[shm-ring]: https://docs.rs/shm-ring/latest/shm_ring/protocol/index.html"]
+#[doc = "[shm-snapshot]: https://docs.rs/shm-snapshot/latest/shm_snapshot/protocol/index.html"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.
 #[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
-#[doc = include_str!("../../../docs/PROTOCOL.md")]
+#[doc = include_str!("../PROTOCOL.md")]
 pub mod protocol {}
 
 pub mod fdpass;
@@ -75,6 +88,7 @@ pub mod layout;
 mod mapping;
 pub mod memfd;
 pub mod ofd_lock;
+mod plain;
 mod region;
 pub mod segment;
 mod shared;
@@ -84,6 +98,7 @@ mod sigbus;
 pub use layout::Layout;
 pub use mapping::{Access, MapError, Mapping};
 pub use ofd_lock::{OfdLock, is_locked};
+pub use plain::Plain;
 pub use region::{OutOfBounds, Region};
 pub use segment::{AccessPolicy, ObjectAccess, Segment, SegmentBuilder, SegmentError};
 pub use shared::Shared;

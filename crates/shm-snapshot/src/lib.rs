@@ -120,12 +120,18 @@
 //! [`live::Client::wait_durable`].
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-snapshot.md` in the
-/// source repository, included here so it is readable with the API docs.
+/// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
+/// crate carries a copy), included here so it is readable with the API docs.
+#[doc = ""]
+// Rustdoc targets for the document's reference links: the first definition of
+// a label wins, so these take the place of the repository-relative ones at
+// its end.
+#[doc = "[segment-header]: shm_segment::protocol#segment-layout-crate-shm-segment"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.
 #[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
-#[doc = include_str!("../../../docs/protocol/shm-snapshot.md")]
+#[doc = include_str!("../PROTOCOL.md")]
 pub mod protocol {}
 
 mod error;

@@ -43,7 +43,17 @@ impl SharedExe {
         std::fs::create_dir(&dir).expect("creating the directory for a shared executable");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
         let path = dir.join(program.file_name().expect("a program has a file name"));
-        std::fs::copy(program, &path).expect("copying the executable");
+        // Copied by a `cp` process, not by this one: a file open for writing
+        // cannot be executed (ETXTBSY), and a child that another test thread
+        // forks while this process held the copy open would inherit that fd
+        // until its own exec, making a concurrent run of the copy fail.
+        let status = std::process::Command::new("cp")
+            .arg("--")
+            .arg(program)
+            .arg(&path)
+            .status()
+            .expect("running cp");
+        assert!(status.success(), "copying the executable: cp {status}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .expect("chmod 0755");
         SharedExe { dir, path }

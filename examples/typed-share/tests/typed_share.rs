@@ -1,6 +1,7 @@
 //! Separately built programs sharing a `shared_struct!` type, as their users
 //! run them: the `writer`, `reader` and `mismatched` binaries of this package,
-//! each declaring its own `Message`; and, as root, the same programs run as
+//! each declaring its own `Message`; the same with `--board`, a typed mailbox
+//! of a `plain_struct!` each declares; and, as root, the same programs run as
 //! other users under access policies (`setpriv`).
 
 use std::io::{BufRead, BufReader};
@@ -102,6 +103,108 @@ fn renamed_reordered_retyped_or_tagged_fields_are_refused() {
         );
     }
     writer.finish();
+}
+
+#[test]
+fn separately_built_programs_share_a_typed_board_of_their_own_declarations() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let name = unique_name("ts-board");
+    let writer = Writer::start(cmd(Path::new(WRITER), &name, &["--board"]));
+    let (code, out, err) = run(cmd(Path::new(READER), &name, &["--board"]));
+    assert_eq!(code, Some(0), "the reader was refused: {err}");
+    assert_eq!(out.trim(), MESSAGE);
+    writer.finish();
+    assert!(
+        shm_objects_with_prefix(&name).is_empty(),
+        "the writer removes its board on exit"
+    );
+}
+
+#[test]
+fn a_typed_board_refuses_renamed_reordered_retyped_or_tagged_fields() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    let name = unique_name("ts-board-mismatch");
+    let writer = Writer::start(cmd(Path::new(WRITER), &name, &["--board"]));
+    for variant in ["renamed", "reordered", "retyped", "nested", "tagged"] {
+        let (code, _, err) = run(cmd(
+            Path::new(MISMATCHED),
+            &name,
+            &["--board", "--variant", variant],
+        ));
+        assert_eq!(code, Some(1), "{variant}: not refused: {err}");
+        // Both sides, by name, size and fingerprint, and what differs.
+        let found = err.find("mailbox holds `Message` (40 bytes, fingerprint 0x");
+        let expected = err.find("not `Message` (40 bytes, fingerprint 0x");
+        assert!(
+            found.is_some() && expected.is_some(),
+            "{variant}: the error shows both types: {err}"
+        );
+        assert!(
+            err.contains("fields' names, order or types"),
+            "{variant}: {err}"
+        );
+    }
+    // The refusals left the board as it was.
+    let (code, out, err) = run(cmd(Path::new(READER), &name, &["--board"]));
+    assert_eq!((code, out.trim()), (Some(0), MESSAGE), "{err}");
+    writer.finish();
+}
+
+#[test]
+fn the_binaries_follow_the_command_line_conventions() {
+    let _watchdog = Watchdog::new(Duration::from_secs(60));
+    for (program, name) in [
+        (WRITER, "writer"),
+        (READER, "reader"),
+        (MISMATCHED, "mismatched"),
+    ] {
+        let (code, out, _) = run(cmd_args(program, &["--version"]));
+        assert_eq!(code, Some(0), "{name} --version");
+        assert_eq!(out.trim(), format!("{name} {}", env!("CARGO_PKG_VERSION")));
+        let (code, out, _) = run(cmd_args(program, &["--help"]));
+        assert_eq!(code, Some(0), "{name} --help");
+        for option in [
+            "--quiet",
+            "--verbose",
+            "--board",
+            "--owner",
+            "--group",
+            "--uid",
+        ] {
+            assert!(out.contains(option), "{name} --help lacks {option}: {out}");
+        }
+        for usage in [&["--no-such-option"][..], &[][..], &["a", "b"][..]] {
+            let (code, _, err) = run(cmd_args(program, usage));
+            assert_eq!(code, Some(2), "{name} {usage:?} is a usage error: {err}");
+            assert!(err.contains("Usage:"), "{name} {usage:?}: {err}");
+        }
+    }
+    let (code, _, err) = run(cmd_args(MISMATCHED, &["x", "--variant", "sideways"]));
+    assert_eq!(code, Some(2), "an unknown variant is a usage error: {err}");
+    let (code, _, err) = run(cmd_args(READER, &["x", "--board", "--remove"]));
+    assert_eq!(code, Some(2), "--board and --remove conflict: {err}");
+
+    // -v shows the debug events, -q hides them (the writer exits at once:
+    // its standard input is empty).
+    let name = unique_name("ts-cli");
+    for (flag, shown) in [("-v", true), ("-q", false)] {
+        let mut writer = cmd(Path::new(WRITER), &name, &[flag]);
+        writer.stdin(Stdio::null());
+        let (code, out, err) = run(writer);
+        assert_eq!((code, out.trim()), (Some(0), "ready"), "{flag}: {err}");
+        assert_eq!(
+            err.contains("writer: DEBUG writer: segment created"),
+            shown,
+            "{flag}: {err}"
+        );
+    }
+    assert!(shm_objects_with_prefix(&name).is_empty());
+}
+
+fn cmd_args(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd
 }
 
 /// The writer as `WRITER_UID`, primary group its own (so the object's group
