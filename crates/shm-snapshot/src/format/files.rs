@@ -141,7 +141,9 @@ pub fn remove_stale_compaction(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+/// `fsync`s the directory holding `path`: a new or renamed entry survives
+/// a power loss once it returns `Ok`.
+pub(crate) fn sync_dir_of(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -19,7 +19,7 @@ macro_rules! crash_point {
     };
 }
 
-mod files;
+pub(crate) mod files;
 mod restore;
 mod writer;
 

@@ -222,6 +222,16 @@ pub enum HostError {
         /// FILE.
         path: PathBuf,
     },
+    /// The directory holding FILE cannot be synced after FILE was created
+    /// or renamed into it: nothing is published as durable.
+    #[error("{}: syncing its directory: {source}", .path.display())]
+    SyncDir {
+        /// FILE.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The new file of a rebuild cannot be renamed over FILE.
     #[error("{}: renaming to {}: {source}", .from.display(), .to.display())]
     Rename {

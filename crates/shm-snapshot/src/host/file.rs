@@ -270,7 +270,7 @@ pub(crate) fn create_file(
             source,
         })?;
     let w = new_log(f, path, region)?;
-    sync_dir(path);
+    sync_dir(path)?;
     Ok(w)
 }
 
@@ -309,7 +309,7 @@ pub(crate) fn replace_with(path: &Path, tmp: &Path) -> Result<PathBuf, HostError
         to: path.to_path_buf(),
         source,
     })?;
-    sync_dir(path);
+    sync_dir(path)?;
     Ok(aside)
 }
 
@@ -367,18 +367,6 @@ fn aside_name(path: &Path, secs: u64, n: u32) -> PathBuf {
         name.push(format!(".{n}"));
     }
     PathBuf::from(name)
-}
-
-/// `fsync`s the directory holding `path` (best effort: a new or renamed
-/// entry survives a power loss once it returns).
-pub(crate) fn sync_dir(path: &Path) {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Whether an inherited fd is not a snapshot memfd and reads as all zeros
@@ -556,4 +544,13 @@ mod tests {
         assert!(e.to_string().starts_with(&foreign.display().to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// `fsync`s the directory holding `path`, so that a created or renamed FILE
+/// survives a power loss before its generation is published as durable.
+fn sync_dir(path: &Path) -> Result<(), HostError> {
+    crate::format::files::sync_dir_of(path).map_err(|source| HostError::SyncDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
