@@ -392,6 +392,15 @@ pub fn is_fresh(fd: BorrowedFd<'_>) -> bool {
     crate::inspect(&FileStorage(File::from(dup))).is_ok_and(|i| i.all_zero)
 }
 
+/// `fsync`s the directory holding `path`, so that a created or renamed FILE
+/// survives a power loss before its generation is published as durable.
+fn sync_dir(path: &Path) -> Result<(), HostError> {
+    crate::format::files::sync_dir_of(path).map_err(|source| HostError::SyncDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,13 +553,4 @@ mod tests {
         assert!(e.to_string().starts_with(&foreign.display().to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// `fsync`s the directory holding `path`, so that a created or renamed FILE
-/// survives a power loss before its generation is published as durable.
-fn sync_dir(path: &Path) -> Result<(), HostError> {
-    crate::format::files::sync_dir_of(path).map_err(|source| HostError::SyncDir {
-        path: path.to_path_buf(),
-        source,
-    })
 }
