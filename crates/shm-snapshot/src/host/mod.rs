@@ -453,6 +453,8 @@ impl SnapshotHost {
     /// `deadline` passes; see [`Work`]. Never busy-waits: after a failed
     /// snapshot for waiters it reports them again only after 100 ms.
     pub fn wait_for_work(&mut self, deadline: Instant) -> Work {
+        /// How often the lag is sampled while FILE is behind.
+        const LAG_SAMPLE: Duration = Duration::from_millis(10);
         loop {
             // `requests` first: a request or wake after this load moves it,
             // and the sleep below returns at once.
@@ -462,7 +464,25 @@ impl SnapshotHost {
             }
             let now = Instant::now();
             let ready = self.refused.is_none() && self.retry_at.is_none_or(|t| now >= t);
-            if ready && let Ok(live) = self.live.generation() {
+            if !self.continuous && !self.lag.behind() {
+                // Caught up: the next commit wakes the sleep below, so the
+                // time FILE falls behind is known (one futex wake per
+                // snapshot for the program). Armed before `live` is read: a
+                // commit that this read misses sees the mode set (short of
+                // the instant its store of `seq` waits in its core's store
+                // buffer; no fence on the program's commit path pays for
+                // that instant: then the lag counts from the next sample).
+                self.durable.set_wake_on_commit(true);
+            }
+            let live = self.live.generation().ok();
+            // The recovery point, sampled while FILE is behind: at least
+            // every LAG_SAMPLE, and at the first commit after a snapshot.
+            if let Some(live) = live
+                && let Some(w) = self.lag.observe(now, live, self.persisted)
+            {
+                tracing::warn!("{w}");
+            }
+            if ready && let Some(live) = live {
                 if self.has_waiters(self.durable.wanted(), live) {
                     return Work::Waiters;
                 }
@@ -479,6 +499,11 @@ impl SnapshotHost {
             let mut until = deadline;
             if let Some(t) = self.retry_at.filter(|&t| t > now) {
                 until = until.min(t);
+            }
+            if !self.continuous && self.lag.behind() {
+                // Behind: sample the lag again soon; no wake-up per commit.
+                until = until.min(now + LAG_SAMPLE);
+                self.durable.set_wake_on_commit(false);
             }
             self.durable
                 .sleep(seen, until.saturating_duration_since(now));

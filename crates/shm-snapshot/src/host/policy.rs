@@ -116,6 +116,20 @@ impl Lag {
         None
     }
 
+    /// FILE now holds what was committed before `copied` (when a snapshot's
+    /// copy began): if the live state is still ahead (commits arrived during
+    /// the snapshot), FILE has been behind at most since then; otherwise it
+    /// is caught up.
+    pub(crate) fn caught_up(&mut self, live: u64, durable: u64, copied: Instant) {
+        self.behind_since = (live > durable).then_some(copied);
+    }
+
+    /// Whether FILE is known to be behind (a commit was seen that FILE
+    /// does not hold yet).
+    pub(crate) fn behind(&self) -> bool {
+        self.behind_since.is_some()
+    }
+
     /// The largest lag seen, in generations.
     pub(crate) fn max_generations(&self) -> u64 {
         self.max_generations

@@ -40,6 +40,7 @@ pub(crate) fn snapshot(h: &mut SnapshotHost, read: Read) -> Result<(), HostError
         return Err(refused(h, why.clone()));
     }
     let started = Instant::now();
+    let before = h.persisted;
     let g = match copy_into_file(h, read) {
         Ok(g) => g,
         Err(Stop::Nothing) => return Ok(()),
@@ -50,13 +51,18 @@ pub(crate) fn snapshot(h: &mut SnapshotHost, read: Read) -> Result<(), HostError
         }
     };
     let wrote = h.writer.last_bytes_written;
+    // The recovery point just before FILE catches up: the largest lag since
+    // the last snapshot (the live state only grows until then).
+    let live = h.live.generation().ok();
+    if let Some(live) = live
+        && let Some(w) = h.lag.observe(Instant::now(), live, before)
+    {
+        tracing::warn!("{w}");
+    }
     h.persisted = g;
     // The writer's commit returned only after its fdatasync.
     h.durable.publish(g);
-    if !h.continuous {
-        // The first-commit wake-up has served its purpose.
-        h.durable.set_wake_on_commit(false);
-    }
+    h.lag.caught_up(live.unwrap_or(g), g, started);
     h.stats.snapshots += 1;
     h.stats.bytes += wrote;
     h.limit.wrote(started, wrote);
