@@ -15,7 +15,7 @@ use crate::stats::{Summary, ratios};
 /// - `OUTLIVE_BENCH_MAX_FOREIGN`: the load gate's limit, in percent of the
 ///   CPU time available during a repetition (default 5);
 /// - `OUTLIVE_BENCH_RETRIES`: how often one repetition is repeated when
-///   loaded (default 3) before it is kept and its row marked "loaded";
+///   loaded (default 3, quick 1) before it is kept and its row marked "loaded";
 /// - `OUTLIVE_BENCH_JSON`: a file to append each row to, as one JSON line.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -48,7 +48,7 @@ impl Config {
                 .unwrap_or(if quick { 3 } else { 7 })
                 .max(1),
             max_foreign: env_num::<f64>("OUTLIVE_BENCH_MAX_FOREIGN").unwrap_or(5.0) / 100.0,
-            retries: env_num("OUTLIVE_BENCH_RETRIES").unwrap_or(3),
+            retries: env_num("OUTLIVE_BENCH_RETRIES").unwrap_or(if quick { 1 } else { 3 }),
             json: std::env::var_os("OUTLIVE_BENCH_JSON")
                 .filter(|p| !p.is_empty())
                 .map(Into::into),
