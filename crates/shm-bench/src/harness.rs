@@ -179,20 +179,45 @@ impl Harness {
         better: Better,
         measures: &mut [Measure<'_>],
     ) -> Reps {
-        for (_, f) in measures.iter_mut() {
-            f();
-        }
-        let n = measures.len();
+        let names: Vec<&'static str> = measures.iter().map(|(name, _)| *name).collect();
+        self.reps_joint(unit, better, &names, &mut |rep| {
+            let n = measures.len();
+            let mut got = vec![0.0; n];
+            for k in 0..n {
+                let i = if rep.is_multiple_of(2) { k } else { n - 1 - k };
+                got[i] = (measures[i].1)();
+            }
+            got
+        })
+    }
+
+    /// Like [`Harness::reps`], for measures taken together by one function
+    /// that already interleaves them (say, a loop timing the component and
+    /// its baseline in turn each round): `run(rep)` returns one figure per
+    /// name, in the order of `names`. One call warms up.
+    ///
+    /// # Panics
+    ///
+    /// When `run` returns a different number of figures than `names` has.
+    pub fn reps_joint(
+        &mut self,
+        unit: &'static str,
+        better: Better,
+        names: &[&'static str],
+        run: &mut dyn FnMut(usize) -> Vec<f64>,
+    ) -> Reps {
+        run(0);
         let mut out = Reps {
             unit,
             better,
-            names: measures.iter().map(|(name, _)| *name).collect(),
-            values: vec![Vec::with_capacity(self.config.reps); n],
+            names: names.to_vec(),
+            values: vec![Vec::with_capacity(self.config.reps); names.len()],
             discarded: 0,
             loaded: 0,
         };
         for rep in 0..self.config.reps {
-            let got = self.one_rep(rep, measures, &mut out);
+            let got = self.one_rep(rep, run, &mut out);
+            assert_eq!(got.len(), names.len(), "one figure per measure");
             for (v, x) in out.values.iter_mut().zip(got) {
                 v.push(x);
             }
@@ -202,16 +227,16 @@ impl Harness {
         out
     }
 
-    fn one_rep(&mut self, rep: usize, measures: &mut [Measure<'_>], out: &mut Reps) -> Vec<f64> {
-        let n = measures.len();
+    fn one_rep(
+        &mut self,
+        rep: usize,
+        run: &mut dyn FnMut(usize) -> Vec<f64>,
+        out: &mut Reps,
+    ) -> Vec<f64> {
         let mut tries = 0;
         loop {
             let before = LoadSample::now();
-            let mut got = vec![0.0; n];
-            for k in 0..n {
-                let i = if rep.is_multiple_of(2) { k } else { n - 1 - k };
-                got[i] = (measures[i].1)();
-            }
+            let got = run(rep);
             let Some(load) = before.until(&LoadSample::now()) else {
                 self.gate_missing = true;
                 return got;
