@@ -24,6 +24,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "docs (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features -q
 
+step "the peers bench crate (its own workspace): format and clippy"
+cargo fmt --manifest-path crates/shm-bench-peers/Cargo.toml -- --check
+cargo clippy --manifest-path crates/shm-bench-peers/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/peers" \
+    --release --all-targets -- -D warnings
+
 step "fuzz targets build (run them with: cargo +nightly fuzz run -O TARGET, in crates/*/fuzz)"
 for fuzz in crates/*/fuzz; do
     CARGO_TARGET_DIR=target/fuzz-check cargo check -q --manifest-path "$fuzz/Cargo.toml" --bins
@@ -58,6 +63,13 @@ done
 
 step "crash points compile to nothing without fault-injection"
 bash ci/check-crash-points.sh
+
+step "every bench runs (--quick; no timing is checked) and the README's table matches bench/results.json"
+bench_out=$(mktemp -d)
+bash ci/bench.sh --quick --out "$bench_out"
+test -s "$bench_out/results.json" && test -s "$bench_out/results.md"
+rm -rf "$bench_out"
+bash ci/bench.sh --check
 
 step "no shared-memory objects left behind by tests"
 leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - || true)
