@@ -72,7 +72,9 @@ rm -rf "$bench_out"
 bash ci/bench.sh --check
 
 step "no shared-memory objects left behind by tests"
-leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - || true)
+# iceoryx2 (the peers bench) keeps one management segment per configuration in
+# /dev/shm for all its processes, on purpose, after they exit: not a leak.
+leftover=$(ls /dev/shm | sort | comm -13 "$shm_before" - | grep -v '^iox2_.*\.global_mgmt$' || true)
 rm -f "$shm_before"
 if [ -n "$leftover" ]; then
     echo "tests left these objects in /dev/shm:"; echo "$leftover"; exit 1
