@@ -118,6 +118,7 @@ pub struct Harness {
     discarded: usize,
     loaded: usize,
     gate_missing: bool,
+    children: Vec<u32>,
 }
 
 impl Harness {
@@ -143,12 +144,24 @@ impl Harness {
             discarded: 0,
             loaded: 0,
             gate_missing: false,
+            children: Vec::new(),
         }
     }
 
     /// The settings.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Counts the CPU time of the live child process `pid` as the bench's
+    /// own in the load gate (a reaped child counts anyway), until [`Harness::forget_child`].
+    pub fn watch_child(&mut self, pid: u32) {
+        self.children.push(pid);
+    }
+
+    /// Stops counting `pid` (call before reaping it: its time then counts as a reaped child's).
+    pub fn forget_child(&mut self, pid: u32) {
+        self.children.retain(|&p| p != pid);
     }
 
     /// Whether this is a quick run.
@@ -235,9 +248,9 @@ impl Harness {
     ) -> Vec<f64> {
         let mut tries = 0;
         loop {
-            let before = LoadSample::now();
+            let before = LoadSample::with_children(&self.children);
             let got = run(rep);
-            let Some(load) = before.until(&LoadSample::now()) else {
+            let Some(load) = before.until(&LoadSample::with_children(&self.children)) else {
                 self.gate_missing = true;
                 return got;
             };

@@ -12,6 +12,8 @@
 //! - [`load`]: the load gate. A repetition during which other processes took
 //!   more than `OUTLIVE_BENCH_MAX_FOREIGN` % (default 5) of the CPU time is
 //!   repeated, a bounded number of times;
+//!   the CPU time of child processes the bench runs counts as its own once
+//!   reaped, or while running when named with [`Harness::watch_child`];
 //! - [`Config`]: `--quick`, group filters and the environment variables;
 //! - the `shm-bench` binary turns collected rows into `bench/results.json`,
 //!   `bench/results.md` and the README's table.

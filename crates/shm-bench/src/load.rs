@@ -65,6 +65,23 @@ fn busy_of<'a>(fields: impl Iterator<Item = &'a str>) -> Option<u64> {
         .try_fold(0u64, u64::checked_add)
 }
 
+/// The numeric fields of a `/proc/PID/stat` line from field 3 (state) on;
+/// `None` without the closing parenthesis of the command name.
+fn stat_fields(text: &str) -> Option<Vec<&str>> {
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_ascii_whitespace().collect())
+}
+
+/// The sum of `/proc/PID/stat` fields `a` and `b` (numbered as in `proc_pid_stat(5)`).
+fn sum_fields(text: &str, a: usize, b: usize) -> Option<u64> {
+    let fields = stat_fields(text)?;
+    // Field 3 (state) is fields[0].
+    let x: u64 = fields.get(a - 3)?.parse().ok()?;
+    let y: u64 = fields.get(b - 3)?.parse().ok()?;
+    x.checked_add(y)
+}
+
 /// Parses `/proc/self/stat`: the CPU time of reaped children (`cutime +
 /// cstime`), in clock ticks; `None` when malformed.
 ///
@@ -75,13 +92,20 @@ fn busy_of<'a>(fields: impl Iterator<Item = &'a str>) -> Option<u64> {
 /// assert_eq!(shm_bench::load::parse_children_ticks(stat), Some(24));
 /// ```
 pub fn parse_children_ticks(text: &str) -> Option<u64> {
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // Field 3 (state) is fields[0]; cutime and cstime are fields 16 and 17.
-    let cutime: u64 = fields.get(13)?.parse().ok()?;
-    let cstime: u64 = fields.get(14)?.parse().ok()?;
-    cutime.checked_add(cstime)
+    sum_fields(text, 16, 17)
+}
+
+/// Parses `/proc/PID/stat`: the process's own CPU time (`utime + stime`),
+/// in clock ticks; `None` when malformed.
+///
+/// # Examples
+///
+/// ```
+/// let stat = "42 (a) b) S 1 42 42 0 -1 0 0 0 0 0 7 3 11 13 20 0";
+/// assert_eq!(shm_bench::load::parse_process_ticks(stat), Some(10));
+/// ```
+pub fn parse_process_ticks(text: &str) -> Option<u64> {
+    sum_fields(text, 14, 15)
 }
 
 /// A reading of the machine's and this process's CPU time.
@@ -122,27 +146,41 @@ fn ticks_per_second() -> f64 {
     rustix::param::clock_ticks_per_second() as f64
 }
 
-fn own_cpu() -> Duration {
+/// This process's CPU time, its reaped children's, and that of the live
+/// processes `pids` (children the bench started and has not reaped yet).
+fn own_cpu(pids: &[u32]) -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     let own = Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
-    let children = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_children_ticks(&s))
-        .unwrap_or(0);
-    own + Duration::from_secs_f64(children as f64 / ticks_per_second())
+    let read = |path: &str, parse: fn(&str) -> Option<u64>| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| parse(&s))
+            .unwrap_or(0)
+    };
+    let mut ticks = read("/proc/self/stat", parse_children_ticks);
+    for pid in pids {
+        ticks += read(&format!("/proc/{pid}/stat"), parse_process_ticks);
+    }
+    own + Duration::from_secs_f64(ticks as f64 / ticks_per_second())
 }
 
 impl LoadSample {
     /// Reads the clocks now; the machine's part is missing when `/proc/stat`
     /// cannot be read or parsed.
     pub fn now() -> LoadSample {
+        LoadSample::with_children(&[])
+    }
+
+    /// As [`LoadSample::now`], counting the CPU time of the live processes
+    /// `pids` as this process's own.
+    pub fn with_children(pids: &[u32]) -> LoadSample {
         let machine = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| parse_proc_stat(&s));
         LoadSample {
             at: Instant::now(),
             machine,
-            own: own_cpu(),
+            own: own_cpu(pids),
         }
     }
 
@@ -207,6 +245,7 @@ mod tests {
         assert_eq!(parse_children_ticks(sut), Some(13 + 14));
         assert_eq!(parse_children_ticks("7 (x) R 1 2"), None);
         assert_eq!(parse_children_ticks("no parenthesis"), None);
+        assert_eq!(parse_process_ticks(sut), Some(11 + 12));
     }
 
     #[test]
@@ -214,7 +253,7 @@ mod tests {
         let before = LoadSample::now();
         let deadline = Instant::now() + Duration::from_secs(10);
         // Spin until this process has used 50 ms of CPU (other tests share the CPUs).
-        while own_cpu() < before.own + Duration::from_millis(50) {
+        while own_cpu(&[]) < before.own + Duration::from_millis(50) {
             assert!(Instant::now() < deadline, "no CPU time counted in 10 s");
             std::hint::spin_loop();
         }
@@ -223,6 +262,35 @@ mod tests {
         let rounding = 2.0 * sut.cpus as f64 / ticks_per_second();
         let unused = sut.wall.as_secs_f64() * sut.cpus as f64 - 0.05;
         assert!(sut.foreign_secs <= unused + rounding, "{sut:?}");
+    }
+
+    #[test]
+    fn a_watched_child_counts_as_own() {
+        /// Kills and reaps the child on every return, a failed assertion included.
+        struct Spinner(std::process::Child);
+        impl Drop for Spinner {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let sut = Spinner(
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap(),
+        );
+        let pid = sut.0.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The difference is the child's CPU time (it is not reaped): wait for 100 ms of it.
+        let childs_cpu = || own_cpu(&[pid]).saturating_sub(own_cpu(&[]));
+        while childs_cpu() < Duration::from_millis(100) {
+            assert!(
+                Instant::now() < deadline,
+                "the child's CPU time is not counted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -251,6 +319,7 @@ mod tests {
         #[test]
         fn parse_children_ticks_never_panics(s in "[0-9 ()a-z]{0,80}") {
             let _ = parse_children_ticks(&s);
+            let _ = parse_process_ticks(&s);
         }
     }
 }

@@ -605,6 +605,8 @@ fn commit_pause(h: &mut Harness) {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // The host's copying is part of the measure, not foreign load.
+        h.watch_child(host.id());
         let work = client.work();
         // Pre-faulted, reused buffers for the memcpy baseline.
         let src = vec![1u8; region as usize];
@@ -707,6 +709,7 @@ fn commit_pause(h: &mut Harness) {
                 h.row(&r, &case, PAUSE[7], PAUSE[8]);
             }
         }
+        h.forget_child(host.id());
         drop(host.stdin.take());
         let out = host.wait_with_output().unwrap();
         println!(
