@@ -1,10 +1,14 @@
 //! Mailbox costs next to baselines measured in the same run, as ratios.
 //!
-//! `cargo bench -p shm-mailbox`. Every figure is the median of 7 repetitions.
-//! A second table compares the mailbox with a seqlock (the usual latest-value
-//! baseline, which lets readers retry instead of holding a slot) for 64 B and
-//! 4 KiB messages: uncontended publish and read, and per-read latency
-//! percentiles while another thread publishes nonstop.
+//! `cargo bench -p shm-mailbox --bench mailbox [-- --quick] [GROUP...]`
+//! (groups: `mutex`, `contended`, `seqlock`). The shm-bench harness runs the
+//! mailbox and its baselines alternately, repetition by repetition, and
+//! reports the median and range of the per-repetition ratios. 64-byte
+//! messages against a `Mutex<[u8; 64]>` copy and a cache-line ping-pong; then
+//! 64 B and 4 KiB messages against a seqlock (the usual latest-value
+//! baseline, which lets readers retry instead of holding a slot): uncontended
+//! publish and read, and per-read latency percentiles while another thread
+//! publishes nonstop.
 
 #![allow(
     clippy::cast_precision_loss,
@@ -13,37 +17,37 @@
 
 use std::hint::black_box;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence}; // atomics-ok: benchmark baselines
 use std::time::Instant;
 
+use shm_bench::{Better, Harness, percentile};
 use shm_mailbox::{Config, Mailbox};
 
-const REPS: usize = 7;
+static QUICK: OnceLock<bool> = OnceLock::new();
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+/// `full` normally, `quick` with `--quick`.
+fn sized(full: u64, quick: u64) -> u64 {
+    if *QUICK.get().unwrap_or(&false) {
+        quick
+    } else {
+        full
+    }
 }
 
-/// Nanoseconds per call of `f`, median over repetitions of `iters` calls.
+/// Nanoseconds per call of `f`, over `iters` calls.
 fn ns_per(iters: u64, mut f: impl FnMut()) -> f64 {
-    median(
-        (0..REPS)
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    f();
-                }
-                t.elapsed().as_nanos() as f64 / iters as f64
-            })
-            .collect(),
-    )
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / iters as f64
 }
 
 /// One-way latency of a cache line bouncing between two threads.
 fn ping_pong_ns() -> f64 {
     let flag = AtomicU64::new(0);
-    let rounds = 200_000u64;
+    let rounds = sized(200_000, 20_000);
     let per = std::thread::scope(|s| {
         s.spawn(|| {
             for i in 0..rounds {
@@ -65,57 +69,106 @@ fn ping_pong_ns() -> f64 {
     per / 2.0
 }
 
-fn main() {
-    let name = format!("outlive-bench-mailbox-{}", std::process::id());
-    let mb = Mailbox::open_or_create(
-        &name,
+fn create(name: &str, readers: usize, slot_bytes: usize) -> Mailbox {
+    Mailbox::open_or_create(
+        name,
         Config {
-            readers: 4,
-            slot_bytes: 64,
+            readers,
+            slot_bytes,
         },
     )
-    .expect("create mailbox");
+    .expect("create mailbox")
+}
+
+fn main() {
+    let mut h = Harness::new("shm-mailbox");
+    QUICK.get_or_init(|| h.quick());
+    if h.group("mutex") || h.group("contended") {
+        first_table(&mut h);
+    }
+    if h.group("seqlock") {
+        for size in [64, 4096] {
+            against_seqlock(&mut h, size);
+        }
+    }
+    h.finish();
+}
+
+/// 64-byte messages: uncontended against a mutex, contended against a ping-pong.
+fn first_table(h: &mut Harness) {
+    let name = format!("outlive-bench-mailbox-{}", std::process::id());
+    let mb = create(&name, 4, 64);
     let msg = [7u8; 64];
-    let mut buf = [0u8; 64];
-
+    let (mut buf, mut buf2) = ([0u8; 64], [0u8; 64]);
     let mutex = Mutex::new([0u8; 64]);
-    let mutex_write = ns_per(1_000_000, || *mutex.lock().unwrap() = black_box(msg));
-    let mutex_read = ns_per(1_000_000, || buf = *mutex.lock().unwrap());
-
     let mut writer = mb.writer().expect("writer");
-    let publish = ns_per(1_000_000, || {
-        writer.publish(black_box(&msg)).unwrap();
-    });
     let mut reader = mb.reader(0).expect("reader");
-    let read = ns_per(1_000_000, || {
-        black_box(reader.read(&mut buf).unwrap());
-    });
-
-    // Contended: a reader thread reads continuously while we publish.
-    let stop = AtomicBool::new(false);
-    let contended = std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut r = mb.reader(1).expect("reader 1");
-            let mut b = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                black_box(r.read(&mut b).unwrap());
-            }
-        });
-        let x = ns_per(200_000, || {
-            writer.publish(black_box(&msg)).unwrap();
-        });
-        stop.store(true, Ordering::Relaxed);
-        x
-    });
-    let pp = ping_pong_ns();
+    let iters = sized(1_000_000, 100_000);
+    if h.group("mutex") {
+        let r = h.reps(
+            "ns",
+            Better::Lower,
+            &mut [
+                ("Mutex<[u8; 64]> write", &mut || {
+                    ns_per(iters, || *mutex.lock().unwrap() = black_box(msg))
+                }),
+                ("mailbox publish", &mut || {
+                    ns_per(iters, || {
+                        writer.publish(black_box(&msg)).unwrap();
+                    })
+                }),
+                ("Mutex<[u8; 64]> read", &mut || {
+                    ns_per(iters, || buf = *mutex.lock().unwrap())
+                }),
+                ("mailbox read", &mut || {
+                    ns_per(iters, || {
+                        black_box(reader.read(&mut buf2).unwrap());
+                    })
+                }),
+            ],
+        );
+        let case = "64 B, uncontended";
+        h.row(&r, case, "mailbox publish", "Mutex<[u8; 64]> write");
+        h.row(&r, case, "mailbox read", "Mutex<[u8; 64]> read");
+    }
+    if h.group("contended") {
+        let mut contended = || {
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut r = mb.reader(1).expect("reader 1");
+                    let mut b = [0u8; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        black_box(r.read(&mut b).unwrap());
+                    }
+                });
+                let x = ns_per(sized(200_000, 20_000), || {
+                    writer.publish(black_box(&msg)).unwrap();
+                });
+                stop.store(true, Ordering::Relaxed);
+                x
+            })
+        };
+        let r = h.reps(
+            "ns",
+            Better::Lower,
+            &mut [
+                ("cache-line ping-pong, one way", &mut ping_pong_ns),
+                ("mailbox publish, reader thread reading", &mut contended),
+            ],
+        );
+        let case = "64 B publish while a reader thread reads";
+        h.row(
+            &r,
+            case,
+            "mailbox publish, reader thread reading",
+            "cache-line ping-pong, one way",
+        );
+    }
     drop(reader);
     drop(writer);
     drop(mb);
     let _ = Mailbox::remove(&name);
-    print_first_table(mutex_write, publish, mutex_read, read, pp, contended);
-    for size in [64, 4096] {
-        sized(size);
-    }
 }
 
 /// A seqlock over `AtomicU64` words: the baseline for latest-value sharing.
@@ -169,144 +222,118 @@ impl SeqLock {
     }
 }
 
-/// Percentiles (p50, p99) of single-read latencies, in ns, while `publish`
+/// The `p`-th percentile of single-read latencies, in ns, while `publish`
 /// runs nonstop on another thread.
-fn read_latency(mut read: impl FnMut() + Send, publish: impl Fn(&AtomicBool) + Sync) -> (f64, f64) {
+fn read_latency(p: f64, mut read: impl FnMut(), publish: impl Fn(&AtomicBool) + Sync) -> f64 {
     let stop = AtomicBool::new(false);
+    let n = sized(200_000, 20_000) as usize;
     std::thread::scope(|s| {
         s.spawn(|| publish(&stop));
         // Let the publisher get going.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let mut lat: Vec<f64> = Vec::with_capacity(200_000);
-        for _ in 0..200_000 {
+        let mut lat: Vec<f64> = Vec::with_capacity(n);
+        for _ in 0..n {
             let t = Instant::now();
             read();
             lat.push(t.elapsed().as_nanos() as f64);
         }
         stop.store(true, Ordering::Relaxed);
-        lat.sort_by(f64::total_cmp);
-        (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+        percentile(&mut lat, p).unwrap_or(f64::NAN)
     })
 }
 
-fn sized(size: usize) {
+/// `size`-byte messages against a seqlock.
+fn against_seqlock(h: &mut Harness, size: usize) {
     let name = format!("outlive-bench-mailbox-{}-{size}", std::process::id());
-    let mb = Mailbox::open_or_create(
-        &name,
-        Config {
-            readers: 2,
-            slot_bytes: size,
-        },
-    )
-    .expect("create mailbox");
+    let mb = create(&name, 2, size);
     let msg = vec![7u8; size];
-    let mut buf = vec![0u8; size];
+    let (mut b1, mut b2) = (vec![0u8; size], vec![0u8; size]);
+    let (mut b3, mut b4) = (vec![0u8; size], vec![0u8; size]);
     let iters = if size > 64 { 100_000 } else { 1_000_000 };
-
+    let iters = sized(iters, iters / 10);
     let sl = SeqLock::new(size);
-    let sl_write = ns_per(iters, || sl.write(black_box(&msg)));
-    let sl_read = ns_per(iters, || {
-        black_box(sl.read(&mut buf));
-    });
-    let mut writer = mb.writer().expect("writer");
-    let publish = ns_per(iters, || {
-        writer.publish(black_box(&msg)).unwrap();
-    });
-    let mut reader = mb.reader(0).expect("reader");
-    let read = ns_per(iters, || {
-        black_box(reader.read(&mut buf).unwrap());
-    });
-    let timer = median(
-        (0..REPS)
-            .map(|_| {
-                let t = Instant::now();
-                black_box(Instant::now());
-                t.elapsed().as_nanos() as f64
-            })
-            .collect(),
+    let writer = Mutex::new(mb.writer().expect("writer"));
+    let reader = Mutex::new(mb.reader(0).expect("reader"));
+    let r = h.reps(
+        "ns",
+        Better::Lower,
+        &mut [
+            ("seqlock write", &mut || {
+                ns_per(iters, || sl.write(black_box(&msg)))
+            }),
+            ("mailbox publish", &mut || {
+                let mut w = writer.lock().unwrap();
+                ns_per(iters, || {
+                    w.publish(black_box(&msg)).unwrap();
+                })
+            }),
+            ("seqlock read", &mut || {
+                ns_per(iters, || {
+                    black_box(sl.read(&mut b1));
+                })
+            }),
+            ("mailbox read", &mut || {
+                let mut r = reader.lock().unwrap();
+                ns_per(iters, || {
+                    black_box(r.read(&mut b2).unwrap());
+                })
+            }),
+        ],
     );
-    let (sl50, sl99) = read_latency(
-        || {
-            black_box(sl.read(&mut buf));
-        },
-        |stop| {
-            while !stop.load(Ordering::Relaxed) {
-                sl.write(&msg);
-            }
-        },
-    );
-    let writer = std::sync::Mutex::new(writer);
-    let mut buf2 = vec![0u8; size];
-    let (mb50, mb99) = read_latency(
-        || {
-            black_box(reader.read(&mut buf2).unwrap());
-        },
-        |stop| {
-            let mut w = writer.lock().unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                w.publish(&msg).unwrap();
-            }
-        },
-    );
+    let case = format!("{size} B, uncontended");
+    h.row(&r, &case, "mailbox publish", "seqlock write");
+    h.row(&r, &case, "mailbox read", "seqlock read");
+    let mut timer: Vec<f64> = (0..101)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(Instant::now());
+            t.elapsed().as_nanos() as f64
+        })
+        .collect();
+    let timer = percentile(&mut timer, 0.5).unwrap_or(f64::NAN);
+    println!("(read latencies below include ~{timer:.0} ns of timer)");
+    let seqlock_publish = |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            sl.write(&msg);
+        }
+    };
+    let mailbox_publish = |stop: &AtomicBool| {
+        let mut w = writer.lock().unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            w.publish(&msg).unwrap();
+        }
+    };
+    for (p, label) in [(0.5, "p50"), (0.99, "p99")] {
+        let r = h.reps(
+            "ns",
+            Better::Lower,
+            &mut [
+                ("seqlock read", &mut || {
+                    read_latency(
+                        p,
+                        || {
+                            black_box(sl.read(&mut b3));
+                        },
+                        seqlock_publish,
+                    )
+                }),
+                ("mailbox read", &mut || {
+                    let mut r = reader.lock().unwrap();
+                    read_latency(
+                        p,
+                        || {
+                            black_box(r.read(&mut b4).unwrap());
+                        },
+                        mailbox_publish,
+                    )
+                }),
+            ],
+        );
+        let case = format!("{size} B read during nonstop publish, {label}");
+        h.row(&r, &case, "mailbox read", "seqlock read");
+    }
     drop(reader);
     drop(writer);
     drop(mb);
     let _ = Mailbox::remove(&name);
-
-    println!();
-    println!("{size}-byte messages vs a seqlock (ns; latencies include ~{timer:.0} ns of timer)");
-    println!(
-        "{:<44} {:>10} {:>10} {:>10}",
-        "operation", "seqlock", "mailbox", "ratio"
-    );
-    for (what, a, b) in [
-        ("publish, uncontended (median)", sl_write, publish),
-        ("read, uncontended (median)", sl_read, read),
-        ("read during nonstop publish, p50", sl50, mb50),
-        ("read during nonstop publish, p99", sl99, mb99),
-    ] {
-        println!("{what:<44} {a:>10.1} {b:>10.1} {:>9.2}x", b / a);
-    }
-}
-
-fn print_first_table(
-    mutex_write: f64,
-    publish: f64,
-    mutex_read: f64,
-    read: f64,
-    pp: f64,
-    contended: f64,
-) {
-    println!("shm-mailbox, 64-byte messages, median of {REPS} (ns per operation)");
-    println!("{:<44} {:>10} {:>12}", "operation", "ns", "ratio");
-    println!(
-        "{:<44} {:>10.1} {:>12}",
-        "baseline: Mutex<[u8; 64]> write", mutex_write, "1.00x"
-    );
-    println!(
-        "{:<44} {:>10.1} {:>11.2}x",
-        "mailbox publish (uncontended)",
-        publish,
-        publish / mutex_write
-    );
-    println!(
-        "{:<44} {:>10.1} {:>12}",
-        "baseline: Mutex<[u8; 64]> read", mutex_read, "1.00x"
-    );
-    println!(
-        "{:<44} {:>10.1} {:>11.2}x",
-        "mailbox read (uncontended)",
-        read,
-        read / mutex_read
-    );
-    println!(
-        "{:<44} {:>10.1} {:>12}",
-        "baseline: cache-line ping-pong, one way", pp, "1.00x"
-    );
-    println!(
-        "{:<44} {:>10.1} {:>11.2}x",
-        "mailbox publish, reader thread reading",
-        contended,
-        contended / pp
-    );
 }

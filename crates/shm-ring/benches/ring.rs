@@ -1,11 +1,12 @@
 //! shm-ring against its baselines, measured in the same run, as ratios.
 //!
-//! `cargo bench -p shm-ring --bench ring` (about a minute). Two threads pinned
-//! to CPUs 0 and 1 play producer and consumer (the ring's memory is a memfd
-//! mapping either way, so threads see the same cache traffic as processes).
-//! Each figure is the median of several runs; the runs of shm-ring and of the
-//! baselines it is compared with alternate, so a change in the machine's load
-//! during the benchmark hits both sides of a ratio alike. The copying rows
+//! `cargo bench -p shm-ring --bench ring [-- --quick] [GROUP...]` (groups:
+//! `64b`, `stream`, `latency`, `blocking`). Two threads pinned to CPUs 0 and 1
+//! play producer and consumer (the ring's memory is a memfd mapping either
+//! way, so threads see the same cache traffic as processes). The shm-bench
+//! harness runs shm-ring and its baselines alternately, repetition by
+//! repetition, and reports the median and range of the per-repetition
+//! ratios, so a change in the machine's load hits both sides of a ratio alike. The copying rows
 //! come twice: with the default word-atomic slot copies and with both ends
 //! trusting each other (`trust_peer`: plain `memcpy`); the untrusted rows
 //! also give the trusted figure as a baseline, so the cost of the atomic
@@ -17,7 +18,10 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use shm_bench::{Better, Harness};
 
 use shm_ring::channel;
 use shm_sync::atomic::{AtomicU64, Ordering};
@@ -25,33 +29,21 @@ use support::AlignedBuf;
 
 mod support;
 
-const REPS: usize = 5;
 const BATCH: usize = 256;
 
+static QUICK: OnceLock<bool> = OnceLock::new();
+
+/// `full` normally, `quick` with `--quick`.
+fn sized(full: usize, quick: usize) -> usize {
+    if *QUICK.get().unwrap_or(&false) {
+        quick
+    } else {
+        full
+    }
+}
+
 fn pin(cpu: usize) {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    let _ = rustix::thread::sched_setaffinity(None, &set);
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Runs each of `fs` once to warm up, then `REPS` rounds of all of them in
-/// turn; returns the median of each.
-fn reps<const N: usize>(mut fs: [&mut dyn FnMut() -> f64; N]) -> [f64; N] {
-    for f in &mut fs {
-        f();
-    }
-    let mut runs: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(REPS));
-    for _ in 0..REPS {
-        for (f, v) in fs.iter_mut().zip(&mut runs) {
-            v.push(f());
-        }
-    }
-    runs.map(median)
+    shm_bench::pin(cpu);
 }
 
 /// Runs `producer` on CPU 0 and `consumer` on CPU 1; returns the wall time.
@@ -96,7 +88,11 @@ fn channel_with<T: shm_ring::Element>(
 // ---------- 64-byte messages ----------
 
 type Msg = [u8; 64];
-const MSGS: usize = 4 << 20;
+
+/// Messages per run of the 64-byte groups.
+fn msgs_total() -> usize {
+    sized(4 << 20, 1 << 18)
+}
 
 fn ring_64(copies: Copies) -> f64 {
     let (mut tx, mut rx) = channel_with::<Msg>(1 << 14, copies);
@@ -104,8 +100,10 @@ fn ring_64(copies: Copies) -> f64 {
     let t = pair(
         move || {
             let mut sent = 0;
-            while sent < MSGS {
-                let n = tx.try_send_slice(&batch[..BATCH.min(MSGS - sent)]).unwrap();
+            while sent < msgs_total() {
+                let n = tx
+                    .try_send_slice(&batch[..BATCH.min(msgs_total() - sent)])
+                    .unwrap();
                 if n == 0 {
                     std::hint::spin_loop();
                 }
@@ -115,7 +113,7 @@ fn ring_64(copies: Copies) -> f64 {
         move || {
             let mut buf = vec![[0u8; 64]; BATCH];
             let mut got = 0;
-            while got < MSGS {
+            while got < msgs_total() {
                 let n = rx.try_recv_slice(&mut buf).unwrap();
                 if n == 0 {
                     std::hint::spin_loop();
@@ -125,13 +123,13 @@ fn ring_64(copies: Copies) -> f64 {
             black_box(&buf);
         },
     );
-    MSGS as f64 / t.as_secs_f64()
+    msgs_total() as f64 / t.as_secs_f64()
 }
 
 /// 64-byte messages sent and received one per call.
 fn ring_64_single(copies: Copies) -> f64 {
     let (mut tx, mut rx) = channel_with::<Msg>(1 << 14, copies);
-    let msgs = MSGS / 4;
+    let msgs = msgs_total() / 4;
     let t = pair(
         move || {
             let mut v = [7u8; 64];
@@ -169,7 +167,7 @@ fn shmem_ipc_64_single() -> f64 {
         tx.full_signal().try_clone().unwrap(),
     );
     let mut rx = Receiver::<Msg>::open(1 << 14, memfd, e, f).unwrap();
-    let msgs = MSGS / 4;
+    let msgs = msgs_total() / 4;
     let t = pair(
         move || {
             let mut v = [7u8; 64];
@@ -222,10 +220,10 @@ fn shmem_ipc_64() -> f64 {
     let t = pair(
         move || {
             let mut sent = 0;
-            while sent < MSGS {
+            while sent < msgs_total() {
                 let mut n = 0;
                 tx.send_raw(|p, count| {
-                    n = count.min(BATCH).min(MSGS - sent);
+                    n = count.min(BATCH).min(msgs_total() - sent);
                     // SAFETY: shmem-ipc lends `count` writable slots at `p`; we copy n <= count.
                     unsafe { std::ptr::copy_nonoverlapping(batch.as_ptr(), p, n) };
                     n
@@ -240,7 +238,7 @@ fn shmem_ipc_64() -> f64 {
         move || {
             let mut buf = vec![[0u8; 64]; BATCH];
             let mut got = 0;
-            while got < MSGS {
+            while got < msgs_total() {
                 let mut n = 0;
                 rx.receive_raw(|p, count| {
                     n = count.min(BATCH);
@@ -257,7 +255,7 @@ fn shmem_ipc_64() -> f64 {
             black_box(&buf);
         },
     );
-    MSGS as f64 / t.as_secs_f64()
+    msgs_total() as f64 / t.as_secs_f64()
 }
 
 // ---------- byte streams ----------
@@ -412,18 +410,21 @@ fn memcpy_bw(total: usize, chunk: usize, dest: usize) -> f64 {
 #[repr(C, align(128))]
 struct Line(AtomicU64);
 
-const SAMPLES: usize = 20_000;
+fn samples() -> usize {
+    sized(20_000, 2_000)
+}
 const TRIPS: u64 = 8;
 
 /// Median one-way latency in ns from `SAMPLES` timings of `TRIPS` round trips.
 fn one_way(mut ping: impl FnMut(u64) + Send, mut pong: impl FnMut(u64)) -> f64 {
-    let rounds = SAMPLES as u64 * TRIPS;
-    let mut samples = Vec::with_capacity(SAMPLES);
+    let n = samples();
+    let rounds = n as u64 * TRIPS;
+    let mut samples = Vec::with_capacity(n);
     let samples_ref = &mut samples;
     pair(
         move || {
             let mut i = 1;
-            for _ in 0..SAMPLES {
+            for _ in 0..n {
                 let t = Instant::now();
                 for _ in 0..TRIPS {
                     ping(i);
@@ -438,7 +439,7 @@ fn one_way(mut ping: impl FnMut(u64) + Send, mut pong: impl FnMut(u64)) -> f64 {
             }
         },
     );
-    median(samples)
+    shm_bench::percentile(&mut samples, 0.5).unwrap_or(f64::NAN)
 }
 
 fn floor_latency() -> f64 {
@@ -482,27 +483,30 @@ fn ring_latency() -> f64 {
 
 // ---------- blocking round trips ----------
 
-const RTTS: usize = 2000;
+fn rtts() -> usize {
+    sized(2000, 200)
+}
 
 /// Median round trip in us.
 fn round_trip(mut ping: impl FnMut() + Send, mut pong: impl FnMut()) -> f64 {
-    let mut samples = Vec::with_capacity(RTTS);
+    let n = rtts();
+    let mut samples = Vec::with_capacity(n);
     let samples_ref = &mut samples;
     pair(
         move || {
-            for _ in 0..RTTS {
+            for _ in 0..n {
                 let t = Instant::now();
                 ping();
                 samples_ref.push(t.elapsed().as_nanos() as f64 / 1000.0);
             }
         },
         move || {
-            for _ in 0..RTTS {
+            for _ in 0..n {
                 pong();
             }
         },
     );
-    median(samples)
+    shm_bench::percentile(&mut samples, 0.5).unwrap_or(f64::NAN)
 }
 
 fn eventfd_rtt() -> f64 {
@@ -543,170 +547,131 @@ fn ring_rtt(spin: Duration) -> f64 {
 
 // ---------- report ----------
 
-struct Row {
-    what: String,
-    ours: String,
-    base: String,
-    ratio: f64,
-    target: Option<(&'static str, bool)>,
-}
-
-fn row(
-    what: &str,
-    ours: f64,
-    base_name: &str,
-    base: f64,
-    unit: &str,
-    higher_better: bool,
-    target: Option<f64>,
-) -> Row {
-    let ratio = ours / base;
-    Row {
-        what: what.to_owned(),
-        ours: format!("{ours:.2} {unit}"),
-        base: format!("{base_name} {base:.2} {unit}"),
-        ratio,
-        target: target.map(|t| {
-            let met = if higher_better {
-                ratio >= t
-            } else {
-                ratio <= t
-            };
-            (
-                leak(format!("{} {t}x", if higher_better { ">=" } else { "<=" })),
-                met,
-            )
-        }),
+fn bench_64(h: &mut Harness) {
+    let r = h.reps(
+        "M/s",
+        Better::Higher,
+        &mut [
+            ("shm-ring", &mut || ring_64_single(Copies::Untrusted) / 1e6),
+            ("shm-ring, trusted", &mut || {
+                ring_64_single(Copies::Trusted) / 1e6
+            }),
+            ("shmem-ipc", &mut || shmem_ipc_64_single() / 1e6),
+        ],
+    );
+    h.row(
+        &r,
+        "64 B msgs, one per call (try_send)",
+        "shm-ring",
+        "shmem-ipc",
+    );
+    let case = "64 B msgs, one per call, trusted";
+    h.row(&r, case, "shm-ring, trusted", "shmem-ipc");
+    let total = msgs_total() * 64;
+    let r = h.reps(
+        "M/s",
+        Better::Higher,
+        &mut [
+            ("shm-ring", &mut || ring_64(Copies::Untrusted) / 1e6),
+            ("shm-ring, trusted", &mut || ring_64(Copies::Trusted) / 1e6),
+            ("shmem-ipc", &mut || shmem_ipc_64() / 1e6),
+            ("pipe", &mut || pipe_stream(total, BATCH * 64) / 64e6),
+            ("unix socket", &mut || unix_stream(total, BATCH * 64) / 64e6),
+        ],
+    );
+    let case = "64 B msgs, batches of 256 (slices)";
+    for base in ["shmem-ipc", "pipe", "unix socket", "shm-ring, trusted"] {
+        h.row(&r, case, "shm-ring", base);
+    }
+    let case = "64 B msgs, batches of 256, trusted";
+    for base in ["shmem-ipc", "pipe"] {
+        h.row(&r, case, "shm-ring, trusted", base);
     }
 }
 
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
-}
-
-fn bench_64(rows: &mut Vec<Row>) {
-    let [ours, trusted, ipc] = reps([
-        &mut || ring_64_single(Copies::Untrusted),
-        &mut || ring_64_single(Copies::Trusted),
-        &mut shmem_ipc_64_single,
-    ])
-    .map(|r| r / 1e6);
-    let what = "64 B msgs, one per call (try_send)";
-    rows.push(row(what, ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
-    let what = "64 B msgs, one per call, trusted";
-    rows.push(row(what, trusted, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
-    let total = MSGS * 64;
-    let [ours, trusted, ipc, pipe, unix] = reps([
-        &mut || ring_64(Copies::Untrusted),
-        &mut || ring_64(Copies::Trusted),
-        &mut shmem_ipc_64,
-        &mut || pipe_stream(total, BATCH * 64) / 64.0,
-        &mut || unix_stream(total, BATCH * 64) / 64.0,
-    ])
-    .map(|r| r / 1e6);
-    let what = "64 B msgs, batches of 256 (slices)";
-    rows.push(row(what, ours, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
-    rows.push(row(what, ours, "pipe", pipe, "M/s", true, None));
-    rows.push(row(what, ours, "unix socket", unix, "M/s", true, None));
-    rows.push(row(what, ours, "ring, trusted", trusted, "M/s", true, None));
-    let what = "64 B msgs, batches of 256, trusted";
-    rows.push(row(what, trusted, "shmem-ipc", ipc, "M/s", true, Some(2.0)));
-    rows.push(row(what, trusted, "pipe", pipe, "M/s", true, None));
-}
-
-fn bench_streams(rows: &mut Vec<Row>) {
+fn bench_streams(h: &mut Harness) {
+    let memcpy = "memcpy, ring-sized dest";
+    let hot_memcpy = "memcpy, 1 MiB dest";
     for (chunk, size) in [(4096usize, "4 KiB"), (65536, "64 KiB")] {
-        let total = 1 << 30;
-        let [ours, trusted, in_place, copy, hot, pipe, unix] = reps([
-            &mut || ring_stream(total, chunk, Copies::Untrusted),
-            &mut || ring_stream(total, chunk, Copies::Trusted),
-            &mut || ring_stream_in_place(total, chunk),
-            &mut || memcpy_bw(total, chunk, ring_bytes() as usize),
-            &mut || memcpy_bw(total, chunk, 1 << 20),
-            &mut || pipe_stream(total / 2, chunk),
-            &mut || unix_stream(total / 2, chunk),
-        ])
-        .map(|r| r / 1e9);
-        let memcpy = "memcpy, ring-sized dest";
-        let hot_memcpy = "memcpy, 1 MiB dest";
-        let what = leak(format!("{size} msgs, copy in/out (slices)"));
-        rows.push(row(what, ours, memcpy, copy, "GB/s", true, Some(0.6)));
-        rows.push(row(what, ours, hot_memcpy, hot, "GB/s", true, None));
-        rows.push(row(what, ours, "pipe", pipe, "GB/s", true, None));
-        rows.push(row(what, ours, "unix socket", unix, "GB/s", true, None));
-        rows.push(row(
-            what,
-            ours,
-            "ring, trusted",
-            trusted,
+        let total = sized(1 << 30, 32 << 20);
+        let r = h.reps(
             "GB/s",
-            true,
-            None,
-        ));
-        let what = leak(format!("{size} msgs, copy in/out, trusted"));
-        rows.push(row(what, trusted, memcpy, copy, "GB/s", true, Some(0.6)));
-        rows.push(row(what, trusted, hot_memcpy, hot, "GB/s", true, None));
-        rows.push(row(what, trusted, "pipe", pipe, "GB/s", true, None));
-        let what = leak(format!("{size} msgs, in place (trusted)"));
-        rows.push(row(what, in_place, memcpy, copy, "GB/s", true, Some(0.6)));
+            Better::Higher,
+            &mut [
+                ("shm-ring", &mut || {
+                    ring_stream(total, chunk, Copies::Untrusted) / 1e9
+                }),
+                ("shm-ring, trusted", &mut || {
+                    ring_stream(total, chunk, Copies::Trusted) / 1e9
+                }),
+                ("shm-ring, in place", &mut || {
+                    ring_stream_in_place(total, chunk) / 1e9
+                }),
+                (memcpy, &mut || {
+                    memcpy_bw(total, chunk, ring_bytes() as usize) / 1e9
+                }),
+                (hot_memcpy, &mut || memcpy_bw(total, chunk, 1 << 20) / 1e9),
+                ("pipe", &mut || pipe_stream(total / 2, chunk) / 1e9),
+                ("unix socket", &mut || unix_stream(total / 2, chunk) / 1e9),
+            ],
+        );
+        let case = format!("{size} msgs, copy in/out (slices)");
+        for base in [
+            memcpy,
+            hot_memcpy,
+            "pipe",
+            "unix socket",
+            "shm-ring, trusted",
+        ] {
+            h.row(&r, &case, "shm-ring", base);
+        }
+        let case = format!("{size} msgs, copy in/out, trusted");
+        for base in [memcpy, hot_memcpy, "pipe"] {
+            h.row(&r, &case, "shm-ring, trusted", base);
+        }
+        let case = format!("{size} msgs, in place (trusted)");
+        h.row(&r, &case, "shm-ring, in place", memcpy);
     }
+}
+
+fn bench_latency(h: &mut Harness) {
+    let r = h.reps(
+        "ns",
+        Better::Lower,
+        &mut [
+            ("cache-line ping-pong", &mut floor_latency),
+            ("shm-ring", &mut ring_latency),
+        ],
+    );
+    let case = "one-way latency p50, busy-poll";
+    h.row(&r, case, "shm-ring", "cache-line ping-pong");
+}
+
+fn bench_blocking(h: &mut Harness) {
+    let r = h.reps(
+        "us",
+        Better::Lower,
+        &mut [
+            ("raw eventfd", &mut eventfd_rtt),
+            ("shm-ring, spin 0", &mut || ring_rtt(Duration::ZERO)),
+            ("shm-ring, spin 20 us", &mut || {
+                ring_rtt(shm_ring::DEFAULT_SPIN)
+            }),
+        ],
+    );
+    let case = "blocking round trip p50";
+    h.row(&r, case, "shm-ring, spin 0", "raw eventfd");
+    h.row(&r, case, "shm-ring, spin 20 us", "raw eventfd");
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    // `cargo bench --bench ring -- latency` runs only the groups whose names contain a given word.
-    let words: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let run = |group: &str| words.is_empty() || words.iter().any(|w| group.contains(w.as_str()));
-    let started = Instant::now();
-    let mut rows = Vec::new();
-
-    if run("64b") {
-        bench_64(&mut rows);
-    }
-    if run("stream") {
-        bench_streams(&mut rows);
-    }
-    if run("latency") {
-        let [floor, ring] = reps([&mut floor_latency, &mut ring_latency]);
-        let what = "one-way latency p50, busy-poll";
-        rows.push(row(
-            what,
-            ring,
-            "cache-line ping-pong",
-            floor,
-            "ns",
-            false,
-            Some(1.5),
-        ));
-    }
-    if run("blocking") {
-        let [efd, parked, spun] = reps([
-            &mut eventfd_rtt,
-            &mut || ring_rtt(Duration::ZERO),
-            &mut || ring_rtt(shm_ring::DEFAULT_SPIN),
-        ]);
-        let what = "blocking round trip p50, spin 0";
-        rows.push(row(
-            what,
-            parked,
-            "raw eventfd",
-            efd,
-            "us",
-            false,
-            Some(1.1),
-        ));
-        let what = "blocking round trip p50, spin 20 us";
-        rows.push(row(what, spun, "raw eventfd", efd, "us", false, None));
-    }
-
-    println!("\nshm-ring benchmark: medians of {REPS} runs, producer on CPU 0, consumer on CPU 1");
+    let mut h = Harness::new("shm-ring");
+    QUICK.get_or_init(|| h.quick());
     println!(
-        "byte-stream ring of {} KiB; memcpy copies the same messages from one hot buffer",
+        "producer on CPU 0, consumer on CPU 1; byte-stream ring of {} KiB",
         ring_bytes() >> 10
     );
     println!(
@@ -715,18 +680,17 @@ fn main() {
          the unsafe trust_peer, so the same calls copy with plain memcpy;\n\
          in place: send_trusted writes it straight into the slots, receive_trusted copies it out once\n"
     );
-    println!(
-        "{:<38} {:>14}   {:<36} {:>8}   {:<8} met",
-        "measure", "shm-ring", "baseline", "ratio", "target"
-    );
-    for r in &rows {
-        let (target, met) = r
-            .target
-            .map_or(("", ""), |(t, m)| (t, if m { "yes" } else { "NO" }));
-        println!(
-            "{:<38} {:>14}   {:<36} {:>7.2}x   {:<8} {}",
-            r.what, r.ours, r.base, r.ratio, target, met
-        );
+    if h.group("64b") {
+        bench_64(&mut h);
     }
-    println!("\n(total {:.0} s)", started.elapsed().as_secs_f64());
+    if h.group("stream") {
+        bench_streams(&mut h);
+    }
+    if h.group("latency") {
+        bench_latency(&mut h);
+    }
+    if h.group("blocking") {
+        bench_blocking(&mut h);
+    }
+    h.finish();
 }

@@ -1,4 +1,10 @@
 //! Snapshot benchmark: figures next to baselines measured in the same run.
+//!
+//! `cargo bench -p shm-snapshot --bench snapshot [-- --quick] [GROUP...]`
+//! (groups: `throughput`, `live`, `bytes`, `restore`, `pause`, `durable`).
+//! The shm-bench harness runs each component and its baseline alternately,
+//! repetition by repetition, and reports the median and range of the
+//! per-repetition ratios; `--quick` shrinks the states and the runs.
 #![allow(
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
@@ -7,25 +13,47 @@
     clippy::single_range_in_vec_init
 )]
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use shm_bench::{Better, Harness, percentile};
 use shm_snapshot::live::{self, Changed, Client, Host};
 use shm_snapshot::{FileStorage, SnapshotWriter, restore};
 
 /// Process-local stop flag ordering.
 const RELAXED: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed; // atomics-ok
 
+/// The median of `v` (NaN when empty).
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    percentile(&mut v, 0.5).unwrap_or(f64::NAN)
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p) as usize]
+/// The `p` quantile of durations, in microseconds.
+fn pct_us(v: &[Duration], p: f64) -> f64 {
+    let mut us: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    percentile(&mut us, p).unwrap_or(f64::NAN)
+}
+
+/// A file opened for reading and writing, created or truncated.
+fn fresh(path: &std::path::Path) -> std::fs::File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Fills `v` with a pseudo-random pattern from `seed`.
+fn fill(seed: &mut u64, v: &mut [u8]) {
+    for c in v.chunks_mut(8) {
+        *seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        c.copy_from_slice(&seed.to_le_bytes()[..c.len()]);
+    }
 }
 
 /// The benchmark's scratch directory, removed with everything in it when
@@ -66,108 +94,88 @@ fn main() {
         host_copy_child(path, region.parse().unwrap());
         return;
     }
+    let mut h = Harness::new("shm-snapshot");
     let dir = ScratchDir::create();
-    let size = 64usize << 20;
-    // `cargo bench -p shm-snapshot --bench snapshot -- restore`: only the cold restore group.
-    if args.iter().skip(1).any(|a| a == "restore") {
-        cold_restore(&dir, size);
-        return;
+    let size = h.pick(64usize << 20, 8 << 20);
+    if h.group("throughput") {
+        throughput(&mut h, &dir, size);
     }
-    // `... -- durable [--quick]`: only the durable-commit group.
-    if args.iter().skip(1).any(|a| a == "durable") {
-        durable_commits(&dir, args.iter().any(|a| a == "--quick"));
-        return;
+    if h.group("live") {
+        live_throughput(&mut h, &dir);
     }
-    // `... -- pause`: only the commit-pause group.
-    if args.iter().skip(1).any(|a| a == "pause") {
-        commit_pause();
-        return;
+    if h.group("bytes") {
+        bytes_written(&mut h, &dir, size);
     }
-    let mut seedv = 1u64;
-    let mut fill = |v: &mut [u8]| {
-        for c in v.chunks_mut(8) {
-            seedv = seedv
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            c.copy_from_slice(&seedv.to_le_bytes()[..c.len()]);
-        }
-    };
-    // 1. Throughput: a full-image snapshot (every page dirty) vs raw write + fdatasync.
-    let (mut snap, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        let mut img = vec![0u8; size];
-        fill(&mut img);
-        let p = dir.join("t.snap");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+    if h.group("restore") {
+        cold_restore(&mut h, &dir, size);
+    }
+    if h.group("pause") {
+        commit_pause(&mut h);
+    }
+    if h.group("durable") {
+        durable_commits(&mut h, &dir);
+    }
+    h.finish();
+}
+
+/// A full-image snapshot (every page dirty) against write + fdatasync of the same bytes.
+fn throughput(h: &mut Harness, dir: &std::path::Path, size: usize) {
+    let mut seed = 1u64;
+    let mut img = vec![0u8; size];
+    fill(&mut seed, &mut img);
+    let img = RefCell::new(img);
+    let mut snap = || {
+        let mut img = img.borrow_mut();
+        fill(&mut seed, &mut img);
+        let f = fresh(&dir.join("t.snap"));
         let mut w = SnapshotWriter::create(FileStorage(f), 4096, size as u64).unwrap();
         let t = Instant::now();
         w.snapshot(&img).unwrap();
-        snap.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join("raw"))
-            .unwrap();
+        size as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let mut raw = || {
+        let mut f = fresh(&dir.join("raw"));
         let t = Instant::now();
-        f.write_all(&img).unwrap();
+        f.write_all(&img.borrow()).unwrap();
         f.sync_data().unwrap();
-        raw.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
-    }
-    let (s, r) = (median(snap), median(raw));
-    println!(
-        "snapshot throughput (64 MiB, all dirty): {s:.0} MB/s   raw write+fdatasync: {r:.0} MB/s   ratio {:.2}",
-        s / r
+        size as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let r = h.reps(
+        "MB/s",
+        Better::Higher,
+        &mut [("shm-snapshot", &mut snap), ("write+fdatasync", &mut raw)],
     );
+    let case = format!("snapshot throughput, {} MiB all dirty", size >> 20);
+    h.row(&r, &case, "shm-snapshot", "write+fdatasync");
+}
 
-    // 1b. The same through the live memfd, as `shm-restore` runs it.
-    live_throughput(&dir);
-
-    // 2. Bytes written per snapshot vs bytes dirtied.
+/// Bytes written per snapshot against bytes dirtied (1, 16, 256 pages).
+fn bytes_written(h: &mut Harness, dir: &std::path::Path, size: usize) {
+    let mut seed = 1u64;
     let mut img = vec![0u8; size];
-    fill(&mut img);
-    let p = dir.join("b.snap");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
-    let mut w = SnapshotWriter::create(FileStorage(f), 4096, size as u64).unwrap();
+    fill(&mut seed, &mut img);
+    let mut w =
+        SnapshotWriter::create(FileStorage(fresh(&dir.join("b.snap"))), 4096, size as u64).unwrap();
     w.snapshot(&img).unwrap();
     for pages in [1usize, 16, 256] {
-        for k in 0..pages {
-            img[k * 4096 * 7 % size] ^= 1;
-        }
-        w.snapshot(&img).unwrap();
-        println!(
-            "dirtied {pages} pages ({} B): written {} B, ratio {:.3}",
-            pages * 4096,
-            w.last_bytes_written,
-            w.last_bytes_written as f64 / (pages * 4096) as f64
+        let mut written = || {
+            for k in 0..pages {
+                img[k * 4096 * 7 % size] ^= 1;
+            }
+            w.snapshot(&img).unwrap();
+            w.last_bytes_written as f64
+        };
+        let r = h.reps(
+            "B",
+            Better::Lower,
+            &mut [
+                ("bytes written", &mut written),
+                ("bytes dirtied", &mut || (pages * 4096) as f64),
+            ],
         );
+        let case = format!("bytes written per snapshot, {pages} dirty pages");
+        h.row(&r, &case, "bytes written", "bytes dirtied");
     }
-
-    // `... -- throughput`: groups 1 and 2 only.
-    if args.iter().skip(1).any(|a| a == "throughput") {
-        return;
-    }
-
-    // 3. Cold restore vs raw read + touch.
-    cold_restore(&dir, size);
-
-    // 4. Client pause per commit while the host copies continuously.
-    commit_pause();
-
-    // 5. Durable commits: latency, throughput, recovery point.
-    durable_commits(&dir, false);
 }
 
 /// A snapshot host on its own thread, served as `shm-restore` serves it
@@ -223,56 +231,61 @@ impl HostThread {
 }
 
 /// Durable-commit latency for k dirty pages against pwrite of the same
-/// bytes + fdatasync in the same directory (medians over alternating runs,
-/// as ratios); throughput with 1, 2, 4, 8 threads each committing and
-/// waiting; and the recovery point (what a host crash loses) at the default
-/// interval, at interval 0, and with waits.
-fn durable_commits(dir: &std::path::Path, quick: bool) {
+/// bytes + fdatasync in the same directory; throughput with 1, 2, 4, 8
+/// threads each committing and waiting (against one thread); and the
+/// recovery point (what a host crash loses) at the default interval, at
+/// interval 0, and with waits.
+fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     let region = 256 * 4096u64;
-    let runs = if quick { 5 } else { 31 };
+    // Each repetition's figure is the median of this many commits (fsync times are noisy).
+    let runs = h.pick(5, 1);
     let host = HostThread::start(&dir.join("d.snap"), region, Duration::from_secs(1), false);
     let client = std::sync::Arc::new(Client::open(host.memfd.as_fd()).unwrap());
-    let raw = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dir.join("d.raw"))
-        .unwrap();
+    let raw = fresh(&dir.join("d.raw"));
     raw.set_len(region).unwrap();
-    println!("durable commit latency (median of {runs} alternating runs):");
     for k in [1usize, 16, 256] {
         let bytes = vec![0x5au8; k * 4096];
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
-        for r in 0..runs {
-            let t = Instant::now();
-            client
-                .work()
-                .write_bytes(0, &bytes[..k * 4096 - r % 2])
-                .unwrap();
-            let g = client.commit(&[0..k * 4096]);
-            client.wait_durable(g, Duration::from_secs(30)).unwrap();
-            ours.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            std::os::unix::fs::FileExt::write_all_at(&raw, &bytes, 0).unwrap();
-            raw.sync_data().unwrap();
-            base.push(t.elapsed().as_secs_f64());
-        }
-        let (o, b) = (median(ours), median(base));
-        println!(
-            "  k = {k:>3} pages: commit + wait_durable {:>8.1} us, pwrite + fdatasync {:>8.1} us, ratio {:.2}",
-            o * 1e6,
-            b * 1e6,
-            o / b
+        let mut r = 0usize;
+        let mut ours = || {
+            let v = (0..runs)
+                .map(|_| {
+                    r += 1;
+                    let t = Instant::now();
+                    client
+                        .work()
+                        .write_bytes(0, &bytes[..k * 4096 - r % 2])
+                        .unwrap();
+                    let g = client.commit(&[0..k * 4096]);
+                    client.wait_durable(g, Duration::from_secs(30)).unwrap();
+                    t.elapsed().as_secs_f64() * 1e6
+                })
+                .collect();
+            median(v)
+        };
+        let mut base = || {
+            let v = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::os::unix::fs::FileExt::write_all_at(&raw, &bytes, 0).unwrap();
+                    raw.sync_data().unwrap();
+                    t.elapsed().as_secs_f64() * 1e6
+                })
+                .collect();
+            median(v)
+        };
+        let reps = h.reps(
+            "us",
+            Better::Lower,
+            &mut [
+                ("commit + wait_durable", &mut ours),
+                ("pwrite + fdatasync", &mut base),
+            ],
         );
+        let case = format!("durable commit latency, {k} dirty pages");
+        h.row(&reps, &case, "commit + wait_durable", "pwrite + fdatasync");
     }
-    println!("durable commit throughput (each thread commits one page and waits):");
-    let span = if quick {
-        Duration::from_millis(300)
-    } else {
-        Duration::from_secs(2)
-    };
-    for threads in [1usize, 2, 4, 8] {
+    let span = h.pick(Duration::from_secs(2), Duration::from_millis(300));
+    let rate = |threads: usize| {
         let commits = std::sync::Mutex::new(());
         let done = std::sync::atomic::AtomicU64::new(0); // atomics-ok: a count
         let end = Instant::now() + span;
@@ -294,14 +307,30 @@ fn durable_commits(dir: &std::path::Path, quick: bool) {
                 });
             }
         });
-        let n = done.load(RELAXED);
-        println!(
-            "  {threads} thread(s): {:>8.0} durable commits/s",
-            n as f64 / span.as_secs_f64()
-        );
+        done.load(RELAXED) as f64 / span.as_secs_f64()
+    };
+    let r = h.reps(
+        "commits/s",
+        Better::Higher,
+        &mut [
+            ("1 thread", &mut || rate(1)),
+            ("2 threads", &mut || rate(2)),
+            ("4 threads", &mut || rate(4)),
+            ("8 threads", &mut || rate(8)),
+        ],
+    );
+    let case = "durable commits/s, each thread committing one page and waiting";
+    for threads in ["2 threads", "4 threads", "8 threads"] {
+        h.row(&r, case, threads, "1 thread");
     }
     drop(client);
     host.stop();
+    recovery_point(dir, region, span);
+}
+
+/// What a host crash loses: committing one page every 100 us, the lag of
+/// durable generations behind acknowledged ones, sampled every 5 ms.
+fn recovery_point(dir: &std::path::Path, region: u64, span: Duration) {
     println!("recovery point (committing one page every 100 us; lag sampled every 5 ms):");
     for (name, interval, continuous, wait) in [
         ("default interval 1 s", Duration::from_secs(1), false, false),
@@ -348,17 +377,10 @@ fn durable_commits(dir: &std::path::Path, quick: bool) {
 
 /// Cold restore of a snapshot file (one full generation, then incremental
 /// ones) into fresh memory, against reading the same file into fresh memory
-/// and touching every page, in the same run (warm page cache for both).
-fn cold_restore(dir: &std::path::Path, size: usize) {
+/// and touching every page (warm page cache for both).
+fn cold_restore(h: &mut Harness, dir: &std::path::Path, size: usize) {
     let p = dir.join("r.snap");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
-    let mut w = SnapshotWriter::create(FileStorage(f), 4096, size as u64).unwrap();
+    let mut w = SnapshotWriter::create(FileStorage(fresh(&p)), 4096, size as u64).unwrap();
     let mut img: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8 + 1).collect();
     w.snapshot(&img).unwrap();
     for g in 0..8usize {
@@ -367,9 +389,7 @@ fn cold_restore(dir: &std::path::Path, size: usize) {
         }
         w.snapshot(&img).unwrap();
     }
-    let file_mib = w.len() as f64 / f64::from(1u32 << 20);
-    let (mut rest, mut rawr) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
+    let mut ours = || {
         let t = Instant::now();
         let mut out = vec![0u8; size];
         let f = std::fs::File::open(&p).unwrap();
@@ -377,8 +397,11 @@ fn cold_restore(dir: &std::path::Path, size: usize) {
             out[off as usize..off as usize + b.len()].copy_from_slice(b);
         })
         .unwrap();
-        rest.push(t.elapsed().as_secs_f64());
+        let el = t.elapsed().as_secs_f64() * 1e3;
         assert!(out == img, "restore is wrong");
+        el
+    };
+    let mut base = || {
         let t = Instant::now();
         let v = std::fs::read(&p).unwrap();
         let mut sum = 0u8;
@@ -386,16 +409,19 @@ fn cold_restore(dir: &std::path::Path, size: usize) {
             sum ^= c[0];
         }
         std::hint::black_box(sum);
-        rawr.push(t.elapsed().as_secs_f64());
-    }
-    let (a, b) = (median(rest), median(rawr));
-    println!(
-        "cold restore {} MiB state, {file_mib:.1} MiB file (warm page cache): {:.1} ms   raw read+touch of the file: {:.1} ms   ratio {:.2}",
-        size >> 20,
-        a * 1e3,
-        b * 1e3,
-        a / b
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let r = h.reps(
+        "ms",
+        Better::Lower,
+        &mut [("restore", &mut ours), ("read + touch", &mut base)],
     );
+    let case = format!(
+        "cold restore, {} MiB state, {:.1} MiB file, warm page cache",
+        size >> 20,
+        w.len() as f64 / f64::from(1u32 << 20)
+    );
+    h.row(&r, &case, "restore", "read + touch");
 }
 
 /// The host side of the commit-pause group, in its own process as
@@ -432,10 +458,10 @@ fn host_copy_child(path: &str, region: usize) {
 /// commits 10 % of a 256 MiB state (random pages), then the host streams the
 /// changed pages from the memfd into the file (`Host::copy_changed` into a
 /// `SnapshotWriter` snapshot, then `fdatasync`), against appending the same
-/// number of bytes to a file with one write and `fdatasync`, alternating.
-fn live_throughput(dir: &std::path::Path) {
+/// number of bytes to a file in the same 1 MiB writes and `fdatasync`.
+fn live_throughput(h: &mut Harness, dir: &std::path::Path) {
     const PAGE: usize = 4096;
-    let region = 256usize << 20;
+    let region = h.pick(256usize << 20, 32 << 20);
     let pages = region / PAGE;
     let fd = shm_segment::memfd::create(
         "bench",
@@ -446,25 +472,19 @@ fn live_throughput(dir: &std::path::Path) {
     live::initialize(fd.as_fd(), region as u64, 0, |_| {}).unwrap();
     let client = Client::open(fd.as_fd()).unwrap();
     let host = Host::open(fd.as_fd()).unwrap();
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dir.join("live.snap"))
-        .unwrap();
-    let mut w = SnapshotWriter::create(FileStorage(f), 4096, region as u64).unwrap();
-    let mut raw = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dir.join("live.raw"))
-        .unwrap();
+    let mut w = SnapshotWriter::create(
+        FileStorage(fresh(&dir.join("live.snap"))),
+        4096,
+        region as u64,
+    )
+    .unwrap();
+    let mut raw = fresh(&dir.join("live.raw"));
     let k = pages / 10;
     let payload = vec![7u8; k * PAGE];
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let (mut snap, mut rawv, mut since) = (Vec::new(), Vec::new(), 0u64);
-    for round in 0..15u64 {
+    let expect = k * (PAGE + 32);
+    let (mut rng, mut since, mut round) = (0x2545_f491_4f6c_dd1du64, 0u64, 0u64);
+    let mut ours = || {
+        round += 1;
         let work = client.work();
         let mut ranges = Vec::with_capacity(k);
         for _ in 0..k {
@@ -479,19 +499,6 @@ fn live_throughput(dir: &std::path::Path) {
             ranges.push(p * PAGE..p * PAGE + PAGE);
         }
         client.commit(&ranges);
-        // Alternate which goes first: the disk's write-back state after one
-        // fdatasync otherwise favours the other.
-        // The same write calls as the writer makes: 1 MiB each.
-        let mut timed_raw = |bytes: usize| {
-            let t = Instant::now();
-            for c in payload[..bytes.min(payload.len())].chunks(1 << 20) {
-                raw.write_all(c).unwrap();
-            }
-            raw.sync_data().unwrap();
-            t.elapsed().as_secs_f64()
-        };
-        let expect = k * (PAGE + 32);
-        let rel_first = (round % 2 == 1).then(|| timed_raw(expect));
         let t = Instant::now();
         let mut tx = w.begin();
         let r = host.copy_changed(since, |p, b| tx.page(p, b).map(drop));
@@ -501,27 +508,59 @@ fn live_throughput(dir: &std::path::Path) {
         tx.commit().unwrap();
         let el = t.elapsed().as_secs_f64();
         since = g;
-        let bytes = w.last_bytes_written as f64;
-        let rel = rel_first.unwrap_or_else(|| timed_raw(expect));
-        if round > 0 {
-            snap.push(bytes / el / 1e6);
-            rawv.push(expect as f64 / rel / 1e6);
+        w.last_bytes_written as f64 / el / 1e6
+    };
+    // The same write calls as the writer makes: 1 MiB each.
+    let mut base = || {
+        let t = Instant::now();
+        for c in payload[..expect.min(payload.len())].chunks(1 << 20) {
+            raw.write_all(c).unwrap();
         }
-    }
-    let (s, r) = (median(snap), median(rawv));
-    println!(
-        "live snapshot throughput (256 MiB state, 10 % dirty, host streams changed pages): {s:.0} MB/s   raw append+fdatasync of the same bytes: {r:.0} MB/s   ratio {:.2}",
-        s / r
+        raw.sync_data().unwrap();
+        expect as f64 / t.elapsed().as_secs_f64() / 1e6
+    };
+    let r = h.reps(
+        "MB/s",
+        Better::Higher,
+        &mut [
+            ("host streaming changed pages", &mut ours),
+            ("append + fdatasync", &mut base),
+        ],
+    );
+    let case = format!(
+        "live snapshot throughput, {} MiB state, 10 % dirty",
+        region >> 20
+    );
+    h.row(
+        &r,
+        &case,
+        "host streaming changed pages",
+        "append + fdatasync",
     );
 }
+
+/// The figures of one commit-pause repetition, in this order.
+const PAUSE: [&str; 9] = [
+    "tracked commit p50",
+    "tracked commit p99",
+    "named-range commit p50",
+    "named-range commit p99",
+    "memcpy of the pages p50",
+    "memcpy of the pages p99",
+    "busy loop of the tracked median p99",
+    "first write to a page per epoch",
+    "second write to a page",
+];
 
 /// Client pause per commit at 1 MiB, 100 MiB and 1 GiB of state while a host
 /// process copies the committed state nonstop: the tracked commit (scan +
 /// copy), the named-range commit (copy) and a plain memcpy of the same dirty
-/// pages between two pre-faulted buffers, all in the same run. Also the
-/// program-side cost of tracking: the first write to a page in an epoch
-/// (a write-protect fault) against a second write to it.
-fn commit_pause() {
+/// pages between two pre-faulted buffers, interleaved round by round. A busy
+/// loop as long as the median tracked commit, timed the same way, shows the
+/// machine's scheduling tail. Also the program-side cost of tracking: the
+/// first write to a page in an epoch (a write-protect fault) against a second
+/// write to it.
+fn commit_pause(h: &mut Harness) {
     const PAGE: usize = 4096;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -530,8 +569,8 @@ fn commit_pause() {
         rng ^= rng << 17;
         rng
     };
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    for mib in [1u64, 100, 1024] {
+    let regions: &[u64] = h.pick(&[1, 100, 1024], &[1, 16]);
+    for &mib in regions {
         let region = mib << 20;
         let pages = region as usize / PAGE;
         let fd = shm_segment::memfd::create(
@@ -566,6 +605,8 @@ fn commit_pause() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // The host's copying is part of the measure, not foreign load.
+        h.watch_child(host.id());
         let work = client.work();
         // Pre-faulted, reused buffers for the memcpy baseline.
         let src = vec![1u8; region as usize];
@@ -573,7 +614,7 @@ fn commit_pause() {
         let mut order: Vec<usize> = (0..pages).collect();
         println!(
             "commit pause, {mib} MiB state (host copying nonstop; track() took {:.1} ms):",
-            us(arm) / 1e3
+            arm.as_secs_f64() * 1e3
         );
         for (label, k) in [
             ("0 pages", 0usize),
@@ -582,84 +623,93 @@ fn commit_pause() {
             ("1 %", (pages / 100).max(1)),
             ("100 %", pages),
         ] {
-            let (mut tracked, mut named, mut copy) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut first, mut second) = (Duration::ZERO, Duration::ZERO);
-            let mut ranges = Vec::with_capacity(k);
             let rounds = if k == pages {
-                8
+                h.pick(8, 2)
             } else if k >= pages / 100 {
-                200
+                h.pick(200, 20)
             } else {
-                1000u64
+                h.pick(1000u64, 100)
             };
-            for i in 0..rounds {
-                // k distinct random pages (partial Fisher-Yates).
-                for j in 0..k {
-                    let r = j + (next() as usize) % (pages - j);
-                    order.swap(j, r);
-                }
-                let dirty = &order[..k];
-                let t = Instant::now();
-                for &p in dirty {
-                    work.write(p * PAGE + 8, &i).unwrap();
-                }
-                first += t.elapsed();
-                let t = Instant::now();
-                for &p in dirty {
-                    work.write(p * PAGE + 24, &i).unwrap();
-                }
-                second += t.elapsed();
-                let t = Instant::now();
-                let c = client.commit_tracked().unwrap();
-                tracked.push(t.elapsed());
-                assert_eq!(c.bytes, (k * PAGE) as u64, "tracked commit missed pages");
-                for &p in dirty {
-                    work.write(p * PAGE + 16, &i).unwrap();
-                }
-                ranges.clear();
-                ranges.extend(dirty.iter().map(|&p| p * PAGE..p * PAGE + PAGE));
-                let t = Instant::now();
-                client.commit(&ranges);
-                named.push(t.elapsed());
-                // Untimed: re-arm the pages the named commit left pending.
-                client.commit_tracked().unwrap();
-                let t = Instant::now();
-                for &p in dirty {
-                    dst[p * PAGE..p * PAGE + PAGE].copy_from_slice(&src[p * PAGE..p * PAGE + PAGE]);
-                }
-                copy.push(t.elapsed());
-                std::hint::black_box(&mut dst);
-            }
-            let t50d = pct(&mut tracked, 0.5);
-            // Control: a busy loop as long as the median tracked commit, timed
-            // the same way, shows the scheduling tail of this machine.
-            let mut spins: Vec<Duration> = (0..rounds)
-                .map(|_| {
-                    let t = Instant::now();
-                    while t.elapsed() < t50d {
-                        std::hint::spin_loop();
+            let mut run = |_rep: usize| {
+                let (mut tracked, mut named, mut copy) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut first, mut second) = (Duration::ZERO, Duration::ZERO);
+                let mut ranges = Vec::with_capacity(k);
+                for i in 0..rounds {
+                    // k distinct random pages (partial Fisher-Yates).
+                    for j in 0..k {
+                        let r = j + (next() as usize) % (pages - j);
+                        order.swap(j, r);
                     }
-                    t.elapsed()
-                })
-                .collect();
-            let (t50, t99) = (us(t50d), us(pct(&mut tracked, 0.99)));
-            let (n50, n99) = (us(pct(&mut named, 0.5)), us(pct(&mut named, 0.99)));
-            let (m50, m99) = (us(pct(&mut copy, 0.5)), us(pct(&mut copy, 0.99)));
-            println!(
-                "  {label:>7} dirty ({k} pages, {rounds} commits): tracked p50 {t50:.1} us p99 {t99:.1} us | named ranges p50 {n50:.1} us p99 {n99:.1} us | memcpy p50 {m50:.1} us p99 {m99:.1} us | tracked/named p50 {:.2}x p99 {:.2}x | busy loop of the tracked median: p99 {:.1} us",
-                t50 / n50,
-                t99 / n99,
-                us(pct(&mut spins, 0.99))
+                    let dirty = &order[..k];
+                    let t = Instant::now();
+                    for &p in dirty {
+                        work.write(p * PAGE + 8, &i).unwrap();
+                    }
+                    first += t.elapsed();
+                    let t = Instant::now();
+                    for &p in dirty {
+                        work.write(p * PAGE + 24, &i).unwrap();
+                    }
+                    second += t.elapsed();
+                    let t = Instant::now();
+                    let c = client.commit_tracked().unwrap();
+                    tracked.push(t.elapsed());
+                    assert_eq!(c.bytes, (k * PAGE) as u64, "tracked commit missed pages");
+                    for &p in dirty {
+                        work.write(p * PAGE + 16, &i).unwrap();
+                    }
+                    ranges.clear();
+                    ranges.extend(dirty.iter().map(|&p| p * PAGE..p * PAGE + PAGE));
+                    let t = Instant::now();
+                    client.commit(&ranges);
+                    named.push(t.elapsed());
+                    // Untimed: re-arm the pages the named commit left pending.
+                    client.commit_tracked().unwrap();
+                    let t = Instant::now();
+                    for &p in dirty {
+                        dst[p * PAGE..p * PAGE + PAGE]
+                            .copy_from_slice(&src[p * PAGE..p * PAGE + PAGE]);
+                    }
+                    copy.push(t.elapsed());
+                    std::hint::black_box(&mut dst);
+                }
+                let t50 = Duration::from_secs_f64(pct_us(&tracked, 0.5) / 1e6);
+                let spins: Vec<Duration> = (0..rounds)
+                    .map(|_| {
+                        let t = Instant::now();
+                        while t.elapsed() < t50 {
+                            std::hint::spin_loop();
+                        }
+                        t.elapsed()
+                    })
+                    .collect();
+                let n = (k.max(1) as u64 * rounds) as f64;
+                vec![
+                    pct_us(&tracked, 0.5),
+                    pct_us(&tracked, 0.99),
+                    pct_us(&named, 0.5),
+                    pct_us(&named, 0.99),
+                    pct_us(&copy, 0.5),
+                    pct_us(&copy, 0.99),
+                    pct_us(&spins, 0.99),
+                    first.as_secs_f64() * 1e6 / n,
+                    second.as_secs_f64() * 1e6 / n,
+                ]
+            };
+            let r = h.reps_joint("us", Better::Lower, &PAUSE, &mut run);
+            let case = format!(
+                "commit pause, {mib} MiB state, {label} dirty ({k} pages, {rounds} commits/rep)"
             );
+            h.row(&r, &case, PAUSE[0], PAUSE[2]);
+            h.row(&r, &case, PAUSE[1], PAUSE[3]);
+            h.row(&r, &case, PAUSE[1], PAUSE[6]);
             if k > 0 {
-                let n = (k as u64 * rounds) as f64;
-                println!(
-                    "          program side: first write to a page per epoch {:.2} us, second write {:.2} us",
-                    us(first) / n,
-                    us(second) / n
-                );
+                h.row(&r, &case, PAUSE[0], PAUSE[4]);
+                h.row(&r, &case, PAUSE[1], PAUSE[5]);
+                h.row(&r, &case, PAUSE[7], PAUSE[8]);
             }
         }
+        h.forget_child(host.id());
         drop(host.stdin.take());
         let out = host.wait_with_output().unwrap();
         println!(
