@@ -362,10 +362,13 @@ impl Control for Region<'_> {
     }
 
     fn futex_wake(&self, off: usize) {
+        // The kernel reads the count as an `int`: `u32::MAX` would be -1,
+        // and `futex_wake` stops after the first sleeper once its count of
+        // woken ones reaches it. `i32::MAX` is "every sleeper" (futex(2)).
         let _ = rustix::thread::futex::wake(
             self.atomic_u32(off).expect(OUTSIDE),
             rustix::thread::futex::Flags::empty(),
-            u32::MAX,
+            i32::MAX as u32,
         );
     }
 }
@@ -448,5 +451,62 @@ impl Control for HeapControl {
     fn futex_wake(&self, _off: usize) {
         let _guard = self.futex.0.lock().unwrap();
         self.futex.1.notify_all();
+    }
+}
+
+#[cfg(all(test, not(shm_loom)))]
+mod tests {
+    use super::Control;
+    use shm_sync::atomic::Ordering;
+
+    /// One wake reaches every sleeper: with a count the kernel reads as -1
+    /// it woke one, and the others slept on (durable waiters then returned
+    /// only at their 50 ms liveness check, one per publish).
+    #[test]
+    fn one_wake_wakes_every_sleeper() {
+        let fd =
+            shm_segment::memfd::create("futex-wake", 4096, shm_segment::memfd::FIXED_SIZE).unwrap();
+        let map = shm_segment::Mapping::map(
+            std::os::fd::AsFd::as_fd(&fd),
+            0,
+            4096,
+            shm_segment::Access::ReadWrite,
+        )
+        .unwrap();
+        let region = map.region();
+        let woke = std::sync::atomic::AtomicUsize::new(0); // atomics-ok: test-local count
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    // No timeout: a sleeper the wake misses never returns.
+                    while Control::load_u32(&region, 0, Ordering::Acquire) == 0 {
+                        Control::futex_wait(&region, 0, 0, None);
+                    }
+                    woke.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            // Let the sleepers reach the kernel (a late one sees the value
+            // changed and does not sleep: the test then passes either way).
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            Control::store_u32(&region, 0, 1, Ordering::Release);
+            Control::futex_wake(&region, 0);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while woke.load(std::sync::atomic::Ordering::Relaxed) < 4 {
+                if std::time::Instant::now() > deadline {
+                    // Free the missed sleepers so the scope can end, then fail.
+                    let missed = 4 - woke.load(std::sync::atomic::Ordering::Relaxed);
+                    for _ in 0..missed {
+                        Control::futex_wake(&region, 0);
+                        let _ = rustix::thread::futex::wake(
+                            region.atomic_u32(0).unwrap(),
+                            rustix::thread::futex::Flags::empty(),
+                            1,
+                        );
+                    }
+                    panic!("{missed} sleepers missed the wake");
+                }
+                std::thread::yield_now();
+            }
+        });
     }
 }
