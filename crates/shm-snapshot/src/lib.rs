@@ -132,6 +132,8 @@ mod error;
 mod format;
 pub mod host;
 pub mod live;
+#[cfg(feature = "replica")]
+pub mod replica;
 mod storage;
 pub mod track;
 
