@@ -66,7 +66,6 @@ pub use upload::{Notice, Replicated, Replicator};
 
 /// Where and how a host replicates FILE.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ReplicaConfig {
     /// `s3://BUCKET/PREFIX` or `file:///DIR`.
     pub url: String,
