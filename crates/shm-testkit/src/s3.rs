@@ -276,24 +276,66 @@ impl S3Server {
         cmd.envs(self.env());
     }
 
-    /// Writes `bytes` as the object `key` of the bucket, bypassing any
-    /// client library (an anonymous HTTP PUT): to plant damage.
-    pub fn put_object(&self, key: &str, bytes: &[u8]) -> Result<(), String> {
+    /// One anonymous HTTP request on an object of the bucket, bypassing any
+    /// client library: (status, body).
+    fn object(&self, method: &str, key: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.ports.s3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
         write!(
             s,
-            "PUT /{}/{key} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
+            "{method} /{}/{key} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
             self.bucket,
             self.ports.s3,
-            bytes.len()
+            body.len()
         )
         .map_err(|e| e.to_string())?;
-        s.write_all(bytes).map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        match out.split_whitespace().nth(1) {
-            Some("200") => Ok(()),
-            _ => Err(format!("PUT {key}: {out}")),
+        s.write_all(body).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no HTTP header end")?;
+        let head = String::from_utf8_lossy(&out[..split]).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no HTTP status in {head:?}"))?;
+        Ok((status, out[split + 4..].to_vec()))
+    }
+
+    /// Writes `bytes` as the object `key` of the bucket (to plant damage).
+    pub fn put_object(&self, key: &str, bytes: &[u8]) -> Result<(), String> {
+        match self.object("PUT", key, bytes)? {
+            (200, _) => Ok(()),
+            (code, body) => Err(format!(
+                "PUT {key}: {code} {}",
+                String::from_utf8_lossy(&body)
+            )),
+        }
+    }
+
+    /// The bytes of the object `key` of the bucket.
+    pub fn get_object(&self, key: &str) -> Result<Vec<u8>, String> {
+        match self.object("GET", key, &[])? {
+            (200, body) => Ok(body),
+            (code, body) => Err(format!(
+                "GET {key}: {code} {}",
+                String::from_utf8_lossy(&body)
+            )),
+        }
+    }
+
+    /// Deletes the object `key` of the bucket.
+    pub fn delete_object(&self, key: &str) -> Result<(), String> {
+        match self.object("DELETE", key, &[])? {
+            (200 | 204, _) => Ok(()),
+            (code, body) => Err(format!(
+                "DELETE {key}: {code} {}",
+                String::from_utf8_lossy(&body)
+            )),
         }
     }
 

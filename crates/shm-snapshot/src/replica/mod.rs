@@ -76,7 +76,7 @@ pub struct ReplicaConfig {
     /// Also keep every base younger than this. Default: none.
     pub keep_for: Option<Duration>,
     /// The longest pause between retries of a failed upload (the first is
-    /// 100 ms, doubling). Default: 30 s.
+    /// 100 ms, doubling). Default: 10 s.
     pub retry_max: Duration,
     /// How long [`SnapshotHost::finish`](crate::host::SnapshotHost::finish)
     /// waits for the last uploads. Default: 30 s.
@@ -90,7 +90,7 @@ impl ReplicaConfig {
             url: url.into(),
             keep_bases: 2,
             keep_for: None,
-            retry_max: Duration::from_secs(30),
+            retry_max: Duration::from_secs(10),
             drain: Duration::from_secs(30),
         }
     }

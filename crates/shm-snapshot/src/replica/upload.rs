@@ -217,11 +217,6 @@ impl Uploader {
                         );
                     }
                     pause = RETRY_FIRST;
-                    let mut slot = self.shared.lock();
-                    slot.status.failing = false;
-                    slot.status.generation = job.generation;
-                    slot.status.file_generation = job.file_generation;
-                    slot.status.durable_at = Some(job.at);
                 }
                 Err(e) => {
                     let first = failed_since.is_none();
@@ -346,10 +341,6 @@ impl Uploader {
         let key = self.store.key(&self.epoch, &name);
         self.rt
             .block_on(self.store.put_range(&key, &job.file, range.clone()))?;
-        tracing::debug!(
-            "replica: uploaded {key} ({} bytes)",
-            range.end - range.start
-        );
         self.chain = Some(Chain {
             inode: ino,
             end: job.len,
@@ -357,12 +348,21 @@ impl Uploader {
         });
         {
             let mut slot = self.shared.lock();
-            slot.status.objects += 1;
-            slot.status.bytes += range.end - range.start;
-            if matches!(kind, Kind::Base { .. }) {
-                slot.status.bases += 1;
-            }
+            let st = &mut slot.status;
+            st.objects += 1;
+            st.bytes += range.end - range.start;
+            st.bases += u64::from(matches!(kind, Kind::Base { .. }));
+            st.failing = false;
+            st.generation = job.generation;
+            st.file_generation = job.file_generation;
+            st.durable_at = Some(job.at);
         }
+        tracing::info!(
+            "replicated generation {} (file generation {}): {key}, {} bytes",
+            job.generation,
+            job.file_generation,
+            range.end - range.start
+        );
         if let Kind::Base { generation } = kind {
             tracing::info!(
                 "replica: base at file generation {generation} uploaded ({} bytes)",
