@@ -1,4 +1,4 @@
-//! Replication to a real S3-compatible store (SeaweedFS, from
+//! Replication to a real S3-compatible store (`SeaweedFS`, from
 //! `shm_testkit::s3`): `shm-restore --replica` runs a program that commits
 //! nonstop, and `shm-restore restore --from` brings FILE back from the
 //! store alone. Round trip, a store down at start or stopped mid-run,

@@ -9,7 +9,7 @@
 //! - [`systemd`]: a real `systemd --user` manager in a private mount namespace.
 //! - [`build_bins`]: other packages' binaries, built for a test without
 //!   disturbing the binaries of the test run itself.
-//! - [`s3`]: a real S3-compatible store (SeaweedFS) on loopback ports.
+//! - [`s3`]: a real S3-compatible store (`SeaweedFS`) on loopback ports.
 //! - [`users`]: running programs as other users (`setpriv`), for access policies.
 //!
 //! When to use it, and when something else: use it in this workspace's

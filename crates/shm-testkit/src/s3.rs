@@ -1,4 +1,4 @@
-//! A real S3-compatible store for tests: a SeaweedFS server (`weed server
+//! A real S3-compatible store for tests: a `SeaweedFS` server (`weed server
 //! -s3`) on free loopback ports with its data in a temporary directory.
 //!
 //! `weed` is found through `OUTLIVE_WEED`, on `PATH`, or in the venv
@@ -24,7 +24,7 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a stopped server gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// A running (or stopped) SeaweedFS server with one bucket.
+/// A running (or stopped) `SeaweedFS` server with one bucket.
 #[derive(Debug)]
 pub struct S3Server {
     weed: PathBuf,
@@ -199,7 +199,7 @@ impl S3Server {
         }
     }
 
-    /// Creates the bucket with an anonymous HTTP PUT (SeaweedFS accepts
+    /// Creates the bucket with an anonymous HTTP PUT (`SeaweedFS` accepts
     /// anonymous requests when no identities are configured).
     fn create_bucket(&self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;

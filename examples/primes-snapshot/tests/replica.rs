@@ -1,5 +1,5 @@
 //! The whole machine lost: `primes-snapshot` runs under `shm-restore
-//! --replica` against a real S3-compatible store (SeaweedFS), everything is
+//! --replica` against a real S3-compatible store (`SeaweedFS`), everything is
 //! SIGKILLed and FILE deleted (the memfd died with the processes); a
 //! restore from the store alone, into a fresh directory, holds exactly the
 //! first N primes, at a generation no older than the last one the host

@@ -50,7 +50,7 @@ enum Sub {
     /// Restore FILE from a replica (written by `--replica`): the newest
     /// consistent state of the newest epoch, or the one asked for.
     Restore {
-        /// The replica: s3://BUCKET/PREFIX (AWS_* environment) or file:///DIR.
+        /// The replica: `s3://BUCKET/PREFIX` (`AWS_*` environment) or `file:///DIR`.
         #[arg(long, value_name = "URL")]
         from: String,
         /// Exactly this file generation (as `inspect` shows it).
@@ -68,7 +68,7 @@ enum Sub {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
-        /// The replica: s3://BUCKET/PREFIX or file:///DIR.
+        /// The replica: `s3://BUCKET/PREFIX` or `file:///DIR`.
         url: String,
     },
 }
@@ -114,9 +114,9 @@ struct Args {
     /// could only be taken from before the damage are listed.
     #[arg(long)]
     salvage: bool,
-    /// Replicate FILE to object storage while running: s3://BUCKET/PREFIX
-    /// (endpoint, region, credentials from the AWS_* environment;
-    /// AWS_ALLOW_HTTP=true for http) or file:///DIR. Restore with
+    /// Replicate FILE to object storage while running: `s3://BUCKET/PREFIX`
+    /// (endpoint, region, credentials from the `AWS_*` environment;
+    /// `AWS_ALLOW_HTTP=true` for http) or `file:///DIR`. Restore with
     /// `shm-restore restore --from URL FILE`.
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
@@ -312,7 +312,7 @@ fn do_replicas(url: &str, json: bool) -> Result<(), String> {
 /// `--time`: RFC 3339 or unix seconds.
 fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
     if let Ok(secs) = s.parse::<f64>() {
-        if !(secs.is_finite() && secs >= 0.0 && secs < 1e12) {
+        if !(0.0..1e12).contains(&secs) {
             return Err(format!("{s}: not a time"));
         }
         return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));

@@ -270,7 +270,21 @@ fn plan<'a>(epoch: &'a EpochId, base: &'a Listed, objs: &'a [Listed], target: Ta
 /// One downloaded object's place in the assembled file.
 struct Placed<'a> {
     obj: &'a Listed,
+    start: u64,
     end: u64,
+}
+
+/// The assembled file: its objects, and those that could not be read.
+struct Assembled<'a> {
+    st: FileStorage,
+    tmp: TempFile,
+    placed: Vec<Placed<'a>>,
+    skipped: Vec<Skipped>,
+}
+
+/// `EPOCH/NAME` of an object.
+fn key_of(epoch: &EpochId, o: &Listed) -> String {
+    format!("{}/{}", epoch.name(), o.name.name())
 }
 
 /// Downloads the plan into a temporary file beside `dest`, verifies it,
@@ -283,50 +297,15 @@ fn assemble(
     dest: &Path,
     target: Target,
 ) -> Result<Result<Restored, Skipped>, ReplicaError> {
-    let (file, tmp) = create_temp_beside(dest).map_err(ReplicaError::io(format!(
-        "creating a file beside {}",
-        dest.display()
-    )))?;
-    let tmp = TempFile(Some(tmp));
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let key = |o: &Listed| format!("{}/{}", plan.epoch.name(), o.name.name());
-    let mut placed = Vec::new();
-    let mut skipped = Vec::new();
-    let mut end = 0u64;
-    for o in std::iter::once(plan.base).chain(plan.segments.iter().copied()) {
-        match rt.block_on(store.get_into(&store.key(plan.epoch, &o.name), &mut out)) {
-            Ok(n) => {
-                end += n;
-                placed.push(Placed { obj: o, end });
-            }
-            Err(ReplicaError::Store { source, .. }) if placed.is_empty() => {
-                return Ok(Err(Skipped {
-                    key: key(o),
-                    reason: format!("cannot be read: {source}"),
-                }));
-            }
-            Err(ReplicaError::Store { source, .. }) => {
-                skipped.push(Skipped {
-                    key: key(o),
-                    reason: format!("cannot be read: {source}"),
-                });
-                // Cut off whatever part of it was written.
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let file = out
-        .into_inner()
-        .map_err(|e| ReplicaError::io("writing the restored file")(e.into_error()))?;
-    file.set_len(end)
-        .map_err(ReplicaError::io("truncating the restored file"))?;
-    let st = FileStorage(file);
-    let info = match crate::inspect(&st) {
+    let mut a = match download(rt, store, plan, dest)? {
+        Ok(a) => a,
+        Err(s) => return Ok(Err(s)),
+    };
+    let info = match crate::inspect(&a.st) {
         Ok(i) if !i.all_zero && i.generation >= plan.base.name.last() => i,
         Ok(i) => {
             return Ok(Err(Skipped {
-                key: key(plan.base),
+                key: key_of(plan.epoch, plan.base),
                 reason: format!(
                     "corrupt or truncated base: it restores file generation {}, not {}",
                     i.generation,
@@ -336,21 +315,14 @@ fn assemble(
         }
         Err(e) => {
             return Ok(Err(Skipped {
-                key: key(plan.base),
+                key: key_of(plan.epoch, plan.base),
                 reason: format!("not a valid snapshot file: {e}"),
             }));
         }
     };
-    let mut cut = info.valid_end;
-    let mut generation = info.generation;
-    if let Target::Generation(g) = target
-        && g < generation
-    {
-        match commit_end(&st, g)? {
-            Some(e) => {
-                cut = e;
-                generation = g;
-            }
+    let (cut, generation) = match target {
+        Target::Generation(g) if g < info.generation => match commit_end(&a.st, g)? {
+            Some(e) => (e, g),
             None => {
                 return Err(ReplicaError::Invalid {
                     source: crate::SnapshotError::new(
@@ -359,65 +331,123 @@ fn assemble(
                     ),
                 });
             }
+        },
+        _ => (info.valid_end, info.generation),
+    };
+    a.skipped.extend(beyond(
+        plan.epoch,
+        &a.placed,
+        info.valid_end,
+        info.generation,
+    ));
+    a.skipped.extend(plan.gap.clone());
+    let generation_of_program = install(a.st, a.tmp, dest, cut)?;
+    Ok(Ok(Restored {
+        epoch: plan.epoch.name(),
+        base: plan.base.name.last(),
+        file_generation: generation,
+        generation: generation_of_program,
+        objects: a.placed.iter().filter(|p| p.start < cut).count(),
+        bytes: cut,
+        skipped: a.skipped,
+    }))
+}
+
+/// Downloads the base and the segments of the plan, in order, into a
+/// temporary file beside `dest`; a segment that cannot be read ends the
+/// chain. `Ok(Err(skipped))`: the base cannot be read.
+fn download<'a>(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    plan: &Plan<'a>,
+    dest: &Path,
+) -> Result<Result<Assembled<'a>, Skipped>, ReplicaError> {
+    let (file, tmp) = create_temp_beside(dest).map_err(ReplicaError::io(format!(
+        "creating a file beside {}",
+        dest.display()
+    )))?;
+    let tmp = TempFile(Some(tmp));
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut placed = Vec::new();
+    let mut skipped = Vec::new();
+    let mut end = 0u64;
+    for o in std::iter::once(plan.base).chain(plan.segments.iter().copied()) {
+        match rt.block_on(store.get_into(&store.key(plan.epoch, &o.name), &mut out)) {
+            Ok(n) => {
+                placed.push(Placed {
+                    obj: o,
+                    start: end,
+                    end: end + n,
+                });
+                end += n;
+            }
+            Err(ReplicaError::Store { source, .. }) => {
+                let s = Skipped {
+                    key: key_of(plan.epoch, o),
+                    reason: format!("cannot be read: {source}"),
+                };
+                if placed.is_empty() {
+                    return Ok(Err(s));
+                }
+                skipped.push(s);
+                break;
+            }
+            Err(e) => return Err(e),
         }
     }
-    // Objects beyond the consistent end: the one it cuts into is corrupt or
-    // truncated, the later ones come after it.
-    let mut start = 0;
-    let mut bad_seen = false;
-    for p in &placed {
-        if p.end > info.valid_end {
-            let reason = if bad_seen {
-                "follows a corrupt or truncated object".to_owned()
-            } else if start < info.valid_end || p.obj.name.last() > info.generation {
-                format!(
-                    "corrupt or truncated: the consistent log ends at file generation {}",
-                    info.generation
-                )
-            } else {
-                continue;
-            };
-            bad_seen = true;
-            skipped.push(Skipped {
-                key: key(p.obj),
-                reason,
-            });
-        }
-        start = p.end;
+    let file = out
+        .into_inner()
+        .map_err(|e| ReplicaError::io("writing the restored file")(e.into_error()))?;
+    // Cut off whatever part of an object that failed midway was written.
+    file.set_len(end)
+        .map_err(ReplicaError::io("truncating the restored file"))?;
+    Ok(Ok(Assembled {
+        st: FileStorage(file),
+        tmp,
+        placed,
+        skipped,
+    }))
+}
+
+/// The objects beyond the consistent end `valid_end`: the one it cuts into
+/// is corrupt or truncated, the later ones follow it.
+fn beyond(epoch: &EpochId, placed: &[Placed<'_>], valid_end: u64, generation: u64) -> Vec<Skipped> {
+    let mut out = Vec::new();
+    for p in placed.iter().filter(|p| p.end > valid_end) {
+        let reason = if out.is_empty() {
+            format!("corrupt or truncated: the consistent log ends at file generation {generation}")
+        } else {
+            "follows a corrupt or truncated object".to_owned()
+        };
+        out.push(Skipped {
+            key: key_of(epoch, p.obj),
+            reason,
+        });
     }
-    if let Some(g) = &plan.gap {
-        skipped.push(g.clone());
-    }
+    out
+}
+
+/// Cuts the assembled file to `cut` bytes, syncs it, renames it over
+/// `dest` and syncs the directory; returns the program generation it holds.
+fn install(st: FileStorage, tmp: TempFile, dest: &Path, cut: u64) -> Result<u64, ReplicaError> {
     let file = st.0;
     file.set_len(cut)
         .map_err(ReplicaError::io("truncating the restored file"))?;
     file.sync_all()
         .map_err(ReplicaError::io("fsync of the restored file"))?;
     drop(file);
-    let path = tmp.0.as_deref().unwrap_or(dest);
-    let program = Inspection::of(path)
-        .map(|i| i.program_generation)
-        .unwrap_or(0);
-    let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, dest).map_err(ReplicaError::io(format!(
-        "renaming {} to {}",
-        tmp_path.display(),
-        dest.display()
-    )))?;
+    let path = tmp.keep();
+    let program = Inspection::of(&path).map_or(0, |i| i.program_generation);
+    if let Err(e) = std::fs::rename(&path, dest) {
+        let _ = std::fs::remove_file(&path);
+        return Err(ReplicaError::io(format!(
+            "renaming {} to {}",
+            path.display(),
+            dest.display()
+        ))(e));
+    }
     sync_dir(dest)?;
-    let objects = placed
-        .iter()
-        .filter(|p| p.end <= cut || p.end - p.obj.size < cut)
-        .count();
-    Ok(Ok(Restored {
-        epoch: plan.epoch.name(),
-        base: plan.base.name.last(),
-        file_generation: generation,
-        generation: program,
-        objects,
-        bytes: cut,
-        skipped,
-    }))
+    Ok(program)
 }
 
 /// The end offset of the commit record of file generation `g` in a log

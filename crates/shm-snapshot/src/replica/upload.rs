@@ -424,8 +424,7 @@ fn oldest_kept(all: &[Listed], config: &ReplicaConfig, now: u64) -> Option<(Epoc
     bases
         .iter()
         .enumerate()
-        .filter(|(i, b)| *i < keep || young(b.2))
-        .last()
+        .rfind(|(i, b)| *i < keep || young(b.2))
         .map(|(_, b)| (b.0.clone(), b.1))
 }
 
