@@ -58,12 +58,35 @@ pub fn find_weed() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A loopback port free right now (the kernel's pick).
+/// A loopback port free right now, below the usual ephemeral range
+/// (32768 and up), so that outgoing connections do not take it before the
+/// server binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a loopback port")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Ports {
+    /// New ports for everything but the S3 port (which clients know).
+    fn pick(s3: Option<u16>) -> Self {
+        Self {
+            master: free_port(),
+            master_grpc: free_port(),
+            volume: free_port(),
+            volume_grpc: free_port(),
+            filer: free_port(),
+            filer_grpc: free_port(),
+            s3: s3.unwrap_or_else(free_port),
+            s3_grpc: free_port(),
+        }
+    }
 }
 
 impl S3Server {
@@ -117,16 +140,7 @@ impl S3Server {
         )?;
         let dir = std::env::temp_dir().join(crate::unique_name("weed"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let ports = Ports {
-            master: free_port(),
-            master_grpc: free_port(),
-            volume: free_port(),
-            volume_grpc: free_port(),
-            filer: free_port(),
-            filer_grpc: free_port(),
-            s3: free_port(),
-            s3_grpc: free_port(),
-        };
+        let ports = Ports::pick(None);
         Ok(Self {
             weed,
             dir,
@@ -136,7 +150,23 @@ impl S3Server {
         })
     }
 
+    /// Starts `weed`; when a port was taken meanwhile, tries again with
+    /// other ports (keeping the S3 port once clients know it).
     fn launch(&mut self) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            match self.launch_once() {
+                Err(e) if e.contains("address already in use") && tries < 5 => {
+                    tries += 1;
+                    self.stop();
+                    self.ports = Ports::pick(Some(self.ports.s3));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn launch_once(&mut self) -> Result<(), String> {
         let p = self.ports;
         let log = std::fs::OpenOptions::new()
             .create(true)
