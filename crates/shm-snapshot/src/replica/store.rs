@@ -62,8 +62,14 @@ impl Store {
         if bucket.is_empty() {
             return Err(bad("no bucket".into()));
         }
+        // The uploader retries failed uploads itself (with the newest notice):
+        // the client gives up on one request after a few quick tries.
+        let mut retry = object_store::RetryConfig::default();
+        retry.max_retries = 2;
+        retry.retry_timeout = std::time::Duration::from_secs(10);
         let s3 = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_retry(retry)
             .build()
             .map_err(|e| bad(e.to_string()))?;
         let prefix = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad(e.to_string()))?;

@@ -101,6 +101,8 @@ impl Shared {
 pub struct Replicator {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Receives once the thread is done.
+    done: std::sync::mpsc::Receiver<()>,
     epoch: EpochId,
 }
 
@@ -116,6 +118,7 @@ impl Replicator {
         let rt = runtime()?;
         let epoch = EpochId::new_now();
         let shared = Arc::new(Shared::default());
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
         let mut up = Uploader {
             store,
             rt,
@@ -126,12 +129,16 @@ impl Replicator {
         };
         let thread = std::thread::Builder::new()
             .name("replica".into())
-            .spawn(move || up.run())
+            .spawn(move || {
+                up.run();
+                let _ = done_tx.send(());
+            })
             .map_err(ReplicaError::io("starting the replica thread"))?;
         tracing::info!("replicating to epoch {}", epoch.name());
         Ok(Self {
             shared,
             thread: Some(thread),
+            done,
             epoch,
         })
     }
@@ -162,11 +169,20 @@ impl Replicator {
         self.replicated()
     }
 
+    /// Stops the thread once the newest notice is uploaded or `timeout`
+    /// passes. A request still in flight a little after that (a store that
+    /// neither answers nor refuses) is abandoned with its thread, which
+    /// then cannot delay the host's exit.
     fn stop(&mut self, timeout: Duration) {
-        self.shared.lock().stop = Some(Instant::now() + timeout);
+        let deadline = Instant::now() + timeout;
+        self.shared.lock().stop = Some(deadline);
         self.shared.cond.notify_all();
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        let give_up = (deadline + STOP_GRACE).saturating_duration_since(Instant::now());
+        if self.done.recv_timeout(give_up).is_ok() {
             let _ = t.join();
+        } else {
+            tracing::warn!("replica: an upload is still in flight; not waiting for it");
         }
     }
 }
@@ -198,6 +214,9 @@ struct Uploader {
     shared: Arc<Shared>,
     chain: Option<Chain>,
 }
+
+/// How long [`Replicator::finish`] waits past its timeout for a request in flight.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The first pause after a failed upload.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
