@@ -38,9 +38,10 @@
 //! * `shm-restore`: builds the `shm-restore` binary (command line, fd store,
 //!   child process), on top of [`host`]; enables `replica`. The library
 //!   itself needs no feature.
-//! * `replica`: `replica` (with it, `HostConfig::replica`): every durable
-//!   snapshot shipped to S3-compatible object storage through
-//!   `object_store`, and restored from it.
+//! * `replica`: the `replica` module and `HostConfig::replica`: every
+//!   durable snapshot shipped to S3-compatible object storage (or a local
+//!   directory) through `object_store`, and FILE restored from it on
+//!   another machine (`docs/protocol/replication.md`).
 //! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
 //!   tests.
 //! * `tokio`: [`live::Client::wait_durable_async`].

@@ -288,6 +288,25 @@ fn round_trip_restores_file_byte_for_byte() {
     assert!(ok, "{out}");
     assert_eq!(file_generation(&older), first);
     assert!(check_file(&older) < g);
+    // The same generation by time: the newest state durable at or before
+    // the time of that segment (times are whole milliseconds).
+    let e = list["epochs"].as_array().unwrap().last().unwrap();
+    let seg = e["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["first"].as_u64() == Some(first))
+        .unwrap();
+    let at = format!("{:.4}", seg["time"].as_f64().unwrap() + 0.0002);
+    let by_time = temp_dir("replica-rt-time").join("state.snap");
+    let (ok, out) = restore_cli(&s3, &url, &by_time, &["--time", &at]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        file_generation(&by_time),
+        seg["last"].as_u64().unwrap(),
+        "{out}"
+    );
+    check_file(&by_time);
     // A generation no epoch holds any more (pruned or never written).
     let (ok, out) = restore_cli(&s3, &url, &older, &["--generation", "999999999"]);
     assert!(!ok, "{out}");
