@@ -64,9 +64,11 @@ impl Store {
         }
         // The uploader retries failed uploads itself (with the newest notice):
         // the client gives up on one request after a few quick tries.
-        let mut retry = object_store::RetryConfig::default();
-        retry.max_retries = 2;
-        retry.retry_timeout = std::time::Duration::from_secs(10);
+        let retry = object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: std::time::Duration::from_secs(10),
+            ..Default::default()
+        };
         let s3 = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_retry(retry)
