@@ -31,6 +31,13 @@
 //!   backwards (a stray write into the memfd) stops snapshots for good
 //!   ([`HostError::Refused`]), and FILE keeps its last good generation.
 //!   Errors are logged, the same one at most every 10 s.
+//! * **Replication** (feature `replica`, `HostConfig::replica`): after
+//!   every durable snapshot (and compaction) the host hands FILE's durable
+//!   length and a handle of its inode to an uploader thread that ships it
+//!   to object storage, never waiting for it; `SnapshotHost::replicated`
+//!   says how far it came, a lag longer than [`HostConfig::lag_warn`] is
+//!   logged, and [`SnapshotHost::finish`] waits a bounded time for the last
+//!   uploads (`docs/protocol/replication.md`).
 //! * **Exit** ([`SnapshotHost::finish`]): one last snapshot, never rate
 //!   limited, that also takes a commit the program died inside (as its next
 //!   start will finish it), and a summary.
