@@ -267,7 +267,9 @@ fn round_trip_restores_file_byte_for_byte() {
     assert!(bases.len() <= 2, "older bases are pruned (keep 2): {list}");
     assert_no_gap(&list, file_generation(&file));
 
-    let fresh = temp_dir("replica-rt-restored").join("state.snap");
+    // Into a fresh directory, as on another machine.
+    std::fs::create_dir(dir.join("fresh")).unwrap();
+    let fresh = dir.join("fresh").join("state.snap");
     let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
     assert!(ok, "{out}");
     assert!(!out.contains("skipped"), "{out}");
@@ -283,7 +285,7 @@ fn round_trip_restores_file_byte_for_byte() {
         .iter()
         .find(|s| s.0 > base)
         .expect("a segment after the base");
-    let older = temp_dir("replica-rt-older").join("state.snap");
+    let older = dir.join("older.snap");
     let (ok, out) = restore_cli(&s3, &url, &older, &["--generation", &first.to_string()]);
     assert!(ok, "{out}");
     assert_eq!(file_generation(&older), first);
@@ -298,7 +300,7 @@ fn round_trip_restores_file_byte_for_byte() {
         .find(|s| s["first"].as_u64() == Some(first))
         .unwrap();
     let at = format!("{:.4}", seg["time"].as_f64().unwrap() + 0.0002);
-    let by_time = temp_dir("replica-rt-time").join("state.snap");
+    let by_time = dir.join("time.snap");
     let (ok, out) = restore_cli(&s3, &url, &by_time, &["--time", &at]);
     assert!(ok, "{out}");
     assert_eq!(
@@ -355,7 +357,7 @@ fn store_down_at_start_catches_up_without_gaps() {
         "{err}"
     );
     assert_no_gap(&listing(&s3, &url), file_generation(&file));
-    let fresh = temp_dir("replica-down-restored").join("state.snap");
+    let fresh = dir.join("restored.snap");
     let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
     assert!(ok, "{out}");
     assert_eq!(file_image(&fresh), file_image(&file));
@@ -402,7 +404,7 @@ fn store_stopped_mid_run_catches_up_without_gaps() {
         "{err}"
     );
     assert_no_gap(&listing(&s3, &url), file_generation(&file));
-    let fresh = temp_dir("replica-mid-restored").join("state.snap");
+    let fresh = dir.join("restored.snap");
     let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
     assert!(ok, "{out}");
     assert_eq!(file_image(&fresh), file_image(&file));
@@ -445,7 +447,7 @@ fn corrupt_or_truncated_segment_falls_back_to_last_consistent_generation() {
         ("truncated", original[..original.len() / 2].to_vec()),
     ] {
         s3.put_object(&key, &bytes).unwrap();
-        let fresh = temp_dir("replica-corrupt-restored").join("state.snap");
+        let fresh = dir.join("restored.snap");
         let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
         assert!(ok, "{what}: {out}");
         assert_eq!(file_generation(&fresh), victim.0 - 1, "{what}: {out}");
@@ -461,7 +463,7 @@ fn corrupt_or_truncated_segment_falls_back_to_last_consistent_generation() {
     }
     // Repaired: everything again.
     s3.put_object(&key, &original).unwrap();
-    let fresh = temp_dir("replica-corrupt-repaired").join("state.snap");
+    let fresh = dir.join("repaired.snap");
     let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
     assert!(ok && !out.contains("skipped"), "{out}");
     assert_eq!(file_image(&fresh), file_image(&file));
@@ -495,7 +497,7 @@ fn epochs_never_mix() {
     assert_eq!(epochs.len(), 2, "{list}");
     assert_no_gap(&list, file_generation(&file));
 
-    let fresh = temp_dir("replica-epochs-restored").join("state.snap");
+    let fresh = dir.join("restored.snap");
     let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
     assert!(ok, "{out}");
     assert_eq!(file_image(&fresh), file_image(&file));
