@@ -175,7 +175,17 @@ impl S3Server {
             .map_err(|e| e.to_string())?;
         let data = self.dir.join("data");
         std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-        let child = Command::new(&self.weed)
+        // Under `setpriv --pdeathsig KILL` where it is installed: a test
+        // process that dies without dropping the server (a watchdog abort)
+        // takes the server with it.
+        let mut cmd = if Command::new("setpriv").arg("--version").output().is_ok() {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&self.weed);
+            c
+        } else {
+            Command::new(&self.weed)
+        };
+        let child = cmd
             .arg("server")
             .arg("-s3")
             .arg("-ip=127.0.0.1")
