@@ -85,7 +85,7 @@ pub struct Restored {
 /// # Errors
 /// [`ReplicaError::Url`], [`ReplicaError::Store`].
 pub fn list(url: &str) -> Result<Vec<EpochInfo>, ReplicaError> {
-    let store = Store::open(url)?;
+    let store = Store::open(url, false)?;
     let all = runtime()?.block_on(store.list())?;
     Ok(group(all)
         .into_iter()
@@ -150,7 +150,7 @@ struct Plan<'a> {
 /// [`ReplicaError::Nothing`] if no epoch has a usable base for the target;
 /// store and file errors.
 pub fn restore(url: &str, dest: &Path, target: Target) -> Result<Restored, ReplicaError> {
-    let store = Store::open(url)?;
+    let store = Store::open(url, false)?;
     let rt = runtime()?;
     let by = group(rt.block_on(store.list())?);
     let mut skipped = Vec::new();

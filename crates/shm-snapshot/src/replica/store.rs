@@ -37,8 +37,8 @@ pub(crate) struct Listed {
 
 impl Store {
     /// `s3://bucket/prefix` (endpoint, region and credentials from the
-    /// `AWS_*` environment variables) or `file:///dir`.
-    pub(crate) fn open(url: &str) -> Result<Self, ReplicaError> {
+    /// `AWS_*` environment variables) or `file:///dir` (created if `create`).
+    pub(crate) fn open(url: &str, create: bool) -> Result<Self, ReplicaError> {
         let bad = |reason: String| ReplicaError::Url {
             url: url.to_owned(),
             reason,
@@ -47,7 +47,9 @@ impl Store {
             if !dir.starts_with('/') {
                 return Err(bad("a file URL needs an absolute path: file:///dir".into()));
             }
-            std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {dir}: {e}")))?;
+            if create {
+                std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {dir}: {e}")))?;
+            }
             let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                 .map_err(|e| bad(e.to_string()))?;
             return Ok(Self {

@@ -114,7 +114,7 @@ impl Replicator {
     /// [`ReplicaError::Url`] for a URL that is not supported;
     /// [`ReplicaError::Io`] if the thread or its runtime cannot start.
     pub fn start(config: ReplicaConfig) -> Result<Self, ReplicaError> {
-        let store = Store::open(&config.url)?;
+        let store = Store::open(&config.url, true)?;
         let rt = runtime()?;
         let epoch = EpochId::new_now();
         let shared = Arc::new(Shared::default());
