@@ -545,8 +545,9 @@ fn sigkill_mid_upload_leaves_nothing_misread() {
             &file,
             &["--size", &big],
         );
-        host.wait_count("replicating to epoch", 1);
-        std::thread::sleep(Duration::from_millis(50 + (seed >> 33) % 700));
+        // The first snapshot starts the epoch's base upload at once.
+        host.wait_count("durable generation", 1);
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 400));
         let err = host.kill();
         let fresh = dir.join(format!("restored-{round}.snap"));
         let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
