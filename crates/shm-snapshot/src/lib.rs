@@ -36,7 +36,12 @@
 //!
 //! # Features
 //! * `shm-restore`: builds the `shm-restore` binary (command line, fd store,
-//!   child process), on top of [`host`]. The library itself needs no feature.
+//!   child process), on top of [`host`]; enables `replica`. The library
+//!   itself needs no feature.
+//! * `replica`: the `replica` module and `HostConfig::replica`: every
+//!   durable snapshot shipped to S3-compatible object storage (or a local
+//!   directory) through `object_store`, and FILE restored from it on
+//!   another machine (`docs/protocol/replication.md`).
 //! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
 //!   tests.
 //! * `tokio`: [`live::Client::wait_durable_async`].
@@ -138,6 +143,8 @@ mod error;
 mod format;
 pub mod host;
 pub mod live;
+#[cfg(feature = "replica")]
+pub mod replica;
 mod storage;
 pub mod track;
 

@@ -9,6 +9,7 @@
 //! - [`systemd`]: a real `systemd --user` manager in a private mount namespace.
 //! - [`build_bins`]: other packages' binaries, built for a test without
 //!   disturbing the binaries of the test run itself.
+//! - [`s3`]: a real S3-compatible store (`SeaweedFS`) on loopback ports.
 //! - [`users`]: running programs as other users (`setpriv`), for access policies.
 //!
 //! When to use it, and when something else: use it in this workspace's
@@ -36,5 +37,6 @@ pub use names::{shm_objects_with_prefix, unique_name};
 pub use primes::first_primes;
 pub use watchdog::Watchdog;
 
+pub mod s3;
 pub mod systemd;
 pub mod users;

@@ -15,13 +15,14 @@ use clap::{Parser, Subcommand};
 use shm_snapshot::host::{
     HostConfig, HostError, Inspection, LoadProgress, SnapshotHost, StartFrom, Work,
 };
+use shm_snapshot::replica::{self, ReplicaConfig, Target};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "shm-restore",
     version,
     about = "Run COMMAND on a memfd state kept in durable snapshots in FILE",
-    override_usage = "shm-restore [OPTIONS] FILE [--] COMMAND [ARGS]...\n       shm-restore inspect [--json] FILE",
+    override_usage = "shm-restore [OPTIONS] FILE [--] COMMAND [ARGS]...\n       shm-restore inspect [--json] FILE\n       shm-restore restore --from URL FILE [--generation G | --time T]\n       shm-restore replicas [--json] URL",
     after_help = "Sizes take bytes or K, M, G, KiB, MiB, GiB (powers of 1024); durations take seconds (0.5) or units (100ms, 2s, 1min).\n\nExit status: COMMAND's own (death by a signal is re-raised); 1 an error before COMMAND ran; 2 a usage error.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -45,6 +46,30 @@ enum Sub {
         json: bool,
         /// The snapshot file.
         file: PathBuf,
+    },
+    /// Restore FILE from a replica (written by `--replica`): the newest
+    /// consistent state of the newest epoch, or the one asked for.
+    Restore {
+        /// The replica: `s3://BUCKET/PREFIX` (`AWS_*` environment) or `file:///DIR`.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Exactly this file generation (as `inspect` shows it).
+        #[arg(long, value_name = "G", conflicts_with = "time")]
+        generation: Option<u64>,
+        /// The newest state durable at or before this time: RFC 3339
+        /// (2026-12-03T06:00:00Z) or unix seconds.
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        time: Option<std::time::SystemTime>,
+        /// The snapshot file to write (replaced atomically).
+        file: PathBuf,
+    },
+    /// List a replica's epochs, bases and segments.
+    Replicas {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// The replica: `s3://BUCKET/PREFIX` or `file:///DIR`.
+        url: String,
     },
 }
 
@@ -89,6 +114,15 @@ struct Args {
     /// could only be taken from before the damage are listed.
     #[arg(long)]
     salvage: bool,
+    /// Replicate FILE to object storage while running: `s3://BUCKET/PREFIX`
+    /// (endpoint, region, credentials from the `AWS_*` environment;
+    /// `AWS_ALLOW_HTTP=true` for http) or `file:///DIR`. Restore with
+    /// `shm-restore restore --from URL FILE`.
+    #[arg(long, value_name = "URL")]
+    replica: Option<String>,
+    /// With --replica: keep this many bases (and the segments after them).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    replica_keep: u64,
     /// The snapshot file.
     #[arg(required = true)]
     file: Option<PathBuf>,
@@ -113,6 +147,13 @@ fn main() -> ExitCode {
     cli.log.init("shm-restore");
     let result = match &cli.sub {
         Some(Sub::Inspect { json, file }) => do_inspect(file, *json).map(|()| ExitCode::SUCCESS),
+        Some(Sub::Restore {
+            from,
+            generation,
+            time,
+            file,
+        }) => do_restore(from, file, *generation, *time).map(|()| ExitCode::SUCCESS),
+        Some(Sub::Replicas { json, url }) => do_replicas(url, *json).map(|()| ExitCode::SUCCESS),
         None => run(&cli.run),
     };
     match result {
@@ -185,6 +226,105 @@ fn do_inspect(path: &Path, json: bool) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `restore --from URL FILE`: assembles FILE from the replica.
+fn do_restore(
+    url: &str,
+    file: &Path,
+    generation: Option<u64>,
+    time: Option<std::time::SystemTime>,
+) -> Result<(), String> {
+    let target = match (generation, time) {
+        (Some(g), _) => Target::Generation(g),
+        (None, Some(t)) => Target::Time(t),
+        (None, None) => Target::Newest,
+    };
+    let r = replica::restore(url, file, target).map_err(|e| e.to_string())?;
+    println!(
+        "restored {}: file generation {} (program generation {}) from epoch {}, base {} and {} objects, {} bytes",
+        file.display(),
+        r.file_generation,
+        r.generation,
+        r.epoch,
+        r.base,
+        r.objects,
+        r.bytes
+    );
+    for s in &r.skipped {
+        println!("skipped {}: {}", s.key, s.reason);
+    }
+    Ok(())
+}
+
+/// `replicas URL`: the epochs and their objects.
+fn do_replicas(url: &str, json: bool) -> Result<(), String> {
+    let epochs = replica::list(url).map_err(|e| e.to_string())?;
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    if json {
+        let obj = |o: &replica::ObjectInfo| {
+            serde_json::json!({
+                "key": o.key, "first": o.first, "last": o.last,
+                "time": secs(o.time), "size": o.size,
+            })
+        };
+        let out: Vec<_> = epochs
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "epoch": e.id,
+                    "start": secs(e.start),
+                    "bases": e.bases.iter().map(obj).collect::<Vec<_>>(),
+                    "segments": e.segments.iter().map(obj).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "schema": 1, "url": url, "epochs": out })
+        );
+        return Ok(());
+    }
+    for e in &epochs {
+        println!(
+            "epoch {} (started {})",
+            e.id,
+            humantime::format_rfc3339_millis(e.start)
+        );
+        for b in &e.bases {
+            println!(
+                "  base generation {} ({} bytes, {})",
+                b.last,
+                b.size,
+                humantime::format_rfc3339_millis(b.time)
+            );
+        }
+        for s in &e.segments {
+            println!(
+                "  segment generations {}..={} ({} bytes, {})",
+                s.first,
+                s.last,
+                s.size,
+                humantime::format_rfc3339_millis(s.time)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--time`: RFC 3339 or unix seconds.
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if !(0.0..1e12).contains(&secs) {
+            return Err(format!("{s}: not a time"));
+        }
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s}: {e} (expected RFC 3339 or unix seconds)"))
 }
 
 /// `inspect --json`: one object, documented in docs/protocol/shm-snapshot.md
@@ -279,6 +419,10 @@ fn config(args: &Args, file: &Path) -> HostConfig {
             (None, false) => StartFrom::Newest,
         },
         continuous: args.interval.is_zero(),
+        replica: args.replica.as_ref().map(|url| ReplicaConfig {
+            keep_bases: usize::try_from(args.replica_keep).unwrap_or(usize::MAX),
+            ..ReplicaConfig::new(url)
+        }),
         ..HostConfig::new(file)
     }
 }
@@ -397,6 +541,10 @@ mod tests {
         assert_eq!(parse_rate("10M"), Ok(10 << 20));
         assert_eq!(parse_rate("10MiB"), Ok(10 << 20));
         assert_eq!(parse_rate("2g"), Ok(2 << 30));
+        assert!(parse_time("1764745200").is_ok());
+        assert!(parse_time("2026-12-03T06:00:00Z").is_ok());
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("-1").is_err());
         for bad in [
             "0",
             "",

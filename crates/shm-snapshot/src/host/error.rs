@@ -191,6 +191,14 @@ pub enum HostError {
         #[source]
         source: SnapshotError,
     },
+    /// Replication cannot start (a bad URL, say).
+    #[cfg(feature = "replica")]
+    #[error("replication: {source}")]
+    Replica {
+        /// Why.
+        #[source]
+        source: crate::replica::ReplicaError,
+    },
     /// The first snapshot into the new file of a rebuild failed; FILE is
     /// unchanged.
     #[error("writing the new {}: {source}", .path.display())]

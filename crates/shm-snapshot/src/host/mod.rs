@@ -31,6 +31,13 @@
 //!   backwards (a stray write into the memfd) stops snapshots for good
 //!   ([`HostError::Refused`]), and FILE keeps its last good generation.
 //!   Errors are logged, the same one at most every 10 s.
+//! * **Replication** (feature `replica`, `HostConfig::replica`): after
+//!   every durable snapshot (and compaction) the host hands FILE's durable
+//!   length and a handle of its inode to an uploader thread that ships it
+//!   to object storage, never waiting for it; `SnapshotHost::replicated`
+//!   says how far it came, a lag longer than [`HostConfig::lag_warn`] is
+//!   logged, and [`SnapshotHost::finish`] waits a bounded time for the last
+//!   uploads (`docs/protocol/replication.md`).
 //! * **Exit** ([`SnapshotHost::finish`]): one last snapshot, never rate
 //!   limited, that also takes a commit the program died inside (as its next
 //!   start will finish it), and a summary.
@@ -108,6 +115,8 @@ mod file;
 mod inspect;
 mod open;
 mod policy;
+#[cfg(feature = "replica")]
+mod replica;
 mod snapshot;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -174,6 +183,10 @@ pub struct HostConfig {
     /// [`Work::Commits`]), which snapshots back to back while commits arrive
     /// and sleeps when idle. Default: off.
     pub continuous: bool,
+    /// Replicate FILE to object storage ([`crate::replica`]): every durable
+    /// snapshot is shipped by an uploader thread. Default: none.
+    #[cfg(feature = "replica")]
+    pub replica: Option<crate::replica::ReplicaConfig>,
 }
 
 impl HostConfig {
@@ -189,6 +202,8 @@ impl HostConfig {
             name: "state".to_owned(),
             start_from: StartFrom::Newest,
             continuous: false,
+            #[cfg(feature = "replica")]
+            replica: None,
         }
     }
 
@@ -255,6 +270,9 @@ pub struct SnapshotHost {
     continuous: bool,
     /// After a failed snapshot for waiters or commits: not before then again.
     retry_at: Option<Instant>,
+    /// The uploader, when FILE is replicated.
+    #[cfg(feature = "replica")]
+    replica: Option<replica::Replica>,
 }
 
 /// What [`SnapshotHost::wait_for_work`] found.
@@ -307,6 +325,9 @@ pub struct Finished {
     pub live: Option<u64>,
     /// The counts.
     pub stats: HostStats,
+    /// How far replication came before the host stopped (`None`: not replicated).
+    #[cfg(feature = "replica")]
+    pub replicated: Option<crate::replica::Replicated>,
 }
 
 /// A host whose memfd is ready (created and restored, or inherited and
@@ -434,6 +455,12 @@ impl SnapshotHost {
     /// fdatasync returned).
     pub fn durable(&self) -> u64 {
         self.durable.durable()
+    }
+
+    /// How far replication has come (`None`: FILE is not replicated).
+    #[cfg(feature = "replica")]
+    pub fn replicated(&self) -> Option<crate::replica::Replicated> {
+        self.replica.as_ref().map(replica::Replica::replicated)
     }
 
     /// A cloneable, `Send` handle that interrupts [`SnapshotHost::wait_for_work`]

@@ -228,6 +228,11 @@ impl Prepared {
             durable,
             continuous: config.continuous,
             retry_at: None,
+            #[cfg(feature = "replica")]
+            replica: match config.replica.clone() {
+                Some(c) => Some(super::replica::Replica::start(c, config.lag_warn)?),
+                None => None,
+            },
         };
         if first_full && let Err(e) = snapshot::snapshot(&mut host, Read::Full) {
             if rebuilt.is_some() {
@@ -250,7 +255,12 @@ impl Prepared {
         // FILE's generation is durable once FILE's data is (a host killed
         // between its write and its fdatasync left it in the page cache only).
         match std::fs::File::open(&host.path).and_then(|f| f.sync_data()) {
-            Ok(()) => host.durable.publish(host.persisted),
+            Ok(()) => {
+                host.durable.publish(host.persisted);
+                // The epoch's first base: FILE as it is now.
+                #[cfg(feature = "replica")]
+                super::replica::notify(&mut host);
+            }
             Err(e) => tracing::error!("fdatasync {}: {e}", host.path.display()),
         }
         Ok(host)

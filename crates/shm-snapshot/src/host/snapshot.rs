@@ -67,7 +67,11 @@ pub(crate) fn snapshot(h: &mut SnapshotHost, read: Read) -> Result<(), HostError
     h.stats.bytes += wrote;
     h.limit.wrote(started, wrote);
     tracing::info!("durable generation {g} ({wrote} bytes written)");
-    maybe_compact(h)
+    let compacted = maybe_compact(h);
+    // After a compaction the notice carries the new inode: a new base.
+    #[cfg(feature = "replica")]
+    super::replica::notify(h);
+    compacted
 }
 
 /// The error for a snapshot not taken because of `why`.
@@ -196,6 +200,8 @@ pub(crate) fn tick(h: &mut SnapshotHost) {
     {
         tracing::warn!("{w}");
     }
+    #[cfg(feature = "replica")]
+    super::replica::check_lag(h);
 }
 
 /// The last snapshot at the program's exit (never rate-limited), and the summary.
@@ -241,6 +247,8 @@ pub(crate) fn finish(h: &mut SnapshotHost) -> Finished {
         persisted: h.persisted,
         live: live.ok(),
         stats,
+        #[cfg(feature = "replica")]
+        replicated: super::replica::finish(h),
     }
 }
 
