@@ -249,13 +249,14 @@ fn lag_summary_is_the_largest_distance_between_commits_and_file() {
     let dir = temp_dir("host-lag");
     let mut host = SnapshotHost::open(config(&dir.join("s.snap")), None).unwrap();
     let client = Client::open(host.memfd()).unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false); // atomics-ok: test-local stop flag
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed}; // atomics-ok: test-local stop flag
+    let stop = AtomicBool::new(false);
     let interval = Duration::from_millis(300);
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut model = vec![0u8; REGION as usize];
             let mut g = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Relaxed) {
                 g += 1;
                 commit(&client, &mut model, g);
                 std::thread::sleep(Duration::from_millis(2));
@@ -273,7 +274,7 @@ fn lag_summary_is_the_largest_distance_between_commits_and_file() {
                 }
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Relaxed);
     });
     let stats = host.stats();
     assert!(stats.snapshots >= 3, "{stats:?}");

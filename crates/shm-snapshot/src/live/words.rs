@@ -457,7 +457,9 @@ impl Control for HeapControl {
 #[cfg(all(test, not(shm_loom)))]
 mod tests {
     use super::Control;
+    // A test-local count, not shared memory.
     use shm_sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed}; // atomics-ok
 
     /// One wake reaches every sleeper: with a count the kernel reads as -1
     /// it woke one, and the others slept on (durable waiters then returned
@@ -474,7 +476,7 @@ mod tests {
         )
         .unwrap();
         let region = map.region();
-        let woke = std::sync::atomic::AtomicUsize::new(0); // atomics-ok: test-local count
+        let woke = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -482,7 +484,7 @@ mod tests {
                     while Control::load_u32(&region, 0, Ordering::Acquire) == 0 {
                         Control::futex_wait(&region, 0, 0, None);
                     }
-                    woke.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    woke.fetch_add(1, Relaxed);
                 });
             }
             // Let the sleepers reach the kernel (a late one sees the value
@@ -491,10 +493,10 @@ mod tests {
             Control::store_u32(&region, 0, 1, Ordering::Release);
             Control::futex_wake(&region, 0);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while woke.load(std::sync::atomic::Ordering::Relaxed) < 4 {
+            while woke.load(Relaxed) < 4 {
                 if std::time::Instant::now() > deadline {
                     // Free the missed sleepers so the scope can end, then fail.
-                    let missed = 4 - woke.load(std::sync::atomic::Ordering::Relaxed);
+                    let missed = 4 - woke.load(Relaxed);
                     for _ in 0..missed {
                         Control::futex_wake(&region, 0);
                         let _ = rustix::thread::futex::wake(
