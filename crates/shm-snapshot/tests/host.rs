@@ -245,11 +245,11 @@ fn missing_file_without_create_is_not_found() {
 #[test]
 fn lag_summary_is_the_largest_distance_between_commits_and_file() {
     use shm_snapshot::host::Work;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed}; // atomics-ok: test-local stop flag
     use std::time::{Duration, Instant};
     let dir = temp_dir("host-lag");
     let mut host = SnapshotHost::open(config(&dir.join("s.snap")), None).unwrap();
     let client = Client::open(host.memfd()).unwrap();
-    use std::sync::atomic::{AtomicBool, Ordering::Relaxed}; // atomics-ok: test-local stop flag
     let stop = AtomicBool::new(false);
     let interval = Duration::from_millis(300);
     std::thread::scope(|s| {
