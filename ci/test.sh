@@ -24,7 +24,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "docs (-D warnings), no repository-relative or unresolved links in the protocol pages"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features -q
 # The protocol documents are Markdown shared with the repository browser; their
-# crates give rustdoc its own link targets (intra-doc paths). A link left to a
+# crates give rustdoc its own link targets (docs.rs addresses: an intra-doc path
+# into another crate renders as plain text when that crate's pages are written
+# later in a parallel doc build). A link left to a
 # `.md` file, or a path rustdoc did not resolve, is dead on docs.rs.
 if grep -rnoE 'href="([^":#]*\.md(#[^"]*)?|[a-z_]+::[^"]*)"' "${CARGO_TARGET_DIR:-target}"/doc/shm_*/protocol/; then
     echo "dead links in the rendered protocol documents (above)"; exit 1

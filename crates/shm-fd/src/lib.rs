@@ -66,7 +66,7 @@
 // Rustdoc targets for the document's reference links: the first definition of
 // a label wins, so these take the place of the repository-relative ones at
 // its end.
-#[doc = "[segment-header]: shm_segment::protocol#segment-layout-crate-shm-segment"]
+#[doc = "[segment-header]: https://docs.rs/shm-segment/latest/shm_segment/protocol/index.html#segment-layout-crate-shm-segment"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.

@@ -344,9 +344,9 @@ fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bo
 // Rustdoc targets for the document's reference links: the first definition of
 // a label wins, so these take the place of the repository-relative ones at
 // its end.
-#[doc = "[segment-header]: shm_segment::protocol#segment-layout-crate-shm-segment"]
-#[doc = "[sigbus-guard]: shm_segment::protocol#truncation-of-named-objects-the-sigbus-guard"]
-#[doc = "[type-fingerprint]: shm_segment::protocol#type-fingerprint-type_size-type_align-type_id"]
+#[doc = "[segment-header]: https://docs.rs/shm-segment/latest/shm_segment/protocol/index.html#segment-layout-crate-shm-segment"]
+#[doc = "[sigbus-guard]: https://docs.rs/shm-segment/latest/shm_segment/protocol/index.html#truncation-of-named-objects-the-sigbus-guard"]
+#[doc = "[type-fingerprint]: https://docs.rs/shm-segment/latest/shm_segment/protocol/index.html#type-fingerprint-type_size-type_align-type_id"]
 #[doc = ""]
 // The text is Markdown written for a repository browser: `x[i]` there is not
 // an intra-doc link, and identifiers are not always in backticks.
