@@ -29,12 +29,34 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-/// A held lock on one byte; dropping it closes the private description,
-/// which releases the lock.
+/// A held lock on one byte; dropping it unlocks the byte and closes the
+/// private description.
+///
+/// The explicit unlock matters: a process that forks while the lock is held
+/// shares the description with its child until the child's `exec` closes it
+/// (`CLOEXEC`), and an OFD lock lives as long as its description, so closing
+/// our descriptor alone could leave the byte locked for that moment.
 #[derive(Debug)]
 pub struct OfdLock {
     description: OwnedFd,
     byte: u64,
+}
+
+impl Drop for OfdLock {
+    fn drop(&mut self) {
+        let fl = flock_at(self.byte, libc::F_UNLCK);
+        // SAFETY: `description` is an open descriptor we own until this drop
+        // returns; `fl` is a valid, initialised `struct flock` (with `l_pid`
+        // 0, as F_OFD_SETLK requires) that outlives the call; F_OFD_SETLK only
+        // reads it. An error leaves the unlock to the close that follows.
+        let _ = unsafe {
+            libc::fcntl(
+                self.description.as_raw_fd(),
+                libc::F_OFD_SETLK,
+                &raw const fl,
+            )
+        };
+    }
 }
 
 /// A `struct flock` for one byte at `byte`.
