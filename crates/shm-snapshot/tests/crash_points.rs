@@ -193,3 +193,57 @@ fn temps(path: &std::path::Path) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// A host killed while it creates FILE (`--create`): before the rename no
+/// FILE exists (only a temporary file, removed by the next start), after it
+/// FILE is a complete, empty log. Either way the next start works: a killed
+/// create never leaves a FILE that later starts refuse as empty or short.
+#[test]
+fn create_killed_before_and_after_its_rename() {
+    use shm_snapshot::host::{HostConfig, SnapshotHost};
+    let config = |path: &Path| HostConfig {
+        create: true,
+        size: 4 * 4096,
+        ..HostConfig::new(path)
+    };
+    if let Some(role) = shm_testkit::role() {
+        assert_eq!(role, "creator");
+        let path = std::path::PathBuf::from(std::env::var("SNAP_FILE").unwrap());
+        SnapshotHost::open(config(&path), None).unwrap();
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(std::time::Duration::from_secs(60));
+    for point in ["create.temp_synced@1", "create.renamed@1"] {
+        let dir = std::env::temp_dir().join(shm_testkit::unique_name("crash-create"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.snap");
+        let out = shm_testkit::role_command("create_killed_before_and_after_its_rename", "creator")
+            .env("SNAP_FILE", &path)
+            .env("SHM_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point} did not SIGKILL the creator: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let renamed = point.starts_with("create.renamed");
+        assert_eq!(path.exists(), renamed, "{point}");
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "{point}: FILE or its temporary file");
+        if renamed {
+            let f = std::fs::File::open(&path).unwrap();
+            assert_eq!(shm_snapshot::inspect(&FileStorage(f)).unwrap().generation, 0);
+        }
+        // The next start (still with create) works and leaves FILE alone.
+        let host = SnapshotHost::open(config(&path), None).unwrap();
+        drop(host);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.snap"], "{point}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

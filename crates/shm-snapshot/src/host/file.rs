@@ -3,9 +3,8 @@
 //! rebuild that writes a new FILE beside the original and keeps the
 //! original aside as `FILE.damaged.SECS`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{HostError, LoadProgress};
@@ -255,21 +254,33 @@ pub(crate) fn continue_file(
 
 /// A new FILE for the image of a `region`-byte state, mode 0600 (it holds
 /// the program's whole state), its directory synced.
+///
+/// The file is written and `fdatasync`ed under a temporary name next to
+/// FILE and only then renamed to FILE, refusing to replace anything there:
+/// a host killed while creating FILE leaves no FILE (the next start creates
+/// it again and removes the temporary file), never an empty or half-written
+/// one that a later start would refuse, and two hosts racing to create FILE
+/// cannot both succeed.
 pub(crate) fn create_file(
     path: &Path,
     region: u64,
 ) -> Result<SnapshotWriter<FileStorage>, HostError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| HostError::Create {
+    let (w, tmp) = create_beside(path, region)?;
+    shm_sync::crash_point!("create.temp_synced");
+    // RENAME_NOREPLACE (Linux 3.15; ext4, xfs, btrfs, tmpfs) makes "FILE
+    // did not exist" and "FILE is now this file" one atomic step, as
+    // O_CREAT | O_EXCL did for the direct create.
+    let cwd = rustix::fs::CWD;
+    if let Err(e) =
+        rustix::fs::renameat_with(cwd, &tmp, cwd, path, rustix::fs::RenameFlags::NOREPLACE)
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(HostError::Create {
             path: path.to_path_buf(),
-            source,
-        })?;
-    let w = new_log(f, path, region)?;
+            source: e.into(),
+        });
+    }
+    shm_sync::crash_point!("create.renamed");
     sync_dir(path)?;
     Ok(w)
 }
