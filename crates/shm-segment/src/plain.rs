@@ -133,16 +133,9 @@ macro_rules! plain_struct {
         }
 
         impl $crate::Plain for $name {
-            const PLAIN_LAYOUT: $crate::Layout = $crate::Layout::structural::<$name>(
-                $crate::layout::Fingerprint::new()
-                    $(
-                        .str(::core::stringify!($field))
-                        .u64(<$ty as $crate::Plain>::PLAIN_LAYOUT.id)
-                        .u64(::core::mem::offset_of!($name, $field) as u64)
-                    )*,
-                ::core::stringify!($name),
-            )
-            $( .with_tag($tag) )*;
+            const PLAIN_LAYOUT: $crate::Layout = $crate::__structural_layout!(
+                $name, Plain::PLAIN_LAYOUT, [$($field: $ty),*], [$($tag)*]
+            );
         }
     };
     (@attrs $($bad:tt)*) => {

@@ -65,6 +65,29 @@ unsafe impl<T: Shared, const N: usize> Shared for [T; N] {
     const SHARED_LAYOUT: Layout = Layout::array(T::SHARED_LAYOUT, N);
 }
 
+/// The structural [`Layout`](crate::Layout) of a struct, for
+/// [`shared_struct!`](crate::shared_struct) and
+/// [`plain_struct!`](crate::plain_struct): each field's name, the
+/// fingerprint its type gives through `$trait::$konst` and its offset, then
+/// the struct's size and alignment, and the tag if one is given. Not part of
+/// the API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __structural_layout {
+    ($name:ident, $trait:ident :: $konst:ident, [$($field:ident : $ty:ty),*], [$($tag:tt)*]) => {
+        $crate::Layout::structural::<$name>(
+            $crate::layout::Fingerprint::new()
+                $(
+                    .str(::core::stringify!($field))
+                    .u64(<$ty as $crate::$trait>::$konst.id)
+                    .u64(::core::mem::offset_of!($name, $field) as u64)
+                )*,
+            ::core::stringify!($name),
+        )
+        $( .with_tag($tag) )*
+    };
+}
+
 /// Declares a `#[repr(C)]` struct whose fields are all [`Shared`], and
 /// implements `Shared` (and zerocopy's `FromBytes` + `KnownLayout`, and `Debug`) for it.
 ///
@@ -148,16 +171,9 @@ macro_rules! shared_struct {
         // is no drop glue (also asserted below).
         #[allow(unsafe_code)]
         unsafe impl $crate::Shared for $name {
-            const SHARED_LAYOUT: $crate::Layout = $crate::Layout::structural::<$name>(
-                $crate::layout::Fingerprint::new()
-                    $(
-                        .str(::core::stringify!($field))
-                        .u64(<$ty as $crate::Shared>::SHARED_LAYOUT.id)
-                        .u64(::core::mem::offset_of!($name, $field) as u64)
-                    )*,
-                ::core::stringify!($name),
-            )
-            $( .with_tag($tag) )*;
+            const SHARED_LAYOUT: $crate::Layout = $crate::__structural_layout!(
+                $name, Shared::SHARED_LAYOUT, [$($field: $ty),*], [$($tag)*]
+            );
         }
 
         const _: () = {
