@@ -46,7 +46,7 @@ rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT
 export OUTLIVE_BENCH_JSON=$rows
 start=$(date +%s)
-for bench in shm-ring:ring shm-mailbox:mailbox shm-snapshot:snapshot; do
+for bench in shm-ring:ring shm-mailbox:mailbox shm-snapshot:snapshot shm-snapshot:copy_free; do
     printf '\n==> cargo bench -p %s --bench %s -- %s\n' "${bench%%:*}" "${bench#*:}" "${quick[*]:-}"
     cargo bench -q -p "${bench%%:*}" --bench "${bench#*:}" -- "${quick[@]}"
 done
