@@ -169,12 +169,17 @@ impl<S: Words> RawHost<S> {
         // Acquire fence in `flush`.
         let stamp = |p: usize| self.words.load(geo.stamps + 8 * p);
         let mut batch: Vec<usize> = Vec::with_capacity(BATCH_PAGES);
-        let mut buf = vec![0u8; BATCH_PAGES * geo.page];
+        // Grown to the largest batch: a snapshot of a few pages (a durable
+        // commit's) allocates a few pages, not a whole batch of zeros.
+        let mut buf = Vec::new();
         // Pages stamped in `(low, target]` are copied by this pass.
         let mut low = since;
         for _ in 0..COPY_PASSES {
             let mut missed = false;
             let mut flush = |batch: &mut Vec<usize>, target: u64| -> Result<bool, E> {
+                if buf.len() < batch.len() * geo.page {
+                    buf.resize(batch.len() * geo.page, 0);
+                }
                 for (k, &p) in batch.iter().enumerate() {
                     let n = geo.page_len(p);
                     let dst = &mut buf[k * geo.page..k * geo.page + n];
