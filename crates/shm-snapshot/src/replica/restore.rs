@@ -321,6 +321,19 @@ fn assemble(
         }
     };
     let (cut, generation) = match target {
+        // The names promised `g`, the bytes do not reach it (a corrupt or
+        // truncated segment): this plan cannot give exactly `g`.
+        Target::Generation(g) if g > info.generation => {
+            let mut why = beyond(plan.epoch, &a.placed, info.valid_end, info.generation);
+            let first = why.drain(..).next().unwrap_or_else(|| Skipped {
+                key: key_of(plan.epoch, plan.base),
+                reason: format!(
+                    "the consistent log ends at file generation {}",
+                    info.generation
+                ),
+            });
+            return Ok(Err(first));
+        }
         Target::Generation(g) if g < info.generation => match commit_end(&a.st, g)? {
             Some(e) => (e, g),
             None => {
