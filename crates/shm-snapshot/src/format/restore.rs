@@ -102,8 +102,9 @@ pub struct Damage {
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bytes: u64 = self.ranges.iter().map(|r| r.end - r.start).sum();
-        if let Some(first) = self.ranges.first() {
-            write!(f, "damaged records at bytes {}..{}", first.start, first.end)?;
+        match self.ranges.first() {
+            Some(first) => write!(f, "damaged records at bytes {}..{}", first.start, first.end)?,
+            None => f.write_str("damaged records")?,
         }
         if self.ranges.len() > 1 {
             write!(
@@ -680,4 +681,26 @@ fn scan_once<S: Storage + ?Sized>(
 /// ```
 pub fn inspect<S: Storage + ?Sized>(s: &S) -> Result<FileInfo, SnapshotError> {
     scan(s, RestoreOptions::default(), &mut |_, _| {}, &mut |_, _| {}).map(|r| r.info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Damage;
+
+    #[test]
+    fn damage_reads_as_a_sentence_with_or_without_ranges() {
+        let mut d = Damage {
+            ranges: vec![10..20, 30..35],
+            last_before: 3,
+            newest_after: 5,
+        };
+        assert_eq!(
+            d.to_string(),
+            "damaged records at bytes 10..20 and 1 more ranges (15 bytes in all), with intact \
+             snapshots after them: generation 3 is the newest before the damage, generation 5 \
+             the newest after it"
+        );
+        d.ranges.clear();
+        assert!(d.to_string().starts_with("damaged records, with intact snapshots"));
+    }
 }
