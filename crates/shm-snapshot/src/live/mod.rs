@@ -30,6 +30,7 @@
 //! written since the previous commit, with the same seqlock protocol.
 
 mod client;
+mod copier;
 mod durable;
 mod host;
 mod layout;
