@@ -414,4 +414,48 @@ mod tests {
         sut.split(&[], 100, 4, 8);
         assert_eq!(sut.parts(), 0);
     }
+
+    proptest::proptest! {
+        /// Any dirty list: the parts, in order, are exactly the clipped
+        /// non-empty ranges (cut only at the grain), there are at most
+        /// `parts` of them, none empty, and none over its share by more than
+        /// a grain.
+        #[test]
+        fn split_covers_every_byte_once_in_balanced_parts(
+            dirty in proptest::collection::vec((0usize..5000, 0usize..3000), 0..20),
+            region in 1usize..4500,
+            parts in 1usize..6,
+            grain in proptest::sample::select(vec![1usize, 8, 64, 4096]),
+        ) {
+            let dirty: Vec<Range<usize>> = dirty.iter().map(|&(s, l)| s..s + l).collect();
+            let mut sut = Plan::default();
+            sut.split(&dirty, region, parts, grain);
+            let clipped = dirty
+                .iter()
+                .map(|r| r.start.min(region)..r.end.min(region))
+                .filter(|r| !r.is_empty());
+            let mut pieces = (0..sut.parts()).flat_map(|k| sut.part(k).iter().cloned());
+            // Each clipped range is a run of pieces, cut at the grain.
+            for r in clipped {
+                let mut at = r.start;
+                while at < r.end {
+                    let p = pieces.next();
+                    proptest::prop_assert_eq!(p.as_ref().map(|p| p.start), Some(at));
+                    let p = p.unwrap();
+                    proptest::prop_assert!(p.end <= r.end && p.start < p.end);
+                    proptest::prop_assert!(p.end == r.end || p.end % grain == 0);
+                    at = p.end;
+                }
+            }
+            proptest::prop_assert_eq!(pieces.next(), None);
+            let total = super::clipped_bytes(&dirty, region);
+            proptest::prop_assert!(sut.parts() <= parts);
+            proptest::prop_assert_eq!(sut.parts() == 0, total == 0);
+            for k in 0..sut.parts() {
+                let bytes: usize = sut.part(k).iter().map(ExactSizeIterator::len).sum();
+                proptest::prop_assert!(bytes > 0);
+                proptest::prop_assert!(bytes <= total.div_ceil(parts) + grain, "part {} has {} bytes", k, bytes);
+            }
+        }
+    }
 }
