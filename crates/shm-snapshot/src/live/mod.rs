@@ -55,6 +55,7 @@ pub mod model {
 
     pub use super::Changed;
     use super::client::RawClient;
+    use super::copier::{self, Copier};
     use super::host::RawHost;
     use super::layout::{Geometry, SEQ_OFF};
     use super::words::HeapWords;
@@ -76,8 +77,10 @@ pub mod model {
     /// offset; everything else is the memfd's layout.
     #[derive(Debug)]
     pub struct HeapLive {
-        words: HeapWords,
+        words: std::sync::Arc<HeapWords>,
         geo: Geometry,
+        /// One copy helper thread (`Client::set_copy_threads(2)`), if any.
+        copier: Option<Copier<std::sync::Arc<HeapWords>>>,
     }
 
     impl HeapLive {
@@ -90,9 +93,26 @@ pub mod model {
             let geo = Geometry::build((pages * page) as u64, page as u64, SEQ_OFF as u64 + 8)
                 .expect("a small power-of-two page");
             HeapLive {
-                words: HeapWords::new(geo.len),
+                words: std::sync::Arc::new(HeapWords::new(geo.len)),
                 geo,
+                copier: None,
             }
+        }
+
+        /// [`HeapLive::new`] whose commits copy on two threads, as a client
+        /// with `set_copy_threads(2)` and `set_copy_part_min(page)`: the
+        /// committing thread and one helper thread, started here, whose
+        /// Release fence before its copy runs or is skipped as `fence` says.
+        #[must_use]
+        pub fn with_helper(pages: usize, page: usize, fence: Fence) -> HeapLive {
+            let mut live = HeapLive::new(pages, page);
+            live.copier = Some(Copier::build(
+                live.words.clone(),
+                live.geo,
+                1,
+                fence == Fence::Skipped,
+            ));
+            live
         }
 
         /// The program edits its state: writes `bytes` at `offset` of the
@@ -101,11 +121,17 @@ pub mod model {
             self.words.write(self.geo.work + offset, bytes);
         }
 
-        /// `Client::commit(dirty)`; returns the new generation.
+        /// `Client::commit(dirty)`; returns the new generation. With a
+        /// helper, a commit of at least two pages is split between the two
+        /// threads by bytes.
         pub fn commit(&self, dirty: &[Range<usize>], fence: Fence) -> u64 {
-            let mut client = RawClient::new(&self.words, self.geo);
+            let mut client = RawClient::new(&*self.words, self.geo);
             client.skip_fence = fence == Fence::Skipped;
-            client.publish(dirty)
+            let parts = copier::clipped_bytes(dirty, self.geo.region) / self.geo.page;
+            match &self.copier {
+                Some(c) => client.publish_on(dirty, |d, lead| c.copy(d, parts, lead)),
+                None => client.publish(dirty),
+            }
         }
 
         /// `Host::copy(dst, tries)`.
@@ -127,7 +153,7 @@ pub mod model {
         }
 
         fn host(&self, fence: Fence) -> RawHost<&HeapWords> {
-            let mut host = RawHost::new(&self.words, self.geo);
+            let mut host = RawHost::new(&*self.words, self.geo);
             host.skip_fence = fence == Fence::Skipped;
             host
         }
