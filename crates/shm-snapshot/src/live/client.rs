@@ -147,9 +147,9 @@ impl<S: WordsMut> RawClient<S> {
 
     /// [`RawClient::publish`], with the copy offered first to `spread`,
     /// which either copies every range of `dirty` (running the given
-    /// closure, which copies and passes the crash point, on the part that
-    /// falls to this thread) and returns `true` only once all of it is
-    /// copied, or copies nothing and returns `false` (see
+    /// closure, which copies and, the first time, passes the crash point, on
+    /// each chunk that falls to this thread) and returns `true` only once
+    /// all of it is copied, or copies nothing and returns `false` (see
     /// [`Copier::copy`](super::copier::Copier::copy)).
     pub(crate) fn publish_on(
         &self,
@@ -174,12 +174,15 @@ impl<S: WordsMut> RawClient<S> {
                 .fill(g.stamps + 8 * first, last - first, generation);
         }
         self.release_fence();
-        // The crash point sits after this thread's part (with helpers, which
-        // may still be copying theirs) or between the two halves of the
+        // The crash point sits after this thread's first chunk (with helpers,
+        // which may be copying theirs) or between the two halves of the
         // ranges, so a kill there leaves the committed copy partly written.
+        let mut first = true;
         let spread = spread(dirty, &mut |own| {
             self.copy_ranges(own);
-            crate::format::crash_point_client();
+            if std::mem::take(&mut first) {
+                crate::format::crash_point_client();
+            }
         });
         if !spread {
             let (first, rest) = dirty.split_at(dirty.len() / 2);
@@ -344,15 +347,15 @@ impl Client {
     /// The commit of `dirty`, its copy spread over the helper threads when
     /// it is large enough.
     fn publish(&self, dirty: &[Range<usize>]) -> u64 {
-        let parts = self
+        let threads = self
             .copy_threads
             .min(copier::clipped_bytes(dirty, self.geo.region) / self.part_min.max(1));
-        if parts < 2 {
+        if threads < 2 {
             return self.raw().publish(dirty);
         }
         let helpers = self.copier.get_or_init(|| self.start_copier());
         self.raw()
-            .publish_on(dirty, |d, lead| helpers.copy(d, parts, lead))
+            .publish_on(dirty, |d, lead| helpers.copy(d, threads, lead))
     }
 
     /// Starts the helper threads for [`Client::copy_threads`].
@@ -369,13 +372,18 @@ impl Client {
     /// With `threads > 1`, the client owns `threads - 1` helper threads,
     /// started here (by default at the first commit large enough to split)
     /// and parked on a futex between commits; they stop when the client is
-    /// dropped or this is called again. A commit of at least
-    /// `2 * `[`Client::set_copy_part_min`] bytes is split into parts of about
-    /// equal bytes (a long run of dirty pages is cut at page boundaries), one
-    /// per thread; the commit returns only after every part is copied, and
-    /// no helper touches the memfd afterwards. A thread the system refuses
-    /// to start is logged and done without. With helpers, a commit still
-    /// never waits for the host, but it does wait for its own helpers.
+    /// dropped or this is called again. A commit of `b` bytes uses
+    /// `min(threads, b / part_min)` threads (see
+    /// [`Client::set_copy_part_min`]); from two on, its ranges are split
+    /// into chunks of about equal bytes (four per thread; a long run of
+    /// dirty pages is cut at page boundaries), which the committing thread
+    /// and the helpers claim one at a time. The committing thread never
+    /// waits for a helper to start (one the scheduler has not run yet
+    /// leaves its chunks to the others); it returns only after every chunk
+    /// is copied, and no helper touches the memfd afterwards. A thread the
+    /// system refuses to start is logged and done without. So a commit still
+    /// never waits for the host, but it can wait for the end of a chunk one
+    /// of its helpers is copying.
     ///
     /// # Examples
     /// ```

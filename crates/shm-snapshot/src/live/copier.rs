@@ -1,35 +1,43 @@
 //! The commit's copy on several threads: the dirty ranges are split into
-//! parts of about equal bytes; the committing thread copies the first part
-//! and helper threads owned by the [`Client`](super::Client) copy the others.
+//! chunks of about equal bytes, which the committing thread and helper
+//! threads owned by the [`Client`](super::Client) claim one at a time.
 //!
 //! # Protocol
 //!
 //! A [`Copier`] owns `n` helper threads, started once and parked on a
 //! condition variable (a futex) between commits: an idle helper never runs.
-//! The shared [`State`] (under one mutex) holds the plan of the current copy,
-//! its `epoch` (bumped once per copy), `pending` (helpers whose part is not
-//! yet copied) and `lost` (a helper died).
+//! The shared `State` (under one mutex) holds the plan of the current copy
+//! (its chunks), `next` (the first chunk nobody has claimed), `active`
+//! (chunks helpers claimed and have not finished), `epoch` (bumped once per
+//! copy) and `lost` (a helper died).
 //!
 //! 1. The committing thread has stored the odd `seq` and the stamps and run
-//!    its Release fence ([`RawClient::publish`](super::client::RawClient)).
-//! 2. Under the mutex it writes the plan, sets `pending` and bumps `epoch`,
-//!    then wakes the helpers. The unlock is a Release that the helpers'
-//!    lock (Acquire) pairs with: `seq`, the stamps and the plan happen
-//!    before everything a helper does with its part.
-//! 3. Each helper whose index has a part copies it with the storage's
-//!    Relaxed stores, after its own Release fence. A host that reads a byte
-//!    a helper copied and then runs its Acquire fence synchronises with that
-//!    fence, and so sees the odd `seq` and the stamps (the committing
-//!    thread's fence orders only the committing thread's own later stores).
-//! 4. The committing thread copies part 0, then waits until `pending` is 0.
-//!    Each helper decrements `pending` under the mutex after its last store;
-//!    the committing thread's lock of the mutex pairs with that unlock, so
-//!    every helper's copy happens before the Release store of the even
-//!    `seq` that publishes the commit. No helper touches the mapping after
-//!    its decrement, so none touches it after the commit returns.
+//!    its Release fence ([`RawClient::publish_on`](super::client::RawClient)).
+//! 2. Under the mutex it writes the plan, claims chunk 0 for itself and
+//!    bumps `epoch`, then wakes as many helpers as the copy is worth. The
+//!    unlock is a Release that each helper's lock (Acquire) pairs with:
+//!    `seq`, the stamps and the plan happen before everything a helper does.
+//! 3. Every thread then loops: under the mutex, claim chunk `next` (a
+//!    helper also counts it in `active`), and copy it unlocked with the
+//!    storage's Relaxed stores. A helper runs its own Release fence before
+//!    each chunk: a host that reads a byte a helper copied and then runs its
+//!    Acquire fence synchronises with that fence, and so sees the odd `seq`
+//!    and the stamps (the committing thread's fence orders only its own
+//!    later stores). A helper decrements `active` under the mutex after the
+//!    chunk's last store.
+//! 4. When no chunk is left, the committing thread waits until `active` is
+//!    0. Its lock of the mutex pairs with each helper's unlock after a
+//!    chunk, so every helper's copy happens before the Release store of the
+//!    even `seq` that publishes the commit. A helper claims nothing once
+//!    every chunk is claimed, so none touches the mapping after the commit
+//!    returns.
+//!
+//! The committing thread never waits for a helper to start: a helper the
+//! scheduler has not run yet claims nothing, and the committing thread copies
+//! every chunk itself; it waits only for chunks a helper is copying.
 //!
 //! A crash (SIGKILL) anywhere in between kills the helpers with the process
-//! and leaves `seq` odd with some parts copied: the next client finishes the
+//! and leaves `seq` odd with some chunks copied: the next client finishes the
 //! commit from the work area, exactly as after a single-threaded copy cut
 //! short. A helper that panics (a bug) sets `lost` on its way out; the
 //! committing thread then copies every range itself (copying a range twice
@@ -149,12 +157,27 @@ struct State {
     /// Bumped once per copy handed out.
     epoch: u64,
     plan: Plan,
-    /// Helpers whose part of the current copy is not copied yet.
-    pending: usize,
+    /// The first chunk of `plan` nobody has claimed.
+    next: usize,
+    /// Chunks helpers have claimed and not finished copying.
+    active: usize,
     /// A helper died: copy on one thread from now on.
     lost: bool,
     /// The copier is being dropped: helpers return.
     stop: bool,
+}
+
+impl State {
+    /// Claims the next chunk into `into` (cleared first); `false` when none is left.
+    fn claim(&mut self, into: &mut Vec<Range<usize>>) -> bool {
+        if self.next >= self.plan.parts() {
+            return false;
+        }
+        into.clear();
+        into.extend_from_slice(self.plan.part(self.next));
+        self.next += 1;
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -177,17 +200,21 @@ impl<W> Shared<W> {
     }
 }
 
-/// Helper threads that copy parts of each commit (see the module's protocol).
+/// Helper threads that copy chunks of each commit (see the module's protocol).
 #[derive(Debug)]
 pub(crate) struct Copier<W> {
     shared: Arc<Shared<W>>,
     helpers: Vec<JoinHandle<()>>,
-    /// The committing thread's part; held for the whole copy, so two
+    /// The committing thread's chunk; held for the whole copy, so two
     /// (overlapping, hence misused) commits never share the helpers.
     lead: Mutex<Vec<Range<usize>>>,
     /// The process that started the helpers (a forked child has none).
     pid: u32,
 }
+
+/// Chunks per thread a copy is split into: enough that a thread that starts
+/// late, or is preempted, holds up the others by a fraction of the copy.
+const CHUNKS_PER_THREAD: usize = 4;
 
 /// Starts one helper thread.
 #[cfg(not(shm_loom))]
@@ -224,9 +251,9 @@ impl<W: WordsMut + Send + Sync + 'static> Copier<W> {
             skip_fence,
         });
         let mut threads = Vec::with_capacity(helpers);
-        for index in 1..=helpers {
+        for _ in 0..helpers {
             let shared = shared.clone();
-            match spawn(move || helper(&shared, index)) {
+            match spawn(move || helper(&shared)) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     tracing::warn!("copy helper thread refused ({e}); copying on fewer threads");
@@ -249,57 +276,63 @@ impl<W: WordsMut> Copier<W> {
         self.helpers.len() + 1
     }
 
-    /// Copies `dirty` on up to `parts` threads: hands parts 1.. to the
-    /// helpers, runs `lead` on part 0 in this thread, then waits for every
-    /// helper. Returns `false`, having copied nothing, when the helpers
-    /// cannot take it (fewer than two parts, a helper died, a forked child,
-    /// or another copy in progress): the caller then copies on its own.
+    /// Copies `dirty` on up to `threads` threads: splits it into chunks,
+    /// wakes `threads - 1` helpers and runs `lead` on each chunk this thread
+    /// claims (at least the first), then waits for the chunks helpers are
+    /// still copying. Returns `false`, having copied nothing, when the
+    /// helpers cannot take it (fewer than two threads or chunks, a helper
+    /// died, a forked child, or another copy in progress): the caller then
+    /// copies on its own.
     pub(crate) fn copy(
         &self,
         dirty: &[Range<usize>],
-        parts: usize,
-        lead: impl FnOnce(&[Range<usize>]),
+        threads: usize,
+        mut lead: impl FnMut(&[Range<usize>]),
     ) -> bool {
-        let parts = parts.min(self.threads());
-        if parts < 2 || self.pid != std::process::id() {
+        let threads = threads.min(self.threads());
+        if threads < 2 || self.pid != std::process::id() {
             return false;
         }
         let Ok(mut own) = self.lead.try_lock() else {
             return false;
         };
-        let mut st = self.shared.lock();
+        let shared = &*self.shared;
+        let mut st = shared.lock();
         if st.lost {
             return false;
         }
+        let chunks = threads * CHUNKS_PER_THREAD;
         st.plan
-            .split(dirty, self.shared.geo.region, parts, self.shared.geo.page);
+            .split(dirty, shared.geo.region, chunks, shared.geo.page);
         if st.plan.parts() < 2 {
             return false;
         }
-        own.clear();
-        own.extend_from_slice(st.plan.part(0));
-        st.pending = st.plan.parts() - 1;
+        st.next = 0;
         st.epoch += 1;
+        st.claim(&mut own);
         // SYNC: the unlock (Release) pairs with each helper's lock in
         // `helper`: the caller's `seq`, stamps and this plan happen before
-        // the helper's copy.
+        // every chunk a helper copies.
         drop(st);
-        self.shared.go.notify_all();
-        lead(&own);
-        let mut st = self.shared.lock();
-        while st.pending > 0 {
+        for _ in 1..threads {
+            shared.go.notify_one();
+        }
+        loop {
+            lead(&own);
+            if !shared.lock().claim(&mut own) {
+                break;
+            }
+        }
+        let mut st = shared.lock();
+        while st.active > 0 {
             // SYNC: each wake-up re-locks (Acquire), pairing with the unlock
-            // in `Done::drop`: a helper's copy happens before this returns.
-            st = self
-                .shared
-                .done
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            // in `Done::drop`: a helper's chunk happens before this returns.
+            st = shared.done.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         if st.lost {
             drop(st);
-            tracing::error!("a copy helper thread died: copying its part on this thread");
-            copy_ranges(&self.shared.words, self.shared.geo, dirty);
+            tracing::error!("a copy helper thread died: copying its chunk on this thread");
+            copy_ranges(&shared.words, shared.geo, dirty);
         }
         true
     }
@@ -322,7 +355,7 @@ impl<W> Drop for Copier<W> {
     }
 }
 
-/// Marks a helper's part done (also when it unwinds), waking the
+/// Marks a helper's chunk done (also when it unwinds), waking the
 /// committing thread after the last one.
 struct Done<'a, W>(&'a Shared<W>);
 
@@ -332,10 +365,10 @@ impl<W> Drop for Done<'_, W> {
         if std::thread::panicking() {
             st.lost = true;
         }
-        st.pending -= 1;
-        let last = st.pending == 0;
+        st.active -= 1;
+        let last = st.active == 0;
         // SYNC: the unlock (Release) pairs with the committing thread's
-        // re-lock in `Copier::copy`: this helper's copy happens before it.
+        // re-lock in `Copier::copy`: this chunk's copy happens before it.
         drop(st);
         if last {
             self.0.done.notify_all();
@@ -343,40 +376,39 @@ impl<W> Drop for Done<'_, W> {
     }
 }
 
-/// Helper `index` (1..): waits for each new epoch and copies its part of it.
-fn helper<W: WordsMut>(shared: &Shared<W>, index: usize) {
+/// A helper: waits for each new epoch, then claims and copies chunks until
+/// none is left.
+fn helper<W: WordsMut>(shared: &Shared<W>) {
     let mut seen = 0;
     let mut mine = Vec::new();
     loop {
-        {
-            let mut st = shared.lock();
-            while st.epoch == seen && !st.stop {
-                st = shared.go.wait(st).unwrap_or_else(PoisonError::into_inner);
-            }
-            if st.stop {
-                return;
-            }
-            seen = st.epoch;
-            if index >= st.plan.parts() {
-                continue;
-            }
-            mine.clear();
-            mine.extend_from_slice(st.plan.part(index));
+        let mut st = shared.lock();
+        while st.epoch == seen && !st.stop {
+            st = shared.go.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
-        let done = Done(shared);
-        #[cfg(shm_loom)]
-        let skip = shared.skip_fence;
-        #[cfg(not(shm_loom))]
-        let skip = false;
-        if !skip {
-            // SYNC: Release fence, pairs with the host's Acquire fences in
-            // `RawHost::copy` and `RawHost::copy_changed`: a host that reads
-            // a byte of this copy sees `seq` odd and the stamps, which
-            // happen before this fence through the lock above.
-            fence(Ordering::Release);
+        if st.stop {
+            return;
         }
-        copy_ranges(&shared.words, shared.geo, &mine);
-        drop(done);
+        seen = st.epoch;
+        while st.claim(&mut mine) {
+            st.active += 1;
+            drop(st);
+            let done = Done(shared);
+            #[cfg(shm_loom)]
+            let skip = shared.skip_fence;
+            #[cfg(not(shm_loom))]
+            let skip = false;
+            if !skip {
+                // SYNC: Release fence, pairs with the host's Acquire fences
+                // in `RawHost::copy` and `RawHost::copy_changed`: a host that
+                // reads a byte of this chunk sees `seq` odd and the stamps,
+                // which happen before this fence through the lock above.
+                fence(Ordering::Release);
+            }
+            copy_ranges(&shared.words, shared.geo, &mine);
+            drop(done);
+            st = shared.lock();
+        }
     }
 }
 

@@ -122,14 +122,14 @@ pub mod model {
         }
 
         /// `Client::commit(dirty)`; returns the new generation. With a
-        /// helper, a commit of at least two pages is split between the two
-        /// threads by bytes.
+        /// helper, a commit of at least two pages is split into one-page
+        /// chunks that the two threads claim.
         pub fn commit(&self, dirty: &[Range<usize>], fence: Fence) -> u64 {
             let mut client = RawClient::new(&*self.words, self.geo);
             client.skip_fence = fence == Fence::Skipped;
-            let parts = copier::clipped_bytes(dirty, self.geo.region) / self.geo.page;
+            let threads = copier::clipped_bytes(dirty, self.geo.region) / self.geo.page;
             match &self.copier {
-                Some(c) => client.publish_on(dirty, |d, lead| c.copy(d, parts, lead)),
+                Some(c) => client.publish_on(dirty, |d, lead| c.copy(d, threads, lead)),
                 None => client.publish(dirty),
             }
         }
