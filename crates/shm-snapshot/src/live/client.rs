@@ -332,7 +332,8 @@ impl Client {
 
     /// Publishes the work area's bytes in `dirty` (byte ranges; everything
     /// changed since the last commit must be covered) as the next committed
-    /// state. Wait-free: it copies the ranges and never waits for the host.
+    /// state. It copies the ranges (on several threads when they are large
+    /// enough, see [`Client::set_copy_threads`]) and never waits for the host.
     /// Returns the new generation.
     ///
     /// With tracking started, this still copies only `dirty`; the pages the

@@ -16,8 +16,10 @@
 //! The client edits the work area freely and calls [`Client::commit`] at a
 //! consistent point: it makes `seq` odd, stamps the dirty pages with the new
 //! generation, copies them from the work area into the committed copy and
-//! makes `seq` even again. That is wait-free (no loop waits for anyone). The
-//! host maps the memfd read-only. [`Host::copy`] copies the whole committed
+//! makes `seq` even again. It never waits for the host; the copy may be
+//! spread over the client's own helper threads
+//! ([`Client::set_copy_threads`], `copier.rs`), and on one thread the commit
+//! is wait-free (no loop waits for anyone). The host maps the memfd read-only. [`Host::copy`] copies the whole committed
 //! copy seqlock-style (kept only if `seq` was even and unchanged across it);
 //! [`Host::copy_changed`] copies only the pages stamped after a generation the
 //! host already has, and keeps each page only if its stamp did not move past
