@@ -515,6 +515,20 @@ fn host_after_exit_takes_the_commit_a_killed_client_was_inside() {
     }
 }
 
+/// A range of a few bytes inside one 8-byte word is copied (it has no
+/// aligned middle; its word view used to be refused with a panic).
+#[test]
+fn a_range_inside_one_word_is_committed() {
+    let fd = memfd(4096);
+    let sut = Client::open(fd.as_fd()).unwrap();
+    sut.work().write_bytes(3, b"ab").unwrap();
+    assert_eq!(sut.commit(&[3..5]), 1);
+    let host = Host::open(fd.as_fd()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(host.copy(&mut buf, 1), Some(1));
+    assert_eq!(&buf[3..5], b"ab");
+}
+
 /// The committed copy and the pages stamped with generation `g`, as a host
 /// sees them after commit `g`.
 fn committed_and_changed(host: &Host, g: u64) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {

@@ -215,10 +215,14 @@ impl WordsMut for Region<'_> {
             self.read_bytes(from, &mut edge[..head]).expect(OUTSIDE);
             self.write_bytes(to, &edge[..head]).expect(OUTSIDE);
         }
-        let src = self.atomics_u64(from + head, words).expect(OUTSIDE);
-        let dst = self.atomics_u64(to + head, words).expect(OUTSIDE);
-        for (d, s) in dst.iter().zip(src) {
-            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        // A short range inside one word has no aligned middle, and its
+        // `from + head` is not 8-aligned: no word view of it.
+        if words > 0 {
+            let src = self.atomics_u64(from + head, words).expect(OUTSIDE);
+            let dst = self.atomics_u64(to + head, words).expect(OUTSIDE);
+            for (d, s) in dst.iter().zip(src) {
+                d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
         }
         if tail > 0 {
             let o = head + words * 8;
