@@ -1,7 +1,10 @@
 //! Snapshot benchmark: figures next to baselines measured in the same run.
 //!
 //! `cargo bench -p shm-snapshot --bench snapshot [-- --quick] [GROUP...]`
-//! (groups: `throughput`, `live`, `bytes`, `restore`, `pause`, `durable`).
+//! (groups: `throughput`, `live`, `bytes`, `restore`, `pause`,
+//! `pause-threads`, `durable`; a word selects every group whose name
+//! contains it, so `pause` runs both pause groups and `threads` only the
+//! second).
 //! The shm-bench harness runs each component and its baseline alternately,
 //! repetition by repetition, and reports the median and range of the
 //! per-repetition ratios; `--quick` shrinks the states and the runs.
@@ -111,6 +114,9 @@ fn main() {
     }
     if h.group("pause") {
         commit_pause(&mut h);
+    }
+    if h.group("pause-threads") {
+        pause_threads(&mut h);
     }
     if h.group("durable") {
         durable_commits(&mut h, &dir);
@@ -779,5 +785,129 @@ fn commit_pause(h: &mut Harness) {
             "  (the host process completed {} consistent copies meanwhile)",
             String::from_utf8_lossy(&out.stdout).trim()
         );
+    }
+}
+
+/// The figures of one copy-threads repetition, in this order.
+const THREADS: [&str; 7] = [
+    "tracked commit, copy on every core p50",
+    "tracked commit, copy on every core p99",
+    "tracked commit, copy on one thread p50",
+    "tracked commit, copy on one thread p99",
+    "scan + memcpy / cores p50",
+    "scan + memcpy / cores p99",
+    "scan alone p50",
+];
+
+/// The tracked commit's pause with its copy spread over every core
+/// (`Client::set_copy_threads`, default) against the same commit copied on
+/// one thread, and against the ideal of the same round: the scan (a tracked
+/// commit of nothing, timed right after) plus a `memcpy` of the same pages
+/// between pre-faulted buffers divided by the number of cores. No host runs
+/// meanwhile (it would take a core); random dirty pages of a populated state.
+fn pause_threads(h: &mut Harness) {
+    const PAGE: usize = 4096;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let regions: &[u64] = h.pick(&[64, 256, 1024], &[64]);
+    for &mib in regions {
+        let region = mib << 20;
+        let pages = region as usize / PAGE;
+        let fd = shm_segment::memfd::create(
+            "bench",
+            live::memfd_size(region),
+            shm_segment::memfd::FIXED_SIZE,
+        )
+        .unwrap();
+        live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
+        let mut client = Client::open(fd.as_fd()).unwrap();
+        for p in 0..pages {
+            client.work().write(p * PAGE, &(p as u64 + 1)).unwrap();
+        }
+        client.commit(&[0..region as usize]);
+        if let Err(e) = client.track() {
+            println!(
+                "commit pause on {cores} cores, {mib} MiB: tracking unavailable ({e}); skipped"
+            );
+            continue;
+        }
+        let src = vec![1u8; region as usize];
+        let mut dst = vec![2u8; region as usize];
+        let mut order: Vec<usize> = (0..pages).collect();
+        println!(
+            "commit pause on {cores} cores ({} copy threads), {mib} MiB state, no host:",
+            client.copy_threads()
+        );
+        for (label, k) in [
+            ("0.1 %", (pages / 1000).max(1)),
+            ("1 %", (pages / 100).max(1)),
+            ("10 %", (pages / 10).max(1)),
+        ] {
+            let rounds = match k * 1000 / pages {
+                0..=1 => h.pick(200u64, 50),
+                2..=10 => h.pick(100, 20),
+                _ => h.pick(20, 8),
+            };
+            let mut pick = |order: &mut Vec<usize>| {
+                for j in 0..k {
+                    let r = j + (next() as usize) % (pages - j);
+                    order.swap(j, r);
+                }
+            };
+            let mut run = |_rep: usize| {
+                let (mut many, mut one, mut ideal, mut scans) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for i in 0..rounds {
+                    for (threads, out) in [(cores, &mut many), (1, &mut one)] {
+                        pick(&mut order);
+                        for &p in &order[..k] {
+                            client.work().write(p * PAGE + 8, &i).unwrap();
+                        }
+                        // One thread: no part is ever worth a helper.
+                        client.set_copy_part_min(if threads == 1 { usize::MAX } else { 256 << 10 });
+                        let t = Instant::now();
+                        let c = client.commit_tracked().unwrap();
+                        out.push(t.elapsed());
+                        assert_eq!(c.bytes, (k * PAGE) as u64, "tracked commit missed pages");
+                    }
+                    let t = Instant::now();
+                    client.commit_tracked().unwrap();
+                    let scan = t.elapsed();
+                    let t = Instant::now();
+                    for &p in &order[..k] {
+                        dst[p * PAGE..p * PAGE + PAGE]
+                            .copy_from_slice(&src[p * PAGE..p * PAGE + PAGE]);
+                    }
+                    let copy = t.elapsed();
+                    std::hint::black_box(&mut dst);
+                    scans.push(scan);
+                    ideal.push(scan + copy / cores as u32);
+                }
+                vec![
+                    pct_us(&many, 0.5),
+                    pct_us(&many, 0.99),
+                    pct_us(&one, 0.5),
+                    pct_us(&one, 0.99),
+                    pct_us(&ideal, 0.5),
+                    pct_us(&ideal, 0.99),
+                    pct_us(&scans, 0.5),
+                ]
+            };
+            let r = h.reps_joint("us", Better::Lower, &THREADS, &mut run);
+            let case = format!(
+                "commit pause on {cores} cores, {mib} MiB state, {label} dirty ({k} pages, {rounds} commits/rep)"
+            );
+            h.row(&r, &case, THREADS[0], THREADS[4]);
+            h.row(&r, &case, THREADS[1], THREADS[5]);
+            h.row(&r, &case, THREADS[0], THREADS[2]);
+            h.row(&r, &case, THREADS[1], THREADS[3]);
+            h.row(&r, &case, THREADS[6], THREADS[4]);
+        }
     }
 }

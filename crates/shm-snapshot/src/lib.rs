@@ -52,7 +52,8 @@
 //! ([`live::Client::work`]) and, whenever the state is consistent, commits it
 //! ([`live::Client::commit`] with the byte ranges it changed, or
 //! [`live::Client::commit_tracked`] after [`live::Client::track`]). A commit
-//! is wait-free and never touches a file. The **host** —
+//! never waits for the host and never touches a file; its copy runs on
+//! every core by default ([`live::Client::set_copy_threads`]). The **host** —
 //! [`host::SnapshotHost`] in the program's supervisor or in the program
 //! itself, or the `shm-restore` binary that runs the program as its child —
 //! reads committed states out of the memfd and writes them into the snapshot

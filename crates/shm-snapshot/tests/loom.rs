@@ -8,7 +8,9 @@
 //! Each model has two controls that skip one fence in that same code (a
 //! `cfg(shm_loom)`-only knob, `Fence::Skipped`): the client's Release fence
 //! between the stamps and the copy, or the host's Acquire fence before its
-//! re-check. loom must then find a torn copy.
+//! re-check. loom must then find a torn copy. The helper model splits the
+//! copy with a copy helper thread (`live::copier`, its mutex, condition
+//! variables and thread as loom's); its control skips the helper's fence.
 #![cfg(shm_loom)]
 
 use shm_snapshot::live::durable_model::{Bump, HeapDurable};
@@ -80,6 +82,42 @@ fn without_the_client_fence_loom_finds_a_torn_copy() {
 #[should_panic(expected = "torn or mismatched copy")]
 fn without_the_host_fence_loom_finds_a_torn_copy() {
     model(Fence::Kept, Fence::Skipped);
+}
+
+/// One client committing generations 1 and 2 (each writes its generation
+/// into both pages) with its copy split: page 0 on the client's thread, page
+/// 1 on its copy helper thread, while the host copies the whole state.
+fn helper_model(helper_fence: Fence) {
+    loom::model(move || {
+        let live = Arc::new(HeapLive::with_helper(2, PAGE, helper_fence));
+        let client = {
+            let live = live.clone();
+            thread::spawn(move || {
+                commit(&live, &[0, 1], 1, Fence::Kept);
+                commit(&live, &[0, 1], 2, Fence::Kept);
+            })
+        };
+        if let Some((g, v)) = copy(&live, 1, Fence::Kept) {
+            assert_eq!(v, [g, g], "torn or mismatched copy at generation {g}");
+        }
+        client.join().unwrap();
+        // The commit returned only after the helper's part was copied.
+        assert_eq!(copy(&live, 1, Fence::Kept), Some((2, [2, 2])));
+    });
+}
+
+#[test]
+fn host_copy_of_a_commit_split_over_a_helper_is_one_committed_state() {
+    helper_model(Fence::Kept);
+}
+
+/// Control: without the helper's own Release fence before its part, the
+/// client's fence does not order the helper's stores after the stamps and
+/// the odd `seq`: the host can read the helper's bytes under the old `seq`.
+#[test]
+#[should_panic(expected = "torn or mismatched copy")]
+fn without_the_helper_fence_loom_finds_a_torn_copy() {
+    helper_model(Fence::Skipped);
 }
 
 /// The pages of commits 1 and 2.

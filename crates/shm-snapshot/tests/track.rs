@@ -255,9 +255,10 @@ fn model_generation(g: u64) -> Vec<u8> {
 
 /// SIGKILL of a tracking client inside its n-th tracked commit (crash point
 /// `client.mid_commit`: after the scan, with `seq` odd and half of the dirty
-/// ranges copied): the host never takes that half-published state, the next
-/// client finishes the commit from the work area, and tracking works again
-/// afterwards.
+/// ranges copied, or with copy helpers the committing thread's part, the
+/// helpers' parts in any state): the host never takes that half-published
+/// state, the next client finishes the commit from the work area, and
+/// tracking works again afterwards.
 #[cfg(feature = "fault-injection")]
 #[test]
 fn client_killed_inside_a_tracked_commit() {
@@ -269,6 +270,9 @@ fn client_killed_inside_a_tracked_commit() {
             .open(std::env::var("STATE_PATH").unwrap())
             .unwrap();
         let mut c = Client::open(f.as_fd()).unwrap();
+        let threads = std::env::var("COPY_THREADS").unwrap().parse().unwrap();
+        c.set_copy_threads(threads);
+        c.set_copy_part_min(PAGE);
         c.track().unwrap();
         for g in 1..=5 {
             write_generation(&c, g);
@@ -277,7 +281,9 @@ fn client_killed_inside_a_tracked_commit() {
         return;
     }
     let _w = shm_testkit::Watchdog::new(std::time::Duration::from_secs(120));
-    for nth in [1u64, 3, 5] {
+    // One thread, and helpers that may be mid-copy when the committing
+    // thread is killed after its own part (commits 3 and 5 are split).
+    for (threads, nth) in [(1, 1u64), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)] {
         let fd = memfd(32 * PAGE as u64);
         let path = format!(
             "/proc/{}/fd/{}",
@@ -286,13 +292,14 @@ fn client_killed_inside_a_tracked_commit() {
         );
         let out = shm_testkit::role_command("client_killed_inside_a_tracked_commit", "client")
             .env("STATE_PATH", &path)
+            .env("COPY_THREADS", threads.to_string())
             .env("SHM_CRASH_AT", format!("client.mid_commit@{nth}"))
             .output()
             .unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&out.status),
             Some(9),
-            "crash point {nth} did not SIGKILL the client"
+            "crash point {nth} did not SIGKILL the client ({threads} threads)"
         );
         let host = Host::open(fd.as_fd()).unwrap();
         let mut buf = vec![0u8; 32 * PAGE];
@@ -312,9 +319,11 @@ proptest! {
 
     /// Random writes to random pages over several epochs: each tracked
     /// commit reports exactly the written pages, and afterwards the committed
-    /// copy equals both the work area and a model of every write.
+    /// copy equals both the work area and a model of every write, whether
+    /// the copy runs on one thread or is split over helpers.
     #[test]
     fn random_writes_are_all_captured(
+        threads in 1usize..4,
         pages in 1usize..96,
         tail in 0usize..PAGE,
         epochs in prop::collection::vec(
@@ -324,7 +333,10 @@ proptest! {
     ) {
         let region = pages * PAGE + tail;
         let fd = memfd(region as u64);
-        let c = tracked(&fd);
+        let mut c = tracked(&fd);
+        // One page per thread at least: most commits are split.
+        c.set_copy_threads(threads);
+        c.set_copy_part_min(PAGE);
         let host = Host::open(fd.as_fd()).unwrap();
         let mut model = vec![0u8; region];
         for (k, writes) in epochs.iter().enumerate() {

@@ -70,9 +70,9 @@ pub mod thread {
 /// and the mutex and condition variable that model a futex on heap words.
 pub mod sync {
     #[cfg(shm_loom)]
-    pub use loom::sync::{Arc, Condvar, Mutex};
+    pub use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
     #[cfg(not(shm_loom))]
-    pub use std::sync::{Arc, Condvar, Mutex};
+    pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 }
 
 /// Runs `f` as a loom model, or once as a plain closure outside loom.

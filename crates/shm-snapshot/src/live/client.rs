@@ -16,12 +16,13 @@
 
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use shm_segment::{Access, Region, Segment};
 use shm_sync::atomic::{Ordering, fence};
 
+use super::copier::{self, Copier};
 use super::durable::{RawDurable, WaitError};
 use super::layout::{self, Geometry, HOST_LOCK_BYTE, MAX_SEQ, SEQ_OFF};
 use super::words::WordsMut;
@@ -141,6 +142,20 @@ impl<S: WordsMut> RawClient<S> {
     /// generation, Release fence, copy `dirty` work → committed, `seq` even.
     /// Returns the new generation.
     pub(crate) fn publish(&self, dirty: &[Range<usize>]) -> u64 {
+        self.publish_on(dirty, |_, _| false)
+    }
+
+    /// [`RawClient::publish`], with the copy offered first to `spread`,
+    /// which either copies every range of `dirty` (running the given
+    /// closure, which copies and, the first time, passes the crash point, on
+    /// each chunk that falls to this thread) and returns `true` only once
+    /// all of it is copied, or copies nothing and returns `false` (see
+    /// [`Copier::copy`](super::copier::Copier::copy)).
+    pub(crate) fn publish_on(
+        &self,
+        dirty: &[Range<usize>],
+        spread: impl FnOnce(&[Range<usize>], &mut dyn FnMut(&[Range<usize>])) -> bool,
+    ) -> u64 {
         let g = self.geo;
         // Relaxed (`seq`). Clamped: a value another process scribbled there
         // must not overflow the stores below (it was checked at open; the
@@ -159,14 +174,26 @@ impl<S: WordsMut> RawClient<S> {
                 .fill(g.stamps + 8 * first, last - first, generation);
         }
         self.release_fence();
-        // The crash point sits between the two halves of the ranges, so a
-        // kill there leaves the committed copy partly written.
-        let (first, rest) = dirty.split_at(dirty.len() / 2);
-        self.copy_ranges(first);
-        crate::format::crash_point_client();
-        self.copy_ranges(rest);
+        // The crash point sits after this thread's first chunk (with helpers,
+        // which may be copying theirs) or between the two halves of the
+        // ranges, so a kill there leaves the committed copy partly written.
+        let mut first = true;
+        let spread = spread(dirty, &mut |own| {
+            self.copy_ranges(own);
+            if std::mem::take(&mut first) {
+                crate::format::crash_point_client();
+            }
+        });
+        if !spread {
+            let (first, rest) = dirty.split_at(dirty.len() / 2);
+            self.copy_ranges(first);
+            crate::format::crash_point_client();
+            self.copy_ranges(rest);
+        }
         // SYNC: Release, pairs with the host's Acquire fence after its load
-        // of `seq`: a host that sees `s + 2` sees every byte of this copy.
+        // of `seq`: a host that sees `s + 2` sees every byte of this copy
+        // (a helper's too: `spread` returned after locking the mutex each
+        // helper unlocked after its copy).
         self.words.store(SEQ_OFF, s + 2, Ordering::Release);
         generation
     }
@@ -174,13 +201,7 @@ impl<S: WordsMut> RawClient<S> {
     /// Copies ranges of the work area into the committed copy, clipped to
     /// the state region. Relaxed: published by the caller's Release store of `seq`.
     fn copy_ranges(&self, ranges: &[Range<usize>]) {
-        let g = self.geo;
-        for range in ranges {
-            let end = range.end.min(g.region);
-            let start = range.start.min(end);
-            self.words
-                .copy(g.work + start, g.committed + start, end - start);
-        }
+        copier::copy_ranges(&self.words, self.geo, ranges);
     }
 }
 
@@ -196,7 +217,15 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 pub struct Client {
     /// Dirty tracking, when started (declared before `segment`: unregistered first).
     tracking: Option<Mutex<Tracked>>,
-    segment: Segment,
+    /// The copy's helper threads, started at the first commit large enough
+    /// to split (or by [`Client::set_copy_threads`]); dropping it stops and
+    /// joins them (they share the segment, so its mapping outlives them).
+    copier: OnceLock<Copier<Arc<Segment>>>,
+    /// Threads a commit's copy may use, this one included.
+    copy_threads: usize,
+    /// The fewest bytes handed to one thread.
+    part_min: usize,
+    segment: Arc<Segment>,
     geo: Geometry,
 }
 
@@ -241,7 +270,10 @@ impl Client {
         let (segment, geo) = layout::open(fd, Access::ReadWrite)?;
         let client = Self {
             tracking: None,
-            segment,
+            copier: OnceLock::new(),
+            copy_threads: copier::cores(),
+            part_min: copier::DEFAULT_PART_MIN,
+            segment: Arc::new(segment),
             geo,
         };
         client.raw().recover()?;
@@ -300,16 +332,103 @@ impl Client {
 
     /// Publishes the work area's bytes in `dirty` (byte ranges; everything
     /// changed since the last commit must be covered) as the next committed
-    /// state. Wait-free: it copies the ranges and never waits for the host.
+    /// state. It copies the ranges (on several threads when they are large
+    /// enough, see [`Client::set_copy_threads`]) and never waits for the host.
     /// Returns the new generation.
     ///
     /// With tracking started, this still copies only `dirty`; the pages the
     /// tracker saw written stay pending and are copied (again) by the next
     /// [`Client::commit_tracked`].
     pub fn commit(&self, dirty: &[Range<usize>]) -> u64 {
-        let g = self.raw().publish(dirty);
+        let g = self.publish(dirty);
         self.durable_raw().after_commit();
         g
+    }
+
+    /// The commit of `dirty`, its copy spread over the helper threads when
+    /// it is large enough.
+    fn publish(&self, dirty: &[Range<usize>]) -> u64 {
+        let threads = self
+            .copy_threads
+            .min(copier::clipped_bytes(dirty, self.geo.region) / self.part_min.max(1));
+        if threads < 2 {
+            return self.raw().publish(dirty);
+        }
+        let helpers = self.copier.get_or_init(|| self.start_copier());
+        self.raw()
+            .publish_on(dirty, |d, lead| helpers.copy(d, threads, lead))
+    }
+
+    /// Starts the helper threads for [`Client::copy_threads`].
+    fn start_copier(&self) -> Copier<Arc<Segment>> {
+        Copier::start(self.segment.clone(), self.geo, self.copy_threads - 1)
+    }
+
+    /// Sets how many threads a commit's copy may use, the committing thread
+    /// included (clamped to 1..=64). The default is the number of cores this
+    /// process may run on (`std::thread::available_parallelism`: the CPU
+    /// affinity mask, lowered by a cgroup CPU quota). 1 copies on the
+    /// committing thread alone, as on a single core.
+    ///
+    /// With `threads > 1`, the client owns `threads - 1` helper threads,
+    /// started here (by default at the first commit large enough to split)
+    /// and parked on a futex between commits; they stop when the client is
+    /// dropped or this is called again. A commit of `b` bytes uses
+    /// `min(threads, b / part_min)` threads (see
+    /// [`Client::set_copy_part_min`]); from two on, its ranges are split
+    /// into chunks of about equal bytes (four per thread; a long run of
+    /// dirty pages is cut at page boundaries), which the committing thread
+    /// and the helpers claim one at a time. The committing thread never
+    /// waits for a helper to start (one the scheduler has not run yet
+    /// leaves its chunks to the others); it returns only after every chunk
+    /// is copied, and no helper touches the memfd afterwards. A thread the
+    /// system refuses to start is logged and done without. So a commit still
+    /// never waits for the host, but it can wait for the end of a chunk one
+    /// of its helpers is copying.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost};
+    /// use shm_snapshot::live::Client;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("copy-threads-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 1 << 20, ..HostConfig::new(dir.join("s.snap")) };
+    /// let host = SnapshotHost::open(config, None)?;
+    /// let mut client = Client::open(host.memfd())?;
+    /// client.set_copy_threads(2); // the committing thread and one helper
+    /// client.set_copy_part_min(64 << 10); // split copies of 128 KiB or more
+    /// assert_eq!(client.copy_threads(), 2);
+    /// client.work().write_bytes(0, &[7; 1 << 20])?;
+    /// assert_eq!(client.commit(&[0..1 << 20]), 1); // copied on both threads
+    /// # drop((client, host));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_copy_threads(&mut self, threads: usize) {
+        self.copier = OnceLock::new();
+        self.copy_threads = threads.clamp(1, copier::MAX_THREADS);
+        if self.copy_threads > 1 {
+            let _ = self.copier.set(self.start_copier());
+        }
+    }
+
+    /// Threads a commit's copy may use, the committing thread included (see
+    /// [`Client::set_copy_threads`]).
+    #[must_use]
+    pub fn copy_threads(&self) -> usize {
+        self.copy_threads
+    }
+
+    /// Sets the fewest bytes worth handing to a thread of their own
+    /// (default 256 KiB, at least 1): a commit's copy uses at most
+    /// `bytes / part_min` threads, so a small commit is copied on the
+    /// committing thread alone, sparing the wake-up of a helper that would
+    /// cost about as much as it saves.
+    pub fn set_copy_part_min(&mut self, part_min: usize) {
+        self.part_min = part_min.max(1);
     }
 
     /// The durable-commit words over this client's mapping.
@@ -546,17 +665,14 @@ impl Client {
         }
         let region = self.geo.region;
         let (generation, bytes) = if t.owe_full {
-            (
-                self.raw().publish(std::slice::from_ref(&(0..region))),
-                region,
-            )
+            (self.publish(std::slice::from_ref(&(0..region))), region)
         } else {
             let bytes = t
                 .dirty
                 .iter()
                 .map(|r| r.end.min(region) - r.start.min(region))
                 .sum();
-            (self.raw().publish(&t.dirty), bytes)
+            (self.publish(&t.dirty), bytes)
         };
         self.durable_raw().after_commit();
         t.owe_full = false;

@@ -16,8 +16,10 @@
 //! The client edits the work area freely and calls [`Client::commit`] at a
 //! consistent point: it makes `seq` odd, stamps the dirty pages with the new
 //! generation, copies them from the work area into the committed copy and
-//! makes `seq` even again. That is wait-free (no loop waits for anyone). The
-//! host maps the memfd read-only. [`Host::copy`] copies the whole committed
+//! makes `seq` even again. It never waits for the host; the copy may be
+//! spread over the client's own helper threads
+//! ([`Client::set_copy_threads`], `copier.rs`), and on one thread the commit
+//! is wait-free (no loop waits for anyone). The host maps the memfd read-only. [`Host::copy`] copies the whole committed
 //! copy seqlock-style (kept only if `seq` was even and unchanged across it);
 //! [`Host::copy_changed`] copies only the pages stamped after a generation the
 //! host already has, and keeps each page only if its stamp did not move past
@@ -30,6 +32,7 @@
 //! written since the previous commit, with the same seqlock protocol.
 
 mod client;
+mod copier;
 mod durable;
 mod host;
 mod layout;
@@ -54,6 +57,7 @@ pub mod model {
 
     pub use super::Changed;
     use super::client::RawClient;
+    use super::copier::{self, Copier};
     use super::host::RawHost;
     use super::layout::{Geometry, SEQ_OFF};
     use super::words::HeapWords;
@@ -75,8 +79,10 @@ pub mod model {
     /// offset; everything else is the memfd's layout.
     #[derive(Debug)]
     pub struct HeapLive {
-        words: HeapWords,
+        words: std::sync::Arc<HeapWords>,
         geo: Geometry,
+        /// One copy helper thread (`Client::set_copy_threads(2)`), if any.
+        copier: Option<Copier<std::sync::Arc<HeapWords>>>,
     }
 
     impl HeapLive {
@@ -89,9 +95,26 @@ pub mod model {
             let geo = Geometry::build((pages * page) as u64, page as u64, SEQ_OFF as u64 + 8)
                 .expect("a small power-of-two page");
             HeapLive {
-                words: HeapWords::new(geo.len),
+                words: std::sync::Arc::new(HeapWords::new(geo.len)),
                 geo,
+                copier: None,
             }
+        }
+
+        /// [`HeapLive::new`] whose commits copy on two threads, as a client
+        /// with `set_copy_threads(2)` and `set_copy_part_min(page)`: the
+        /// committing thread and one helper thread, started here, whose
+        /// Release fence before its copy runs or is skipped as `fence` says.
+        #[must_use]
+        pub fn with_helper(pages: usize, page: usize, fence: Fence) -> HeapLive {
+            let mut live = HeapLive::new(pages, page);
+            live.copier = Some(Copier::build(
+                live.words.clone(),
+                live.geo,
+                1,
+                fence == Fence::Skipped,
+            ));
+            live
         }
 
         /// The program edits its state: writes `bytes` at `offset` of the
@@ -100,11 +123,17 @@ pub mod model {
             self.words.write(self.geo.work + offset, bytes);
         }
 
-        /// `Client::commit(dirty)`; returns the new generation.
+        /// `Client::commit(dirty)`; returns the new generation. With a
+        /// helper, a commit of at least two pages is split into one-page
+        /// chunks that the two threads claim.
         pub fn commit(&self, dirty: &[Range<usize>], fence: Fence) -> u64 {
-            let mut client = RawClient::new(&self.words, self.geo);
+            let mut client = RawClient::new(&*self.words, self.geo);
             client.skip_fence = fence == Fence::Skipped;
-            client.publish(dirty)
+            let threads = copier::clipped_bytes(dirty, self.geo.region) / self.geo.page;
+            match &self.copier {
+                Some(c) => client.publish_on(dirty, |d, lead| c.copy(d, threads, lead)),
+                None => client.publish(dirty),
+            }
         }
 
         /// `Host::copy(dst, tries)`.
@@ -126,7 +155,7 @@ pub mod model {
         }
 
         fn host(&self, fence: Fence) -> RawHost<&HeapWords> {
-            let mut host = RawHost::new(&self.words, self.geo);
+            let mut host = RawHost::new(&*self.words, self.geo);
             host.skip_fence = fence == Fence::Skipped;
             host
         }

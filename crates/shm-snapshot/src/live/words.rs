@@ -16,7 +16,7 @@
 //! read-only, as the host maps the memfd. Where the protocol needs Acquire,
 //! it follows the load with an Acquire fence.
 
-use shm_segment::Region;
+use shm_segment::{Region, Segment};
 use shm_sync::atomic::Ordering;
 
 /// Read access to the protocol's words: what the host needs.
@@ -90,6 +90,86 @@ impl<W: WordsMut + ?Sized> WordsMut for &W {
     }
 }
 
+impl<W: Words + ?Sized> Words for std::sync::Arc<W> {
+    #[inline]
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    #[inline]
+    fn load(&self, off: usize) -> u64 {
+        (**self).load(off)
+    }
+
+    #[inline]
+    fn read(&self, off: usize, dst: &mut [u8]) {
+        (**self).read(off, dst);
+    }
+}
+
+impl<W: WordsMut + ?Sized> WordsMut for std::sync::Arc<W> {
+    #[inline]
+    fn store(&self, off: usize, value: u64, order: Ordering) {
+        (**self).store(off, value, order);
+    }
+
+    #[inline]
+    fn fill(&self, off: usize, count: usize, value: u64) {
+        (**self).fill(off, count, value);
+    }
+
+    #[inline]
+    fn copy(&self, from: usize, to: usize, len: usize) {
+        (**self).copy(from, to, len);
+    }
+
+    #[inline]
+    fn same(&self, a: usize, b: usize, len: usize) -> bool {
+        (**self).same(a, b, len)
+    }
+}
+
+/// A segment's payload, for the copy helpers, which own the segment (shared
+/// with the client) rather than borrow a [`Region`] of it.
+impl Words for Segment {
+    #[inline]
+    fn len(&self) -> usize {
+        Words::len(&self.payload())
+    }
+
+    #[inline]
+    fn load(&self, off: usize) -> u64 {
+        self.payload().load(off)
+    }
+
+    #[inline]
+    fn read(&self, off: usize, dst: &mut [u8]) {
+        Words::read(&self.payload(), off, dst);
+    }
+}
+
+impl WordsMut for Segment {
+    #[inline]
+    fn store(&self, off: usize, value: u64, order: Ordering) {
+        WordsMut::store(&self.payload(), off, value, order);
+    }
+
+    #[inline]
+    fn fill(&self, off: usize, count: usize, value: u64) {
+        self.payload().fill(off, count, value);
+    }
+
+    #[inline]
+    fn copy(&self, from: usize, to: usize, len: usize) {
+        WordsMut::copy(&self.payload(), from, to, len);
+    }
+
+    #[inline]
+    fn same(&self, a: usize, b: usize, len: usize) -> bool {
+        self.payload().same(a, b, len)
+    }
+}
+
 /// The message of every out-of-range access: a bug in the protocol code, as
 /// the geometry was checked against the mapping at open.
 const OUTSIDE: &str = "live protocol access outside the checked geometry";
@@ -135,10 +215,14 @@ impl WordsMut for Region<'_> {
             self.read_bytes(from, &mut edge[..head]).expect(OUTSIDE);
             self.write_bytes(to, &edge[..head]).expect(OUTSIDE);
         }
-        let src = self.atomics_u64(from + head, words).expect(OUTSIDE);
-        let dst = self.atomics_u64(to + head, words).expect(OUTSIDE);
-        for (d, s) in dst.iter().zip(src) {
-            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        // A short range inside one word has no aligned middle, and its
+        // `from + head` is not 8-aligned: no word view of it.
+        if words > 0 {
+            let src = self.atomics_u64(from + head, words).expect(OUTSIDE);
+            let dst = self.atomics_u64(to + head, words).expect(OUTSIDE);
+            for (d, s) in dst.iter().zip(src) {
+                d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
         }
         if tail > 0 {
             let o = head + words * 8;
