@@ -163,6 +163,22 @@ fn race(writer: impl Fn(usize) + Sync, mut reader: impl FnMut()) {
     });
 }
 
+/// Bytes of the racing tests' shared cells.
+const RACE_LEN: usize = 4096 + 64;
+
+/// The racing tests' shared cells, holding `pattern(i, 0)`.
+fn race_cells() -> Vec<AtomicU8> {
+    (0..RACE_LEN)
+        .map(|i| AtomicU8::new(pattern(i, 0)))
+        .collect()
+}
+
+/// Where round `round` of a racing test copies: a start alignment and a
+/// length (all at least [`WIDE_MIN`], so on the wide path on x86-64).
+fn race_span(round: usize) -> (usize, usize) {
+    (round % 8, [RACE_LEN - 8, WIDE_MIN, 4096, 1001][round % 4])
+}
+
 /// A wide load racing with byte stores invents no byte: each is one that
 /// was written there.
 #[test]
@@ -171,8 +187,7 @@ fn race(writer: impl Fn(usize) + Sync, mut reader: impl FnMut()) {
     ignore = "Miri takes the word path, whose word loads would race with byte stores of another size"
 )]
 fn wide_load_racing_a_writer_reads_only_written_bytes() {
-    const LEN: usize = 4096 + 64;
-    let cells: Vec<AtomicU8> = (0..LEN).map(|i| AtomicU8::new(pattern(i, 0))).collect();
+    let cells = race_cells();
     let writer = |round: usize| {
         let salt = SALTS[round % SALTS.len()];
         for (i, c) in cells.iter().enumerate() {
@@ -180,14 +195,13 @@ fn wide_load_racing_a_writer_reads_only_written_bytes() {
             c.store(pattern(i, salt), Ordering::Relaxed);
         }
     };
-    let mut out = vec![0u8; LEN];
+    let mut out = vec![0u8; RACE_LEN];
     let mut round = 0usize;
     race(writer, || {
-        let at = round % 8;
-        let len = [LEN - 8, WIDE_MIN, 4096, 1001][round % 4];
+        let (at, len) = race_span(round);
         round += 1;
         let src = cells.as_ptr().cast::<u8>().wrapping_add(at);
-        // SAFETY: `at + len <= LEN` bytes of `cells`, which this process
+        // SAFETY: `at + len <= RACE_LEN` bytes of `cells`, which this process
         // accesses only through byte atomics, the size of the wide path's.
         unsafe { load(src, &mut out[..len]) };
         for (i, b) in out[..len].iter().enumerate() {
@@ -203,18 +217,16 @@ fn wide_load_racing_a_writer_reads_only_written_bytes() {
     ignore = "Miri takes the word path, whose word stores would race with byte loads of another size"
 )]
 fn wide_store_racing_a_reader_writes_only_its_bytes() {
-    const LEN: usize = 4096 + 64;
-    let cells: Vec<AtomicU8> = (0..LEN).map(|i| AtomicU8::new(pattern(i, 0))).collect();
+    let cells = race_cells();
     let sources: Vec<Vec<u8>> = SALTS
         .iter()
-        .map(|s| (0..LEN).map(|i| pattern(i, *s)).collect())
+        .map(|s| (0..RACE_LEN).map(|i| pattern(i, *s)).collect())
         .collect();
     let writer = |round: usize| {
-        let at = round % 8;
-        let len = [LEN - 8, WIDE_MIN, 4096, 1001][round % 4];
+        let (at, len) = race_span(round);
         let src = &sources[round % SALTS.len()][at..at + len];
         let dst = cells.as_ptr().cast::<u8>().cast_mut().wrapping_add(at);
-        // SAFETY: `at + len <= LEN` bytes of `cells` (atomics, so writable
+        // SAFETY: `at + len <= RACE_LEN` bytes of `cells` (atomics, so writable
         // through a shared reference), accessed only through byte atomics.
         unsafe { store(dst, src) };
     };
