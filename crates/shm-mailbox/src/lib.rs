@@ -80,6 +80,7 @@ mod liveness;
 #[cfg(not(shm_loom))]
 mod mailbox;
 pub mod protocol;
+mod raw;
 
 #[cfg(not(shm_loom))]
 pub use builder::MailboxBuilder;

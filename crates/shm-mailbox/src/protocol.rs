@@ -168,18 +168,10 @@ fn copy_slot(words: &Words<'_>, p: u64, out: &mut [u8]) -> Result<Message, Corru
         return Err(Corrupt("slot sequence differs from the published one"));
     }
     let n = len.min(out.len());
-    let data = words.data(slot, n.div_ceil(8));
-    let mut chunks = out[..n].chunks_exact_mut(8);
-    for (w, chunk) in data.iter().zip(&mut chunks) {
-        // Relaxed: see above.
-        chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-    }
-    let tail = chunks.into_remainder();
-    if !tail.is_empty() {
-        // Relaxed: see above.
-        let word = data[n / 8].load(Ordering::Relaxed);
-        tail.copy_from_slice(&word.to_le_bytes()[..tail.len()]);
-    }
+    // Relaxed loads, ordered as above. `len` and `seq` were loaded as whole
+    // words above; the copy itself can tear (at any byte) only if a peer
+    // breaks the hazard protocol: inconsistent then, never undefined.
+    crate::raw::copy_out(words.data(slot, n.div_ceil(8)), &mut out[..n]);
     Ok(Message { seq, len })
 }
 
@@ -225,7 +217,8 @@ pub(crate) fn read(
 
 /// Publishes `data` (at most the slot size). With `stop_after = Some(k)` the
 /// writer stops after `k` steps, as if killed there (loom crash models): the
-/// steps are choosing the slot, each data word, and the `len` + `seq` words;
+/// steps are choosing the slot, each chunk of data ([`COPY_CHUNK`] bytes:
+/// one word under loom), and the `len` + `seq` words;
 /// the store of `published` follows them. Production calls pass `None` and
 /// run the very same code to its end. Returns the new sequence number, or
 /// `None` if stopped.
@@ -305,29 +298,23 @@ fn free_slot(words: &Words<'_>, current: Option<usize>) -> Result<usize, Corrupt
         .ok_or(Corrupt("no free slot: hazard words are corrupt"))
 }
 
-/// Stores `data` into `dst` (`data.len().div_ceil(8)` words), little-endian,
-/// the last word zero-padded. After each word: the `mailbox.writer_mid_slot`
+/// Bytes of a message the writer copies into its slot between two steps
+/// (the `mailbox.writer_mid_slot` crash point, and a stop of the loom crash
+/// models): one word under loom, so the models stop the writer after every
+/// word; 4 KiB otherwise, so that a large message takes a few wide copies.
+pub const COPY_CHUNK: usize = if cfg!(shm_loom) { 8 } else { 4096 };
+
+/// Stores `data` into `dst` (`data.len().div_ceil(8)` words), in memory
+/// order (little-endian words), the last word zero-padded, in chunks of
+/// [`COPY_CHUNK`] bytes. After each chunk: the `mailbox.writer_mid_slot`
 /// crash point, then `stop()`; returns false as soon as `stop()` does (the
 /// rest of the message is not written, as if the writer had been killed).
 #[inline]
 fn copy_in(dst: &[AtomicU64], data: &[u8], mut stop: impl FnMut() -> bool) -> bool {
-    let mut chunks = data.chunks_exact(8);
-    for (w, chunk) in dst.iter().zip(&mut chunks) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        // Relaxed: published by the Release store of `published` in `publish`.
-        w.store(u64::from_le_bytes(word), Ordering::Relaxed);
-        crate::crash_point!("mailbox.writer_mid_slot");
-        if stop() {
-            return false;
-        }
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut word = [0u8; 8];
-        word[..tail.len()].copy_from_slice(tail);
-        // Relaxed: as above.
-        dst[data.len() / 8].store(u64::from_le_bytes(word), Ordering::Relaxed);
+    for (i, chunk) in data.chunks(COPY_CHUNK).enumerate() {
+        let first = i * COPY_CHUNK / 8;
+        // Relaxed stores: published by the Release store of `published` in `publish`.
+        crate::raw::copy_in(&dst[first..first + chunk.len().div_ceil(8)], chunk);
         crate::crash_point!("mailbox.writer_mid_slot");
         if stop() {
             return false;

@@ -1,5 +1,5 @@
-//! A writer SIGKILLed in the middle of copying a message (at every word of
-//! it, by the `mailbox.writer_mid_slot` crash point) leaves the previous
+//! A writer SIGKILLed in the middle of copying a message (after every chunk
+//! of it, by the `mailbox.writer_mid_slot` crash point) leaves the previous
 //! message complete and readable; a restarted writer recovers it and
 //! publishes again. Needs `--features fault-injection`.
 #![cfg(all(feature = "fault-injection", not(shm_loom)))]
@@ -7,29 +7,34 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use shm_mailbox::protocol::COPY_CHUNK;
 use shm_mailbox::{Config, Mailbox};
 use shm_testkit::{Watchdog, role, role_command, spawn, unique_name};
 
+/// Two whole chunks and a partial one: three crash-point hits per message.
+const MESSAGE: usize = 2 * COPY_CHUNK + 64;
+const HITS: u64 = MESSAGE.div_ceil(COPY_CHUNK) as u64;
+
 const CONFIG: Config = Config {
     readers: 2,
-    slot_bytes: 64,
+    slot_bytes: MESSAGE,
 };
 
-/// A 64-byte message whose eight words all equal `v`.
-fn message(v: u64) -> [u8; 64] {
-    let mut m = [0u8; 64];
+/// A message whose words all equal `v`.
+fn message(v: u64) -> [u8; MESSAGE] {
+    let mut m = [0u8; MESSAGE];
     for c in m.chunks_exact_mut(8) {
         c.copy_from_slice(&v.to_le_bytes());
     }
     m
 }
 
-fn value_of(m: &[u8; 64]) -> u64 {
+fn value_of(m: &[u8; MESSAGE]) -> u64 {
     let v = u64::from_le_bytes(m[..8].try_into().unwrap());
     assert!(
         m.chunks_exact(8)
             .all(|c| u64::from_le_bytes(c.try_into().unwrap()) == v),
-        "torn message: {m:?}"
+        "torn message"
     );
     v
 }
@@ -41,7 +46,7 @@ fn writer_killed_mid_write_leaves_the_last_message() {
         let name = std::env::var("MAILBOX").unwrap();
         let mb = Mailbox::open_or_create(&name, CONFIG).unwrap();
         let mut w = mb.writer().unwrap();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; MESSAGE];
         let last = w.last(&mut buf).unwrap().map_or(0, |_| value_of(&buf));
         // The crash point fires inside one of these publishes.
         w.publish(&message(last + 1)).unwrap();
@@ -53,9 +58,9 @@ fn writer_killed_mid_write_leaves_the_last_message() {
     let mb = Mailbox::open_or_create(&name, CONFIG).unwrap();
     let mut reader = mb.reader(0).unwrap();
     let mut expected_floor = 0;
-    // Each run publishes two 64-byte messages: 16 crash-point hits. Hits 1..=8
-    // kill it during the first, 9..=16 during the second.
-    for hit in 1..=16u64 {
+    // Each run publishes two messages: 2 * HITS crash-point hits. Hits
+    // 1..=HITS kill it during the first, the others during the second.
+    for hit in 1..=2 * HITS {
         let mut child = spawn(
             role_command("writer_killed_mid_write_leaves_the_last_message", "writer")
                 .env("MAILBOX", &name)
@@ -68,7 +73,7 @@ fn writer_killed_mid_write_leaves_the_last_message() {
             Some(9),
             "writer with crash at hit {hit} should have SIGKILLed itself: {status:?}"
         );
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; MESSAGE];
         let m = reader.read(&mut buf).unwrap();
         let v = m.map_or(0, |_| value_of(&buf));
         assert!(
@@ -77,7 +82,7 @@ fn writer_killed_mid_write_leaves_the_last_message() {
         );
         assert_eq!(
             v,
-            expected_floor + u64::from(hit > 8),
+            expected_floor + u64::from(hit > HITS),
             "hit {hit}: the last complete message"
         );
         expected_floor = v;
@@ -92,7 +97,7 @@ fn writer_killed_mid_write_leaves_the_last_message() {
         .wait_timeout(Duration::from_secs(60))
         .unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; MESSAGE];
     reader.read(&mut buf).unwrap().unwrap();
     assert_eq!(value_of(&buf), expected_floor + 2);
     drop(reader);

@@ -156,8 +156,6 @@ mod storage;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod asyncio;
 #[cfg(not(shm_loom))]
-mod atomic_copy;
-#[cfg(not(shm_loom))]
 mod claim;
 #[cfg(not(shm_loom))]
 mod conn;

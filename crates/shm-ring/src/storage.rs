@@ -23,12 +23,15 @@
 //! process is another matter: nothing stops it from breaking the protocol
 //! and writing the slots we are copying, and a plain `memcpy` racing with
 //! such writes is a data race, which is undefined behaviour, not merely
-//! "garbage". So by default every slot copy is word-atomic
-//! (`atomic_copy.rs`: `Relaxed` `AtomicU64` loads and stores for whole
-//! words, `AtomicU8` for the edges): a hostile peer can make what we copy
-//! out inconsistent, never undefined, and slot types are valid for every
-//! bit pattern (`FromBytes`), so any bytes are a valid element, which
-//! callers validate as they would any untrusted input. Plain `memcpy` is
+//! "garbage". So by default every slot copy goes through
+//! [`shm_sync::copy`] (`Relaxed` atomic accesses in the language's model:
+//! word-atomic below `shm_sync::copy::WIDE_MIN` bytes, a byte-wise `rep
+//! movsb` from there on x86-64): a hostile peer can make what we copy out
+//! inconsistent, even torn within a word, never undefined. Slot types are
+//! valid for every bit pattern (`FromBytes`), so any bytes are a valid
+//! element, which callers validate as they would any untrusted input; no
+//! count or length travels in a slot (the counters are separate atomics),
+//! so nothing here needs a word read whole. Plain `memcpy` is
 //! used only after [`MapStorage::trust_peer`], an `unsafe fn` whose caller
 //! promises that the peer process follows the protocol (see
 //! `Producer::trust_peer` / `Consumer::trust_peer`). The file is sealed
@@ -407,10 +410,15 @@ impl Storage for MapStorage {
             //   and the claims, the peer by the promise of `trust_peer`'s caller.
             unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
         } else {
-            // SAFETY: in bounds as above; this process accesses slot bytes
-            // only through these atomic copies (or the trusted calls, whose
-            // callers vouch for exclusive access).
-            unsafe { crate::atomic_copy::store(dst, src) };
+            // SAFETY:
+            // - in bounds as above, and `src` is a private slice, which
+            //   cannot overlap the slots (no reference into them exists);
+            // - this process accesses slot bytes only through these atomic
+            //   copies (or the trusted calls, whose callers vouch for
+            //   exclusive access);
+            // - no other copy of this process touches these bytes meanwhile:
+            //   the protocol and the claims (see the module docs).
+            unsafe { shm_sync::copy::store(dst, src) };
         }
     }
 
@@ -435,7 +443,7 @@ impl Storage for MapStorage {
             unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
         } else {
             // SAFETY: as in `write`.
-            unsafe { crate::atomic_copy::load(src, dst) };
+            unsafe { shm_sync::copy::load(src, dst) };
         }
     }
 }

@@ -5,12 +5,24 @@
 //! A `Region<'a>` stands for `len` bytes at `ptr`, valid for `'a`, that any
 //! other process may read or write at any time. Rust's memory model only makes
 //! concurrent access defined when every access is atomic, so this module never
-//! creates `&[u8]` or `&mut [u8]` into the region: it reads and writes with
-//! atomic loads and stores (8 bytes at a time where aligned, 1 byte at the
-//! edges), and hands out `&AtomicU32`/`&AtomicU64` or `&T` only for
-//! [`Shared`] types, whose every byte is inside an atomic. A concurrent writer
-//! can make a copy *inconsistent* (torn across words), never undefined: callers
-//! validate what they copy out (checksums, sequence numbers).
+//! creates `&[u8]` or `&mut [u8]` into the region: it copies with
+//! [`shm_sync::copy`] (Relaxed atomic loads and stores: 8 bytes at a time
+//! where aligned and 1 byte at the edges, or byte-wise `rep movsb` for long
+//! copies on x86-64), and hands out `&AtomicU32`/`&AtomicU64` or `&T` only
+//! for [`Shared`] types, whose every byte is inside an atomic. A concurrent
+//! writer can make a copy *inconsistent* (torn across words, and inside a
+//! word for copies of `shm_sync::copy::WIDE_MIN` bytes or more), never
+//! undefined: callers validate what they copy out (checksums, sequence
+//! numbers).
+//!
+//! Mixed sizes: Rust also forbids atomic accesses of different sizes to the
+//! same bytes that race *within one process* (unless all only read). A
+//! region's copies and its word views access bytes with different sizes, so
+//! two threads of one process must not use them on the same bytes at the
+//! same time unless both only read; callers order them by their protocol
+//! (the workspace's protocols give every area one writer). Another
+//! process's writes are outside this process's abstract machine: they are
+//! what every access here tolerates.
 #![allow(unsafe_code)]
 
 use core::marker::PhantomData;
@@ -211,49 +223,35 @@ impl<'a> Region<'a> {
 
     /// Copies `dst.len()` bytes starting at `offset` out of the region.
     ///
-    /// Uses 8-byte atomic loads where aligned: a concurrent writer can make the
-    /// copy inconsistent but never undefined.
+    /// Uses Relaxed atomic loads ([`shm_sync::copy::load`]): 8 bytes at a
+    /// time where aligned, and byte-wise (a wide `rep movsb` on x86-64) from
+    /// [`shm_sync::copy::WIDE_MIN`] bytes on. A concurrent writer can make
+    /// the copy inconsistent, even torn inside a word, but never undefined;
+    /// a word that must be read whole is read with [`Region::load_u64`] (or
+    /// a `read` shorter than `WIDE_MIN`, such as `read::<u64>`).
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
         let src = self.check(offset, dst.len(), 1, false)?;
-        let mut i = 0;
-        while i < dst.len() {
-            let p = src.wrapping_add(i);
-            if p.align_offset(8) == 0 && dst.len() - i >= 8 {
-                // SAFETY: `p..p+8` is inside the checked range and 8-aligned.
-                let word = unsafe { AtomicU64::from_ptr(p.cast()) }.load(Ordering::Relaxed);
-                dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
-                i += 8;
-            } else {
-                // SAFETY: `p` is inside the checked range; bytes need no alignment.
-                dst[i] = unsafe { AtomicU8::from_ptr(p) }.load(Ordering::Relaxed);
-                i += 1;
-            }
-        }
+        // SAFETY:
+        // - `src..src+dst.len()` is inside the region (checked) and valid for
+        //   reads (invariant 1); `dst` is a private slice, not in the region;
+        // - every access this type makes to the region is atomic (invariant 2);
+        // - racing copies of other sizes in this process: see "Mixed sizes"
+        //   in the module docs.
         // Relaxed loads: ordering against other shared data is the caller's
         // protocol (an Acquire load of a sequence or flag before and/or after).
+        unsafe { shm_sync::copy::load(src, dst) };
         Ok(())
     }
 
     /// Copies `src` into the region at `offset` with atomic stores (Relaxed; the
     /// caller publishes with a Release store of its own flag or sequence).
+    ///
+    /// As [`Region::read_bytes`], not single-copy atomic per word from
+    /// [`shm_sync::copy::WIDE_MIN`] bytes on.
     pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
         let dst = self.check(offset, src.len(), 1, true)?;
-        let mut i = 0;
-        while i < src.len() {
-            let p = dst.wrapping_add(i);
-            if p.align_offset(8) == 0 && src.len() - i >= 8 {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(&src[i..i + 8]);
-                // SAFETY: `p..p+8` is inside the checked, writable range and 8-aligned.
-                unsafe { AtomicU64::from_ptr(p.cast()) }
-                    .store(u64::from_ne_bytes(word), Ordering::Relaxed);
-                i += 8;
-            } else {
-                // SAFETY: `p` is inside the checked, writable range.
-                unsafe { AtomicU8::from_ptr(p) }.store(src[i], Ordering::Relaxed);
-                i += 1;
-            }
-        }
+        // SAFETY: as in `read_bytes`, with the range writable (checked).
+        unsafe { shm_sync::copy::store(dst, src) };
         Ok(())
     }
 
@@ -296,11 +294,13 @@ mod tests {
 
     #[test]
     fn copies_round_trip_at_every_alignment() {
-        let (mut buf, len) = heap(64);
+        // Long enough for copies on both sides of `WIDE_MIN`.
+        let (mut buf, len) = heap(2 * shm_sync::copy::WIDE_MIN + 32);
         // SAFETY: `buf` outlives `sut` and is only accessed through it.
         let sut = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, true) };
+        let wide = shm_sync::copy::WIDE_MIN;
         for offset in 0..16 {
-            for n in 0..40 {
+            for n in (0..40).chain([wide - 1, wide, 2 * wide + 9]) {
                 let src: Vec<u8> = (0..n).map(|i| (i * 7 + offset + 1) as u8).collect();
                 sut.write_bytes(offset, &src).unwrap();
                 let mut dst = vec![0u8; n];

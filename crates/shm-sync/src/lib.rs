@@ -10,6 +10,10 @@
 //! `ci/check-atomics.sh` enforces that no other crate imports
 //! `core::sync::atomic` or `std::sync::atomic`.
 //!
+//! It is also the one home of the copies between private buffers and
+//! shared memory that another process may write ([`copy`]): word-atomic,
+//! or a wide `rep movsb` on x86-64, never a data race.
+//!
 //! It also holds the workspace's one fault-injection facility,
 //! [`crash_point!`]: named points where a test makes the process SIGKILL
 //! itself, compiled to nothing unless the crate that marks them enables its
@@ -29,6 +33,7 @@
 //!
 //! [loom]: https://docs.rs/loom
 
+pub mod copy;
 pub mod crash;
 
 /// Atomic integers and fences.
