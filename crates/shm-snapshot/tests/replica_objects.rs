@@ -62,7 +62,9 @@ fn fixed_hostile_inputs() {
         &[4, 2, 8, 0, 0, 9, 255, 0, 1, 0, 0, 0, 1, 0, 0, 0],
         // A segment named for generations its bytes do not reach: a restore
         // of such a generation reported an older one as done.
-        &[9, 141, 2, 0, 0, 12, 0, 0, 0, 0, 0, 103, 216, 0, 123, 0, 0, 0],
+        &[
+            9, 141, 2, 0, 0, 12, 0, 0, 0, 0, 0, 103, 216, 0, 123, 0, 0, 0,
+        ],
     ] {
         let dir = temp_dir();
         replica_case::run(&dir, data);

@@ -701,6 +701,9 @@ mod tests {
              the newest after it"
         );
         d.ranges.clear();
-        assert!(d.to_string().starts_with("damaged records, with intact snapshots"));
+        assert!(
+            d.to_string()
+                .starts_with("damaged records, with intact snapshots")
+        );
     }
 }
