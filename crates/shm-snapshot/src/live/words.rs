@@ -27,9 +27,11 @@ pub(crate) trait Words {
     /// Loads the `u64` at `off` (8-aligned), Relaxed.
     fn load(&self, off: usize) -> u64;
 
-    /// Copies the `dst.len()` bytes at `off` into `dst`, with Relaxed atomic
-    /// loads (8 bytes at a time where aligned): a concurrent writer can make
-    /// the copy inconsistent, never undefined.
+    /// Copies the `dst.len()` bytes at `off` into `dst` as Relaxed atomic
+    /// loads would (`shm_sync::copy::load` for a mapping: 8 bytes at a time
+    /// where aligned below `shm_sync::copy::WIDE_MIN`, a byte-wise wide copy
+    /// from there on): a concurrent writer can make the copy inconsistent,
+    /// never undefined; the callers re-check stamps or the sequence after it.
     fn read(&self, off: usize, dst: &mut [u8]);
 }
 
