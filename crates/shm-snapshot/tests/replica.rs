@@ -770,3 +770,75 @@ fn wait_replicated_times_out_while_the_store_is_down_then_succeeds() {
     assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A restore downloads its objects several at a time (each written at its
+/// place in the file): one of a base and hundreds of segments, in a local
+/// directory store, is still FILE byte for byte, and so is an older
+/// generation cut from the middle of the chain.
+#[test]
+fn restore_of_many_segments_is_exact() {
+    use shm_snapshot::host::{HostConfig, SnapshotHost};
+    use shm_snapshot::live::Client;
+    use shm_snapshot::replica::{ReplicaConfig, Target};
+    const SEGMENTS: u64 = 300;
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let dir = temp_dir("replica-many");
+    let file = dir.join("state.snap");
+    let url = format!("file://{}", dir.join("store").display());
+    let config = HostConfig {
+        create: true,
+        size: REGION as u64,
+        compact_at: 0.0,
+        replica: Some(ReplicaConfig::new(&url)),
+        ..HostConfig::new(&file)
+    };
+    let mut host = SnapshotHost::open(config, None).unwrap();
+    let client = Client::open(host.memfd()).unwrap();
+    let pages = REGION / 4096;
+    for g in 1..=SEGMENTS {
+        // A different page and length each time: segments of varied sizes.
+        let page = usize::try_from(g).unwrap() * 7 % pages * 4096;
+        let len = 8 + usize::try_from(g).unwrap() % 4000;
+        client
+            .work()
+            .write_bytes(page, &vec![u8::try_from(g % 251).unwrap(); len])
+            .unwrap();
+        assert_eq!(client.commit(&[page..page + len]), g);
+        host.snapshot_now().unwrap();
+        // One segment per generation: wait for each upload.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.replicated_generation() < g {
+            assert!(Instant::now() < deadline, "generation {g} not uploaded");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(client);
+    let done = host.finish();
+    assert_eq!(done.replicated.unwrap().generation, SEGMENTS);
+    let epochs = shm_snapshot::replica::list(&url).unwrap();
+    assert_eq!(epochs.len(), 1);
+    // The first generation is the epoch's base.
+    assert!(
+        epochs[0].segments.len() >= usize::try_from(SEGMENTS - 1).unwrap(),
+        "{} segments",
+        epochs[0].segments.len()
+    );
+    let fresh = dir.join("fresh.snap");
+    let got = shm_snapshot::replica::restore(&url, &fresh, Target::Newest).unwrap();
+    assert!(
+        got.skipped.is_empty(),
+        "{} skipped, first {:?}",
+        got.skipped.len(),
+        got.skipped.first()
+    );
+    assert_eq!(got.objects, epochs[0].segments.len() + 1);
+    assert_eq!(std::fs::read(&fresh).unwrap(), std::fs::read(&file).unwrap());
+    // An older generation from the middle of the chain: a prefix of FILE.
+    let middle = epochs[0].segments[epochs[0].segments.len() / 2].last;
+    let older = dir.join("older.snap");
+    let got = shm_snapshot::replica::restore(&url, &older, Target::Generation(middle)).unwrap();
+    assert_eq!(got.file_generation, middle);
+    let (a, b) = (std::fs::read(&older).unwrap(), std::fs::read(&file).unwrap());
+    assert!(a.len() < b.len() && b.starts_with(&a));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
