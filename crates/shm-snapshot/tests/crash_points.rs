@@ -234,7 +234,10 @@ fn create_killed_before_and_after_its_rename() {
         assert_eq!(leftovers, 1, "{point}: FILE or its temporary file");
         if renamed {
             let f = std::fs::File::open(&path).unwrap();
-            assert_eq!(shm_snapshot::inspect(&FileStorage(f)).unwrap().generation, 0);
+            assert_eq!(
+                shm_snapshot::inspect(&FileStorage(f)).unwrap().generation,
+                0
+            );
         }
         // The next start (still with create) works and leaves FILE alone.
         let host = SnapshotHost::open(config(&path), None).unwrap();

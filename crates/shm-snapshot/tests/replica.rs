@@ -616,8 +616,9 @@ fn replicated_waiter() {
     // Restores the store's newest state now; its program generation.
     let restored = |round: u64| {
         let dest = report.with_extension(format!("restored{round}"));
-        let got = shm_snapshot::replica::restore(&url, &dest, shm_snapshot::replica::Target::Newest)
-            .map(|r| r.generation);
+        let got =
+            shm_snapshot::replica::restore(&url, &dest, shm_snapshot::replica::Target::Newest)
+                .map(|r| r.generation);
         let _ = std::fs::remove_file(&dest);
         got
     };
@@ -631,7 +632,9 @@ fn replicated_waiter() {
     let round = |g: u64, timeout: Duration| match client.wait_replicated(g, timeout) {
         Ok(r) => match restored(g) {
             Ok(got) if got >= g && r >= g => say(format!("ok {g} replicated {r} restored {got}")),
-            other => say(format!("FAIL {g}: wait gave {r}, the store restores {other:?}")),
+            other => say(format!(
+                "FAIL {g}: wait gave {r}, the store restores {other:?}"
+            )),
         },
         Err(e) => say(format!("FAIL {g}: {e}")),
     };
@@ -723,7 +726,11 @@ fn wait_replicated_returns_once_a_restore_from_the_store_has_it() {
     let text = wait_report(&report, &host, "done");
     host.stop();
     assert!(!text.contains("FAIL"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 10, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        10,
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -767,7 +774,11 @@ fn wait_replicated_times_out_while_the_store_is_down_then_succeeds() {
     let err = host.stop();
     assert!(!text.contains("FAIL"), "{text}\n{err}");
     assert!(text.lines().any(|l| l.starts_with("timeout ")), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        2,
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -803,7 +814,7 @@ fn restore_of_many_segments_is_exact() {
             .work()
             .write_bytes(page, &vec![u8::try_from(g % 251).unwrap(); len])
             .unwrap();
-        assert_eq!(client.commit(&[page..page + len]), g);
+        assert_eq!(client.commit(std::slice::from_ref(&(page..page + len))), g);
         host.snapshot_now().unwrap();
         // One segment per generation: wait for each upload.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -832,13 +843,19 @@ fn restore_of_many_segments_is_exact() {
         got.skipped.first()
     );
     assert_eq!(got.objects, epochs[0].segments.len() + 1);
-    assert_eq!(std::fs::read(&fresh).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(
+        std::fs::read(&fresh).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
     // An older generation from the middle of the chain: a prefix of FILE.
     let middle = epochs[0].segments[epochs[0].segments.len() / 2].last;
     let older = dir.join("older.snap");
     let got = shm_snapshot::replica::restore(&url, &older, Target::Generation(middle)).unwrap();
     assert_eq!(got.file_generation, middle);
-    let (a, b) = (std::fs::read(&older).unwrap(), std::fs::read(&file).unwrap());
+    let (a, b) = (
+        std::fs::read(&older).unwrap(),
+        std::fs::read(&file).unwrap(),
+    );
     assert!(a.len() < b.len() && b.starts_with(&a));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -219,7 +219,8 @@ impl<C: Control> RawDurable<C> {
     pub(crate) fn publish(&self, word: Published, generation: u64) {
         // SYNC: Release, pairs with the clients' Acquire loads of the value
         // (`published`).
-        self.ctl.store_u64(word.value, generation, Ordering::Release);
+        self.ctl
+            .store_u64(word.value, generation, Ordering::Release);
         #[cfg(shm_loom)]
         if self.skip_bump {
             self.ctl.futex_wake(word.seq);

@@ -258,8 +258,8 @@ mod tests {
     #[test]
     fn durable_handshake_on_heap_words() {
         use super::durable::RawDurable;
-        use super::words::HeapControl;
         use super::durable::{DURABLE, Level, REPLICATED};
+        use super::words::HeapControl;
         let ctl = HeapControl::default();
         let raw = RawDurable::new(&ctl);
         assert_eq!(raw.durable(), 0);
