@@ -46,9 +46,11 @@ rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT
 export OUTLIVE_BENCH_JSON=$rows
 start=$(date +%s)
-for bench in shm-ring:ring shm-mailbox:mailbox shm-snapshot:snapshot shm-snapshot:copy_free; do
-    printf '\n==> cargo bench -p %s --bench %s -- %s\n' "${bench%%:*}" "${bench#*:}" "${quick[*]:-}"
-    cargo bench -q -p "${bench%%:*}" --bench "${bench#*:}" -- "${quick[@]}"
+# shm-snapshot's replication rows need its feature `replica` (and `weed`).
+for bench in shm-ring:ring: shm-mailbox:mailbox: shm-snapshot:snapshot:replica shm-snapshot:copy_free:; do
+    IFS=: read -r crate name features <<< "$bench"
+    printf '\n==> cargo bench -p %s --bench %s %s-- %s\n' "$crate" "$name" "${features:+--features $features }" "${quick[*]:-}"
+    cargo bench -q -p "$crate" --bench "$name" ${features:+--features "$features"} -- "${quick[@]}"
 done
 printf '\n==> peers (crates/shm-bench-peers) %s\n' "${quick[*]:-}"
 cargo run -q --release --manifest-path crates/shm-bench-peers/Cargo.toml \

@@ -1,10 +1,11 @@
 //! Snapshot benchmark: figures next to baselines measured in the same run.
 //!
-//! `cargo bench -p shm-snapshot --bench snapshot [-- --quick] [GROUP...]`
+//! `cargo bench -p shm-snapshot --features replica --bench snapshot [-- --quick] [GROUP...]`
 //! (groups: `throughput`, `live`, `bytes`, `restore`, `pause`,
-//! `pause-threads`, `durable`; a word selects every group whose name
-//! contains it, so `pause` runs both pause groups and `threads` only the
-//! second).
+//! `pause-threads`, `durable`, `replication`; a word selects every group
+//! whose name contains it, so `pause` runs both pause groups and `threads`
+//! only the second; `replication` needs the feature `replica` and a `weed`
+//! binary, see `support/replication.rs`).
 //! The shm-bench harness runs each component and its baseline alternately,
 //! repetition by repetition, and reports the median and range of the
 //! per-repetition ratios; `--quick` shrinks the states and the runs.
@@ -23,6 +24,10 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use shm_bench::{Better, Harness, percentile};
+
+#[cfg(feature = "replica")]
+#[path = "support/replication.rs"]
+mod replication;
 use shm_snapshot::live::{self, Changed, Client, Host};
 use shm_snapshot::{FileStorage, SnapshotWriter, restore};
 
@@ -97,6 +102,11 @@ fn main() {
         host_copy_child(path, region.parse().unwrap());
         return;
     }
+    #[cfg(feature = "replica")]
+    if args.get(1).is_some_and(|a| a == "--replica-child") {
+        replication::child();
+        return;
+    }
     let mut h = Harness::new("shm-snapshot");
     let dir = ScratchDir::create();
     let size = h.pick(64usize << 20, 8 << 20);
@@ -120,6 +130,18 @@ fn main() {
     }
     if h.group("durable") {
         durable_commits(&mut h, &dir);
+    }
+    if h.group("replication") {
+        #[cfg(feature = "replica")]
+        replication::run(&h, &dir);
+        #[cfg(not(feature = "replica"))]
+        {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "CI=true: the replication rows need `--features replica`"
+            );
+            println!("replication: skipped (built without the feature `replica`)");
+        }
     }
     h.finish();
 }

@@ -76,7 +76,13 @@ fn host_role() {
         .unwrap()
         .into();
     let file = std::env::var("FILE").unwrap();
-    let mut host = SnapshotHost::open(HostConfig::new(file), Some(fd)).unwrap();
+    #[allow(unused_mut)]
+    let mut config = HostConfig::new(file);
+    #[cfg(feature = "replica")]
+    if let Ok(url) = std::env::var("REPLICA_URL") {
+        config.replica = Some(shm_snapshot::replica::ReplicaConfig::new(url));
+    }
+    let mut host = SnapshotHost::open(config, Some(fd)).unwrap();
     println!("host ready");
     loop {
         match host.wait_for_work(Instant::now() + Duration::from_secs(1)) {
@@ -88,7 +94,18 @@ fn host_role() {
 
 /// Starts a host process on `memfd_path` and waits until it holds the lock.
 fn start_host(test: &str, memfd_path: &str, file: &Path) -> shm_testkit::Child {
+    start_host_with(test, memfd_path, file, &[])
+}
+
+/// [`start_host`] with extra environment (`REPLICA_URL`, `AWS_*`).
+fn start_host_with(
+    test: &str,
+    memfd_path: &str,
+    file: &Path,
+    env: &[(&str, &str)],
+) -> shm_testkit::Child {
     let mut cmd = shm_testkit::role_command(test, "host");
+    cmd.envs(env.iter().copied());
     cmd.env("MEMFD_PATH", memfd_path)
         .env("FILE", file)
         .stdout(Stdio::piped());
@@ -369,4 +386,85 @@ fn async_wait_returns_once_durable() {
     waker.wake();
     thread.join().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A replicated wait on a host without a replica fails at once with
+/// `NoReplica`, whatever the timeout (and without a host: `NoHost`).
+#[test]
+fn replicated_wait_without_a_replica_fails_at_once() {
+    const TEST: &str = "replicated_wait_without_a_replica_fails_at_once";
+    if shm_testkit::role().is_some() {
+        host_role();
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(60));
+    let (file, memfd, path) = setup("noreplica");
+    let client = Client::open(memfd.as_fd()).unwrap();
+    let g = commit(&client, 1);
+    assert_eq!(
+        client.wait_replicated(g, Duration::from_secs(30)),
+        Err(WaitError::NoHost)
+    );
+    let _host = start_host(TEST, &path, &file);
+    let t = Instant::now();
+    assert_eq!(
+        client.wait_replicated(g, Duration::from_secs(30)),
+        Err(WaitError::NoReplica)
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(client.replicated_generation(), 0);
+    // The durable wait is unaffected.
+    assert!(client.wait_durable(g, Duration::from_secs(30)).unwrap() >= g);
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// A host whose store never answers: a replicated wait times out with the
+/// timeout error once its generation is durable; a host killed during the
+/// wait wakes it with `HostGone`, as for a durable wait.
+#[cfg(feature = "replica")]
+#[test]
+fn replicated_wait_ends_with_host_gone_when_the_host_dies() {
+    const TEST: &str = "replicated_wait_ends_with_host_gone_when_the_host_dies";
+    if shm_testkit::role().is_some() {
+        host_role();
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(60));
+    let (file, memfd, path) = setup("replicagone");
+    let client = Arc::new(Client::open(memfd.as_fd()).unwrap());
+    // Port 9 (discard) on loopback: nothing listens, every upload fails.
+    let env = [
+        ("REPLICA_URL", "s3://nowhere/p"),
+        ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "x"),
+    ];
+    let mut host = start_host_with(TEST, &path, &file, &env);
+    let g = commit(&client, 1);
+    let t = Instant::now();
+    match client.wait_replicated(g, Duration::from_millis(300)) {
+        Err(WaitError::Timeout {
+            requested,
+            level: shm_snapshot::live::Level::Replicated,
+            reached: 0,
+        }) => assert_eq!(requested, g),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Its request made the host snapshot at once.
+    assert!(client.durable_generation() >= g);
+    let waiter = std::thread::spawn({
+        let client = client.clone();
+        move || client.wait_replicated(g, Duration::from_secs(60))
+    });
+    // Let the waiter park on the futex (a late one finds the host gone at
+    // its first liveness check: the same error).
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    host.sigkill_and_wait().unwrap();
+    assert_eq!(waiter.join().unwrap(), Err(WaitError::HostGone));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }

@@ -151,8 +151,9 @@ fn foreign_memfd_is_refused() {
 
 /// The live memfd is an `shm-segment` segment: any segment opener accepts
 /// it, and its payload is the control block of docs/protocol/shm-snapshot.md
-/// (magic, version 4, the geometry, `seq`, and the reserved words zero; the
-/// durable-commit words stay zero while no host or waiter touched them).
+/// (magic, version 5, the geometry, `seq`, and the reserved words zero; the
+/// durable-commit and replication words stay zero while no host or waiter
+/// touched them).
 #[test]
 fn live_memfd_is_a_segment_with_the_documented_control_block() {
     let region = 3 * 4096 + 8;
@@ -175,7 +176,7 @@ fn live_memfd_is_a_segment_with_the_documented_control_block() {
         words[..8],
         [
             live::LIVE_MAGIC,
-            4,
+            5,
             4096,
             4,
             region,

@@ -53,10 +53,26 @@ struct Host {
 
 impl Host {
     fn start(s3: &S3Server, test: &str, url: &str, file: &Path, opts: &[&str]) -> Host {
+        Self::start_role(s3, test, url, file, opts, "committer", &[])
+    }
+
+    /// With the program in `role` and extra environment `env`.
+    fn start_role(
+        s3: &S3Server,
+        test: &str,
+        url: &str,
+        file: &Path,
+        opts: &[&str],
+        role: &str,
+        env: &[(&str, &str)],
+    ) -> Host {
         let err = file.with_extension(format!("err{}", std::process::id()));
         let mut cmd = Command::new(SHM_RESTORE);
         s3.configure(&mut cmd);
-        cmd.args(["--create", "--interval", "0.02"]);
+        cmd.arg("--create");
+        if !opts.contains(&"--interval") {
+            cmd.args(["--interval", "0.02"]);
+        }
         if !opts.contains(&"--compact-at") {
             cmd.args(["--compact-at", "0"]);
         }
@@ -69,7 +85,8 @@ impl Host {
             .arg("--")
             .arg(std::env::current_exe().unwrap())
             .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, "committer")
+            .env(ROLE_ENV, role)
+            .envs(env.iter().copied())
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
@@ -561,5 +578,284 @@ fn sigkill_mid_upload_leaves_nothing_misread() {
             );
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The program of the replicated-wait tests (role `waiter`): commits a
+/// generation (every word of the state set to it) and waits to see it
+/// replicated, then restores the store's newest state itself, at once,
+/// and reports each step as a line of the file `REPORT`. `PLAN=rounds`:
+/// ten such rounds. `PLAN=outage`: one round, then (once `REPORT.down`
+/// exists: the test stopped the store) a commit whose wait must time out,
+/// then (once `REPORT.up` exists) the same wait again, which must succeed.
+fn replicated_waiter() {
+    use shm_snapshot::live::{Level, WaitError};
+    let mut fds = shm_fd::listen::ListenFds::from_env_inherited().expect("valid LISTEN_*");
+    let fd = fds.take("state").expect("a memfd named state");
+    let client =
+        shm_snapshot::live::Client::open(std::os::fd::AsFd::as_fd(&fd)).expect("a snapshot memfd");
+    let report = PathBuf::from(std::env::var("REPORT").unwrap());
+    let url = std::env::var("REPLICA_URL").unwrap();
+    let say = |line: String| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&report)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    };
+    let commit = || {
+        let g = client.generation() + 1;
+        let work = client.work();
+        for w in 0..work.len() / 8 {
+            work.write(w * 8, &g).unwrap();
+        }
+        client.commit(std::slice::from_ref(&(0..work.len())))
+    };
+    // Restores the store's newest state now; its program generation.
+    let restored = |round: u64| {
+        let dest = report.with_extension(format!("restored{round}"));
+        let got =
+            shm_snapshot::replica::restore(&url, &dest, shm_snapshot::replica::Target::Newest)
+                .map(|r| r.generation);
+        let _ = std::fs::remove_file(&dest);
+        got
+    };
+    let wait_file = |suffix: &str| {
+        let f = report.with_extension(suffix);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !f.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let round = |g: u64, timeout: Duration| match client.wait_replicated(g, timeout) {
+        Ok(r) => match restored(g) {
+            Ok(got) if got >= g && r >= g => say(format!("ok {g} replicated {r} restored {got}")),
+            other => say(format!(
+                "FAIL {g}: wait gave {r}, the store restores {other:?}"
+            )),
+        },
+        Err(e) => say(format!("FAIL {g}: {e}")),
+    };
+    match std::env::var("PLAN").as_deref() {
+        Ok("rounds") => {
+            for _ in 0..10 {
+                round(commit(), Duration::from_secs(60));
+            }
+        }
+        Ok("outage") => {
+            round(commit(), Duration::from_secs(60));
+            say("stop the store".into());
+            wait_file("down");
+            let g = commit();
+            let t = Instant::now();
+            match client.wait_durable_level(g, Level::Replicated, Duration::from_secs(2)) {
+                Err(WaitError::Timeout {
+                    requested,
+                    level: Level::Replicated,
+                    reached,
+                }) if requested == g && reached < g => say(format!(
+                    "timeout {g} after {} ms (replicated {reached}, durable {})",
+                    t.elapsed().as_millis(),
+                    client.durable_generation()
+                )),
+                other => say(format!("FAIL {g} while the store is down: {other:?}")),
+            }
+            say("start the store".into());
+            wait_file("up");
+            round(g, Duration::from_secs(60));
+        }
+        other => say(format!("FAIL unknown plan {other:?}")),
+    }
+    say("done".into());
+    // Stay until the host is stopped.
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Waits (120 s deadline) until the report file has a line `what`.
+fn wait_report(report: &Path, host: &Host, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(report).unwrap_or_default();
+        if text.lines().any(|l| l == what) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in the report:\n{text}\nhost:\n{}",
+            host.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `Client::wait_replicated(G)` returns only once a restore from the store
+/// alone gives `G` or later: the program restores right after each wait.
+/// Snapshots are a second apart, so each wait's request is what makes the
+/// host snapshot and ship at once.
+#[test]
+fn wait_replicated_returns_once_a_restore_from_the_store_has_it() {
+    match role().as_deref() {
+        Some("waiter") => return replicated_waiter(),
+        Some(_) => return committer(),
+        None => {}
+    }
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let Some(s3) = S3Server::start("waitrepl") else {
+        return;
+    };
+    let dir = temp_dir("replica-wait");
+    let (file, report) = (dir.join("state.snap"), dir.join("report"));
+    let url = s3.url("w");
+    let host = Host::start_role(
+        &s3,
+        "wait_replicated_returns_once_a_restore_from_the_store_has_it",
+        &url,
+        &file,
+        &["--interval", "1"],
+        "waiter",
+        &[
+            ("REPORT", report.to_str().unwrap()),
+            ("REPLICA_URL", &url),
+            ("PLAN", "rounds"),
+        ],
+    );
+    let text = wait_report(&report, &host, "done");
+    host.stop();
+    assert!(!text.contains("FAIL"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        10,
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The store goes down: a replicated wait ends with `Timeout` when its
+/// timeout passes (no hang, no false success); the store comes back: the
+/// same wait succeeds, and the store restores the generation.
+#[test]
+fn wait_replicated_times_out_while_the_store_is_down_then_succeeds() {
+    match role().as_deref() {
+        Some("waiter") => return replicated_waiter(),
+        Some(_) => return committer(),
+        None => {}
+    }
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let Some(mut s3) = S3Server::start("waitdown") else {
+        return;
+    };
+    let dir = temp_dir("replica-waitdown");
+    let (file, report) = (dir.join("state.snap"), dir.join("report"));
+    let url = s3.url("wd");
+    let host = Host::start_role(
+        &s3,
+        "wait_replicated_times_out_while_the_store_is_down_then_succeeds",
+        &url,
+        &file,
+        &["--interval", "1"],
+        "waiter",
+        &[
+            ("REPORT", report.to_str().unwrap()),
+            ("REPLICA_URL", &url),
+            ("PLAN", "outage"),
+        ],
+    );
+    wait_report(&report, &host, "stop the store");
+    s3.stop();
+    std::fs::write(report.with_extension("down"), b"").unwrap();
+    wait_report(&report, &host, "start the store");
+    s3.restart();
+    std::fs::write(report.with_extension("up"), b"").unwrap();
+    let text = wait_report(&report, &host, "done");
+    let err = host.stop();
+    assert!(!text.contains("FAIL"), "{text}\n{err}");
+    assert!(text.lines().any(|l| l.starts_with("timeout ")), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        2,
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A restore downloads its objects several at a time (each written at its
+/// place in the file): one of a base and hundreds of segments, in a local
+/// directory store, is still FILE byte for byte, and so is an older
+/// generation cut from the middle of the chain.
+#[test]
+fn restore_of_many_segments_is_exact() {
+    use shm_snapshot::host::{HostConfig, SnapshotHost};
+    use shm_snapshot::live::Client;
+    use shm_snapshot::replica::{ReplicaConfig, Target};
+    const SEGMENTS: u64 = 300;
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let dir = temp_dir("replica-many");
+    let file = dir.join("state.snap");
+    let url = format!("file://{}", dir.join("store").display());
+    let config = HostConfig {
+        create: true,
+        size: REGION as u64,
+        compact_at: 0.0,
+        replica: Some(ReplicaConfig::new(&url)),
+        ..HostConfig::new(&file)
+    };
+    let mut host = SnapshotHost::open(config, None).unwrap();
+    let client = Client::open(host.memfd()).unwrap();
+    let pages = REGION / 4096;
+    for g in 1..=SEGMENTS {
+        // A different page and length each time: segments of varied sizes.
+        let page = usize::try_from(g).unwrap() * 7 % pages * 4096;
+        let len = 8 + usize::try_from(g).unwrap() % 4000;
+        client
+            .work()
+            .write_bytes(page, &vec![u8::try_from(g % 251).unwrap(); len])
+            .unwrap();
+        assert_eq!(client.commit(std::slice::from_ref(&(page..page + len))), g);
+        host.snapshot_now().unwrap();
+        // One segment per generation: wait for each upload.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.replicated_generation() < g {
+            assert!(Instant::now() < deadline, "generation {g} not uploaded");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(client);
+    let done = host.finish();
+    assert_eq!(done.replicated.unwrap().generation, SEGMENTS);
+    let epochs = shm_snapshot::replica::list(&url).unwrap();
+    assert_eq!(epochs.len(), 1);
+    // The first generation is the epoch's base.
+    assert!(
+        epochs[0].segments.len() >= usize::try_from(SEGMENTS - 1).unwrap(),
+        "{} segments",
+        epochs[0].segments.len()
+    );
+    let fresh = dir.join("fresh.snap");
+    let got = shm_snapshot::replica::restore(&url, &fresh, Target::Newest).unwrap();
+    assert!(
+        got.skipped.is_empty(),
+        "{} skipped, first {:?}",
+        got.skipped.len(),
+        got.skipped.first()
+    );
+    assert_eq!(got.objects, epochs[0].segments.len() + 1);
+    assert_eq!(
+        std::fs::read(&fresh).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    // An older generation from the middle of the chain: a prefix of FILE.
+    let middle = epochs[0].segments[epochs[0].segments.len() / 2].last;
+    let older = dir.join("older.snap");
+    let got = shm_snapshot::replica::restore(&url, &older, Target::Generation(middle)).unwrap();
+    assert_eq!(got.file_generation, middle);
+    let (a, b) = (
+        std::fs::read(&older).unwrap(),
+        std::fs::read(&file).unwrap(),
+    );
+    assert!(a.len() < b.len() && b.starts_with(&a));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -409,6 +409,12 @@ impl S3Server {
         }
     }
 
+    /// The server's process id while it runs (a bench counts its CPU time
+    /// as the bench's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's data directory (for inspection).
     pub fn dir(&self) -> &Path {
         &self.dir

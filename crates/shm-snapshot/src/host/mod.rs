@@ -457,6 +457,12 @@ impl SnapshotHost {
         self.durable.durable()
     }
 
+    /// The generation published as replicated in the memfd (the upload of
+    /// the object holding it completed; 0: none yet, or no replica).
+    pub fn replicated_generation(&self) -> u64 {
+        self.durable.replicated()
+    }
+
     /// How far replication has come (`None`: FILE is not replicated).
     #[cfg(feature = "replica")]
     pub fn replicated(&self) -> Option<crate::replica::Replicated> {
@@ -501,6 +507,8 @@ impl SnapshotHost {
                 // that instant: then the lag counts from the next sample).
                 self.durable.set_wake_on_commit(true);
             }
+            #[cfg(feature = "replica")]
+            replica::kick(self, self.durable.wanted_replicated());
             let live = self.live.generation().ok();
             // The recovery point, sampled while FILE is behind: at least
             // every LAG_SAMPLE, and at the first commit after a snapshot.

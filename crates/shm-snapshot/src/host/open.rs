@@ -195,6 +195,14 @@ impl Prepared {
         // Every commit wakes the host: continuously, or until the first
         // snapshot (so the program's first work is on disk at once).
         durable.set_wake_on_commit(true);
+        // Before the first publish: whether a replicated wait can succeed
+        // (and `replicated` back to 0, this host's store may be another).
+        #[cfg(feature = "replica")]
+        durable.set_replica(config.replica.is_some());
+        #[cfg(not(feature = "replica"))]
+        durable.set_replica(false);
+        #[cfg(feature = "replica")]
+        let replicated_words = durable.replicated_publisher();
         let rebuild = config.start_from.rebuilds();
         let persisted = loaded.as_ref().map_or(0, |l| l.generation);
         // The writer continues FILE from the scan just made, or creates FILE;
@@ -230,7 +238,11 @@ impl Prepared {
             retry_at: None,
             #[cfg(feature = "replica")]
             replica: match config.replica.clone() {
-                Some(c) => Some(super::replica::Replica::start(c, config.lag_warn)?),
+                Some(c) => Some(super::replica::Replica::start(
+                    c,
+                    config.lag_warn,
+                    replicated_words,
+                )?),
                 None => None,
             },
         };

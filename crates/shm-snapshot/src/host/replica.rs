@@ -1,10 +1,13 @@
 //! The host's side of replication: a notice to the uploader after every
-//! durable snapshot, the replication lag in the log, and the wait for the
-//! last uploads at exit.
+//! durable snapshot, the replicated generation published in the memfd after
+//! every completed upload (by the uploader thread), a retry at once for a
+//! client waiting to see a generation replicated, the replication lag in
+//! the log, and the wait for the last uploads at exit.
 
 use std::time::{Duration, Instant};
 
 use super::{HostError, SnapshotHost};
+use crate::live::ReplicatedPublisher;
 use crate::replica::{Notice, ReplicaConfig, Replicated, Replicator};
 
 /// The uploader and the lag bookkeeping.
@@ -22,12 +25,20 @@ pub(crate) struct Replica {
     warned: Option<Instant>,
     max_lag: Duration,
     max_lag_generations: u64,
+    /// The highest `wanted_replicated` the uploader was kicked for.
+    kicked: u64,
 }
 
 impl Replica {
-    pub(crate) fn start(config: ReplicaConfig, lag_warn: Duration) -> Result<Self, HostError> {
+    pub(crate) fn start(
+        config: ReplicaConfig,
+        lag_warn: Duration,
+        words: ReplicatedPublisher,
+    ) -> Result<Self, HostError> {
         let drain = config.drain;
-        let up = Replicator::start(config).map_err(|source| HostError::Replica { source })?;
+        let on_uploaded = Box::new(move |generation| words.publish(generation));
+        let up = Replicator::start_with(config, Some(on_uploaded))
+            .map_err(|source| HostError::Replica { source })?;
         Ok(Self {
             up,
             drain,
@@ -37,6 +48,7 @@ impl Replica {
             warned: None,
             max_lag: Duration::ZERO,
             max_lag_generations: 0,
+            kicked: 0,
         })
     }
 
@@ -59,6 +71,22 @@ pub(crate) fn notify(h: &mut SnapshotHost) {
             r.behind_since.get_or_insert_with(Instant::now);
         }
         Err(e) => tracing::warn!("replica: cannot duplicate the handle of FILE: {e}"),
+    }
+}
+
+/// A client waits to see `wanted` replicated (`wanted_replicated`, read
+/// after `requests`): if that is news and the store does not have it yet,
+/// the uploader retries a failed upload at once rather than after its
+/// back-off (once per new wanted generation, so waiters cannot make it
+/// hammer a store that is down).
+pub(crate) fn kick(h: &mut SnapshotHost, wanted: u64) {
+    let Some(r) = &mut h.replica else { return };
+    if wanted <= r.kicked {
+        return;
+    }
+    r.kicked = wanted;
+    if r.up.replicated().generation < wanted {
+        r.up.kick();
     }
 }
 

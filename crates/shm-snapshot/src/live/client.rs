@@ -23,7 +23,7 @@ use shm_segment::{Access, Region, Segment};
 use shm_sync::atomic::{Ordering, fence};
 
 use super::copier::{self, Copier};
-use super::durable::{RawDurable, WaitError};
+use super::durable::{DURABLE, Level, REPLICATED, RawDurable, WaitError};
 use super::layout::{self, Geometry, HOST_LOCK_BYTE, MAX_SEQ, SEQ_OFF};
 use super::words::WordsMut;
 use crate::error::{ErrorKind, SnapshotError};
@@ -524,6 +524,67 @@ impl Client {
     /// # }
     /// ```
     pub fn wait_durable(&self, generation: u64, timeout: Duration) -> Result<u64, WaitError> {
+        self.wait_durable_level(generation, Level::Durable, timeout)
+    }
+
+    /// The newest generation the host has replicated (the upload of the
+    /// base or segment of its replica holding it completed), as published in
+    /// the memfd; 0 before the serving host replicated one (each host starts
+    /// from 0) or when it has no replica.
+    #[must_use]
+    pub fn replicated_generation(&self) -> u64 {
+        self.durable_raw().published(REPLICATED)
+    }
+
+    /// Waits until generation `generation` (committed already) is in the
+    /// host's replica (feature `replica` of the host: `shm-restore
+    /// --replica URL`), so that a restore from the store alone gives it or a
+    /// later one; returns the replicated generation. Like
+    /// [`Client::wait_durable`]: asks the host to snapshot at once (and its
+    /// uploader to retry a failed upload at once), then sleeps on a futex,
+    /// re-checking the host's liveness at least every 50 ms.
+    ///
+    /// # Errors
+    /// As [`Client::wait_durable`], and [`WaitError::NoReplica`] (at once):
+    /// the host serving the memfd has no replica configured.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use shm_snapshot::host::{HostConfig, SnapshotHost};
+    /// use shm_snapshot::live::{Client, WaitError};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("wait-replicated-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let config = HostConfig { create: true, size: 4096, ..HostConfig::new(dir.join("s.snap")) };
+    /// let host = SnapshotHost::open(config, None)?; // no replica
+    /// let client = Client::open(host.memfd())?;
+    /// let g = client.commit(&[]);
+    /// assert_eq!(client.wait_replicated(g, Duration::from_secs(10)), Err(WaitError::NoReplica));
+    /// assert_eq!(client.replicated_generation(), 0);
+    /// # drop((client, host));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wait_replicated(&self, generation: u64, timeout: Duration) -> Result<u64, WaitError> {
+        self.wait_durable_level(generation, Level::Replicated, timeout)
+    }
+
+    /// Waits until generation `generation` (committed already) reaches
+    /// `level`: [`Client::wait_durable`] for [`Level::Durable`],
+    /// [`Client::wait_replicated`] for [`Level::Replicated`]; both run this
+    /// one routine on their published word.
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn wait_durable_level(
+        &self,
+        generation: u64,
+        level: Level,
+        timeout: Duration,
+    ) -> Result<u64, WaitError> {
         let committed = self.generation();
         if generation > committed {
             return Err(WaitError::Future {
@@ -532,34 +593,46 @@ impl Client {
             });
         }
         let raw = self.durable_raw();
-        // A value beyond the committed generation is a stray write.
-        let believed = |d: u64| (d >= generation && d <= self.generation()).then_some(d);
-        if let Some(d) = believed(raw.durable()) {
+        let word = level.word();
+        // A value beyond the committed generation is a stray write (and a
+        // replicated one is never beyond the durable one).
+        let believed = |d: u64| {
+            let limit = match level {
+                Level::Durable => self.generation(),
+                Level::Replicated => raw.published(DURABLE).min(self.generation()),
+            };
+            (d >= generation && d <= limit).then_some(d)
+        };
+        if let Some(d) = believed(raw.published(word)) {
             return Ok(d);
         }
         if !self.host_alive()? {
             return Err(WaitError::NoHost);
         }
+        if level == Level::Replicated && !raw.replica_on() {
+            return Err(WaitError::NoReplica);
+        }
         let timed_out = || WaitError::Timeout {
             requested: generation,
-            durable: raw.durable(),
+            level,
+            reached: raw.published(word),
         };
         if timeout.is_zero() {
             return Err(timed_out());
         }
-        raw.request(generation);
+        raw.request(generation, level);
         let start = Instant::now();
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             if let Some(d) = raw
-                .wait_step(generation, Some(left.min(LIVENESS_CHECK)))
+                .wait_step(word, generation, Some(left.min(LIVENESS_CHECK)))
                 .and_then(believed)
             {
                 return Ok(d);
             }
             if !self.host_alive()? {
                 // It may have published just before it exited.
-                return believed(raw.durable()).ok_or(WaitError::HostGone);
+                return believed(raw.published(word)).ok_or(WaitError::HostGone);
             }
             if start.elapsed() >= timeout {
                 return Err(timed_out());
@@ -724,6 +797,23 @@ impl Client {
         timeout: Duration,
     ) -> Result<u64, WaitError> {
         tokio::task::spawn_blocking(move || self.wait_durable(generation, timeout))
+            .await
+            .unwrap_or_else(|e| Err(WaitError::Runtime(e.to_string())))
+    }
+
+    /// [`Client::wait_replicated`] on tokio's blocking pool, as
+    /// [`Client::wait_durable_async`].
+    ///
+    /// # Errors
+    /// As [`Client::wait_replicated`]; [`WaitError::Runtime`] if the
+    /// blocking task did not finish.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_replicated_async(
+        self: std::sync::Arc<Self>,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<u64, WaitError> {
+        tokio::task::spawn_blocking(move || self.wait_replicated(generation, timeout))
             .await
             .unwrap_or_else(|e| Err(WaitError::Runtime(e.to_string())))
     }

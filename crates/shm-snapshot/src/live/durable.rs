@@ -1,33 +1,50 @@
-//! Durable commits: the host publishes the newest generation whose
-//! snapshot's fdatasync returned, and clients wait for it on a futex.
+//! Durable and replicated commits: the host publishes the newest
+//! generation whose snapshot's fdatasync returned, and the newest whose
+//! upload to the replica completed; clients wait for either on a futex.
 //!
 //! # Protocol
 //!
 //! Shared words (payload offsets of the control page; `layout.rs`):
-//! `durable` (`u64`, 256) and `durable_seq` (`u32` futex word, 264) and
-//! `mode` (`u32`, 268) are written only by the host; `wanted` (`u64`, 384)
-//! and `requests` (`u32` futex word, 392) by clients (and `requests` by the
-//! host's own [`Waker`]). The host's liveness is an OFD lock on memfd byte
+//! `durable` (`u64`, 256), `durable_seq` (`u32` futex word, 264), `mode`
+//! (`u32`, 268), `replicated` (`u64`, 272), `replicated_seq` (`u32` futex
+//! word, 280) and `replica` (`u32`, 284) are written only by the host (the
+//! replicated pair by its uploader thread); `wanted` (`u64`, 384),
+//! `requests` (`u32` futex word, 392) and `wanted_replicated` (`u64`, 400)
+//! by clients (and `requests` by the host's own [`Waker`]). The host's
+//! liveness is an OFD lock on memfd byte
 //! [`HOST_LOCK_BYTE`](super::layout::HOST_LOCK_BYTE), which the kernel drops
 //! when the host dies.
 //!
-//! * **Publish** (host, [`RawDurable::publish`]) after the snapshot of
-//!   generation `G` was committed to FILE (its fdatasync returned): store
-//!   `durable = G` (Release), then `durable_seq += 1` (Release), then
-//!   `FUTEX_WAKE` every sleeper on `durable_seq`.
-//! * **Wait** (client, [`RawDurable::wait_step`]): load `durable_seq`
-//!   (Acquire) as `s`, then `durable` (Acquire); if `durable >= G` done,
-//!   else `FUTEX_WAIT(durable_seq, s)`. Message passing: if the load of
-//!   `durable_seq` read the host's bump, the Acquire makes the `durable`
-//!   stored before it visible; so a waiter that saw an old `durable` saw an
-//!   old `durable_seq`, and its `FUTEX_WAIT` either finds the word changed
-//!   (returns at once) or is queued before the bump's `FUTEX_WAKE` (the
-//!   kernel orders the compare and the wake under its bucket lock).
+//! A *published word* is a value and its futex word: ([`DURABLE`]:
+//! `durable`, `durable_seq`) and ([`REPLICATED`]: `replicated`,
+//! `replicated_seq`). Both run the one handshake below, parametrized by the
+//! pair ([`Published`]).
+//!
+//! * **Publish** (host, [`RawDurable::publish`]) once generation `G` is
+//!   durable in FILE (its fdatasync returned) or in the store (the upload of
+//!   the object holding it completed): store `value = G` (Release), then
+//!   `seq += 1` (Release), then `FUTEX_WAKE` every sleeper on `seq`.
+//! * **Wait** (client, [`RawDurable::wait_step`]): load `seq` (Acquire) as
+//!   `s`, then `value` (Acquire); if `value >= G` done, else
+//!   `FUTEX_WAIT(seq, s)`. Message passing: if the load of `seq` read the
+//!   host's bump, the Acquire makes the `value` stored before it visible;
+//!   so a waiter that saw an old `value` saw an old `seq`, and its
+//!   `FUTEX_WAIT` either finds the word changed (returns at once) or is
+//!   queued before the bump's `FUTEX_WAKE` (the kernel orders the compare
+//!   and the wake under its bucket lock).
 //! * **Request** (client, [`RawDurable::request`]): `wanted = max(wanted,
-//!   G)`, then `requests += 1` (Release), then `FUTEX_WAKE(requests)`. The
-//!   host ([`RawDurable::requests`] then [`RawDurable::wanted`], then
+//!   G)` (and, for a replicated wait, `wanted_replicated = max(..., G)`),
+//!   then `requests += 1` (Release), then `FUTEX_WAKE(requests)`. The host
+//!   ([`RawDurable::requests`] then [`RawDurable::wanted`], then
 //!   `FUTEX_WAIT(requests, seen)`) follows the same pattern in the other
 //!   direction: a host that missed the new `wanted` loaded an old `requests`.
+//!   A host that sees `wanted_replicated` rise makes its uploader retry a
+//!   failed upload at once.
+//! * **Replica flag** (`replica` bit 0): the host stores it (Release) at
+//!   start, before its first publish, set when it replicates FILE; a
+//!   replicated wait on a memfd whose live host has it clear fails at once.
+//!   The host also stores `replicated = 0` at start (its store may differ
+//!   from its predecessor's).
 //! * **Wake on commit** (`mode` bit 0): a continuous host (interval 0) sets
 //!   it; then every commit bumps `requests` and wakes the host after its
 //!   final store of `seq` (always-wake: no sleeper count, so no store-load
@@ -39,17 +56,71 @@
 //! the fdatasync and the store of `durable`, FILE holds more than claimed
 //! (harmless); killed after the store but before the wake, sleepers notice
 //! the lock's release within 50 ms ([`HostGone`](super::WaitError::HostGone)).
-//! A client killed in a request leaves `wanted` raised: the host takes one
-//! snapshot early.
+//! The same holds for `replicated` and the upload. A client killed in a
+//! request leaves `wanted` raised: the host takes one snapshot early.
 
 use std::time::Duration;
 
 use shm_sync::atomic::Ordering;
 
 use super::layout::{
-    DURABLE_OFF, DURABLE_SEQ_OFF, MODE_OFF, REQUESTS_OFF, WAKE_ON_COMMIT, WANTED_OFF,
+    DURABLE_OFF, DURABLE_SEQ_OFF, MODE_OFF, REPLICA_OFF, REPLICA_ON, REPLICATED_OFF,
+    REPLICATED_SEQ_OFF, REQUESTS_OFF, WAKE_ON_COMMIT, WANTED_OFF, WANTED_REPLICATED_OFF,
 };
 use super::words::Control;
+
+/// How far a generation has come: the level a client waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Level {
+    /// In the host's FILE: its snapshot's fdatasync returned (survives the
+    /// program, the host and a power loss).
+    Durable,
+    /// In the host's replica (feature `replica`): the upload of the base or
+    /// segment holding it completed (survives the loss of the machine).
+    Replicated,
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::Durable => "durable",
+            Level::Replicated => "replicated",
+        })
+    }
+}
+
+/// A published word: the value the host publishes and the futex word it
+/// bumps after each store of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// Payload offset of the value (`u64`).
+    value: usize,
+    /// Payload offset of its futex word (`u32`).
+    seq: usize,
+}
+
+/// `durable` and `durable_seq`.
+pub(crate) const DURABLE: Published = Published {
+    value: DURABLE_OFF,
+    seq: DURABLE_SEQ_OFF,
+};
+
+/// `replicated` and `replicated_seq`.
+pub(crate) const REPLICATED: Published = Published {
+    value: REPLICATED_OFF,
+    seq: REPLICATED_SEQ_OFF,
+};
+
+impl Level {
+    /// The word the host publishes this level in.
+    pub(crate) fn word(self) -> Published {
+        match self {
+            Level::Durable => DURABLE,
+            Level::Replicated => REPLICATED,
+        }
+    }
+}
 
 /// Both halves of the durable-commit protocol over any storage of the
 /// control words: the real code, which [`super::Client`] and
@@ -58,7 +129,7 @@ use super::words::Control;
 pub(crate) struct RawDurable<C> {
     ctl: C,
     /// Negative control of the loom models only: the host skips the bump of
-    /// `durable_seq` after storing `durable`, which loom must catch.
+    /// the futex word after storing the value, which loom must catch.
     #[cfg(shm_loom)]
     pub(crate) skip_bump: bool,
 }
@@ -72,18 +143,32 @@ impl<C: Control> RawDurable<C> {
         }
     }
 
-    /// `durable`. SYNC: Acquire, pairs with the Release store in `publish`.
+    /// `durable`.
     #[inline]
     pub(crate) fn durable(&self) -> u64 {
-        self.ctl.load_u64(DURABLE_OFF, Ordering::Acquire)
+        self.published(DURABLE)
     }
 
-    /// The client asks the host for generation `generation` (group commit:
-    /// the host snapshots at once rather than at its next tick).
-    pub(crate) fn request(&self, generation: u64) {
+    /// The value of `word`. SYNC: Acquire, pairs with the Release store in
+    /// `publish`.
+    #[inline]
+    pub(crate) fn published(&self, word: Published) -> u64 {
+        self.ctl.load_u64(word.value, Ordering::Acquire)
+    }
+
+    /// The client asks the host for generation `generation` at `level`
+    /// (group commit: the host snapshots at once rather than at its next
+    /// tick; for [`Level::Replicated`] its uploader also retries a failed
+    /// upload at once).
+    pub(crate) fn request(&self, generation: u64, level: Level) {
         // Relaxed: published by the Release bump of `requests` below.
         self.ctl
             .fetch_max_u64(WANTED_OFF, generation, Ordering::Relaxed);
+        if level == Level::Replicated {
+            // Relaxed: as `wanted`.
+            self.ctl
+                .fetch_max_u64(WANTED_REPLICATED_OFF, generation, Ordering::Relaxed);
+        }
         self.bump_requests();
     }
 
@@ -108,37 +193,60 @@ impl<C: Control> RawDurable<C> {
         }
     }
 
-    /// One step of a wait for `generation`: `Some(durable)` once it is at
-    /// least `generation`, else sleeps on `durable_seq` (at most `timeout`;
-    /// `None`: until woken) and checks once more.
-    pub(crate) fn wait_step(&self, generation: u64, timeout: Option<Duration>) -> Option<u64> {
+    /// One step of a wait for `generation` in `word`: `Some(value)` once it
+    /// is at least `generation`, else sleeps on the word's futex (at most
+    /// `timeout`; `None`: until woken) and checks once more.
+    pub(crate) fn wait_step(
+        &self,
+        word: Published,
+        generation: u64,
+        timeout: Option<Duration>,
+    ) -> Option<u64> {
         // SYNC: Acquire, pairs with the Release bump in `publish`: if this
-        // reads the bump, the `durable` stored before it is visible below.
-        let seen = self.ctl.load_u32(DURABLE_SEQ_OFF, Ordering::Acquire);
-        let d = self.durable();
+        // reads the bump, the value stored before it is visible below.
+        let seen = self.ctl.load_u32(word.seq, Ordering::Acquire);
+        let d = self.published(word);
         if d >= generation {
             return Some(d);
         }
-        self.ctl.futex_wait(DURABLE_SEQ_OFF, seen, timeout);
-        let d = self.durable();
+        self.ctl.futex_wait(word.seq, seen, timeout);
+        let d = self.published(word);
         (d >= generation).then_some(d)
     }
 
-    /// The host: `generation` is durable in FILE (its fdatasync returned).
-    pub(crate) fn publish(&self, generation: u64) {
-        // SYNC: Release, pairs with the clients' Acquire loads of `durable`.
+    /// The host: `generation` reached `word`'s level (durable in FILE: its
+    /// fdatasync returned; replicated: its upload completed).
+    pub(crate) fn publish(&self, word: Published, generation: u64) {
+        // SYNC: Release, pairs with the clients' Acquire loads of the value
+        // (`published`).
         self.ctl
-            .store_u64(DURABLE_OFF, generation, Ordering::Release);
+            .store_u64(word.value, generation, Ordering::Release);
         #[cfg(shm_loom)]
         if self.skip_bump {
-            self.ctl.futex_wake(DURABLE_SEQ_OFF);
+            self.ctl.futex_wake(word.seq);
             return;
         }
-        // SYNC: Release, pairs with the Acquire load of `durable_seq` in
-        // `wait_step`: orders the store of `durable` before the bump.
-        self.ctl
-            .fetch_add_u32(DURABLE_SEQ_OFF, 1, Ordering::Release);
-        self.ctl.futex_wake(DURABLE_SEQ_OFF);
+        // SYNC: Release, pairs with the Acquire load of the futex word in
+        // `wait_step`: orders the store of the value before the bump.
+        self.ctl.fetch_add_u32(word.seq, 1, Ordering::Release);
+        self.ctl.futex_wake(word.seq);
+    }
+
+    /// The host says whether it replicates FILE.
+    pub(crate) fn set_replica(&self, on: bool) {
+        // SYNC: Release, pairs with the Acquire load in `replica_on`
+        // (publishes the reset of `replicated` stored before it).
+        self.ctl.store_u32(
+            REPLICA_OFF,
+            if on { REPLICA_ON } else { 0 },
+            Ordering::Release,
+        );
+    }
+
+    /// Whether the host replicates FILE. SYNC: Acquire, pairs with the
+    /// Release store in `set_replica`.
+    pub(crate) fn replica_on(&self) -> bool {
+        self.ctl.load_u32(REPLICA_OFF, Ordering::Acquire) & REPLICA_ON != 0
     }
 
     /// The host sets or clears `wake_on_commit`.
@@ -165,6 +273,13 @@ impl<C: Control> RawDurable<C> {
         self.ctl.load_u64(WANTED_OFF, Ordering::Relaxed)
     }
 
+    /// The host: `wanted_replicated` (after `requests()`).
+    #[inline]
+    pub(crate) fn wanted_replicated(&self) -> u64 {
+        // Relaxed: ordered by the Acquire load of `requests` before it.
+        self.ctl.load_u64(WANTED_REPLICATED_OFF, Ordering::Relaxed)
+    }
+
     /// The host sleeps until `requests` moves from `seen` (at most `timeout`).
     pub(crate) fn sleep(&self, seen: u32, timeout: Option<Duration>) {
         self.ctl.futex_wait(REQUESTS_OFF, seen, timeout);
@@ -176,8 +291,9 @@ impl<C: Control> RawDurable<C> {
     }
 }
 
-/// Why [`Client::wait_durable`](super::Client::wait_durable) returned without
-/// the generation being durable.
+/// Why [`Client::wait_durable`](super::Client::wait_durable) (or
+/// [`Client::wait_replicated`](super::Client::wait_replicated)) returned
+/// without the generation being durable (or replicated).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WaitError {
@@ -189,17 +305,23 @@ pub enum WaitError {
         /// The newest committed generation.
         committed: u64,
     },
-    /// The timeout passed before the generation became durable.
-    #[error("generation {requested} is not durable yet (durable: {durable})")]
+    /// The timeout passed before the generation reached the level waited for.
+    #[error("generation {requested} is not {level} yet ({level}: {reached})")]
     Timeout {
         /// The generation asked for.
         requested: u64,
-        /// The durable generation at the end of the wait.
-        durable: u64,
+        /// The level waited for.
+        level: Level,
+        /// The newest generation at that level at the end of the wait.
+        reached: u64,
     },
     /// No host serves this memfd (nobody holds its liveness lock).
     #[error("no snapshot host serves this memfd")]
     NoHost,
+    /// A wait for [`Level::Replicated`]: the host serving the memfd does not
+    /// replicate FILE (no replica is configured).
+    #[error("the snapshot host has no replica configured: nothing is ever replicated")]
+    NoReplica,
     /// The host died (released its liveness lock) during the wait.
     #[error("the snapshot host went away during the wait")]
     HostGone,
@@ -281,7 +403,38 @@ impl Publisher {
     /// Publishes `generation` as durable (its snapshot's fdatasync returned)
     /// and wakes every waiter.
     pub fn publish(&self, generation: u64) {
-        self.raw().publish(generation);
+        self.raw().publish(DURABLE, generation);
+    }
+
+    /// Says whether this host replicates FILE (at start, before the first
+    /// publish), and resets the replicated generation to 0: what a previous
+    /// host uploaded may be in another store.
+    pub fn set_replica(&self, on: bool) {
+        let raw = self.raw();
+        raw.publish(REPLICATED, 0);
+        raw.set_replica(on);
+    }
+
+    /// The published replicated generation.
+    #[must_use]
+    pub fn replicated(&self) -> u64 {
+        self.raw().published(REPLICATED)
+    }
+
+    /// A handle that publishes replicated generations from the uploader
+    /// thread.
+    #[must_use]
+    pub fn replicated_publisher(&self) -> ReplicatedPublisher {
+        ReplicatedPublisher {
+            control: self.control.clone(),
+        }
+    }
+
+    /// The highest generation a client waits to see replicated (read after
+    /// [`Publisher::requests`]); a hint, like [`Publisher::wanted`].
+    #[must_use]
+    pub fn wanted_replicated(&self) -> u64 {
+        self.raw().wanted_replicated()
     }
 
     /// The published durable generation.
@@ -338,6 +491,21 @@ impl Drop for Publisher {
         // bit set: commits then make a useless FUTEX_WAKE until the next host
         // sets the mode).
         self.set_wake_on_commit(false);
+    }
+}
+
+/// Publishes the replicated generation from the host's uploader thread;
+/// cloneable and `Send`. Obtained from [`Publisher::replicated_publisher`].
+#[derive(Debug, Clone)]
+pub struct ReplicatedPublisher {
+    control: std::sync::Arc<shm_segment::Mapping>,
+}
+
+impl ReplicatedPublisher {
+    /// Publishes `generation` as replicated (the upload of the object
+    /// holding it completed) and wakes every waiter.
+    pub fn publish(&self, generation: u64) {
+        RawDurable::new(control_region(&self.control)).publish(REPLICATED, generation);
     }
 }
 

@@ -23,10 +23,14 @@
 //! | 256 | `durable`: newest generation whose snapshot fdatasync returned (`u64`) | host |
 //! | 264 | `durable_seq`: futex word, bumped after each publish of `durable` (`u32`) | host |
 //! | 268 | `mode`: bit 0 `wake_on_commit` (`u32`) | host |
-//! | 272..384 | reserved, zero | |
+//! | 272 | `replicated`: newest generation whose upload to the replica completed (`u64`) | host (its uploader thread) |
+//! | 280 | `replicated_seq`: futex word, bumped after each publish of `replicated` (`u32`) | host (its uploader thread) |
+//! | 284 | `replica`: bit 0 `replica_on`, the host replicates FILE (`u32`) | host |
+//! | 288..384 | reserved, zero | |
 //! | 384 | `wanted`: highest generation a client waits for (`u64`, `fetch_max`) | clients |
 //! | 392 | `requests`: futex word clients bump to wake the host (`u32`) | clients, host's waker |
-//! | 396..4096 | reserved, zero | |
+//! | 400 | `wanted_replicated`: highest generation a client waits to see replicated (`u64`, `fetch_max`) | clients |
+//! | 408..4096 | reserved, zero | |
 //!
 //! The host's liveness lock is an OFD lock on memfd byte [`HOST_LOCK_BYTE`]
 //! (4608, payload offset 512; the lock guards no bytes).
@@ -47,11 +51,12 @@ use crate::error::{ErrorKind, SnapshotError};
 
 /// Magic of the control block (the first word of the segment's payload).
 pub const LIVE_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV3");
-/// Version of the live layout (4: the durable-commit words at 256..400 of
-/// the control page; 3 had them reserved and zero; 3 and 4 share the magic
-/// `OUTLLIV3`, a segment with a config block; 2 was a bare control page
-/// with the magic `OUTLLIV2`).
-pub const LIVE_VERSION: u64 = 4;
+/// Version of the live layout (5: the replication words at 272..288 and
+/// 400..408 of the control page; 4 had the durable-commit words at 256..400
+/// and those reserved and zero; 3 had all of them reserved; 3, 4 and 5
+/// share the magic `OUTLLIV3`, a segment with a config block; 2 was a bare
+/// control page with the magic `OUTLLIV2`).
+pub const LIVE_VERSION: u64 = 5;
 /// The magic of layout version 2, recognised only to name it in the error.
 const V2_MAGIC: u64 = u64::from_le_bytes(*b"OUTLLIV2");
 /// Length of the control page (config block and commit words) at the start
@@ -87,11 +92,26 @@ pub(crate) const MODE_OFF: usize = 268;
 /// Bit of `mode`: every commit bumps `requests` and wakes the host (a host
 /// with interval 0, snapshotting continuously).
 pub(crate) const WAKE_ON_COMMIT: u32 = 1;
+/// Payload offset of `replicated` (`u64`), the newest generation whose
+/// upload to the replica completed (the host's line).
+pub(crate) const REPLICATED_OFF: usize = 272;
+/// Payload offset of `replicated_seq` (`u32` futex word), bumped by the
+/// host after each store of `replicated`.
+pub(crate) const REPLICATED_SEQ_OFF: usize = 280;
+/// Payload offset of `replica` (`u32`): bit 0 [`REPLICA_ON`].
+pub(crate) const REPLICA_OFF: usize = 284;
+/// Bit of `replica`: the host serving the memfd replicates FILE to an
+/// object store (a wait for [`Level::Replicated`](super::Level::Replicated)
+/// can succeed).
+pub(crate) const REPLICA_ON: u32 = 1;
 /// Payload offset of `wanted` (`u64`), the highest generation a client
 /// waits for (its own 128-byte line: the clients' words).
 pub(crate) const WANTED_OFF: usize = 384;
 /// Payload offset of `requests` (`u32` futex word the host sleeps on).
 pub(crate) const REQUESTS_OFF: usize = 392;
+/// Payload offset of `wanted_replicated` (`u64`), the highest generation a
+/// client waits to see replicated.
+pub(crate) const WANTED_REPLICATED_OFF: usize = 400;
 /// Payload offset of the byte whose OFD lock is the host's liveness.
 const HOST_LOCK_OFF: usize = 512;
 /// The memfd byte whose OFD lock the live host holds (kernel-released when
@@ -107,9 +127,13 @@ const _: () = {
     assert!(CONFIG_LEN <= SEQ_OFF && SEQ_OFF.is_multiple_of(128));
     assert!(SEQ_OFF + 128 <= DURABLE_OFF && DURABLE_OFF.is_multiple_of(128));
     assert!(DURABLE_SEQ_OFF == DURABLE_OFF + 8 && MODE_OFF == DURABLE_SEQ_OFF + 4);
-    assert!(MODE_OFF + 4 <= DURABLE_OFF + 128);
+    assert!(REPLICATED_OFF == MODE_OFF + 4 && REPLICATED_OFF.is_multiple_of(8));
+    assert!(REPLICATED_SEQ_OFF == REPLICATED_OFF + 8 && REPLICA_OFF == REPLICATED_SEQ_OFF + 4);
+    assert!(REPLICA_OFF + 4 <= DURABLE_OFF + 128);
     assert!(WANTED_OFF == DURABLE_OFF + 128 && REQUESTS_OFF == WANTED_OFF + 8);
-    assert!(REQUESTS_OFF + 4 <= WANTED_OFF + 128);
+    assert!(WANTED_REPLICATED_OFF == REQUESTS_OFF + 8);
+    assert!(WANTED_REPLICATED_OFF.is_multiple_of(8));
+    assert!(WANTED_REPLICATED_OFF + 8 <= WANTED_OFF + 128);
     assert!(WANTED_OFF + 128 <= HOST_LOCK_OFF && HOST_LOCK_OFF < CONTROL_LEN as usize);
     assert!(HOST_LOCK_BYTE == 4608);
     assert!(DATA_OFFSET as u64 == PAGE && CONTROL_LEN == PAGE);
@@ -493,7 +517,8 @@ pub fn initialize(
 mod tests {
     use super::{
         CONTROL_LEN, DURABLE_OFF, DURABLE_SEQ_OFF, Geometry, HOST_LOCK_BYTE, LIVE_VERSION,
-        MODE_OFF, REQUESTS_OFF, SEQ_OFF, WANTED_OFF, memfd_size,
+        MODE_OFF, REPLICA_OFF, REPLICATED_OFF, REPLICATED_SEQ_OFF, REQUESTS_OFF, SEQ_OFF,
+        WANTED_OFF, WANTED_REPLICATED_OFF, memfd_size,
     };
 
     /// The layout of docs/protocol/shm-snapshot.md, "Live memfd".
@@ -502,8 +527,13 @@ mod tests {
         assert_eq!(CONTROL_LEN, 4096);
         assert_eq!(SEQ_OFF, 128);
         assert_eq!((DURABLE_OFF, DURABLE_SEQ_OFF, MODE_OFF), (256, 264, 268));
+        assert_eq!(
+            (REPLICATED_OFF, REPLICATED_SEQ_OFF, REPLICA_OFF),
+            (272, 280, 284)
+        );
         assert_eq!((WANTED_OFF, REQUESTS_OFF, HOST_LOCK_BYTE), (384, 392, 4608));
-        assert_eq!(LIVE_VERSION, 4);
+        assert_eq!(WANTED_REPLICATED_OFF, 400);
+        assert_eq!(LIVE_VERSION, 5);
         // R = 1: the segment header page, the control page, one page of
         // stamps, one page each for work and committed.
         assert_eq!(memfd_size(1), 5 * 4096);
@@ -520,7 +550,7 @@ mod tests {
         assert_eq!(memfd_size(u64::MAX), 0);
         assert_eq!(
             g.config_words(),
-            [4, 4096, 4, 3 * 4096 + 8, 4096, 8192, 8192 + 16384]
+            [5, 4096, 4, 3 * 4096 + 8, 4096, 8192, 8192 + 16384]
         );
     }
 }

@@ -39,7 +39,7 @@ mod layout;
 mod words;
 
 pub use client::{Client, TrackedCommit};
-pub use durable::{Publisher, WaitError, Waker};
+pub use durable::{Level, Publisher, ReplicatedPublisher, WaitError, Waker};
 pub use host::{COPY_PASSES, Changed, Host};
 pub use layout::{
     CONTROL_LEN, HOST_LOCK_BYTE, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE, initialize,
@@ -164,15 +164,17 @@ pub mod model {
 
 /// The real durable-commit handshake on heap words, for the loom models
 /// (`tests/loom.rs`; only with `--cfg shm_loom`): [`Client::wait_durable`]'s
-/// request and wait steps, and the host's publish and its sleep on
-/// `requests`, with the futex modelled by a mutex and a condition variable
-/// (untimed: a lost wake-up is a deadlock loom reports).
+/// (and [`Client::wait_replicated`]'s: the same routine on the other
+/// published word) request and wait steps, and the host's publish and its
+/// sleep on `requests`, with the futex modelled by a mutex and a condition
+/// variable (untimed: a lost wake-up is a deadlock loom reports).
 #[cfg(shm_loom)]
 pub mod durable_model {
+    pub use super::Level;
     use super::durable::RawDurable;
     use super::words::HeapControl;
 
-    /// Whether the host bumps `durable_seq` after storing `durable` (the
+    /// Whether the host bumps the futex word after storing the value (the
     /// protocol) or skips it (a negative control loom must catch).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Bump {
@@ -196,10 +198,16 @@ pub mod durable_model {
         /// A client asks for `generation` and waits until it is durable;
         /// returns the durable generation.
         pub fn request_and_wait(&self, generation: u64) -> u64 {
+            self.request_and_wait_level(generation, Level::Durable)
+        }
+
+        /// A client asks for `generation` at `level` and waits until it
+        /// reaches it; returns the generation published at that level.
+        pub fn request_and_wait_level(&self, generation: u64, level: Level) -> u64 {
             let raw = self.raw(Bump::Kept);
-            raw.request(generation);
+            raw.request(generation, level);
             loop {
-                if let Some(d) = raw.wait_step(generation, None) {
+                if let Some(d) = raw.wait_step(level.word(), generation, None) {
                     return d;
                 }
             }
@@ -217,17 +225,34 @@ pub mod durable_model {
                 }
                 raw.sleep(seen, None);
             }
-            raw.publish(generation);
+            raw.publish(Level::Durable.word(), generation);
+        }
+
+        /// The host publishes `generation` at `level` without waiting for
+        /// a request (the uploader after an upload, for
+        /// [`Level::Replicated`]).
+        pub fn publish_level(&self, generation: u64, level: Level, bump: Bump) {
+            self.raw(bump).publish(level.word(), generation);
         }
 
         /// The host publishes `generation` without waiting for a request.
         pub fn publish(&self, generation: u64, bump: Bump) {
-            self.raw(bump).publish(generation);
+            self.publish_level(generation, Level::Durable, bump);
         }
 
         /// The durable generation.
         pub fn durable(&self) -> u64 {
             self.raw(Bump::Kept).durable()
+        }
+
+        /// The generation published at `level`.
+        pub fn published(&self, level: Level) -> u64 {
+            self.raw(Bump::Kept).published(level.word())
+        }
+
+        /// The highest generation a client waits to see replicated.
+        pub fn wanted_replicated(&self) -> u64 {
+            self.raw(Bump::Kept).wanted_replicated()
         }
     }
 }
@@ -262,19 +287,30 @@ mod tests {
     #[test]
     fn durable_handshake_on_heap_words() {
         use super::durable::RawDurable;
+        use super::durable::{DURABLE, Level, REPLICATED};
         use super::words::HeapControl;
         let ctl = HeapControl::default();
         let raw = RawDurable::new(&ctl);
         assert_eq!(raw.durable(), 0);
         let seen = raw.requests();
-        raw.request(3);
+        raw.request(3, Level::Durable);
         assert_eq!(raw.requests(), seen + 1);
         assert_eq!(raw.wanted(), 3);
-        raw.request(2);
+        assert_eq!(raw.wanted_replicated(), 0);
+        raw.request(2, Level::Replicated);
         assert_eq!(raw.wanted(), 3, "fetch_max keeps the highest");
-        raw.publish(3);
-        assert_eq!(raw.wait_step(3, None), Some(3));
-        assert_eq!(raw.wait_step(1, None), Some(3));
+        assert_eq!(raw.wanted_replicated(), 2);
+        raw.publish(DURABLE, 3);
+        assert_eq!(raw.wait_step(DURABLE, 3, None), Some(3));
+        assert_eq!(raw.wait_step(DURABLE, 1, None), Some(3));
+        // The replicated word is its own: untouched by the durable publish.
+        assert_eq!(raw.published(REPLICATED), 0);
+        raw.publish(REPLICATED, 2);
+        assert_eq!(raw.wait_step(REPLICATED, 2, None), Some(2));
+        assert_eq!(raw.durable(), 3);
+        assert!(!raw.replica_on());
+        raw.set_replica(true);
+        assert!(raw.replica_on());
         // Wake on commit only in that mode.
         let before = raw.requests();
         raw.after_commit();

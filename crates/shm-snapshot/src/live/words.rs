@@ -472,27 +472,37 @@ pub(crate) struct HeapControl {
     durable: shm_sync::atomic::AtomicU64,
     durable_seq: shm_sync::atomic::AtomicU32,
     mode: shm_sync::atomic::AtomicU32,
+    replicated: shm_sync::atomic::AtomicU64,
+    replicated_seq: shm_sync::atomic::AtomicU32,
+    replica: shm_sync::atomic::AtomicU32,
     wanted: shm_sync::atomic::AtomicU64,
     requests: shm_sync::atomic::AtomicU32,
+    wanted_replicated: shm_sync::atomic::AtomicU64,
     futex: (shm_sync::sync::Mutex<()>, shm_sync::sync::Condvar),
 }
 
 #[cfg(any(test, shm_loom))]
 impl HeapControl {
     fn u64_at(&self, off: usize) -> &shm_sync::atomic::AtomicU64 {
-        use super::layout::{DURABLE_OFF, WANTED_OFF};
+        use super::layout::{DURABLE_OFF, REPLICATED_OFF, WANTED_OFF, WANTED_REPLICATED_OFF};
         match off {
             DURABLE_OFF => &self.durable,
+            REPLICATED_OFF => &self.replicated,
             WANTED_OFF => &self.wanted,
+            WANTED_REPLICATED_OFF => &self.wanted_replicated,
             _ => panic!("{OUTSIDE}"),
         }
     }
 
     fn u32_at(&self, off: usize) -> &shm_sync::atomic::AtomicU32 {
-        use super::layout::{DURABLE_SEQ_OFF, MODE_OFF, REQUESTS_OFF};
+        use super::layout::{
+            DURABLE_SEQ_OFF, MODE_OFF, REPLICA_OFF, REPLICATED_SEQ_OFF, REQUESTS_OFF,
+        };
         match off {
             DURABLE_SEQ_OFF => &self.durable_seq,
             MODE_OFF => &self.mode,
+            REPLICATED_SEQ_OFF => &self.replicated_seq,
+            REPLICA_OFF => &self.replica,
             REQUESTS_OFF => &self.requests,
             _ => panic!("{OUTSIDE}"),
         }

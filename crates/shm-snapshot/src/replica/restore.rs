@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -366,33 +365,61 @@ fn assemble(
     }))
 }
 
-/// Downloads the base and the segments of the plan, in order, into a
-/// temporary file beside `dest`; a segment that cannot be read ends the
-/// chain. `Ok(Err(skipped))`: the base cannot be read.
+/// How many objects a restore downloads at once.
+pub(crate) const PARALLEL_GETS: usize = 8;
+
+/// Downloads the base and the segments of the plan into a temporary file
+/// beside `dest`, [`PARALLEL_GETS`] at a time, each written at its place
+/// (the listed sizes of the objects before it); the results are taken in
+/// plan order, and a segment that cannot be read (or whose length is not
+/// the listed one) ends the chain. `Ok(Err(skipped))`: the base cannot be
+/// read.
 fn download<'a>(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     plan: &Plan<'a>,
     dest: &Path,
 ) -> Result<Result<Assembled<'a>, Skipped>, ReplicaError> {
+    use futures::StreamExt;
     let (file, tmp) = create_temp_beside(dest).map_err(ReplicaError::io(format!(
         "creating a file beside {}",
         dest.display()
     )))?;
     let tmp = TempFile(Some(tmp));
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let objs: Vec<&Listed> = std::iter::once(plan.base)
+        .chain(plan.segments.iter().copied())
+        .collect();
+    let starts: Vec<u64> = objs
+        .iter()
+        .scan(0u64, |at, o| {
+            let start = *at;
+            *at += o.size;
+            Some(start)
+        })
+        .collect();
+    let results: Vec<Result<u64, ReplicaError>> = rt.block_on(
+        futures::stream::iter(objs.iter().zip(&starts))
+            .map(|(o, &at)| store.get_at(store.key(plan.epoch, &o.name), &file, at))
+            .buffered(PARALLEL_GETS)
+            .collect(),
+    );
     let mut placed = Vec::new();
     let mut skipped = Vec::new();
     let mut end = 0u64;
-    for o in std::iter::once(plan.base).chain(plan.segments.iter().copied()) {
-        match rt.block_on(store.get_into(&store.key(plan.epoch, &o.name), &mut out)) {
+    for ((o, start), got) in objs.iter().zip(starts).zip(results) {
+        match got {
             Ok(n) => {
                 placed.push(Placed {
                     obj: o,
-                    start: end,
-                    end: end + n,
+                    start,
+                    end: start + n,
                 });
-                end += n;
+                end = start + n;
+                if n != o.size {
+                    // Replaced since the listing: the objects after it are
+                    // not where they were written. Verification cuts here.
+                    break;
+                }
             }
             Err(ReplicaError::Store { source, .. }) => {
                 let s = Skipped {
@@ -408,10 +435,8 @@ fn download<'a>(
             Err(e) => return Err(e),
         }
     }
-    let file = out
-        .into_inner()
-        .map_err(|e| ReplicaError::io("writing the restored file")(e.into_error()))?;
-    // Cut off whatever part of an object that failed midway was written.
+    // Cut off what was written past the chain's end (objects after a
+    // failed one, or the part of one that failed midway).
     file.set_len(end)
         .map_err(ReplicaError::io("truncating the restored file"))?;
     Ok(Ok(Assembled {

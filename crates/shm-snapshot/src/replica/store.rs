@@ -1,8 +1,8 @@
 //! Opening the object store a replica URL names, and the few operations on
-//! it: list, put (multipart for large objects), get into a file, delete.
+//! it: list, put (multipart for large objects), get into a file at an
+//! offset, delete.
 
 use std::fs::File;
-use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -155,25 +155,28 @@ impl Store {
         Ok(())
     }
 
-    /// Appends the object `key` to `out`; returns its length.
-    pub(crate) async fn get_into(
+    /// Writes the object `key` into `out` at offset `at` (`pwrite`, chunk by
+    /// chunk as they arrive); returns its length.
+    pub(crate) async fn get_at(
         &self,
-        key: &ObjPath,
-        out: &mut impl Write,
+        key: ObjPath,
+        out: &File,
+        at: u64,
     ) -> Result<u64, ReplicaError> {
         let got = self
             .inner
-            .get(key)
+            .get(&key)
             .await
             .map_err(ReplicaError::store("get"))?;
         let mut stream = got.into_stream();
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(ReplicaError::store("get"))?;
-            out.write_all(&chunk).map_err(|source| ReplicaError::Io {
-                what: "writing the restored file".into(),
-                source,
-            })?;
+            out.write_all_at(&chunk, at + n)
+                .map_err(|source| ReplicaError::Io {
+                    what: "writing the restored file".into(),
+                    source,
+                })?;
             n += chunk.len() as u64;
         }
         Ok(n)

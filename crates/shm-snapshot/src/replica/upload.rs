@@ -79,6 +79,8 @@ struct Slot {
     newest: Option<Notice>,
     /// Stop once the newest notice is uploaded, or at this instant.
     stop: Option<Instant>,
+    /// End the back-off pause after a failed upload now ([`Replicator::kick`]).
+    kick: bool,
     status: Replicated,
 }
 
@@ -114,6 +116,16 @@ impl Replicator {
     /// [`ReplicaError::Url`] for a URL that is not supported;
     /// [`ReplicaError::Io`] if the thread or its runtime cannot start.
     pub fn start(config: ReplicaConfig) -> Result<Self, ReplicaError> {
+        Self::start_with(config, None)
+    }
+
+    /// [`Replicator::start`], calling `on_uploaded(generation)` on the
+    /// uploader thread after every completed upload, with the program
+    /// generation the store now holds.
+    pub(crate) fn start_with(
+        config: ReplicaConfig,
+        on_uploaded: Option<OnUploaded>,
+    ) -> Result<Self, ReplicaError> {
         let store = Store::open(&config.url, true)?;
         let rt = runtime()?;
         let epoch = EpochId::new_now();
@@ -126,6 +138,7 @@ impl Replicator {
             epoch: epoch.clone(),
             shared: shared.clone(),
             chain: None,
+            on_uploaded,
         };
         let thread = std::thread::Builder::new()
             .name("replica".into())
@@ -160,6 +173,13 @@ impl Replicator {
     /// How far replication has come.
     pub fn replicated(&self) -> Replicated {
         self.shared.lock().status
+    }
+
+    /// Ends a back-off pause after a failed upload: the uploader retries at
+    /// once (for a client waiting to see a generation replicated).
+    pub fn kick(&self) {
+        self.shared.lock().kick = true;
+        self.shared.cond.notify_all();
     }
 
     /// Waits until the newest notice is uploaded or `timeout` passes, then
@@ -206,6 +226,9 @@ struct Chain {
     file_generation: u64,
 }
 
+/// Called on the uploader thread after each completed upload.
+pub(crate) type OnUploaded = Box<dyn FnMut(u64) + Send>;
+
 struct Uploader {
     store: Store,
     rt: tokio::runtime::Runtime,
@@ -213,6 +236,7 @@ struct Uploader {
     epoch: EpochId,
     shared: Arc<Shared>,
     chain: Option<Chain>,
+    on_uploaded: Option<OnUploaded>,
 }
 
 /// How long [`Replicator::finish`] waits past its timeout for a request in flight.
@@ -260,16 +284,18 @@ impl Uploader {
         }
     }
 
-    /// Sleeps `d` unless stopping; false if the stop deadline passed.
+    /// Sleeps `d` unless stopping or kicked; false if the stop deadline
+    /// passed.
     fn pause(&self, d: Duration) -> bool {
         let until = Instant::now() + d;
+        // A kick that came during the failed attempt ends the pause at once.
         let mut slot = self.shared.lock();
         loop {
             let now = Instant::now();
             if slot.stop.is_some_and(|t| now >= t) {
                 return false;
             }
-            if now >= until {
+            if now >= until || std::mem::take(&mut slot.kick) {
                 return true;
             }
             let mut end = until;
@@ -375,6 +401,9 @@ impl Uploader {
             st.generation = job.generation;
             st.file_generation = job.file_generation;
             st.durable_at = Some(job.at);
+        }
+        if let Some(f) = &mut self.on_uploaded {
+            f(job.generation);
         }
         tracing::info!(
             "replicated generation {} (file generation {}): {key}, {} bytes",
