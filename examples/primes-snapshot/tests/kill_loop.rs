@@ -4,30 +4,12 @@
 //! at least the count of the last generation `shm-restore` reported durable.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const CHUNK: u64 = 1000;
-
-fn shm_restore() -> PathBuf {
-    shm_testkit::build_bins(&[
-        "-p",
-        "shm-snapshot",
-        "--features",
-        "shm-restore",
-        "--bin",
-        "shm-restore",
-    ])
-    .join("shm-restore")
-}
-
-fn last_number_after(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
-        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .next_back()
-}
+mod common;
+use common::{CHUNK, last_number_after, shm_restore};
 
 fn inspect_generation(bin: &Path, file: &Path) -> u64 {
     let out = Command::new(bin).arg("inspect").arg(file).output().unwrap();

@@ -6,33 +6,14 @@
 //! reported replicated.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shm_testkit::s3::S3Server;
 
-/// Primes per commit (`primes-snapshot`'s CHUNK).
-const CHUNK: u64 = 1000;
-
-fn shm_restore() -> PathBuf {
-    shm_testkit::build_bins(&[
-        "-p",
-        "shm-snapshot",
-        "--features",
-        "shm-restore",
-        "--bin",
-        "shm-restore",
-    ])
-    .join("shm-restore")
-}
-
-fn numbers_after(text: &str, key: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
-        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .collect()
-}
+mod common;
+use common::{CHUNK, numbers_after, shm_restore};
 
 /// The newest image of a snapshot file (4096-byte prefix, then the state).
 fn image(file: &Path) -> Vec<u8> {
