@@ -320,11 +320,12 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
                 .collect();
             median(v)
         };
-        // What one commit of k changed pages appends to the log: a 32-byte
-        // record header and the page for each of them and for the control
-        // page, and a 32-byte commit record (docs/protocol/shm-snapshot.md),
+        // What one commit of k changed pages appends to the log: a record
+        // header and the page for each of them, and a commit record carrying
+        // the program's generation as its tag (docs/protocol/shm-snapshot.md),
         // checked against the file once.
-        let appended = (k + 1) * (32 + 4096) + 32;
+        let appended =
+            k * (shm_snapshot::RECORD_LEN as usize + 4096) + shm_snapshot::COMMIT_LEN as usize;
         let before = file_end();
         ours();
         let measured = file_end().saturating_sub(before) / runs as u64;

@@ -151,9 +151,10 @@ pub mod track;
 
 pub use error::{ErrorKind, SnapshotError};
 pub use format::{
-    Damage, FileInfo, HEADER_LEN, Header, MAGIC, OnDamage, PageIndex, RestoreOptions, Restored,
-    Salvage, Snapshot, SnapshotWriter, VERSION, compact_temp_path, create_temp_beside, inspect,
-    read_header, remove_stale_compaction, restore, restore_with, restore_with_progress,
+    COMMIT_LEN, Damage, FileInfo, HEADER_LEN, Header, MAGIC, MIN_VERSION, OnDamage, PageIndex,
+    RECORD_LEN, RestoreOptions, Restored, Salvage, Snapshot, SnapshotWriter, VERSION,
+    compact_temp_path, create_temp_beside, inspect, read_header, remove_stale_compaction, restore,
+    restore_with, restore_with_progress,
 };
 pub use storage::{FileStorage, MemStorage, Storage};
 

@@ -19,25 +19,21 @@ use shm_snapshot::{FileStorage, restore};
 
 const REGION: u64 = 64 * 4096;
 
-/// The program generation FILE holds (the first word of its image's
-/// 4096-byte prefix, `host::prefix`) and the first 8 bytes of page `page`
-/// of its state.
+/// The program generation FILE holds (its newest commit's tag) and the
+/// first 8 bytes of page `page` of its state.
 fn file_state(path: &Path, page: usize) -> (u64, u64) {
     let f = FileStorage::open(path, false).unwrap();
-    let (mut generation, mut word) = ([0u8; 8], [0u8; 8]);
+    let mut word = [0u8; 8];
     let at = 4096 + (page as u64) * 4096;
-    restore(&f, |off, b| {
+    let r = restore(&f, |off, b| {
         let end = off + b.len() as u64;
-        if off == 0 && b.len() >= 8 {
-            generation.copy_from_slice(&b[..8]);
-        }
         if off <= at && at + 8 <= end {
             let o = usize::try_from(at - off).unwrap();
             word.copy_from_slice(&b[o..o + 8]);
         }
     })
     .unwrap();
-    (u64::from_le_bytes(generation), u64::from_le_bytes(word))
+    (r.info.tag, u64::from_le_bytes(word))
 }
 
 /// A fresh FILE (through an in-process host, dropped again) and its memfd,

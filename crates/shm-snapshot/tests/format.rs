@@ -7,7 +7,8 @@ use common::{restore_opts, restore_vec};
 use proptest::prelude::*;
 use shm_snapshot::storage_ops::Op;
 use shm_snapshot::{
-    ErrorKind, FileStorage, MemStorage, OnDamage, RestoreOptions, SnapshotWriter, Storage, inspect,
+    COMMIT_LEN, ErrorKind, FileStorage, MemStorage, OnDamage, RECORD_LEN, RestoreOptions,
+    SnapshotWriter, Storage, inspect,
 };
 
 const PS: u32 = 256;
@@ -40,7 +41,7 @@ fn roundtrip_and_incremental() {
         assert_eq!(w.snapshot(&s).unwrap(), g);
         // Only the page(s) changed since the last generation are written.
         assert!(
-            w.last_bytes_written <= 2 * (u64::from(PS) + 32) + 32,
+            w.last_bytes_written <= 2 * (u64::from(PS) + RECORD_LEN) + COMMIT_LEN,
             "{}",
             w.last_bytes_written
         );
@@ -50,7 +51,7 @@ fn roundtrip_and_incremental() {
     }
     // An unchanged state writes only a commit record.
     w.snapshot(&state(10, len)).unwrap();
-    assert_eq!(w.last_bytes_written, 32);
+    assert_eq!(w.last_bytes_written, COMMIT_LEN);
     // Reopen and continue.
     let st = w.storage().clone();
     let (_, g) = restore_vec(&st).unwrap();

@@ -30,11 +30,11 @@ fn config(file: &Path) -> HostConfig {
     }
 }
 
-/// FILE's state and the program's generation in its image prefix.
+/// FILE's state and the program's generation (its commit's tag).
 fn restore_file(file: &Path) -> (Vec<u8>, u64) {
-    let (image, _) = common::restore_vec(&FileStorage::open(file, false).unwrap()).unwrap();
-    let generation = u64::from_le_bytes(image[..8].try_into().unwrap());
-    (image[live::CONTROL_LEN as usize..].to_vec(), generation)
+    let st = FileStorage::open(file, false).unwrap();
+    let (image, r) = common::restore_opts(&st, shm_snapshot::RestoreOptions::default()).unwrap();
+    (image[live::CONTROL_LEN as usize..].to_vec(), r.info.tag)
 }
 
 /// Commit `g`: the 8-byte word `g` at a page chosen by `g`, and at offset 0.

@@ -133,7 +133,10 @@ fn region_beyond_four_gib_round_trips() {
     stamp(&mut state, four + 1, 10);
     stamp(&mut state, four + 2, 11);
     w.snapshot(&state).unwrap();
-    assert_eq!(w.last_bytes_written, 2 * (PS as u64 + 32) + 32);
+    assert_eq!(
+        w.last_bytes_written,
+        2 * (PS as u64 + shm_snapshot::RECORD_LEN) + shm_snapshot::COMMIT_LEN
+    );
     let check = |w: &SnapshotWriter<FileStorage>, state: &[u8], generation: u64| {
         let mut seen = Vec::new();
         let mut out = vec![0u8; len];
@@ -169,7 +172,10 @@ fn region_beyond_four_gib_round_trips() {
     assert_eq!(w.generation(), 2);
     stamp(&mut state, four, 12);
     w.snapshot(&state).unwrap();
-    assert_eq!(w.last_bytes_written, (PS as u64 + 32) + 32);
+    assert_eq!(
+        w.last_bytes_written,
+        (PS as u64 + shm_snapshot::RECORD_LEN) + shm_snapshot::COMMIT_LEN
+    );
     check(&w, &state, 3);
     // Compaction reads each page back from its 64-bit file offset.
     let before = w.len();

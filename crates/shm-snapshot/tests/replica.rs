@@ -212,25 +212,26 @@ fn assert_no_gap(list: &serde_json::Value, until: u64) {
     );
 }
 
-/// FILE's newest image (generation prefix, then the state).
-fn file_image(file: &Path) -> Vec<u8> {
+/// FILE's newest image (the 4096-byte prefix, then the state) and the
+/// program's generation (its commit's tag).
+fn file_image(file: &Path) -> (Vec<u8>, u64) {
     let st = FileStorage(std::fs::File::open(file).unwrap());
     let info = inspect(&st).unwrap();
     assert_eq!(info.valid_end, info.file_len, "{info:?}");
     let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    restore(&st, |off, b| {
+    let r = restore(&st, |off, b| {
         let o = usize::try_from(off).unwrap();
         image[o..o + b.len()].copy_from_slice(b);
     })
     .unwrap();
-    image
+    assert_eq!(r.info.version, shm_snapshot::VERSION);
+    (image, r.info.tag)
 }
 
 /// The file's state: every word equals the program generation; returns it.
 fn check_file(file: &Path) -> u64 {
-    let image = file_image(file);
+    let (image, g) = file_image(file);
     let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
-    let g = word(0);
     for o in (4096..image.len()).step_by(8) {
         assert_eq!(word(o), g, "word at {o} of generation {g}");
     }

@@ -82,9 +82,8 @@ fn sparse_committer() {
 /// FILE's state as the sparse committer leaves it: word 0 of the state is
 /// the generation, every other word 1. Returns the generation.
 fn check_sparse_file(file: &Path) -> u64 {
-    let image = file_image(file);
+    let (image, g) = file_image(file);
     let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
-    let g = word(0);
     assert_eq!(word(4096), g, "state word 0");
     for o in (4096 + 8..image.len()).step_by(8) {
         assert_eq!(word(o), 1, "word at {o} of generation {g}");
@@ -169,28 +168,28 @@ impl Run {
 
 /// The file's newest state: its generation, checked word by word.
 fn check_file(file: &Path) -> u64 {
-    let image = file_image(file);
+    let (image, g) = file_image(file);
     let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
-    let g = word(0);
     for o in (4096..image.len()).step_by(8) {
         assert_eq!(word(o), g, "word at {o} of generation {g}");
     }
     g
 }
 
-/// FILE's newest image (generation prefix, then the state); FILE must have
-/// no torn tail.
-fn file_image(file: &Path) -> Vec<u8> {
+/// FILE's newest image (the 4096-byte prefix, then the state) and the
+/// program's generation (its commit's tag); FILE must have no torn tail.
+fn file_image(file: &Path) -> (Vec<u8>, u64) {
     let st = FileStorage(std::fs::File::open(file).unwrap());
     let info = inspect(&st).unwrap();
     assert_eq!(info.valid_end, info.file_len, "{info:?}");
     let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    restore(&st, |off, b| {
+    let r = restore(&st, |off, b| {
         let o = usize::try_from(off).unwrap();
         image[o..o + b.len()].copy_from_slice(b);
     })
     .unwrap();
-    image
+    assert_eq!(r.info.version, shm_snapshot::VERSION);
+    (image, r.info.tag)
 }
 
 fn numbers_after(text: &str, key: &str) -> Vec<u64> {
@@ -393,9 +392,8 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
             .unwrap();
         let len = REGION as u64 + 4096;
         let mut w = shm_snapshot::SnapshotWriter::create(FileStorage(f), 4096, len).unwrap();
-        let mut image = vec![0xEEu8; usize::try_from(len).unwrap()];
-        image[..8].copy_from_slice(&1u64.to_le_bytes());
-        w.snapshot(&image).unwrap();
+        let image = vec![0xEEu8; usize::try_from(len).unwrap()];
+        w.snapshot_tagged(&image, 1).unwrap();
     }
     std::fs::rename(&other, &file).unwrap();
     let host = log()
@@ -499,8 +497,7 @@ fn progress_bar_on_a_terminal_only() {
     let mut w = SnapshotWriter::create(FileStorage(f), 4096, image_len as u64).unwrap();
     let mut image = vec![7u8; image_len];
     image[..4096].fill(0);
-    image[0] = 1; // the program's commit generation 1
-    w.snapshot(&image).unwrap();
+    w.snapshot_tagged(&image, 1).unwrap(); // the program's commit generation 1
     drop(w);
     let cmd = format!("{SHM_RESTORE} {} -- true", file.display());
     let tty = Command::new("script")
@@ -542,7 +539,8 @@ fn tiny_pages_and_tiny_images_are_described_not_panicked_on() {
     let dir = temp_dir("snap-tiny");
     let file = dir.join("tiny.snap");
     let mut w = SnapshotWriter::create(MemStorage::default(), 4, 100).unwrap();
-    w.snapshot(&[3u8; 100]).unwrap();
+    w.snapshot_tagged(&[3u8; 100], 217_020_518_514_230_019)
+        .unwrap();
     std::fs::write(&file, &w.storage().data).unwrap();
     let out = Command::new(SHM_RESTORE)
         .arg("inspect")
@@ -990,7 +988,7 @@ fn compaction_backs_off_on_a_full_disk() {
 
 /// A snapshot file as `shm-restore` writes it: one snapshot per entry of
 /// `generations`, each a state whose every byte is the generation's low byte
-/// (the image's first 8 bytes are the program's generation).
+/// (the commit's tag is the program's generation).
 fn written_file(file: &Path, generations: &[u64]) {
     use shm_snapshot::SnapshotWriter;
     let f = std::fs::OpenOptions::new()
@@ -1003,8 +1001,7 @@ fn written_file(file: &Path, generations: &[u64]) {
     for &g in generations {
         let mut image = vec![g as u8; 4096 + REGION];
         image[..4096].fill(0);
-        image[..8].copy_from_slice(&g.to_le_bytes());
-        w.snapshot(&image).unwrap();
+        w.snapshot_tagged(&image, g).unwrap();
     }
 }
 

@@ -177,6 +177,7 @@ fn do_inspect(path: &Path, json: bool) -> Result<(), String> {
         println!("all zeros: a fresh state of {} bytes", i.region_size);
         return Ok(());
     }
+    println!("format version: {}", i.version);
     println!("page size: {}", i.page_size);
     match r.state_size() {
         Some(r) => println!("region size: {r}"),
@@ -344,6 +345,7 @@ fn inspect_json(path: &Path, r: &Inspection) -> String {
         "schema": 1,
         "file": path.to_string_lossy(),
         "all_zero": i.all_zero,
+        "format_version": i.version,
         "page_size": i.page_size,
         "image_size": i.region_size,
         "state_size": r.state_size(),

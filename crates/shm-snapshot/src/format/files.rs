@@ -246,6 +246,7 @@ impl SnapshotWriter<FileStorage> {
         self.end = end;
         self.reserved_end = end;
         self.index = index;
+        self.version = super::VERSION;
         sync_dir_of(path).map_err(|e| SnapshotError::io("fsync directory", e))?;
         crash_point!("compact.dir_synced");
         Ok(())

@@ -32,11 +32,21 @@ pub use writer::{Snapshot, SnapshotWriter};
 
 /// The first eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"OUTLSNP1";
-/// The format version this library writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this library writes: 2, whose commit records carry
+/// an 8-byte tag ([`Snapshot::commit_tagged`]). Version 1 files (commit
+/// records without a payload) are read, and appended to, as well; a
+/// compaction rewrites them as version 2.
+pub const VERSION: u32 = 2;
+/// The oldest format version this library reads.
+pub const MIN_VERSION: u32 = 1;
 /// Length of the file header.
 pub const HEADER_LEN: u64 = 64;
-const REC_LEN: u64 = 32;
+/// Length of a record header (a page record's payload follows it).
+pub const RECORD_LEN: u64 = 32;
+const REC_LEN: u64 = RECORD_LEN;
+/// Length of a commit record in a file this library writes: the record
+/// header and the 8-byte tag.
+pub const COMMIT_LEN: u64 = RECORD_LEN + 8;
 const REC_MAGIC: u32 = 0x5245_4331;
 const KIND_PAGE: u32 = 1;
 const KIND_COMMIT: u32 = 2;
@@ -49,12 +59,21 @@ const MAX_PAGE: u32 = 1 << 24;
 /// Parsed header plus what a scan of the log found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
+    /// The file's format version ([`MIN_VERSION`]..=[`VERSION`]; [`VERSION`]
+    /// for an all-zero file).
+    pub version: u32,
     /// Page size of the records.
     pub page_size: u32,
     /// Size of the snapshotted region.
     pub region_size: u64,
     /// Newest valid generation (the header's base generation if no commit follows it).
     pub generation: u64,
+    /// The tag of generation [`FileInfo::generation`]: what its commit
+    /// record carries ([`Snapshot::commit_tagged`]), or the header's base
+    /// tag if no commit follows it. Always 0 in a version 1 file, which
+    /// stores no tags. After a salvage, the tag of the newest intact commit
+    /// record up to the salvaged generation.
+    pub tag: u64,
     /// Number of valid commits found.
     pub commits: u64,
     /// End of the last valid commit record: everything after it is ignored.
@@ -120,13 +139,14 @@ fn rd<S: Storage + ?Sized>(s: &S, off: u64, buf: &mut [u8]) -> Result<(), Snapsh
         .map_err(|e| SnapshotError::io("read", e))
 }
 
-fn header_bytes(page_size: u32, region_size: u64, base_generation: u64) -> [u8; 64] {
+fn header_bytes(page_size: u32, region_size: u64, base_generation: u64, base_tag: u64) -> [u8; 64] {
     let mut h = [0u8; 64];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&page_size.to_le_bytes());
     h[16..24].copy_from_slice(&region_size.to_le_bytes());
     h[24..32].copy_from_slice(&base_generation.to_le_bytes());
+    h[32..40].copy_from_slice(&base_tag.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
@@ -240,7 +260,14 @@ fn is_all_zero<S: Storage + ?Sized>(s: &S, len: u64) -> Result<bool, SnapshotErr
     Ok(true)
 }
 
-fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64), SnapshotError> {
+/// A checked header, and the file length it was read with.
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    header: Header,
+    file_len: u64,
+}
+
+fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<Parsed, SnapshotError> {
     let len = s.len().map_err(|e| SnapshotError::io("stat", e))?;
     if len == 0 {
         return Err(SnapshotError::new(ErrorKind::Empty, "file is empty"));
@@ -261,7 +288,17 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64)
     rd(s, 0, &mut h)?;
     if h[0..8] != MAGIC {
         if h.iter().all(|&b| b == 0) && is_all_zero(s, len)? {
-            return Ok((4096, len, len, true, 0));
+            return Ok(Parsed {
+                header: Header {
+                    version: VERSION,
+                    page_size: 4096,
+                    region_size: len,
+                    base_generation: 0,
+                    base_tag: 0,
+                    all_zero: true,
+                },
+                file_len: len,
+            });
         }
         return Err(SnapshotError::new(
             ErrorKind::Foreign,
@@ -275,10 +312,12 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64)
         ));
     }
     let version = u32_at(&h, 8);
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(SnapshotError::new(
             ErrorKind::Version,
-            format!("unsupported format version {version} (this build reads {VERSION})"),
+            format!(
+                "unsupported format version {version} (this build reads {MIN_VERSION} to {VERSION})"
+            ),
         ));
     }
     let page_size = u32_at(&h, 12);
@@ -302,19 +341,34 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<(u32, u64, u64, bool, u64)
             format!("implausible base generation {base}"),
         ));
     }
-    Ok((page_size, region_size, len, false, base))
+    Ok(Parsed {
+        header: Header {
+            version,
+            page_size,
+            region_size,
+            base_generation: base,
+            // Reserved (zero) in version 1.
+            base_tag: if version >= 2 { u64_at(&h, 32) } else { 0 },
+            all_zero: false,
+        },
+        file_len: len,
+    })
 }
 
 /// What a file's header says, without scanning the log: enough to size the
 /// region before [`restore`] fills it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The format version ([`VERSION`] for an all-zero file).
+    pub version: u32,
     /// Page size of the records.
     pub page_size: u32,
     /// Size of the snapshotted region (for an all-zero file, the file's size).
     pub region_size: u64,
     /// The generation before the first record of the log.
     pub base_generation: u64,
+    /// The tag of the base generation (0 in version 1).
+    pub base_tag: u64,
     /// Whether the file is all zeros (a fresh state of `region_size` bytes).
     pub all_zero: bool,
 }
@@ -324,13 +378,7 @@ pub struct Header {
 /// # Errors
 /// As [`restore`].
 pub fn read_header<S: Storage + ?Sized>(s: &S) -> Result<Header, SnapshotError> {
-    let (page_size, region_size, _, all_zero, base_generation) = parse_header(s)?;
-    Ok(Header {
-        page_size,
-        region_size,
-        base_generation,
-        all_zero,
-    })
+    parse_header(s).map(|p| p.header)
 }
 
 /// The client's crash point inside `commit` (between the copy and the even store).

@@ -144,11 +144,15 @@ struct Rec {
     plen: u64,
     /// CRC-32C of the payload.
     page_crc: u32,
+    /// A commit record's tag (version 2; 0 otherwise).
+    tag: u64,
 }
 
 /// The geometry a file's records must fit.
 #[derive(Debug, Clone, Copy)]
 struct Geo {
+    /// The file's format version: commit records carry an 8-byte tag from 2 on.
+    version: u32,
     page_size: u32,
     region_size: u64,
     pages: u64,
@@ -166,10 +170,23 @@ impl Geo {
             KIND_PAGE if u64_at(rh, 16) < self.pages => {
                 page_len(self.page_size, self.region_size, u64_at(rh, 16))
             }
-            KIND_COMMIT => 0,
+            KIND_COMMIT => commit_payload(self.version),
             _ => return None,
         };
         (plen == expected).then_some(plen)
+    }
+}
+
+/// The payload length of a commit record in a file of `version`: its tag.
+fn commit_payload(version: u32) -> u64 {
+    if version >= 2 { 8 } else { 0 }
+}
+
+/// The tag a valid record carries: a commit's payload, 0 for anything else.
+fn tag_of(kind: u32, payload: &[u8]) -> u64 {
+    match payload.get(..8) {
+        Some(t) if kind == KIND_COMMIT => u64_at(t, 0),
+        _ => 0,
     }
 }
 
@@ -211,13 +228,15 @@ fn scan_records<S: Storage + ?Sized>(
             let p = &mut payload[..usize::try_from(plen).unwrap_or(0)];
             rd(s, off + REC_LEN, p)?;
             if let Some(page_crc) = record_valid(&rh, p) {
+                let kind = u32_at(&rh, 4);
                 found.push(Rec {
                     off,
-                    kind: u32_at(&rh, 4),
+                    kind,
                     generation: u64_at(&rh, 8),
                     index: u64_at(&rh, 16),
                     plen,
                     page_crc,
+                    tag: tag_of(kind, p),
                 });
                 off += REC_LEN + plen;
                 continue;
@@ -485,11 +504,21 @@ fn scan_once<S: Storage + ?Sized>(
     progress: &mut dyn FnMut(u64, u64),
     last: bool,
 ) -> Result<Option<Restored>, SnapshotError> {
-    let (page_size, region_size, file_len, all_zero, base) = parse_header(s)?;
+    let super::Parsed { header, file_len } = parse_header(s)?;
+    let super::Header {
+        version,
+        page_size,
+        region_size,
+        base_generation: base,
+        base_tag,
+        all_zero,
+    } = header;
     let mut info = FileInfo {
+        version,
         page_size,
         region_size,
         generation: base,
+        tag: base_tag,
         commits: 0,
         valid_end: if all_zero { 0 } else { HEADER_LEN },
         file_len,
@@ -520,6 +549,7 @@ fn scan_once<S: Storage + ?Sized>(
     let ps = u64::from(page_size);
     let pages = region_size.div_ceil(ps);
     let geo = Geo {
+        version,
         page_size,
         region_size,
         pages,
@@ -576,9 +606,10 @@ fn scan_once<S: Storage + ?Sized>(
             pending.push((index, (page_crc, off + REC_LEN)));
         } else {
             committed.pages.extend(pending.drain(..));
+            info.tag = tag_of(kind, payload);
             info.generation += 1;
             info.commits += 1;
-            info.valid_end = off + REC_LEN;
+            info.valid_end = off + REC_LEN + plen;
         }
         off += REC_LEN + plen;
     }
@@ -633,6 +664,15 @@ fn scan_once<S: Storage + ?Sized>(
                     .insert(r.index, (r.page_crc, r.off + REC_LEN));
             }
             info.commits += tail.iter().filter(|r| r.kind == KIND_COMMIT).count() as u64;
+            // The tag of the newest intact commit up to the salvaged generation
+            // (its own commit record may lie in the damage).
+            if let Some(c) = tail
+                .iter()
+                .filter(|r| r.kind == KIND_COMMIT && r.generation <= damage.newest_after)
+                .max_by_key(|r| r.generation)
+            {
+                info.tag = c.tag;
+            }
             info.generation = damage.newest_after;
             restored.salvage = Some(Salvage {
                 generation: damage.newest_after,

@@ -2,8 +2,8 @@
 
 use super::restore::restore;
 use super::{
-    HEADER_LEN, KIND_COMMIT, KIND_PAGE, MAX_PAGE, PageIndex, Restored, header_bytes, page_len, rd,
-    record_header, record_header_hashed,
+    HEADER_LEN, KIND_COMMIT, KIND_PAGE, MAX_PAGE, PageIndex, Restored, VERSION, header_bytes,
+    page_len, rd, record_header, record_header_hashed,
 };
 use crate::error::{ErrorKind, SnapshotError};
 use crate::storage::Storage;
@@ -18,9 +18,13 @@ use crate::storage::Storage;
 #[derive(Debug)]
 pub struct SnapshotWriter<S: Storage> {
     pub(super) storage: S,
+    /// The log's format version: commit records carry their tag from 2 on.
+    pub(super) version: u32,
     page_size: u32,
     region_size: u64,
     pub(super) generation: u64,
+    /// The tag of `generation` (kept in memory only in a version 1 log).
+    tag: u64,
     pub(super) end: u64,
     pub(super) index: PageIndex,
     /// CRC-32C of an all-zero page, and of the (possibly shorter) last page.
@@ -69,26 +73,26 @@ impl<S: Storage> SnapshotWriter<S> {
             .set_len(0)
             .map_err(|e| SnapshotError::io("truncate", e))?;
         storage
-            .write_at(0, &header_bytes(page_size, region_size, 0))
+            .write_at(0, &header_bytes(page_size, region_size, 0, 0))
             .map_err(|e| SnapshotError::io("write header", e))?;
         storage
             .sync()
             .map_err(|e| SnapshotError::io("fdatasync", e))?;
         Ok(Self::with_index(
             storage,
-            page_size,
-            region_size,
-            0,
+            (VERSION, page_size, region_size),
+            (0, 0),
             HEADER_LEN,
             PageIndex::default(),
         ))
     }
 
+    /// A writer at the end `end` of a log of `(version, page_size,
+    /// region_size)` whose newest generation is `(generation, tag)`.
     fn with_index(
         storage: S,
-        page_size: u32,
-        region_size: u64,
-        generation: u64,
+        (version, page_size, region_size): (u32, u32, u64),
+        (generation, tag): (u64, u64),
         end: u64,
         index: PageIndex,
     ) -> Self {
@@ -98,9 +102,11 @@ impl<S: Storage> SnapshotWriter<S> {
         let reserve = storage.preferred_reserve();
         Self {
             storage,
+            version,
             page_size,
             region_size,
             generation,
+            tag,
             end,
             index,
             zero_crc: crc32c::crc32c(&zeros),
@@ -172,9 +178,8 @@ impl<S: Storage> SnapshotWriter<S> {
         }
         Ok(Self::with_index(
             storage,
-            info.page_size,
-            info.region_size,
-            info.generation,
+            (info.version, info.page_size, info.region_size),
+            (info.generation, info.tag),
             info.valid_end,
             index,
         ))
@@ -208,6 +213,22 @@ impl<S: Storage> SnapshotWriter<S> {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The tag of the newest durable generation ([`Snapshot::commit_tagged`];
+    /// 0 if none was given).
+    #[must_use]
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// The log's format version: [`VERSION`] for a log this library
+    /// created or compacted, 1 for an older log it continues (whose commit
+    /// records cannot store tags: [`Snapshot::commit_tagged`] keeps the tag
+    /// in memory until a compaction rewrites the log as [`VERSION`]).
+    #[must_use]
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The storage length in use.
@@ -294,6 +315,16 @@ impl<S: Storage> SnapshotWriter<S> {
     /// # }
     /// ```
     pub fn snapshot(&mut self, state: &[u8]) -> Result<u64, SnapshotError> {
+        let tag = self.tag;
+        self.snapshot_tagged(state, tag)
+    }
+
+    /// [`SnapshotWriter::snapshot`], its commit carrying `tag`
+    /// ([`Snapshot::commit_tagged`]).
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::snapshot`].
+    pub fn snapshot_tagged(&mut self, state: &[u8], tag: u64) -> Result<u64, SnapshotError> {
         if state.len() as u64 != self.region_size {
             return Err(SnapshotError::new(
                 ErrorKind::SizeMismatch,
@@ -305,7 +336,7 @@ impl<S: Storage> SnapshotWriter<S> {
         for (i, page) in (0u64..).zip(state.chunks(ps)) {
             tx.page(i, page)?;
         }
-        tx.commit()
+        tx.commit_tagged(tag)
     }
 
     /// Writes a compacted copy (header plus one generation holding only the
@@ -336,6 +367,11 @@ impl<S: Storage> SnapshotWriter<S> {
                     self.page_size,
                     self.region_size,
                     self.generation.saturating_sub(1),
+                    // The base carries the tag of the generation before the
+                    // one commit below (the generation restored by `until`
+                    // = base is not in this file, so only that commit's tag
+                    // is ever read back; the header's is the same value).
+                    self.tag,
                 ),
             )
             .map_err(|e| SnapshotError::io("write header", e))?;
@@ -374,7 +410,9 @@ impl<S: Storage> SnapshotWriter<S> {
                 crash_point!("compact.batch_written");
             }
         }
-        buf.extend_from_slice(&record_header(KIND_COMMIT, g, index.len() as u64, &[]));
+        let tag = self.tag.to_le_bytes();
+        buf.extend_from_slice(&record_header(KIND_COMMIT, g, index.len() as u64, &tag));
+        buf.extend_from_slice(&tag);
         target
             .write_at(off, &buf)
             .map_err(|e| SnapshotError::io("write", e))?;
@@ -499,24 +537,59 @@ impl<S: Storage> Snapshot<'_, S> {
     }
 
     /// Appends the commit record and syncs: the snapshot is then durable.
-    /// Returns its generation.
+    /// Returns its generation. The commit carries the previous generation's
+    /// tag ([`Snapshot::commit_tagged`]).
     ///
     /// # Errors
     /// I/O errors (e.g. a full disk): the previous snapshot stays the newest
     /// valid one.
-    pub fn commit(mut self) -> Result<u64, SnapshotError> {
+    pub fn commit(self) -> Result<u64, SnapshotError> {
+        let tag = self.w.tag;
+        self.commit_tagged(tag)
+    }
+
+    /// [`Snapshot::commit`], with `tag` stored in the commit record: eight
+    /// bytes the caller chooses, read back as [`FileInfo::tag`](super::FileInfo::tag)
+    /// by a restore of this generation and carried by compaction. A host
+    /// stores the program's own generation number there, so that a snapshot
+    /// needs no page of its own for it.
+    ///
+    /// In a version 1 log ([`SnapshotWriter::version`]), whose commit
+    /// records have no room for a tag, the tag is kept in memory only (and
+    /// written by the next compaction, which upgrades the log).
+    ///
+    /// # Errors
+    /// As [`Snapshot::commit`].
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::{MemStorage, SnapshotWriter, inspect};
+    ///
+    /// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 4096)?;
+    /// let mut tx = writer.begin();
+    /// tx.page(0, &[9u8; 4096])?;
+    /// assert_eq!(tx.commit_tagged(1234)?, 1);
+    /// assert_eq!(inspect(writer.storage())?.tag, 1234);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn commit_tagged(mut self, tag: u64) -> Result<u64, SnapshotError> {
         if self.failed {
             return Err(SnapshotError::new(
                 ErrorKind::Io,
                 "an earlier write of this snapshot failed",
             ));
         }
+        let payload = tag.to_le_bytes();
+        let payload: &[u8] = if self.w.version >= 2 { &payload } else { &[] };
         self.buf.extend_from_slice(&record_header(
             KIND_COMMIT,
             self.generation,
             self.new.len() as u64,
-            &[],
+            payload,
         ));
+        self.buf.extend_from_slice(payload);
         let w = &mut *self.w;
         self.wrote = true;
         w.storage
@@ -538,6 +611,7 @@ impl<S: Storage> Snapshot<'_, S> {
         w.last_bytes_written = self.off - w.end;
         w.end = self.off;
         w.generation = self.generation;
+        w.tag = tag;
         self.done = true;
         Ok(self.generation)
     }

@@ -14,10 +14,14 @@ use crate::{
     remove_stale_compaction, restore_with,
 };
 
-/// The image FILE holds starts with this prefix: [`live::CONTROL_LEN`]
-/// (4096) bytes whose first 8 are the program's commit generation
-/// (little-endian), the rest zero. The state region follows: page `i + 1`
-/// of the image is page `i` of the state.
+/// The image FILE holds starts with a [`live::CONTROL_LEN`]-byte (4096)
+/// prefix page; the state region follows: page `i + 1` of the image is page
+/// `i` of the state. In a FILE of format version 2 the program's commit
+/// generation is each commit record's tag ([`crate::Snapshot::commit_tagged`])
+/// and the host never writes the prefix. In version 1 it was this prefix:
+/// the generation in the first 8 bytes (little-endian), the rest zero, written
+/// with every snapshot. A host continuing a version 1 FILE still writes it,
+/// until the next compaction rewrites FILE as version 2.
 ///
 /// # Examples
 /// ```
@@ -176,13 +180,22 @@ pub(crate) fn load(
     report_load(path, &restored);
     Ok(Loaded {
         file: opened.file,
-        generation: if restored.info.all_zero {
-            0
-        } else {
-            u64::from_le_bytes(head)
-        },
+        generation: program_generation(&restored.info, head),
         restored,
     })
+}
+
+/// The program's commit generation in a restored image whose first 8 bytes
+/// are `head`: the newest commit's tag from format version 2 on, the image
+/// prefix in version 1, 0 for an all-zero FILE.
+pub(crate) fn program_generation(info: &crate::FileInfo, head: [u8; 8]) -> u64 {
+    if info.all_zero {
+        0
+    } else if info.version >= 2 {
+        info.tag
+    } else {
+        u64::from_le_bytes(head)
+    }
 }
 
 /// Logs what a load found besides the generation it restored: a torn tail
@@ -488,8 +501,7 @@ mod tests {
         for g in 1..=generations {
             let mut tx = w.begin();
             tx.page(1, &[g as u8; 4096]).unwrap();
-            tx.page(0, &prefix(g)).unwrap();
-            tx.commit().unwrap();
+            tx.commit_tagged(g).unwrap();
         }
     }
 

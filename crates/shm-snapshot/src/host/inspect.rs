@@ -1,15 +1,17 @@
 //! What a host's FILE holds, for `shm-restore inspect`: the file's facts
-//! plus the program's commit generation from the image prefix.
+//! plus the program's commit generation (the newest commit's tag, or the
+//! image prefix in a format version 1 FILE).
 
 use std::path::Path;
 
 use super::HostError;
 use crate::live;
-use crate::{FileInfo, FileStorage, RestoreOptions, restore_with};
+use crate::{FileInfo, FileStorage, RestoreOptions, SnapshotError, restore_with};
 
 /// What a host's FILE holds: the facts of [`crate::inspect`] and the
-/// program's commit generation, read from the image's first 8 bytes as of
-/// the newest generation that restores exactly (before any damage).
+/// program's commit generation as of the newest generation that restores
+/// exactly (before any damage): that commit's tag, or in a format version 1
+/// FILE the image's first 8 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Inspection {
@@ -47,29 +49,37 @@ impl Inspection {
             source,
         })?;
         let info = crate::inspect(&st).map_err(read)?;
+        let until = info.damage.as_ref().map(|d| d.last_before);
+        Self::new(info, &st, until).map_err(read)
+    }
+
+    /// The inspection of a file whose facts are `info`: the program
+    /// generation as of `until` (the newest if `None`).
+    fn new(info: FileInfo, st: &FileStorage, until: Option<u64>) -> Result<Self, SnapshotError> {
         let opts = RestoreOptions {
-            until: info.damage.as_ref().map(|d| d.last_before),
+            until,
             ..RestoreOptions::default()
         };
         let mut head = [0u8; 8];
-        restore_with(
-            &st,
-            opts,
-            |off, b| {
-                if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
-                    let k = b.len().min(8 - n);
-                    head[n..n + k].copy_from_slice(&b[..k]);
-                }
-            },
-            |_, _| {},
-        )
-        .map_err(read)?;
+        let restored = if info.version >= 2 && until.is_none() {
+            // The tag is in the facts; no second pass needed.
+            None
+        } else {
+            Some(restore_with(
+                st,
+                opts,
+                |off, b| {
+                    if let Some(n) = usize::try_from(off).ok().filter(|&o| o < 8) {
+                        let k = b.len().min(8 - n);
+                        head[n..n + k].copy_from_slice(&b[..k]);
+                    }
+                },
+                |_, _| {},
+            )?)
+        };
+        let at = restored.map_or_else(|| info.clone(), |r| r.info);
         Ok(Self {
-            program_generation: if info.all_zero {
-                0
-            } else {
-                u64::from_le_bytes(head)
-            },
+            program_generation: super::file::program_generation(&at, head),
             info,
         })
     }

@@ -93,6 +93,7 @@ fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
         })
     };
     let mut tries = 0;
+    let tagged = h.writer.version() >= 2;
     loop {
         let mut tx = h.writer.begin();
         let mut visit = |p: u64, b: &[u8]| tx.page(p + 1, b).map(drop);
@@ -143,7 +144,14 @@ fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
         if g == persisted && tx.pages_written() == 0 {
             return Err(Stop::Nothing);
         }
-        if let Err(e) = tx.page(0, &prefix(g)).and_then(|_| tx.commit()) {
+        // The program's generation is the commit's tag; a version 1 FILE
+        // (until its next compaction upgrades it) keeps it in image page 0.
+        let committed = if tagged {
+            tx.commit_tagged(g)
+        } else {
+            tx.page(0, &prefix(g)).and_then(|_| tx.commit_tagged(g))
+        };
+        if let Err(e) = committed {
             return Err(failed(h, e));
         }
         return Ok(g);
