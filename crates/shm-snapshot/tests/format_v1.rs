@@ -143,7 +143,11 @@ fn a_host_serves_a_version_1_file_and_upgrades_it_at_its_compaction() {
     assert_eq!(json["format_version"], 1, "{json}");
     assert_eq!(json["program_generation"], 12, "{json}");
 
-    let mut sut = SnapshotHost::open(HostConfig::new(&file), None).unwrap();
+    let config = HostConfig {
+        compact_min: 0,
+        ..HostConfig::new(&file)
+    };
+    let mut sut = SnapshotHost::open(config, None).unwrap();
     assert_eq!(sut.persisted(), 12);
     let memfd = sut.memfd().try_clone_to_owned().unwrap();
     let client = Client::open(memfd.as_fd()).unwrap();

@@ -287,3 +287,42 @@ fn lag_summary_is_the_largest_distance_between_commits_and_file() {
     host.finish();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Commits that rewrite the whole state pass `compact_at` (2x the image) at
+/// nearly every snapshot: without a floor each one pays a compaction; with
+/// `compact_min` none does until the log reaches it.
+#[test]
+fn compaction_waits_for_the_log_to_reach_compact_min() {
+    let dir = temp_dir("host-compact-min");
+    for (compact_min, expect_some) in [(0, true), (1 << 20, false)] {
+        let file = dir.join(format!("state-{compact_min}.snap"));
+        let mut sut = SnapshotHost::open(
+            HostConfig {
+                compact_min,
+                ..config(&file)
+            },
+            None,
+        )
+        .unwrap();
+        let memfd = sut.memfd().try_clone_to_owned().unwrap();
+        let client = Client::open(memfd.as_fd()).unwrap();
+        let mut model = vec![0u8; REGION as usize];
+        // Twelve full rewrites of a 68 KiB image: about 820 KiB of log.
+        for g in 1..=12u64 {
+            model.fill(g as u8);
+            client.work().write_bytes(0, &model).unwrap();
+            assert_eq!(client.commit(&[0..REGION as usize]), g);
+            sut.snapshot_now().unwrap();
+        }
+        let compactions = sut.stats().compactions;
+        assert_eq!(
+            compactions > 0,
+            expect_some,
+            "compact_min {compact_min}: {compactions} compactions"
+        );
+        let finished = sut.finish();
+        assert_eq!(finished.persisted, 12);
+        assert_eq!(restore_file(&file), (model[..].to_vec(), 12));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

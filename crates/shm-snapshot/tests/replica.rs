@@ -270,7 +270,7 @@ fn round_trip_restores_file_byte_for_byte() {
         "round_trip_restores_file_byte_for_byte",
         &url,
         &file,
-        &["--compact-at", "4"],
+        &["--compact-at", "4", "--compact-min", "0"],
     );
     host.wait_count("replicated generation", 40);
     let err = host.stop();

@@ -434,6 +434,8 @@ fn log_is_compacted_and_stale_temp_removed() {
             "0.02",
             "--compact-at",
             "2",
+            "--compact-min",
+            "0",
         ],
     );
     run.wait_for("removed stale");
@@ -619,6 +621,8 @@ fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
             "0.02",
             "--compact-at",
             "1.5",
+            "--compact-min",
+            "0",
         ],
     );
     run.wait_for("durable generation");
@@ -667,7 +671,14 @@ fn a_symlinked_file_is_resolved_once() {
     let run = Run::start(
         "a_symlinked_file_is_resolved_once",
         &link,
-        &["--interval", "0.02", "--compact-at", "1.5"],
+        &[
+            "--interval",
+            "0.02",
+            "--compact-at",
+            "1.5",
+            "--compact-min",
+            "0",
+        ],
     );
     run.wait_count("compacted ", 2);
     let text = run.stop();
@@ -944,6 +955,8 @@ fn compaction_backs_off_on_a_full_disk() {
         "0.02",
         "--compact-at",
         "1.5",
+        "--compact-min",
+        "0",
     ]);
     // The log (stderr) must not live on the full filesystem.
     let run = Run::launch_with_err(

@@ -15,18 +15,19 @@ use shm_testkit::s3::S3Server;
 mod common;
 use common::{CHUNK, numbers_after, shm_restore};
 
-/// The newest image of a snapshot file (4096-byte prefix, then the state).
-fn image(file: &Path) -> Vec<u8> {
+/// The newest image of a snapshot file (4096-byte prefix, then the state)
+/// and the program generation its commit carries as its tag.
+fn image(file: &Path) -> (Vec<u8>, u64) {
     let st = shm_snapshot::FileStorage(std::fs::File::open(file).unwrap());
     let info = shm_snapshot::inspect(&st).unwrap();
     assert_eq!(info.valid_end, info.file_len, "{info:?}");
     let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    shm_snapshot::restore(&st, |off, b| {
+    let r = shm_snapshot::restore(&st, |off, b| {
         let o = usize::try_from(off).unwrap();
         image[o..o + b.len()].copy_from_slice(b);
     })
     .unwrap();
-    image
+    (image, r.info.tag)
 }
 
 #[test]
@@ -102,9 +103,8 @@ fn whole_machine_lost_restores_every_replicated_prime() {
     );
     assert!(!said.contains("skipped"), "{said}");
 
-    let image = image(&restored);
+    let (image, generation) = image(&restored);
     let word = |i: usize| u64::from_le_bytes(image[i..i + 8].try_into().unwrap());
-    let generation = word(0);
     let state = 4096;
     let count = word(state);
     assert!(

@@ -100,6 +100,10 @@ struct Args {
     /// (state plus 4096 bytes): at least 1.5, or 0 to never compact.
     #[arg(long, value_name = "FACTOR", default_value_t = 2.0)]
     compact_at: f64,
+    /// Never compact a log smaller than this (a small state rewritten at
+    /// every commit would otherwise be compacted at nearly every snapshot).
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = shm_fd::cli::parse_size)]
+    compact_min: u64,
     /// The fd name in LISTEN_FDNAMES and the fd store.
     #[arg(long, default_value = "state")]
     name: String,
@@ -414,6 +418,7 @@ fn config(args: &Args, file: &Path) -> HostConfig {
         max_write_rate: args.max_write_rate,
         lag_warn: args.lag_warn,
         compact_at: args.compact_at,
+        compact_min: args.compact_min,
         name: args.name.clone(),
         start_from: match (args.accept_generation, args.salvage) {
             (Some(g), _) => StartFrom::Generation(g),

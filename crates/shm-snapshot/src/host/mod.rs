@@ -25,7 +25,8 @@
 //!   holds no copy of the state), retried when commits rewrite the pages
 //!   being copied, spaced by [`HostConfig::max_write_rate`]; a lag behind the
 //!   live state longer than [`HostConfig::lag_warn`] is logged. The log is
-//!   compacted once it outgrows [`HostConfig::compact_at`] times the image;
+//!   compacted once it outgrows [`HostConfig::compact_at`] times the image
+//!   and [`HostConfig::compact_min`];
 //!   after a compaction failed on a full disk the next attempt waits 1 s,
 //!   doubling up to 5 min. A commit sequence that is out of range or goes
 //!   backwards (a stray write into the memfd) stops snapshots for good
@@ -173,6 +174,14 @@ pub struct HostConfig {
     /// (state plus 4096 bytes): at least 1.5, or 0 to never compact.
     /// Default: 2.
     pub compact_at: f64,
+    /// Never compact a log smaller than this many bytes, whatever
+    /// `compact_at` says. A small state whose commits rewrite most of it
+    /// would otherwise pass `compact_at` at nearly every snapshot and pay a
+    /// compaction (a new file, synced, renamed, the directory synced) each
+    /// time; with the floor the cost is spread over many snapshots, for at
+    /// most this much more disk and restore reading. Default: 16 MiB
+    /// ([`DEFAULT_COMPACT_MIN`]).
+    pub compact_min: u64,
     /// The name of a memfd the host creates (`memfd_create`), and of the
     /// inherited memfd in messages. Default: `state`.
     pub name: String,
@@ -199,6 +208,7 @@ impl HostConfig {
             max_write_rate: None,
             lag_warn: Duration::from_secs(10),
             compact_at: 2.0,
+            compact_min: DEFAULT_COMPACT_MIN,
             name: "state".to_owned(),
             start_from: StartFrom::Newest,
             continuous: false,
@@ -220,6 +230,9 @@ impl HostConfig {
         }
     }
 }
+
+/// [`HostConfig::compact_min`]'s default: 16 MiB.
+pub const DEFAULT_COMPACT_MIN: u64 = 16 << 20;
 
 /// Progress of reading FILE on a cold start (a large FILE can take a while):
 /// for a progress bar. Every method does nothing by default; `()` ignores
@@ -254,6 +267,7 @@ pub struct SnapshotHost {
     limit: RateLimit,
     lag: Lag,
     compact_at: f64,
+    compact_min: u64,
     compaction: Backoff,
     stats: HostStats,
     /// Set once the live commit sequence was seen out of range or moving

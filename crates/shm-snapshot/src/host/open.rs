@@ -228,6 +228,7 @@ impl Prepared {
             limit: RateLimit::new(config.max_write_rate),
             lag: Lag::new(config.lag_warn),
             compact_at: config.compact_at,
+            compact_min: config.compact_min,
             compaction: Backoff::new(),
             stats: HostStats::default(),
             refused: None,

@@ -158,11 +158,12 @@ fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
     }
 }
 
-/// Compacts the log when it has outgrown `compact_at` times the image,
-/// unless a full disk made the last attempt fail recently.
+/// Compacts the log when it has outgrown `compact_at` times the image and
+/// `compact_min`, unless a full disk made the last attempt fail recently.
 fn maybe_compact(h: &mut SnapshotHost) -> Result<(), HostError> {
     #[allow(clippy::cast_precision_loss)] // sizes far below 2^52
-    let grown = h.writer.len() as f64 > h.compact_at * h.writer.region_size() as f64;
+    let grown = h.writer.len() as f64 > h.compact_at * h.writer.region_size() as f64
+        && h.writer.len() >= h.compact_min;
     if !(h.compact_at > 0.0 && grown && h.compaction.due(Instant::now())) {
         return Ok(());
     }
