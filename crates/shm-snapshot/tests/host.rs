@@ -311,7 +311,8 @@ fn compaction_waits_for_the_log_to_reach_compact_min() {
         for g in 1..=12u64 {
             model.fill(g as u8);
             client.work().write_bytes(0, &model).unwrap();
-            assert_eq!(client.commit(&[0..REGION as usize]), g);
+            let whole = 0..REGION as usize;
+            assert_eq!(client.commit(std::slice::from_ref(&whole)), g);
             sut.snapshot_now().unwrap();
         }
         let compactions = sut.stats().compactions;
