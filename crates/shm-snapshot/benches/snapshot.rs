@@ -272,8 +272,8 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     let raw = fresh(&dir.join("d.raw"));
     raw.set_len(region).unwrap();
     // The floor of the design: a thread woken as the host is, writing the
-    // bytes the log appends for one commit (page records for the k pages and
-    // the control page, a commit record) into a pre-zeroed file as the
+    // bytes the log appends for one commit (page records for the k pages, a
+    // commit record with its tag) into a pre-zeroed file as the
     // writer's reserve does, `fdatasync`ing, and waking the committer back.
     let floor_file = fresh(&dir.join("d.floor"));
     let floor_len = 8u64 << 20;

@@ -284,6 +284,10 @@ pub struct SnapshotHost {
     continuous: bool,
     /// After a failed snapshot for waiters or commits: not before then again.
     retry_at: Option<Instant>,
+    /// Group commit ([`SnapshotHost::serve_waiters`]): `requests` when the
+    /// last snapshot for waiters started, how many requests that snapshot
+    /// served, and how long it took.
+    batch: Batch,
     /// The uploader, when FILE is replicated.
     #[cfg(feature = "replica")]
     replica: Option<replica::Replica>,
@@ -308,6 +312,20 @@ pub enum Work {
 
 /// How long the host waits before serving waiters again after a failed snapshot.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// The longest a snapshot for waiters waits to gather the next batch.
+const MAX_GATHER: Duration = Duration::from_micros(200);
+
+/// What the last snapshot for waiters served (see [`SnapshotHost::serve_waiters`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Batch {
+    /// `requests` when it started.
+    requests_at: u32,
+    /// Requests between the start of the one before it and its start.
+    size: u32,
+    /// How long it took.
+    took: Duration,
+}
 
 /// Counts of a host's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -559,13 +577,50 @@ impl SnapshotHost {
         }
     }
 
+    /// Waits for the next batch of requests (see [`SnapshotHost::serve_waiters`]).
+    fn gather(&self) {
+        let Batch {
+            requests_at,
+            size,
+            took,
+        } = self.batch;
+        if size < 2 || self.continuous {
+            return;
+        }
+        let deadline = Instant::now() + (took / 4).min(MAX_GATHER);
+        loop {
+            let seen = self.durable.requests();
+            let now = Instant::now();
+            if seen.wrapping_sub(requests_at) >= size || now >= deadline {
+                return;
+            }
+            self.durable.sleep(seen, deadline - now);
+        }
+    }
+
     /// A snapshot now, ignoring the write-rate limit (for [`Work::Waiters`]
     /// and [`Work::Commits`]): one fdatasync covers every generation
     /// committed meanwhile. An error is logged, and waiters are served again
     /// only 100 ms later.
+    ///
+    /// Group commit: when the last snapshot served several requests, the
+    /// threads it woke are committing again, each about to ask. The host
+    /// then waits (parked on `requests`, at most a quarter of the last
+    /// snapshot's time and 200 µs) until as many requests have come as the
+    /// last snapshot served, so that one fdatasync covers them all; without
+    /// the wait it would start on the first request and leave the others to
+    /// the next snapshot. A single waiter never waits.
     pub fn serve_waiters(&mut self) {
+        self.gather();
+        let started = Instant::now();
+        let requests = self.durable.requests();
+        self.batch.size = requests.wrapping_sub(self.batch.requests_at);
+        self.batch.requests_at = requests;
         match snapshot::snapshot(self, snapshot::Read::Changed) {
-            Ok(()) => self.retry_at = None,
+            Ok(()) => {
+                self.batch.took = started.elapsed();
+                self.retry_at = None;
+            }
             Err(e) => {
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);
                 snapshot::report(self, &e);

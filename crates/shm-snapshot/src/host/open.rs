@@ -237,6 +237,7 @@ impl Prepared {
             durable,
             continuous: config.continuous,
             retry_at: None,
+            batch: super::Batch::default(),
             #[cfg(feature = "replica")]
             replica: match config.replica.clone() {
                 Some(c) => Some(super::replica::Replica::start(
