@@ -345,11 +345,28 @@ impl<S: Storage> RawProducer<S> {
     /// If no slot was free (a caller bug).
     #[inline]
     pub fn commit_one(&mut self, elem: &[u8]) -> bool {
+        self.commit_one_marked(elem, true)
+    }
+
+    /// [`RawProducer::commit_one`] without step 1 of the seqlock write (the
+    /// `inline_seq = 0` mark before the words are rewritten): a deliberately
+    /// broken producer, the negative control of the loom model
+    /// `inline_copy_is_never_torn`.
+    #[cfg(shm_loom)]
+    #[doc(hidden)]
+    pub fn commit_one_unmarked(&mut self, elem: &[u8]) -> bool {
+        self.commit_one_marked(elem, false)
+    }
+
+    #[inline]
+    fn commit_one_marked(&mut self, elem: &[u8], mark: bool) -> bool {
         if elem.len() <= INLINE_BYTES && self.free_cached() > 0 {
             let line = self.storage.producer();
             let words = pack_words(elem);
-            // Relaxed: ordered before the word stores by the Release fence below.
-            line.inline_seq.store(0, Ordering::Relaxed);
+            if mark {
+                // Relaxed: ordered before the word stores by the Release fence below.
+                line.inline_seq.store(0, Ordering::Relaxed);
+            }
             // SYNC: Release fence, pairs with the Acquire fence in
             // `RawConsumer::read_one`: a consumer that reads any word stored
             // below sees `inline_seq` 0 (or a later value) when it checks again.
