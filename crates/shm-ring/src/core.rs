@@ -143,6 +143,7 @@ pub struct RawConsumer<S: Storage> {
     fresh: bool,
 }
 
+#[inline]
 fn check(field: &'static str, found: u64, low: u64, high: u64) -> Result<u64, Corrupt> {
     if (low..=high).contains(&found) {
         Ok(found)
@@ -153,6 +154,42 @@ fn check(field: &'static str, found: u64, low: u64, high: u64) -> Result<u64, Co
             low,
             high,
         })
+    }
+}
+
+/// `elem` (at most [`INLINE_BYTES`]) as native-endian words, the last one
+/// zero-padded. Whole words are fixed-size copies, so once inlined for a
+/// given element size this is a few register moves, not a `memcpy` per word.
+#[inline]
+fn pack_words(elem: &[u8]) -> [u64; INLINE_WORDS] {
+    let mut words = [0u64; INLINE_WORDS];
+    let mut chunks = elem.chunks_exact(8);
+    for (word, chunk) in words.iter_mut().zip(&mut chunks) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        *word = u64::from_ne_bytes(bytes);
+    }
+    let rest = chunks.remainder();
+    if let (false, Some(word)) = (rest.is_empty(), words.get_mut(elem.len() / 8)) {
+        let mut bytes = [0u8; 8];
+        bytes[..rest.len()].copy_from_slice(rest);
+        *word = u64::from_ne_bytes(bytes);
+    }
+    words
+}
+
+/// The inverse of [`pack_words`]: fills `dst` (at most [`INLINE_BYTES`]) from `words`.
+#[inline]
+fn unpack_words(words: &[u64; INLINE_WORDS], dst: &mut [u8]) {
+    let whole = dst.len() / 8;
+    let mut chunks = dst.chunks_exact_mut(8);
+    for (chunk, word) in (&mut chunks).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    let rest = chunks.into_remainder();
+    if let Some(word) = words.get(whole) {
+        let len = rest.len();
+        rest.copy_from_slice(&word.to_ne_bytes()[..len]);
     }
 }
 
@@ -220,6 +257,7 @@ impl<S: Storage> RawProducer<S> {
         self.capacity
     }
 
+    #[inline]
     fn refresh(&mut self) -> Result<u64, Corrupt> {
         // SYNC: Acquire, pairs with the Release store of `head` in
         // `RawConsumer::release`: the consumer's copies out of the slots it
@@ -229,11 +267,13 @@ impl<S: Storage> RawProducer<S> {
         Ok(self.free_cached())
     }
 
+    #[inline]
     fn free_cached(&self) -> u64 {
         self.capacity - (self.tail - self.head)
     }
 
     /// Free slots, reloading the consumer's `head` first if the cache says fewer than `want`.
+    #[inline]
     pub fn free(&mut self, want: u64) -> Result<u64, Corrupt> {
         let free = self.free_cached();
         if free >= want.min(self.capacity) && free > 0 {
@@ -244,12 +284,14 @@ impl<S: Storage> RawProducer<S> {
 
     /// The contiguous free run at the tail: `(first_slot, len)` with `len <= want`
     /// (0 when full).
+    #[inline]
     pub fn reserve(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
         self.reserve_cached(want, want)
     }
 
     /// Like [`RawProducer::reserve`]`(max)`, but reloads the consumer's `head`
     /// only when the cache shows fewer than `reload_below` free slots.
+    #[inline]
     pub fn reserve_cached(&mut self, reload_below: u64, max: u64) -> Result<(u64, u64), Corrupt> {
         let free = self.free(reload_below)?;
         let slot = self.tail & (self.capacity - 1);
@@ -257,6 +299,7 @@ impl<S: Storage> RawProducer<S> {
     }
 
     /// Copies bytes into slots (see [`Storage::write`]).
+    #[inline]
     pub fn write(&self, slot: u64, src: &[u8]) {
         self.storage.write(slot, src);
     }
@@ -266,6 +309,7 @@ impl<S: Storage> RawProducer<S> {
     ///
     /// # Panics
     /// If `n` exceeds the free slots last seen (a caller bug).
+    #[inline]
     pub fn commit(&mut self, n: u64) -> bool {
         assert!(
             n <= self.free_cached(),
@@ -299,17 +343,30 @@ impl<S: Storage> RawProducer<S> {
     ///
     /// # Panics
     /// If no slot was free (a caller bug).
+    #[inline]
     pub fn commit_one(&mut self, elem: &[u8]) -> bool {
+        self.commit_one_marked(elem, true)
+    }
+
+    /// [`RawProducer::commit_one`] without step 1 of the seqlock write (the
+    /// `inline_seq = 0` mark before the words are rewritten): a deliberately
+    /// broken producer, the negative control of the loom model
+    /// `inline_copy_is_never_torn`.
+    #[cfg(shm_loom)]
+    #[doc(hidden)]
+    pub fn commit_one_unmarked(&mut self, elem: &[u8]) -> bool {
+        self.commit_one_marked(elem, false)
+    }
+
+    #[inline]
+    fn commit_one_marked(&mut self, elem: &[u8], mark: bool) -> bool {
         if elem.len() <= INLINE_BYTES && self.free_cached() > 0 {
             let line = self.storage.producer();
-            let mut words = [0u64; INLINE_WORDS];
-            for (word, chunk) in words.iter_mut().zip(elem.chunks(8)) {
-                let mut bytes = [0u8; 8];
-                bytes[..chunk.len()].copy_from_slice(chunk);
-                *word = u64::from_ne_bytes(bytes);
+            let words = pack_words(elem);
+            if mark {
+                // Relaxed: ordered before the word stores by the Release fence below.
+                line.inline_seq.store(0, Ordering::Relaxed);
             }
-            // Relaxed: ordered before the word stores by the Release fence below.
-            line.inline_seq.store(0, Ordering::Relaxed);
             // SYNC: Release fence, pairs with the Acquire fence in
             // `RawConsumer::read_one`: a consumer that reads any word stored
             // below sees `inline_seq` 0 (or a later value) when it checks again.
@@ -382,6 +439,7 @@ impl<S: Storage> RawConsumer<S> {
         self.capacity
     }
 
+    #[inline]
     fn refresh(&mut self) -> Result<u64, Corrupt> {
         // SYNC: Acquire, pairs with the Release store of `tail` in
         // `RawProducer::commit`; makes the published slot contents visible.
@@ -393,6 +451,7 @@ impl<S: Storage> RawConsumer<S> {
     }
 
     /// Elements ready, reloading the producer's `tail` only if the cache says none.
+    #[inline]
     pub fn available(&mut self) -> Result<u64, Corrupt> {
         match self.tail - self.head {
             0 => {
@@ -410,6 +469,7 @@ impl<S: Storage> RawConsumer<S> {
     }
 
     /// The contiguous run of ready elements at the head: `(first_slot, len)`, `len <= want`.
+    #[inline]
     pub fn peek(&mut self, want: u64) -> Result<(u64, u64), Corrupt> {
         let ready = self.available()?;
         let slot = self.head & (self.capacity - 1);
@@ -425,6 +485,7 @@ impl<S: Storage> RawConsumer<S> {
     }
 
     /// Copies bytes out of slots (see [`Storage::read`]).
+    #[inline]
     pub fn read(&self, slot: u64, dst: &mut [u8]) {
         self.storage.read(slot, dst);
     }
@@ -434,6 +495,7 @@ impl<S: Storage> RawConsumer<S> {
     /// line, and when that line carries this element (`inline_seq == head + 1`,
     /// checked before and after copying the words, as a seqlock reader does),
     /// the bytes come from there; otherwise from the slot, which always holds them.
+    #[inline]
     pub fn read_one(&self, slot: u64, dst: &mut [u8]) {
         let want = self.head + 1;
         if self.fresh
@@ -446,7 +508,8 @@ impl<S: Storage> RawConsumer<S> {
             // `RawProducer::commit_one`; makes the words it covers visible.
             if line.inline_seq.load(Ordering::Acquire) == want {
                 let mut words = [0u64; INLINE_WORDS];
-                for (word, cell) in words.iter_mut().zip(&line.inline) {
+                let used = dst.len().div_ceil(8);
+                for (word, cell) in words.iter_mut().zip(&line.inline).take(used) {
                     // Relaxed: checked by the second load of `inline_seq` below.
                     *word = cell.load(Ordering::Relaxed);
                 }
@@ -456,9 +519,7 @@ impl<S: Storage> RawConsumer<S> {
                 fence(Ordering::Acquire);
                 // Relaxed: ordered after the word loads by the fence above.
                 if line.inline_seq.load(Ordering::Relaxed) == want {
-                    for (chunk, word) in dst.chunks_mut(8).zip(words) {
-                        chunk.copy_from_slice(&word.to_ne_bytes()[..chunk.len()]);
-                    }
+                    unpack_words(&words, dst);
                     return;
                 }
             }
@@ -471,6 +532,7 @@ impl<S: Storage> RawConsumer<S> {
     ///
     /// # Panics
     /// If `n` exceeds the elements last seen ready (a caller bug).
+    #[inline]
     pub fn release(&mut self, n: u64) -> bool {
         assert!(
             n <= self.tail - self.head,
@@ -747,6 +809,36 @@ mod tests {
         let (slot, _) = consumer.peek(1).unwrap();
         consumer.read_one(slot, &mut got);
         assert_eq!(u64::from_ne_bytes(got), 9);
+    }
+
+    #[test]
+    fn inline_words_round_trip_every_length() {
+        for len in 0..=INLINE_BYTES {
+            let elem: Vec<u8> = (1..=len as u8).collect();
+            let sut = pack_words(&elem);
+            let padded: Vec<u8> = sut.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            assert_eq!(&padded[..len], &elem[..], "len {len}");
+            assert!(padded[len..].iter().all(|&b| b == 0), "len {len}: padding");
+            let mut back = vec![0xffu8; len];
+            unpack_words(&sut, &mut back);
+            assert_eq!(back, elem, "len {len}");
+        }
+    }
+
+    #[test]
+    fn odd_sized_elements_come_from_the_inline_copy() {
+        let sut = HeapStorage::new(4, 13);
+        let mut producer = RawProducer::attach(&sut).unwrap();
+        let mut consumer = RawConsumer::attach(&sut).unwrap();
+        let elem: [u8; 13] = core::array::from_fn(|i| i as u8 + 1);
+        let (slot, _) = producer.reserve(1).unwrap();
+        producer.write(slot, &[0xee; 13]);
+        producer.commit_one(&elem);
+        let (slot, n) = consumer.peek(1).unwrap();
+        assert_eq!(n, 1);
+        let mut got = [0u8; 13];
+        consumer.read_one(slot, &mut got);
+        assert_eq!(got, elem, "the copy, not the slot");
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub trait Storage {
     fn prefetch(&self, _slot: u64) {}
 }
 
+#[inline]
 fn slot_range(slot: u64, bytes: usize, capacity: u64, elem: usize) -> usize {
     let start = (slot as usize).checked_mul(elem);
     let end = start.and_then(|s| s.checked_add(bytes));
@@ -332,11 +333,13 @@ impl MapStorage {
     }
 
     /// Start of the payload (the config block).
+    #[inline]
     fn payload_ptr(&self) -> *mut u8 {
         self.segment.mapping().as_ptr().wrapping_add(PAYLOAD_OFFSET)
     }
 
     /// Start of slot 0.
+    #[inline]
     pub(crate) fn slots_ptr(&self) -> *mut u8 {
         self.payload_ptr().wrapping_add(SLOTS)
     }
@@ -358,6 +361,7 @@ impl MapStorage {
     /// # Safety
     /// `offset` must be one of the line offsets of this module, holding an
     /// `L` (all-atomic, 128-aligned: see the module's `# Safety`).
+    #[inline]
     unsafe fn line<L>(&self, offset: usize) -> &L {
         let ptr = self.payload_ptr().wrapping_add(offset).cast::<L>();
         // SAFETY: by the caller's contract the pointer is inside the mapping,
@@ -369,30 +373,36 @@ impl MapStorage {
 
 #[cfg(not(shm_loom))]
 impl Storage for MapStorage {
+    #[inline]
     fn producer(&self) -> &ProducerLine {
         // SAFETY: PRODUCER_LINE holds the producer's line.
         unsafe { self.line(PRODUCER_LINE) }
     }
 
+    #[inline]
     fn consumer(&self) -> &ConsumerLine {
         // SAFETY: CONSUMER_LINE holds the consumer's line.
         unsafe { self.line(CONSUMER_LINE) }
     }
 
+    #[inline]
     fn producer_parked(&self) -> &ParkFlag {
         // SAFETY: PRODUCER_PARKED holds the producer's park flag.
         unsafe { self.line(PRODUCER_PARKED) }
     }
 
+    #[inline]
     fn consumer_parked(&self) -> &ParkFlag {
         // SAFETY: CONSUMER_PARKED holds the consumer's park flag.
         unsafe { self.line(CONSUMER_PARKED) }
     }
 
+    #[inline]
     fn capacity(&self) -> u64 {
         self.capacity
     }
 
+    #[inline]
     fn elem_size(&self) -> usize {
         self.elem_size
     }
@@ -423,6 +433,7 @@ impl Storage for MapStorage {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[inline]
     fn prefetch(&self, slot: u64) {
         let offset = (slot & (self.capacity - 1)) as usize * self.elem_size;
         let ptr = self.slots_ptr().wrapping_add(offset);

@@ -196,13 +196,17 @@ fn restarted_producer_resumes_at_tail() {
     });
 }
 
-fn send_one(p: &mut RawProducer<Arc<HeapStorage>>, elem: &[u8]) -> bool {
+fn send_one_with(
+    p: &mut RawProducer<Arc<HeapStorage>>,
+    elem: &[u8],
+    commit_one: fn(&mut RawProducer<Arc<HeapStorage>>, &[u8]) -> bool,
+) -> bool {
     let (slot, n) = p.reserve(1).unwrap();
     if n == 0 {
         return false;
     }
     p.write(slot, elem);
-    let _ = p.commit_one(elem);
+    let _ = commit_one(p, elem);
     true
 }
 
@@ -230,26 +234,40 @@ fn pair(v: u64) -> [u8; 16] {
 /// of two elements, nor an element other than the one at its head.
 #[test]
 fn inline_copy_is_never_torn() {
-    loom::model(|| {
-        let storage = Arc::new(HeapStorage::new(2, 16));
-        let mut producer = RawProducer::attach(storage.clone()).unwrap();
-        let mut consumer = RawConsumer::attach(storage).unwrap();
-        let t = loom::thread::spawn(move || {
-            for v in 1..=3u64 {
-                while !send_one(&mut producer, &pair(v)) {
-                    loom::thread::yield_now();
-                }
-            }
-        });
+    loom::model(|| inline_copy_run(RawProducer::commit_one));
+}
+
+/// The negative control of `inline_copy_is_never_torn`: the same run with a
+/// producer that skips the `inline_seq = 0` mark before it rewrites the copy
+/// (`commit_one_unmarked`, the real code minus that step). loom finds the run
+/// where the consumer takes a mix of two elements, such as `(2, !3)`.
+#[test]
+#[should_panic(expected = "left == right")]
+fn inline_copy_without_the_rewrite_mark_tears() {
+    loom::model(|| inline_copy_run(RawProducer::commit_one_unmarked));
+}
+
+/// Two-word elements `(v, !v)` for v = 1..=3 through a ring of 2, sent with
+/// `commit_one` and received with `read_one`.
+fn inline_copy_run(commit_one: fn(&mut RawProducer<Arc<HeapStorage>>, &[u8]) -> bool) {
+    let storage = Arc::new(HeapStorage::new(2, 16));
+    let mut producer = RawProducer::attach(storage.clone()).unwrap();
+    let mut consumer = RawConsumer::attach(storage).unwrap();
+    let t = loom::thread::spawn(move || {
         for v in 1..=3u64 {
-            let mut got = [0u8; 16];
-            while !recv_one(&mut consumer, &mut got) {
+            while !send_one_with(&mut producer, &pair(v), commit_one) {
                 loom::thread::yield_now();
             }
-            assert_eq!(got, pair(v));
         }
-        t.join().unwrap();
     });
+    for v in 1..=3u64 {
+        let mut got = [0u8; 16];
+        while !recv_one(&mut consumer, &mut got) {
+            loom::thread::yield_now();
+        }
+        assert_eq!(got, pair(v));
+    }
+    t.join().unwrap();
 }
 
 /// A producer killed after it stored `inline_seq = n + 1` and the copy, but

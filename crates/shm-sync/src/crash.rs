@@ -91,6 +91,7 @@ mod armed {
     }
 
     /// The parsed [`CRASH_ENV`], read once per process; empty when unset.
+    #[inline]
     fn armed() -> &'static [Armed] {
         static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
         ARMED.get_or_init(|| std::env::var(CRASH_ENV).map_or_else(|_| Vec::new(), |v| parse(&v)))
