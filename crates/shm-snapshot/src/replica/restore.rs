@@ -333,17 +333,18 @@ fn assemble(
             });
             return Ok(Err(first));
         }
-        Target::Generation(g) if g < info.generation => match commit_end(&a.st, g)? {
-            Some(e) => (e, g),
-            None => {
-                return Err(ReplicaError::Invalid {
-                    source: crate::SnapshotError::new(
-                        crate::ErrorKind::NoSuchGeneration,
-                        format!("no commit record of generation {g}"),
-                    ),
-                });
-            }
-        },
+        Target::Generation(g) if g < info.generation => {
+            // Where generation g's commit record ends: the format's own
+            // replay up to it (`valid_end`), which also proves g restores
+            // exactly.
+            let opts = crate::RestoreOptions {
+                until: Some(g),
+                ..crate::RestoreOptions::default()
+            };
+            let r = crate::restore_with(&a.st, opts, |_, _| {}, |_, _| {})
+                .map_err(|source| ReplicaError::Invalid { source })?;
+            (r.info.valid_end, g)
+        }
         _ => (info.valid_end, info.generation),
     };
     a.skipped.extend(beyond(
@@ -486,35 +487,6 @@ fn install(st: FileStorage, tmp: TempFile, dest: &Path, cut: u64) -> Result<u64,
     }
     sync_dir(dest)?;
     Ok(program)
-}
-
-/// The end offset of the commit record of file generation `g` in a log
-/// already verified up to beyond it (records: 32-byte headers, `kind` at 4,
-/// `generation` at 8, `payload_len` at 24; a page record's payload follows).
-fn commit_end(st: &FileStorage, g: u64) -> Result<Option<u64>, ReplicaError> {
-    use std::os::unix::fs::FileExt;
-    let len =
-        st.0.metadata()
-            .map_err(ReplicaError::io("stat the restored file"))?
-            .len();
-    let mut off = crate::HEADER_LEN;
-    let mut h = [0u8; 32];
-    while off + 32 <= len {
-        st.0.read_exact_at(&mut h, off)
-            .map_err(ReplicaError::io("reading the restored file"))?;
-        let word = |a: usize| u64::from_le_bytes(h[a..a + 8].try_into().unwrap_or_default());
-        let kind = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default());
-        let payload = u32::from_le_bytes(h[24..28].try_into().unwrap_or_default());
-        let gen_ = word(8);
-        off += 32 + u64::from(payload);
-        if kind == 2 && gen_ == g {
-            return Ok(Some(off));
-        }
-        if gen_ > g {
-            break;
-        }
-    }
-    Ok(None)
 }
 
 /// The temporary file of a restore: removed unless kept.
