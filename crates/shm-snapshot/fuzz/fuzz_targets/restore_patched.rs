@@ -1,7 +1,8 @@
 //! A valid file of several generations, then damaged by the fuzzer (bytes
 //! overwritten, the file cut short): `restore` must yield exactly one of the
 //! committed states (all zeros counts as the state before the first commit)
-//! or a typed error, never a mix of two generations.
+//! or a typed error, never a mix of two generations, and reports the tag
+//! that generation's commit carried.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,14 +24,19 @@ fn state(g: u8) -> Vec<u8> {
     v
 }
 
+/// The tag generation `g` is committed with (0 before the first commit).
+fn tag(g: u64) -> u64 {
+    if g == 0 { 0 } else { 0xA000 + g }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&gens, rest)) = data.split_first() else { return };
     let gens = gens % 5 + 1;
     let mut w = SnapshotWriter::create(MemStorage::default(), PAGE as u32, (PAGE * PAGES) as u64)
         .expect("create");
     let states: Vec<Vec<u8>> = (0..=gens).map(state).collect();
-    for s in &states[1..] {
-        w.snapshot(s).expect("snapshot");
+    for (g, s) in (1u64..).zip(&states[1..]) {
+        w.snapshot_tagged(s, tag(g)).expect("snapshot");
     }
     let mut bytes = w.storage().data.clone();
     // rest: [cut: u16] then (offset: u16, value: u8) triples.
@@ -69,14 +75,17 @@ fuzz_target!(|data: &[u8]| {
             // except in the pages it names.
             let d = shm_snapshot::inspect(&storage).unwrap().damage.expect("damage");
             let until = RestoreOptions { until: Some(d.last_before), ..RestoreOptions::default() };
-            let (image, _) = run(until).expect("the generation before the damage");
+            let (image, r) = run(until).expect("the generation before the damage");
             let g = usize::try_from(d.last_before).unwrap();
             assert!(image == states[g], "generation {g} before the damage");
+            assert_eq!(r.info.tag, tag(d.last_before), "tag of generation {g}");
             let salvage = RestoreOptions { on_damage: OnDamage::Salvage, ..RestoreOptions::default() };
             let (image, r) = run(salvage).expect("salvage");
             let s = r.salvage.expect("a salvage report");
             let g = usize::try_from(s.generation).unwrap();
             assert!(g <= usize::from(gens), "generation {g} was never written");
+            // The newest intact commit up to the salvaged generation.
+            assert!(r.info.tag <= tag(s.generation), "tag {} after {g}", r.info.tag);
             for p in 0..PAGES {
                 if !s.pages_from_before.iter().any(|r| r.contains(&(p as u64))) {
                     let at = p * PAGE..(p + 1) * PAGE;
@@ -90,4 +99,5 @@ fuzz_target!(|data: &[u8]| {
     let g = usize::try_from(r.info.generation).unwrap();
     assert!(g <= usize::from(gens), "generation {g} was never written");
     assert!(image == states[g], "restored image is not generation {g}");
+    assert_eq!(r.info.tag, tag(r.info.generation), "tag of generation {g}");
 });
