@@ -422,9 +422,10 @@ struct WordPage([AtomicU64; 512]);
 /// with Release, the consumer copies it out and stores its own count back.
 /// Each side caches the other's count, as the ring does; nothing is checked
 /// and nobody parks. The copies are plain `memcpy`, the one the `memcpy`
-/// rows time (word-by-word `Relaxed` stores would leave it at scalar width:
-/// a slower copy, not a floor); that is sound because the counts hand each
-/// slot to one side at a time, so no access races.
+/// rows time, so floor / `memcpy` is the cost of the transfer between the
+/// cores alone (word-by-word `Relaxed` copies would add a narrower copy to
+/// it); that is sound because the counts hand each slot to one side at a
+/// time, so no access races.
 fn floor_stream(total: usize, chunk: usize) -> f64 {
     let slots = (ring_bytes() as usize / chunk).max(1);
     let pages: Vec<WordPage> = (0..(slots * chunk).div_ceil(4096))
@@ -446,6 +447,7 @@ fn floor_stream(total: usize, chunk: usize) -> f64 {
         total,
         chunk,
         move |src| {
+            let src = &src[..chunk];
             while sent - seen_head == slots as u64 {
                 std::hint::spin_loop();
                 // SYNC: Acquire, pairs with the consumer's Release store of
@@ -453,7 +455,7 @@ fn floor_stream(total: usize, chunk: usize) -> f64 {
                 seen_head = head.0.load(Ordering::Acquire);
             }
             // SAFETY:
-            // - the slot's `chunk` bytes lie inside `pages` (`n % slots < slots`),
+            // - the slot's `chunk` bytes lie inside `pages` (`sent % slots < slots`),
             //   are words behind `UnsafeCell` (so writable through a shared
             //   reference) and do not overlap the private `src`;
             // - no other access races: the consumer read this slot last and
@@ -466,6 +468,7 @@ fn floor_stream(total: usize, chunk: usize) -> f64 {
             tail.0.store(sent, Ordering::Release);
         },
         move |dst| {
+            let dst = &mut dst[..chunk];
             if got == seen_tail {
                 // SYNC: Acquire, pairs with the producer's Release store of `tail`.
                 seen_tail = tail.0.load(Ordering::Acquire);
