@@ -10,7 +10,11 @@
 //! come twice: with the default word-atomic slot copies and with both ends
 //! trusting each other (`trust_peer`: plain `memcpy`); the untrusted rows
 //! also give the trusted figure as a baseline, so the cost of the atomic
-//! copies reads off as a ratio.
+//! copies reads off as a ratio. The byte-stream rows also compare with the
+//! cross-core copy floor (`floor_stream`: the same messages through a bare
+//! two-thread slot array in private memory, `memcpy` in and out, one
+//! Release/Acquire count each way), which tells the cost of moving the cache
+//! lines between the cores (floor / `memcpy`) from the ring's own (ring / floor).
 // shmem-ipc's raw API hands out raw pointers; copying through them needs unsafe.
 #![allow(unsafe_code)]
 #![allow(clippy::cast_precision_loss, clippy::missing_panics_doc)]
@@ -405,6 +409,88 @@ fn memcpy_bw(total: usize, chunk: usize, dest: usize) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// One page of words, page-aligned: the slots of [`floor_stream`] (aligned
+/// as the ring's slots and the `memcpy` buffers are).
+#[repr(C, align(4096))]
+struct WordPage([AtomicU64; 512]);
+
+/// The cross-core copy floor: the least any two-thread design can do to move
+/// `chunk`-byte messages from CPU 0 to CPU 1 with a copy in and a copy out.
+/// Same slot area as the ring's row (`ring_bytes() / chunk` slots), private
+/// memory, one message per publication as the row sends and receives them:
+/// the producer copies a message into the next free slot and stores its count
+/// with Release, the consumer copies it out and stores its own count back.
+/// Each side caches the other's count, as the ring does; nothing is checked
+/// and nobody parks. The copies are plain `memcpy`, the one the `memcpy`
+/// rows time, so floor / `memcpy` is the cost of the transfer between the
+/// cores alone (word-by-word `Relaxed` copies would add a narrower copy to
+/// it); that is sound because the counts hand each slot to one side at a
+/// time, so no access races.
+fn floor_stream(total: usize, chunk: usize) -> f64 {
+    let slots = (ring_bytes() as usize / chunk).max(1);
+    let pages: Vec<WordPage> = (0..(slots * chunk).div_ceil(4096))
+        .map(|_| WordPage(std::array::from_fn(|_| AtomicU64::new(0))))
+        .collect();
+    let (pages, tail, head) = (
+        &pages[..],
+        &Line(AtomicU64::new(0)),
+        &Line(AtomicU64::new(0)),
+    );
+    let (mut sent, mut seen_head, mut got, mut seen_tail) = (0u64, 0u64, 0u64, 0u64);
+    let slot = move |n: u64| {
+        pages
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add((n % slots as u64) as usize * chunk)
+    };
+    stream(
+        total,
+        chunk,
+        move |src| {
+            let src = &src[..chunk];
+            while sent - seen_head == slots as u64 {
+                std::hint::spin_loop();
+                // SYNC: Acquire, pairs with the consumer's Release store of
+                // `head`: its copy out of the slot happens before ours in.
+                seen_head = head.0.load(Ordering::Acquire);
+            }
+            // SAFETY:
+            // - the slot's `chunk` bytes lie inside `pages` (`sent % slots < slots`),
+            //   are words behind `UnsafeCell` (so writable through a shared
+            //   reference) and do not overlap the private `src`;
+            // - no other access races: the consumer read this slot last and
+            //   released it (the Acquire above), and reads it again only after
+            //   the Release store of `tail` below.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), slot(sent).cast_mut(), chunk) };
+            sent += 1;
+            // SYNC: Release, pairs with the consumer's Acquire load of
+            // `tail`; publishes the copy in.
+            tail.0.store(sent, Ordering::Release);
+        },
+        move |dst| {
+            let dst = &mut dst[..chunk];
+            if got == seen_tail {
+                // SYNC: Acquire, pairs with the producer's Release store of `tail`.
+                seen_tail = tail.0.load(Ordering::Acquire);
+                if got == seen_tail {
+                    std::hint::spin_loop();
+                    return 0;
+                }
+            }
+            // SAFETY: in bounds and non-overlapping as for the producer; the
+            // producer wrote this slot before its Release store of `tail` (the
+            // Acquire above) and writes it again only after the Release store
+            // of `head` below.
+            unsafe { std::ptr::copy_nonoverlapping(slot(got), dst.as_mut_ptr(), chunk) };
+            got += 1;
+            // SYNC: Release, pairs with the producer's Acquire load of `head`;
+            // orders the copy out before the slot's reuse.
+            head.0.store(got, Ordering::Release);
+            chunk
+        },
+    )
+}
+
 // ---------- latency ----------
 
 #[repr(C, align(128))]
@@ -592,6 +678,7 @@ fn bench_64(h: &mut Harness) {
 fn bench_streams(h: &mut Harness) {
     let memcpy = "memcpy, ring-sized dest";
     let hot_memcpy = "memcpy, 1 MiB dest";
+    let floor = "cross-core copy floor";
     for (chunk, size) in [(4096usize, "4 KiB"), (65536, "64 KiB")] {
         let total = sized(1 << 30, 32 << 20);
         let r = h.reps(
@@ -611,6 +698,7 @@ fn bench_streams(h: &mut Harness) {
                     memcpy_bw(total, chunk, ring_bytes() as usize) / 1e9
                 }),
                 (hot_memcpy, &mut || memcpy_bw(total, chunk, 1 << 20) / 1e9),
+                (floor, &mut || floor_stream(total, chunk) / 1e9),
                 ("pipe", &mut || pipe_stream(total / 2, chunk) / 1e9),
                 ("unix socket", &mut || unix_stream(total / 2, chunk) / 1e9),
             ],
@@ -619,6 +707,7 @@ fn bench_streams(h: &mut Harness) {
         for base in [
             memcpy,
             hot_memcpy,
+            floor,
             "pipe",
             "unix socket",
             "shm-ring, trusted",
@@ -626,11 +715,14 @@ fn bench_streams(h: &mut Harness) {
             h.row(&r, &case, "shm-ring", base);
         }
         let case = format!("{size} msgs, copy in/out, trusted");
-        for base in [memcpy, hot_memcpy, "pipe"] {
+        for base in [memcpy, hot_memcpy, floor, "pipe"] {
             h.row(&r, &case, "shm-ring, trusted", base);
         }
         let case = format!("{size} msgs, in place (trusted)");
         h.row(&r, &case, "shm-ring, in place", memcpy);
+        h.row(&r, &case, "shm-ring, in place", floor);
+        let case = format!("{size} msgs, copy in/out, two threads");
+        h.row(&r, &case, floor, memcpy);
     }
 }
 
