@@ -2,6 +2,9 @@
 // Each test binary uses a part of these.
 #![allow(dead_code)]
 
+#[cfg(feature = "shm-restore")]
+pub(crate) mod cli;
+
 use shm_snapshot::{RestoreOptions, Restored, SnapshotError, Storage, restore_with};
 
 /// Restores `s` with `opts` into a vector of the region's size.
