@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -78,15 +79,36 @@ fn check_sparse_file(file: &Path) -> u64 {
 }
 
 /// `shm-restore OPTS FILE -- <the test fn named test, as the committer>`.
-fn start(test: &str, file: &Path, opts: &[&str]) -> Run {
+fn start(test: &str, file: &Path, opts: &[impl AsRef<OsStr>]) -> Run {
     start_as("committer", test, file, opts)
 }
 
 /// As [`start`], with the program in `role`.
-fn start_as(role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
+fn start_as(role: &str, test: &str, file: &Path, opts: &[impl AsRef<OsStr>]) -> Run {
     let mut cmd = Command::new(SHM_RESTORE);
     cmd.args(opts);
     Run::spawn(cmd, role, test, file, &file.with_extension("err"), &[])
+}
+
+/// The options of a run that creates FILE with a state of [`REGION`]
+/// bytes and snapshots every `interval` seconds, then `more`.
+fn fresh(interval: &str, more: &[&str]) -> Vec<String> {
+    let size = REGION.to_string();
+    [
+        &["--create", "--size", &size, "--interval", interval][..],
+        more,
+    ]
+    .concat()
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The last durable generation a run's log reports.
+fn last_durable(text: &str) -> u64 {
+    *numbers_after(text, "durable generation ")
+        .last()
+        .unwrap_or_else(|| panic!("no durable generation in:\n{text}"))
 }
 
 /// With a write rate of 1 byte a second, the first snapshot (32 bytes or
@@ -103,17 +125,7 @@ fn write_rate_limit_and_lag_report() {
     let run = start(
         "write_rate_limit_and_lag_report",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--max-write-rate",
-            "1",
-            "--lag-warn",
-            "0.1",
-        ],
+        &fresh("0.02", &["--max-write-rate", "1", "--lag-warn", "0.1"]),
     );
     run.wait_for("lag: the file is");
     let text = run.stop();
@@ -176,8 +188,7 @@ fn host_keeps_no_copy_of_a_large_state() {
         "host holds {} kB for a 64 MiB state:\n{text}",
         kb[0]
     );
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&file), last, "{text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -197,15 +208,7 @@ fn garbage_stamps_skip_snapshots_and_never_corrupt_the_file() {
         "scribbler",
         "garbage_stamps_skip_snapshots_and_never_corrupt_the_file",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.05",
-            "--lag-warn",
-            "0.2",
-        ],
+        &fresh("0.05", &["--lag-warn", "0.2"]),
     );
     run.wait_for("lag: the file is");
     let text = run.stop();
@@ -248,13 +251,7 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
         "--",
     ])
     .arg(SHM_RESTORE)
-    .args([
-        "--create",
-        "--size",
-        &REGION.to_string(),
-        "--interval",
-        "0.05",
-    ]);
+    .args(fresh("0.05", &[]));
     let run = Run::spawn(
         sup,
         "sparse",
@@ -295,8 +292,7 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
     let before = log().matches("durable generation ").count();
     wait("durable generation ", before + 2);
     let text = run.stop();
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_sparse_file(&file), last, "{text}");
+    assert_eq!(check_sparse_file(&file), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -313,15 +309,7 @@ fn log_is_compacted_and_stale_temp_removed() {
     let run = start(
         "log_is_compacted_and_stale_temp_removed",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--compact-at",
-            "2",
-        ],
+        &fresh("0.02", &["--compact-at", "2"]),
     );
     run.wait_for("removed stale");
     // Every snapshot writes the whole state: a compaction every few snapshots.
@@ -332,8 +320,7 @@ fn log_is_compacted_and_stale_temp_removed() {
     let len = std::fs::metadata(&file).unwrap().len();
     // At most the threshold plus one full snapshot past it.
     assert!(len <= 3 * image + image / 50, "log of {len} bytes");
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&file), last, "{text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
     assert!(text.contains("compactions"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -481,15 +468,7 @@ fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
     let run = start(
         "compaction_never_follows_a_planted_symlink_and_keeps_the_mode",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--compact-at",
-            "1.5",
-        ],
+        &fresh("0.02", &["--compact-at", "1.5"]),
     );
     run.wait_for("durable generation");
     assert_eq!(mode_of(&file), 0o600, "a new FILE is private");
@@ -509,8 +488,7 @@ fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
             .file_type()
             .is_symlink()
     );
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&file), last, "{text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -548,30 +526,17 @@ fn a_symlinked_file_is_resolved_once() {
             .file_type()
             .is_symlink()
     );
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&real), last, "{text}");
+    assert_eq!(check_file(&real), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A file of many snapshots, one byte flipped in the first one's records.
 fn damaged_file(test: &str, dir: &Path) -> (PathBuf, u64, Vec<u8>) {
     let file = dir.join("state.snap");
-    let run = start(
-        test,
-        &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--compact-at",
-            "0",
-        ],
-    );
+    let run = start(test, &file, &fresh("0.02", &["--compact-at", "0"]));
     run.wait_count("durable generation", 8);
     let text = run.stop();
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    let last = last_durable(&text);
     let mut bytes = std::fs::read(&file).unwrap();
     // The header (64), the first record's header (32), then its payload.
     bytes[64 + 32 + 100] ^= 1;
@@ -690,13 +655,7 @@ fn stray_sequence_writes_never_reach_the_file() {
         let run = start(
             "stray_sequence_writes_never_reach_the_file",
             &file,
-            &[
-                "--create",
-                "--size",
-                &REGION.to_string(),
-                "--interval",
-                "0.02",
-            ],
+            &fresh("0.02", &[]),
         );
         run.wait_count("durable generation", 3);
         let memfd = std::fs::OpenOptions::new()
@@ -787,15 +746,7 @@ fn compaction_backs_off_on_a_full_disk() {
     let file = dir.join("state.snap");
     let err = std::env::temp_dir().join(unique_name("snap-full-err"));
     let mut cmd = Command::new(SHM_RESTORE);
-    cmd.args([
-        "--create",
-        "--size",
-        &REGION.to_string(),
-        "--interval",
-        "0.02",
-        "--compact-at",
-        "1.5",
-    ]);
+    cmd.args(fresh("0.02", &["--compact-at", "1.5"]));
     // The log (stderr) must not live on the full filesystem.
     let run = Run::spawn(
         cmd,
