@@ -103,9 +103,7 @@ fn start_wrapped(
     let mut cmd = wrapped(test, mode, opts);
     cmd.stdout(Stdio::piped()).stderr(stderr);
     let mut sup = spawn(cmd).unwrap();
-    let lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let lines = sup.stdout_lines();
     (sup, lines)
 }
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -117,14 +116,8 @@ fn start_host_with(
         .env("FILE", file)
         .stdout(Stdio::piped());
     let mut child = shm_testkit::spawn(cmd).unwrap();
-    let out = child.inner_mut().stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        let line = lines.next().expect("host exited before ready").unwrap();
-        if line.contains("host ready") {
-            break;
-        }
-    }
+    let mut lines = child.stdout_lines();
+    lines.wait_for("host ready");
     // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     child
@@ -294,13 +287,8 @@ fn many_waiters_survive_host_kills_and_restarts() {
             .stdout(Stdio::piped());
         shm_testkit::spawn(cmd).unwrap()
     };
-    let mut waiter_lines = BufReader::new(waiter.inner_mut().stdout.take().unwrap()).lines();
-    while !waiter_lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .contains("waiter ready")
-    {}
+    let mut waiter_lines = waiter.stdout_lines();
+    waiter_lines.wait_for("waiter ready");
     let mut host = start_host(TEST, &path, &file);
     let stop = Arc::new(AtomicBool::new(false));
     // The committer: one thread (commits never overlap).
