@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use shm_fd::listen::ListenFds;
 use shm_segment::Segment;
-use shm_testkit::{Watchdog, role, role_command, spawn};
+use shm_testkit::{Child, Watchdog, role, role_command, spawn};
 
 const SHM_FD: &str = env!("CARGO_BIN_EXE_shm-fd");
 
@@ -89,6 +89,32 @@ fn wrapped(test: &str, mode: &str, opts: &[&str]) -> Command {
     cmd
 }
 
+/// `--supervise`, restarting the program after any exit, 10 ms later.
+const RESTART_ALWAYS: &[&str] = &["--supervise", "--restart=always", "--restart-delay=10ms"];
+
+/// [`wrapped`], started with its stdout piped and its stderr to `stderr`;
+/// the lines of that stdout.
+fn start_wrapped(
+    test: &str,
+    mode: &str,
+    opts: &[&str],
+    stderr: Stdio,
+) -> (Child, impl Iterator<Item = String>) {
+    let mut cmd = wrapped(test, mode, opts);
+    cmd.stdout(Stdio::piped()).stderr(stderr);
+    let mut sup = spawn(cmd).unwrap();
+    let lines = sup.stdout_lines();
+    (sup, lines)
+}
+
+/// The first child of the supervisor `sup` (the program it runs: the
+/// trampoline exec'd into it, same pid).
+fn first_child(sup: &Child) -> u32 {
+    let pid = sup.pid();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn counts(out: &str) -> Vec<u64> {
     out.lines()
         .filter_map(|l| {
@@ -160,7 +186,7 @@ fn supervise_keeps_state_across_restarts_and_sigkill() {
     let mut cmd = wrapped(
         "supervise_keeps_state_across_restarts_and_sigkill",
         "hang_at_3_and_5",
-        &["--supervise", "--restart=always", "--restart-delay=10ms"],
+        RESTART_ALWAYS,
     );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut sup = spawn(cmd).unwrap();
@@ -208,7 +234,7 @@ fn supervise_restarts_a_sigkilled_child_with_its_state() {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));
-    let mut cmd = wrapped(
+    let (sup, mut lines) = start_wrapped(
         "supervise_restarts_a_sigkilled_child_with_its_state",
         "hang",
         &[
@@ -216,20 +242,13 @@ fn supervise_restarts_a_sigkilled_child_with_its_state() {
             "--restart=on-failure",
             "--restart-delay=10ms",
         ],
+        Stdio::null(),
     );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut sup = spawn(cmd).unwrap();
-    let sup_pid = sup.pid();
-    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
     for expected in 1..=3 {
         let line = lines.find(|l| l.contains("COUNT")).expect("child reports");
         assert_eq!(counts(&line), vec![expected]);
-        // SIGKILL the supervised child (the trampoline exec'd into it: same pid).
-        let children =
-            std::fs::read_to_string(format!("/proc/{sup_pid}/task/{sup_pid}/children")).unwrap();
-        let child: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        // SIGKILL the supervised child.
+        let child = i32::try_from(first_child(&sup)).unwrap();
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(child).unwrap(),
             rustix::process::Signal::KILL,
@@ -245,16 +264,12 @@ fn supervise_mirrors_death_by_signal_and_forwards_sigterm() {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));
-    let mut cmd = wrapped(
+    let (mut sup, mut lines) = start_wrapped(
         "supervise_mirrors_death_by_signal_and_forwards_sigterm",
         "hang",
         &["--supervise"],
+        Stdio::null(),
     );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut sup = spawn(cmd).unwrap();
-    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
     assert!(lines.any(|l| l.contains("COUNT")));
     // SIGTERM to the supervisor reaches the child, which dies of it; the
     // supervisor then dies of the same signal (so Restart=on-abnormal would fire).
@@ -273,21 +288,14 @@ fn supervised_child_dies_with_a_sigkilled_supervisor() {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));
-    let mut cmd = wrapped(
+    let (mut sup, mut lines) = start_wrapped(
         "supervised_child_dies_with_a_sigkilled_supervisor",
         "hang",
         &["--supervise"],
+        Stdio::null(),
     );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut sup = spawn(cmd).unwrap();
-    let sup_pid = sup.pid();
-    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
     assert!(lines.any(|l| l.contains("COUNT")));
-    let children =
-        std::fs::read_to_string(format!("/proc/{sup_pid}/task/{sup_pid}/children")).unwrap();
-    let child: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let child = first_child(&sup);
     sup.sigkill_and_wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{child}/stat")).exists()
@@ -310,16 +318,7 @@ fn supervise_stores_and_removes_fds_pushed_by_the_child() {
     }
     let _w = Watchdog::new(Duration::from_secs(60));
     let test = "supervise_stores_and_removes_fds_pushed_by_the_child";
-    let mut cmd = wrapped(
-        test,
-        "store_extra",
-        &["--supervise", "--restart=always", "--restart-delay=10ms"],
-    );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut sup = spawn(cmd).unwrap();
-    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let (sup, mut lines) = start_wrapped(test, "store_extra", RESTART_ALWAYS, Stdio::null());
     let first = lines.find(|l| l.contains("COUNT")).unwrap();
     assert!(first.ends_with("NAMES state"), "{first}");
     let second = lines.find(|l| l.contains("COUNT")).unwrap();
@@ -331,16 +330,7 @@ fn supervise_stores_and_removes_fds_pushed_by_the_child() {
     drop(sup);
 
     // FDSTOREREMOVE: a child that removes "extra" does not get it back.
-    let mut cmd = wrapped(
-        test,
-        "remove_extra",
-        &["--supervise", "--restart=always", "--restart-delay=10ms"],
-    );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut sup = spawn(cmd).unwrap();
-    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let (_sup, mut lines) = start_wrapped(test, "remove_extra", RESTART_ALWAYS, Stdio::null());
     let first = lines.find(|l| l.contains("COUNT")).unwrap();
     let second = lines.find(|l| l.contains("COUNT")).unwrap();
     assert!(
@@ -355,16 +345,12 @@ fn supervise_ignores_other_senders() {
         return;
     }
     let _w = Watchdog::new(Duration::from_secs(60));
-    let mut cmd = wrapped(
+    let (_sup, mut lines) = start_wrapped(
         "supervise_ignores_other_senders",
         "intruder",
-        &["--supervise", "--restart=always", "--restart-delay=10ms"],
+        RESTART_ALWAYS,
+        Stdio::piped(),
     );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut sup = spawn(cmd).unwrap();
-    let mut lines = BufReader::new(sup.inner_mut().stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
     let _ = lines.find(|l| l.contains("COUNT")).unwrap();
     let second = lines.find(|l| l.contains("COUNT")).unwrap();
     assert!(

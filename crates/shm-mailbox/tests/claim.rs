@@ -4,7 +4,6 @@
 #![cfg(not(shm_loom))]
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,13 +107,13 @@ fn killed_claimers_index_is_claimed_again() {
         .env("MAILBOX", &name)
         .stdout(std::process::Stdio::piped());
     let mut child = spawn(child).unwrap();
-    let mut lines = std::io::BufReader::new(child.inner_mut().stdout.take().unwrap()).lines();
+    let mut lines = child.stdout_lines();
     let claimed = lines
-        .by_ref()
-        .map_while(Result::ok)
-        // The harness may have printed the test's name on the same line.
-        .find_map(|l| Some(l.split_once("RESULT claimed ")?.1.to_owned()))
-        .expect("the child reports its index");
+        .wait_for("RESULT claimed ")
+        .split_once("RESULT claimed ")
+        .unwrap()
+        .1
+        .to_owned();
     assert_eq!(claimed, "0", "the lowest free index");
     let mine = sut.claim_reader().unwrap();
     assert_eq!(mine.index(), 1);

@@ -3,7 +3,6 @@
 //! are gone the next `open_or_create` replaces the object.
 #![cfg(not(shm_loom))]
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use shm_mailbox::{Config, Mailbox, MailboxError};
@@ -59,14 +58,8 @@ fn truncated_mailbox_gives_errors_then_is_reclaimed() {
         .env("MAILBOX", &name)
         .stdout(std::process::Stdio::piped());
     let mut child = spawn(child).unwrap();
-    let mut lines = std::io::BufReader::new(child.inner_mut().stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("RESULT ready")),
-        "child never reported ready"
-    );
+    let mut lines = child.stdout_lines();
+    lines.wait_for("RESULT ready");
     // `truncate -s 0 /dev/shm/NAME`
     std::fs::OpenOptions::new()
         .write(true)
@@ -75,7 +68,7 @@ fn truncated_mailbox_gives_errors_then_is_reclaimed() {
         .set_len(0)
         .unwrap();
     let status = child.wait_status(Duration::from_secs(30));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = lines.collect();
     assert!(
         status.success(),
         "the writer must survive: {status:?} {rest:?}"

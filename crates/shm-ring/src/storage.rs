@@ -485,65 +485,43 @@ pub(crate) unsafe fn slots_mut<T>(storage: &MapStorage, slot: u64, len: usize) -
     }
 }
 
-impl<S: Storage + ?Sized> Storage for &S {
-    fn producer(&self) -> &ProducerLine {
-        (**self).producer()
-    }
-    fn consumer(&self) -> &ConsumerLine {
-        (**self).consumer()
-    }
-    fn producer_parked(&self) -> &ParkFlag {
-        (**self).producer_parked()
-    }
-    fn consumer_parked(&self) -> &ParkFlag {
-        (**self).consumer_parked()
-    }
-    fn capacity(&self) -> u64 {
-        (**self).capacity()
-    }
-    fn elem_size(&self) -> usize {
-        (**self).elem_size()
-    }
-    fn write(&self, slot: u64, src: &[u8]) {
-        (**self).write(slot, src);
-    }
-    fn read(&self, slot: u64, dst: &mut [u8]) {
-        (**self).read(slot, dst);
-    }
-    fn prefetch(&self, slot: u64) {
-        (**self).prefetch(slot);
-    }
+/// Forwards [`Storage`] through each pointer type given (over a storage
+/// type `S`), so that the ring can hold its storage borrowed or shared.
+macro_rules! forward_storage {
+    ($($ptr:ty),* $(,)?) => {$(
+        impl<S: Storage + ?Sized> Storage for $ptr {
+            fn producer(&self) -> &ProducerLine {
+                (**self).producer()
+            }
+            fn consumer(&self) -> &ConsumerLine {
+                (**self).consumer()
+            }
+            fn producer_parked(&self) -> &ParkFlag {
+                (**self).producer_parked()
+            }
+            fn consumer_parked(&self) -> &ParkFlag {
+                (**self).consumer_parked()
+            }
+            fn capacity(&self) -> u64 {
+                (**self).capacity()
+            }
+            fn elem_size(&self) -> usize {
+                (**self).elem_size()
+            }
+            fn write(&self, slot: u64, src: &[u8]) {
+                (**self).write(slot, src);
+            }
+            fn read(&self, slot: u64, dst: &mut [u8]) {
+                (**self).read(slot, dst);
+            }
+            fn prefetch(&self, slot: u64) {
+                (**self).prefetch(slot);
+            }
+        }
+    )*};
 }
 
-impl<S: Storage + ?Sized> Storage for shm_sync::sync::Arc<S> {
-    fn producer(&self) -> &ProducerLine {
-        (**self).producer()
-    }
-    fn consumer(&self) -> &ConsumerLine {
-        (**self).consumer()
-    }
-    fn producer_parked(&self) -> &ParkFlag {
-        (**self).producer_parked()
-    }
-    fn consumer_parked(&self) -> &ParkFlag {
-        (**self).consumer_parked()
-    }
-    fn capacity(&self) -> u64 {
-        (**self).capacity()
-    }
-    fn elem_size(&self) -> usize {
-        (**self).elem_size()
-    }
-    fn write(&self, slot: u64, src: &[u8]) {
-        (**self).write(slot, src);
-    }
-    fn read(&self, slot: u64, dst: &mut [u8]) {
-        (**self).read(slot, dst);
-    }
-    fn prefetch(&self, slot: u64) {
-        (**self).prefetch(slot);
-    }
-}
+forward_storage!(&S, shm_sync::sync::Arc<S>);
 
 #[cfg(all(test, not(shm_loom)))]
 mod tests {

@@ -6,8 +6,10 @@
 mod common;
 
 use std::fs::OpenOptions;
+use std::ops::RangeInclusive;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::process::ExitStatus;
 
 use shm_snapshot::{FileStorage, SnapshotWriter};
 
@@ -23,7 +25,8 @@ fn state(g: u64) -> Vec<u8> {
     v
 }
 
-fn writer(path: &Path) {
+/// A new writer on `path` (created or emptied) writing 4 KiB batches.
+fn new_writer(path: &Path) -> SnapshotWriter<FileStorage> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -33,10 +36,32 @@ fn writer(path: &Path) {
         .unwrap();
     let mut w = SnapshotWriter::create(FileStorage(f), 4096, LEN as u64).unwrap();
     w.set_write_batch(4096);
-    for g in 1..=6 {
+    w
+}
+
+/// Snapshots the states of `generations`, reporting each durable step.
+fn snapshots(w: &mut SnapshotWriter<FileStorage>, generations: RangeInclusive<u64>) {
+    for g in generations {
         w.snapshot(&state(g)).unwrap();
         eprintln!("durable {g}");
     }
+}
+
+/// Snapshots 1..=6.
+fn writer(path: &Path) {
+    snapshots(&mut new_writer(path), 1..=6);
+}
+
+/// This test binary as `role` of the test fn `test`, writing `path`, with
+/// the crash point `point` armed: its exit status and stderr.
+fn run_killed_at(test: &str, role: &str, path: &Path, point: &str) -> (ExitStatus, String) {
+    let out = shm_testkit::role_command(test, role)
+        .env("SNAP_FILE", path)
+        .env("SHM_CRASH_AT", point)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status, text)
 }
 
 #[test]
@@ -58,14 +83,10 @@ fn writer_killed_at_each_crash_point() {
         "writer.after_sync@4",
     ] {
         let path = dir.join(shm_testkit::unique_name("crash-snap"));
-        let out = shm_testkit::role_command("writer_killed_at_each_crash_point", "writer")
-            .env("SNAP_FILE", &path)
-            .env("SHM_CRASH_AT", point)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
+        let (status, text) =
+            run_killed_at("writer_killed_at_each_crash_point", "writer", &path, point);
         // The point fired: the writer SIGKILLed itself there.
-        if out.status.signal() == Some(9) {
+        if status.signal() == Some(9) {
             killed += 1;
         }
         let durable = text
@@ -92,25 +113,11 @@ fn writer_killed_at_each_crash_point() {
 
 /// Snapshots 1..=3, compacts, snapshots 4..=5; reports each durable step.
 fn compacting_writer(path: &Path) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
-    let mut w = SnapshotWriter::create(FileStorage(f), 4096, LEN as u64).unwrap();
-    w.set_write_batch(4096);
-    for g in 1..=3 {
-        w.snapshot(&state(g)).unwrap();
-        eprintln!("durable {g}");
-    }
+    let mut w = new_writer(path);
+    snapshots(&mut w, 1..=3);
     w.compact_file(path).unwrap();
     eprintln!("compacted");
-    for g in 4..=5 {
-        w.snapshot(&state(g)).unwrap();
-        eprintln!("durable {g}");
-    }
+    snapshots(&mut w, 4..=5);
 }
 
 /// SIGKILL at each step of a compaction (mid-write of the temporary file,
@@ -134,14 +141,14 @@ fn compaction_killed_at_each_crash_point() {
         "compact.dir_synced@1",
     ] {
         let path = dir.join(shm_testkit::unique_name("crash-compact"));
-        let out = shm_testkit::role_command("compaction_killed_at_each_crash_point", "compactor")
-            .env("SNAP_FILE", &path)
-            .env("SHM_CRASH_AT", point)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
+        let (status, text) = run_killed_at(
+            "compaction_killed_at_each_crash_point",
+            "compactor",
+            &path,
+            point,
+        );
         assert_eq!(
-            out.status.signal(),
+            status.signal(),
             Some(9),
             "{point} did not SIGKILL the compactor: {text}"
         );
@@ -217,16 +224,16 @@ fn create_killed_before_and_after_its_rename() {
         let dir = std::env::temp_dir().join(shm_testkit::unique_name("crash-create"));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.snap");
-        let out = shm_testkit::role_command("create_killed_before_and_after_its_rename", "creator")
-            .env("SNAP_FILE", &path)
-            .env("SHM_CRASH_AT", point)
-            .output()
-            .unwrap();
+        let (status, text) = run_killed_at(
+            "create_killed_before_and_after_its_rename",
+            "creator",
+            &path,
+            point,
+        );
         assert_eq!(
-            out.status.signal(),
+            status.signal(),
             Some(9),
-            "{point} did not SIGKILL the creator: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "{point} did not SIGKILL the creator: {text}"
         );
         let renamed = point.starts_with("create.renamed");
         assert_eq!(path.exists(), renamed, "{point}");

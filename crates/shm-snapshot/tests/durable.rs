@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,9 +35,9 @@ fn file_state(path: &Path, page: usize) -> (u64, u64) {
     (r.info.tag, u64::from_le_bytes(word))
 }
 
-/// A fresh FILE (through an in-process host, dropped again) and its memfd,
-/// kept by the test; `/proc/self/fd/N` of it for the children.
-fn setup(name: &str) -> (PathBuf, OwnedFd, String) {
+/// An in-process host on a fresh FILE (`state.snap` in a new directory
+/// named after `name`), created with a state of [`REGION`] bytes.
+fn new_host(name: &str) -> (PathBuf, SnapshotHost) {
     let dir = std::env::temp_dir().join(format!("durable-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -49,6 +48,13 @@ fn setup(name: &str) -> (PathBuf, OwnedFd, String) {
         ..HostConfig::new(&file)
     };
     let host = SnapshotHost::open(config, None).unwrap();
+    (file, host)
+}
+
+/// A fresh FILE (through an in-process host, dropped again) and its memfd,
+/// kept by the test; `/proc/self/fd/N` of it for the children.
+fn setup(name: &str) -> (PathBuf, OwnedFd, String) {
+    let (file, host) = new_host(name);
     let memfd = host.memfd().try_clone_to_owned().unwrap();
     drop(host);
     // A child another test forks in this process may hold a copy of the
@@ -106,14 +112,8 @@ fn start_host_with(
         .env("FILE", file)
         .stdout(Stdio::piped());
     let mut child = shm_testkit::spawn(cmd).unwrap();
-    let out = child.inner_mut().stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        let line = lines.next().expect("host exited before ready").unwrap();
-        if line.contains("host ready") {
-            break;
-        }
-    }
+    let mut lines = child.stdout_lines();
+    lines.wait_for("host ready");
     // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     child
@@ -213,6 +213,36 @@ fn timeout_zero_checks_once() {
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
+/// Waits again and again, until `stop`, for the generation `behind` the
+/// newest committed one; after each successful wait FILE must hold it. A
+/// host that dies during a wait (`HostGone`) or is not there (`NoHost`) is
+/// expected; `who` names the waiter in a failure. Returns the successful
+/// waits and the `HostGone` ones.
+fn wait_until_stopped(
+    client: &Client,
+    file: &Path,
+    behind: u64,
+    stop: &AtomicBool,
+    who: &str,
+) -> (u64, u64) {
+    let (mut oks, mut gone) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let g = client.generation().saturating_sub(behind);
+        match client.wait_durable(g, Duration::from_secs(20)) {
+            Ok(d) => {
+                assert!(d >= g);
+                let (fg, _) = file_state(file, 0);
+                assert!(fg >= g, "Ok({d}) for {g} but FILE holds {fg}");
+                oks += 1;
+            }
+            Err(WaitError::HostGone) => gone += 1,
+            Err(WaitError::NoHost) => std::thread::yield_now(),
+            Err(e) => panic!("{who}: {e}"),
+        }
+    }
+    (oks, gone)
+}
+
 /// The waiter role: opens a client (before the test commits), then waits
 /// for whatever is committed until told to stop (its stdin closes).
 fn waiter_role() {
@@ -230,21 +260,7 @@ fn waiter_role() {
         let _ = std::io::stdin().lines().count();
         s.store(true, Ordering::Relaxed);
     });
-    let (mut oks, mut gone) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
-        let g = client.generation();
-        match client.wait_durable(g, Duration::from_secs(20)) {
-            Ok(d) => {
-                assert!(d >= g);
-                let (fg, _) = file_state(&file, 0);
-                assert!(fg >= g, "Ok({d}) for {g} but FILE holds {fg}");
-                oks += 1;
-            }
-            Err(WaitError::HostGone) => gone += 1,
-            Err(WaitError::NoHost) => std::thread::yield_now(),
-            Err(e) => panic!("waiter process: {e}"),
-        }
-    }
+    let (oks, gone) = wait_until_stopped(&client, &file, 0, &stop, "waiter process");
     println!("waiter done: {oks} ok, {gone} host gone");
 }
 
@@ -267,13 +283,8 @@ fn many_waiters_survive_host_kills_and_restarts() {
             .stdout(Stdio::piped());
         shm_testkit::spawn(cmd).unwrap()
     };
-    let mut waiter_lines = BufReader::new(waiter.inner_mut().stdout.take().unwrap()).lines();
-    while !waiter_lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .contains("waiter ready")
-    {}
+    let mut waiter_lines = waiter.stdout_lines();
+    waiter_lines.wait_for("waiter ready");
     let mut host = start_host(TEST, &path, &file);
     let stop = Arc::new(AtomicBool::new(false));
     // The committer: one thread (commits never overlap).
@@ -291,22 +302,7 @@ fn many_waiters_survive_host_kills_and_restarts() {
         .map(|k| {
             let (c, stop, file) = (client.clone(), stop.clone(), file.clone());
             std::thread::spawn(move || {
-                let (mut oks, mut gone) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    let g = c.generation().saturating_sub(k);
-                    match c.wait_durable(g, Duration::from_secs(20)) {
-                        Ok(d) => {
-                            assert!(d >= g);
-                            let (fg, _) = file_state(&file, 0);
-                            assert!(fg >= g, "Ok({d}) for {g} but FILE holds {fg}");
-                            oks += 1;
-                        }
-                        Err(WaitError::HostGone) => gone += 1,
-                        Err(WaitError::NoHost) => std::thread::yield_now(),
-                        Err(e) => panic!("waiter {k}: {e}"),
-                    }
-                }
-                (oks, gone)
+                wait_until_stopped(&c, &file, k, &stop, &format!("waiter {k}"))
             })
         })
         .collect();
@@ -341,16 +337,7 @@ fn many_waiters_survive_host_kills_and_restarts() {
 #[test]
 fn async_wait_returns_once_durable() {
     let _w = shm_testkit::Watchdog::new(Duration::from_secs(60));
-    let dir = std::env::temp_dir().join(format!("durable-async-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("state.snap");
-    let config = HostConfig {
-        create: true,
-        size: REGION,
-        ..HostConfig::new(&file)
-    };
-    let mut host = SnapshotHost::open(config, None).unwrap();
+    let (file, mut host) = new_host("async");
     let client = Arc::new(Client::open(host.memfd()).unwrap());
     let (waker, stop) = (host.waker(), Arc::new(AtomicBool::new(false)));
     let s = stop.clone();
@@ -381,7 +368,7 @@ fn async_wait_returns_once_durable() {
     stop.store(true, Ordering::Relaxed);
     waker.wake();
     thread.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
 /// A replicated wait on a host without a replica fails at once with

@@ -116,13 +116,7 @@ fn warm_start_snapshots_the_inherited_memfd_before_the_program_runs() {
     assert_eq!(sut.persisted(), 5, "the first snapshot is taken at start");
     assert_eq!(restore_file(&file), (model.clone(), 5));
     // FILE newer than the memfd: which one is right cannot be told.
-    let behind = shm_segment::memfd::create(
-        "behind",
-        live::memfd_size(REGION),
-        shm_segment::memfd::FIXED_SIZE,
-    )
-    .unwrap();
-    live::initialize(behind.as_fd(), REGION, 3, |_| {}).unwrap();
+    let behind = common::live_memfd("behind", REGION, 3);
     let e = SnapshotHost::open(config(&file), Some(behind)).unwrap_err();
     assert!(
         matches!(

@@ -15,14 +15,7 @@ const STATE_SIZE_AT: u64 = 4096 + 32;
 const SEQ_AT: u64 = 4096 + 128;
 
 fn memfd(region: u64) -> std::os::fd::OwnedFd {
-    let fd = shm_segment::memfd::create(
-        "live-test",
-        live::memfd_size(region),
-        shm_segment::memfd::FIXED_SIZE,
-    )
-    .unwrap();
-    live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
-    fd
+    common::live_memfd("live-test", region, 0)
 }
 
 #[test]
@@ -442,14 +435,8 @@ fn host_after_exit_takes_the_commit_a_killed_client_was_inside() {
     const REGION: u64 = 8 * 4096;
     if let Some(role) = shm_testkit::role() {
         assert_eq!(role, "client");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(std::env::var("STATE_PATH").unwrap())
-            .unwrap();
-        let mut c = Client::open(f.as_fd()).unwrap();
+        let mut c = common::role_client();
         // With helpers, each commit's three 8-byte ranges are one part each.
-        c.set_copy_threads(std::env::var("COPY_THREADS").unwrap().parse().unwrap());
         c.set_copy_part_min(8);
         for g in 1..=4 {
             let ranges = exit_generation(&c, g);
@@ -460,24 +447,11 @@ fn host_after_exit_takes_the_commit_a_killed_client_was_inside() {
     let _w = shm_testkit::Watchdog::new(std::time::Duration::from_secs(60));
     for (threads, nth) in [(1, 1u64), (1, 2), (1, 4), (3, 1), (3, 2), (3, 4)] {
         let fd = memfd(REGION);
-        let path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&fd)
-        );
-        let out = shm_testkit::role_command(
+        common::kill_client_mid_commit(
             "host_after_exit_takes_the_commit_a_killed_client_was_inside",
-            "client",
-        )
-        .env("STATE_PATH", &path)
-        .env("COPY_THREADS", threads.to_string())
-        .env("SHM_CRASH_AT", format!("client.mid_commit@{nth}"))
-        .output()
-        .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&out.status),
-            Some(9),
-            "crash point {nth} did not SIGKILL the client ({threads} threads)"
+            &fd,
+            threads,
+            nth,
         );
         let host = Host::open(fd.as_fd()).unwrap();
         let mut buf = vec![0u8; REGION as usize];

@@ -202,47 +202,48 @@ fn changed_without_the_host_fence_loom_finds_a_torn_copy() {
     changed_model(Fence::Kept, Fence::Skipped);
 }
 
-/// The durable-commit handshake (`live::durable`): a client requests
-/// generation 1 and waits on `durable_seq`, the host sleeps on `requests`
-/// until it sees the request, then publishes. Every interleaving must end
-/// with the client woken, holding the published generation (a lost wake-up
-/// on either futex is a deadlock loom reports).
-fn durable_model(bump: Bump) {
+/// The wait handshake (`live::durable`) at `level`. Durable: a client
+/// requests generation 1 and waits on `durable_seq`, the host sleeps on
+/// `requests` until it sees the request, then publishes. Replicated
+/// (`Client::wait_replicated`, the same routine on the other published
+/// word): the client asks for generation 1 replicated and waits on
+/// `replicated_seq`; the host serves the request (a durable snapshot), then
+/// its uploader publishes the generation replicated. `bump` applies to the
+/// publish of `level`. Every interleaving must end with the client woken,
+/// holding the published generation (a lost wake-up on either futex is a
+/// deadlock loom reports).
+fn wait_model(level: Level, bump: Bump) {
     loom::model(move || {
         let d = Arc::new(HeapDurable::default());
         let host = {
             let d = d.clone();
-            thread::spawn(move || d.serve(1, bump))
+            thread::spawn(move || {
+                if level == Level::Durable {
+                    d.serve(1, bump);
+                } else {
+                    d.serve(1, Bump::Kept);
+                    d.publish_level(1, level, bump);
+                }
+            })
         };
         // The client waits on the main thread (so that a lost wake-up leaves
         // exactly it blocked, which loom reports as a deadlock).
-        assert_eq!(d.request_and_wait(1), 1);
+        assert_eq!(d.request_and_wait_level(1, level), 1);
         host.join().unwrap();
-        assert_eq!(d.durable(), 1);
+        assert_eq!(d.published(level), 1);
+        if level == Level::Replicated {
+            assert_eq!(d.wanted_replicated(), 1);
+        }
     });
 }
 
-#[test]
-fn a_durable_waiter_is_always_woken() {
-    durable_model(Bump::Kept);
-}
-
-/// The control: a host that stores `durable` and wakes, but does not bump
-/// `durable_seq`, loses the wake-up of a waiter that loaded the old
-/// `durable` before the store and sleeps after the wake.
-///
-/// loom reports the deadlock by panicking, then aborts while unwinding the
-/// blocked thread, which `should_panic` cannot catch: the model runs in a
-/// child process of this test binary, which must die reporting it.
-#[test]
-fn without_the_durable_seq_bump_loom_finds_a_lost_wakeup() {
+/// Runs the `#[ignore]`d test `body` (a negative control of
+/// [`wait_model`]) in a child process of this test binary, which must die
+/// reporting a deadlock. loom reports the deadlock by panicking, then aborts
+/// while unwinding the blocked thread, which `should_panic` cannot catch.
+fn assert_control_deadlocks(body: &str) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "durable_control_body",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", body, "--ignored", "--nocapture"])
         .output()
         .unwrap();
     let text = format!(
@@ -252,69 +253,45 @@ fn without_the_durable_seq_bump_loom_finds_a_lost_wakeup() {
     );
     assert!(!out.status.success(), "the control passed:\n{text}");
     assert!(text.contains("deadlock"), "{text}");
+}
+
+#[test]
+fn a_durable_waiter_is_always_woken() {
+    wait_model(Level::Durable, Bump::Kept);
+}
+
+/// The control: a host that stores `durable` and wakes, but does not bump
+/// `durable_seq`, loses the wake-up of a waiter that loaded the old
+/// `durable` before the store and sleeps after the wake.
+#[test]
+fn without_the_durable_seq_bump_loom_finds_a_lost_wakeup() {
+    assert_control_deadlocks("durable_control_body");
 }
 
 /// The body of the control above (run only by it).
 #[test]
 #[ignore = "run by without_the_durable_seq_bump_loom_finds_a_lost_wakeup in a child process"]
 fn durable_control_body() {
-    durable_model(Bump::Skipped);
-}
-
-/// The replicated wait (`Client::wait_replicated`) runs the same routine
-/// on the other published word: a client asks for generation 1 replicated
-/// and waits on `replicated_seq`; the host serves the request (a durable
-/// snapshot), then its uploader publishes the generation replicated. Every
-/// interleaving must end with the client woken.
-fn replicated_model(bump: Bump) {
-    loom::model(move || {
-        let d = Arc::new(HeapDurable::default());
-        let host = {
-            let d = d.clone();
-            thread::spawn(move || {
-                d.serve(1, Bump::Kept);
-                d.publish_level(1, Level::Replicated, bump);
-            })
-        };
-        assert_eq!(d.request_and_wait_level(1, Level::Replicated), 1);
-        host.join().unwrap();
-        assert_eq!(d.published(Level::Replicated), 1);
-        assert_eq!(d.wanted_replicated(), 1);
-    });
+    wait_model(Level::Durable, Bump::Skipped);
 }
 
 #[test]
 fn a_replicated_waiter_is_always_woken() {
-    replicated_model(Bump::Kept);
+    wait_model(Level::Replicated, Bump::Kept);
 }
 
 /// The control: without the bump of `replicated_seq`, loom finds the lost
-/// wake-up (in a child process, as for the durable control).
+/// wake-up.
 #[test]
 fn without_the_replicated_seq_bump_loom_finds_a_lost_wakeup() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "replicated_control_body",
-            "--ignored",
-            "--nocapture",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "the control passed:\n{text}");
-    assert!(text.contains("deadlock"), "{text}");
+    assert_control_deadlocks("replicated_control_body");
 }
 
 /// The body of the control above (run only by it).
 #[test]
 #[ignore = "run by without_the_replicated_seq_bump_loom_finds_a_lost_wakeup in a child process"]
 fn replicated_control_body() {
-    replicated_model(Bump::Skipped);
+    wait_model(Level::Replicated, Bump::Skipped);
 }
 
 /// Two waiters on generations 1 and 2 while the host publishes 1 then 2:

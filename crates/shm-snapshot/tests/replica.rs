@@ -6,69 +6,52 @@
 //! never mix.
 #![cfg(feature = "shm-restore")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shm_snapshot::{FileStorage, inspect, restore};
+use common::cli::{
+    REGION, Run, SHM_RESTORE, check_file, committer, file_image, numbers_after, temp_dir,
+};
+use shm_snapshot::{FileStorage, inspect};
 use shm_testkit::s3::S3Server;
-use shm_testkit::{ROLE_ENV, Watchdog, role, unique_name};
+use shm_testkit::{Watchdog, role};
 
-const SHM_RESTORE: &str = env!("CARGO_BIN_EXE_shm-restore");
-const REGION: usize = 64 << 10;
-
-/// The program under `shm-restore`: every commit sets every word of the
-/// state to the generation it commits, so any restored state names itself.
-fn committer() {
-    let mut fds = shm_fd::listen::ListenFds::from_env_inherited().expect("valid LISTEN_*");
-    let fd = fds.take("state").expect("a memfd named state");
-    let client =
-        shm_snapshot::live::Client::open(std::os::fd::AsFd::as_fd(&fd)).expect("a snapshot memfd");
-    let work = client.work();
-    let pause = std::env::var("COMMIT_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    loop {
-        let g = client.generation() + 1;
-        for w in 0..work.len() / 8 {
-            work.write(w * 8, &g).unwrap();
-        }
-        client.commit(std::slice::from_ref(&(0..work.len())));
-        std::thread::sleep(Duration::from_millis(pause));
-    }
+/// One test's store and files: the S3 server, a fresh directory with FILE
+/// in it, and the replica URL (a prefix of the server's bucket).
+struct Case {
+    s3: S3Server,
+    dir: PathBuf,
+    file: PathBuf,
+    url: String,
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique_name(tag));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// `shm-restore OPTS --replica URL FILE -- <this test as committer>`.
-struct Host {
-    child: Child,
-    err: PathBuf,
-}
-
-impl Host {
-    fn start(s3: &S3Server, test: &str, url: &str, file: &Path, opts: &[&str]) -> Host {
-        Self::start_role(s3, test, url, file, opts, "committer", &[])
+impl Case {
+    /// `None` when there is no server (see [`S3Server::start`]).
+    fn new(s3: Option<S3Server>, tag: &str, prefix: &str) -> Option<Case> {
+        let s3 = s3?;
+        let dir = temp_dir(tag);
+        Some(Case {
+            file: dir.join("state.snap"),
+            url: s3.url(prefix),
+            dir,
+            s3,
+        })
     }
 
-    /// With the program in `role` and extra environment `env`.
-    fn start_role(
-        s3: &S3Server,
-        test: &str,
-        url: &str,
-        file: &Path,
-        opts: &[&str],
-        role: &str,
-        env: &[(&str, &str)],
-    ) -> Host {
-        let err = file.with_extension(format!("err{}", std::process::id()));
+    /// `shm-restore OPTS --replica URL FILE -- <the test fn named test, as the committer>`.
+    fn host(&self, test: &str, opts: &[&str]) -> Run {
+        self.host_role(test, opts, "committer", &[])
+    }
+
+    /// As [`Case::host`], with the program in `role` and extra environment
+    /// `env`. Unless `opts` says otherwise: a snapshot every 20 ms, no
+    /// compaction, a state of [`REGION`] bytes.
+    fn host_role(&self, test: &str, opts: &[&str], role: &str, env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(SHM_RESTORE);
-        s3.configure(&mut cmd);
+        self.s3.configure(&mut cmd);
         cmd.arg("--create");
         if !opts.contains(&"--interval") {
             cmd.args(["--interval", "0.02"]);
@@ -79,95 +62,61 @@ impl Host {
         if !opts.contains(&"--size") {
             cmd.args(["--size", &REGION.to_string()]);
         }
-        cmd.args(opts)
-            .args(["--replica", url])
-            .arg(file)
-            .arg("--")
-            .arg(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .envs(env.iter().copied())
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap());
-        Host {
-            child: cmd.spawn().unwrap(),
-            err,
-        }
+        cmd.args(opts).args(["--replica", &self.url]);
+        let err = self
+            .file
+            .with_extension(format!("err{}", std::process::id()));
+        Run::spawn(cmd, role, test, &self.file, &err, env)
     }
 
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
+    /// `shm-restore restore --from URL DEST EXTRA...`: (success, stdout+stderr).
+    fn restore(&self, dest: &Path, extra: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new(SHM_RESTORE);
+        self.s3.configure(&mut cmd);
+        let out = cmd
+            .args(["restore", "--from", &self.url])
+            .arg(dest)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
-    /// Waits until stderr holds `what` at least `n` times (60 s deadline).
-    fn wait_count(&self, what: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.stderr().matches(what).count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "no {n} × {what:?} in:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Restores the replica into `name` in the test's directory (as on
+    /// another machine) and checks that it holds FILE's image.
+    fn assert_restores_file(&self, name: &str) -> String {
+        let fresh = self.dir.join(name);
+        let (ok, out) = self.restore(&fresh, &[]);
+        assert!(ok, "{out}");
+        assert_eq!(file_image(&fresh), file_image(&self.file));
+        out
     }
 
-    /// SIGTERM (forwarded to the program; the host drains its uploads), then stderr.
-    fn stop(mut self) -> String {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        self.child.wait().unwrap();
-        self.stderr()
+    /// `shm-restore replicas --json URL`.
+    fn listing(&self) -> serde_json::Value {
+        let mut cmd = Command::new(SHM_RESTORE);
+        self.s3.configure(&mut cmd);
+        let out = cmd
+            .args(["replicas", "--json", &self.url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn kill(mut self) -> String {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-        self.child.wait().unwrap();
-        self.stderr()
+    /// Removes the test's directory (left behind for a failed test).
+    fn finish(self) {
+        std::fs::remove_dir_all(&self.dir).unwrap();
     }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `shm-restore restore --from URL FILE EXTRA...`: (success, stdout+stderr).
-fn restore_cli(s3: &S3Server, url: &str, file: &Path, extra: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(SHM_RESTORE);
-    s3.configure(&mut cmd);
-    let out = cmd
-        .args(["restore", "--from", url])
-        .arg(file)
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// `shm-restore replicas --json URL`.
-fn listing(s3: &S3Server, url: &str) -> serde_json::Value {
-    let mut cmd = Command::new(SHM_RESTORE);
-    s3.configure(&mut cmd);
-    let out = cmd.args(["replicas", "--json", url]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The newest epoch's base generations and segment (first, last) pairs.
@@ -212,32 +161,6 @@ fn assert_no_gap(list: &serde_json::Value, until: u64) {
     );
 }
 
-/// FILE's newest image (the 4096-byte prefix, then the state) and the
-/// program's generation (its commit's tag).
-fn file_image(file: &Path) -> (Vec<u8>, u64) {
-    let st = FileStorage(std::fs::File::open(file).unwrap());
-    let info = inspect(&st).unwrap();
-    assert_eq!(info.valid_end, info.file_len, "{info:?}");
-    let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    let r = restore(&st, |off, b| {
-        let o = usize::try_from(off).unwrap();
-        image[o..o + b.len()].copy_from_slice(b);
-    })
-    .unwrap();
-    assert_eq!(r.info.version, shm_snapshot::VERSION);
-    (image, r.info.tag)
-}
-
-/// The file's state: every word equals the program generation; returns it.
-fn check_file(file: &Path) -> u64 {
-    let (image, g) = file_image(file);
-    let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
-    for o in (4096..image.len()).step_by(8) {
-        assert_eq!(word(o), g, "word at {o} of generation {g}");
-    }
-    g
-}
-
 fn file_generation(file: &Path) -> u64 {
     inspect(&FileStorage(std::fs::File::open(file).unwrap()))
         .unwrap()
@@ -245,10 +168,7 @@ fn file_generation(file: &Path) -> u64 {
 }
 
 fn last_number_after(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
-        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .next_back()
+    numbers_after(text, key).last().copied()
 }
 
 /// Compactions (`--compact-at 4`) make new bases; the replica restores
@@ -259,42 +179,34 @@ fn round_trip_restores_file_byte_for_byte() {
         return committer();
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(s3) = S3Server::start("roundtrip") else {
+    let Some(case) = Case::new(S3Server::start("roundtrip"), "replica-rt", "rt") else {
         return;
     };
-    let dir = temp_dir("replica-rt");
-    let file = dir.join("state.snap");
-    let url = s3.url("rt");
-    let host = Host::start(
-        &s3,
+    let (dir, file) = (&case.dir, &case.file);
+    let host = case.host(
         "round_trip_restores_file_byte_for_byte",
-        &url,
-        &file,
         &["--compact-at", "4", "--compact-min", "0"],
     );
     host.wait_count("replicated generation", 40);
     let err = host.stop();
     assert!(err.contains("compacted"), "{err}");
     let replicated = last_number_after(&err, "at exit: replicated generation ").unwrap();
-    let g = check_file(&file);
+    let g = check_file(file);
     assert_eq!(replicated, g, "{err}");
 
-    let list = listing(&s3, &url);
+    let list = case.listing();
     let (_, bases, segs) = newest_epoch(&list);
     assert!(bases.len() >= 2, "compactions made new bases: {list}");
     assert!(bases.len() <= 2, "older bases are pruned (keep 2): {list}");
-    assert_no_gap(&list, file_generation(&file));
+    assert_no_gap(&list, file_generation(file));
 
     // Into a fresh directory, as on another machine.
     std::fs::create_dir(dir.join("fresh")).unwrap();
-    let fresh = dir.join("fresh").join("state.snap");
-    let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
-    assert!(ok, "{out}");
+    let out = case.assert_restores_file("fresh/state.snap");
     assert!(!out.contains("skipped"), "{out}");
-    assert_eq!(file_image(&fresh), file_image(&file));
     assert_eq!(
-        std::fs::read(&fresh).unwrap(),
-        std::fs::read(&file).unwrap()
+        std::fs::read(dir.join("fresh/state.snap")).unwrap(),
+        std::fs::read(file).unwrap()
     );
 
     // An older generation: the first segment after the oldest base kept.
@@ -304,7 +216,7 @@ fn round_trip_restores_file_byte_for_byte() {
         .find(|s| s.0 > base)
         .expect("a segment after the base");
     let older = dir.join("older.snap");
-    let (ok, out) = restore_cli(&s3, &url, &older, &["--generation", &first.to_string()]);
+    let (ok, out) = case.restore(&older, &["--generation", &first.to_string()]);
     assert!(ok, "{out}");
     assert_eq!(file_generation(&older), first);
     assert!(check_file(&older) < g);
@@ -319,7 +231,7 @@ fn round_trip_restores_file_byte_for_byte() {
         .unwrap();
     let at = format!("{:.4}", seg["time"].as_f64().unwrap() + 0.0002);
     let by_time = dir.join("time.snap");
-    let (ok, out) = restore_cli(&s3, &url, &by_time, &["--time", &at]);
+    let (ok, out) = case.restore(&by_time, &["--time", &at]);
     assert!(ok, "{out}");
     assert_eq!(
         file_generation(&by_time),
@@ -328,58 +240,56 @@ fn round_trip_restores_file_byte_for_byte() {
     );
     check_file(&by_time);
     // A generation no epoch holds any more (pruned or never written).
-    let (ok, out) = restore_cli(&s3, &url, &older, &["--generation", "999999999"]);
+    let (ok, out) = case.restore(&older, &["--generation", "999999999"]);
     assert!(!ok, "{out}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    case.finish();
 }
 
-/// The store is down when the host starts, and comes up later: snapshots
-/// go on meanwhile, and replication then catches up with no gap.
+/// The store is down (not up yet, or stopped mid-run) under `host`: after
+/// a failed upload, snapshots go on meanwhile (`while_down` checks the log
+/// then), and once the store is back, replication catches up with no gap.
+fn catches_up_without_gaps(case: &mut Case, host: Run, while_down: impl FnOnce(&Run)) {
+    host.wait_count("upload failed", 1);
+    // The host and the program go on while the store is down.
+    let before = host.stderr().matches("durable generation").count();
+    host.wait_count("durable generation", before + 30);
+    while_down(&host);
+    let replicated = host.stderr().matches("replicated generation").count();
+    let t = Instant::now();
+    case.s3.restart();
+    host.wait_count("uploads succeed again", 1);
+    println!(
+        "caught up {:.1}s after the store came back",
+        t.elapsed().as_secs_f64()
+    );
+    host.wait_count("replicated generation", replicated + 5);
+    let err = host.stop();
+    let g = check_file(&case.file);
+    assert_eq!(
+        last_number_after(&err, "at exit: replicated generation "),
+        Some(g),
+        "{err}"
+    );
+    assert_no_gap(&case.listing(), file_generation(&case.file));
+    case.assert_restores_file("restored.snap");
+}
+
+/// The store is down when the host starts, and comes up later.
 #[test]
 fn store_down_at_start_catches_up_without_gaps() {
     if role().is_some() {
         return committer();
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(mut s3) = S3Server::start_later("downatstart") else {
+    let s3 = S3Server::start_later("downatstart");
+    let Some(mut case) = Case::new(s3, "replica-down", "down") else {
         return;
     };
-    let dir = temp_dir("replica-down");
-    let file = dir.join("state.snap");
-    let url = s3.url("down");
-    let host = Host::start(
-        &s3,
-        "store_down_at_start_catches_up_without_gaps",
-        &url,
-        &file,
-        &[],
-    );
-    host.wait_count("upload failed", 1);
-    // The host and the program go on while the store is down.
-    let before = host.stderr().matches("durable generation").count();
-    host.wait_count("durable generation", before + 30);
-    assert!(!host.stderr().contains("replicated generation"));
-    let t = Instant::now();
-    s3.restart();
-    host.wait_count("uploads succeed again", 1);
-    println!(
-        "caught up {:.1}s after the store came up",
-        t.elapsed().as_secs_f64()
-    );
-    host.wait_count("replicated generation", 5);
-    let err = host.stop();
-    let g = check_file(&file);
-    assert_eq!(
-        last_number_after(&err, "at exit: replicated generation "),
-        Some(g),
-        "{err}"
-    );
-    assert_no_gap(&listing(&s3, &url), file_generation(&file));
-    let fresh = dir.join("restored.snap");
-    let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
-    assert!(ok, "{out}");
-    assert_eq!(file_image(&fresh), file_image(&file));
-    std::fs::remove_dir_all(&dir).unwrap();
+    let host = case.host("store_down_at_start_catches_up_without_gaps", &[]);
+    catches_up_without_gaps(&mut case, host, |host| {
+        assert!(!host.stderr().contains("replicated generation"));
+    });
+    case.finish();
 }
 
 /// The store stops mid-run and comes back: no stall, no gap.
@@ -389,44 +299,14 @@ fn store_stopped_mid_run_catches_up_without_gaps() {
         return committer();
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(mut s3) = S3Server::start("midrun") else {
+    let Some(mut case) = Case::new(S3Server::start("midrun"), "replica-mid", "mid") else {
         return;
     };
-    let dir = temp_dir("replica-mid");
-    let file = dir.join("state.snap");
-    let url = s3.url("mid");
-    let host = Host::start(
-        &s3,
-        "store_stopped_mid_run_catches_up_without_gaps",
-        &url,
-        &file,
-        &[],
-    );
+    let host = case.host("store_stopped_mid_run_catches_up_without_gaps", &[]);
     host.wait_count("replicated generation", 10);
-    s3.stop();
-    host.wait_count("upload failed", 1);
-    let before = host.stderr().matches("durable generation").count();
-    host.wait_count("durable generation", before + 30);
-    let t = Instant::now();
-    s3.restart();
-    host.wait_count("uploads succeed again", 1);
-    println!(
-        "caught up {:.1}s after the store came back",
-        t.elapsed().as_secs_f64()
-    );
-    let err = host.stop();
-    let g = check_file(&file);
-    assert_eq!(
-        last_number_after(&err, "at exit: replicated generation "),
-        Some(g),
-        "{err}"
-    );
-    assert_no_gap(&listing(&s3, &url), file_generation(&file));
-    let fresh = dir.join("restored.snap");
-    let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
-    assert!(ok, "{out}");
-    assert_eq!(file_image(&fresh), file_image(&file));
-    std::fs::remove_dir_all(&dir).unwrap();
+    case.s3.stop();
+    catches_up_without_gaps(&mut case, host, |_| {});
+    case.finish();
 }
 
 /// A segment overwritten with garbage, then one cut short: restore stops
@@ -437,36 +317,30 @@ fn corrupt_or_truncated_segment_falls_back_to_last_consistent_generation() {
         return committer();
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(s3) = S3Server::start("corrupt") else {
+    let Some(case) = Case::new(S3Server::start("corrupt"), "replica-corrupt", "c") else {
         return;
     };
-    let dir = temp_dir("replica-corrupt");
-    let file = dir.join("state.snap");
-    let url = s3.url("c");
-    let host = Host::start(
-        &s3,
+    let host = case.host(
         "corrupt_or_truncated_segment_falls_back_to_last_consistent_generation",
-        &url,
-        &file,
         &[],
     );
     host.wait_count("replicated generation", 12);
     host.stop();
-    let (_, bases, segs) = newest_epoch(&listing(&s3, &url));
+    let (_, bases, segs) = newest_epoch(&case.listing());
     assert_eq!(bases.len(), 1);
     let segs: Vec<_> = segs.into_iter().filter(|s| s.0 > bases[0]).collect();
     assert!(segs.len() >= 6, "{segs:?}");
     let victim = &segs[segs.len() / 2];
     let key = format!("c/{}", victim.2);
-    let original = s3.get_object(&key).unwrap();
+    let original = case.s3.get_object(&key).unwrap();
 
     for (what, bytes) in [
         ("garbage", vec![0x5a; original.len()]),
         ("truncated", original[..original.len() / 2].to_vec()),
     ] {
-        s3.put_object(&key, &bytes).unwrap();
-        let fresh = dir.join("restored.snap");
-        let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
+        case.s3.put_object(&key, &bytes).unwrap();
+        let fresh = case.dir.join("restored.snap");
+        let (ok, out) = case.restore(&fresh, &[]);
         assert!(ok, "{what}: {out}");
         assert_eq!(file_generation(&fresh), victim.0 - 1, "{what}: {out}");
         check_file(&fresh);
@@ -480,12 +354,10 @@ fn corrupt_or_truncated_segment_falls_back_to_last_consistent_generation() {
         );
     }
     // Repaired: everything again.
-    s3.put_object(&key, &original).unwrap();
-    let fresh = dir.join("repaired.snap");
-    let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
-    assert!(ok && !out.contains("skipped"), "{out}");
-    assert_eq!(file_image(&fresh), file_image(&file));
-    std::fs::remove_dir_all(&dir).unwrap();
+    case.s3.put_object(&key, &original).unwrap();
+    let out = case.assert_restores_file("repaired.snap");
+    assert!(!out.contains("skipped"), "{out}");
+    case.finish();
 }
 
 /// Two host runs on one FILE are two epochs; restore uses the newest one
@@ -496,29 +368,22 @@ fn epochs_never_mix() {
         return committer();
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(s3) = S3Server::start("epochs") else {
+    let Some(case) = Case::new(S3Server::start("epochs"), "replica-epochs", "e") else {
         return;
     };
-    let dir = temp_dir("replica-epochs");
-    let file = dir.join("state.snap");
-    let url = s3.url("e");
-    let first = Host::start(&s3, "epochs_never_mix", &url, &file, &[]);
+    let first = case.host("epochs_never_mix", &[]);
     first.wait_count("replicated generation", 5);
     first.stop();
-    let first_image = file_image(&file);
-    let first_gen = file_generation(&file);
-    let second = Host::start(&s3, "epochs_never_mix", &url, &file, &[]);
+    let first_image = file_image(&case.file);
+    let first_gen = file_generation(&case.file);
+    let second = case.host("epochs_never_mix", &[]);
     second.wait_count("replicated generation", 5);
     second.stop();
-    let list = listing(&s3, &url);
+    let list = case.listing();
     let epochs = list["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 2, "{list}");
-    assert_no_gap(&list, file_generation(&file));
-
-    let fresh = dir.join("restored.snap");
-    let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
-    assert!(ok, "{out}");
-    assert_eq!(file_image(&fresh), file_image(&file));
+    assert_no_gap(&list, file_generation(&case.file));
+    case.assert_restores_file("restored.snap");
 
     // The newest epoch loses its base (a host killed before the base was
     // complete): its segments alone are useless, and the older epoch is
@@ -526,12 +391,13 @@ fn epochs_never_mix() {
     let (epoch, bases, _) = newest_epoch(&list);
     let base_key = epochs[1]["bases"][0]["key"].as_str().unwrap().to_owned();
     assert!(base_key.starts_with(&epoch) && bases.len() == 1);
-    s3.delete_object(&format!("e/{base_key}")).unwrap();
-    let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
+    case.s3.delete_object(&format!("e/{base_key}")).unwrap();
+    let fresh = case.dir.join("restored.snap");
+    let (ok, out) = case.restore(&fresh, &[]);
     assert!(ok, "{out}");
     assert_eq!(file_generation(&fresh), first_gen, "{out}");
     assert_eq!(file_image(&fresh), first_image);
-    std::fs::remove_dir_all(&dir).unwrap();
+    case.finish();
 }
 
 /// SIGKILL of the host while a large base is uploaded in parts: whatever
@@ -543,12 +409,9 @@ fn sigkill_mid_upload_leaves_nothing_misread() {
         return committer();
     }
     let _w = Watchdog::new(Duration::from_secs(300));
-    let Some(s3) = S3Server::start("sigkill") else {
+    let Some(case) = Case::new(S3Server::start("sigkill"), "replica-kill", "k") else {
         return;
     };
-    let dir = temp_dir("replica-kill");
-    let file = dir.join("state.snap");
-    let url = s3.url("k");
     // 24 MiB of state: a base of three 8 MiB parts.
     let big = (24 << 20).to_string();
     let mut seed = u64::from(std::process::id());
@@ -556,19 +419,16 @@ fn sigkill_mid_upload_leaves_nothing_misread() {
         seed = seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let host = Host::start(
-            &s3,
+        let host = case.host(
             "sigkill_mid_upload_leaves_nothing_misread",
-            &url,
-            &file,
             &["--size", &big],
         );
         // The first snapshot starts the epoch's base upload at once.
         host.wait_count("durable generation", 1);
         std::thread::sleep(Duration::from_millis((seed >> 33) % 400));
         let err = host.kill();
-        let fresh = dir.join(format!("restored-{round}.snap"));
-        let (ok, out) = restore_cli(&s3, &url, &fresh, &[]);
+        let fresh = case.dir.join(format!("restored-{round}.snap"));
+        let (ok, out) = case.restore(&fresh, &[]);
         if ok {
             let g = check_file(&fresh);
             println!("round {round}: restored generation {g}");
@@ -579,7 +439,7 @@ fn sigkill_mid_upload_leaves_nothing_misread() {
             );
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+    case.finish();
 }
 
 /// The program of the replicated-wait tests (role `waiter`): commits a
@@ -677,7 +537,7 @@ fn replicated_waiter() {
 }
 
 /// Waits (120 s deadline) until the report file has a line `what`.
-fn wait_report(report: &Path, host: &Host, what: &str) -> String {
+fn wait_report(report: &Path, host: &Run, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(report).unwrap_or_default();
@@ -693,10 +553,37 @@ fn wait_report(report: &Path, host: &Host, what: &str) -> String {
     }
 }
 
+/// A host over [`replicated_waiter`] following `plan`, with a snapshot a
+/// second (so that each wait's request is what makes the host snapshot and
+/// ship at once); the host and the report file.
+fn waiter_host(case: &Case, test: &str, plan: &str) -> (Run, PathBuf) {
+    let report = case.dir.join("report");
+    let host = case.host_role(
+        test,
+        &["--interval", "1"],
+        "waiter",
+        &[
+            ("REPORT", report.to_str().unwrap()),
+            ("REPLICA_URL", &case.url),
+            ("PLAN", plan),
+        ],
+    );
+    (host, report)
+}
+
+/// Asserts that a waiter's report has no failure and `rounds` successful
+/// rounds.
+fn assert_rounds(text: &str, rounds: usize, host_log: &str) {
+    assert!(!text.contains("FAIL"), "{text}\n{host_log}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ok ")).count(),
+        rounds,
+        "{text}"
+    );
+}
+
 /// `Client::wait_replicated(G)` returns only once a restore from the store
 /// alone gives `G` or later: the program restores right after each wait.
-/// Snapshots are a second apart, so each wait's request is what makes the
-/// host snapshot and ship at once.
 #[test]
 fn wait_replicated_returns_once_a_restore_from_the_store_has_it() {
     match role().as_deref() {
@@ -705,34 +592,18 @@ fn wait_replicated_returns_once_a_restore_from_the_store_has_it() {
         None => {}
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(s3) = S3Server::start("waitrepl") else {
+    let Some(case) = Case::new(S3Server::start("waitrepl"), "replica-wait", "w") else {
         return;
     };
-    let dir = temp_dir("replica-wait");
-    let (file, report) = (dir.join("state.snap"), dir.join("report"));
-    let url = s3.url("w");
-    let host = Host::start_role(
-        &s3,
+    let (host, report) = waiter_host(
+        &case,
         "wait_replicated_returns_once_a_restore_from_the_store_has_it",
-        &url,
-        &file,
-        &["--interval", "1"],
-        "waiter",
-        &[
-            ("REPORT", report.to_str().unwrap()),
-            ("REPLICA_URL", &url),
-            ("PLAN", "rounds"),
-        ],
+        "rounds",
     );
     let text = wait_report(&report, &host, "done");
-    host.stop();
-    assert!(!text.contains("FAIL"), "{text}");
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok ")).count(),
-        10,
-        "{text}"
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
+    let err = host.stop();
+    assert_rounds(&text, 10, &err);
+    case.finish();
 }
 
 /// The store goes down: a replicated wait ends with `Timeout` when its
@@ -746,41 +617,26 @@ fn wait_replicated_times_out_while_the_store_is_down_then_succeeds() {
         None => {}
     }
     let _w = Watchdog::new(Duration::from_secs(240));
-    let Some(mut s3) = S3Server::start("waitdown") else {
+    let s3 = S3Server::start("waitdown");
+    let Some(mut case) = Case::new(s3, "replica-waitdown", "wd") else {
         return;
     };
-    let dir = temp_dir("replica-waitdown");
-    let (file, report) = (dir.join("state.snap"), dir.join("report"));
-    let url = s3.url("wd");
-    let host = Host::start_role(
-        &s3,
+    let (host, report) = waiter_host(
+        &case,
         "wait_replicated_times_out_while_the_store_is_down_then_succeeds",
-        &url,
-        &file,
-        &["--interval", "1"],
-        "waiter",
-        &[
-            ("REPORT", report.to_str().unwrap()),
-            ("REPLICA_URL", &url),
-            ("PLAN", "outage"),
-        ],
+        "outage",
     );
     wait_report(&report, &host, "stop the store");
-    s3.stop();
+    case.s3.stop();
     std::fs::write(report.with_extension("down"), b"").unwrap();
     wait_report(&report, &host, "start the store");
-    s3.restart();
+    case.s3.restart();
     std::fs::write(report.with_extension("up"), b"").unwrap();
     let text = wait_report(&report, &host, "done");
     let err = host.stop();
-    assert!(!text.contains("FAIL"), "{text}\n{err}");
     assert!(text.lines().any(|l| l.starts_with("timeout ")), "{text}");
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("ok ")).count(),
-        2,
-        "{text}"
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_rounds(&text, 2, &err);
+    case.finish();
 }
 
 /// A restore downloads its objects several at a time (each written at its

@@ -3,34 +3,20 @@
 //! temporary file from a killed host cleaned up at start), option errors.
 #![cfg(feature = "shm-restore")]
 
+mod common;
+
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::cli::{
+    REGION, Run, SHM_RESTORE, check_file, committer, file_image, numbers_after, temp_dir,
+    uninherited, wait_text,
+};
 use shm_snapshot::live::Client;
-use shm_snapshot::{FileStorage, compact_temp_path, inspect, restore};
-use shm_testkit::{ROLE_ENV, Watchdog, role, unique_name};
-
-const SHM_RESTORE: &str = env!("CARGO_BIN_EXE_shm-restore");
-const REGION: usize = 64 << 10;
-
-/// The program under `shm-restore`: every commit sets every word of the
-/// state to the generation it commits, so any restored state names itself.
-fn committer() {
-    let mut fds = shm_fd::listen::ListenFds::from_env_inherited().expect("valid LISTEN_*");
-    let fd = fds.take("state").expect("a memfd named state");
-    let client = Client::open(std::os::fd::AsFd::as_fd(&fd)).expect("a snapshot memfd");
-    let work = client.work();
-    loop {
-        let g = client.generation() + 1;
-        for w in 0..work.len() / 8 {
-            work.write(w * 8, &g).unwrap();
-        }
-        client.commit(std::slice::from_ref(&(0..work.len())));
-        println!("committed {g}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use shm_snapshot::{FileStorage, compact_temp_path, inspect};
+use shm_testkit::{Watchdog, role, unique_name};
 
 /// A hostile program: it sets every page stamp in the memfd to `u64::MAX`
 /// through its own writable mapping, then commits normally. No copy of the
@@ -91,118 +77,37 @@ fn check_sparse_file(file: &Path) -> u64 {
     g
 }
 
-struct Run {
-    child: Child,
-    err: PathBuf,
+/// `shm-restore OPTS FILE -- <the test fn named test, as the committer>`.
+fn start(test: &str, file: &Path, opts: &[impl AsRef<OsStr>]) -> Run {
+    start_as("committer", test, file, opts)
 }
 
-impl Run {
-    fn start(test: &str, file: &Path, opts: &[&str]) -> Run {
-        Self::start_as("committer", test, file, opts)
-    }
-
-    fn start_as(role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
-        Self::launch(Command::new(SHM_RESTORE), role, test, file, opts)
-    }
-
-    /// `cmd` (`shm-restore`, or a supervisor's command line ending in it)
-    /// with `opts FILE -- <this test as ROLE>`.
-    fn launch(cmd: Command, role: &str, test: &str, file: &Path, opts: &[&str]) -> Run {
-        let mut cmd = cmd;
-        cmd.args(opts);
-        Self::launch_with_err(cmd, role, test, file, &file.with_extension("err"))
-    }
-
-    /// `cmd` with `FILE -- <this test as ROLE>`, stderr into `err`.
-    fn launch_with_err(mut cmd: Command, role: &str, test: &str, file: &Path, err: &Path) -> Run {
-        let err = err.to_path_buf();
-        let exe = std::env::current_exe().unwrap();
-        let child = cmd
-            .arg(file)
-            .arg("--")
-            .arg(exe)
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        Run { child, err }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    fn wait_for(&self, what: &str) {
-        self.wait_count(what, 1);
-    }
-
-    /// Waits until stderr holds `what` at least `n` times.
-    fn wait_count(&self, what: &str, n: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while self.stderr().matches(what).count() < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {what:?} in:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM (forwarded to the program), then the whole stderr.
-    fn stop(mut self) -> String {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        self.child.wait().unwrap();
-        let text = self.stderr();
-        let _ = std::fs::remove_file(&self.err);
-        text
-    }
+/// As [`start`], with the program in `role`.
+fn start_as(role: &str, test: &str, file: &Path, opts: &[impl AsRef<OsStr>]) -> Run {
+    let mut cmd = Command::new(SHM_RESTORE);
+    cmd.args(opts);
+    Run::spawn(cmd, role, test, file, &file.with_extension("err"), &[])
 }
 
-/// The file's newest state: its generation, checked word by word.
-fn check_file(file: &Path) -> u64 {
-    let (image, g) = file_image(file);
-    let word = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
-    for o in (4096..image.len()).step_by(8) {
-        assert_eq!(word(o), g, "word at {o} of generation {g}");
-    }
-    g
+/// The options of a run that creates FILE with a state of [`REGION`]
+/// bytes and snapshots every `interval` seconds, then `more`.
+fn fresh(interval: &str, more: &[&str]) -> Vec<String> {
+    let size = REGION.to_string();
+    [
+        &["--create", "--size", &size, "--interval", interval][..],
+        more,
+    ]
+    .concat()
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
 }
 
-/// FILE's newest image (the 4096-byte prefix, then the state) and the
-/// program's generation (its commit's tag); FILE must have no torn tail.
-fn file_image(file: &Path) -> (Vec<u8>, u64) {
-    let st = FileStorage(std::fs::File::open(file).unwrap());
-    let info = inspect(&st).unwrap();
-    assert_eq!(info.valid_end, info.file_len, "{info:?}");
-    let mut image = vec![0u8; usize::try_from(info.region_size).unwrap()];
-    let r = restore(&st, |off, b| {
-        let o = usize::try_from(off).unwrap();
-        image[o..o + b.len()].copy_from_slice(b);
-    })
-    .unwrap();
-    assert_eq!(r.info.version, shm_snapshot::VERSION);
-    (image, r.info.tag)
-}
-
-fn numbers_after(text: &str, key: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.split_once(key).map(|(_, r)| r))
-        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        .collect()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique_name(name));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// The last durable generation a run's log reports.
+fn last_durable(text: &str) -> u64 {
+    *numbers_after(text, "durable generation ")
+        .last()
+        .unwrap_or_else(|| panic!("no durable generation in:\n{text}"))
 }
 
 /// With a write rate of 1 byte a second, the first snapshot (32 bytes or
@@ -216,20 +121,10 @@ fn write_rate_limit_and_lag_report() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let dir = temp_dir("snap-rate");
     let file = dir.join("state.snap");
-    let run = Run::start(
+    let run = start(
         "write_rate_limit_and_lag_report",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--max-write-rate",
-            "1",
-            "--lag-warn",
-            "0.1",
-        ],
+        &fresh("0.02", &["--max-write-rate", "1", "--lag-warn", "0.1"]),
     );
     run.wait_for("lag: the file is");
     let text = run.stop();
@@ -269,7 +164,7 @@ fn host_keeps_no_copy_of_a_large_state() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let dir = temp_dir("snap-memory");
     let file = dir.join("state.snap");
-    let run = Run::start(
+    let run = start(
         "host_keeps_no_copy_of_a_large_state",
         &file,
         &[
@@ -292,8 +187,7 @@ fn host_keeps_no_copy_of_a_large_state() {
         "host holds {} kB for a 64 MiB state:\n{text}",
         kb[0]
     );
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&file), last, "{text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -309,19 +203,11 @@ fn garbage_stamps_skip_snapshots_and_never_corrupt_the_file() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let dir = temp_dir("snap-hostile");
     let file = dir.join("state.snap");
-    let run = Run::start_as(
+    let run = start_as(
         "scribbler",
         "garbage_stamps_skip_snapshots_and_never_corrupt_the_file",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.05",
-            "--lag-warn",
-            "0.2",
-        ],
+        &fresh("0.05", &["--lag-warn", "0.2"]),
     );
     run.wait_for("lag: the file is");
     let text = run.stop();
@@ -363,19 +249,15 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
         "--restart-delay=100ms",
         "--",
     ])
-    .arg(SHM_RESTORE);
-    let run = Run::launch(
+    .arg(SHM_RESTORE)
+    .args(fresh("0.05", &[]));
+    let run = Run::spawn(
         sup,
         "sparse",
         "supervised_warm_start_rewrites_a_file_from_another_history",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.05",
-        ],
+        &file.with_extension("err"),
+        &[],
     );
     let log = || run.stderr();
     let wait = |what: &str, n: usize| run.wait_count(what, n);
@@ -408,8 +290,7 @@ fn supervised_warm_start_rewrites_a_file_from_another_history() {
     let before = log().matches("durable generation ").count();
     wait("durable generation ", before + 2);
     let text = run.stop();
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_sparse_file(&file), last, "{text}");
+    assert_eq!(check_sparse_file(&file), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -423,36 +304,21 @@ fn log_is_compacted_and_stale_temp_removed() {
     let file = dir.join("state.snap");
     let tmp = compact_temp_path(&file);
     std::fs::write(&tmp, b"left by a killed host").unwrap();
-    let run = Run::start(
+    let run = start(
         "log_is_compacted_and_stale_temp_removed",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--compact-at",
-            "2",
-            "--compact-min",
-            "0",
-        ],
+        &fresh("0.02", &["--compact-at", "2", "--compact-min", "0"]),
     );
     run.wait_for("removed stale");
     // Every snapshot writes the whole state: a compaction every few snapshots.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while run.stderr().matches("compacted ").count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "{}", run.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    run.wait_count("compacted ", 3);
     let text = run.stop();
     assert!(!tmp.exists(), "temporary file left behind");
     let image = (REGION + 4096) as u64;
     let len = std::fs::metadata(&file).unwrap().len();
     // At most the threshold plus one full snapshot past it.
     assert!(len <= 3 * image + image / 50, "log of {len} bytes");
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&file), last, "{text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
     assert!(text.contains("compactions"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -577,19 +443,6 @@ fn tiny_pages_and_tiny_images_are_described_not_panicked_on() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Waits until `text()` holds `what` at least `n` times.
-fn wait_text(text: impl Fn() -> String, what: &str, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while text().matches(what).count() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {what:?} in:\n{}",
-            text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -610,20 +463,10 @@ fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
     let file = dir.join("state.snap");
     let victim = dir.join("victim");
     std::fs::write(&victim, b"secret").unwrap();
-    let run = Run::start(
+    let run = start(
         "compaction_never_follows_a_planted_symlink_and_keeps_the_mode",
         &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--compact-at",
-            "1.5",
-            "--compact-min",
-            "0",
-        ],
+        &fresh("0.02", &["--compact-at", "1.5", "--compact-min", "0"]),
     );
     run.wait_for("durable generation");
     assert_eq!(mode_of(&file), 0o600, "a new FILE is private");
@@ -643,8 +486,7 @@ fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
             .file_type()
             .is_symlink()
     );
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&file), last, "{text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -661,14 +503,14 @@ fn a_symlinked_file_is_resolved_once() {
     let real = dir.join("real/state.snap");
     let link = dir.join("link.snap");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let run = Run::start(
+    let run = start(
         "a_symlinked_file_is_resolved_once",
         &real,
         &["--create", "--size", &REGION.to_string()],
     );
     run.wait_for("durable generation");
     run.stop();
-    let run = Run::start(
+    let run = start(
         "a_symlinked_file_is_resolved_once",
         &link,
         &[
@@ -689,30 +531,17 @@ fn a_symlinked_file_is_resolved_once() {
             .file_type()
             .is_symlink()
     );
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
-    assert_eq!(check_file(&real), last, "{text}");
+    assert_eq!(check_file(&real), last_durable(&text), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A file of many snapshots, one byte flipped in the first one's records.
 fn damaged_file(test: &str, dir: &Path) -> (PathBuf, u64, Vec<u8>) {
     let file = dir.join("state.snap");
-    let run = Run::start(
-        test,
-        &file,
-        &[
-            "--create",
-            "--size",
-            &REGION.to_string(),
-            "--interval",
-            "0.02",
-            "--compact-at",
-            "0",
-        ],
-    );
+    let run = start(test, &file, &fresh("0.02", &["--compact-at", "0"]));
     run.wait_count("durable generation", 8);
     let text = run.stop();
-    let last = *numbers_after(&text, "durable generation ").last().unwrap();
+    let last = last_durable(&text);
     let mut bytes = std::fs::read(&file).unwrap();
     // The header (64), the first record's header (32), then its payload.
     bytes[64 + 32 + 100] ^= 1;
@@ -721,17 +550,9 @@ fn damaged_file(test: &str, dir: &Path) -> (PathBuf, u64, Vec<u8>) {
 }
 
 fn shm_restore(args: &[&str], file: &Path, program: &[&str]) -> (bool, String) {
-    let out = Command::new(SHM_RESTORE)
-        .args(args)
-        .arg(file)
-        .arg("--")
-        .args(program)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(SHM_RESTORE);
+    cmd.args(args).arg(file).arg("--").args(program);
+    let out = uninherited(&mut cmd).output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("panicked"), "{text}");
@@ -819,17 +640,6 @@ fn damage_accepts_the_generation_before_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The host's memfd (`memfd:state` among its fds).
-fn memfd_of(pid: u32) -> PathBuf {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            std::fs::read_link(p).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:state"))
-        })
-        .expect("the host holds its memfd")
-}
-
 /// Stray 8-byte writes to the live commit sequence (what any same-uid
 /// process can do through /proc/HOST/fd): out of range, or back to 0. The
 /// host refuses to persist from then on and says so; FILE keeps its last
@@ -847,16 +657,10 @@ fn stray_sequence_writes_never_reach_the_file() {
         .enumerate()
     {
         let file = dir.join(format!("state{k}.snap"));
-        let run = Run::start(
+        let run = start(
             "stray_sequence_writes_never_reach_the_file",
             &file,
-            &[
-                "--create",
-                "--size",
-                &REGION.to_string(),
-                "--interval",
-                "0.02",
-            ],
+            &fresh("0.02", &[]),
         );
         run.wait_count("durable generation", 3);
         let memfd = std::fs::OpenOptions::new()
@@ -947,24 +751,18 @@ fn compaction_backs_off_on_a_full_disk() {
     let file = dir.join("state.snap");
     let err = std::env::temp_dir().join(unique_name("snap-full-err"));
     let mut cmd = Command::new(SHM_RESTORE);
-    cmd.args([
-        "--create",
-        "--size",
-        &REGION.to_string(),
-        "--interval",
+    cmd.args(fresh(
         "0.02",
-        "--compact-at",
-        "1.5",
-        "--compact-min",
-        "0",
-    ]);
+        &["--compact-at", "1.5", "--compact-min", "0"],
+    ));
     // The log (stderr) must not live on the full filesystem.
-    let run = Run::launch_with_err(
+    let run = Run::spawn(
         cmd,
         "sparse_committer",
         "compaction_backs_off_on_a_full_disk",
         &file,
         &err,
+        &[],
     );
     run.wait_for("next attempt in");
     // Snapshots go on past the failed compaction until the disk is full.
@@ -1149,14 +947,14 @@ fn first_snapshot_follows_the_first_commit() {
     let _w = Watchdog::new(Duration::from_secs(60));
     let dir = temp_dir("snap-first");
     let file = dir.join("state.snap");
-    let mut run = Run::start(
+    let mut run = start(
         "first_snapshot_follows_the_first_commit",
         &file,
         &["--create", "--size", &REGION.to_string()],
     );
     let host = run.child.id();
     // The live commit sequence (byte 16 of the memfd) is twice the generation.
-    let memfd = memfd_of_when_there(host);
+    let memfd = memfd_of(host);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let b = std::fs::read(&memfd).unwrap_or_default();
@@ -1187,7 +985,7 @@ fn first_snapshot_follows_the_first_commit() {
 }
 
 /// The host's memfd, once it has one.
-fn memfd_of_when_there(pid: u32) -> PathBuf {
+fn memfd_of(pid: u32) -> PathBuf {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let found = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1215,15 +1013,12 @@ fn options_follow_the_conventions() {
     let _w = Watchdog::new(Duration::from_secs(60));
     let dir = temp_dir("snap-opts");
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(SHM_RESTORE)
+        let mut cmd = Command::new(SHM_RESTORE);
+        uninherited(&mut cmd)
             .args(args)
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+            .envs(env.iter().copied());
+        let out = cmd.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(!text.contains("panicked"), "{text}");

@@ -7,23 +7,18 @@
 //! an older kernel they fail with the reason rather than pass vacuously.
 #![allow(clippy::cast_possible_truncation, clippy::single_range_in_vec_init)]
 
+mod common;
+
 use std::os::fd::{AsFd, OwnedFd};
 
 use proptest::prelude::*;
-use shm_snapshot::live::{self, Client, Host};
+use shm_snapshot::live::{Client, Host};
 use shm_snapshot::track::TrackErrorKind;
 
 const PAGE: usize = 4096;
 
 fn memfd(region: u64) -> OwnedFd {
-    let fd = shm_segment::memfd::create(
-        "track-test",
-        live::memfd_size(region),
-        shm_segment::memfd::FIXED_SIZE,
-    )
-    .unwrap();
-    live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
-    fd
+    common::live_memfd("track-test", region, 0)
 }
 
 fn tracked(fd: &OwnedFd) -> Client {
@@ -264,14 +259,7 @@ fn model_generation(g: u64) -> Vec<u8> {
 fn client_killed_inside_a_tracked_commit() {
     if let Some(role) = shm_testkit::role() {
         assert_eq!(role, "client");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(std::env::var("STATE_PATH").unwrap())
-            .unwrap();
-        let mut c = Client::open(f.as_fd()).unwrap();
-        let threads = std::env::var("COPY_THREADS").unwrap().parse().unwrap();
-        c.set_copy_threads(threads);
+        let mut c = common::role_client();
         c.set_copy_part_min(PAGE);
         c.track().unwrap();
         for g in 1..=5 {
@@ -285,22 +273,7 @@ fn client_killed_inside_a_tracked_commit() {
     // thread is killed after its own part (commits 3 and 5 are split).
     for (threads, nth) in [(1, 1u64), (1, 3), (1, 5), (3, 1), (3, 3), (3, 5)] {
         let fd = memfd(32 * PAGE as u64);
-        let path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&fd)
-        );
-        let out = shm_testkit::role_command("client_killed_inside_a_tracked_commit", "client")
-            .env("STATE_PATH", &path)
-            .env("COPY_THREADS", threads.to_string())
-            .env("SHM_CRASH_AT", format!("client.mid_commit@{nth}"))
-            .output()
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&out.status),
-            Some(9),
-            "crash point {nth} did not SIGKILL the client ({threads} threads)"
-        );
+        common::kill_client_mid_commit("client_killed_inside_a_tracked_commit", &fd, threads, nth);
         let host = Host::open(fd.as_fd()).unwrap();
         let mut buf = vec![0u8; 32 * PAGE];
         assert_eq!(host.copy(&mut buf, 1), None, "half-published commit copied");

@@ -1,5 +1,5 @@
-use std::io;
-use std::process::{Command, ExitStatus};
+use std::io::{self, BufRead, BufReader};
+use std::process::{ChildStdout, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
@@ -58,6 +58,16 @@ impl Child {
     /// The underlying `std` handle, e.g. to take its stdout pipe.
     pub fn inner_mut(&mut self) -> &mut std::process::Child {
         self.inner.as_mut().expect("child already reaped")
+    }
+
+    /// The lines the child writes to its stdout (spawned with
+    /// `Stdio::piped()`), taking the pipe from the handle.
+    ///
+    /// # Panics
+    /// If its stdout is not piped or was taken already.
+    pub fn stdout_lines(&mut self) -> Lines {
+        let out = self.inner_mut().stdout.take().expect("a piped stdout");
+        Lines(BufReader::new(out).lines())
     }
 
     /// Sends `signal` to the child.
@@ -127,6 +137,32 @@ impl Drop for Child {
     }
 }
 
+/// The lines of a child's stdout ([`Child::stdout_lines`]); they end at the
+/// end of the output or at the first line that is not UTF-8.
+#[derive(Debug)]
+pub struct Lines(io::Lines<BufReader<ChildStdout>>);
+
+impl Iterator for Lines {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        self.0.next()?.ok()
+    }
+}
+
+impl Lines {
+    /// Reads on to the first line that contains `needle` (libtest may have
+    /// printed the test's name before it on the same line) and returns it;
+    /// the lines after it stay to be read.
+    ///
+    /// # Panics
+    /// If the output ends first.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        self.find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("the output ended before a line with {needle:?}"))
+    }
+}
+
 /// Runs `program args` to completion with no `LISTEN_*` variables (so it
 /// gets no fds from this test's environment) and returns its exit code and
 /// its stdout followed by its stderr: for checking what a binary says and
@@ -182,6 +218,23 @@ mod tests {
             .downcast::<String>()
             .unwrap();
         assert!(msg.contains("did not exit 0: exit status: 1"), "{msg}");
+    }
+
+    #[test]
+    fn stdout_lines_wait_for_a_line_and_keep_the_rest() {
+        let mut cmd = std::process::Command::new("printf");
+        cmd.arg("a\\nready: 1\\nb\\n")
+            .stdout(std::process::Stdio::piped());
+        let mut sut = super::spawn(cmd).unwrap();
+        let mut lines = sut.stdout_lines();
+        assert_eq!(lines.wait_for("ready"), "ready: 1");
+        assert_eq!(lines.collect::<Vec<_>>(), ["b"]);
+        let ended = std::panic::catch_unwind(move || {
+            let mut cmd = std::process::Command::new("true");
+            cmd.stdout(std::process::Stdio::piped());
+            super::spawn(cmd).unwrap().stdout_lines().wait_for("ready")
+        });
+        assert!(ended.is_err(), "no such line: a panic");
     }
 
     #[test]

@@ -96,16 +96,7 @@ impl S3Server {
     /// # Panics
     /// With `CI=true`, when the server cannot start.
     pub fn start(bucket: &str) -> Option<Self> {
-        match Self::try_start(bucket) {
-            Ok(s) => Some(s),
-            Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true and the S3 test server cannot start: {why}")
-            }
-            Err(why) => {
-                println!("skipped: no S3 test server ({why})");
-                None
-            }
-        }
+        Self::or_skip(Self::try_start(bucket))
     }
 
     /// A server with its ports and directory chosen but not running yet
@@ -115,7 +106,13 @@ impl S3Server {
     /// # Panics
     /// With `CI=true`, when `weed` cannot be found.
     pub fn start_later(bucket: &str) -> Option<Self> {
-        match Self::prepare(bucket) {
+        Self::or_skip(Self::prepare(bucket))
+    }
+
+    /// The server, or `None` with the reason printed; with `CI=true` a
+    /// server that cannot start fails the test instead.
+    fn or_skip(server: Result<Self, String>) -> Option<Self> {
+        match server {
             Ok(s) => Some(s),
             Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
                 panic!("CI=true and the S3 test server cannot start: {why}")
@@ -255,25 +252,45 @@ impl S3Server {
         }
     }
 
-    /// One plain HTTP/1.0 request to the S3 port: (status, body).
+    /// A bodiless request on the S3 port (the service or a bucket): (status, body).
     fn http(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let (status, body) = self.request(method, path, &[], Duration::from_secs(10))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// One plain anonymous HTTP/1.0 request on the S3 port, with `body`,
+    /// bypassing any client library: (status, response body).
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.ports.s3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
+        s.set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
         write!(
             s,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
-            self.ports.s3
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
+            self.ports.s3,
+            body.len()
         )
         .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        let status = out
+        s.write_all(body).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no HTTP header end")?;
+        let head = String::from_utf8_lossy(&out[..split]).into_owned();
+        let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("no HTTP status in {out:?}"))?;
-        Ok((status, out))
+            .ok_or_else(|| format!("no HTTP status in {head:?}"))?;
+        Ok((status, out[split + 4..].to_vec()))
     }
 
     fn log_tail(&self) -> String {
@@ -316,34 +333,10 @@ impl S3Server {
         cmd.envs(self.env());
     }
 
-    /// One anonymous HTTP request on an object of the bucket, bypassing any
-    /// client library: (status, body).
+    /// One request on the object `key` of the bucket: (status, body).
     fn object(&self, method: &str, key: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.ports.s3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        write!(
-            s,
-            "{method} /{}/{key} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
-            self.bucket,
-            self.ports.s3,
-            body.len()
-        )
-        .map_err(|e| e.to_string())?;
-        s.write_all(body).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).map_err(|e| e.to_string())?;
-        let split = out
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("no HTTP header end")?;
-        let head = String::from_utf8_lossy(&out[..split]).into_owned();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("no HTTP status in {head:?}"))?;
-        Ok((status, out[split + 4..].to_vec()))
+        let path = format!("/{}/{key}", self.bucket);
+        self.request(method, &path, body, Duration::from_secs(30))
     }
 
     /// Writes `bytes` as the object `key` of the bucket (to plant damage).

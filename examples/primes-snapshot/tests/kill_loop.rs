@@ -3,13 +3,12 @@
 //! is exactly the first N primes (the program verifies it at start) and N is
 //! at least the count of the last generation `shm-restore` reported durable.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{CHUNK, last_number_after, shm_restore};
+use common::{CHUNK, host_command, last_number_after, shm_restore};
 
 fn inspect_generation(bin: &Path, file: &Path) -> u64 {
     let out = Command::new(bin).arg("inspect").arg(file).output().unwrap();
@@ -41,17 +40,7 @@ fn random_sigkill_never_loses_durable_primes() {
         let delay = Duration::from_millis(300 + (seed >> 33) % 600);
         let out = std::fs::File::create(dir.join("out")).unwrap();
         let err = std::fs::File::create(dir.join("err")).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["--create", "--interval", "0.05"])
-            .arg(&file)
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_primes-snapshot"))
-            .arg("20000")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
-            .env_remove("NOTIFY_SOCKET")
-            .process_group(0)
+        let mut child = host_command(&bin, &["--create", "--interval", "0.05"], &file, &["20000"])
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
@@ -110,21 +99,16 @@ fn durable_lines_survive_a_sigkill() {
     let file = dir.join("primes.snap");
     let out_path = dir.join("out");
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(&bin)
-        .args(["--create", "--interval", "10"])
-        .arg(&file)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_primes-snapshot"))
-        .args(["--durable", "20000"])
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .process_group(0)
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = host_command(
+        &bin,
+        &["--create", "--interval", "10"],
+        &file,
+        &["--durable", "20000"],
+    )
+    .stdout(Stdio::from(out))
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let start = std::time::Instant::now();
     let durable_lines = || {
         std::fs::read_to_string(&out_path)

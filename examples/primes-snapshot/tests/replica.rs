@@ -5,7 +5,6 @@
 //! first N primes, at a generation no older than the last one the host
 //! reported replicated.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use shm_testkit::s3::S3Server;
 
 mod common;
-use common::{CHUNK, numbers_after, shm_restore};
+use common::{CHUNK, host_command, numbers_after, shm_restore};
 
 /// The newest image of a snapshot file (4096-byte prefix, then the state)
 /// and the program generation its commit carries as its tag.
@@ -43,10 +42,9 @@ fn whole_machine_lost_restores_every_replicated_prime() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("primes.snap");
     let err = dir.join("err");
-    let mut cmd = Command::new(&bin);
-    s3.configure(&mut cmd);
-    let mut child = cmd
-        .args([
+    let mut cmd = host_command(
+        &bin,
+        &[
             "--create",
             "--size",
             "4MiB",
@@ -54,16 +52,12 @@ fn whole_machine_lost_restores_every_replicated_prime() {
             "0.05",
             "--replica",
             &url,
-        ])
-        .arg(&file)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_primes-snapshot"))
-        .arg("20000")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
-        .env_remove("NOTIFY_SOCKET")
-        .process_group(0)
+        ],
+        &file,
+        &["20000"],
+    );
+    s3.configure(&mut cmd);
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()

@@ -3,7 +3,6 @@
 //! Helper processes are this test binary re-run in a role (`shm_testkit::role`).
 //! Every test uses unique names and checks that it leaves nothing in /dev/shm.
 
-use std::io::BufRead;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
@@ -293,13 +292,7 @@ fn creator_killed_then_next_open_recovers(kind: Kind, test: &str, point: &str) {
     let mut child = spawn(child).unwrap();
     if point.is_empty() {
         // No crash point: wait until the child is ready, then SIGKILL it.
-        let out = child.inner_mut().stdout.take().unwrap();
-        // libtest prints "test NAME ... " before our output on the same line.
-        let ready = std::io::BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("RESULT ready"));
-        assert!(ready, "child never reported ready");
+        child.stdout_lines().wait_for("RESULT ready");
         child.sigkill_and_wait().unwrap();
     } else {
         let status = child.wait_status(Duration::from_secs(30));
@@ -676,19 +669,13 @@ fn truncation_under_attached_processes_is_an_error_not_a_sigbus() {
     let mut child = home.child(TEST, "read_until_truncated");
     child.stdout(std::process::Stdio::piped());
     let mut child = spawn(child).unwrap();
-    let mut lines = std::io::BufReader::new(child.inner_mut().stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("RESULT ready")),
-        "child never reported ready"
-    );
+    let mut lines = child.stdout_lines();
+    lines.wait_for("RESULT ready");
     // This process attaches too, then the object is cut to nothing under both.
     let mine = builder().open().unwrap();
     shrink(&home.name, 0);
     let status = child.wait_status(Duration::from_secs(30));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = lines.collect();
     assert!(
         status.success(),
         "the attached process must survive the truncation: {status:?} {rest:?}"
@@ -805,13 +792,7 @@ fn remove_refuses_live_and_foreign_objects() {
     let mut child = home.child(TEST, "init_and_hold");
     child.stdout(std::process::Stdio::piped());
     let mut child = spawn(child).unwrap();
-    let out = child.inner_mut().stdout.take().unwrap();
-    assert!(
-        std::io::BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("RESULT ready"))
-    );
+    child.stdout_lines().wait_for("RESULT ready");
     let err = Segment::remove(&home.name).unwrap_err();
     assert!(matches!(err, SegmentError::InUse { .. }), "{err}");
     assert!(std::fs::metadata(&path).is_ok(), "a live object is kept");

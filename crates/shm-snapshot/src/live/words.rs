@@ -53,83 +53,53 @@ pub(crate) trait WordsMut: Words {
     fn same(&self, a: usize, b: usize, len: usize) -> bool;
 }
 
-impl<W: Words + ?Sized> Words for &W {
-    #[inline]
-    fn len(&self) -> usize {
-        (**self).len()
-    }
+/// Forwards [`Words`] and [`WordsMut`] through each pointer type given
+/// (over a storage type `W`), so that the protocol code can hold its words
+/// borrowed or shared.
+macro_rules! forward_words {
+    ($($ptr:ty),* $(,)?) => {$(
+        impl<W: Words + ?Sized> Words for $ptr {
+            #[inline]
+            fn len(&self) -> usize {
+                (**self).len()
+            }
 
-    #[inline]
-    fn load(&self, off: usize) -> u64 {
-        (**self).load(off)
-    }
+            #[inline]
+            fn load(&self, off: usize) -> u64 {
+                (**self).load(off)
+            }
 
-    #[inline]
-    fn read(&self, off: usize, dst: &mut [u8]) {
-        (**self).read(off, dst);
-    }
+            #[inline]
+            fn read(&self, off: usize, dst: &mut [u8]) {
+                (**self).read(off, dst);
+            }
+        }
+
+        impl<W: WordsMut + ?Sized> WordsMut for $ptr {
+            #[inline]
+            fn store(&self, off: usize, value: u64, order: Ordering) {
+                (**self).store(off, value, order);
+            }
+
+            #[inline]
+            fn fill(&self, off: usize, count: usize, value: u64) {
+                (**self).fill(off, count, value);
+            }
+
+            #[inline]
+            fn copy(&self, from: usize, to: usize, len: usize) {
+                (**self).copy(from, to, len);
+            }
+
+            #[inline]
+            fn same(&self, a: usize, b: usize, len: usize) -> bool {
+                (**self).same(a, b, len)
+            }
+        }
+    )*};
 }
 
-impl<W: WordsMut + ?Sized> WordsMut for &W {
-    #[inline]
-    fn store(&self, off: usize, value: u64, order: Ordering) {
-        (**self).store(off, value, order);
-    }
-
-    #[inline]
-    fn fill(&self, off: usize, count: usize, value: u64) {
-        (**self).fill(off, count, value);
-    }
-
-    #[inline]
-    fn copy(&self, from: usize, to: usize, len: usize) {
-        (**self).copy(from, to, len);
-    }
-
-    #[inline]
-    fn same(&self, a: usize, b: usize, len: usize) -> bool {
-        (**self).same(a, b, len)
-    }
-}
-
-impl<W: Words + ?Sized> Words for std::sync::Arc<W> {
-    #[inline]
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-
-    #[inline]
-    fn load(&self, off: usize) -> u64 {
-        (**self).load(off)
-    }
-
-    #[inline]
-    fn read(&self, off: usize, dst: &mut [u8]) {
-        (**self).read(off, dst);
-    }
-}
-
-impl<W: WordsMut + ?Sized> WordsMut for std::sync::Arc<W> {
-    #[inline]
-    fn store(&self, off: usize, value: u64, order: Ordering) {
-        (**self).store(off, value, order);
-    }
-
-    #[inline]
-    fn fill(&self, off: usize, count: usize, value: u64) {
-        (**self).fill(off, count, value);
-    }
-
-    #[inline]
-    fn copy(&self, from: usize, to: usize, len: usize) {
-        (**self).copy(from, to, len);
-    }
-
-    #[inline]
-    fn same(&self, a: usize, b: usize, len: usize) -> bool {
-        (**self).same(a, b, len)
-    }
-}
+forward_words!(&W, std::sync::Arc<W>);
 
 /// A segment's payload, for the copy helpers, which own the segment (shared
 /// with the client) rather than borrow a [`Region`] of it.

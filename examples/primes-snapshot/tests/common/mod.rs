@@ -2,7 +2,9 @@
 //! and the numbers they read from its log and from the program's output.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Primes per commit (`primes-snapshot`'s CHUNK).
 pub(crate) const CHUNK: u64 = 1000;
@@ -18,6 +20,24 @@ pub(crate) fn shm_restore() -> PathBuf {
         "shm-restore",
     ])
     .join("shm-restore")
+}
+
+/// `BIN OPTS FILE -- primes-snapshot ARGS` in a process group of its own
+/// (so that a test can kill host and program together), with none of the
+/// socket-activation or notification settings of this test process.
+pub(crate) fn host_command(bin: &Path, opts: &[&str], file: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(opts)
+        .arg(file)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_primes-snapshot"))
+        .args(args)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET")
+        .process_group(0);
+    cmd
 }
 
 /// The number right after each `key` in `text`, in order.
