@@ -294,7 +294,9 @@ fn power_loss_replay() {
 /// reserved zeros, others grow the file and reserve again.
 #[test]
 fn power_loss_replay_with_reserved_zeros() {
-    power_loss_replay_with(10 * u64::from(PS));
+    // Large enough for zeros to be worth writing after 6-page snapshots
+    // (a snapshot reserves only when it is at most a quarter of the reserve).
+    power_loss_replay_with(32 * u64::from(PS));
 }
 
 fn power_loss_replay_with(reserve: u64) {
@@ -377,7 +379,7 @@ fn power_loss_replay_with(reserve: u64) {
 fn reserved_zeros_are_space_not_records() {
     let len = 4 * PS as usize;
     let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
-    w.set_reserve(3 * u64::from(PS));
+    w.set_reserve(12 * u64::from(PS));
     for g in 1..=3 {
         w.snapshot(&state(g, len)).unwrap();
         let data = &w.storage().data;
@@ -668,4 +670,23 @@ fn appends_during_a_read_are_not_damage() {
         let r = restore_vec(&g).unwrap_or_else(|e| panic!("cut at read {switch_at}: {e}"));
         assert_eq!(r, (state(4, len), 4), "cut at read {switch_at}");
     }
+}
+
+/// Zeros are reserved only when they serve several snapshots of the size
+/// that passed them: a snapshot larger than a quarter of the reserve lets
+/// the file grow instead of writing each byte twice.
+#[test]
+fn large_snapshots_grow_the_file_without_reserving() {
+    let len = 8 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.set_reserve(16 * u64::from(PS));
+    // Eight pages (more than a quarter of the reserve): no zeros.
+    w.snapshot(&full_state(1, len)).unwrap();
+    assert_eq!(w.storage().data.len() as u64, w.len());
+    // One page: the next snapshot passing the end reserves again.
+    let mut s = full_state(1, len);
+    s[0] ^= 1;
+    w.snapshot(&s).unwrap();
+    assert_eq!(w.storage().data.len() as u64, w.len() + 16 * u64::from(PS));
+    assert_eq!(inspect(w.storage()).unwrap().reserved, 16 * u64::from(PS));
 }

@@ -196,7 +196,9 @@ impl<S: Storage> SnapshotWriter<S> {
     /// their `fdatasync` is a data flush only. When a snapshot's records
     /// pass the reserved zeros, the same snapshot writes the next `bytes`
     /// of zeros after them, covered by its one `fdatasync`: one snapshot in
-    /// many pays the size change. The zeros are not records: a restore stops
+    /// many pays the size change (a snapshot larger than a quarter of
+    /// `bytes` reserves nothing: the zeros would not outlast the next one or
+    /// two, and each of their bytes is written twice). The zeros are not records: a restore stops
     /// at them as at a torn tail, [`SnapshotWriter::open`] cuts them off, and
     /// dropping the writer trims them (best effort).
     pub fn set_reserve(&mut self, bytes: u64) {
@@ -598,7 +600,13 @@ impl<S: Storage> Snapshot<'_, S> {
         self.off += self.buf.len() as u64;
         if self.off > w.reserved_end {
             w.reserved_end = self.off;
-            w.reserve_after(self.off);
+            // Zeros pay off only if they serve several snapshots of this
+            // size: each byte of them is written twice (as a zero, then as a
+            // record), to spare later syncs a size change. A snapshot larger
+            // than a quarter of the reserve lets the file grow instead.
+            if (self.off - w.end).saturating_mul(4) <= w.reserve {
+                w.reserve_after(self.off);
+            }
         }
         crash_point!("writer.before_sync");
         w.storage
