@@ -991,13 +991,22 @@ fn pause_threads(h: &mut Harness) {
                     }
                     let copy = t.elapsed();
                     std::hint::black_box(&mut dst);
-                    let t = Instant::now();
-                    pool.copy(&order[..k]);
-                    let spread = t.elapsed();
                     scans.push(scan);
                     ideal.push(scan + copy / cores as u32);
-                    parallel.push(scan + spread);
                 }
+                // The copy spread over the cores, after the commits: waking
+                // the pool's threads right before a commit would slow that
+                // commit (the scheduler moves threads about), so each of
+                // these copies takes a fresh pick of as many pages, added to
+                // the scan of a round above.
+                for &scan in &scans {
+                    pick(&mut order);
+                    let t = Instant::now();
+                    pool.copy(&order[..k]);
+                    parallel.push(scan + t.elapsed());
+                }
+                // One untimed commit: the next repetition starts as a round does.
+                client.commit_tracked().unwrap();
                 vec![
                     pct_us(&many, 0.5),
                     pct_us(&many, 0.99),
