@@ -55,6 +55,66 @@ fn write_seq(memfd: &OwnedFd, seq: u64) {
     f.write_all_at(&seq.to_le_bytes(), 4096 + 128).unwrap();
 }
 
+/// The program preempted in the middle of commit `g` for `held`: its
+/// sequence odd and page 0 stamped `g` (as the client leaves them between
+/// its first stores and its last), then the commit completed.
+fn preempted_commit(memfd: &OwnedFd, g: u64, held: std::time::Duration) {
+    let f = std::fs::File::from(memfd.try_clone().unwrap());
+    // The stamps are at payload offset 4096, page 0's first.
+    f.write_all_at(&g.to_le_bytes(), 4096 + 4096).unwrap();
+    write_seq(memfd, 2 * g - 1);
+    std::thread::sleep(held);
+    write_seq(memfd, 2 * g);
+}
+
+/// A commit that stays under way for a while (the program preempted inside
+/// it, as on a loaded machine) delays a snapshot rather than skipping it;
+/// a tick whose snapshot was skipped anyway (the commit held longer than
+/// the host's retries) is tried again soon, not an interval later.
+#[test]
+fn a_commit_preempted_midway_is_waited_for_not_skipped() {
+    use shm_snapshot::host::Work;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("host-preempted");
+    let file = dir.join("state.snap");
+    let mut sut = SnapshotHost::open(config(&file), None).unwrap();
+    let memfd = sut.memfd().try_clone_to_owned().unwrap();
+    let client = Client::open(memfd.as_fd()).unwrap();
+    let mut model = vec![0u8; REGION as usize];
+    commit(&client, &mut model, 1);
+    sut.tick();
+    assert_eq!(sut.persisted(), 1);
+    // Generation 2 is complete; 3 is under way for 60 ms.
+    commit(&client, &mut model, 2);
+    std::thread::scope(|s| {
+        s.spawn(|| preempted_commit(&memfd, 3, Duration::from_millis(60)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(sut.snapshot_now().unwrap(), Some(3));
+    });
+    // Generation 4 is complete; 5 is under way for longer than the retries.
+    commit(&client, &mut model, 4);
+    std::thread::scope(|s| {
+        s.spawn(|| preempted_commit(&memfd, 5, Duration::from_millis(800)));
+        std::thread::sleep(Duration::from_millis(5));
+        sut.tick();
+        assert_eq!(sut.persisted(), 3, "the tick was skipped");
+        let asked = Instant::now();
+        let deadline = asked + Duration::from_secs(30);
+        loop {
+            let work = sut.wait_for_work(deadline);
+            assert_eq!(work, Work::Tick);
+            assert!(Instant::now() < deadline, "retried only at the deadline");
+            sut.tick();
+            if sut.persisted() == 5 {
+                break;
+            }
+        }
+    });
+    assert_eq!(restore_file(&file).1, 5);
+    drop((sut, client));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn ticks_and_finish_leave_the_last_generation_in_file() {
     let dir = temp_dir("host-ticks");

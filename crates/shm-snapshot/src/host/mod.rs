@@ -276,7 +276,8 @@ pub struct SnapshotHost {
     /// last good generation).
     refused: Option<StrayWrite>,
     repeats: Repeats,
-    /// Whether [`SnapshotHost::tick`] ran.
+    /// Whether [`SnapshotHost::tick`] ran (and its snapshot was not skipped
+    /// on conflicts).
     ticked: bool,
     /// The durable words and the liveness lock.
     durable: Publisher,
@@ -455,12 +456,16 @@ impl SnapshotHost {
         self.refused.as_ref()
     }
 
-    /// Whether a snapshot is due before the next tick: no tick ran yet and
-    /// the program has committed a generation FILE does not hold. Polled
-    /// between ticks, it gets the program's first work to disk at once
-    /// rather than an interval later.
+    /// Whether a snapshot is due before the next tick: no tick ran yet (or
+    /// the last one skipped its snapshot because commits kept rewriting the
+    /// pages it copied) and the program has committed a generation FILE does
+    /// not hold. Polled between ticks, it gets the program's first work to
+    /// disk at once rather than an interval later; [`SnapshotHost::wait_for_work`]
+    /// retries a skipped tick after 100 ms.
     pub fn wants_snapshot_now(&self) -> bool {
-        !self.ticked && self.live.generation().is_ok_and(|g| g > self.persisted)
+        !self.ticked
+            && self.retry_at.is_none_or(|t| Instant::now() >= t)
+            && self.live.generation().is_ok_and(|g| g > self.persisted)
     }
 
     /// The periodic step: a snapshot of what was committed since the last

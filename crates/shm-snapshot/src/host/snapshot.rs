@@ -4,7 +4,7 @@
 //! tick and the exit snapshot around it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Finished, HostError, SnapshotHost, StrayWrite, prefix};
 use crate::ErrorKind;
@@ -22,8 +22,26 @@ pub(crate) enum Read {
     Full,
 }
 
-/// Attempts of one periodic snapshot before it is reported as skipped.
+/// Attempts of one snapshot before it is reported as skipped.
 const CONFLICT_TRIES: u32 = 50;
+
+/// The sleep after the first conflict of a snapshot; it doubles with every
+/// further one, up to [`MAX_CONFLICT_SLEEP`].
+const FIRST_CONFLICT_SLEEP: Duration = Duration::from_micros(20);
+
+/// The longest sleep between two attempts: the 50 attempts span about
+/// 200 ms, so a program preempted in the middle of a commit (its `seq` odd,
+/// its pages stamped above the last complete commit) is waited for, where 50
+/// attempts back to back gave up within a millisecond and left the state off
+/// disk until the next interval.
+const MAX_CONFLICT_SLEEP: Duration = Duration::from_millis(5);
+
+/// The sleep after the `tries`-th conflict in a row (1-based).
+fn conflict_sleep(tries: u32) -> Duration {
+    FIRST_CONFLICT_SLEEP
+        .saturating_mul(1 << (tries - 1).min(16))
+        .min(MAX_CONFLICT_SLEEP)
+}
 
 /// Why a snapshot attempt ended without a new generation.
 enum Stop {
@@ -111,6 +129,9 @@ fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
                             tries: CONFLICT_TRIES,
                         }));
                     }
+                    // A commit is under way, or the program commits faster
+                    // than a pass copies: give it the core for a while.
+                    std::thread::sleep(conflict_sleep(tries));
                     continue;
                 }
                 Ok(Changed::OutOfRange { seq }) => {
@@ -202,6 +223,11 @@ pub(crate) fn tick(h: &mut SnapshotHost) {
     if h.limit.ready(Instant::now())
         && let Err(e) = snapshot(h, Read::Changed)
     {
+        if matches!(e, HostError::Conflicts { .. }) {
+            // Skipped: try again soon rather than an interval later.
+            h.ticked = false;
+            h.retry_at = Some(Instant::now() + super::RETRY_AFTER);
+        }
         report(h, &e);
     }
     if let Ok(live) = h.live.generation()
