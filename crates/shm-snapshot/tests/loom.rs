@@ -242,16 +242,15 @@ fn wait_model(level: Level, bump: Bump) {
 /// reporting a deadlock. loom reports the deadlock by panicking, then aborts
 /// while unwinding the blocked thread, which `should_panic` cannot catch.
 fn assert_control_deadlocks(body: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", body, "--ignored", "--nocapture"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (status, text) = shm_testkit::output_text(
+        std::process::Command::new(std::env::current_exe().unwrap()).args([
+            "--exact",
+            body,
+            "--ignored",
+            "--nocapture",
+        ]),
     );
-    assert!(!out.status.success(), "the control passed:\n{text}");
+    assert!(!status.success(), "the control passed:\n{text}");
     assert!(text.contains("deadlock"), "{text}");
 }
 

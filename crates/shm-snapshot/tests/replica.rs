@@ -73,18 +73,12 @@ impl Case {
     fn restore(&self, dest: &Path, extra: &[&str]) -> (bool, String) {
         let mut cmd = Command::new(SHM_RESTORE);
         self.s3.configure(&mut cmd);
-        let out = cmd
-            .args(["restore", "--from", &self.url])
-            .arg(dest)
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (status, text) = shm_testkit::output_text(
+            cmd.args(["restore", "--from", &self.url])
+                .arg(dest)
+                .args(extra),
         );
-        (out.status.success(), text)
+        (status.success(), text)
     }
 
     /// Restores the replica into `name` in the test's directory (as on

@@ -172,16 +172,28 @@ impl Lines {
 /// If the program cannot be started.
 #[must_use]
 pub fn run_without_fds(program: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(program)
-        .args(args)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
+    let (status, text) = output_text(
+        Command::new(program)
+            .args(args)
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES"),
+    );
+    (status.code(), text)
+}
+
+/// Runs `cmd` to completion: its exit status, and its stdout followed by
+/// its stderr (lossily decoded).
+///
+/// # Panics
+/// If the program cannot be started.
+pub fn output_text(cmd: &mut Command) -> (ExitStatus, String) {
+    let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cmd.get_program().to_string_lossy()));
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    (out.status, text)
 }
 
 #[cfg(test)]

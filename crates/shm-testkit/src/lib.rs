@@ -32,7 +32,7 @@ mod primes;
 mod watchdog;
 
 pub use bins::{build_bins, nested_target_dir};
-pub use child::{Child, Lines, ROLE_ENV, role, role_command, run_without_fds, spawn};
+pub use child::{Child, Lines, ROLE_ENV, output_text, role, role_command, run_without_fds, spawn};
 pub use names::{shm_objects_with_prefix, unique_name};
 pub use primes::first_primes;
 pub use watchdog::Watchdog;
