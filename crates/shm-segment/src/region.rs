@@ -7,8 +7,8 @@
 //! concurrent access defined when every access is atomic, so this module never
 //! creates `&[u8]` or `&mut [u8]` into the region: it copies with
 //! [`shm_sync::copy`] (Relaxed atomic loads and stores: 8 bytes at a time
-//! where aligned and 1 byte at the edges, or byte-wise `rep movsb` for long
-//! copies on x86-64), and hands out `&AtomicU32`/`&AtomicU64` or `&T` only
+//! where aligned and 1 byte at the edges, or byte-wise AVX and `rep movsb`
+//! copies for long ones on x86-64), and hands out `&AtomicU32`/`&AtomicU64` or `&T` only
 //! for [`Shared`] types, whose every byte is inside an atomic. A concurrent
 //! writer can make a copy *inconsistent* (torn across words, and inside a
 //! word for copies of `shm_sync::copy::WIDE_MIN` bytes or more), never
@@ -224,7 +224,7 @@ impl<'a> Region<'a> {
     /// Copies `dst.len()` bytes starting at `offset` out of the region.
     ///
     /// Uses Relaxed atomic loads ([`shm_sync::copy::load`]): 8 bytes at a
-    /// time where aligned, and byte-wise (a wide `rep movsb` on x86-64) from
+    /// time where aligned, and byte-wise (wide AVX and `rep movsb` copies on x86-64) from
     /// [`shm_sync::copy::WIDE_MIN`] bytes on. A concurrent writer can make
     /// the copy inconsistent, even torn inside a word, but never undefined;
     /// a word that must be read whole is read with [`Region::load_u64`] (or

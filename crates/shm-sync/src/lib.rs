@@ -12,7 +12,7 @@
 //!
 //! It is also the one home of the copies between private buffers and
 //! shared memory that another process may write ([`copy`]): word-atomic,
-//! or a wide `rep movsb` on x86-64, never a data race.
+//! or wide (AVX loads and stores, `rep movsb`) on x86-64, never a data race.
 //!
 //! It also holds the workspace's one fault-injection facility,
 //! [`crash_point!`]: named points where a test makes the process SIGKILL

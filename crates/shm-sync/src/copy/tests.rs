@@ -5,14 +5,15 @@ use super::{WIDE_MIN, load, load_words, store, store_words};
 use crate::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// Lengths to check: every one up to 300, every one around [`WIDE_MIN`]
-/// (both paths), then 4 KiB and 64 KiB.
+/// (both paths), then lengths whose vector blocks leave a tail of 104 and
+/// 127 bytes, 4 KiB, and either side of the vector loop's upper limit.
 fn lengths() -> Vec<usize> {
     if cfg!(miri) {
         return (0..=20).chain([WIDE_MIN + 9]).collect();
     }
     (0..=300)
         .chain(WIDE_MIN - 16..=WIDE_MIN + 16)
-        .chain([4096, 65536])
+        .chain([1000, 4096, 4096 + 127, 65535, 65536])
         .collect()
 }
 
