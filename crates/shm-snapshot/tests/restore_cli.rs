@@ -307,7 +307,7 @@ fn log_is_compacted_and_stale_temp_removed() {
     let run = start(
         "log_is_compacted_and_stale_temp_removed",
         &file,
-        &fresh("0.02", &["--compact-at", "2", "--compact-min", "0"]),
+        &fresh("0.02", &["--compact-at", "3", "--compact-min", "0"]),
     );
     run.wait_for("removed stale");
     // Every snapshot writes the whole state: a compaction every few snapshots.
@@ -315,9 +315,19 @@ fn log_is_compacted_and_stale_temp_removed() {
     let text = run.stop();
     assert!(!tmp.exists(), "temporary file left behind");
     let image = (REGION + 4096) as u64;
+    // Each compaction came once the log had outgrown 3 images (the default
+    // is 2), at most one full snapshot past them:
+    // "compacted FILE: BEFORE -> AFTER bytes".
+    let compacted = numbers_after(&text, "state.snap: ");
+    assert!(compacted.len() >= 3, "{text}");
+    for b in compacted {
+        assert!(
+            b > 3 * image && b <= 4 * image + image / 50,
+            "compacted at {b} bytes: {text}"
+        );
+    }
     let len = std::fs::metadata(&file).unwrap().len();
-    // At most the threshold plus one full snapshot past it.
-    assert!(len <= 3 * image + image / 50, "log of {len} bytes");
+    assert!(len <= 4 * image + image / 50, "log of {len} bytes");
     assert_eq!(check_file(&file), last_durable(&text), "{text}");
     assert!(text.contains("compactions"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
