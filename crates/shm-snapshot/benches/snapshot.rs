@@ -607,15 +607,14 @@ fn live_throughput(h: &mut Harness, dir: &std::path::Path) {
     let k = pages / 10;
     let payload = vec![7u8; k * PAGE];
     let expect = k * (PAGE + 32);
-    let (mut rng, mut since, mut round) = (0x2545_f491_4f6c_dd1du64, 0u64, 0u64);
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let (mut since, mut round) = (0u64, 0u64);
     let mut ours = || {
         round += 1;
         let work = client.work();
         let mut ranges = Vec::with_capacity(k);
         for _ in 0..k {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = next();
             let p = (rng as usize) % pages;
             for word in 0..PAGE / 8 {
                 work.write(p * PAGE + word * 8, &(rng ^ round ^ word as u64))
@@ -685,33 +684,43 @@ const PAUSE: [&str; 9] = [
 /// machine's scheduling tail. Also the program-side cost of tracking: the
 /// first write to a page in an epoch (a write-protect fault) against a second
 /// write to it.
+/// A xorshift64 generator from `seed` (non-zero): page picks, not security.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// A snapshot memfd of `region` bytes and its client, every page of the
+/// state written and committed once (so that none is a fresh zero page).
+fn populated(region: u64) -> (std::os::fd::OwnedFd, Client) {
+    let fd = shm_segment::memfd::create(
+        "bench",
+        live::memfd_size(region),
+        shm_segment::memfd::FIXED_SIZE,
+    )
+    .unwrap();
+    live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
+    let client = Client::open(fd.as_fd()).unwrap();
+    let work = client.work();
+    for p in 0..region as usize / 4096 {
+        work.write(p * 4096, &(p as u64 + 1)).unwrap();
+    }
+    client.commit(&[0..region as usize]);
+    (fd, client)
+}
+
 fn commit_pause(h: &mut Harness) {
     const PAGE: usize = 4096;
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let regions: &[u64] = h.pick(&[1, 100, 1024], &[1, 16]);
     for &mib in regions {
         let region = mib << 20;
         let pages = region as usize / PAGE;
-        let fd = shm_segment::memfd::create(
-            "bench",
-            live::memfd_size(region),
-            shm_segment::memfd::FIXED_SIZE,
-        )
-        .unwrap();
-        live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
-        let mut client = Client::open(fd.as_fd()).unwrap();
-        // A populated state: every page written and committed once.
-        let work = client.work();
-        for p in 0..pages {
-            work.write(p * PAGE, &(p as u64 + 1)).unwrap();
-        }
-        client.commit(&[0..region as usize]);
+        let (fd, mut client) = populated(region);
         let t = Instant::now();
         if let Err(e) = client.track() {
             println!("commit pause, {mib} MiB: tracking unavailable ({e}); skipped");
@@ -945,29 +954,12 @@ impl CopyPool {
 fn pause_threads(h: &mut Harness) {
     const PAGE: usize = 4096;
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let regions: &[u64] = h.pick(&[64, 256, 1024], &[64]);
     for &mib in regions {
         let region = mib << 20;
         let pages = region as usize / PAGE;
-        let fd = shm_segment::memfd::create(
-            "bench",
-            live::memfd_size(region),
-            shm_segment::memfd::FIXED_SIZE,
-        )
-        .unwrap();
-        live::initialize(fd.as_fd(), region, 0, |_| {}).unwrap();
-        let mut client = Client::open(fd.as_fd()).unwrap();
-        for p in 0..pages {
-            client.work().write(p * PAGE, &(p as u64 + 1)).unwrap();
-        }
-        client.commit(&[0..region as usize]);
+        let (_fd, mut client) = populated(region);
         if let Err(e) = client.track() {
             println!(
                 "commit pause on {cores} cores, {mib} MiB: tracking unavailable ({e}); skipped"
