@@ -35,7 +35,7 @@ use crate::shared::Shared;
 /// An access fell outside a [`Region`], was misaligned, or wrote a read-only region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "access of {len} bytes at offset {offset} is outside a region of {region_len} bytes, misaligned, or writes a read-only region"
+    "access of {len} bytes at offset {offset} is outside a region of {region_len} bytes, misaligned, writes a read-only region, or overlaps the bytes it copies"
 )]
 pub struct OutOfBounds {
     /// Offset asked for.
@@ -255,6 +255,36 @@ impl<'a> Region<'a> {
         Ok(())
     }
 
+    /// Copies the `len` bytes at `from` to `to`, inside the region (both
+    /// ranges must not overlap; an overlapping copy is refused with
+    /// [`OutOfBounds`] for the destination).
+    ///
+    /// Relaxed atomic loads and stores on both sides
+    /// ([`shm_sync::copy::copy_within`]): wide and byte-wise from
+    /// [`shm_sync::copy::WIDE_MIN`] bytes on x86-64, so, as
+    /// [`Region::read_bytes`], inconsistent under a racing writer, never
+    /// undefined.
+    pub fn copy_within(&self, from: usize, to: usize, len: usize) -> Result<(), OutOfBounds> {
+        let src = self.check(from, len, 1, false)?;
+        let dst = self.check(to, len, 1, true)?;
+        // `check` bounded both ends by `self.len`, so neither sum overflows.
+        if len > 0 && from < to + len && to < from + len {
+            return Err(OutOfBounds {
+                offset: to,
+                len,
+                region_len: self.len,
+            });
+        }
+        // SAFETY:
+        // - both ranges are inside the region (checked), valid for reads and
+        //   (the destination) writes (invariant 1), and disjoint (checked);
+        // - every access this type makes to the region is atomic (invariant 2);
+        // - racing copies of other sizes in this process: see "Mixed sizes"
+        //   in the module docs.
+        unsafe { shm_sync::copy::copy_within(dst, src, len) };
+        Ok(())
+    }
+
     /// Sets `len` bytes at `offset` to zero.
     pub fn zero(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
         let zeros = [0u8; 256];
@@ -290,6 +320,35 @@ mod tests {
 
     fn heap(len: usize) -> (Vec<u64>, usize) {
         (vec![0u64; len.div_ceil(8)], len)
+    }
+
+    #[test]
+    fn copy_within_moves_bytes_and_refuses_overlap_and_out_of_bounds() {
+        let wide = shm_sync::copy::WIDE_MIN;
+        let (mut buf, len) = heap(4 * wide);
+        // SAFETY: `buf` outlives `sut` and is only accessed through it.
+        let sut = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, true) };
+        let src: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+        for n in [0, 7, 64, wide + 3] {
+            sut.write_bytes(0, &src).unwrap();
+            sut.copy_within(3, 2 * wide + 1, n).unwrap();
+            let mut got = vec![0u8; n];
+            sut.read_bytes(2 * wide + 1, &mut got).unwrap();
+            assert_eq!(got, src[3..3 + n], "len {n}");
+        }
+        let refused = |from, to, n| sut.copy_within(from, to, n).unwrap_err();
+        assert_eq!(refused(0, 8, 16).offset, 8, "overlap");
+        assert_eq!(refused(8, 0, 16).offset, 0, "overlap");
+        assert_eq!(refused(len - 4, 0, 8).offset, len - 4, "source outside");
+        assert_eq!(
+            refused(0, len - 4, 8).offset,
+            len - 4,
+            "destination outside"
+        );
+        sut.copy_within(0, 16, 16).unwrap();
+        // SAFETY: as above; read-only now.
+        let ro = unsafe { Region::from_raw_parts(buf.as_mut_ptr().cast(), len, false) };
+        assert!(ro.copy_within(0, 64, 8).is_err(), "read-only");
     }
 
     #[test]

@@ -43,9 +43,9 @@ pub(crate) trait WordsMut: Words {
     /// Stores `value` into each of the `count` words from `off` (8-aligned), Relaxed.
     fn fill(&self, off: usize, count: usize, value: u64);
 
-    /// Copies `len` bytes from `from` to `to` (congruent modulo 8) with
-    /// Relaxed atomic loads and stores: 8 bytes at a time in the aligned
-    /// middle, byte by byte at the edges.
+    /// Copies `len` bytes from `from` to `to` (the ranges disjoint) with
+    /// Relaxed atomic loads and stores (on the memfd, a wide byte-wise copy
+    /// from `shm_sync::copy::WIDE_MIN` bytes on x86-64).
     fn copy(&self, from: usize, to: usize, len: usize);
 
     /// Whether the `len` bytes at `a` and at `b` (both 8-aligned) are equal,
@@ -179,28 +179,7 @@ impl WordsMut for Region<'_> {
     }
 
     fn copy(&self, from: usize, to: usize, len: usize) {
-        let head = ((8 - from % 8) % 8).min(len);
-        let words = (len - head) / 8;
-        let tail = len - head - words * 8;
-        let mut edge = [0u8; 8];
-        if head > 0 {
-            self.read_bytes(from, &mut edge[..head]).expect(OUTSIDE);
-            self.write_bytes(to, &edge[..head]).expect(OUTSIDE);
-        }
-        // A short range inside one word has no aligned middle, and its
-        // `from + head` is not 8-aligned: no word view of it.
-        if words > 0 {
-            let src = self.atomics_u64(from + head, words).expect(OUTSIDE);
-            let dst = self.atomics_u64(to + head, words).expect(OUTSIDE);
-            for (d, s) in dst.iter().zip(src) {
-                d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-        }
-        if tail > 0 {
-            let o = head + words * 8;
-            self.read_bytes(from + o, &mut edge[..tail]).expect(OUTSIDE);
-            self.write_bytes(to + o, &edge[..tail]).expect(OUTSIDE);
-        }
+        self.copy_within(from, to, len).expect(OUTSIDE);
     }
 
     fn same(&self, a: usize, b: usize, len: usize) -> bool {

@@ -1,7 +1,7 @@
 //! The copies against a plain copy, at every alignment and at every length
 //! up to 300 and around [`WIDE_MIN`], and under a racing writer.
 
-use super::{WIDE_MIN, load, load_words, store, store_words};
+use super::{WIDE_MIN, copy_within, load, load_words, store, store_words};
 use crate::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// Lengths to check: every one up to 300, every one around [`WIDE_MIN`]
@@ -268,4 +268,34 @@ fn word_load_racing_a_writer_reads_only_written_words() {
             );
         }
     });
+}
+
+#[test]
+fn copy_within_matches_a_plain_copy_at_every_alignment_and_length() {
+    for len in lengths() {
+        let (from_offsets, to_offsets) = offsets(len);
+        // Two areas of one buffer, as a commit copies its work area into
+        // its committed one: `len + 32` bytes each.
+        let area = (len + 32).next_multiple_of(8);
+        for fo in 0..from_offsets {
+            for to in 0..to_offsets {
+                let mut words: Vec<u64> = (0..2 * area / 8)
+                    .map(|i| u64::from_ne_bytes(core::array::from_fn(|b| pattern(i * 8 + b, 0x77))))
+                    .collect();
+                let before = bytes(&words);
+                let base = words.as_mut_ptr().cast::<u8>();
+                let (dst, src) = (base.wrapping_add(area + to), base.wrapping_add(fo));
+                // SAFETY: `fo + len <= area` and `area + to + len <= 2 *
+                // area` lie inside `words`; the ranges are disjoint and
+                // nothing else references them while the copy runs.
+                unsafe { copy_within(dst, src, len) };
+                let mut expected = before.clone();
+                expected[area + to..area + to + len].copy_from_slice(&before[fo..fo + len]);
+                assert!(
+                    bytes(&words) == expected,
+                    "copy_within: from offset {fo}, to offset {to}, len {len}"
+                );
+            }
+        }
+    }
 }
