@@ -269,6 +269,7 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     let runs = h.pick(5, 1);
     let host = HostThread::start(&dir.join("d.snap"), region, Duration::from_secs(1), false);
     let client = std::sync::Arc::new(Client::open(host.memfd.as_fd()).unwrap());
+    let default_spin = client.wait_spin();
     let raw = fresh(&dir.join("d.raw"));
     let append_file = fresh(&dir.join("d.append"));
     raw.set_len(region).unwrap();
@@ -303,15 +304,19 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             .valid_end
     };
     for k in [1usize, 16, 256] {
-        let mut bytes = vec![0x5au8; k * 4096];
-        let mut r = 0usize;
-        let mut ours = || {
+        let bytes = std::cell::RefCell::new(vec![0x5au8; k * 4096]);
+        let r = std::cell::Cell::new(0usize);
+        // `spin`: how long the waiter may poll before it parks (zero: the
+        // parked path, two cross-core wake-ups per commit).
+        let commit_wait = |spin: Duration| {
+            client.set_wait_spin(spin);
+            let mut bytes = bytes.borrow_mut();
             let v = (0..runs)
                 .map(|_| {
-                    r += 1;
+                    r.set(r.get() + 1);
                     // New contents for every page: the writer skips pages
                     // whose checksum equals their durable version's.
-                    bytes.fill((r % 251) as u8 + 1);
+                    bytes.fill((r.get() % 251) as u8 + 1);
                     let t = Instant::now();
                     client.work().write_bytes(0, &bytes).unwrap();
                     let g = client.commit(&[0..k * 4096]);
@@ -319,8 +324,11 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
                     t.elapsed().as_secs_f64() * 1e6
                 })
                 .collect();
+            client.set_wait_spin(default_spin);
             median(v)
         };
+        let mut ours = || commit_wait(default_spin);
+        let mut parked = || commit_wait(Duration::ZERO);
         // What one commit of k changed pages appends to the log: a record
         // header and the page for each of them, and a commit record carrying
         // the program's generation as its tag (docs/protocol/shm-snapshot.md),
@@ -385,6 +393,7 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             Better::Lower,
             &mut [
                 ("commit + wait_durable", &mut ours),
+                ("commit + wait_durable, never polling", &mut parked),
                 ("pwrite + fdatasync", &mut base),
                 ("woken thread: log bytes + fdatasync", &mut woken),
                 ("pwrite appending + fdatasync", &mut grow),
@@ -392,6 +401,13 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
         );
         let case = format!("durable commit latency, {k} dirty pages");
         h.row(&reps, &case, "commit + wait_durable", "pwrite + fdatasync");
+        let case = format!("durable commit latency, {k} dirty pages, the waiter parked at once");
+        h.row(
+            &reps,
+            &case,
+            "commit + wait_durable, never polling",
+            "pwrite + fdatasync",
+        );
         let case = format!("durable commit latency, {k} dirty pages ({appended} B appended)");
         h.row(
             &reps,

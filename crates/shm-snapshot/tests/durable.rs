@@ -213,6 +213,64 @@ fn timeout_zero_checks_once() {
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
+#[test]
+fn polling_and_parked_waits_return_only_once_file_holds_the_generation() {
+    const TEST: &str = "polling_and_parked_waits_return_only_once_file_holds_the_generation";
+    if shm_testkit::role().is_some() {
+        host_role();
+        return;
+    }
+    let _w = shm_testkit::Watchdog::new(Duration::from_secs(120));
+    let (file, memfd, path) = setup("poll");
+    let client = Client::open(memfd.as_fd()).unwrap();
+    assert_eq!(
+        client.wait_spin(),
+        Duration::from_millis(1),
+        "the default cap"
+    );
+    let _host = start_host(TEST, &path, &file);
+    for round in 0..60u64 {
+        // Never polling, polling within the default cap, and a cap so long
+        // that every wait polls until it ends.
+        let cap = [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+        ][(round % 3) as usize];
+        client.set_wait_spin(cap);
+        assert_eq!(client.wait_spin(), cap);
+        let g = commit(&client, round + 1);
+        let d = client.wait_durable(g, Duration::from_secs(30)).unwrap();
+        assert!(d >= g, "{d} < {g}");
+        let (tag, word) = file_state(&file, usize::try_from(g % 64).unwrap());
+        assert!(
+            tag >= g,
+            "wait returned {d} for {g}, FILE holds {tag} (cap {cap:?})"
+        );
+        assert_eq!(word, g, "page of generation {g}");
+    }
+    // Several threads of one client (one polls, the others park) all
+    // return, each with its generation in FILE.
+    client.set_wait_spin(Duration::from_secs(1));
+    let commits = std::sync::Mutex::new(100u64);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    let g = {
+                        let mut next = commits.lock().unwrap();
+                        *next += 1;
+                        commit(&client, *next)
+                    };
+                    assert!(client.wait_durable(g, Duration::from_secs(30)).unwrap() >= g);
+                    assert!(file_state(&file, 0).0 >= g);
+                }
+            });
+        }
+    });
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
 /// Waits again and again, until `stop`, for the generation `behind` the
 /// newest committed one; after each successful wait FILE must hold it. A
 /// host that dies during a wait (`HostGone`) or is not there (`NoHost`) is

@@ -276,15 +276,20 @@ pub struct SnapshotHost {
     /// last good generation).
     refused: Option<StrayWrite>,
     repeats: Repeats,
-    /// Whether [`SnapshotHost::tick`] ran (and its snapshot was not skipped
-    /// on conflicts).
-    ticked: bool,
+    /// A snapshot is owed before the next tick: no tick ran yet, or the
+    /// last one skipped its snapshot because commits kept rewriting the
+    /// pages it copied.
+    snapshot_owed: bool,
     /// The durable words and the liveness lock.
     durable: Publisher,
     /// [`HostConfig::continuous`].
     continuous: bool,
     /// After a failed snapshot for waiters or commits: not before then again.
     retry_at: Option<Instant>,
+    /// After a snapshot for waiters: [`SnapshotHost::wait_for_work`] polls
+    /// `requests` until then rather than parking, so that a waiter's next
+    /// request finds the host awake (see [`HOST_POLL`]).
+    poll_until: Option<Instant>,
     /// Group commit ([`SnapshotHost::serve_waiters`]): `requests` when the
     /// last snapshot for waiters started, how many requests that snapshot
     /// served, and how long it took.
@@ -316,6 +321,14 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// The longest a snapshot for waiters waits to gather the next batch.
 const MAX_GATHER: Duration = Duration::from_micros(200);
+/// How long the host polls for the next request after a snapshot for
+/// waiters, rather than parking: a waiter that polled for its wait
+/// ([`crate::live::Client::set_wait_spin`]) commits again within
+/// microseconds, and its request then needs no cross-core wake-up (35-45 us
+/// on a 2-vCPU virtual machine). Only after a snapshot that served a single
+/// request (several waiters are gathered by [`SnapshotHost::serve_waiters`]);
+/// at most this much of a core per such snapshot.
+const HOST_POLL: Duration = Duration::from_micros(100);
 
 /// What the last snapshot for waiters served (see [`SnapshotHost::serve_waiters`]).
 #[derive(Debug, Default, Clone, Copy)]
@@ -463,8 +476,8 @@ impl SnapshotHost {
     /// disk at once rather than an interval later; [`SnapshotHost::wait_for_work`]
     /// retries a skipped tick after 100 ms.
     pub fn wants_snapshot_now(&self) -> bool {
-        !self.ticked
-            && self.retry_at.is_none_or(|t| Instant::now() >= t)
+        self.snapshot_owed
+            && self.may_retry(Instant::now())
             && self.live.generation().is_ok_and(|g| g > self.persisted)
     }
 
@@ -512,6 +525,12 @@ impl SnapshotHost {
         self.durable.waker()
     }
 
+    /// Whether a snapshot may be tried at `now`: none failed for waiters or
+    /// commits, or the 100 ms after it passed.
+    fn may_retry(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|t| now >= t)
+    }
+
     /// Whether clients wait for a generation FILE does not hold yet and the
     /// memfd has it (a `wanted` beyond the last commit is a stray write, and
     /// ignored beyond that commit).
@@ -533,7 +552,7 @@ impl SnapshotHost {
                 return Work::Interrupted;
             }
             let now = Instant::now();
-            let ready = self.refused.is_none() && self.retry_at.is_none_or(|t| now >= t);
+            let ready = self.refused.is_none() && self.may_retry(now);
             if !self.continuous && !self.lag.behind() {
                 // Caught up: the next commit wakes the sleep below, so the
                 // time FILE falls behind is known (one futex wake per
@@ -561,7 +580,7 @@ impl SnapshotHost {
                 if self.continuous && live > self.persisted {
                     return Work::Commits;
                 }
-                if !self.ticked && live > self.persisted {
+                if self.snapshot_owed && live > self.persisted {
                     return Work::Tick;
                 }
             }
@@ -576,6 +595,13 @@ impl SnapshotHost {
                 // Behind: sample the lag again soon; no wake-up per commit.
                 until = until.min(now + LAG_SAMPLE);
                 self.durable.set_wake_on_commit(false);
+            }
+            if let Some(t) = self.poll_until.take().filter(|&t| t > now) {
+                if self.durable.poll(seen, t.min(until)) {
+                    // Keep polling after this request's snapshot too.
+                    self.poll_until = Some(t);
+                }
+                continue;
             }
             self.durable
                 .sleep(seen, until.saturating_duration_since(now));
@@ -625,6 +651,11 @@ impl SnapshotHost {
             Ok(()) => {
                 self.batch.took = started.elapsed();
                 self.retry_at = None;
+                // A single waiter's next request is polled for; several
+                // are gathered (parked) instead, as they take turns to commit.
+                if self.batch.size < 2 {
+                    self.poll_until = Some(Instant::now() + HOST_POLL);
+                }
             }
             Err(e) => {
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);

@@ -233,10 +233,11 @@ impl Prepared {
             stats: HostStats::default(),
             refused: None,
             repeats: Repeats::default(),
-            ticked: false,
+            snapshot_owed: true,
             durable,
             continuous: config.continuous,
             retry_at: None,
+            poll_until: None,
             batch: super::Batch::default(),
             #[cfg(feature = "replica")]
             replica: match config.replica.clone() {

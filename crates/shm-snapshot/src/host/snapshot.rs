@@ -219,13 +219,13 @@ pub(crate) fn report(h: &mut SnapshotHost, e: &HostError) {
 
 /// A periodic tick: snapshot if the rate limit allows, then check the lag.
 pub(crate) fn tick(h: &mut SnapshotHost) {
-    h.ticked = true;
+    h.snapshot_owed = false;
     if h.limit.ready(Instant::now())
         && let Err(e) = snapshot(h, Read::Changed)
     {
         if matches!(e, HostError::Conflicts { .. }) {
             // Skipped: try again soon rather than an interval later.
-            h.ticked = false;
+            h.snapshot_owed = true;
             h.retry_at = Some(Instant::now() + super::RETRY_AFTER);
         }
         report(h, &e);

@@ -171,7 +171,7 @@ pub mod model {
 #[cfg(shm_loom)]
 pub mod durable_model {
     pub use super::Level;
-    use super::durable::RawDurable;
+    use super::durable::{RawDurable, WaitSpin};
     use super::words::HeapControl;
 
     /// Whether the host bumps the futex word after storing the value (the
@@ -205,7 +205,15 @@ pub mod durable_model {
         /// reaches it; returns the generation published at that level.
         pub fn request_and_wait_level(&self, generation: u64, level: Level) -> u64 {
             let raw = self.raw(Bump::Kept);
+            let spin = WaitSpin::new();
+            let _waiting = spin.enter();
             raw.request(generation, level);
+            // `Client::wait_durable_level`'s poll (one round under loom).
+            if level == Level::Durable
+                && let Some(d) = spin.poll(&raw, level.word(), generation)
+            {
+                return d;
+            }
             loop {
                 if let Some(d) = raw.wait_step(level.word(), generation, None) {
                     return d;
@@ -222,6 +230,11 @@ pub mod durable_model {
                 let seen = raw.requests();
                 if raw.wanted() >= generation {
                     break;
+                }
+                // `SnapshotHost::wait_for_work`'s poll (one round under
+                // loom), then the sleep.
+                if raw.poll_requests(seen, std::time::Instant::now()) {
+                    continue;
                 }
                 raw.sleep(seen, None);
             }
