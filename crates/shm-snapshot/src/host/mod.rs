@@ -325,9 +325,9 @@ const MAX_GATHER: Duration = Duration::from_micros(200);
 /// waiters, rather than parking: a waiter that polled for its wait
 /// ([`crate::live::Client::set_wait_spin`]) commits again within
 /// microseconds, and its request then needs no cross-core wake-up (35-45 us
-/// on a 2-vCPU virtual machine). Only after a snapshot that served a single
-/// request (several waiters are gathered by [`SnapshotHost::serve_waiters`]);
-/// at most this much of a core per such snapshot.
+/// on a 2-vCPU virtual machine). The poll ends at the first request (several
+/// waiters are then gathered, parked, by [`SnapshotHost::serve_waiters`]):
+/// at most this much of a core per snapshot served to waiters.
 const HOST_POLL: Duration = Duration::from_micros(100);
 
 /// What the last snapshot for waiters served (see [`SnapshotHost::serve_waiters`]).
@@ -651,11 +651,9 @@ impl SnapshotHost {
             Ok(()) => {
                 self.batch.took = started.elapsed();
                 self.retry_at = None;
-                // A single waiter's next request is polled for; several
-                // are gathered (parked) instead, as they take turns to commit.
-                if self.batch.size < 2 {
-                    self.poll_until = Some(Instant::now() + HOST_POLL);
-                }
+                // The next request is polled for (several waiters are then
+                // gathered, parked, by the next `serve_waiters`).
+                self.poll_until = Some(Instant::now() + HOST_POLL);
             }
             Err(e) => {
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);

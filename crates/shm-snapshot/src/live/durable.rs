@@ -328,10 +328,11 @@ impl<C: Control> RawDurable<C> {
 /// word, for at most 1.5 times the last wait's length plus 20 us (it learns
 /// from each durable wait, parked or not), and not at all when the last
 /// wait took longer than the cap ([`Client::set_wait_spin`](super::Client::set_wait_spin);
-/// 1 ms by default, zero turns polling off). Only a client's sole waiting
+/// zero, the default, turns polling off). Only a client's sole waiting
 /// thread polls: when several wait, group commit wakes them together, and a
-/// polling thread would take a core the others need to commit. The poll only loads the published value (Acquire, as
-/// `wait_step`'s check): the handshake after it is unchanged.
+/// polling thread would take a core the others need to commit. The poll
+/// only loads the published value (Acquire, as `wait_step`'s check): the
+/// handshake after it is unchanged.
 #[derive(Debug)]
 pub(crate) struct WaitSpin {
     /// The cap, in nanoseconds.
@@ -343,13 +344,9 @@ pub(crate) struct WaitSpin {
 }
 
 impl WaitSpin {
-    /// The default cap: longer than a flash device's `fdatasync`, far
-    /// shorter than a rotating disk's.
-    pub(crate) const DEFAULT_CAP: Duration = Duration::from_millis(1);
-
     pub(crate) fn new() -> Self {
         Self {
-            cap: AtomicU64::new(duration_ns(Self::DEFAULT_CAP)),
+            cap: AtomicU64::new(0),
             last: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
         }
@@ -691,14 +688,18 @@ mod tests {
 
     #[test]
     fn the_poll_budget_follows_the_last_wait_within_the_cap() {
+        let cap = Duration::from_millis(1);
         let spin = WaitSpin::new();
-        assert_eq!(spin.cap(), WaitSpin::DEFAULT_CAP);
+        assert_eq!(spin.cap(), Duration::ZERO, "off by default");
+        assert_eq!(spin.budget(), Duration::ZERO);
+        spin.set_cap(cap);
+        assert_eq!(spin.cap(), cap);
         // No wait yet: a short first poll.
         assert_eq!(spin.budget(), Duration::from_micros(20));
         spin.learn(Duration::from_micros(200));
         assert_eq!(spin.budget(), Duration::from_micros(320));
         spin.learn(Duration::from_micros(900));
-        assert_eq!(spin.budget(), WaitSpin::DEFAULT_CAP, "clipped to the cap");
+        assert_eq!(spin.budget(), cap, "clipped to the cap");
         // A wait longer than the cap: no poll at all, until a short one.
         spin.learn(Duration::from_millis(3));
         assert_eq!(spin.budget(), Duration::ZERO);

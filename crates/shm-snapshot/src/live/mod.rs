@@ -206,6 +206,8 @@ pub mod durable_model {
         pub fn request_and_wait_level(&self, generation: u64, level: Level) -> u64 {
             let raw = self.raw(Bump::Kept);
             let spin = WaitSpin::new();
+            // Polling on (it is off by default), so the model runs it.
+            spin.set_cap(std::time::Duration::from_secs(1));
             let _waiting = spin.enter();
             raw.request(generation, level);
             // `Client::wait_durable_level`'s poll (one round under loom).
