@@ -690,3 +690,53 @@ fn large_snapshots_grow_the_file_without_reserving() {
     assert_eq!(w.storage().data.len() as u64, w.len() + 16 * u64::from(PS));
     assert_eq!(inspect(w.storage()).unwrap().reserved, 16 * u64::from(PS));
 }
+
+/// A file's default reserve grows with the snapshots that pass it: a
+/// snapshot of 512 KiB (more than a quarter of the 1 MiB base) writes 8
+/// times its size of zeros, which the next 8 snapshots of that size fill
+/// without growing the file; the 9th passes them and reserves again. Every
+/// generation restores throughout.
+#[test]
+fn the_default_reserve_grows_with_the_snapshots() {
+    let dir = std::env::temp_dir().join(format!("reserve-grows-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("grow.snap");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let page = 4096u32;
+    let len = 128 * page as usize; // 512 KiB: every page rewritten each time
+    let mut w = SnapshotWriter::create(FileStorage(f), page, len as u64).unwrap();
+    let file_len = || std::fs::metadata(&path).unwrap().len();
+    let mut grew = Vec::new();
+    for g in 1..=17u64 {
+        let before = file_len();
+        let s = full_state(g, len);
+        assert_eq!(w.snapshot(&s).unwrap(), g);
+        let size = w.last_bytes_written;
+        if file_len() > before {
+            // Passed the zeros: reserved 8 snapshots' worth after itself.
+            assert_eq!(file_len(), w.len() + 8 * size, "generation {g}");
+            grew.push(g);
+        }
+        let info = inspect(&FileStorage::open(&path, false).unwrap()).unwrap();
+        assert_eq!(info.generation, g);
+        assert_eq!(info.reserved, file_len() - w.len());
+        assert!(info.damage.is_none());
+    }
+    // The first snapshot, then one in 9.
+    assert_eq!(grew, [1, 10], "snapshots that grew the file");
+    drop(w);
+    assert_eq!(
+        inspect(&FileStorage::open(&path, false).unwrap())
+            .unwrap()
+            .reserved,
+        0,
+        "trimmed at drop"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
