@@ -353,11 +353,10 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
                 .collect();
             median(v)
         };
-        // An append that grows the file, as the log does when a snapshot
-        // passes the writer's reserved zeros (one in 9 of a size: they are
-        // 8 times its size): `fdatasync` then also commits the new size to
-        // the file system's journal. Restarted from an empty file every
-        // 64 MiB.
+        // An append that grows the file, as the log does once a snapshot
+        // outgrows the writer's reserved zeros (more than a quarter of its
+        // 1 MiB): `fdatasync` then also commits the new size to the file
+        // system's journal. Restarted from an empty file every 64 MiB.
         let grown = vec![0xa5u8; appended];
         let mut append_at = 0u64;
         let mut grow = || {

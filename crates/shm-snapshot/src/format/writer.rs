@@ -35,9 +35,6 @@ pub struct SnapshotWriter<S: Storage> {
     batch: usize,
     /// Bytes of zeros kept written past the log's end ([`SnapshotWriter::set_reserve`]).
     reserve: u64,
-    /// The reserve grows with the snapshots (the default; an explicit
-    /// [`SnapshotWriter::set_reserve`] fixes it).
-    reserve_scales: bool,
     /// The storage's length as this writer left it: `end` plus the zeros
     /// still reserved after it.
     pub(super) reserved_end: u64,
@@ -117,7 +114,6 @@ impl<S: Storage> SnapshotWriter<S> {
             last_bytes_written: 0,
             batch: 1 << 20,
             reserve,
-            reserve_scales: true,
             reserved_end: end,
         }
     }
@@ -190,12 +186,8 @@ impl<S: Storage> SnapshotWriter<S> {
     }
 
     /// Sets how many bytes of zeros the writer keeps written past the end of
-    /// the log, exactly (0 turns it off). The default is
-    /// [`Storage::preferred_reserve`] (1 MiB for a [`crate::FileStorage`],
-    /// none in memory) grown with the snapshots: a snapshot that passes the
-    /// zeros writes the larger of that and 8 times its own size, at most
-    /// 64 MiB, so that snapshots of up to 16 MiB land on zeros too (8 in 9
-    /// of them when all are of one size).
+    /// the log (default: [`Storage::preferred_reserve`], 1 MiB for a
+    /// [`crate::FileStorage`]; 0 turns it off).
     ///
     /// Why: appending changes the file's size, and an `fdatasync` after a
     /// size change must also commit the file system's journal (on ext4 and
@@ -211,30 +203,6 @@ impl<S: Storage> SnapshotWriter<S> {
     /// dropping the writer trims them (best effort).
     pub fn set_reserve(&mut self, bytes: u64) {
         self.reserve = bytes;
-        self.reserve_scales = false;
-    }
-
-    /// The zeros a snapshot of `size` bytes that passed the reserved ones
-    /// writes after itself (`None`: it lets the file grow). Zeros pay off
-    /// only if they serve several snapshots of this size: each byte of them
-    /// is written twice (as a zero, then as a record), to spare later
-    /// syncs a size change. So a snapshot larger than a quarter of them
-    /// writes none.
-    fn zeros_after(&self, size: u64) -> Option<u64> {
-        /// The most zeros a growing reserve writes at once.
-        const SCALED_MAX: u64 = 64 << 20;
-        /// Snapshots of one size a grown reserve holds.
-        const SCALED_SNAPSHOTS: u64 = 8;
-        if self.reserve == 0 {
-            return None;
-        }
-        let zeros = if self.reserve_scales {
-            self.reserve
-                .max(size.saturating_mul(SCALED_SNAPSHOTS).min(SCALED_MAX))
-        } else {
-            self.reserve
-        };
-        (size.saturating_mul(4) <= zeros).then_some(zeros)
     }
 
     /// Sets how many bytes are gathered before one write call (default 1 MiB;
@@ -458,15 +426,18 @@ impl<S: Storage> SnapshotWriter<S> {
 }
 
 impl<S: Storage> SnapshotWriter<S> {
-    /// Writes `zeros` bytes of zeros from `from` on, before the snapshot's
-    /// sync. The zeros are an optimisation: a failed write (a full disk) is
-    /// undone and the snapshot goes on without them.
-    fn reserve_after(&mut self, from: u64, zeros: u64) {
-        let Ok(n) = usize::try_from(zeros) else {
+    /// Writes [`SnapshotWriter::set_reserve`]'s zeros from `from` on, before
+    /// the snapshot's sync. The zeros are an optimisation: a failed write
+    /// (a full disk) is undone and the snapshot goes on without them.
+    fn reserve_after(&mut self, from: u64) {
+        if self.reserve == 0 {
+            return;
+        }
+        let Ok(n) = usize::try_from(self.reserve) else {
             return;
         };
         match self.storage.write_at(from, &vec![0u8; n]) {
-            Ok(()) => self.reserved_end = from + zeros,
+            Ok(()) => self.reserved_end = from + self.reserve,
             Err(e) => {
                 tracing::debug!("no zeros reserved after the log ({e})");
                 if let Err(e) = self.storage.set_len(from) {
@@ -629,8 +600,12 @@ impl<S: Storage> Snapshot<'_, S> {
         self.off += self.buf.len() as u64;
         if self.off > w.reserved_end {
             w.reserved_end = self.off;
-            if let Some(zeros) = w.zeros_after(self.off - w.end) {
-                w.reserve_after(self.off, zeros);
+            // Zeros pay off only if they serve several snapshots of this
+            // size: each byte of them is written twice (as a zero, then as a
+            // record), to spare later syncs a size change. A snapshot larger
+            // than a quarter of the reserve lets the file grow instead.
+            if (self.off - w.end).saturating_mul(4) <= w.reserve {
+                w.reserve_after(self.off);
             }
         }
         crash_point!("writer.before_sync");
