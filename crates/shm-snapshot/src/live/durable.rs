@@ -290,24 +290,7 @@ impl<C: Control> RawDurable<C> {
     /// passes; the loads are `requests()`'s, so what follows a move is what
     /// follows a wake from `sleep`.
     pub(crate) fn poll_requests(&self, seen: u32, until: std::time::Instant) -> bool {
-        loop {
-            for _ in 0..LOADS_PER_CHECK {
-                if self.requests() != seen {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            // The loom models take one round (see `WaitSpin::poll`).
-            #[cfg(shm_loom)]
-            return false;
-            #[cfg(not(shm_loom))]
-            if std::time::Instant::now() >= until {
-                return false;
-            }
-            // Awake, but ceding the core to any thread runnable on it (the
-            // program may share it, and needs it to commit).
-            std::thread::yield_now();
-        }
+        poll(until, || (self.requests() != seen).then_some(())).is_some()
     }
 
     /// The host's waker: bumps `requests` and wakes the host.
@@ -397,30 +380,16 @@ impl WaitSpin {
         if budget.is_zero() {
             return None;
         }
-        let end = std::time::Instant::now() + budget;
-        loop {
-            if self.waiting.load(StdOrdering::Relaxed) > 1 {
-                return None;
+        let waiting = &self.waiting;
+        poll(std::time::Instant::now() + budget, || {
+            if waiting.load(StdOrdering::Relaxed) > 1 {
+                // Another thread of the client waits: park at once.
+                return Some(None);
             }
-            for _ in 0..LOADS_PER_CHECK {
-                let d = raw.published(word);
-                if d >= generation {
-                    return Some(d);
-                }
-                std::hint::spin_loop();
-            }
-            // The loom models take one round: each load is a branch point,
-            // and real time is not theirs to read.
-            #[cfg(shm_loom)]
-            return None;
-            #[cfg(not(shm_loom))]
-            if std::time::Instant::now() >= end {
-                return None;
-            }
-            // Awake, but ceding the core to any thread runnable on it (the
-            // host may share it, and this poll must not delay its work).
-            std::thread::yield_now();
-        }
+            let d = raw.published(word);
+            (d >= generation).then_some(Some(d))
+        })
+        .flatten()
     }
 }
 
@@ -430,6 +399,36 @@ pub(crate) struct Waiting<'a>(&'a WaitSpin);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, StdOrdering::Relaxed);
+    }
+}
+
+/// Calls `check` until it returns `Some` (returned) or `until` passes
+/// (`None`): the one poll loop of the host's and the waiters' polls.
+/// Between looks at the clock it calls `check` [`LOADS_PER_CHECK`] times,
+/// then yields the core to any thread runnable on it (the other side may
+/// share it, and this poll must not delay its work). The loom models take
+/// one round: each load is a branch point, and real time is not theirs to
+/// read.
+fn poll<T>(until: std::time::Instant, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        for _ in 0..LOADS_PER_CHECK {
+            if let Some(found) = check() {
+                return Some(found);
+            }
+            std::hint::spin_loop();
+        }
+        #[cfg(not(shm_loom))]
+        {
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+        #[cfg(shm_loom)]
+        {
+            let _ = until;
+            return None;
+        }
     }
 }
 
