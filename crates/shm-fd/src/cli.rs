@@ -100,6 +100,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// # Ok::<(), clap::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
+// A flattened struct's doc comment would become the binary's `--help`
+// description (clap's derive takes `about`/`long_about` from it): set both to
+// nothing, so that the binary keeps its own.
+#[command(about = None, long_about = None)]
 #[allow(
     clippy::doc_markdown,
     reason = "the field docs are --help text, shown verbatim"
@@ -214,6 +218,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binary_flattening_verbosity_keeps_its_own_help_text() {
+        use clap::CommandFactory;
+        /// The binary's own description.
+        #[derive(Debug, clap::Parser)]
+        #[command(name = "described")]
+        struct Described {
+            #[command(flatten)]
+            log: Verbosity,
+        }
+        #[derive(Debug, clap::Parser)]
+        #[command(name = "about", about = "An explicit about")]
+        struct About {
+            #[command(flatten)]
+            log: Verbosity,
+        }
+        for (mut cmd, own) in [
+            (Described::command(), "The binary's own description"),
+            (About::command(), "An explicit about"),
+        ] {
+            let long = cmd.render_long_help().to_string();
+            let short = cmd.render_help().to_string();
+            for help in [long, short] {
+                assert!(help.starts_with(own), "{help}");
+                assert!(!help.contains("how much a binary logs"), "{help}");
+                assert!(help.contains("--verbose"), "{help}");
+            }
+        }
+    }
 
     #[test]
     fn sizes_take_plain_bytes_and_binary_units() {
