@@ -710,3 +710,147 @@ fn restore_of_many_segments_is_exact() {
     assert!(a.len() < b.len() && b.starts_with(&a));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A `file://` replica of a host that compacted FILE several times (so its
+/// epoch holds several bases, and segments that continue older ones):
+/// (the test's directory, FILE, the URL, the epoch's directory).
+fn compacted_file_replica(tag: &str) -> (PathBuf, PathBuf, String, PathBuf) {
+    use shm_snapshot::host::{HostConfig, SnapshotHost};
+    use shm_snapshot::live::Client;
+    use shm_snapshot::replica::ReplicaConfig;
+    let dir = temp_dir(tag);
+    let file = dir.join("state.snap");
+    let url = format!("file://{}", dir.join("store").display());
+    let config = HostConfig {
+        create: true,
+        size: REGION as u64,
+        compact_at: 1.5,
+        compact_min: 0,
+        replica: Some(ReplicaConfig {
+            keep_bases: 100,
+            ..ReplicaConfig::new(&url)
+        }),
+        ..HostConfig::new(&file)
+    };
+    let mut host = SnapshotHost::open(config, None).unwrap();
+    let client = Client::open(host.memfd()).unwrap();
+    for g in 1..=40u64 {
+        // A quarter of the state each time: FILE passes 1.5 images (and is
+        // compacted, a new base) every few snapshots.
+        let at = usize::try_from(g % 4).unwrap() * REGION / 4;
+        let fill = u8::try_from(g % 251).unwrap();
+        client
+            .work()
+            .write_bytes(at, &vec![fill; REGION / 4])
+            .unwrap();
+        assert_eq!(
+            client.commit(std::slice::from_ref(&(at..at + REGION / 4))),
+            g
+        );
+        host.snapshot_now().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.replicated_generation() < g {
+            assert!(Instant::now() < deadline, "generation {g} not uploaded");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(client);
+    let done = host.finish();
+    assert_eq!(done.replicated.unwrap().generation, 40);
+    let epochs = shm_snapshot::replica::list(&url).unwrap();
+    assert_eq!(epochs.len(), 1);
+    assert!(epochs[0].bases.len() >= 3, "{:?}", epochs[0].bases);
+    let epoch = dir.join("store").join(&epochs[0].id);
+    (dir, file, url, epoch)
+}
+
+/// docs/protocol/replication.md, "Restoring by hand": its command block,
+/// run as written with bash in the epoch's directory, builds the same file
+/// as `shm-restore restore` (which checks every checksum), and skips the
+/// segments that continue older bases.
+#[test]
+fn restore_by_hand_as_documented() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let (dir, file, url, epoch) = compacted_file_replica("replica-by-hand");
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol/replication.md");
+    let block = shm_testkit::systemd::doc_block(&doc, "Restoring by hand");
+    let by_hand = dir.join("by-hand.snap");
+    let (status, out) = shm_testkit::output_text(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &block])
+            .current_dir(&epoch)
+            .env("FILE", &by_hand),
+    );
+    assert!(status.success(), "{out}");
+    let tool = dir.join("tool.snap");
+    let got =
+        shm_snapshot::replica::restore(&url, &tool, shm_snapshot::replica::Target::Newest).unwrap();
+    assert!(got.skipped.is_empty(), "{:?}", got.skipped);
+    assert!(
+        out.contains(&format!("up to {}", got.file_generation)),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&by_hand).unwrap(),
+        std::fs::read(&tool).unwrap()
+    );
+    assert_eq!(file_image(&by_hand), file_image(&file));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `shm-restore inspect --replica URL FILE` (and `replicas`) say how far the
+/// replica is behind FILE: nothing once it caught up; the generations of
+/// the missing newest segments, and the time they span, once those are gone.
+#[test]
+fn inspect_reports_how_far_the_replica_is_behind() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let (dir, file, url, epoch) = compacted_file_replica("replica-behind");
+    let inspect = |json: bool| {
+        let mut cmd = Command::new(SHM_RESTORE);
+        cmd.arg("inspect");
+        if json {
+            cmd.arg("--json");
+        }
+        let (status, out) = shm_testkit::output_text(cmd.args(["--replica", &url]).arg(&file));
+        assert!(status.success(), "{out}");
+        out
+    };
+    let caught_up: serde_json::Value = serde_json::from_str(&inspect(true)).unwrap();
+    let r = &caught_up["replica"];
+    assert_eq!(r["file_generation"], caught_up["file_generation"], "{r}");
+    assert_eq!(r["behind_generations"], 0, "{r}");
+    assert_eq!(r["behind_seconds"], 0.0, "{r}");
+    assert!(inspect(false).contains("replica lag: none"));
+    // The objects of the newest 5 file generations lost (never uploaded):
+    // a restore reaches 5 generations less (the fixture uploaded every
+    // generation, so the older chain is complete up to there).
+    let newest = caught_up["file_generation"].as_u64().unwrap();
+    let expect = 5;
+    let epochs = shm_snapshot::replica::list(&url).unwrap();
+    for o in epochs[0].bases.iter().chain(&epochs[0].segments) {
+        if o.last > newest - expect {
+            let name = o.key.rsplit('/').next().unwrap();
+            std::fs::remove_file(epoch.join(name)).unwrap();
+        }
+    }
+    let behind: serde_json::Value = serde_json::from_str(&inspect(true)).unwrap();
+    let r = &behind["replica"];
+    assert_eq!(r["behind_generations"], expect, "{r}");
+    assert!(r["behind_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        inspect(false).contains(&format!("replica lag: {expect} file generations")),
+        "{}",
+        inspect(false)
+    );
+    // `replicas` shows where a restore ends.
+    let (status, out) =
+        shm_testkit::output_text(Command::new(SHM_RESTORE).args(["replicas", "--json", &url]));
+    assert!(status.success(), "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        list["epochs"][0]["newest"]["last"],
+        behind["file_generation"].as_u64().unwrap() - expect,
+        "{list}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

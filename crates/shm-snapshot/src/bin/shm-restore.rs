@@ -22,7 +22,7 @@ use shm_snapshot::replica::{self, ReplicaConfig, Target};
     name = "shm-restore",
     version,
     about = "Run COMMAND on a memfd state kept in durable snapshots in FILE",
-    override_usage = "shm-restore [OPTIONS] FILE [--] COMMAND [ARGS]...\n       shm-restore inspect [--json] FILE\n       shm-restore restore --from URL FILE [--generation G | --time T]\n       shm-restore replicas [--json] URL",
+    override_usage = "shm-restore [OPTIONS] FILE [--] COMMAND [ARGS]...\n       shm-restore inspect [--json] [--replica URL] FILE\n       shm-restore restore --from URL FILE [--generation G | --time T]\n       shm-restore replicas [--json] URL",
     after_help = "Sizes take bytes or K, M, G, KiB, MiB, GiB (powers of 1024); durations take seconds (0.5) or units (100ms, 2s, 1min).\n\nExit status: COMMAND's own (death by a signal is re-raised); 1 an error before COMMAND ran; 2 a usage error.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -44,6 +44,10 @@ enum Sub {
         /// Print one JSON object (its fields: docs/protocol/shm-snapshot.md, "shm-restore inspect --json").
         #[arg(long)]
         json: bool,
+        /// Also report how far the replica at URL is behind FILE (in file
+        /// generations, and in seconds of FILE's history it lacks).
+        #[arg(long, value_name = "URL")]
+        replica: Option<String>,
         /// The snapshot file.
         file: PathBuf,
     },
@@ -53,7 +57,9 @@ enum Sub {
         /// The replica: `s3://BUCKET/PREFIX` (`AWS_*` environment) or `file:///DIR`.
         #[arg(long, value_name = "URL")]
         from: String,
-        /// Exactly this file generation (as `inspect` shows it).
+        /// Exactly this file generation: FILE's own numbering of its
+        /// snapshots, as `inspect` and `replicas` show it (not the program's
+        /// commit generation).
         #[arg(long, value_name = "G", conflicts_with = "time")]
         generation: Option<u64>,
         /// The newest state durable at or before this time: RFC 3339
@@ -124,9 +130,14 @@ struct Args {
     /// `shm-restore restore --from URL FILE`.
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
-    /// With --replica: keep this many bases (and the segments after them).
+    /// With --replica: keep this many bases (and the segments after them);
+    /// older objects are deleted once a newer base is completely uploaded.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     replica_keep: u64,
+    /// With --replica: also keep every base younger than this (e.g. 7days,
+    /// 12h), and the segments after it.
+    #[arg(long, value_name = "DURATION", value_parser = shm_fd::cli::parse_duration)]
+    replica_keep_for: Option<Duration>,
     /// The snapshot file.
     #[arg(required = true)]
     file: Option<PathBuf>,
@@ -150,7 +161,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.log.init("shm-restore");
     let result = match &cli.sub {
-        Some(Sub::Inspect { json, file }) => do_inspect(file, *json).map(|()| ExitCode::SUCCESS),
+        Some(Sub::Inspect {
+            json,
+            replica,
+            file,
+        }) => do_inspect(file, *json, replica.as_deref()).map(|()| ExitCode::SUCCESS),
         Some(Sub::Restore {
             from,
             generation,
@@ -169,10 +184,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn do_inspect(path: &Path, json: bool) -> Result<(), String> {
+fn do_inspect(path: &Path, json: bool, replica: Option<&str>) -> Result<(), String> {
     let r = Inspection::of(path).map_err(|e| e.to_string())?;
+    let lag = replica
+        .map(|url| ReplicaLag::of(url, path, r.info.generation))
+        .transpose()?;
     if json {
-        println!("{}", inspect_json(path, &r));
+        println!("{}", inspect_json(path, &r, lag.as_ref()));
         return Ok(());
     }
     let i = &r.info;
@@ -230,7 +248,97 @@ fn do_inspect(path: &Path, json: bool) -> Result<(), String> {
             r.reserved()
         );
     }
+    if let Some(lag) = &lag {
+        lag.print();
+    }
     Ok(())
+}
+
+/// `inspect --replica URL`: where the replica's newest restorable state
+/// stands against FILE.
+struct ReplicaLag {
+    url: String,
+    /// The newest epoch with a base, and the newest file generation a
+    /// restore of it reaches (by the object names), with the time that
+    /// generation was durable in FILE.
+    newest: Option<(String, u64, std::time::SystemTime)>,
+    /// FILE's file generation, and when FILE was last written.
+    file_generation: u64,
+    written: Option<std::time::SystemTime>,
+}
+
+impl ReplicaLag {
+    fn of(url: &str, path: &Path, file_generation: u64) -> Result<Self, String> {
+        let epochs = replica::list(url).map_err(|e| format!("--replica {url}: {e}"))?;
+        let newest = epochs.iter().rev().find_map(|e| {
+            let o = e.newest.as_ref()?;
+            Some((e.id.clone(), o.last, o.time))
+        });
+        Ok(Self {
+            url: url.to_owned(),
+            newest,
+            file_generation,
+            written: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        })
+    }
+
+    /// File generations FILE holds that the replica lacks.
+    fn behind(&self) -> Option<u64> {
+        let (_, g, _) = self.newest.as_ref()?;
+        Some(self.file_generation.saturating_sub(*g))
+    }
+
+    /// The span of FILE's history the replica lacks: from the time its
+    /// newest generation was durable to FILE's last write (0 when caught up).
+    fn behind_secs(&self) -> Option<f64> {
+        let (_, _, t) = self.newest.as_ref()?;
+        if self.behind()? == 0 {
+            return Some(0.0);
+        }
+        Some(
+            self.written?
+                .duration_since(*t)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        )
+    }
+
+    fn print(&self) {
+        let Some((epoch, g, t)) = &self.newest else {
+            println!("replica {}: no base (nothing to restore yet)", self.url);
+            return;
+        };
+        println!(
+            "replica {}: epoch {epoch}, file generation {g} (durable in FILE at {})",
+            self.url,
+            humantime::format_rfc3339_millis(*t)
+        );
+        match (self.behind(), self.behind_secs()) {
+            (Some(0), _) if *g > self.file_generation => println!(
+                "replica lag: none; the replica is {} file generations ahead of FILE (another history, or FILE is older)",
+                g - self.file_generation
+            ),
+            (Some(0), _) => println!("replica lag: none (it holds FILE's file generation)"),
+            (Some(n), Some(s)) => {
+                println!("replica lag: {n} file generations, {s:.3} s of FILE's history behind");
+            }
+            _ => {}
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        serde_json::json!({
+            "url": self.url,
+            "epoch": self.newest.as_ref().map(|n| &n.0),
+            "file_generation": self.newest.as_ref().map(|n| n.1),
+            "time": self.newest.as_ref().map(|n| secs(n.2)),
+            "behind_generations": self.behind(),
+            "behind_seconds": self.behind_secs(),
+        })
+    }
 }
 
 /// `restore --from URL FILE`: assembles FILE from the replica.
@@ -284,6 +392,7 @@ fn do_replicas(url: &str, json: bool) -> Result<(), String> {
                     "start": secs(e.start),
                     "bases": e.bases.iter().map(obj).collect::<Vec<_>>(),
                     "segments": e.segments.iter().map(obj).collect::<Vec<_>>(),
+                    "newest": e.newest.as_ref().map(obj),
                 })
             })
             .collect();
@@ -299,6 +408,13 @@ fn do_replicas(url: &str, json: bool) -> Result<(), String> {
             e.id,
             humantime::format_rfc3339_millis(e.start)
         );
+        if let Some(n) = &e.newest {
+            println!(
+                "  a restore reaches file generation {} (durable at {})",
+                n.last,
+                humantime::format_rfc3339_millis(n.time)
+            );
+        }
         for b in &e.bases {
             println!(
                 "  base generation {} ({} bytes, {})",
@@ -335,7 +451,7 @@ fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
 /// `inspect --json`: one object, documented in docs/protocol/shm-snapshot.md
 /// ("shm-restore inspect --json"). Fields are only ever added; `schema` changes if one
 /// changes meaning.
-fn inspect_json(path: &Path, r: &Inspection) -> String {
+fn inspect_json(path: &Path, r: &Inspection, lag: Option<&ReplicaLag>) -> String {
     let i = &r.info;
     let damage = i.damage.as_ref().map(|d| {
         serde_json::json!({
@@ -361,6 +477,7 @@ fn inspect_json(path: &Path, r: &Inspection) -> String {
         "ignored_tail_bytes": r.ignored_tail(),
         "reserved_bytes": r.reserved(),
         "damage": damage,
+        "replica": lag.map(ReplicaLag::json),
     })
     .to_string()
 }
@@ -428,6 +545,7 @@ fn config(args: &Args, file: &Path) -> HostConfig {
         continuous: args.interval.is_zero(),
         replica: args.replica.as_ref().map(|url| ReplicaConfig {
             keep_bases: usize::try_from(args.replica_keep).unwrap_or(usize::MAX),
+            keep_for: args.replica_keep_for,
             ..ReplicaConfig::new(url)
         }),
         ..HostConfig::new(file)
@@ -540,6 +658,38 @@ fn run_child(args: &Args, mut host: SnapshotHost) -> Result<ExitCode, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_retention_options_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "shm-restore",
+            "--replica",
+            "file:///tmp/r",
+            "--replica-keep",
+            "3",
+            "--replica-keep-for",
+            "7days",
+            "state.snap",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let c = config(&cli.run, Path::new("state.snap"));
+        let r = c.replica.unwrap();
+        assert_eq!(r.keep_bases, 3);
+        assert_eq!(r.keep_for, Some(Duration::from_secs(7 * 86400)));
+        for bad in ["soon", "-1"] {
+            let e = Cli::try_parse_from([
+                "shm-restore",
+                "--replica-keep-for",
+                bad,
+                "state.snap",
+                "true",
+            ])
+            .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+    }
 
     #[test]
     fn rates_parse_with_suffixes_and_refuse_nonsense() {

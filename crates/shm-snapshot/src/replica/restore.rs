@@ -46,6 +46,11 @@ pub struct EpochInfo {
     pub bases: Vec<ObjectInfo>,
     /// Its segments, oldest first.
     pub segments: Vec<ObjectInfo>,
+    /// The object a restore of this epoch's newest state ends at, judged by
+    /// the names alone: the newest base, or the last of the consecutive
+    /// segments after it (the chain [`restore`] follows; a damaged object
+    /// would end it earlier). `None` without a base.
+    pub newest: Option<ObjectInfo>,
 }
 
 /// An object a restore did not use.
@@ -100,11 +105,16 @@ pub fn list(url: &str) -> Result<Vec<EpochInfo>, ReplicaError> {
                 time: from_ms(o.name.time_ms),
                 size: o.size,
             };
+            let newest = objs.iter().rev().find(|o| is_base(o)).map(|base| {
+                let plan = plan(&epoch, base, &objs, Target::Newest);
+                info(plan.segments.last().copied().unwrap_or(base))
+            });
             EpochInfo {
                 id: epoch.name(),
                 start: from_ms(epoch.start_ms),
                 bases: objs.iter().filter(|o| is_base(o)).map(info).collect(),
                 segments: objs.iter().filter(|o| !is_base(o)).map(info).collect(),
+                newest,
             }
         })
         .collect())
