@@ -661,18 +661,7 @@ fn restore_of_many_segments_is_exact() {
         // A different page and length each time: segments of varied sizes.
         let page = usize::try_from(g).unwrap() * 7 % pages * 4096;
         let len = 8 + usize::try_from(g).unwrap() % 4000;
-        client
-            .work()
-            .write_bytes(page, &vec![u8::try_from(g % 251).unwrap(); len])
-            .unwrap();
-        assert_eq!(client.commit(std::slice::from_ref(&(page..page + len))), g);
-        host.snapshot_now().unwrap();
-        // One segment per generation: wait for each upload.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while host.replicated_generation() < g {
-            assert!(Instant::now() < deadline, "generation {g} not uploaded");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        commit_replicated(&mut host, &client, g, page..page + len);
     }
     drop(client);
     let done = host.finish();
@@ -711,6 +700,29 @@ fn restore_of_many_segments_is_exact() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Commits generation `g` (the bytes `range` filled with a value of `g`),
+/// snapshots it, and waits until its upload completed: one object per
+/// generation.
+fn commit_replicated(
+    host: &mut shm_snapshot::host::SnapshotHost,
+    client: &shm_snapshot::live::Client,
+    g: u64,
+    range: std::ops::Range<usize>,
+) {
+    let fill = u8::try_from(g % 251).unwrap();
+    client
+        .work()
+        .write_bytes(range.start, &vec![fill; range.len()])
+        .unwrap();
+    assert_eq!(client.commit(std::slice::from_ref(&range)), g);
+    host.snapshot_now().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.replicated_generation() < g {
+        assert!(Instant::now() < deadline, "generation {g} not uploaded");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A `file://` replica of a host that compacted FILE several times (so its
 /// epoch holds several bases, and segments that continue older ones):
 /// (the test's directory, FILE, the URL, the epoch's directory).
@@ -738,21 +750,7 @@ fn compacted_file_replica(tag: &str) -> (PathBuf, PathBuf, String, PathBuf) {
         // A quarter of the state each time: FILE passes 1.5 images (and is
         // compacted, a new base) every few snapshots.
         let at = usize::try_from(g % 4).unwrap() * REGION / 4;
-        let fill = u8::try_from(g % 251).unwrap();
-        client
-            .work()
-            .write_bytes(at, &vec![fill; REGION / 4])
-            .unwrap();
-        assert_eq!(
-            client.commit(std::slice::from_ref(&(at..at + REGION / 4))),
-            g
-        );
-        host.snapshot_now().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while host.replicated_generation() < g {
-            assert!(Instant::now() < deadline, "generation {g} not uploaded");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        commit_replicated(&mut host, &client, g, at..at + REGION / 4);
     }
     drop(client);
     let done = host.finish();
