@@ -58,6 +58,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-fd.md` in the
 /// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
@@ -76,6 +77,7 @@ pub mod protocol {}
 
 pub mod child;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod cli;
 pub mod exec;
 pub mod listen;

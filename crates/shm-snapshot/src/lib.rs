@@ -124,6 +124,7 @@
 //! A state committed by a client, kept in FILE by the host, restored from FILE:
 //! see the [`host`] module's example; a durable commit: see
 //! [`live::Client::wait_durable`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-snapshot.md` in the
 /// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
@@ -145,6 +146,7 @@ mod format;
 pub mod host;
 pub mod live;
 #[cfg(feature = "replica")]
+#[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
 pub mod replica;
 mod storage;
 pub mod track;

@@ -195,6 +195,7 @@ pub struct HostConfig {
     /// Replicate FILE to object storage ([`crate::replica`]): every durable
     /// snapshot is shipped by an uploader thread. Default: none.
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     pub replica: Option<crate::replica::ReplicaConfig>,
 }
 
@@ -373,6 +374,7 @@ pub struct Finished {
     pub stats: HostStats,
     /// How far replication came before the host stopped (`None`: not replicated).
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     pub replicated: Option<crate::replica::Replicated>,
 }
 
@@ -515,6 +517,7 @@ impl SnapshotHost {
 
     /// How far replication has come (`None`: FILE is not replicated).
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     pub fn replicated(&self) -> Option<crate::replica::Replicated> {
         self.replica.as_ref().map(replica::Replica::replicated)
     }
