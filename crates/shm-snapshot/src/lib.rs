@@ -41,7 +41,8 @@
 //! * `replica`: the `replica` module and `HostConfig::replica`: every
 //!   durable snapshot shipped to S3-compatible object storage (or a local
 //!   directory) through `object_store`, and FILE restored from it on
-//!   another machine (`docs/protocol/replication.md`).
+//!   another machine (the [replication protocol][replication],
+//!   `docs/protocol/replication.md` in the source repository).
 //! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
 //!   tests.
 //! * `tokio`: [`live::Client::wait_durable_async`].
@@ -124,6 +125,14 @@
 //! A state committed by a client, kept in FILE by the host, restored from FILE:
 //! see the [`host`] module's example; a durable commit: see
 //! [`live::Client::wait_durable`].
+//!
+// The replication protocol's page exists only with the `replica` feature; a
+// build without it links to the docs.rs page (built with every feature).
+#![cfg_attr(feature = "replica", doc = "[replication]: replica::replication")]
+#![cfg_attr(
+    not(feature = "replica"),
+    doc = "[replication]: https://docs.rs/shm-snapshot/latest/shm_snapshot/replica/replication/index.html"
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-snapshot.md` in the

@@ -38,7 +38,7 @@
 //!   to object storage, never waiting for it; `SnapshotHost::replicated`
 //!   says how far it came, a lag longer than [`HostConfig::lag_warn`] is
 //!   logged, and [`SnapshotHost::finish`] waits a bounded time for the last
-//!   uploads (`docs/protocol/replication.md`).
+//!   uploads (the [replication protocol][replication]).
 //! * **Exit** ([`SnapshotHost::finish`]): one last snapshot, never rate
 //!   limited, that also takes a commit the program died inside (as its next
 //!   start will finish it), and a summary.
@@ -110,6 +110,17 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+// The replication protocol's page exists only with the `replica` feature; a
+// build without it links to the docs.rs page (built with every feature).
+#![cfg_attr(
+    feature = "replica",
+    doc = "[replication]: crate::replica::replication"
+)]
+#![cfg_attr(
+    not(feature = "replica"),
+    doc = "[replication]: https://docs.rs/shm-snapshot/latest/shm_snapshot/replica/replication/index.html"
+)]
 
 mod error;
 mod file;
