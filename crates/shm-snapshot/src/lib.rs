@@ -45,7 +45,7 @@
 //!   `docs/protocol/replication.md` in the source repository).
 //! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
 //!   tests.
-//! * `tokio`: [`live::Client::wait_durable_async`].
+//! * `tokio`: [`live::Client::wait_durable_async`][wait_durable_async].
 //!
 //! # The client/host model
 //! The program whose state is kept is the **client**: it maps a live memfd
@@ -126,12 +126,21 @@
 //! see the [`host`] module's example; a durable commit: see
 //! [`live::Client::wait_durable`].
 //!
-// The replication protocol's page exists only with the `replica` feature; a
-// build without it links to the docs.rs page (built with every feature).
+// The replication protocol's page and the async wait exist only with their
+// features; a build without them links to the docs.rs pages (built with every
+// feature).
 #![cfg_attr(feature = "replica", doc = "[replication]: replica::replication")]
 #![cfg_attr(
     not(feature = "replica"),
     doc = "[replication]: https://docs.rs/shm-snapshot/latest/shm_snapshot/replica/replication/index.html"
+)]
+#![cfg_attr(
+    feature = "tokio",
+    doc = "[wait_durable_async]: live::Client::wait_durable_async"
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[wait_durable_async]: https://docs.rs/shm-snapshot/latest/shm_snapshot/live/struct.Client.html#method.wait_durable_async"
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
