@@ -98,6 +98,39 @@ impl Role {
 }
 
 /// Whose connections a side accepts (checked with `SO_PEERCRED`).
+///
+/// # Examples
+/// A server that accepts one uid (here our own), and a client that trusts
+/// only servers of another uid, so refuses ours before sending anything:
+/// ```
+/// use std::os::unix::fs::MetadataExt;
+/// use shm_ring::{ConnectError, Connector, ElemLayout, Listener, RingFds, UidPolicy};
+///
+/// assert_eq!(UidPolicy::default(), UidPolicy::SameUid);
+/// let dir = std::env::temp_dir().join(format!("ring-doc-uid-policy-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("ring.sock");
+/// let listener = Listener::bind(&path)?;
+/// let me = std::fs::metadata(&path)?.uid(); // the socket file is owned by our effective uid
+/// let listener = listener.with_policy(UidPolicy::Uid(me));
+///
+/// let client = Connector::new(&path).with_policy(UidPolicy::Uid(me));
+/// let client = std::thread::spawn(move || {
+///     client.connect_producer::<u64>()?.send(7)?;
+///     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// });
+/// let ring = RingFds::create("doc", 64, ElemLayout::of::<u64>())?;
+/// let mut rx = listener.accept_consumer::<u64>(&ring)?;
+/// assert_eq!(rx.recv()?, 7);
+/// client.join().unwrap()?;
+///
+/// let wary = Connector::new(&path).with_policy(UidPolicy::Uid(me.wrapping_add(1)));
+/// let refused = wary.connect_producer::<u64>();
+/// assert!(matches!(refused, Err(ConnectError::Refused { uid, .. }) if uid == me));
+/// drop(listener);
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum UidPolicy {
     /// Only processes running as our effective uid (the default).
