@@ -39,6 +39,10 @@
 //!
 //! # Example: a program that keeps its state in a stored memfd
 //! ```no_run
+//! // Not run as a test: the memfd comes back from the service manager's fd
+//! // store as an inherited fd (LISTEN_FDS) and is stored there through
+//! // $NOTIFY_SOCKET; it means something only under systemd or
+//! // `shm-fd --supervise` (docs/systemd.md).
 //! use shm_fd::{listen::ListenFds, notify, state};
 //! use std::os::fd::AsFd;
 //!
