@@ -28,7 +28,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features -q
 # into another crate renders as plain text when that crate's pages are written
 # later in a parallel doc build). A link left to a
 # `.md` file, or a path rustdoc did not resolve, is dead on docs.rs.
-if grep -rnoE 'href="([^":#]*\.md(#[^"]*)?|[a-z_]+::[^"]*)"' "${CARGO_TARGET_DIR:-target}"/doc/shm_*/protocol/; then
+if grep -rnoE 'href="([^":#]*\.md(#[^"]*)?|[a-z_]+::[^"]*)"' "${CARGO_TARGET_DIR:-target}"/doc/shm_*/protocol/ \
+    "${CARGO_TARGET_DIR:-target}"/doc/shm_snapshot/replica/replication/; then
     echo "dead links in the rendered protocol documents (above)"; exit 1
 fi
 

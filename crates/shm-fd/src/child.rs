@@ -27,13 +27,14 @@
 //! Needs Linux 5.3 or later (`pidfd_open`).
 //!
 //! # Example: run a program, forwarding signals, until it exits
-//! ```no_run
+//! ```
 //! use std::process::{Command, ExitCode};
 //! use std::time::{Duration, Instant};
 //!
 //! fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
 //!     let mut runner = shm_fd::child::Runner::new(Some(Duration::from_secs(90)))?;
-//!     runner.spawn(&mut Command::new("my-server"))?;
+//!     // The server; here a program that exits after a moment.
+//!     runner.spawn(Command::new("sleep").arg("0.2"))?;
 //!     let status = loop {
 //!         if let Some(status) = runner.wait_until(Instant::now() + Duration::from_secs(1))? {
 //!             break status;
@@ -371,7 +372,7 @@ impl Runner {
 /// returned only if the signal's default action does not end the process.
 ///
 /// # Examples
-/// ```no_run
+/// ```
 /// use std::process::{Command, ExitCode};
 /// fn main() -> ExitCode {
 ///     match Command::new("true").status() {

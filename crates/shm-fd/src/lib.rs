@@ -39,6 +39,10 @@
 //!
 //! # Example: a program that keeps its state in a stored memfd
 //! ```no_run
+//! // Not run as a test: the memfd comes back from the service manager's fd
+//! // store as an inherited fd (LISTEN_FDS) and is stored there through
+//! // $NOTIFY_SOCKET; it means something only under systemd or
+//! // `shm-fd --supervise` (docs/systemd.md).
 //! use shm_fd::{listen::ListenFds, notify, state};
 //! use std::os::fd::AsFd;
 //!
@@ -58,6 +62,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-fd.md` in the
 /// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
@@ -76,6 +81,7 @@ pub mod protocol {}
 
 pub mod child;
 #[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod cli;
 pub mod exec;
 pub mod listen;

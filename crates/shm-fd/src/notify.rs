@@ -160,6 +160,8 @@ impl NotifyAddr {
 ///
 /// # Examples
 /// ```no_run
+/// // Not run as a test: under a service manager ($NOTIFY_SOCKET set) it
+/// // would tell the manager that whatever runs the tests is ready.
 /// if !shm_fd::notify::notify("READY=1\nSTATUS=serving\n", &[])? {
 ///     eprintln!("not running under a service manager");
 /// }

@@ -8,19 +8,36 @@ use crate::mailbox::{Mailbox, MailboxError};
 /// Opens or creates a [`Mailbox`] with options: returned by [`Mailbox::builder`].
 ///
 /// # Examples
-/// A board owned by the service running as uid 990, which the members of
-/// group 4242 may open too:
-/// ```no_run
+/// A board owned by one user which the members of a group may open too.
+/// Here both are this process's own (effective uid and gid), so the example
+/// runs anywhere; a service running as uid 990 that shares its board with
+/// group 4242 writes `AccessPolicy::owner(990).group(4242)` the same way.
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
 /// use shm_mailbox::{AccessPolicy, Config, Mailbox};
 ///
-/// let policy = AccessPolicy::owner(990).group(4242);
-/// // In the owner (uid 990, a member of group 4242): creates it with group 4242, mode 0660.
-/// let board = Mailbox::builder("board").access(policy.clone())
+/// let name = format!("doc-builder-{}", std::process::id());
+/// let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+/// let policy = AccessPolicy::owner(uid.as_raw()).group(gid.as_raw());
+/// // In the owner: creates it with the policy's group, mode 0660.
+/// let board = Mailbox::builder(&name)
+///     .access(policy.clone())
 ///     .open_or_create(Config { readers: 4, slot_bytes: 64 })?;
-/// // In a member of group 4242: opens it after checking owner, group, mode and ACL.
-/// let view = Mailbox::builder("board").access(policy).open()?;
+/// let mode = std::fs::metadata(format!("/dev/shm/{name}"))?.permissions().mode();
+/// assert_eq!(mode & 0o777, 0o660);
+/// board.writer()?.publish(b"open")?;
+///
+/// // In a member of the group: opens it after checking owner, group, mode and ACL.
+/// let view = Mailbox::builder(&name).access(policy).open()?;
 /// let mut reader = view.reader(1)?;
-/// # drop((reader.read(&mut [0; 64])?, board));
+/// let mut buf = [0; 64];
+/// let msg = reader.read(&mut buf)?.expect("published");
+/// assert_eq!(&buf[..msg.len], b"open");
+///
+/// drop(reader);
+/// drop(view);
+/// drop(board);
+/// assert!(Mailbox::remove(&name)?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]

@@ -71,6 +71,7 @@
 //!   futex cannot be watched by epoll; the method docs give the costs).
 //! - `fault-injection`: named SIGKILL points for crash tests.
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(shm_loom))]
 mod builder;
@@ -86,6 +87,7 @@ mod raw;
 pub use builder::MailboxBuilder;
 pub use layout::{Config, LayoutError, MAX_READERS, MAX_SLOT_BYTES};
 #[cfg(all(feature = "tokio", not(shm_loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use mailbox::ASYNC_WAIT_SLICE;
 #[cfg(not(shm_loom))]
 pub use mailbox::{

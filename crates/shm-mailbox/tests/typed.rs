@@ -200,6 +200,14 @@ mod differ {
         pub struct Nested { pub stamp: Stamp2, pub temperature: i64, pub samples: [u32; 4] }
     }
     shm_segment::plain_struct! {
+        /// The nested stamp's `seq` and `micros` swapped (same types, same size).
+        pub struct Stamp3 { pub micros: u64, pub seq: u64 }
+    }
+    shm_segment::plain_struct! {
+        /// Uses the reordered stamp.
+        pub struct NestedReordered { pub stamp: Stamp3, pub temperature: i64, pub samples: [u32; 4] }
+    }
+    shm_segment::plain_struct! {
         /// The same fields, with a meaning of their own.
         #[plain(tag = "fahrenheit")]
         pub struct Tagged { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
@@ -274,6 +282,7 @@ fn renamed_reordered_retyped_nested_or_tagged_fields_are_refused() {
     refused::<differ::Reordered>(&name, "reordered");
     refused::<differ::Retyped>(&name, "retyped");
     refused::<differ::Nested>(&name, "nested");
+    refused::<differ::NestedReordered>(&name, "nested reordered");
     refused::<differ::Tagged>(&name, "tagged");
     // Refusals never rebind: the original structure is still welcome.
     assert!(TypedMailbox::<there::Reading>::open(&name).is_ok());

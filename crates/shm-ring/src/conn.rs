@@ -98,6 +98,39 @@ impl Role {
 }
 
 /// Whose connections a side accepts (checked with `SO_PEERCRED`).
+///
+/// # Examples
+/// A server that accepts one uid (here our own), and a client that trusts
+/// only servers of another uid, so refuses ours before sending anything:
+/// ```
+/// use std::os::unix::fs::MetadataExt;
+/// use shm_ring::{ConnectError, Connector, ElemLayout, Listener, RingFds, UidPolicy};
+///
+/// assert_eq!(UidPolicy::default(), UidPolicy::SameUid);
+/// let dir = std::env::temp_dir().join(format!("ring-doc-uid-policy-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("ring.sock");
+/// let listener = Listener::bind(&path)?;
+/// let me = std::fs::metadata(&path)?.uid(); // the socket file is owned by our effective uid
+/// let listener = listener.with_policy(UidPolicy::Uid(me));
+///
+/// let client = Connector::new(&path).with_policy(UidPolicy::Uid(me));
+/// let client = std::thread::spawn(move || {
+///     client.connect_producer::<u64>()?.send(7)?;
+///     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// });
+/// let ring = RingFds::create("doc", 64, ElemLayout::of::<u64>())?;
+/// let mut rx = listener.accept_consumer::<u64>(&ring)?;
+/// assert_eq!(rx.recv()?, 7);
+/// client.join().unwrap()?;
+///
+/// let wary = Connector::new(&path).with_policy(UidPolicy::Uid(me.wrapping_add(1)));
+/// let refused = wary.connect_producer::<u64>();
+/// assert!(matches!(refused, Err(ConnectError::Refused { uid, .. }) if uid == me));
+/// drop(listener);
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum UidPolicy {
     /// Only processes running as our effective uid (the default).
@@ -286,15 +319,38 @@ impl Listener {
     /// denied (os error 13)"); the OS error itself is the inner error's `source()`.
     ///
     /// # Examples
-    /// ```no_run
-    /// use shm_ring::{ElemLayout, Listener, RingFds};
-    /// let listener = Listener::bind("/tmp/shmem-test.sock")?;
+    /// A server that sums the numbers a client sends (the client is
+    /// normally another process; a thread here):
+    /// ```
+    /// use shm_ring::{Connector, ElemLayout, Listener, RingFds};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-listener-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("sum.sock");
+    /// let listener = Listener::bind(&path)?;
+    ///
+    /// let client = std::thread::spawn({
+    ///     let path = path.clone();
+    ///     move || {
+    ///         let mut tx = Connector::new(&path).connect_producer::<f64>()?;
+    ///         tx.send_all(&[1.0, 2.0, 3.0], None)?;
+    ///         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    ///     }
+    /// });
+    ///
     /// let ring = RingFds::create("sum", 1 << 16, ElemLayout::of::<f64>())?;
     /// let mut rx = listener.accept_consumer::<f64>(&ring)?;
+    /// let mut sum = 0.0;
+    /// // Ends with `RingError::Disconnected` once the client has hung up and
+    /// // everything it sent is received.
     /// while let Ok(x) = rx.recv() {
-    ///     println!("{x}");
+    ///     sum += x;
     /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// assert_eq!(sum, 6.0);
+    /// client.join().unwrap()?;
+    /// drop(listener); // unlinks the socket file
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub fn bind(path: impl AsRef<Path>) -> std::io::Result<Listener> {
         let path = path.as_ref().to_path_buf();
@@ -610,10 +666,31 @@ impl Connector {
     /// Connects as the producer of `T`s.
     ///
     /// # Examples
-    /// ```no_run
-    /// let mut tx = shm_ring::Connector::new("/tmp/shmem-test.sock").connect_producer::<f64>()?;
+    /// A client that sends numbers to a server that sums them (the server
+    /// is normally another process; a thread here):
+    /// ```
+    /// use shm_ring::{Connector, ElemLayout, Listener, RingFds};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-connector-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("sum.sock");
+    /// let listener = Listener::bind(&path)?;
+    /// let server = std::thread::spawn(move || {
+    ///     let ring = RingFds::create("sum", 1 << 16, ElemLayout::of::<f64>())?;
+    ///     let mut rx = listener.accept_consumer::<f64>(&ring)?;
+    ///     let mut sum = 0.0;
+    ///     while let Ok(x) = rx.recv() {
+    ///         sum += x;
+    ///     }
+    ///     Ok::<f64, Box<dyn std::error::Error + Send + Sync>>(sum)
+    /// });
+    ///
+    /// let mut tx = Connector::new(&path).connect_producer::<f64>()?;
     /// tx.send_all(&[1.0, 2.0, 3.0], None)?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// drop(tx); // hangs up: the server's loop ends after the last number
+    /// assert_eq!(server.join().unwrap()?, 6.0);
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub fn connect_producer<T: Element>(&self) -> Result<Producer<T>, ConnectError> {
         let (ring, link) = self.connect(Role::Producer, ElemLayout::of::<T>())?;

@@ -58,6 +58,28 @@ pub const MAX_DATA_BYTES: u64 = 1 << 40;
 ///
 /// The offsets are fixed by [`VERSION`]; they are recorded so that a reader
 /// of another build reports which one disagrees instead of misreading.
+///
+/// # Examples
+/// The block [`config_for`] computes, and the one a created ring carries
+/// (read out of its memfd as an opener does):
+/// ```
+/// use shm_ring::layout::{self, RingConfig};
+/// use shm_ring::{ElemLayout, RingFds};
+/// use shm_segment::Segment;
+///
+/// let elem = ElemLayout::of::<u64>();
+/// let config = layout::config_for(layout::round_capacity(1000)?, elem)?;
+/// assert_eq!((config.magic, config.version), (layout::MAGIC, layout::VERSION));
+/// assert_eq!((config.capacity, config.elem_size, config.slots_len), (1024, 8, 1024 * 8));
+/// assert_eq!(size_of::<RingConfig>(), 128);
+///
+/// let ring = RingFds::create("doc", 1000, elem)?;
+/// let segment = Segment::adopt(ring.memfd.try_clone()?).open()?;
+/// let found: RingConfig = segment.payload().read(layout::CONFIG)?;
+/// assert_eq!(found, config);
+/// found.validate(segment.payload().len() as u64, elem)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct RingConfig {

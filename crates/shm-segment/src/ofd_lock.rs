@@ -36,6 +36,28 @@ use rustix::io::Errno;
 /// shares the description with its child until the child's `exec` closes it
 /// (`CLOEXEC`), and an OFD lock lives as long as its description, so closing
 /// our descriptor alone could leave the byte locked for that moment.
+///
+/// # Examples
+/// A liveness claim on byte 0 of a file: held while the [`OfdLock`] lives
+/// (or its process does), seen from every other description of the file:
+/// ```
+/// use std::os::fd::AsFd;
+/// use shm_segment::{OfdLock, is_locked};
+///
+/// let path = std::env::temp_dir().join(format!("ofd-lock-doc-{}", std::process::id()));
+/// let file = std::fs::File::create(&path)?;
+/// let lock = OfdLock::try_acquire(file.as_fd(), 0)?.expect("nobody holds byte 0");
+/// assert_eq!(lock.byte(), 0);
+/// // Held on a private description, so seen through our own fd too; a
+/// // second claim of the byte fails, other bytes are free.
+/// assert!(is_locked(file.as_fd(), 0)?);
+/// assert!(OfdLock::try_acquire(file.as_fd(), 0)?.is_none());
+/// assert!(!is_locked(file.as_fd(), 1)?);
+/// drop(lock); // the kernel also drops it when the process dies, SIGKILL included
+/// assert!(!is_locked(file.as_fd(), 0)?);
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct OfdLock {
     description: OwnedFd,

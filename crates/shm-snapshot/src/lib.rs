@@ -41,10 +41,11 @@
 //! * `replica`: the `replica` module and `HostConfig::replica`: every
 //!   durable snapshot shipped to S3-compatible object storage (or a local
 //!   directory) through `object_store`, and FILE restored from it on
-//!   another machine (`docs/protocol/replication.md`).
+//!   another machine (the [replication protocol][replication],
+//!   `docs/protocol/replication.md` in the source repository).
 //! * `fault-injection`: SIGKILL at named crash points (`SHM_CRASH_AT`), for
 //!   tests.
-//! * `tokio`: [`live::Client::wait_durable_async`].
+//! * `tokio`: [`live::Client::wait_durable_async`][wait_durable_async].
 //!
 //! # The client/host model
 //! The program whose state is kept is the **client**: it maps a live memfd
@@ -124,6 +125,24 @@
 //! A state committed by a client, kept in FILE by the host, restored from FILE:
 //! see the [`host`] module's example; a durable commit: see
 //! [`live::Client::wait_durable`].
+//!
+// The replication protocol's page and the async wait exist only with their
+// features; a build without them links to the docs.rs pages (built with every
+// feature).
+#![cfg_attr(feature = "replica", doc = "[replication]: replica::replication")]
+#![cfg_attr(
+    not(feature = "replica"),
+    doc = "[replication]: https://docs.rs/shm-snapshot/latest/shm_snapshot/replica/replication/index.html"
+)]
+#![cfg_attr(
+    feature = "tokio",
+    doc = "[wait_durable_async]: live::Client::wait_durable_async"
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "[wait_durable_async]: https://docs.rs/shm-snapshot/latest/shm_snapshot/live/struct.Client.html#method.wait_durable_async"
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The shared-memory protocol of this crate: the text of `docs/protocol/shm-snapshot.md` in the
 /// source repository (the crate's `PROTOCOL.md` links to it, and the packaged
@@ -145,6 +164,7 @@ mod format;
 pub mod host;
 pub mod live;
 #[cfg(feature = "replica")]
+#[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
 pub mod replica;
 mod storage;
 pub mod track;

@@ -9,6 +9,38 @@ use std::path::Path;
 use crate::error::{ErrorKind, SnapshotError};
 
 /// Positioned byte storage with an explicit durability barrier.
+///
+/// The crate's implementations: [`FileStorage`], a real file, and
+/// [`MemStorage`], in memory, which records every operation (for tests that
+/// replay the states a crash can leave).
+///
+/// # Examples
+/// The operations, on the in-memory storage; then a [`SnapshotWriter`]
+/// (which works on any `Storage`) seen through the log it left:
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shm_snapshot::storage_ops::Op;
+/// use shm_snapshot::{MemStorage, SnapshotWriter, Storage, inspect};
+///
+/// let mut mem = MemStorage::default();
+/// mem.write_at(0, b"abc")?;
+/// mem.set_len(8)?; // extends with zeros
+/// mem.sync()?;
+/// let mut buf = [0u8; 4];
+/// mem.read_at(0, &mut buf)?;
+/// assert_eq!((&buf, mem.len()?), (b"abc\0", 8));
+/// assert_eq!(mem.log.len(), 3);
+///
+/// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 8192)?;
+/// writer.snapshot(&[7u8; 8192])?;
+/// // Every snapshot ends with the durability barrier.
+/// assert!(matches!(writer.storage().log.last(), Some(Op::Sync)));
+/// assert_eq!(inspect(writer.storage())?.generation, 1);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [`SnapshotWriter`]: crate::SnapshotWriter
 #[allow(clippy::len_without_is_empty)] // a storage length, not a collection
 pub trait Storage {
     /// Reads exactly `buf.len()` bytes at `offset`.

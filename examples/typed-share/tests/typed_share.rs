@@ -83,11 +83,18 @@ fn separately_built_programs_share_their_own_declarations() {
 }
 
 #[test]
-fn renamed_reordered_retyped_or_tagged_fields_are_refused() {
+fn renamed_reordered_swapped_retyped_or_tagged_fields_are_refused() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));
     let name = unique_name("ts-mismatch");
     let writer = Writer::start(cmd(Path::new(WRITER), &name, &[]));
-    for variant in ["renamed", "reordered", "retyped", "nested", "tagged"] {
+    for variant in [
+        "renamed",
+        "reordered",
+        "swapped",
+        "retyped",
+        "nested",
+        "tagged",
+    ] {
         let (code, _, err) = run(cmd(Path::new(MISMATCHED), &name, &["--variant", variant]));
         assert_eq!(code, Some(1), "{variant}: not refused: {err}");
         // Both sides, by name, size and alignment, and what differs.
@@ -121,11 +128,18 @@ fn separately_built_programs_share_a_typed_board_of_their_own_declarations() {
 }
 
 #[test]
-fn a_typed_board_refuses_renamed_reordered_retyped_or_tagged_fields() {
+fn a_typed_board_refuses_renamed_reordered_swapped_retyped_or_tagged_fields() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));
     let name = unique_name("ts-board-mismatch");
     let writer = Writer::start(cmd(Path::new(WRITER), &name, &["--board"]));
-    for variant in ["renamed", "reordered", "retyped", "nested", "tagged"] {
+    for variant in [
+        "renamed",
+        "reordered",
+        "swapped",
+        "retyped",
+        "nested",
+        "tagged",
+    ] {
         let (code, _, err) = run(cmd(
             Path::new(MISMATCHED),
             &name,

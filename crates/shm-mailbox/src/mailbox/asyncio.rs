@@ -14,8 +14,10 @@ use super::{Mailbox, MailboxError, OwnedReader, TypedReader};
 /// How often a blocking-pool thread behind `wait_newer_async` looks up from
 /// its futex wait to see whether its future was dropped: the longest a
 /// dropped wait keeps its thread.
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub const ASYNC_WAIT_SLICE: Duration = Duration::from_millis(100);
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl OwnedReader {
     /// Waits, asynchronously, until a message newer than `seq` exists.
     ///
@@ -78,6 +80,7 @@ impl OwnedReader {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl<T: FromBytes + IntoBytes + Immutable + KnownLayout> TypedReader<T> {
     /// Waits, asynchronously, until a value newer than `seq` exists, as
     /// [`OwnedReader::wait_newer_async`] does.

@@ -109,19 +109,40 @@ impl Listener {
     /// no time driver is needed.
     ///
     /// # Examples
-    /// ```no_run
-    /// # tokio::runtime::Builder::new_current_thread().enable_io().build()?.block_on(async {
-    /// use shm_ring::{ElemLayout, Listener, RingFds};
-    /// let listener = Listener::bind("/tmp/shmem-async.sock")?;
-    /// let ring = RingFds::create("sum", 1 << 16, ElemLayout::of::<f64>())?;
-    /// let rx = listener.accept_consumer_async::<f64>(&ring).await?;
-    /// let mut rx = shm_ring::asyncio::AsyncConsumer::new(rx)?;
-    /// while let Ok(x) = rx.recv().await {
-    ///     println!("{x}");
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// # })?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// A server that sums what a client sends (the client, normally another
+    /// process, is a thread with the blocking [`Connector`] here):
+    /// ```
+    /// use shm_ring::{Connector, ElemLayout, Listener, RingFds};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-accept-async-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("sum.sock");
+    /// let listener = Listener::bind(&path)?;
+    /// let client = std::thread::spawn({
+    ///     let path = path.clone();
+    ///     move || {
+    ///         let mut tx = Connector::new(&path).connect_producer::<f64>()?;
+    ///         tx.send_all(&[1.0, 2.0, 3.0], None)?;
+    ///         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    ///     }
+    /// });
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    /// let sum = runtime.block_on(async {
+    ///     let ring = RingFds::create("sum", 1 << 16, ElemLayout::of::<f64>())?;
+    ///     let rx = listener.accept_consumer_async::<f64>(&ring).await?;
+    ///     let mut rx = shm_ring::asyncio::AsyncConsumer::new(rx)?;
+    ///     let mut sum = 0.0;
+    ///     while let Ok(x) = rx.recv().await {
+    ///         sum += x;
+    ///     }
+    ///     Ok::<f64, Box<dyn std::error::Error + Send + Sync>>(sum)
+    /// })?;
+    /// assert_eq!(sum, 6.0);
+    /// client.join().unwrap()?;
+    /// drop(listener);
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub async fn accept_async(
         &self,
@@ -221,16 +242,36 @@ impl Connector {
     /// Connects as the producer of `T`s.
     ///
     /// # Examples
-    /// ```no_run
-    /// # tokio::runtime::Builder::new_current_thread().enable_io().build()?.block_on(async {
-    /// let tx = shm_ring::Connector::new("/tmp/shmem-async.sock")
-    ///     .connect_producer_async::<f64>()
-    ///     .await?;
-    /// let mut tx = shm_ring::asyncio::AsyncProducer::new(tx)?;
-    /// tx.send_all(&[1.0, 2.0, 3.0]).await?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// # })?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// A client that sends numbers to a server that sums them (the server,
+    /// normally another process, is a thread with the blocking [`Listener`]
+    /// here):
+    /// ```
+    /// use shm_ring::{Connector, ElemLayout, Listener, RingFds};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("ring-doc-connect-async-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("sum.sock");
+    /// let listener = Listener::bind(&path)?;
+    /// let server = std::thread::spawn(move || {
+    ///     let ring = RingFds::create("sum", 1 << 16, ElemLayout::of::<f64>())?;
+    ///     let mut rx = listener.accept_consumer::<f64>(&ring)?;
+    ///     let mut sum = 0.0;
+    ///     while let Ok(x) = rx.recv() {
+    ///         sum += x;
+    ///     }
+    ///     Ok::<f64, Box<dyn std::error::Error + Send + Sync>>(sum)
+    /// });
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    /// runtime.block_on(async {
+    ///     let tx = Connector::new(&path).connect_producer_async::<f64>().await?;
+    ///     let mut tx = shm_ring::asyncio::AsyncProducer::new(tx)?;
+    ///     tx.send_all(&[1.0, 2.0, 3.0]).await?;
+    ///     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// })?; // the producer is dropped: the server's loop ends after the last number
+    /// assert_eq!(server.join().unwrap()?, 6.0);
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub async fn connect_producer_async<T: Element>(&self) -> Result<Producer<T>, ConnectError> {
         let (ring, link) = self

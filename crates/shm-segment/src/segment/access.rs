@@ -44,17 +44,54 @@ use rustix::io::Errno;
 /// default, [`AccessPolicy::owner`] names another owner.
 ///
 /// # Examples
-/// A writer service running as uid 990 shares its segment with the members
-/// of group 4242 (say, the services that read it):
-/// ```no_run
+/// One user (the default): the object is ours with mode 0600, an opener
+/// checks that it still is, and a policy the object does not match is
+/// refused before anything is mapped:
+/// ```
+/// use std::os::unix::fs::{MetadataExt, PermissionsExt};
+/// use shm_segment::{AccessPolicy, Segment, SegmentError};
+///
+/// let name = format!("doc-access-{}", std::process::id());
+/// let policy = AccessPolicy::same_uid();
+/// let seg = Segment::builder(&name).size(4096).access(policy.clone()).create()?;
+/// let meta = std::fs::metadata(format!("/dev/shm/{name}"))?;
+/// assert_eq!(meta.uid(), policy.owner_uid());
+/// assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+///
+/// // Another process of the same user: checks owner, group, mode and ACL, then opens.
+/// let view = Segment::builder(&name).size(4096).access(policy.clone()).read_only().open()?;
+/// // A policy that expects the object to belong to another group does not match it.
+/// let other_group = AccessPolicy::same_uid().group(meta.gid().wrapping_add(1));
+/// let refused = Segment::builder(&name).size(4096).access(other_group).open();
+/// assert!(matches!(refused, Err(SegmentError::AccessDenied { .. })));
+/// // Nobody else is let in.
+/// assert!(!policy.admits(policy.owner_uid().wrapping_add(1), &[]));
+///
+/// drop(view);
+/// drop(seg); // the owner unlinks the name
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Shared with a group: a writer service running as uid 990 shares its
+/// segment with the members of group 4242 (say, the services that read it)
+/// through `AccessPolicy::owner(990).group(4242)`. Here the owner and the
+/// group are this process's own effective uid and gid, so the example runs
+/// anywhere:
+/// ```
+/// use std::os::unix::fs::{MetadataExt, PermissionsExt};
 /// use shm_segment::{AccessPolicy, Segment};
 ///
-/// let policy = AccessPolicy::owner(990).group(4242);
-/// // In the writer (uid 990, a member of group 4242): owner 990, group 4242, mode 0660.
-/// let seg = Segment::builder("telemetry").size(4096).access(policy.clone()).open_or_create()?;
-/// // In a reader (any uid in group 4242): checks owner, group, mode and ACL, then opens.
-/// let view = Segment::builder("telemetry").size(4096).access(policy).read_only().open()?;
-/// # drop((seg, view));
+/// let name = format!("doc-access-group-{}", std::process::id());
+/// let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+/// let policy = AccessPolicy::owner(uid.as_raw()).group(gid.as_raw());
+/// // In the writer (the owner, a member of the group): the policy's group, mode 0660.
+/// let seg = Segment::builder(&name).size(4096).access(policy.clone()).open_or_create()?;
+/// let meta = std::fs::metadata(format!("/dev/shm/{name}"))?;
+/// assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (gid.as_raw(), 0o660));
+/// // In a reader (any uid in the group): checks owner, group, mode and ACL, then opens.
+/// let view = Segment::builder(&name).size(4096).access(policy).read_only().open()?;
+/// drop(view);
+/// drop(seg);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -93,6 +93,40 @@ pub struct FileInfo {
 }
 
 /// Result of [`restore`].
+///
+/// # Examples
+/// A start that rebuilds its state from a snapshot file and goes on writing
+/// the same file:
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shm_snapshot::{MemStorage, SnapshotWriter, restore};
+///
+/// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 8192)?;
+/// let mut state = vec![0u8; 8192];
+/// state[0] = 1;
+/// writer.snapshot(&state)?;
+/// state[4096] = 2;
+/// writer.snapshot(&state)?;
+/// let storage = writer.storage().clone(); // the file, as the next start finds it
+/// drop(writer);
+///
+/// let mut back = vec![0u8; 8192];
+/// let restored = restore(&storage, |offset, bytes| {
+///     let at = offset as usize;
+///     back[at..at + bytes.len()].copy_from_slice(bytes);
+/// })?;
+/// assert_eq!(back, state);
+/// assert_eq!((restored.info.generation, restored.info.commits), (2, 2));
+/// assert_eq!(restored.index.len(), 2); // both pages have a stored version
+/// assert!(restored.salvage.is_none()); // the file was intact
+///
+/// // Continue the file from what was restored: the next snapshot is generation 3.
+/// let mut writer = SnapshotWriter::open_restored(storage, restored)?;
+/// state[1] = 3;
+/// assert_eq!(writer.snapshot(&state)?, 3);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Restored {
     /// What the scan found.

@@ -193,6 +193,7 @@ pub enum HostError {
     },
     /// Replication cannot start (a bad URL, say).
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     #[error("replication: {source}")]
     Replica {
         /// Why.

@@ -38,7 +38,7 @@
 //!   to object storage, never waiting for it; `SnapshotHost::replicated`
 //!   says how far it came, a lag longer than [`HostConfig::lag_warn`] is
 //!   logged, and [`SnapshotHost::finish`] waits a bounded time for the last
-//!   uploads (`docs/protocol/replication.md`).
+//!   uploads (the [replication protocol][replication]).
 //! * **Exit** ([`SnapshotHost::finish`]): one last snapshot, never rate
 //!   limited, that also takes a commit the program died inside (as its next
 //!   start will finish it), and a summary.
@@ -110,6 +110,17 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+// The replication protocol's page exists only with the `replica` feature; a
+// build without it links to the docs.rs page (built with every feature).
+#![cfg_attr(
+    feature = "replica",
+    doc = "[replication]: crate::replica::replication"
+)]
+#![cfg_attr(
+    not(feature = "replica"),
+    doc = "[replication]: https://docs.rs/shm-snapshot/latest/shm_snapshot/replica/replication/index.html"
+)]
 
 mod error;
 mod file;
@@ -195,6 +206,7 @@ pub struct HostConfig {
     /// Replicate FILE to object storage ([`crate::replica`]): every durable
     /// snapshot is shipped by an uploader thread. Default: none.
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     pub replica: Option<crate::replica::ReplicaConfig>,
 }
 
@@ -373,6 +385,7 @@ pub struct Finished {
     pub stats: HostStats,
     /// How far replication came before the host stopped (`None`: not replicated).
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     pub replicated: Option<crate::replica::Replicated>,
 }
 
@@ -515,6 +528,7 @@ impl SnapshotHost {
 
     /// How far replication has come (`None`: FILE is not replicated).
     #[cfg(feature = "replica")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "replica")))]
     pub fn replicated(&self) -> Option<crate::replica::Replicated> {
         self.replica.as_ref().map(replica::Replica::replicated)
     }

@@ -824,6 +824,7 @@ impl Client {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl Client {
     /// [`Client::wait_durable`] for async code (feature `tokio`): the
     /// blocking wait runs on tokio's blocking pool (`spawn_blocking`), so

@@ -2,7 +2,7 @@
 //! every durable snapshot of FILE is shipped, continuously, to an
 //! S3-compatible store (or a local directory), and a replica restores FILE
 //! on another machine. The object layout and its guarantees are in
-//! `docs/protocol/replication.md`.
+//! [`replication`] (`docs/protocol/replication.md` in the source repository).
 //!
 //! * [`Replicator`]: the uploader, a thread owned by the
 //!   [`SnapshotHost`](crate::host::SnapshotHost) (set
@@ -52,6 +52,24 @@
 //! # Ok(())
 //! # }
 //! ```
+
+/// The replication protocol: the text of `docs/protocol/replication.md` in the
+/// source repository (the crate's `REPLICATION.md` links to it, and the
+/// packaged crate carries a copy), included here so it is readable with the
+/// API docs: the object layout in the store, the uploader, restore, and what
+/// it guarantees.
+#[doc = ""]
+// Rustdoc targets for the document's reference links: the first definition of
+// a label wins, so these take the place of the repository-relative ones at
+// its end.
+#[doc = "[snapshot-file]: crate::protocol#snapshot-file"]
+#[doc = "[replicated-commits]: crate::protocol#replicated-commits-clientwait_replicated"]
+#[doc = ""]
+// The text is Markdown written for a repository browser: identifiers are not
+// always in backticks.
+#[allow(rustdoc::broken_intra_doc_links, clippy::doc_markdown)]
+#[doc = include_str!("../../REPLICATION.md")]
+pub mod replication {}
 
 mod names;
 mod restore;

@@ -1,10 +1,11 @@
 //! Opens the writer's segment as a `Message` that differs from the writer's
-//! in one way, chosen by `--variant`: a field renamed, two fields swapped, a
-//! field retyped, a nested struct's field renamed, or a tag added. Every one
-//! must be refused; it prints the error and exits 1. With `--board`, opens the
+//! in one way, chosen by `--variant`: a field renamed, two fields of the
+//! nested stamp swapped, two of `Message`'s own fields swapped, a field
+//! retyped, a nested struct's field renamed, or a tag added. Every one must be
+//! refused; it prints the error and exits 1. With `--board`, opens the
 //! writer's typed board as a plain `Message` that differs in the same ways.
 //!
-//! `mismatched NAME --variant renamed|reordered|retyped|nested|tagged [--board]`
+//! `mismatched NAME --variant renamed|reordered|swapped|retyped|nested|tagged [--board]`
 #![allow(
     missing_docs,
     reason = "the fields are the writer's, documented there; each struct's doc says what differs"
@@ -37,8 +38,11 @@ struct Args {
 enum Variant {
     /// A field renamed.
     Renamed,
-    /// Two fields swapped (same types, same size).
+    /// Two fields of the nested stamp swapped (same types, same size).
     Reordered,
+    /// Two of `Message`'s own fields swapped: `stamp` and `temperature`
+    /// (same size and alignment overall).
+    Swapped,
     /// A field of another type (same size).
     Retyped,
     /// A field of the nested stamp renamed.
@@ -69,6 +73,14 @@ mod reordered {
     shared_struct! {
         /// Uses the reordered stamp.
         pub struct Message { pub stamp: Stamp, pub temperature: AtomicI64, pub samples: [AtomicU32; 4] }
+    }
+}
+
+mod swapped {
+    use super::{AtomicI64, AtomicU32, Stamp, shared_struct};
+    shared_struct! {
+        /// `stamp` and `temperature` swapped: same size and alignment.
+        pub struct Message { pub temperature: AtomicI64, pub stamp: Stamp, pub samples: [AtomicU32; 4] }
     }
 }
 
@@ -127,6 +139,14 @@ mod board {
         plain_struct! {
             /// Uses the reordered stamp.
             pub struct Message { pub stamp: Stamp, pub temperature: i64, pub samples: [u32; 4] }
+        }
+    }
+
+    pub(crate) mod swapped {
+        use super::{Stamp, plain_struct};
+        plain_struct! {
+            /// `stamp` and `temperature` swapped: same size and alignment.
+            pub struct Message { pub temperature: i64, pub stamp: Stamp, pub samples: [u32; 4] }
         }
     }
 
@@ -191,6 +211,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         return match args.variant {
             Variant::Renamed => open_board_as::<board::renamed::Message>(common),
             Variant::Reordered => open_board_as::<board::reordered::Message>(common),
+            Variant::Swapped => open_board_as::<board::swapped::Message>(common),
             Variant::Retyped => open_board_as::<board::retyped::Message>(common),
             Variant::Nested => open_board_as::<board::nested::Message>(common),
             Variant::Tagged => open_board_as::<board::tagged::Message>(common),
@@ -200,6 +221,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     match args.variant {
         Variant::Renamed => open_as::<renamed::Message>(name, policy),
         Variant::Reordered => open_as::<reordered::Message>(name, policy),
+        Variant::Swapped => open_as::<swapped::Message>(name, policy),
         Variant::Retyped => open_as::<retyped::Message>(name, policy),
         Variant::Nested => open_as::<nested::Message>(name, policy),
         Variant::Tagged => open_as::<tagged::Message>(name, policy),
