@@ -18,6 +18,15 @@ use shm_testkit::{Watchdog, role};
 
 /// The host's warning that the store is behind FILE.
 const BEHIND: &str = "replica behind FILE";
+/// The uploader's line for each completed upload, `replicated generation N
+/// (file generation G): KEY, BYTES bytes` (the lag warning and the summary
+/// at exit also say "replicated generation", not this).
+const UPLOADED: &str = " (file generation ";
+
+/// The completed uploads in `text`.
+fn uploads(text: &str) -> usize {
+    text.matches(UPLOADED).count()
+}
 
 /// The program of the slow-store test (role `durable_waiter`): commits as
 /// [`committer`] does (every word set to the generation), waits for each
@@ -76,8 +85,8 @@ fn wait_until(what: &str, log: impl Fn() -> String, done: impl Fn() -> bool) {
 /// with FILE at exit, with no gap in the generation sequence, and restores
 /// FILE. Returns the host's whole log.
 fn stop_caught_up(case: &Case, host: Run, more: usize) -> String {
-    let replicated = host.stderr().matches("replicated generation").count();
-    host.wait_count("replicated generation", replicated + more);
+    let replicated = uploads(&host.stderr());
+    host.wait_count(UPLOADED, replicated + more);
     let err = host.stop();
     let g = check_file(&case.file);
     assert_eq!(
@@ -113,7 +122,7 @@ fn slow_store_never_stalls_the_program_and_the_uploader_skips_ahead() {
         "durable_waiter",
         &[],
     );
-    host.wait_count("replicated generation", 10);
+    host.wait_count(UPLOADED, 10);
     let mark = host.stderr().len();
     case.s3.pause();
     // Only progress that does not need the store can end these waits.
@@ -128,7 +137,7 @@ fn slow_store_never_stalls_the_program_and_the_uploader_skips_ahead() {
     case.s3.resume();
     // At most the upload whose answer was already on its way completed.
     assert!(
-        stalled.matches("replicated generation").count() <= 1,
+        uploads(&stalled) <= 1,
         "uploads completed while the store was stopped:\n{stalled}"
     );
     let snapshots = stalled.matches("durable generation").count();
@@ -187,7 +196,7 @@ fn full_store_never_stalls_snapshots_and_catches_up_once_it_has_room() {
         .to_owned();
     // The store answered, and refused: not a connection failure.
     assert!(failed.contains("500"), "{failed}");
-    assert!(log.contains("replicated generation"), "{log}");
+    assert!(uploads(&log) > 0, "{log}");
 
     case.s3.set_args(&[]);
     case.s3.restart();
@@ -212,7 +221,7 @@ fn replica_lag_warning_fires_during_an_outage() {
         "replica_lag_warning_fires_during_an_outage",
         &["--lag-warn", "0.3"],
     );
-    host.wait_count("replicated generation", 5);
+    host.wait_count(UPLOADED, 5);
     let before = host.stderr();
     assert!(
         !lag_warnings(&before).iter().any(|w| w.1),
@@ -261,7 +270,7 @@ fn corrupt_base_falls_back_to_an_older_base() {
         &["--compact-at", "4", "--compact-min", "0"],
     );
     host.wait_count("replica: base at file generation", 3);
-    host.wait_count("replicated generation", 30);
+    host.wait_count(UPLOADED, 30);
     host.stop();
     let list = case.listing();
     let e = list["epochs"].as_array().unwrap().last().unwrap().clone();
@@ -348,11 +357,11 @@ fn sigkill_during_a_multipart_upload_leaves_no_object() {
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         let seen = loop {
-            let uploads = case.s3.multipart_uploads().unwrap();
-            if let Some(k) = uploads.into_iter().find(|k| k.starts_with(&prefix)) {
+            let in_progress = case.s3.multipart_uploads().unwrap();
+            if let Some(k) = in_progress.into_iter().find(|k| k.starts_with(&prefix)) {
                 break Some(k);
             }
-            if host.stderr().contains("replicated generation") {
+            if uploads(&host.stderr()) > 0 {
                 break None;
             }
             assert!(Instant::now() < deadline, "no upload:\n{}", host.stderr());
