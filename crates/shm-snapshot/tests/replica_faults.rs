@@ -11,22 +11,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cli::{Run, check_file, committer, numbers_after, wait_text};
-use common::replica::{Case, assert_no_gap, file_generation, last_number_after, newest_epoch};
+use common::replica::{
+    Case, UPLOADED, assert_no_gap, file_generation, last_number_after, newest_epoch, uploads,
+};
 use shm_snapshot::live::Client;
 use shm_testkit::s3::{FULL, S3Server};
 use shm_testkit::{Watchdog, role};
 
 /// The host's warning that the store is behind FILE.
 const BEHIND: &str = "replica behind FILE";
-/// The uploader's line for each completed upload, `replicated generation N
-/// (file generation G): KEY, BYTES bytes` (the lag warning and the summary
-/// at exit also say "replicated generation", not this).
-const UPLOADED: &str = " (file generation ";
-
-/// The completed uploads in `text`.
-fn uploads(text: &str) -> usize {
-    text.matches(UPLOADED).count()
-}
 
 /// The program of the slow-store test (role `durable_waiter`): commits as
 /// [`committer`] does (every word set to the generation), waits for each

@@ -11,6 +11,16 @@ use shm_testkit::s3::S3Server;
 
 use super::cli::{REGION, Run, SHM_RESTORE, file_image, numbers_after, temp_dir};
 
+/// The uploader's line for each completed upload, `replicated generation N
+/// (file generation G): KEY, BYTES bytes` (the lag warning and the summary
+/// at exit also say "replicated generation", not this).
+pub(crate) const UPLOADED: &str = " (file generation ";
+
+/// The completed uploads in `text`.
+pub(crate) fn uploads(text: &str) -> usize {
+    text.matches(UPLOADED).count()
+}
+
 /// One test's store and files: the S3 server, a fresh directory with FILE
 /// in it, and the replica URL (a prefix of the server's bucket).
 pub(crate) struct Case {
