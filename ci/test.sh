@@ -64,13 +64,17 @@ fi
 cargo run -q --release --bin tour -- --plain | tail -n 8
 bash ci/readme.sh
 
-step "every binary: --version, --help with -q/-v, usage errors exit 2"
+step "every binary: --version, --help with -q/-v and its own description, usage errors exit 2"
 cargo build -q --release --workspace --bins --all-features
 release="${CARGO_TARGET_DIR:-target}/release"
 for b in shm-fd shm-restore primes primes-snapshot board server client tour writer reader mismatched; do
     "$release/$b" --version | grep -q "^$b " || { echo "$b --version"; exit 1; }
     "$release/$b" --help | grep -q -- '--quiet' || { echo "$b --help has no --quiet"; exit 1; }
     "$release/$b" --help | grep -q -- '--verbose' || { echo "$b --help has no --verbose"; exit 1; }
+    # The binary's own description, not the docs of a flattened argument struct.
+    if "$release/$b" --help | grep -q 'how much a binary logs'; then
+        echo "$b --help shows shm_fd::cli::Verbosity's docs as its description"; exit 1
+    fi
     rc=0; "$release/$b" --no-such-option >/dev/null 2>&1 || rc=$?
     [ "$rc" = 2 ] || { echo "$b --no-such-option exited $rc, not 2"; exit 1; }
 done
