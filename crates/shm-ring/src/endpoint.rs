@@ -165,16 +165,11 @@ impl<T: Element> Slots<'_, T> {
 #[derive(Debug)]
 pub struct Producer<T> {
     pub(crate) raw: RawProducer<MapStorage>,
-    /// Our claim on this end (released when dropped or when the process dies).
-    _claim: Claim,
+    /// The claim, the fds and the spin (the consumer's eventfd is
+    /// `data_ready`).
+    pub(crate) end: EndFds,
     /// The last zero-copy send published nothing: the next one reloads `head`.
     declined: bool,
-    /// The consumer's eventfd (`data_ready`).
-    wake: OwnedFd,
-    pub(crate) parker: Parker,
-    /// The readiness fd for external event loops (`evloop.rs`).
-    pub(crate) readiness: Readiness,
-    spin: Duration,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -182,17 +177,73 @@ pub struct Producer<T> {
 #[derive(Debug)]
 pub struct Consumer<T> {
     pub(crate) raw: RawConsumer<MapStorage>,
-    /// Our claim on this end (released when dropped or when the process dies).
-    _claim: Claim,
+    /// The claim, the fds and the spin (the producer's eventfd is
+    /// `space_ready`).
+    pub(crate) end: EndFds,
     /// The last zero-copy receive released nothing: the next one reloads `tail`.
     declined: bool,
-    /// The producer's eventfd (`space_ready`).
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// What either end holds besides its side of the ring: its claim, the
+/// peer's eventfd it notifies, its parker (its own eventfd and the peer
+/// socket), the readiness fd for event loops, and how long it spins.
+#[derive(Debug)]
+pub(crate) struct EndFds {
+    /// Our claim on this end (released when dropped or when the process dies).
+    _claim: Claim,
+    /// The peer's eventfd.
     wake: OwnedFd,
     pub(crate) parker: Parker,
     /// The readiness fd for external event loops (`evloop.rs`).
     pub(crate) readiness: Readiness,
     spin: Duration,
-    _t: PhantomData<fn(T) -> T>,
+}
+
+impl EndFds {
+    /// Claims `end` of the ring of `fds` (before the end attaches: attaching
+    /// writes the end's line), parking on `own` and notifying `peer_ready`.
+    fn open(
+        fds: &RingFds,
+        end: End,
+        own: &OwnedFd,
+        peer_ready: &OwnedFd,
+        peer: Option<PeerLink>,
+    ) -> Result<Self, OpenError> {
+        let claim = claim::claim(fds.memfd.as_fd(), end)?;
+        let parker = Parker {
+            eventfd: dup(own)?,
+            peer: peer.map(PeerLink::into_socket),
+        };
+        Ok(Self {
+            _claim: claim,
+            wake: dup(peer_ready)?,
+            readiness: Readiness::new(&parker)?,
+            parker,
+            spin: DEFAULT_SPIN,
+        })
+    }
+
+    /// Wakes the peer.
+    fn notify(&self) -> Result<(), RingError> {
+        fds::notify(self.wake.as_fd())
+    }
+
+    fn set_peer(&mut self, peer: Option<PeerLink>) {
+        let peer = peer.map(PeerLink::into_socket);
+        self.readiness.set_peer(
+            self.parker.peer.as_ref().map(AsFd::as_fd),
+            peer.as_ref().map(AsFd::as_fd),
+        );
+        self.parker.peer = peer;
+    }
+
+    fn peer_gone(&self) -> bool {
+        self.parker
+            .peer
+            .as_ref()
+            .is_some_and(|p| fds::peer_gone(p.as_fd()))
+    }
 }
 
 fn layout_of<T>(tag: u64) -> Result<ElemLayout, OpenError> {
@@ -291,20 +342,11 @@ impl<T: Element> Producer<T> {
         peer: Option<PeerLink>,
     ) -> Result<Producer<T>, OpenError> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
-        // Claimed before attaching: `attach` writes the producer's line.
-        let claim = claim::claim(fds.memfd.as_fd(), End::Producer)?;
-        let parker = Parker {
-            eventfd: dup(&fds.space_ready)?,
-            peer: peer.map(PeerLink::into_socket),
-        };
+        let end = EndFds::open(fds, End::Producer, &fds.space_ready, &fds.data_ready, peer)?;
         Ok(Producer {
             raw: RawProducer::attach(storage)?,
-            _claim: claim,
+            end,
             declined: false,
-            wake: dup(&fds.data_ready)?,
-            readiness: Readiness::new(&parker)?,
-            parker,
-            spin: DEFAULT_SPIN,
             _t: PhantomData,
         })
     }
@@ -319,31 +361,23 @@ impl<T: Element> Producer<T> {
     }
     /// How long blocking calls spin before parking (default 20 us; zero parks at once).
     pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+        self.end.spin = spin;
     }
     /// Replaces the peer socket (a new consumer connected to the same ring).
     /// The [readiness fd](Self::readiness_fd) watches the new one from now on.
     pub fn set_peer(&mut self, peer: Option<PeerLink>) {
-        let peer = peer.map(PeerLink::into_socket);
-        self.readiness.set_peer(
-            self.parker.peer.as_ref().map(AsFd::as_fd),
-            peer.as_ref().map(AsFd::as_fd),
-        );
-        self.parker.peer = peer;
+        self.end.set_peer(peer);
     }
     /// Whether a peer socket is set and shows a hang-up.
     pub fn peer_gone(&self) -> bool {
-        self.parker
-            .peer
-            .as_ref()
-            .is_some_and(|p| fds::peer_gone(p.as_fd()))
+        self.end.peer_gone()
     }
 
     /// Shuts down the sending side of the peer socket: the consumer sees the
     /// hang-up (after draining the ring) as if this end had been dropped.
     #[cfg(feature = "tokio")]
     pub(crate) fn hang_up(&self) -> Result<(), RingError> {
-        let Some(peer) = &self.parker.peer else {
+        let Some(peer) = &self.end.parker.peer else {
             return Ok(());
         };
         match rustix::net::shutdown(peer, rustix::net::Shutdown::Write) {
@@ -359,7 +393,7 @@ impl<T: Element> Producer<T> {
     pub(crate) fn committed(&mut self, n: u64) -> Result<(), RingError> {
         crate::crash_point!("ring.before_commit");
         if self.raw.commit(n) {
-            fds::notify(self.wake.as_fd())?;
+            self.end.notify()?;
         }
         Ok(())
     }
@@ -372,7 +406,7 @@ impl<T: Element> Producer<T> {
                 self.raw.write(slot, value.as_bytes());
                 crate::crash_point!("ring.before_commit");
                 if self.raw.commit_one(value.as_bytes())
-                    && let Err(e) = fds::notify(self.wake.as_fd())
+                    && let Err(e) = self.end.notify()
                 {
                     return Err(TrySendError::Failed(value, e));
                 }
@@ -400,7 +434,10 @@ impl<T: Element> Producer<T> {
                 Err(TrySendError::Failed(value, error)) => return Err(SendError { value, error }),
                 Err(TrySendError::Full(v)) => value = v,
             }
-            if let Err(error) = self.raw.wait(1, self.spin, &mut self.parker, deadline) {
+            if let Err(error) = self
+                .raw
+                .wait(1, self.end.spin, &mut self.end.parker, deadline)
+            {
                 return Err(SendError { value, error });
             }
         }
@@ -435,7 +472,8 @@ impl<T: Element> Producer<T> {
             if n > 0 || items.is_empty() {
                 return Ok(n);
             }
-            self.raw.wait(1, self.spin, &mut self.parker, deadline)?;
+            self.raw
+                .wait(1, self.end.spin, &mut self.end.parker, deadline)?;
         }
     }
 
@@ -451,8 +489,12 @@ impl<T: Element> Producer<T> {
             let n = self.try_send_slice(items)?;
             items = &items[n..];
             if n == 0 {
-                self.raw
-                    .wait(items.len() as u64, self.spin, &mut self.parker, deadline)?;
+                self.raw.wait(
+                    items.len() as u64,
+                    self.end.spin,
+                    &mut self.end.parker,
+                    deadline,
+                )?;
             }
         }
         Ok(())
@@ -531,9 +573,12 @@ impl<T: Element> Producer<T> {
         want: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, RingError> {
-        let n = self
-            .raw
-            .wait(want as u64, self.spin, &mut self.parker, deadline(timeout))?;
+        let n = self.raw.wait(
+            want as u64,
+            self.end.spin,
+            &mut self.end.parker,
+            deadline(timeout),
+        )?;
         Ok(n as usize)
     }
 
@@ -563,20 +608,11 @@ impl<T: Element> Consumer<T> {
         peer: Option<PeerLink>,
     ) -> Result<Consumer<T>, OpenError> {
         let storage = fds.open_storage(layout_of::<T>(tag)?)?;
-        // Claimed before attaching: `attach` writes the consumer's line.
-        let claim = claim::claim(fds.memfd.as_fd(), End::Consumer)?;
-        let parker = Parker {
-            eventfd: dup(&fds.data_ready)?,
-            peer: peer.map(PeerLink::into_socket),
-        };
+        let end = EndFds::open(fds, End::Consumer, &fds.data_ready, &fds.space_ready, peer)?;
         Ok(Consumer {
             raw: RawConsumer::attach(storage)?,
-            _claim: claim,
+            end,
             declined: false,
-            wake: dup(&fds.space_ready)?,
-            readiness: Readiness::new(&parker)?,
-            parker,
-            spin: DEFAULT_SPIN,
             _t: PhantomData,
         })
     }
@@ -591,29 +627,21 @@ impl<T: Element> Consumer<T> {
     }
     /// How long blocking calls spin before parking (default 20 us; zero parks at once).
     pub fn set_spin(&mut self, spin: Duration) {
-        self.spin = spin;
+        self.end.spin = spin;
     }
     /// Replaces the peer socket (a new producer connected to the same ring).
     /// The [readiness fd](Self::readiness_fd) watches the new one from now on.
     pub fn set_peer(&mut self, peer: Option<PeerLink>) {
-        let peer = peer.map(PeerLink::into_socket);
-        self.readiness.set_peer(
-            self.parker.peer.as_ref().map(AsFd::as_fd),
-            peer.as_ref().map(AsFd::as_fd),
-        );
-        self.parker.peer = peer;
+        self.end.set_peer(peer);
     }
     /// Whether a peer socket is set and shows a hang-up.
     pub fn peer_gone(&self) -> bool {
-        self.parker
-            .peer
-            .as_ref()
-            .is_some_and(|p| fds::peer_gone(p.as_fd()))
+        self.end.peer_gone()
     }
 
     pub(crate) fn released(&mut self, n: u64) -> Result<(), RingError> {
         if self.raw.release(n) {
-            fds::notify(self.wake.as_fd())?;
+            self.end.notify()?;
         }
         Ok(())
     }
@@ -642,7 +670,8 @@ impl<T: Element> Consumer<T> {
             if let Some(v) = self.try_recv()? {
                 return Ok(v);
             }
-            self.raw.wait(self.spin, &mut self.parker, deadline)?;
+            self.raw
+                .wait(self.end.spin, &mut self.end.parker, deadline)?;
         }
     }
 
@@ -674,7 +703,8 @@ impl<T: Element> Consumer<T> {
             if n > 0 || out.is_empty() {
                 return Ok(n);
             }
-            self.raw.wait(self.spin, &mut self.parker, deadline)?;
+            self.raw
+                .wait(self.end.spin, &mut self.end.parker, deadline)?;
         }
     }
 
@@ -743,7 +773,7 @@ impl<T: Element> Consumer<T> {
     pub fn wait_readable(&mut self, timeout: Option<Duration>) -> Result<usize, RingError> {
         let n = self
             .raw
-            .wait(self.spin, &mut self.parker, deadline(timeout))?;
+            .wait(self.end.spin, &mut self.end.parker, deadline(timeout))?;
         Ok(n as usize)
     }
 

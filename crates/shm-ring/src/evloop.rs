@@ -175,7 +175,7 @@ macro_rules! event_loop_api {
             /// `Ok(true)`; see the crate docs, "Event loops", for the protocol.
             #[doc(alias = "as_fd")]
             pub fn readiness_fd(&self) -> BorrowedFd<'_> {
-                self.readiness.fd()
+                self.end.readiness.fd()
             }
 
             #[doc = concat!("Prepares to sleep on [`readiness_fd`](Self::readiness_fd) in an external event loop, when ", $work, ".")]
@@ -193,7 +193,7 @@ macro_rules! event_loop_api {
             /// counter; [`RingError::Io`] if the eventfd could not be read or
             /// the peer of [`set_peer`](Self::set_peer) could not be watched.
             pub fn prepare_park(&mut self) -> Result<bool, RingError> {
-                self.readiness.prepare(&mut self.raw, &self.parker)
+                self.end.readiness.prepare(&mut self.raw, &self.end.parker)
             }
 
             /// Ends a park begun by [`prepare_park`](Self::prepare_park)
@@ -207,7 +207,7 @@ macro_rules! event_loop_api {
         /// The [`readiness_fd`](Self::readiness_fd), for event loops that take `AsFd`.
         impl<T> AsFd for $end<T> {
             fn as_fd(&self) -> BorrowedFd<'_> {
-                self.readiness.fd()
+                self.end.readiness.fd()
             }
         }
     };

@@ -252,7 +252,7 @@ impl<T: Element> AsyncConsumer<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(inner: Consumer<T>) -> Result<AsyncConsumer<T>, RingError> {
-        let waits = Waits::new(&inner.parker)?;
+        let waits = Waits::new(&inner.end.parker)?;
         Ok(AsyncConsumer { inner, waits })
     }
 
@@ -359,7 +359,7 @@ pub struct AsyncProducer<T> {
 impl<T: Element> AsyncProducer<T> {
     /// Wraps a producer; must be called inside a tokio runtime.
     pub fn new(inner: Producer<T>) -> Result<AsyncProducer<T>, RingError> {
-        let waits = Waits::new(&inner.parker)?;
+        let waits = Waits::new(&inner.end.parker)?;
         Ok(AsyncProducer {
             inner,
             waits,
