@@ -82,19 +82,23 @@ fn separately_built_programs_share_their_own_declarations() {
     );
 }
 
+/// The `mismatched` program's `--variant`s: each declares `Message` with one
+/// difference, which the segment and the board must both refuse.
+const VARIANTS: [&str; 6] = [
+    "renamed",
+    "reordered",
+    "swapped",
+    "retyped",
+    "nested",
+    "tagged",
+];
+
 #[test]
 fn renamed_reordered_swapped_retyped_or_tagged_fields_are_refused() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));
     let name = unique_name("ts-mismatch");
     let writer = Writer::start(cmd(Path::new(WRITER), &name, &[]));
-    for variant in [
-        "renamed",
-        "reordered",
-        "swapped",
-        "retyped",
-        "nested",
-        "tagged",
-    ] {
+    for variant in VARIANTS {
         let (code, _, err) = run(cmd(Path::new(MISMATCHED), &name, &["--variant", variant]));
         assert_eq!(code, Some(1), "{variant}: not refused: {err}");
         // Both sides, by name, size and alignment, and what differs.
@@ -132,14 +136,7 @@ fn a_typed_board_refuses_renamed_reordered_swapped_retyped_or_tagged_fields() {
     let _watchdog = Watchdog::new(Duration::from_secs(60));
     let name = unique_name("ts-board-mismatch");
     let writer = Writer::start(cmd(Path::new(WRITER), &name, &["--board"]));
-    for variant in [
-        "renamed",
-        "reordered",
-        "swapped",
-        "retyped",
-        "nested",
-        "tagged",
-    ] {
+    for variant in VARIANTS {
         let (code, _, err) = run(cmd(
             Path::new(MISMATCHED),
             &name,
