@@ -97,7 +97,7 @@ mod sigbus;
 
 pub use layout::Layout;
 pub use mapping::{Access, MapError, Mapping};
-pub use ofd_lock::{OfdLock, is_locked};
+pub use ofd_lock::{OfdLock, is_locked, lock_shared};
 pub use plain::Plain;
 pub use region::{OutOfBounds, Region};
 pub use segment::{AccessPolicy, ObjectAccess, Segment, SegmentBuilder, SegmentError};

@@ -9,7 +9,9 @@
 //! processes that test the lock. The kernel drops the lock when the
 //! description is closed: when the [`OfdLock`] is dropped and when its
 //! process dies, SIGKILL included. [`is_locked`] asks, from any other
-//! description, whether somebody holds the byte. The locks are advisory:
+//! description, whether somebody holds the byte. [`lock_shared`] takes a
+//! shared lock on the caller's own description: readers that pin a file
+//! against an owner who rewrites it only once it holds the byte exclusively. The locks are advisory:
 //! they guard no bytes, and mappings ignore them.
 //!
 //! This is the one implementation of these locks in the workspace: the
@@ -141,6 +143,50 @@ impl OfdLock {
     #[must_use]
     pub fn description(&self) -> BorrowedFd<'_> {
         self.description.as_fd()
+    }
+}
+
+/// Takes a shared lock on `byte` on `fd`'s own description, without
+/// waiting: `Ok(false)` if another description holds the byte exclusively.
+///
+/// The lock is held until every descriptor of that description is closed
+/// (a `dup` shares it), or until the process dies: a reader pins what it
+/// reads against an owner that takes the byte exclusively
+/// ([`OfdLock::try_acquire`]) before rewriting the file. `fd` must be open
+/// for reading.
+///
+/// # Errors
+/// `fcntl` failed otherwise (a file system without OFD locks).
+///
+/// # Examples
+/// ```
+/// use std::os::fd::AsFd;
+/// use shm_segment::{OfdLock, lock_shared};
+///
+/// let path = std::env::temp_dir().join(format!("ofd-shared-doc-{}", std::process::id()));
+/// std::fs::write(&path, b"x")?;
+/// let reader = std::fs::File::open(&path)?;
+/// assert!(lock_shared(reader.as_fd(), 0)?);
+/// // While the reader's description is open, nobody takes the byte exclusively.
+/// let owner = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+/// assert!(OfdLock::try_acquire(owner.as_fd(), 0)?.is_none());
+/// drop(reader);
+/// assert!(OfdLock::try_acquire(owner.as_fd(), 0)?.is_some());
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn lock_shared(fd: BorrowedFd<'_>, byte: u64) -> Result<bool, Errno> {
+    let fl = flock_at(byte, libc::F_RDLCK);
+    // SAFETY: `fd` is open for the call (borrowed); `fl` is a valid,
+    // initialised `struct flock` (with `l_pid` 0, as F_OFD_SETLK requires)
+    // that outlives the call; F_OFD_SETLK only reads it.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    match last_errno() {
+        Errno::AGAIN | Errno::ACCESS => Ok(false),
+        e => Err(e),
     }
 }
 

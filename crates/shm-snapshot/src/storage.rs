@@ -102,6 +102,13 @@ impl FileStorage {
     /// never blocks: it uses `O_NONBLOCK` (a FIFO would otherwise wait for a
     /// writer forever), checked with `fstat` before any read, then cleared.
     ///
+    /// A file opened for reading only is pinned while it stays open (a
+    /// shared OFD lock on its byte 0): a live host never reuses the inode
+    /// under it for a compaction ([`crate::SnapshotWriter::compact_file`]
+    /// recycles the log it replaced once nobody reads it), so a reader that
+    /// keeps the file open across compactions goes on reading one complete
+    /// log.
+    ///
     /// # Errors
     /// The OS error, naming the path; [`ErrorKind::NotRegular`] for a FIFO,
     /// socket, device or directory.
@@ -127,6 +134,13 @@ impl FileStorage {
     /// # }
     /// ```
     pub fn open(path: &Path, writable: bool) -> Result<Self, SnapshotError> {
+        if writable {
+            return Self::open_once(path, true).map(Self);
+        }
+        crate::format::files::open_pinned(path, || Self::open_once(path, false)).map(Self)
+    }
+
+    fn open_once(path: &Path, writable: bool) -> Result<File, SnapshotError> {
         use rustix::fs::{FileType, Mode, OFlags};
         let show = path.display();
         let access = if writable {
@@ -159,7 +173,7 @@ impl FileStorage {
         }
         rustix::fs::fcntl_setfl(&fd, access)
             .map_err(|e| SnapshotError::io(&format!("fcntl {show}"), e.into()))?;
-        Ok(Self(File::from(fd)))
+        Ok(File::from(fd))
     }
 }
 

@@ -299,6 +299,49 @@ fn power_loss_replay_with_reserved_zeros() {
     power_loss_replay_with(32 * u64::from(PS));
 }
 
+/// The same on a reused log ([`SnapshotWriter::compact_onto`], what a file
+/// gets from its second compaction on): the compacted image and the
+/// snapshots after it overwrite an older log of the same writer, so every
+/// write that has not reached the disk leaves that log's records, not
+/// zeros, where a new record belongs.
+#[test]
+fn power_loss_replay_over_a_reused_log() {
+    let len = 6 * PS as usize;
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    w.set_write_batch(1);
+    w.set_reserve(0);
+    for g in 1..=3 {
+        w.snapshot(&full_state(g, len)).unwrap();
+    }
+    // Generations 1..=3 become the older log; the writer goes on in a new one.
+    let mut older = w.compact_onto(MemStorage::default()).unwrap();
+    older.log.clear();
+    let underlay = older.data.clone();
+    w.snapshot(&full_state(4, len)).unwrap();
+    w.compact_onto(older).unwrap();
+    // A file is swapped in only once its image is synced (crashes before
+    // that leave the previous log in place): replay from there.
+    let synced = w.storage().log.len();
+    let start = MemStorage::with_data(w.storage().data.clone());
+    assert_eq!(
+        start.data.len(),
+        underlay.len(),
+        "the image overwrote the older log"
+    );
+    assert_ne!(start.data, underlay);
+    assert_eq!(restore_vec(&start).unwrap(), (full_state(4, len), 4));
+    let mut acked_at = Vec::new();
+    for g in 5..=7 {
+        assert_eq!(w.snapshot(&full_state(g, len)).unwrap(), g);
+        acked_at.push(w.storage().log.len() - synced);
+    }
+    assert!(
+        w.storage().data.len() > underlay.len(),
+        "the log grew past the older one"
+    );
+    replay(len, start, &w.storage().log[synced..], 4, &acked_at);
+}
+
 fn power_loss_replay_with(reserve: u64) {
     let len = 6 * PS as usize;
     let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
@@ -311,11 +354,19 @@ fn power_loss_replay_with(reserve: u64) {
         assert_eq!(w.snapshot(&full_state(g, len)).unwrap(), g);
         acked_at.push(w.storage().log.len());
     }
-    let log = w.storage().log.clone();
+    replay(len, MemStorage::default(), &w.storage().log, 0, &acked_at);
+}
+
+/// Replays `log` from `start` (durable before it): at every operation,
+/// every subset of the writes since the last sync, one of them perhaps
+/// torn, must restore a generation of [`full_state`] no older than the
+/// newest acknowledged one, generation `base + k` being acknowledged after
+/// the first `acked_at[k - 1]` operations.
+fn replay(len: usize, start: MemStorage, log: &[Op], base: u64, acked_at: &[usize]) {
     // The newest generation acknowledged before operation `i` was issued.
-    let acknowledged = |i: usize| acked_at.iter().filter(|&&at| at <= i).count() as u64;
+    let acknowledged = |i: usize| base + acked_at.iter().filter(|&&at| at <= i).count() as u64;
     let mut durable_gen = 0u64;
-    let mut durable = MemStorage::default();
+    let mut durable = start;
     let mut pending: Vec<Op> = Vec::new();
     let mut states = 0;
     let apply = |m: &mut MemStorage, op: &Op| match op {
@@ -689,4 +740,79 @@ fn large_snapshots_grow_the_file_without_reserving() {
     w.snapshot(&s).unwrap();
     assert_eq!(w.storage().data.len() as u64, w.len() + 16 * u64::from(PS));
     assert_eq!(inspect(w.storage()).unwrap().reserved, 16 * u64::from(PS));
+}
+
+/// A file's compaction reuses the log the compaction before it replaced
+/// (the inode comes back, and no block is allocated), unless a reader that
+/// opened the file through [`FileStorage::open`] still holds that log: then
+/// a new file is written, and the reader goes on reading the complete log
+/// it opened. Dropping the writer leaves no temporary file behind.
+#[test]
+fn compaction_reuses_the_replaced_log_unless_a_reader_holds_it() {
+    use std::os::unix::fs::MetadataExt;
+    let len = 8 * PS as usize;
+    let dir = std::env::temp_dir().join(format!("reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("f.snap");
+    let ino = || std::fs::metadata(&path).unwrap().ino();
+    let temps = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "f.snap")
+            .count()
+    };
+    std::fs::File::create_new(&path).unwrap();
+    let mut w =
+        SnapshotWriter::create(FileStorage::open(&path, true).unwrap(), PS, len as u64).unwrap();
+    w.set_reserve(0);
+    let mut inodes = vec![ino()];
+    for g in 1..=6 {
+        w.snapshot(&full_state(g, len)).unwrap();
+        if g == 4 {
+            // Holds the log of generations 3 and 4, which the next
+            // compaction replaces and the one after would reuse.
+            let reader = FileStorage::open(&path, false).unwrap();
+            w.compact_file(&path).unwrap();
+            inodes.push(ino());
+            w.snapshot(&full_state(5, len)).unwrap();
+            w.compact_file(&path).unwrap();
+            inodes.push(ino());
+            let (v, g) = restore_vec(&reader).unwrap();
+            assert!(
+                (g, v == full_state(4, len)) == (4, true),
+                "the reader's log changed under it: generation {g}"
+            );
+            assert!(inspect(&reader).unwrap().damage.is_none());
+            break;
+        }
+        w.compact_file(&path).unwrap();
+        inodes.push(ino());
+        assert_eq!(
+            temps(),
+            1,
+            "the replaced log is kept under a temporary name"
+        );
+        let info = inspect(&FileStorage::open(&path, false).unwrap()).unwrap();
+        assert_eq!((info.generation, info.damage), (g, None));
+    }
+    // Compaction 1 wrote a new file; 2, 3 and 4 each reused the log the
+    // one before replaced; 5 found that log (the reader's) held and wrote
+    // a new file.
+    let [i0, i1, i2, i3, i4, i5] = inodes[..] else {
+        panic!("{inodes:?}")
+    };
+    assert_ne!(i1, i0, "{inodes:?}");
+    assert_eq!((i2, i3, i4), (i0, i1, i0), "{inodes:?}");
+    assert!(!inodes[..5].contains(&i5), "{inodes:?}");
+    w.snapshot(&full_state(6, len)).unwrap();
+    let end = w.len();
+    assert_eq!(
+        restore_vec(&FileStorage::open(&path, false).unwrap()).unwrap(),
+        (full_state(6, len), 6)
+    );
+    drop(w);
+    assert_eq!(temps(), 0, "a temporary file was left behind");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

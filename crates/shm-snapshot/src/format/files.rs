@@ -175,14 +175,176 @@ fn copy_access(m: &std::fs::Metadata, to: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The byte of a snapshot file that readers lock shared ([`pin`]) and a
+/// writer locks exclusively before it overwrites a retired log ([`Spare`]).
+/// The locks are advisory OFD locks: they guard no bytes.
+pub(crate) const PIN_BYTE: u64 = 0;
+
+/// How long [`crate::FileStorage::open`] tries to pin a file that a writer
+/// is overwriting at that moment (it then opens the path again: the inode
+/// it got was a retired log, and FILE names another one).
+const PIN_TRIES: u32 = 200;
+
+/// Pins `file` for reading: a shared lock on [`PIN_BYTE`] of its own
+/// description, held until the description is closed, so that no writer
+/// recycles the inode ([`Spare`]) while it is read. `Ok(false)`: a writer
+/// holds the byte (it is rewriting this inode); `Ok(true)` also where the
+/// file system has no OFD locks (then no writer recycles either: its
+/// exclusive lock fails the same way).
+pub(crate) fn pin(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsFd;
+    match shm_segment::lock_shared(file.as_fd(), PIN_BYTE) {
+        Ok(held) => Ok(held),
+        Err(e) => {
+            tracing::debug!("no OFD lock to pin the snapshot file for reading: {e}");
+            Ok(true)
+        }
+    }
+}
+
+/// Opens `path` with `open` until the file it gets can be [`pin`]ned:
+/// a writer that recycles a retired log holds its pin byte for as long as
+/// it writes a compacted image into it, and by then `path` names another
+/// inode.
+pub(crate) fn open_pinned(
+    path: &Path,
+    open: impl Fn() -> Result<File, SnapshotError>,
+) -> Result<File, SnapshotError> {
+    for _ in 0..PIN_TRIES {
+        let f = open()?;
+        if pin(&f).map_err(|e| SnapshotError::io(&format!("lock {}", path.display()), e))? {
+            return Ok(f);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(SnapshotError::new(
+        ErrorKind::Io,
+        format!(
+            "{}: another process holds its pin byte exclusively (a writer rewriting it) for over 2 s",
+            path.display()
+        ),
+    ))
+}
+
+/// A second description of the writer's file, read-only and [`pin`]ned:
+/// what a reader in the writer's own process (the replica uploader) holds,
+/// so that the writer does not recycle the inode under it. A `dup` would
+/// not do: it shares the writer's description, whose locks never conflict
+/// with the writer's own.
+pub(crate) fn pinned_reader(file: &File) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let reopened = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    if pin(&reopened)? {
+        Ok(reopened)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the snapshot file's pin byte is held exclusively",
+        ))
+    }
+}
+
+/// A retired log kept for reuse by the next compaction: the log a
+/// compaction replaced, under a temporary name (`NAME.compact.*.tmp`).
+///
+/// Why: its blocks are allocated and written, so the next compaction
+/// overwrites them instead of allocating a new file, and the snapshots
+/// appended after it land on blocks the file already has: their
+/// `fdatasync` flushes data and commits no size change or block
+/// allocation to the file system's journal (what PostgreSQL gets by
+/// recycling WAL segments). Its old records stay after the new log's end;
+/// their generations are all older than the compacted image's, so every
+/// reader stops at them as at a torn tail.
+///
+/// A retired log may still be read: by a process that opened FILE before
+/// the compaction, or by the replica uploader. Readers [`pin`] what they
+/// read; the writer recycles a spare only while it holds [`PIN_BYTE`]
+/// exclusively, and drops it otherwise.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    file: File,
+    path: PathBuf,
+}
+
+impl Spare {
+    /// Whether `path` still names this spare's inode.
+    fn named(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino() && b.file_type().is_file(),
+            _ => false,
+        }
+    }
+
+    /// The spare's file and name, with its pin byte held, if no reader pins
+    /// it and its name still refers to it; otherwise it is discarded.
+    fn claim(self) -> Option<(File, PathBuf, shm_segment::OfdLock)> {
+        use std::os::fd::AsFd;
+        if !self.named() {
+            tracing::debug!("the retired log's name was taken: not reusing it");
+            return None;
+        }
+        match shm_segment::OfdLock::try_acquire(self.file.as_fd(), PIN_BYTE) {
+            Ok(Some(lock)) => Some((self.file, self.path, lock)),
+            Ok(None) => {
+                tracing::debug!("a reader pins the retired log: compacting into a new file");
+                self.discard();
+                None
+            }
+            Err(e) => {
+                tracing::debug!("cannot lock the retired log ({e}): compacting into a new file");
+                self.discard();
+                None
+            }
+        }
+    }
+
+    /// Removes the spare's name if it still refers to it (best effort).
+    pub(crate) fn discard(self) {
+        if self.named()
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::debug!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Swaps the names `tmp` and `path` in one step (`renameat2` with
+/// `RENAME_EXCHANGE`): `path` then names the new log and `tmp` the old one,
+/// kept as a [`Spare`]. Where the file system cannot exchange names, a plain
+/// rename replaces `path` and the old log is freed. Returns whether the
+/// names were exchanged.
+fn swap_in(tmp: &Path, path: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, tmp, CWD, path, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(
+            e @ (rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOENT),
+        ) => {
+            tracing::debug!("cannot exchange the compacted log with the old one ({e}): renaming");
+            std::fs::rename(tmp, path).map(|()| false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl SnapshotWriter<FileStorage> {
     /// Replaces the log at `path` (this writer's file) by a compacted copy
     /// of the newest durable snapshot ([`SnapshotWriter::compact_into`]):
-    /// writes a new temporary file next to it (created exclusively, never
-    /// following a symlink, mode 0600, under a random name) and
-    /// `fdatasync`s it, gives it `path`'s mode, owner and group, renames it
-    /// over `path`, then `fsync`s the directory, and continues appending to
-    /// the new file.
+    /// writes a temporary file next to it and `fdatasync`s it, gives it
+    /// `path`'s mode, owner and group, swaps it in for `path` in one rename,
+    /// then `fsync`s the directory, and continues appending to the new file.
+    ///
+    /// The temporary file is the log the previous compaction replaced, kept
+    /// under its temporary name, when nobody reads it any more: its blocks
+    /// are already allocated and written, so neither this compaction nor the
+    /// snapshots appended after it change the file's size or allocate
+    /// blocks (their `fdatasync` commits no metadata). Readers that open
+    /// the path through [`FileStorage::open`] pin the inode they read (a
+    /// shared OFD lock on its byte 0), and a pinned old log is never
+    /// reused: a new file is created instead (exclusively, never following
+    /// a symlink, mode 0600, under a random name), as on the first
+    /// compaction. Dropping the writer removes the kept log.
     ///
     /// A crash at any point leaves `path` restorable to the same generation:
     /// before the rename it is the old log (the temporary file is garbage,
@@ -214,9 +376,15 @@ impl SnapshotWriter<FileStorage> {
             Ok(_) => {}
             Err(e) => return Err(SnapshotError::io(&format!("stat {show}"), e)),
         }
-        let (f, tmp) = create_exclusive(path).map_err(|e| {
-            SnapshotError::io(&format!("create {}", compact_temp_path(path).display()), e)
-        })?;
+        let (f, tmp, lock) = match self.spare.take().and_then(Spare::claim) {
+            Some((f, tmp, lock)) => (f, tmp, Some(lock)),
+            None => {
+                let (f, tmp) = create_exclusive(path).map_err(|e| {
+                    SnapshotError::io(&format!("create {}", compact_temp_path(path).display()), e)
+                })?;
+                (f, tmp, None)
+            }
+        };
         let tshow = tmp.display();
         let discard = |e: SnapshotError| {
             let _ = std::fs::remove_file(&tmp);
@@ -233,20 +401,26 @@ impl SnapshotWriter<FileStorage> {
                     e,
                 ))
             })?;
-        let (target, index) = self.compact_to(FileStorage(f)).map_err(discard)?;
-        let end = target
+        let (target, index, end) = self.compact_to(FileStorage(f)).map_err(discard)?;
+        // The image is synced: readers may have it (a reader that opened
+        // the old log long ago reads a complete log, whose tail is older
+        // records it stops at).
+        drop(lock);
+        let len = target
             .len()
             .map_err(|e| discard(SnapshotError::io(&format!("stat {tshow}"), e)))?;
         crash_point!("compact.temp_synced");
-        std::fs::rename(&tmp, path)
+        let exchanged = swap_in(&tmp, path)
             .map_err(|e| discard(SnapshotError::io(&format!("rename {tshow} to {show}"), e)))?;
         crash_point!("compact.renamed");
         // From here on the new file is the log, whatever happens below.
-        self.storage = target;
-        self.end = end;
-        self.reserved_end = end;
-        self.index = index;
-        self.version = super::VERSION;
+        let old = self.adopt(target, index, end, len);
+        if exchanged {
+            self.spare = Some(Spare {
+                file: old.0,
+                path: tmp,
+            });
+        }
         sync_dir_of(path).map_err(|e| SnapshotError::io("fsync directory", e))?;
         crash_point!("compact.dir_synced");
         Ok(())

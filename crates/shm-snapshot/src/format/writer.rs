@@ -38,6 +38,9 @@ pub struct SnapshotWriter<S: Storage> {
     /// The storage's length as this writer left it: `end` plus the zeros
     /// still reserved after it.
     pub(super) reserved_end: u64,
+    /// The log the last compaction replaced, kept for the next one to
+    /// reuse (file logs only).
+    pub(super) spare: Option<super::files::Spare>,
 }
 
 impl<S: Storage> SnapshotWriter<S> {
@@ -115,6 +118,7 @@ impl<S: Storage> SnapshotWriter<S> {
             batch: 1 << 20,
             reserve,
             reserved_end: end,
+            spare: None,
         }
     }
 
@@ -351,17 +355,79 @@ impl<S: Storage> SnapshotWriter<S> {
     /// # Errors
     /// I/O errors; a page whose stored bytes no longer match the checksum
     /// they were written with (the storage changed under the writer).
-    pub fn compact_into<T: Storage>(&self, target: T) -> Result<T, SnapshotError> {
-        self.compact_to(target).map(|(t, _)| t)
-    }
-
-    pub(super) fn compact_to<T: Storage>(
-        &self,
-        mut target: T,
-    ) -> Result<(T, PageIndex), SnapshotError> {
+    pub fn compact_into<T: Storage>(&self, mut target: T) -> Result<T, SnapshotError> {
         target
             .set_len(0)
             .map_err(|e| SnapshotError::io("truncate", e))?;
+        self.compact_to(target).map(|(t, _, _)| t)
+    }
+
+    /// Writes a compacted copy of the newest durable snapshot over the
+    /// start of `target` (synced), then goes on appending to `target`, and
+    /// returns the storage it replaces: a compaction that reuses storage.
+    ///
+    /// Unlike [`SnapshotWriter::compact_into`], `target` is not truncated:
+    /// what it held after the image stays, and later snapshots overwrite it
+    /// as the log grows. Pass the storage a previous `compact_onto`
+    /// returned (an older log of this writer): its records are all older
+    /// than the image's generation, so every reader stops at them as at a
+    /// torn tail, and a file's blocks are reused instead of allocated
+    /// ([`SnapshotWriter::compact_file`] does this with the file it
+    /// replaced). Storage holding records of a newer generation than this
+    /// writer's (another log's) must not be passed.
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::compact_into`]; the writer then goes on with its
+    /// current storage.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shm_snapshot::{MemStorage, SnapshotWriter, restore};
+    ///
+    /// let mut writer = SnapshotWriter::create(MemStorage::default(), 4096, 8192)?;
+    /// writer.snapshot(&[1u8; 8192])?;
+    /// let spare = writer.compact_onto(MemStorage::default())?; // the first log
+    /// writer.snapshot(&[2u8; 8192])?;
+    /// let first = writer.compact_onto(spare)?; // back on the first log's storage
+    /// writer.snapshot(&[3u8; 8192])?;
+    /// let mut back = vec![0u8; 8192];
+    /// let restored = restore(writer.storage(), |at, bytes| {
+    ///     back[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+    /// })?;
+    /// assert_eq!((restored.info.generation, back), (3, vec![3u8; 8192]));
+    /// # drop(first);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn compact_onto(&mut self, target: S) -> Result<S, SnapshotError> {
+        let (target, index, end) = self.compact_to(target)?;
+        let len = target.len().map_err(|e| SnapshotError::io("stat", e))?;
+        Ok(self.adopt(target, index, end, len))
+    }
+
+    /// Goes on appending to `target`, which holds this writer's compacted
+    /// image up to `end` and is `len` bytes long; returns the storage it
+    /// replaces.
+    pub(super) fn adopt(&mut self, target: S, index: PageIndex, end: u64, len: u64) -> S {
+        let old = std::mem::replace(&mut self.storage, target);
+        self.end = end;
+        // A reused storage's older records after `end` are overwritten as
+        // the log grows, like reserved zeros.
+        self.reserved_end = len.max(end);
+        self.index = index;
+        self.version = VERSION;
+        old
+    }
+
+    /// [`SnapshotWriter::compact_into`] without truncating `target` first:
+    /// whatever `target` holds after the image stays (a reused log's older
+    /// records, which readers stop at: their generations are all older
+    /// than the image's). Returns the end of the image.
+    pub(super) fn compact_to<T: Storage>(
+        &self,
+        mut target: T,
+    ) -> Result<(T, PageIndex, u64), SnapshotError> {
         target
             .write_at(
                 0,
@@ -421,7 +487,7 @@ impl<S: Storage> SnapshotWriter<S> {
         target
             .sync()
             .map_err(|e| SnapshotError::io("fdatasync", e))?;
-        Ok((target, index))
+        Ok((target, index, off + buf.len() as u64))
     }
 }
 
@@ -450,13 +516,17 @@ impl<S: Storage> SnapshotWriter<S> {
 
 impl<S: Storage> Drop for SnapshotWriter<S> {
     fn drop(&mut self) {
-        // Trim the reserved zeros so a file at rest ends with its last
-        // commit. Not synced: a crash keeps either length, and zeros after
-        // the last commit are ignored by every reader.
+        // Trim the reserved zeros (or a reused log's older records) so a
+        // file at rest ends with its last commit. Not synced: a crash keeps
+        // either length, and what follows the last commit is ignored by
+        // every reader.
         if self.reserved_end > self.end
             && let Err(e) = self.storage.set_len(self.end)
         {
             tracing::debug!(end = self.end, "cannot trim the reserved zeros: {e}");
+        }
+        if let Some(spare) = self.spare.take() {
+            spare.discard();
         }
     }
 }

@@ -64,13 +64,16 @@ pub(crate) fn notify(h: &mut SnapshotHost) {
     if fg == 0 || fg == r.notified {
         return;
     }
-    match h.writer.storage().0.try_clone() {
+    // A pinned description of its own, not a dup of the writer's: the
+    // writer then never reuses this inode for a compaction while the
+    // uploader may still read it.
+    match crate::format::files::pinned_reader(&h.writer.storage().0) {
         Ok(file) => {
             r.up.notify(Notice::new(file, h.writer.len(), fg, h.persisted));
             r.notified = fg;
             r.behind_since.get_or_insert_with(Instant::now);
         }
-        Err(e) => tracing::warn!("replica: cannot duplicate the handle of FILE: {e}"),
+        Err(e) => tracing::warn!("replica: cannot open a pinned handle of FILE: {e}"),
     }
 }
 

@@ -217,11 +217,11 @@ impl Drop for Replicator {
     }
 }
 
-/// Where the uploaded chain stands: the inode it follows, how many of its
+/// Where the uploaded chain stands: the log it follows, how many of its
 /// bytes and which file generation are in the store.
 #[derive(Debug, Clone, Copy)]
 struct Chain {
-    inode: (u64, u64),
+    inode: LogId,
     end: u64,
     file_generation: u64,
 }
@@ -497,9 +497,21 @@ struct Job {
     at: SystemTime,
 }
 
-/// FILE's inode, as (device, inode number).
-fn inode(f: &File) -> Option<(u64, u64)> {
-    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+/// Which log a handle holds: its device and inode number, and its header.
+///
+/// The header matters because a host reuses the inode of a log that a
+/// compaction replaced for a later compaction (once no reader pins it):
+/// the same inode then holds a new log, whose header names another base
+/// generation. A chain continues only on the very log it started on.
+type LogId = (u64, u64, [u8; crate::format::HEADER_LEN as usize]);
+
+/// The [`LogId`] of the log `f` holds.
+fn inode(f: &File) -> Option<LogId> {
+    use std::os::unix::fs::FileExt;
+    let m = f.metadata().ok()?;
+    let mut header = [0u8; crate::format::HEADER_LEN as usize];
+    f.read_exact_at(&mut header, 0).ok()?;
+    Some((m.dev(), m.ino(), header))
 }
 
 #[cfg(test)]
