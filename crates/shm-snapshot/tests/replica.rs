@@ -706,3 +706,60 @@ fn inspect_reports_how_far_the_replica_is_behind() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The uploader continues a chain only on the very log it started on. A
+/// writer reuses the inode of a log that a compaction replaced
+/// (`SnapshotWriter::compact_file`), so a notice can name the chain's inode
+/// again, holding a new log that is longer than the chain and further on:
+/// that is a new base, not a segment of the old chain, and the store
+/// restores the new log's generation exactly.
+#[test]
+fn a_reused_inode_starts_a_new_base() {
+    use shm_snapshot::replica::{Notice, ReplicaConfig, Replicator, Target};
+    use shm_snapshot::{FileStorage, SnapshotWriter};
+    use std::os::unix::fs::MetadataExt;
+    const LEN: usize = 16 * 4096;
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("replica-reuse");
+    let file = dir.join("state.snap");
+    let url = format!("file://{}", dir.join("store").display());
+    std::fs::File::create_new(&file).unwrap();
+    let mut w =
+        SnapshotWriter::create(FileStorage::open(&file, true).unwrap(), 4096, LEN as u64).unwrap();
+    w.set_reserve(0);
+    let state = |g: u64| vec![u8::try_from(g).unwrap(); LEN];
+    let up = Replicator::start(ReplicaConfig::new(&url)).unwrap();
+    let notify = |w: &SnapshotWriter<FileStorage>| {
+        let g = w.generation();
+        let f = std::fs::File::open(&file).unwrap();
+        up.notify(Notice::new(f, w.len(), g, g));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while up.replicated().file_generation < g {
+            assert!(Instant::now() < deadline, "generation {g} not uploaded");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let ino = || std::fs::metadata(&file).unwrap().ino();
+    w.snapshot(&state(1)).unwrap();
+    w.snapshot(&state(2)).unwrap();
+    notify(&w);
+    let (first, chain_end) = (ino(), w.len());
+    w.compact_file(&file).unwrap();
+    w.snapshot(&state(3)).unwrap();
+    w.compact_file(&file).unwrap();
+    assert_eq!(ino(), first, "the first log's inode was not reused");
+    for g in 4..=6 {
+        w.snapshot(&state(g)).unwrap();
+    }
+    assert!(w.len() > chain_end, "{} <= {chain_end}", w.len());
+    notify(&w);
+    let done = up.finish(Duration::from_secs(10));
+    assert_eq!(done.bases, 2, "{done:?}");
+    let fresh = dir.join("fresh.snap");
+    let got = shm_snapshot::replica::restore(&url, &fresh, Target::Newest).unwrap();
+    assert!(got.skipped.is_empty(), "{:?}", got.skipped);
+    assert_eq!(got.file_generation, 6);
+    let (v, g) = common::restore_vec(&FileStorage::open(&fresh, false).unwrap()).unwrap();
+    assert!(g == 6 && v == state(6), "restored generation {g}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -244,7 +244,7 @@ fn do_inspect(path: &Path, json: bool, replica: Option<&str>) -> Result<(), Stri
     }
     if r.reserved() > 0 {
         println!(
-            "reserved: {} bytes of zeros after the last commit (space for the next snapshots)",
+            "reserved: {} bytes after the last commit (zeros, or a reused older log: space for the next snapshots)",
             r.reserved()
         );
     }

@@ -187,19 +187,16 @@ const PIN_TRIES: u32 = 200;
 
 /// Pins `file` for reading: a shared lock on [`PIN_BYTE`] of its own
 /// description, held until the description is closed, so that no writer
-/// recycles the inode ([`Spare`]) while it is read. `Ok(false)`: a writer
-/// holds the byte (it is rewriting this inode); `Ok(true)` also where the
-/// file system has no OFD locks (then no writer recycles either: its
-/// exclusive lock fails the same way).
-pub(crate) fn pin(file: &File) -> std::io::Result<bool> {
+/// recycles the inode ([`Spare`]) while it is read. `false`: a writer
+/// holds the byte (it is rewriting this inode); `true` also where the file
+/// system has no OFD locks (then no writer recycles either: its exclusive
+/// lock fails the same way).
+pub(crate) fn pin(file: &File) -> bool {
     use std::os::fd::AsFd;
-    match shm_segment::lock_shared(file.as_fd(), PIN_BYTE) {
-        Ok(held) => Ok(held),
-        Err(e) => {
-            tracing::debug!("no OFD lock to pin the snapshot file for reading: {e}");
-            Ok(true)
-        }
-    }
+    shm_segment::lock_shared(file.as_fd(), PIN_BYTE).unwrap_or_else(|e| {
+        tracing::debug!("no OFD lock to pin the snapshot file for reading: {e}");
+        true
+    })
 }
 
 /// Opens `path` with `open` until the file it gets can be [`pin`]ned:
@@ -212,7 +209,7 @@ pub(crate) fn open_pinned(
 ) -> Result<File, SnapshotError> {
     for _ in 0..PIN_TRIES {
         let f = open()?;
-        if pin(&f).map_err(|e| SnapshotError::io(&format!("lock {}", path.display()), e))? {
+        if pin(&f) {
             return Ok(f);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -231,10 +228,11 @@ pub(crate) fn open_pinned(
 /// so that the writer does not recycle the inode under it. A `dup` would
 /// not do: it shares the writer's description, whose locks never conflict
 /// with the writer's own.
+#[cfg(feature = "replica")]
 pub(crate) fn pinned_reader(file: &File) -> std::io::Result<File> {
     use std::os::fd::AsRawFd;
     let reopened = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    if pin(&reopened)? {
+    if pin(&reopened) {
         Ok(reopened)
     } else {
         Err(std::io::Error::new(
@@ -251,8 +249,8 @@ pub(crate) fn pinned_reader(file: &File) -> std::io::Result<File> {
 /// overwrites them instead of allocating a new file, and the snapshots
 /// appended after it land on blocks the file already has: their
 /// `fdatasync` flushes data and commits no size change or block
-/// allocation to the file system's journal (what PostgreSQL gets by
-/// recycling WAL segments). Its old records stay after the new log's end;
+/// allocation to the file system's journal (what databases get by
+/// recycling their write-ahead log's segment files). Its old records stay after the new log's end;
 /// their generations are all older than the compacted image's, so every
 /// reader stops at them as at a torn tail.
 ///
@@ -376,14 +374,14 @@ impl SnapshotWriter<FileStorage> {
             Ok(_) => {}
             Err(e) => return Err(SnapshotError::io(&format!("stat {show}"), e)),
         }
-        let (f, tmp, lock) = match self.spare.take().and_then(Spare::claim) {
-            Some((f, tmp, lock)) => (f, tmp, Some(lock)),
-            None => {
-                let (f, tmp) = create_exclusive(path).map_err(|e| {
-                    SnapshotError::io(&format!("create {}", compact_temp_path(path).display()), e)
-                })?;
-                (f, tmp, None)
-            }
+        let (f, tmp, lock) = if let Some((f, tmp, lock)) = self.spare.take().and_then(Spare::claim)
+        {
+            (f, tmp, Some(lock))
+        } else {
+            let (f, tmp) = create_exclusive(path).map_err(|e| {
+                SnapshotError::io(&format!("create {}", compact_temp_path(path).display()), e)
+            })?;
+            (f, tmp, None)
         };
         let tshow = tmp.display();
         let discard = |e: SnapshotError| {

@@ -80,9 +80,12 @@ pub struct FileInfo {
     pub valid_end: u64,
     /// The storage length.
     pub file_len: u64,
-    /// Zeros after the last valid commit, up to the end: space the writer
-    /// keeps reserved ([`SnapshotWriter::set_reserve`]), not a torn tail.
-    /// 0 when anything else follows the last commit.
+    /// Bytes after the last valid commit, up to the end, that are space the
+    /// writer keeps, not a torn tail: zeros it reserved
+    /// ([`SnapshotWriter::set_reserve`]), or the records of an older log
+    /// that a compaction reused ([`SnapshotWriter::compact_onto`]), all of
+    /// generations up to this log's base (a torn record written over them
+    /// counts with them). 0 when anything else follows the last commit.
     pub reserved: u64,
     /// Whether the file was all zeros (a fresh state of `region_size` bytes).
     pub all_zero: bool,

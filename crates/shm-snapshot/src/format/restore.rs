@@ -625,7 +625,14 @@ fn scan_once<S: Storage + ?Sized>(
             tail.truncate(end);
             info.damage = Some(damage);
         }
-        if tail.is_empty() && all_zeros(s, info.valid_end, file_len)? {
+        // Space the writer keeps after the log: zeros, or a reused log's
+        // older records (all of generations up to this log's base: they
+        // were written before its compacted image).
+        let reused = info.damage.is_none()
+            && !all_zero
+            && !tail.is_empty()
+            && tail.iter().all(|r| r.generation <= base);
+        if reused || (tail.is_empty() && all_zeros(s, info.valid_end, file_len)?) {
             info.reserved = file_len - info.valid_end;
         }
     }

@@ -224,7 +224,7 @@ fn report_load(path: &Path, r: &Restored) {
             "{show}: no complete commit found: the {} bytes after the header were ignored (a first snapshot a crash interrupted, or a cut file); starting from an all-zero state",
             i.file_len - i.valid_end
         );
-    } else if i.damage.is_none() && i.valid_end < i.file_len && !i.all_zero {
+    } else if i.damage.is_none() && i.valid_end + i.reserved < i.file_len && !i.all_zero {
         tracing::info!(
             "{show}: ignored a torn tail of {} bytes after file generation {} (a snapshot a crash interrupted)",
             i.file_len - i.valid_end,

@@ -94,8 +94,8 @@ impl Inspection {
     }
 
     /// Bytes after the last valid commit that a start ignores (a torn or
-    /// corrupt tail); 0 for a damaged or all-zero FILE, and for zeros the
-    /// writer reserved ([`Inspection::reserved`]).
+    /// corrupt tail); 0 for a damaged or all-zero FILE, and for the space
+    /// the writer keeps ([`Inspection::reserved`]).
     pub fn ignored_tail(&self) -> u64 {
         let i = &self.info;
         if i.damage.is_none() && !i.all_zero {
@@ -105,8 +105,10 @@ impl Inspection {
         }
     }
 
-    /// Zeros after the last commit that a running (or killed) host keeps
-    /// reserved for its next snapshots ([`crate::SnapshotWriter::set_reserve`]).
+    /// Bytes after the last commit that a running (or killed) host keeps
+    /// for its next snapshots: reserved zeros
+    /// ([`crate::SnapshotWriter::set_reserve`]), or the older records of a
+    /// log its last compaction reused ([`crate::SnapshotWriter::compact_file`]).
     pub fn reserved(&self) -> u64 {
         self.info.reserved
     }
