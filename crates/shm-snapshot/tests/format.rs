@@ -816,3 +816,51 @@ fn compaction_reuses_the_replaced_log_unless_a_reader_holds_it() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `compact_onto` reuses only storage whose records are all older than the
+/// writer's generation: a newer log, a damaged one or one of another
+/// geometry is refused (its records could continue the image), and the
+/// writer goes on with its own log.
+#[test]
+fn compact_onto_refuses_a_log_it_cannot_reuse() {
+    let len = 4 * PS as usize;
+    let log = |gens: u64, ps: u32| {
+        let mut w = SnapshotWriter::create(MemStorage::default(), ps, len as u64).unwrap();
+        for g in 1..=gens {
+            w.snapshot(&state(g, len)).unwrap();
+        }
+        w.storage().clone()
+    };
+    let mut w = SnapshotWriter::create(MemStorage::default(), PS, len as u64).unwrap();
+    for g in 1..=3 {
+        w.snapshot(&state(g, len)).unwrap();
+    }
+    let mut damaged = log(3, PS).data;
+    damaged[70] ^= 1;
+    for (what, target) in [
+        ("newer", log(5, PS)),
+        ("as new", log(3, PS)),
+        ("other pages", log(1, PS * 2)),
+        ("damaged", MemStorage::with_data(damaged)),
+    ] {
+        let e = w.compact_onto(target).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::SizeMismatch | ErrorKind::CorruptHeader),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            restore_vec(w.storage()).unwrap(),
+            (state(3, len), 3),
+            "{what}"
+        );
+    }
+    // Older, empty and all-zero storage is taken.
+    for target in [
+        log(2, PS),
+        MemStorage::default(),
+        MemStorage::with_data(vec![0; 4096]),
+    ] {
+        w.compact_onto(target).unwrap();
+        assert_eq!(restore_vec(w.storage()).unwrap(), (state(3, len), 3));
+    }
+}

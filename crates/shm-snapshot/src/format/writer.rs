@@ -373,11 +373,15 @@ impl<S: Storage> SnapshotWriter<S> {
     /// than the image's generation, so every reader stops at them as at a
     /// torn tail, and a file's blocks are reused instead of allocated
     /// ([`SnapshotWriter::compact_file`] does this with the file it
-    /// replaced). Storage holding records of a newer generation than this
-    /// writer's (another log's) must not be passed.
+    /// replaced). `target` is read first, to check that: it must be empty,
+    /// all zeros, or an intact log of this writer's geometry whose newest
+    /// generation is older than this writer's.
     ///
     /// # Errors
-    /// As [`SnapshotWriter::compact_into`]; the writer then goes on with its
+    /// [`ErrorKind::SizeMismatch`] for a `target` that holds anything else
+    /// (a newer or damaged log, another geometry; unreadable bytes give
+    /// [`crate::inspect`]'s error); otherwise as
+    /// [`SnapshotWriter::compact_into`]. The writer then goes on with its
     /// current storage.
     ///
     /// # Examples
@@ -401,6 +405,32 @@ impl<S: Storage> SnapshotWriter<S> {
     /// # }
     /// ```
     pub fn compact_onto(&mut self, target: S) -> Result<S, SnapshotError> {
+        if target.len().map_err(|e| SnapshotError::io("stat", e))? > 0 {
+            let info = super::restore::inspect(&target)?;
+            let older = info.page_size == self.page_size
+                && info.region_size == self.region_size
+                && info.damage.is_none()
+                && info.generation < self.generation;
+            if !(info.all_zero || older) {
+                return Err(SnapshotError::new(
+                    ErrorKind::SizeMismatch,
+                    format!(
+                        "cannot compact onto a log at generation {} ({} B pages, {} B region{}): only an older log of this writer (generation below {}, {} B pages, {} B region) or empty storage",
+                        info.generation,
+                        info.page_size,
+                        info.region_size,
+                        if info.damage.is_some() {
+                            ", damaged"
+                        } else {
+                            ""
+                        },
+                        self.generation,
+                        self.page_size,
+                        self.region_size
+                    ),
+                ));
+            }
+        }
         let (target, index, end) = self.compact_to(target)?;
         let len = target.len().map_err(|e| SnapshotError::io("stat", e))?;
         Ok(self.adopt(target, index, end, len))
