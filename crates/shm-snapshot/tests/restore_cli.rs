@@ -500,6 +500,38 @@ fn compaction_never_follows_a_planted_symlink_and_keeps_the_mode() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A reader that holds FILE open (through `FileStorage::open`) while its
+/// host compacts again and again keeps the log it opened: each compaction
+/// reuses the log the one before replaced, except one a reader still holds,
+/// so the held log, once replaced, never changes again.
+#[test]
+fn a_reader_holding_file_keeps_the_log_it_opened() {
+    if role().is_some() {
+        return committer();
+    }
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = temp_dir("snap-held-reader");
+    let file = dir.join("state.snap");
+    let run = start(
+        "a_reader_holding_file_keeps_the_log_it_opened",
+        &file,
+        &fresh("0.01", &["--compact-at", "1.5", "--compact-min", "0"]),
+    );
+    run.wait_for("compacted ");
+    let reader = FileStorage::open(&file, false).unwrap();
+    let opened = run.stderr().matches("compacted ").count();
+    // One compaction replaces the held log; the next would reuse it.
+    run.wait_count("compacted ", opened + 2);
+    let first = inspect(&reader).unwrap();
+    run.wait_count("compacted ", opened + 6);
+    let second = inspect(&reader).unwrap();
+    let text = run.stop();
+    assert!(first.damage.is_none() && first.commits > 0, "{first:?}");
+    assert_eq!(first, second, "the held log changed: {text}");
+    assert_eq!(check_file(&file), last_durable(&text), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// FILE given as a symlink: the host works on its target, so compaction
 /// replaces the real file and the link keeps pointing at the newest state.
 #[test]
