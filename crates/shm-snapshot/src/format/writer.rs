@@ -33,6 +33,9 @@ pub struct SnapshotWriter<S: Storage> {
     /// Bytes appended by the last snapshot.
     pub last_bytes_written: u64,
     batch: usize,
+    /// The buffer a snapshot gathers its records in, kept between snapshots
+    /// (grown once to a batch, never reallocated while records are added).
+    scratch: Vec<u8>,
     /// Bytes of zeros kept written past the log's end ([`SnapshotWriter::set_reserve`]).
     reserve: u64,
     /// The storage's length as this writer left it: `end` plus the zeros
@@ -42,6 +45,9 @@ pub struct SnapshotWriter<S: Storage> {
     /// reuse (file logs only).
     pub(super) spare: Option<super::files::Spare>,
 }
+
+/// Bytes a snapshot gathers before one write call ([`SnapshotWriter::set_write_batch`]).
+const DEFAULT_BATCH: usize = 4 << 20;
 
 impl<S: Storage> SnapshotWriter<S> {
     /// Starts a new file (generation 0 = all zeros) on `storage`, replacing its contents.
@@ -115,7 +121,8 @@ impl<S: Storage> SnapshotWriter<S> {
             zero_crc: crc32c::crc32c(&zeros),
             zero_last_crc: crc32c::crc32c(&zeros[..usize::try_from(last).unwrap_or(0)]),
             last_bytes_written: 0,
-            batch: 1 << 20,
+            batch: DEFAULT_BATCH,
+            scratch: Vec::new(),
             reserve,
             reserved_end: end,
             spare: None,
@@ -209,8 +216,16 @@ impl<S: Storage> SnapshotWriter<S> {
         self.reserve = bytes;
     }
 
-    /// Sets how many bytes are gathered before one write call (default 1 MiB;
+    /// Sets how many bytes are gathered before one write call (default 4 MiB;
     /// tests use small values to get many independently reorderable writes).
+    ///
+    /// Each full batch is written and handed to write-back at once, so that
+    /// the device writes it while the next one is checksummed. A snapshot
+    /// that fits in one batch is one write and its `fdatasync`: a write-back
+    /// started before the snapshot's last bytes would make their write wait
+    /// for it (the page they share with the batch is under write-back) and
+    /// split one device write in two. 4 MiB keeps snapshots of up to about
+    /// 1000 pages in one write; larger ones still overlap.
     pub fn set_write_batch(&mut self, bytes: usize) {
         self.batch = bytes.max(1);
     }
@@ -283,10 +298,12 @@ impl<S: Storage> SnapshotWriter<S> {
     /// [`Snapshot::commit`]. Pages not handed keep their previous contents.
     /// Dropping it without a commit discards what it appended.
     pub fn begin(&mut self) -> Snapshot<'_, S> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         Snapshot {
             generation: self.generation + 1,
             off: self.end,
-            buf: Vec::new(),
+            buf,
             new: Vec::new(),
             failed: false,
             done: false,
@@ -727,6 +744,8 @@ impl<S: Storage> Snapshot<'_, S> {
 
 impl<S: Storage> Drop for Snapshot<'_, S> {
     fn drop(&mut self) {
+        // The next snapshot gathers its records in the same buffer.
+        self.w.scratch = std::mem::take(&mut self.buf);
         if !self.done && self.wrote {
             // Best effort: readers ignore an uncommitted tail anyway, and the
             // next snapshot overwrites it from `end`. A write that failed
