@@ -180,9 +180,10 @@ fn copy_access(m: &std::fs::Metadata, to: &File) -> std::io::Result<()> {
 /// The locks are advisory OFD locks: they guard no bytes.
 pub(crate) const PIN_BYTE: u64 = 0;
 
-/// How long [`crate::FileStorage::open`] tries to pin a file that a writer
-/// is overwriting at that moment (it then opens the path again: the inode
-/// it got was a retired log, and FILE names another one).
+/// How many times, 10 ms apart, [`crate::FileStorage::open`] opens a path
+/// again when the file it got is being overwritten by its writer at that
+/// moment (the inode was a retired log, and the path names another one by
+/// then): 2 s in all.
 const PIN_TRIES: u32 = 200;
 
 /// Pins `file` for reading: a shared lock on [`PIN_BYTE`] of its own
@@ -250,9 +251,9 @@ pub(crate) fn pinned_reader(file: &File) -> std::io::Result<File> {
 /// appended after it land on blocks the file already has: their
 /// `fdatasync` flushes data and commits no size change or block
 /// allocation to the file system's journal (what databases get by
-/// recycling their write-ahead log's segment files). Its old records stay after the new log's end;
-/// their generations are all older than the compacted image's, so every
-/// reader stops at them as at a torn tail.
+/// recycling their write-ahead log's segment files). Its old records stay
+/// after the new log's end; their generations are all older than the
+/// compacted image's, so every reader stops at them as at a torn tail.
 ///
 /// A retired log may still be read: by a process that opened FILE before
 /// the compaction, or by the replica uploader. Readers [`pin`] what they

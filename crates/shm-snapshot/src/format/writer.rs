@@ -47,7 +47,7 @@ pub struct SnapshotWriter<S: Storage> {
 }
 
 /// Bytes a snapshot gathers before one write call ([`SnapshotWriter::set_write_batch`]).
-const DEFAULT_BATCH: usize = 4 << 20;
+const DEFAULT_BATCH: usize = 1 << 20;
 
 impl<S: Storage> SnapshotWriter<S> {
     /// Starts a new file (generation 0 = all zeros) on `storage`, replacing its contents.
@@ -216,16 +216,15 @@ impl<S: Storage> SnapshotWriter<S> {
         self.reserve = bytes;
     }
 
-    /// Sets how many bytes are gathered before one write call (default 4 MiB;
+    /// Sets how many bytes are gathered before one write call (default 1 MiB;
     /// tests use small values to get many independently reorderable writes).
     ///
-    /// Each full batch is written and handed to write-back at once, so that
-    /// the device writes it while the next one is checksummed. A snapshot
-    /// that fits in one batch is one write and its `fdatasync`: a write-back
-    /// started before the snapshot's last bytes would make their write wait
-    /// for it (the page they share with the batch is under write-back) and
-    /// split one device write in two. 4 MiB keeps snapshots of up to about
-    /// 1000 pages in one write; larger ones still overlap.
+    /// Each batch is handed to write-back once the next one is written, so
+    /// that the device writes it while the snapshot goes on. Not at once:
+    /// the snapshot's next write would then wait for it (the page the two
+    /// share is under write-back), and a snapshot just over one batch (256
+    /// pages with their record headers) would reach the device in two
+    /// writes one after the other instead of in one.
     pub fn set_write_batch(&mut self, bytes: usize) {
         self.batch = bytes.max(1);
     }
@@ -305,6 +304,7 @@ impl<S: Storage> SnapshotWriter<S> {
             off: self.end,
             buf,
             new: Vec::new(),
+            unsent: None,
             failed: false,
             done: false,
             wrote: false,
@@ -499,6 +499,7 @@ impl<S: Storage> SnapshotWriter<S> {
         let mut index = PageIndex::default();
         let mut page = vec![0u8; self.page_size as usize];
         let mut buf = Vec::new();
+        let mut unsent = None;
         for (i, (crc, loc)) in order {
             let len = usize::try_from(page_len(self.page_size, self.region_size, i)).unwrap_or(0);
             let p = &mut page[..len];
@@ -519,7 +520,10 @@ impl<S: Storage> SnapshotWriter<S> {
                 target
                     .write_at(off, &buf)
                     .map_err(|e| SnapshotError::io("write", e))?;
-                target.start_writeback(off, buf.len() as u64);
+                // As `Snapshot::page`: the previous batch, once this one is written.
+                if let Some((at, len)) = unsent.replace((off, buf.len() as u64)) {
+                    target.start_writeback(at, len);
+                }
                 off += buf.len() as u64;
                 buf.clear();
                 crash_point!("compact.batch_written");
@@ -588,6 +592,8 @@ pub struct Snapshot<'w, S: Storage> {
     buf: Vec<u8>,
     /// Pages appended: index, crc, payload offset.
     new: Vec<(u64, u32, u64)>,
+    /// The last batch written and not yet handed to write-back.
+    unsent: Option<(u64, u64)>,
     failed: bool,
     done: bool,
     /// Whether a write was attempted: a failed one (a full disk) may have
@@ -640,8 +646,11 @@ impl<S: Storage> Snapshot<'_, S> {
                 self.failed = true;
                 return Err(SnapshotError::io("write", e));
             }
-            // Overlap the device writes with checksumming the next batch.
-            w.storage.start_writeback(self.off, self.buf.len() as u64);
+            // Overlap the device writes with checksumming the next batches:
+            // the batch before this one, whose last page this one completed.
+            if let Some((at, len)) = self.unsent.replace((self.off, self.buf.len() as u64)) {
+                w.storage.start_writeback(at, len);
+            }
             self.off += self.buf.len() as u64;
             self.buf.clear();
             crash_point!("writer.batch_written");
