@@ -17,12 +17,17 @@
 //!
 //! Mixed sizes: Rust also forbids atomic accesses of different sizes to the
 //! same bytes that race *within one process* (unless all only read). A
-//! region's copies and its word views access bytes with different sizes, so
-//! two threads of one process must not use them on the same bytes at the
-//! same time unless both only read; callers order them by their protocol
-//! (the workspace's protocols give every area one writer). Another
-//! process's writes are outside this process's abstract machine: they are
-//! what every access here tolerates.
+//! region's word views and its [`Region::read_bytes`] / [`Region::write_bytes`]
+//! (words where aligned, bytes at the edges, byte-wise from
+//! `shm_sync::copy::WIDE_MIN` bytes on) access bytes with sizes that depend
+//! on the call, so two threads of one process must not use them on the
+//! same bytes at the same time unless both only read; callers order them by
+//! their protocol (the workspace's protocols give every area one writer).
+//! [`Region::copy_within`] and [`Region::read_bytewise`] are byte-wise at
+//! every length, so they may race with each other: the snapshot's commit
+//! copy and its host's page reads, which race by design, use only these.
+//! Another process's writes are outside this process's abstract machine:
+//! they are what every access here tolerates.
 #![allow(unsafe_code)]
 
 use core::marker::PhantomData;
@@ -243,6 +248,23 @@ impl<'a> Region<'a> {
         Ok(())
     }
 
+    /// [`Region::read_bytes`], byte-wise at every length
+    /// ([`shm_sync::copy::load_bytewise`]): never single-copy atomic per
+    /// word, but never of another access size than [`Region::copy_within`]
+    /// or another `read_bytewise`, so these may race with each other on the
+    /// same bytes within this process (see "Mixed sizes" in the module docs).
+    pub fn read_bytewise(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+        let src = self.check(offset, dst.len(), 1, false)?;
+        // SAFETY:
+        // - `src..src+dst.len()` is inside the region (checked) and valid for
+        //   reads (invariant 1); `dst` is a private slice, not in the region;
+        // - every access this type makes to the region is atomic (invariant 2);
+        // - racing accesses of other sizes in this process: see "Mixed
+        //   sizes" in the module docs (the caller's to avoid).
+        unsafe { shm_sync::copy::load_bytewise(src, dst) };
+        Ok(())
+    }
+
     /// Copies `src` into the region at `offset` with atomic stores (Relaxed; the
     /// caller publishes with a Release store of its own flag or sequence).
     ///
@@ -260,10 +282,10 @@ impl<'a> Region<'a> {
     /// [`OutOfBounds`] for the destination).
     ///
     /// Relaxed atomic loads and stores on both sides
-    /// ([`shm_sync::copy::copy_within`]): wide and byte-wise from
-    /// [`shm_sync::copy::WIDE_MIN`] bytes on x86-64, so, as
-    /// [`Region::read_bytes`], inconsistent under a racing writer, never
-    /// undefined.
+    /// ([`shm_sync::copy::copy_within`]), byte-wise at every length (wide on
+    /// x86-64): inconsistent under a racing writer, never undefined, and of
+    /// one access size with [`Region::read_bytewise`], so the two may race on
+    /// the same bytes within this process.
     pub fn copy_within(&self, from: usize, to: usize, len: usize) -> Result<(), OutOfBounds> {
         let src = self.check(from, len, 1, false)?;
         let dst = self.check(to, len, 1, true)?;

@@ -22,7 +22,10 @@
 //!   `Relaxed` `AtomicU64` load or store for each whole aligned word, and
 //!   (for [`load`] and [`store`], whose range may start anywhere) an
 //!   `AtomicU8` one for the bytes before the first and after the last
-//!   aligned word. Each aligned word is copied single-copy atomically. On
+//!   aligned word. Each aligned word is copied single-copy atomically.
+//!   [`copy_within`] and [`load_bytewise`] instead make an `AtomicU8`
+//!   access for every byte, so that their access size never depends on
+//!   the length or the alignment. On
 //!   x86-64 and `AArch64` such a load or store is a plain `mov` / `ldr` /
 //!   `str`; what it loses against `memcpy` is vector width (the compiler
 //!   never merges atomic accesses), not fences.
@@ -39,7 +42,9 @@
 //! [`load`] and [`store`] take the wide path from [`WIDE_MIN`] bytes on and
 //! the word path below. [`load_words`] and [`store_words`], for data held as
 //! `[AtomicU64]`, take one path for every length (the wide one where it
-//! exists), so that they never mix access sizes with each other.
+//! exists), so that they never mix access sizes with each other; so do
+//! [`copy_within`] and [`load_bytewise`], byte-wise at every length (the
+//! wide path, or `AtomicU8` accesses where it does not exist).
 //!
 //! So a caller must tolerate a copy torn at any byte, and must not rely on
 //! a word inside a copy being read or written whole. Every caller in the
@@ -60,7 +65,9 @@
 //! time on the same bytes unless both only read: the caller's protocol
 //! orders them (the ring's counters and claims, the snapshot's single
 //! writer). [`load_words`] and [`store_words`] need less: racing only with
-//! each other, they never mix sizes. A write by *another* process is outside
+//! each other, they never mix sizes; nor do [`copy_within`] and
+//! [`load_bytewise`] (the snapshot's commit copy and the host's page reads,
+//! which race by design when both run in one process). A write by *another* process is outside
 //! this process's abstract machine; it appears as a racing byte-wise store,
 //! which is exactly what these copies tolerate.
 //!
@@ -153,40 +160,71 @@ pub unsafe fn load(src: *const u8, dst: &mut [u8]) {
 }
 
 /// Copies `len` shared bytes at `src` to the shared bytes at `dst` (for
-/// instance from one area of a mapping to another), with `Relaxed` atomic
-/// loads and stores on both sides.
+/// instance from one area of a mapping to another), with `Relaxed` byte-wise
+/// atomic loads and stores on both sides, at every length.
 ///
-/// From [`WIDE_MIN`] bytes on x86-64 (outside loom and Miri) one wide copy,
-/// byte-wise on both sides (see the [module docs](self)); otherwise [`load`]
-/// into a buffer on the stack and [`store`] from it, 256 bytes at a time.
-/// A word-by-word loop between two shared areas (what this replaces in
-/// `shm-snapshot`'s commit) ran at a fraction of the wide copy's speed: the
-/// compiler never merges atomic accesses into vector ones.
+/// On x86-64 (outside loom and Miri) one wide copy; elsewhere one `AtomicU8`
+/// load and store per byte. Byte-wise at every length, unlike [`load`] and
+/// [`store`]: so this copy and [`load_bytewise`] never mix access sizes with
+/// each other, whatever their lengths and alignments, and two threads of
+/// this process may race them on the same bytes (see "Mixed sizes" in the
+/// module docs). A word-by-word loop between two shared areas (what this
+/// replaces in `shm-snapshot`'s commit) ran at a fraction of the wide copy's
+/// speed: the compiler never merges atomic accesses into vector ones.
 ///
 /// # Safety
 /// - `src .. src + len` is valid for reads and `dst .. dst + len` for
 ///   writes, and the two do not overlap;
-/// - as for [`store`] and [`load`], for both ranges: this process accesses
-///   them only atomically, and no access of another size races with the copy.
+/// - this process accesses both ranges only atomically, and no access of
+///   another size (a word load or store, [`load`], [`store`]) races with
+///   the copy on them unless both only read.
 #[inline]
 pub unsafe fn copy_within(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(all(target_arch = "x86_64", not(shm_loom), not(miri)))]
-    if len >= WIDE_MIN {
-        // SAFETY: both ranges valid and disjoint, only accessed atomically
-        // and by no racing access of another size (caller's contract).
-        unsafe { wide(dst, src, len) };
-        return;
+    // SAFETY: both ranges valid and disjoint, only accessed atomically and
+    // by no racing access of another size (caller's contract).
+    unsafe {
+        wide(dst, src, len);
     }
-    let mut buf = [0u8; 256];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(buf.len());
-        // SAFETY: `src + done .. + n` is inside the caller's readable range;
-        // `buf` is private.
-        unsafe { load(src.wrapping_add(done), &mut buf[..n]) };
-        // SAFETY: `dst + done .. + n` is inside the caller's writable range.
-        unsafe { store(dst.wrapping_add(done), &buf[..n]) };
-        done += n;
+    #[cfg(not(all(target_arch = "x86_64", not(shm_loom), not(miri))))]
+    {
+        let mut buf = [0u8; 256];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len());
+            // SAFETY: `src + done .. + n` is inside the caller's readable
+            // range; `buf` is private.
+            unsafe { words::load_bytes(src.wrapping_add(done), &mut buf[..n]) };
+            // SAFETY: `dst + done .. + n` is inside the caller's writable range.
+            unsafe { words::store_bytes(dst.wrapping_add(done), &buf[..n]) };
+            done += n;
+        }
+    }
+}
+
+/// Copies the shared bytes at `src` into `dst` with `Relaxed` byte-wise
+/// atomic loads, at every length: [`load`] without its word path, so that
+/// it never mixes access sizes with [`copy_within`] or another of these
+/// (see [`copy_within`]). Not single-copy atomic per word at any length.
+///
+/// # Safety
+/// - `src .. src + dst.len()` is valid for reads (a read-only mapping will
+///   do: only loads are made);
+/// - this process accesses those bytes only atomically, and no access of
+///   another size races with the copy unless both only read.
+#[inline]
+pub unsafe fn load_bytewise(src: *const u8, dst: &mut [u8]) {
+    #[cfg(all(target_arch = "x86_64", not(shm_loom), not(miri)))]
+    // SAFETY: `src .. + len` is valid for reads and only accessed atomically
+    // by no racing access of another size (caller's contract); `dst` is a
+    // live, exclusive slice, so it cannot overlap shared bytes.
+    unsafe {
+        wide(dst.as_mut_ptr(), src, dst.len());
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(shm_loom), not(miri))))]
+    // SAFETY: forwarded (caller's contract).
+    unsafe {
+        words::load_bytes(src, dst);
     }
 }
 
@@ -490,12 +528,13 @@ mod words {
         unsafe { load_bytes(src.wrapping_add(head + whole * 8), tail) };
     }
 
-    /// Byte-wise atomic stores (the unaligned edges of [`store`]).
+    /// Byte-wise atomic stores (the unaligned edges of [`store`], and
+    /// [`super::copy_within`] off the wide path).
     ///
     /// # Safety
     /// As for [`super::store`].
     #[inline]
-    unsafe fn store_bytes(dst: *mut u8, src: &[u8]) {
+    pub(super) unsafe fn store_bytes(dst: *mut u8, src: &[u8]) {
         for (i, byte) in src.iter().enumerate() {
             // SAFETY: inside the caller's range; bytes need no alignment; atomic only.
             let cell = unsafe { AtomicU8::from_ptr(dst.wrapping_add(i)) };
@@ -504,12 +543,13 @@ mod words {
         }
     }
 
-    /// Byte-wise atomic loads (the unaligned edges of [`load`]).
+    /// Byte-wise atomic loads (the unaligned edges of [`load`], and
+    /// [`super::load_bytewise`] and [`super::copy_within`] off the wide path).
     ///
     /// # Safety
     /// As for [`super::load`].
     #[inline]
-    unsafe fn load_bytes(src: *const u8, dst: &mut [u8]) {
+    pub(super) unsafe fn load_bytes(src: *const u8, dst: &mut [u8]) {
         for (i, byte) in dst.iter_mut().enumerate() {
             // SAFETY: inside the caller's range; bytes need no alignment; only loads.
             let cell = unsafe { AtomicU8::from_ptr(src.wrapping_add(i).cast_mut()) };

@@ -28,10 +28,11 @@ pub(crate) trait Words {
     fn load(&self, off: usize) -> u64;
 
     /// Copies the `dst.len()` bytes at `off` into `dst` as Relaxed atomic
-    /// loads would (`shm_sync::copy::load` for a mapping: 8 bytes at a time
-    /// where aligned below `shm_sync::copy::WIDE_MIN`, a byte-wise wide copy
-    /// from there on): a concurrent writer can make the copy inconsistent,
-    /// never undefined; the callers re-check stamps or the sequence after it.
+    /// loads would (for a mapping, byte-wise at every length:
+    /// `Region::read_bytewise`, of the same access size as the client's
+    /// [`WordsMut::copy`] it may race with in one process): a concurrent
+    /// writer can make the copy inconsistent, never undefined; the callers
+    /// re-check stamps or the sequence after it.
     fn read(&self, off: usize, dst: &mut [u8]);
 }
 
@@ -44,8 +45,8 @@ pub(crate) trait WordsMut: Words {
     fn fill(&self, off: usize, count: usize, value: u64);
 
     /// Copies `len` bytes from `from` to `to` (the ranges disjoint) with
-    /// Relaxed atomic loads and stores (on the memfd, a wide byte-wise copy
-    /// from `shm_sync::copy::WIDE_MIN` bytes on x86-64).
+    /// Relaxed atomic loads and stores (on the memfd, byte-wise at every
+    /// length: `Region::copy_within`, wide on x86-64).
     fn copy(&self, from: usize, to: usize, len: usize);
 
     /// Whether the `len` bytes at `a` and at `b` (both 8-aligned) are equal,
@@ -161,7 +162,9 @@ impl Words for Region<'_> {
 
     #[inline]
     fn read(&self, off: usize, dst: &mut [u8]) {
-        self.read_bytes(off, dst).expect(OUTSIDE);
+        // Byte-wise at every length, as the client's `copy`: a host in the
+        // client's process reads pages while a commit copies into them.
+        self.read_bytewise(off, dst).expect(OUTSIDE);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The copies against a plain copy, at every alignment and at every length
 //! up to 300 and around [`WIDE_MIN`], and under a racing writer.
 
-use super::{WIDE_MIN, copy_within, load, load_words, store, store_words};
+use super::{WIDE_MIN, copy_within, load, load_bytewise, load_words, store, store_words};
 use crate::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// Lengths to check: every one up to 300, every one around [`WIDE_MIN`]
@@ -69,6 +69,22 @@ fn store_matches_a_plain_copy_at_every_alignment_and_length() {
 
 #[test]
 fn load_matches_a_plain_copy_at_every_alignment_and_length() {
+    // SAFETY: `check_load` passes a pointer valid for `dst.len()` bytes of
+    // reads, which nothing else accesses during the copy.
+    check_load("load", |src, dst| unsafe { load(src, dst) });
+}
+
+#[test]
+fn load_bytewise_matches_a_plain_copy_at_every_alignment_and_length() {
+    // SAFETY: as above.
+    check_load("load_bytewise", |src, dst| unsafe {
+        load_bytewise(src, dst);
+    });
+}
+
+/// Checks `copy` (one of the loads: `src` valid for `dst.len()` bytes of
+/// reads, accessed by nothing else) against a plain copy.
+fn check_load(name: &str, copy: impl Fn(*const u8, &mut [u8])) {
     for len in lengths() {
         let (shared_offsets, private_offsets) = offsets(len);
         let mut words = shared(len);
@@ -81,14 +97,14 @@ fn load_matches_a_plain_copy_at_every_alignment_and_length() {
             for po in 0..private_offsets {
                 private.fill(0xee);
                 let base = words.as_ptr().cast::<u8>();
-                // SAFETY: `so + len` fits `words`, only read while the copy runs.
-                unsafe { load(base.wrapping_add(so), &mut private[po..po + len]) };
+                // `so + len` fits `words`, only read while the copy runs.
+                copy(base.wrapping_add(so), &mut private[po..po + len]);
                 let ok = private[po..po + len] == plain[so..so + len]
                     && private[..po].iter().all(|b| *b == 0xee)
                     && private[po + len..].iter().all(|b| *b == 0xee);
                 assert!(
                     ok,
-                    "load: shared offset {so}, private offset {po}, len {len}"
+                    "{name}: shared offset {so}, private offset {po}, len {len}"
                 );
             }
         }
