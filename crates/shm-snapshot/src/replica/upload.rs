@@ -221,7 +221,7 @@ impl Drop for Replicator {
 /// bytes and which file generation are in the store.
 #[derive(Debug, Clone, Copy)]
 struct Chain {
-    inode: LogId,
+    log: LogId,
     end: u64,
     file_generation: u64,
 }
@@ -347,8 +347,8 @@ impl Uploader {
         if n.file_generation == 0 {
             return false;
         }
-        match (&self.chain, inode(&n.file)) {
-            (Some(c), Some(i)) => c.inode != i || n.file_generation > c.file_generation,
+        match (&self.chain, log_id(&n.file)) {
+            (Some(c), Some(i)) => c.log != i || n.file_generation > c.file_generation,
             _ => true,
         }
     }
@@ -356,16 +356,14 @@ impl Uploader {
     /// Uploads what `job` has beyond the chain: a segment on the same inode,
     /// else a new base (then old objects are pruned).
     fn upload(&mut self, job: &Job) -> Result<(), ReplicaError> {
-        let ino = inode(&job.file).ok_or_else(|| ReplicaError::Io {
+        let log = log_id(&job.file).ok_or_else(|| ReplicaError::Io {
             what: "stat FILE".into(),
             source: std::io::Error::last_os_error(),
         })?;
         let at = to_ms(job.at);
         let (kind, range) = match self.chain {
             Some(c)
-                if c.inode == ino
-                    && job.len >= c.end
-                    && job.file_generation > c.file_generation =>
+                if c.log == log && job.len >= c.end && job.file_generation > c.file_generation =>
             {
                 (
                     Kind::Segment {
@@ -387,7 +385,7 @@ impl Uploader {
         self.rt
             .block_on(self.store.put_range(&key, &job.file, range.clone()))?;
         self.chain = Some(Chain {
-            inode: ino,
+            log,
             end: job.len,
             file_generation: job.file_generation,
         });
@@ -506,7 +504,7 @@ struct Job {
 type LogId = (u64, u64, [u8; crate::format::HEADER_LEN as usize]);
 
 /// The [`LogId`] of the log `f` holds.
-fn inode(f: &File) -> Option<LogId> {
+fn log_id(f: &File) -> Option<LogId> {
     use std::os::unix::fs::FileExt;
     let m = f.metadata().ok()?;
     let mut header = [0u8; crate::format::HEADER_LEN as usize];
