@@ -32,6 +32,9 @@ pub enum ErrorKind {
     BadSequence,
     /// The path is not a regular file (a FIFO, a device, a directory).
     NotRegular,
+    /// Another live holder has the role asked for: a second
+    /// [`Client`](crate::live::Client) on a memfd one already commits to.
+    Busy,
 }
 
 /// An error reading or writing a snapshot file.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering}; // atomics-ok: test bookkeeping, 
 use std::time::{Duration, Instant};
 
 use shm_snapshot::host::{HostConfig, SnapshotHost, Work};
-use shm_snapshot::live::{Client, WaitError};
+use shm_snapshot::live::{Client, WaitError, Waiter};
 use shm_snapshot::{FileStorage, restore};
 
 const REGION: u64 = 64 * 4096;
@@ -273,7 +273,7 @@ fn polling_and_parked_waits_return_only_once_file_holds_the_generation() {
 /// expected; `who` names the waiter in a failure. Returns the successful
 /// waits and the `HostGone` ones.
 fn wait_until_stopped(
-    client: &Client,
+    on: &Waits<'_>,
     file: &Path,
     behind: u64,
     stop: &AtomicBool,
@@ -281,8 +281,8 @@ fn wait_until_stopped(
 ) -> (u64, u64) {
     let (mut oks, mut gone) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
-        let g = client.generation().saturating_sub(behind);
-        match client.wait_durable(g, Duration::from_secs(20)) {
+        let g = on.generation().saturating_sub(behind);
+        match on.wait_durable(g) {
             Ok(d) => {
                 assert!(d >= g);
                 let (fg, _) = file_state(file, 0);
@@ -297,7 +297,31 @@ fn wait_until_stopped(
     (oks, gone)
 }
 
-/// The waiter role: opens a client (before the test commits), then waits
+/// Who waits: the committing client, or a waiter of another process.
+enum Waits<'a> {
+    Client(&'a Client),
+    Waiter(&'a Waiter),
+}
+
+impl Waits<'_> {
+    fn generation(&self) -> u64 {
+        match self {
+            Waits::Client(c) => c.generation(),
+            Waits::Waiter(w) => w.generation(),
+        }
+    }
+
+    fn wait_durable(&self, g: u64) -> Result<u64, WaitError> {
+        let timeout = Duration::from_secs(20);
+        match self {
+            Waits::Client(c) => c.wait_durable(g, timeout),
+            Waits::Waiter(w) => w.wait_durable(g, timeout),
+        }
+    }
+}
+
+/// The waiter role: opens a waiter (a waiter never touches the state, so
+/// it may open at any time), then waits
 /// for whatever is committed until told to stop (its stdin closes).
 fn waiter_role() {
     let f = std::fs::OpenOptions::new()
@@ -306,7 +330,7 @@ fn waiter_role() {
         .open(std::env::var("MEMFD_PATH").unwrap())
         .unwrap();
     let file = PathBuf::from(std::env::var("FILE").unwrap());
-    let client = Client::open(f.as_fd()).unwrap();
+    let waiter = Waiter::open(f.as_fd()).unwrap();
     println!("waiter ready");
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -314,7 +338,8 @@ fn waiter_role() {
         let _ = std::io::stdin().lines().count();
         s.store(true, Ordering::Relaxed);
     });
-    let (oks, gone) = wait_until_stopped(&client, &file, 0, &stop, "waiter process");
+    let (oks, gone) =
+        wait_until_stopped(&Waits::Waiter(&waiter), &file, 0, &stop, "waiter process");
     println!("waiter done: {oks} ok, {gone} host gone");
 }
 
@@ -356,7 +381,7 @@ fn many_waiters_survive_host_kills_and_restarts() {
         .map(|k| {
             let (c, stop, file) = (client.clone(), stop.clone(), file.clone());
             std::thread::spawn(move || {
-                wait_until_stopped(&c, &file, k, &stop, &format!("waiter {k}"))
+                wait_until_stopped(&Waits::Client(&c), &file, k, &stop, &format!("waiter {k}"))
             })
         })
         .collect();

@@ -577,3 +577,98 @@ proptest::proptest! {
         }
     }
 }
+
+/// Threads sharing one client commit at once, with no lock of their own,
+/// while a host in the same process copies: the client serializes the
+/// commits, so each gets its own generation (no two interleave their `seq`
+/// stores), and the last copy holds every thread's last value.
+#[test]
+fn commits_from_several_threads_each_get_their_own_generation() {
+    const THREADS: usize = 4;
+    const COMMITS: u64 = 2000;
+    let region = (THREADS * 4096) as u64;
+    let fd = memfd(region);
+    let client = Client::open(fd.as_fd()).unwrap();
+    let host = Host::open(fd.as_fd()).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false); // atomics-ok: test stop flag
+    let mut generations: Vec<u64> = std::thread::scope(|s| {
+        let copier = s.spawn(|| {
+            let mut buf = vec![0u8; region as usize];
+            let running = || !done.load(std::sync::atomic::Ordering::Relaxed); // atomics-ok: test stop flag
+            while running() {
+                host.copy(&mut buf, 1);
+            }
+        });
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let client = &client;
+                s.spawn(move || {
+                    let at = t * 4096;
+                    (1..=COMMITS)
+                        .map(|i| {
+                            // Each thread writes and commits only its own page.
+                            client.work().write_bytes(at, &i.to_le_bytes()).unwrap();
+                            client.commit(&[at..at + 8])
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let all = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed); // atomics-ok: test stop flag
+        copier.join().unwrap();
+        all
+    });
+    generations.sort_unstable();
+    let total = THREADS as u64 * COMMITS;
+    assert!(
+        generations.iter().copied().eq(1..=total),
+        "generations returned are not 1..={total} once each"
+    );
+    let mut buf = vec![0u8; region as usize];
+    assert_eq!(host.copy(&mut buf, 1), Some(total));
+    for t in 0..THREADS {
+        assert_eq!(
+            buf[t * 4096..t * 4096 + 8],
+            COMMITS.to_le_bytes(),
+            "thread {t}"
+        );
+    }
+}
+
+/// One client at a time: a second `Client::open` on the memfd is refused
+/// (it would reset the first one's uncommitted edits) while a `Waiter`
+/// opens and leaves them alone, and the memfd opens again once the first
+/// client is dropped, with its committed state.
+#[test]
+fn a_second_client_on_the_memfd_is_refused_until_the_first_is_dropped() {
+    let fd = memfd(4096);
+    let first = Client::open(fd.as_fd()).unwrap();
+    first.work().write_bytes(0, b"committed").unwrap();
+    first.commit(&[0..9]);
+    first.work().write_bytes(100, b"pending").unwrap();
+    let e = Client::open(fd.as_fd()).expect_err("a second client opened");
+    assert_eq!(e.kind(), shm_snapshot::ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains("another Client"), "{e}");
+    // A waiter opens at any time; neither it nor the refused open changed
+    // anything: the first client's uncommitted edit is intact.
+    let waiter = shm_snapshot::live::Waiter::open(fd.as_fd()).unwrap();
+    assert_eq!(waiter.generation(), 1);
+    let mut pending = [0u8; 7];
+    first.work().read_bytes(100, &mut pending).unwrap();
+    assert_eq!(&pending, b"pending");
+    assert_eq!(first.commit(&[100..107]), 2);
+    assert_eq!(waiter.generation(), 2);
+    drop(first);
+    let second = Client::open(fd.as_fd()).unwrap();
+    let mut state = [0u8; 107];
+    second.work().read_bytes(0, &mut state).unwrap();
+    assert_eq!(
+        (&state[..9], &state[100..]),
+        (&b"committed"[..], &b"pending"[..])
+    );
+    assert_eq!(second.generation(), 2);
+}

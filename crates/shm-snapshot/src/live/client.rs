@@ -17,14 +17,15 @@
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shm_segment::{Access, Region, Segment};
 use shm_sync::atomic::{Ordering, fence};
 
 use super::copier::{self, Copier};
-use super::durable::{DURABLE, Level, REPLICATED, RawDurable, WaitError, WaitSpin};
-use super::layout::{self, Geometry, HOST_LOCK_BYTE, MAX_SEQ, SEQ_OFF};
+use super::durable::{Level, RawDurable, WaitError};
+use super::layout::{self, CLIENT_LOCK_BYTE, Geometry, MAX_SEQ, SEQ_OFF};
+use super::waiter::Waiter;
 use super::words::WordsMut;
 use crate::error::{ErrorKind, SnapshotError};
 use crate::track::{TrackError, TrackErrorKind, Tracker};
@@ -205,14 +206,18 @@ impl<S: WordsMut> RawClient<S> {
     }
 }
 
-/// How often [`Client::wait_durable`] re-checks the host's liveness lock.
-const LIVENESS_CHECK: Duration = Duration::from_millis(50);
-
 /// The program's side: edits the work area and commits.
 ///
 /// Single writer: the work area must be written only through this client's
-/// mapping ([`Client::work`]) by this process, and commits must not overlap
-/// (they would interleave their `seq` stores).
+/// mapping ([`Client::work`]) by this process, by no thread while another
+/// commits, and one `Client` at a time commits to a memfd. Commits from
+/// several threads of one client are serialized: each waits for the one in
+/// progress, so each gets its own generation (they would otherwise
+/// interleave their `seq` stores). A client claims the memfd while it lives
+/// (an OFD lock on [`CLIENT_LOCK_BYTE`](super::CLIENT_LOCK_BYTE), released
+/// when it is dropped or its process dies): a second `Client::open` on the
+/// same memfd, in this process or another, fails with
+/// [`ErrorKind::Busy`].
 #[derive(Debug)]
 pub struct Client {
     /// Dirty tracking, when started (declared before `segment`: unregistered first).
@@ -227,8 +232,12 @@ pub struct Client {
     part_min: usize,
     segment: Arc<Segment>,
     geo: Geometry,
-    /// How a durable wait polls before it parks.
-    spin: WaitSpin,
+    /// The waits, over the same mapping.
+    waiter: Waiter,
+    /// Held by each commit's copy: commits of several threads never overlap.
+    commits: Mutex<()>,
+    /// The client's claim on the memfd ([`CLIENT_LOCK_BYTE`]), released last.
+    _claim: shm_segment::OfdLock,
 }
 
 /// What [`Client::commit_tracked`] published.
@@ -258,7 +267,8 @@ impl Client {
     /// Maps an initialized memfd read-write.
     ///
     /// # Errors
-    /// Not a snapshot memfd, or the wrong size.
+    /// Not a snapshot memfd, or the wrong size; [`ErrorKind::Busy`]: another
+    /// live client holds the memfd (see [`Client`]).
     ///
     /// Recovery of a previous client's death: if it died inside `commit`
     /// (`seq` odd), its work area held the complete state it was committing,
@@ -270,14 +280,27 @@ impl Client {
     /// `commit`'s dirty ranges rely on).
     pub fn open(fd: BorrowedFd<'_>) -> Result<Self, SnapshotError> {
         let (segment, geo) = layout::open(fd, Access::ReadWrite)?;
+        // Before the recovery below, which rewrites the work area: a second
+        // client would discard the first one's uncommitted edits.
+        let claim = shm_segment::OfdLock::try_acquire(fd, CLIENT_LOCK_BYTE)
+            .map_err(|e| SnapshotError::new(ErrorKind::Io, format!("the client's claim: {e}")))?
+            .ok_or_else(|| {
+                SnapshotError::new(
+                    ErrorKind::Busy,
+                    "another Client commits to this memfd (it holds the client's claim)",
+                )
+            })?;
+        let segment = Arc::new(segment);
         let client = Self {
             tracking: None,
             copier: OnceLock::new(),
             copy_threads: copier::cores(),
             part_min: copier::DEFAULT_PART_MIN,
-            segment: Arc::new(segment),
+            waiter: Waiter::new(segment.clone(), geo),
+            segment,
             geo,
-            spin: WaitSpin::new(),
+            commits: Mutex::new(()),
+            _claim: claim,
         };
         client.raw().recover()?;
         Ok(client)
@@ -351,6 +374,19 @@ impl Client {
     /// The commit of `dirty`, its copy spread over the helper threads when
     /// it is large enough.
     fn publish(&self, dirty: &[Range<usize>]) -> u64 {
+        let _one = self.commits.lock().unwrap_or_else(|poisoned| {
+            // A commit panicked (a bug) and may have left `seq` odd with its
+            // copy cut short: finish it from the work area first, as the
+            // next client would after a crash.
+            self.commits.clear_poison();
+            let raw = self.raw();
+            if raw.seq() % 2 == 1
+                && let Err(e) = raw.recover()
+            {
+                tracing::warn!("cannot finish a commit cut short by a panic: {e}");
+            }
+            poisoned.into_inner()
+        });
         let threads = self
             .copy_threads
             .min(copier::clipped_bytes(dirty, self.geo.region) / self.part_min.max(1));
@@ -469,12 +505,7 @@ impl Client {
     /// # }
     /// ```
     pub fn durable_generation(&self) -> u64 {
-        self.durable_raw().durable()
-    }
-
-    /// Whether a snapshot host holds the memfd's liveness lock.
-    fn host_alive(&self) -> Result<bool, WaitError> {
-        shm_segment::is_locked(self.segment.fd(), HOST_LOCK_BYTE).map_err(WaitError::Lock)
+        self.waiter.durable_generation()
     }
 
     /// Waits until generation `generation` (committed already) is durable in
@@ -536,7 +567,7 @@ impl Client {
     /// from 0) or when it has no replica.
     #[must_use]
     pub fn replicated_generation(&self) -> u64 {
-        self.durable_raw().published(REPLICATED)
+        self.waiter.replicated_generation()
     }
 
     /// Waits until generation `generation` (committed already) is in the
@@ -597,13 +628,13 @@ impl Client {
     /// descheduled by the hypervisor more). Hence off by default; the
     /// snapshot benchmark reports both.
     pub fn set_wait_spin(&self, cap: Duration) {
-        self.spin.set_cap(cap);
+        self.waiter.set_wait_spin(cap);
     }
 
     /// The cap set by [`Client::set_wait_spin`].
     #[must_use]
     pub fn wait_spin(&self) -> Duration {
-        self.spin.cap()
+        self.waiter.wait_spin()
     }
 
     /// Waits until generation `generation` (committed already) reaches
@@ -619,71 +650,7 @@ impl Client {
         level: Level,
         timeout: Duration,
     ) -> Result<u64, WaitError> {
-        let committed = self.generation();
-        if generation > committed {
-            return Err(WaitError::Future {
-                requested: generation,
-                committed,
-            });
-        }
-        let raw = self.durable_raw();
-        let word = level.word();
-        // A value beyond the committed generation is a stray write (and a
-        // replicated one is never beyond the durable one).
-        let believed = |d: u64| {
-            let limit = match level {
-                Level::Durable => self.generation(),
-                Level::Replicated => raw.published(DURABLE).min(self.generation()),
-            };
-            (d >= generation && d <= limit).then_some(d)
-        };
-        if let Some(d) = believed(raw.published(word)) {
-            return Ok(d);
-        }
-        if !self.host_alive()? {
-            return Err(WaitError::NoHost);
-        }
-        if level == Level::Replicated && !raw.replica_on() {
-            return Err(WaitError::NoReplica);
-        }
-        let timed_out = || WaitError::Timeout {
-            requested: generation,
-            level,
-            reached: raw.published(word),
-        };
-        if timeout.is_zero() {
-            return Err(timed_out());
-        }
-        let _waiting = self.spin.enter();
-        raw.request(generation, level);
-        let start = Instant::now();
-        // Durable waits poll first (see `set_wait_spin`); a replicated one
-        // lasts an upload, far beyond any poll worth its core.
-        if level == Level::Durable
-            && let Some(d) = self.spin.poll(&raw, word, generation).and_then(believed)
-        {
-            self.spin.learn(start.elapsed());
-            return Ok(d);
-        }
-        loop {
-            let left = timeout.saturating_sub(start.elapsed());
-            if let Some(d) = raw
-                .wait_step(word, generation, Some(left.min(LIVENESS_CHECK)))
-                .and_then(believed)
-            {
-                if level == Level::Durable {
-                    self.spin.learn(start.elapsed());
-                }
-                return Ok(d);
-            }
-            if !self.host_alive()? {
-                // It may have published just before it exited.
-                return believed(raw.published(word)).ok_or(WaitError::HostGone);
-            }
-            if start.elapsed() >= timeout {
-                return Err(timed_out());
-            }
-        }
+        self.waiter.wait_durable_level(generation, level, timeout)
     }
 
     /// Starts automatic dirty tracking of the work area (Linux 6.7 or later;
@@ -843,9 +810,7 @@ impl Client {
         generation: u64,
         timeout: Duration,
     ) -> Result<u64, WaitError> {
-        tokio::task::spawn_blocking(move || self.wait_durable(generation, timeout))
-            .await
-            .unwrap_or_else(|e| Err(WaitError::Runtime(e.to_string())))
+        super::waiter::blocking(move || self.wait_durable(generation, timeout)).await
     }
 
     /// [`Client::wait_replicated`] on tokio's blocking pool, as
@@ -860,9 +825,7 @@ impl Client {
         generation: u64,
         timeout: Duration,
     ) -> Result<u64, WaitError> {
-        tokio::task::spawn_blocking(move || self.wait_replicated(generation, timeout))
-            .await
-            .unwrap_or_else(|e| Err(WaitError::Runtime(e.to_string())))
+        super::waiter::blocking(move || self.wait_replicated(generation, timeout)).await
     }
 }
 

@@ -117,6 +117,12 @@ const HOST_LOCK_OFF: usize = 512;
 /// The memfd byte whose OFD lock the live host holds (kernel-released when
 /// it dies): the segment header page, then payload offset 512.
 pub const HOST_LOCK_BYTE: u64 = (DATA_OFFSET + HOST_LOCK_OFF) as u64;
+/// Payload offset of the byte whose OFD lock is the client's claim.
+const CLIENT_LOCK_OFF: usize = 513;
+/// The memfd byte whose OFD lock the one [`Client`](super::Client) holds
+/// (kernel-released when it is dropped or its process dies): payload
+/// offset 513, next to the host's.
+pub const CLIENT_LOCK_BYTE: u64 = (DATA_OFFSET + CLIENT_LOCK_OFF) as u64;
 /// Bytes of the memfd the host maps writable for the durable words: the
 /// segment header page and the control page.
 pub(crate) const CONTROL_MAP_LEN: usize = DATA_OFFSET + CONTROL_LEN as usize;
@@ -136,6 +142,7 @@ const _: () = {
     assert!(WANTED_REPLICATED_OFF + 8 <= WANTED_OFF + 128);
     assert!(WANTED_OFF + 128 <= HOST_LOCK_OFF && HOST_LOCK_OFF < CONTROL_LEN as usize);
     assert!(HOST_LOCK_BYTE == 4608);
+    assert!(CLIENT_LOCK_OFF == HOST_LOCK_OFF + 1 && CLIENT_LOCK_BYTE == 4609);
     assert!(DATA_OFFSET as u64 == PAGE && CONTROL_LEN == PAGE);
 };
 

@@ -36,15 +36,17 @@ mod copier;
 mod durable;
 mod host;
 mod layout;
+mod waiter;
 mod words;
 
 pub use client::{Client, TrackedCommit};
 pub use durable::{Level, Publisher, ReplicatedPublisher, WaitError, Waker};
 pub use host::{COPY_PASSES, Changed, Host};
 pub use layout::{
-    CONTROL_LEN, HOST_LOCK_BYTE, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE, initialize,
-    memfd_size,
+    CLIENT_LOCK_BYTE, CONTROL_LEN, HOST_LOCK_BYTE, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE,
+    initialize, memfd_size,
 };
+pub use waiter::Waiter;
 
 /// The real commit and copy code on heap words, for the loom models
 /// (`tests/loom.rs`; only with `--cfg shm_loom`). Each call runs
