@@ -637,10 +637,8 @@ impl Client {
         self.waiter.wait_spin()
     }
 
-    /// Waits until generation `generation` (committed already) reaches
-    /// `level`: [`Client::wait_durable`] for [`Level::Durable`],
-    /// [`Client::wait_replicated`] for [`Level::Replicated`]; both run this
-    /// one routine on their published word.
+    /// [`Client::wait_durable`] or [`Client::wait_replicated`] by `level`
+    /// ([`Waiter::wait_durable_level`], the one routine behind every wait).
     ///
     /// # Errors
     /// As those two.
