@@ -59,7 +59,10 @@
 //! # Mixed sizes
 //!
 //! Rust forbids racing atomic accesses of different sizes to the same bytes
-//! *within a process* (unless all of them only read). [`load`] and
+//! *within a process* (unless all of them only read): "every pair of
+//! non-synchronized atomic accesses must be either disjoint, access the
+//! exact same memory (including using the same access size), or both be
+//! reads" (`core::sync::atomic`, "Memory model for atomic accesses"). [`load`] and
 //! [`store`] access the shared bytes with sizes that depend on the length
 //! and the alignment, so two of them in this process must never overlap in
 //! time on the same bytes unless both only read: the caller's protocol
@@ -182,7 +185,11 @@ pub unsafe fn load(src: *const u8, dst: &mut [u8]) {
 pub unsafe fn copy_within(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(all(target_arch = "x86_64", not(shm_loom), not(miri)))]
     // SAFETY: both ranges valid and disjoint, only accessed atomically and
-    // by no racing access of another size (caller's contract).
+    // by no racing access of another size (caller's contract). A racing
+    // `copy_within` or `load_bytewise` of this process accesses each byte
+    // it shares with this one as one byte too: "the exact same memory
+    // (including using the same access size)", which the memory model
+    // allows (module docs, "Mixed sizes").
     unsafe {
         wide(dst, src, len);
     }
@@ -216,8 +223,9 @@ pub unsafe fn copy_within(dst: *mut u8, src: *const u8, len: usize) {
 pub unsafe fn load_bytewise(src: *const u8, dst: &mut [u8]) {
     #[cfg(all(target_arch = "x86_64", not(shm_loom), not(miri)))]
     // SAFETY: `src .. + len` is valid for reads and only accessed atomically
-    // by no racing access of another size (caller's contract); `dst` is a
-    // live, exclusive slice, so it cannot overlap shared bytes.
+    // by no racing access of another size (caller's contract; byte-wise
+    // copies race with this one at the same size, as in `copy_within`);
+    // `dst` is a live, exclusive slice, so it cannot overlap shared bytes.
     unsafe {
         wide(dst.as_mut_ptr(), src, dst.len());
     }
