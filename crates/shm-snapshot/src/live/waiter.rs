@@ -23,8 +23,8 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 /// recovery, so it can be opened at any time, any number of times, without
 /// touching the client's uncommitted edits. (Opening a second `Client`
 /// instead would be refused: see [`Client`](super::Client).) It writes only
-/// the clients' request words of the control page (`wanted`, `requests`),
-/// as every wait does. The client's own waits ([`Client::wait_durable`](super::Client::wait_durable)
+/// the clients' request words of the control page (`wanted`, `requests`,
+/// and `wanted_replicated` for a replicated wait), as every wait does. The client's own waits ([`Client::wait_durable`](super::Client::wait_durable)
 /// and the others) run this code.
 ///
 /// # Examples
