@@ -298,6 +298,30 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             floor_tx.send(()).unwrap();
         }
     });
+    // The disk's floor for any log: the bytes one commit appends (rounded
+    // up to whole 4096-byte blocks), written with `O_DIRECT` from an
+    // aligned buffer into blocks allocated and written before, rotating
+    // through 16 MiB as the log moves through its file, then `fdatasync`:
+    // no copy into page cache, no checksum, no wake-up. Next to the
+    // in-place `pwrite`, it shows what appending costs this disk by itself.
+    let direct_len = 16usize << 20;
+    let direct_file = fresh(&dir.join("d.direct"));
+    std::os::unix::fs::FileExt::write_all_at(&direct_file, &vec![0u8; direct_len], 0).unwrap();
+    direct_file.sync_all().unwrap();
+    drop(direct_file);
+    let direct_file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("d.direct"))
+    };
+    if let Err(e) = &direct_file {
+        println!("note: no O_DIRECT on the benchmark's file system ({e}): no log-floor rows");
+    }
+    let direct_buf = vec![0xa5u8; (256 * (4096 + 32) + 40usize).next_multiple_of(4096) + 4096];
+    let direct_skew = direct_buf.as_ptr().align_offset(4096);
+    let mut direct_at = 0usize;
     let file_end = || {
         shm_snapshot::inspect(&FileStorage::open(&dir.join("d.snap"), false).unwrap())
             .unwrap()
@@ -388,17 +412,38 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
                 .collect();
             median(v)
         };
-        let reps = h.reps(
-            "us",
-            Better::Lower,
-            &mut [
-                ("commit + wait_durable", &mut ours),
-                ("commit + wait_durable, polling", &mut polled),
-                ("pwrite + fdatasync", &mut base),
-                ("woken thread: log bytes + fdatasync", &mut woken),
-                ("pwrite appending + fdatasync", &mut grow),
-            ],
-        );
+        let direct_n = appended.next_multiple_of(4096);
+        let mut direct = || {
+            let Ok(file) = &direct_file else {
+                return f64::NAN;
+            };
+            let bytes = &direct_buf[direct_skew..direct_skew + direct_n];
+            let v = (0..runs)
+                .map(|_| {
+                    if direct_at + direct_n > direct_len {
+                        direct_at = 0;
+                    }
+                    let t = Instant::now();
+                    std::os::unix::fs::FileExt::write_all_at(file, bytes, direct_at as u64)
+                        .unwrap();
+                    file.sync_data().unwrap();
+                    direct_at += direct_n;
+                    t.elapsed().as_secs_f64() * 1e6
+                })
+                .collect();
+            median(v)
+        };
+        let mut cases: Vec<(&str, &mut dyn FnMut() -> f64)> = vec![
+            ("commit + wait_durable", &mut ours),
+            ("commit + wait_durable, polling", &mut polled),
+            ("pwrite + fdatasync", &mut base),
+            ("woken thread: log bytes + fdatasync", &mut woken),
+            ("pwrite appending + fdatasync", &mut grow),
+        ];
+        if direct_file.is_ok() {
+            cases.push(("O_DIRECT log bytes, rotating + fdatasync", &mut direct));
+        }
+        let reps = h.reps("us", Better::Lower, &mut cases);
         let case = format!("durable commit latency, {k} dirty pages");
         h.row(&reps, &case, "commit + wait_durable", "pwrite + fdatasync");
         let case =
@@ -423,6 +468,24 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             "commit + wait_durable",
             "pwrite appending + fdatasync",
         );
+        if direct_file.is_ok() {
+            let case = format!(
+                "log floor, {k} pages: the log bytes with O_DIRECT into a rotating 16 MiB file"
+            );
+            h.row(
+                &reps,
+                &case,
+                "O_DIRECT log bytes, rotating + fdatasync",
+                "pwrite + fdatasync",
+            );
+            let case = format!("durable commit latency, {k} dirty pages, against the log floor");
+            h.row(
+                &reps,
+                &case,
+                "commit + wait_durable",
+                "O_DIRECT log bytes, rotating + fdatasync",
+            );
+        }
     }
     drop(to_floor);
     floor.join().unwrap();
