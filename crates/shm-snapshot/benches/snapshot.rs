@@ -287,12 +287,14 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     let (floor_tx, from_floor) = std::sync::mpsc::channel::<()>();
     let floor = std::thread::spawn(move || {
         let mut off = 0u64;
+        // Allocated once, as the writer keeps its buffer between snapshots:
+        // a fresh buffer per write would add its page faults to the floor.
+        let bytes = vec![0xa5u8; 256 * (4096 + 32) + 4096];
         while let Ok(n) = floor_rx.recv() {
             if off + n as u64 > floor_len {
                 off = 0;
             }
-            let bytes = vec![0xa5u8; n];
-            std::os::unix::fs::FileExt::write_all_at(&floor_file, &bytes, off).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&floor_file, &bytes[..n], off).unwrap();
             floor_file.sync_data().unwrap();
             off += n as u64;
             floor_tx.send(()).unwrap();
