@@ -277,6 +277,9 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     // bytes the log appends for one commit (page records for the k pages, a
     // commit record with its tag) into a pre-zeroed file as the
     // writer's reserve does, `fdatasync`ing, and waking the committer back.
+    // The most one commit here appends: 256 page records and a commit record.
+    let largest =
+        256 * (shm_snapshot::RECORD_LEN as usize + 4096) + shm_snapshot::COMMIT_LEN as usize;
     let floor_file = fresh(&dir.join("d.floor"));
     let floor_len = 8u64 << 20;
     floor_file.set_len(floor_len).unwrap();
@@ -289,7 +292,7 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
         let mut off = 0u64;
         // Allocated once, as the writer keeps its buffer between snapshots:
         // a fresh buffer per write would add its page faults to the floor.
-        let bytes = vec![0xa5u8; 256 * (4096 + 32) + 4096];
+        let bytes = vec![0xa5u8; largest];
         while let Ok(n) = floor_rx.recv() {
             if off + n as u64 > floor_len {
                 off = 0;
@@ -321,7 +324,8 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     if let Err(e) = &direct_file {
         println!("note: no O_DIRECT on the benchmark's file system ({e}): no log-floor rows");
     }
-    let direct_buf = vec![0xa5u8; (256 * (4096 + 32) + 40usize).next_multiple_of(4096) + 4096];
+    // Room for the largest write in whole blocks, after up to a block of skew.
+    let direct_buf = vec![0xa5u8; largest.next_multiple_of(4096) + 4096];
     let direct_skew = direct_buf.as_ptr().align_offset(4096);
     let mut direct_at = 0usize;
     let file_end = || {
@@ -418,10 +422,7 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             median(v)
         };
         let direct_n = appended.next_multiple_of(4096);
-        let mut direct = || {
-            let Ok(file) = &direct_file else {
-                return f64::NAN;
-            };
+        let mut direct = |file: &std::fs::File| {
             let bytes = &direct_buf[direct_skew..direct_skew + direct_n];
             let v = (0..runs)
                 .map(|_| {
@@ -445,8 +446,13 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             ("woken thread: log bytes + fdatasync", &mut woken),
             ("pwrite appending + fdatasync", &mut grow),
         ];
-        if direct_file.is_ok() {
-            cases.push(("O_DIRECT log bytes, rotating + fdatasync", &mut direct));
+        let mut direct_measure;
+        if let Ok(file) = &direct_file {
+            direct_measure = || direct(file);
+            cases.push((
+                "O_DIRECT log bytes, rotating + fdatasync",
+                &mut direct_measure,
+            ));
         }
         let reps = h.reps("us", Better::Lower, &mut cases);
         let case = format!("durable commit latency, {k} dirty pages");
