@@ -6,6 +6,18 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
+# Disk: the suite builds the workspace five ways (checks, debug and release
+# tests, loom, the fuzz targets). With full debug info every debug test binary
+# (each links tokio, object_store and reqwest) was over 100 MiB, 4.8 GiB in
+# all; line tables keep file and line in panics and backtraces at under half
+# that. Incremental caches only help a rebuild, which CI never does. A plain
+# `cargo test` keeps the usual profile.
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+[ "${CI:-}" = true ] && export CARGO_INCREMENTAL=0
+target="${CARGO_TARGET_DIR:-target}"
+# drop_dir DIR: under CI, removes a build directory no later step uses.
+drop_dir() { if [ "${CI:-}" = true ]; then rm -rf "$1"; fi; }
+df -h . | tail -n 1 | awk '{ print "disk: " $4 " free of " $2 " at the start" }'
 # Shared-memory objects present before the suite: only objects that appear
 # during it are the tests' leaks (other programs' objects are not).
 shm_before=$(mktemp)
@@ -45,15 +57,19 @@ step "fuzz targets build (run them with: cargo +nightly fuzz run -O TARGET, in c
 for fuzz in crates/*/fuzz; do
     CARGO_TARGET_DIR=target/fuzz-check cargo check -q --manifest-path "$fuzz/Cargo.toml" --bins
 done
+drop_dir target/fuzz-check
 
 step "tests (debug)"
 cargo test --workspace --all-features
+
+drop_dir "$target/debug"
 
 step "tests (release)"
 cargo test --workspace --all-features --release
 
 step "loom models"
 bash ci/loom.sh
+drop_dir "$target/loom"
 
 step "examples, and the README's first command"
 cargo run -q --release -p shm-segment --example message-passing | tail -n 1
@@ -99,4 +115,5 @@ if [ -n "$leftover" ]; then
 fi
 
 echo
+du -sh "$target" | awk '{ print "disk: " $1 " in the build directory at the end" }'
 echo "ci/test.sh: all checks passed in $(( $(date +%s) - start ))s"
