@@ -63,6 +63,7 @@ step "tests (debug)"
 cargo test --workspace --all-features
 
 drop_dir "$target/debug"
+drop_dir "$target/nested/debug" # what the debug tests built with shm_testkit::build_bins
 
 step "tests (release)"
 cargo test --workspace --all-features --release
