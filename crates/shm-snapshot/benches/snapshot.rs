@@ -342,10 +342,11 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
         use std::os::unix::fs::MetadataExt;
         let inode = || std::fs::metadata(dir.join("d.snap")).unwrap().ino();
         let (mut seen, mut compactions) = (inode(), 0);
-        let mut fill = 0u8;
+        let mut pages = vec![0u8; 256 * 4096];
         while compactions < 2 {
-            fill = fill.wrapping_add(1) | 1;
-            client.work().write_bytes(0, &[fill; 256 * 4096]).unwrap();
+            let fill = pages[0].wrapping_add(1) | 1;
+            pages.fill(fill);
+            client.work().write_bytes(0, &pages).unwrap();
             let g = client.commit(&[0..256 * 4096]);
             client.wait_durable(g, Duration::from_secs(30)).unwrap();
             if inode() != seen {
