@@ -184,7 +184,7 @@ fn header_bytes(page_size: u32, region_size: u64, base_generation: u64, base_tag
     h[16..24].copy_from_slice(&region_size.to_le_bytes());
     h[24..32].copy_from_slice(&base_generation.to_le_bytes());
     h[32..40].copy_from_slice(&base_tag.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..60]);
+    let crc = crc32c(&h[0..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -198,6 +198,27 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[o..o + 8]);
     u64::from_le_bytes(a)
+}
+
+/// The CRC-32C (Castagnoli, CRC-32/ISCSI) of `bytes`: the checksum of every
+/// header, record and page of the format. From crc-fast, which folds with
+/// carry-less multiplies (VPCLMULQDQ where the CPU has it): 4 KiB pages in
+/// half the time of the crc32c crate's three streams of `crc32`
+/// instructions (23-26 us against 50-51 us per MiB on the benchmark VM).
+/// Both compute the same function, so files are unchanged.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes);
+    #[allow(clippy::cast_possible_truncation)] // a CRC-32: below 2^32
+    let crc = crc as u32;
+    crc
+}
+
+/// `crc32c(a ‖ bytes)` from `crc` = `crc32c(a)`: for payloads that are not
+/// a whole 4 KiB page (a commit's tag, a region's short last page). The
+/// crc32c crate's, which continues from a CRC in a few nanoseconds where
+/// crc-fast's `checksum_combine` takes about 2 us.
+fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
 }
 
 fn record_header(kind: u32, generation: u64, index: u64, payload: &[u8]) -> [u8; 32] {
@@ -221,10 +242,10 @@ fn record_header_hashed(
     r[16..24].copy_from_slice(&index.to_le_bytes());
     #[allow(clippy::cast_possible_truncation)] // payload is at most one page (< 2^24)
     r[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    let head = crc32c::crc32c(&r[0..28]);
+    let head = crc32c(&r[0..28]);
     let crc = match payload_crc {
         Some(p) if payload.len() == PageCrc::LEN => PageCrc::get().combine(head, p),
-        _ => crc32c::crc32c_append(head, payload),
+        _ => crc32c_append(head, payload),
     };
     r[28..32].copy_from_slice(&crc.to_le_bytes());
     r
@@ -342,7 +363,7 @@ fn parse_header<S: Storage + ?Sized>(s: &S) -> Result<Parsed, SnapshotError> {
             "not a snapshot file (bad magic)",
         ));
     }
-    if crc32c::crc32c(&h[0..60]) != u32_at(&h, 60) {
+    if crc32c(&h[0..60]) != u32_at(&h, 60) {
         return Err(SnapshotError::new(
             ErrorKind::CorruptHeader,
             "header checksum mismatch",
@@ -426,7 +447,7 @@ pub(crate) fn crash_point_client() {
 
 #[cfg(test)]
 mod tests {
-    use super::{PageCrc, record_header, record_header_hashed};
+    use super::{PageCrc, crc32c, crc32c_append, record_header, record_header_hashed};
 
     #[test]
     fn derived_page_checksum_equals_the_direct_one() {
@@ -440,7 +461,7 @@ mod tests {
         for round in 0..200u64 {
             let page: Vec<u8> = (0..PageCrc::LEN).map(|_| next() as u8).collect();
             let (g, i) = (next(), next() % 1000);
-            let h = crc32c::crc32c(&page);
+            let h = crc32c(&page);
             let kind = 1 + (round % 2) as u32;
             assert_eq!(
                 record_header_hashed(kind, g, i, &page, Some(h)),
@@ -451,8 +472,27 @@ mod tests {
         // Other lengths take the direct path.
         let short = [7u8; 100];
         assert_eq!(
-            record_header_hashed(1, 1, 1, &short, Some(crc32c::crc32c(&short))),
+            record_header_hashed(1, 1, 1, &short, Some(crc32c(&short))),
             record_header(1, 1, 1, &short)
         );
+    }
+
+    /// The format's CRC-32C (crc-fast) against the crc32c crate, at every
+    /// length crc-fast's code paths switch between (up to a few folding
+    /// blocks, both sides of 4096) and at every alignment of the input.
+    #[test]
+    fn crc32c_is_the_crc32c_crates_at_every_length_and_alignment() {
+        let bytes: Vec<u8> = (0..9000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283, "the CRC-32C check value");
+        for len in (0..=600).chain([1023, 1024, 1025, 4095, 4096, 4097, 8191, 8192]) {
+            for skew in 0..8 {
+                let b = &bytes[skew..skew + len];
+                assert_eq!(crc32c(b), crc32c::crc32c(b), "length {len}, skew {skew}");
+            }
+        }
+        let head = crc32c(&bytes[..28]);
+        assert_eq!(crc32c_append(head, &bytes[28..36]), crc32c(&bytes[..36]));
     }
 }

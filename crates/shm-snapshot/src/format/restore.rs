@@ -193,14 +193,14 @@ fn tag_of(kind: u32, payload: &[u8]) -> u64 {
 /// Whether the record `rh` + `payload` carries a valid checksum; returns
 /// the payload's own CRC-32C (kept in the page index) if so.
 fn record_valid(rh: &[u8; 32], payload: &[u8]) -> Option<u32> {
-    let head = crc32c::crc32c(&rh[0..28]);
+    let head = super::crc32c(&rh[0..28]);
     // One pass over the payload: its own CRC, from which a 4 KiB page's
     // record checksum is derived.
-    let page_crc = crc32c::crc32c(payload);
+    let page_crc = super::crc32c(payload);
     let record_crc = if payload.len() == PageCrc::LEN {
         PageCrc::get().combine(head, page_crc)
     } else {
-        crc32c::crc32c_append(head, payload)
+        super::crc32c_append(head, payload)
     };
     (record_crc == u32_at(rh, 28)).then_some(page_crc)
 }

@@ -118,8 +118,8 @@ impl<S: Storage> SnapshotWriter<S> {
             tag,
             end,
             index,
-            zero_crc: crc32c::crc32c(&zeros),
-            zero_last_crc: crc32c::crc32c(&zeros[..usize::try_from(last).unwrap_or(0)]),
+            zero_crc: super::crc32c(&zeros),
+            zero_last_crc: super::crc32c(&zeros[..usize::try_from(last).unwrap_or(0)]),
             last_bytes_written: 0,
             batch: DEFAULT_BATCH,
             scratch: Vec::new(),
@@ -504,7 +504,7 @@ impl<S: Storage> SnapshotWriter<S> {
             let len = usize::try_from(page_len(self.page_size, self.region_size, i)).unwrap_or(0);
             let p = &mut page[..len];
             rd(&self.storage, loc, p)?;
-            if crc32c::crc32c(p) != crc {
+            if super::crc32c(p) != crc {
                 return Err(SnapshotError::new(
                     ErrorKind::CorruptHeader,
                     format!("page {i} at offset {loc} changed on disk since it was written"),
@@ -626,7 +626,7 @@ impl<S: Storage> Snapshot<'_, S> {
                 "an earlier write of this snapshot failed",
             ));
         }
-        let crc = crc32c::crc32c(bytes);
+        let crc = super::crc32c(bytes);
         if crc == w.crc_of(index) {
             return Ok(false);
         }
