@@ -67,6 +67,7 @@ drop_dir "$target/nested/debug" # what the debug tests built with shm_testkit::b
 
 step "tests (release)"
 cargo test --workspace --all-features --release
+drop_dir "$target/nested/release"
 
 step "loom models"
 bash ci/loom.sh
