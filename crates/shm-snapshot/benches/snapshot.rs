@@ -342,12 +342,13 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
         use std::os::unix::fs::MetadataExt;
         let inode = || std::fs::metadata(dir.join("d.snap")).unwrap().ino();
         let (mut seen, mut compactions) = (inode(), 0);
-        let mut pages = vec![0u8; 256 * 4096];
+        // The whole state (256 pages), new contents every time.
+        let mut pages = vec![0u8; region as usize];
         while compactions < 2 {
             let fill = pages[0].wrapping_add(1) | 1;
             pages.fill(fill);
             client.work().write_bytes(0, &pages).unwrap();
-            let g = client.commit(&[0..256 * 4096]);
+            let g = client.commit(&[0..pages.len()]);
             client.wait_durable(g, Duration::from_secs(30)).unwrap();
             if inode() != seen {
                 seen = inode();

@@ -206,11 +206,9 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// half the time of the crc32c crate's three streams of `crc32`
 /// instructions (23-26 us against 50-51 us per MiB on the benchmark VM).
 /// Both compute the same function, so files are unchanged.
+#[allow(clippy::cast_possible_truncation)] // a CRC-32: below 2^32
 fn crc32c(bytes: &[u8]) -> u32 {
-    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes);
-    #[allow(clippy::cast_possible_truncation)] // a CRC-32: below 2^32
-    let crc = crc as u32;
-    crc
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// `crc32c(a ‖ bytes)` from `crc` = `crc32c(a)`: for payloads that are not
