@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{Finished, HostError, SnapshotHost, StrayWrite, prefix};
 use crate::ErrorKind;
-use crate::live::Changed;
+use crate::live::{Changed, PageSink};
+use crate::{FileStorage, Snapshot, SnapshotError};
 
 /// How a snapshot reads the live state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,10 +115,9 @@ fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
     let tagged = h.writer.version() >= 2;
     loop {
         let mut tx = h.writer.begin();
-        let mut visit = |p: u64, b: &[u8]| tx.page(p + 1, b).map(drop);
         let got = match read {
-            Read::Full => h.live.read_after_exit(&mut visit),
-            Read::Changed => match h.live.copy_changed(persisted, &mut visit) {
+            Read::Full => h.live.read_after_exit(|p, b| tx.page(p + 1, b).map(drop)),
+            Read::Changed => match h.live.copy_changed_into(persisted, &mut IntoFile(&mut tx)) {
                 Ok(Changed::Complete(g)) => Ok(g),
                 Ok(Changed::Nothing) => return Err(Stop::Nothing),
                 Ok(Changed::Conflict) => {
@@ -176,6 +176,27 @@ fn copy_into_file(h: &mut SnapshotHost, read: Read) -> Result<u64, Stop> {
             return Err(failed(h, e));
         }
         return Ok(g);
+    }
+}
+
+/// The live state's page `p` is the snapshot's image page `p + 1` (image
+/// page 0 is the prefix): the host copies each changed page straight into
+/// its record in the writer's buffer.
+struct IntoFile<'t, 'w>(&'t mut Snapshot<'w, FileStorage>);
+
+impl PageSink for IntoFile<'_, '_> {
+    type Error = SnapshotError;
+
+    fn slot(&mut self, page: u64, len: usize) -> Result<&mut [u8], SnapshotError> {
+        self.0.slot(page + 1, len)
+    }
+
+    fn keep(&mut self, _page: u64) -> Result<(), SnapshotError> {
+        self.0.keep().map(drop)
+    }
+
+    fn discard(&mut self, _page: u64) {
+        self.0.discard();
     }
 }
 

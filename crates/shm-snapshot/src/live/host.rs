@@ -25,9 +25,6 @@ use super::layout::{self, Geometry, MAX_SEQ, SEQ_OFF, bad_sequence};
 use super::words::Words;
 use crate::error::SnapshotError;
 
-/// State pages copied per batch by [`Host::copy_changed`] (256 KiB).
-const BATCH_PAGES: usize = 64;
-
 /// The host's half of the protocol over any word storage: the real copy
 /// code, which [`Host`] runs on the memfd and the loom models run on heap
 /// words. Never writes.
@@ -147,8 +144,18 @@ impl<S: Words> RawHost<S> {
     pub(crate) fn copy_changed<E>(
         &self,
         since: u64,
-        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<Changed, E> {
+        self.copy_changed_into(since, &mut Visit::new(visit))
+    }
+
+    /// [`Host::copy_changed`], each page copied into a slot `sink` hands
+    /// out, then kept or discarded once its stamp is checked again.
+    pub(crate) fn copy_changed_into<K: PageSink>(
+        &self,
+        since: u64,
+        sink: &mut K,
+    ) -> Result<Changed, K::Error> {
         let geo = self.geo;
         // `seq` as if loaded with Acquire (even: the end of commit G; odd:
         // the start of commit G+1, which the client also stores with
@@ -166,43 +173,12 @@ impl<S: Words> RawHost<S> {
             return Ok(Changed::Nothing);
         }
         // Relaxed: ordered by the fence after the load of `seq` and by the
-        // Acquire fence in `flush`.
+        // Acquire fence after each page's copy.
         let stamp = |p: usize| self.words.load(geo.stamps + 8 * p);
-        let mut batch: Vec<usize> = Vec::with_capacity(BATCH_PAGES);
-        // Grown to the largest batch: a snapshot of a few pages (a durable
-        // commit's) allocates a few pages, not a whole batch of zeros.
-        let mut buf = Vec::new();
         // Pages stamped in `(low, target]` are copied by this pass.
         let mut low = since;
         for _ in 0..COPY_PASSES {
             let mut missed = false;
-            let mut flush = |batch: &mut Vec<usize>, target: u64| -> Result<bool, E> {
-                if buf.len() < batch.len() * geo.page {
-                    buf.resize(batch.len() * geo.page, 0);
-                }
-                for (k, &p) in batch.iter().enumerate() {
-                    let n = geo.page_len(p);
-                    let dst = &mut buf[k * geo.page..k * geo.page + n];
-                    self.words.read(geo.committed + geo.page_start(p), dst);
-                }
-                // SYNC: Acquire fence, pairs with the Release fence in
-                // `RawClient::publish` between its stamps and its copy: if a
-                // byte read above was stored by a commit after `target`, the
-                // re-read stamp of that page below shows that commit's generation.
-                self.recheck_fence();
-                let mut all = true;
-                for (k, &p) in batch.iter().enumerate() {
-                    if stamp(p) > target {
-                        // Rewritten while copied: the next pass takes it.
-                        all = false;
-                        continue;
-                    }
-                    let n = geo.page_len(p);
-                    visit(p as u64, &buf[k * geo.page..k * geo.page + n])?;
-                }
-                batch.clear();
-                Ok(all)
-            };
             for p in 0..geo.pages {
                 // A stale value is still at least the last stamp of a commit
                 // up to `target` (the fence after the load of `seq`).
@@ -215,13 +191,20 @@ impl<S: Words> RawHost<S> {
                     missed = true;
                     continue;
                 }
-                batch.push(p);
-                if batch.len() == BATCH_PAGES && !flush(&mut batch, target)? {
+                let slot = sink.slot(p as u64, geo.page_len(p))?;
+                self.words.read(geo.committed + geo.page_start(p), slot);
+                // SYNC: Acquire fence, pairs with the Release fence in
+                // `RawClient::publish` between its stamps and its copy: if a
+                // byte read above was stored by a commit after `target`, the
+                // re-read stamp below shows that commit's generation.
+                self.recheck_fence();
+                if stamp(p) > target {
+                    // Rewritten while copied: the next pass takes it.
+                    sink.discard(p as u64);
                     missed = true;
+                } else {
+                    sink.keep(p as u64)?;
                 }
-            }
-            if !batch.is_empty() && !flush(&mut batch, target)? {
-                missed = true;
             }
             if !missed {
                 return Ok(Changed::Complete(target));
@@ -245,6 +228,57 @@ impl<S: Words> RawHost<S> {
         }
         Ok(Changed::Conflict)
     }
+}
+
+/// Where [`RawHost::copy_changed_into`] puts the pages it copies: it asks
+/// for a slot, copies the page into it, re-checks the page's stamp, then
+/// keeps or discards the slot. Slots never overlap in time: each is kept or
+/// discarded before the next is asked for.
+pub(crate) trait PageSink {
+    /// What [`PageSink::slot`] and [`PageSink::keep`] fail with.
+    type Error;
+    /// Room for page `page`, `len` bytes long, which the copy overwrites whole.
+    fn slot(&mut self, page: u64, len: usize) -> Result<&mut [u8], Self::Error>;
+    /// The slot holds page `page` as of the pass's target generation.
+    fn keep(&mut self, page: u64) -> Result<(), Self::Error>;
+    /// The slot's copy may be torn: forget it (a later pass copies the page again).
+    fn discard(&mut self, page: u64);
+}
+
+/// The sink of [`Host::copy_changed`]: each kept page is handed to a
+/// closure from a one-page buffer.
+struct Visit<F> {
+    buf: Vec<u8>,
+    len: usize,
+    to: F,
+}
+
+impl<F> Visit<F> {
+    fn new(visit: F) -> Self {
+        Self {
+            buf: Vec::new(),
+            len: 0,
+            to: visit,
+        }
+    }
+}
+
+impl<E, F: FnMut(u64, &[u8]) -> Result<(), E>> PageSink for Visit<F> {
+    type Error = E;
+
+    fn slot(&mut self, _page: u64, len: usize) -> Result<&mut [u8], E> {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        self.len = len;
+        Ok(&mut self.buf[..len])
+    }
+
+    fn keep(&mut self, page: u64) -> Result<(), E> {
+        (self.to)(page, &self.buf[..self.len])
+    }
+
+    fn discard(&mut self, _page: u64) {}
 }
 
 /// The host's side: a read-only mapping of the memfd.
@@ -443,6 +477,17 @@ impl Host {
         visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<Changed, E> {
         self.raw().copy_changed(since, visit)
+    }
+
+    /// [`Host::copy_changed`] into a [`PageSink`]: each page is copied
+    /// straight into the slot the sink hands out (the snapshot writer's
+    /// record for it), not through a buffer of its own.
+    pub(crate) fn copy_changed_into<K: PageSink>(
+        &self,
+        since: u64,
+        sink: &mut K,
+    ) -> Result<Changed, K::Error> {
+        self.raw().copy_changed_into(since, sink)
     }
 }
 

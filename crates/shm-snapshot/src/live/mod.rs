@@ -41,6 +41,7 @@ mod words;
 
 pub use client::{Client, TrackedCommit};
 pub use durable::{Level, Publisher, ReplicatedPublisher, WaitError, Waker};
+pub(crate) use host::PageSink;
 pub use host::{COPY_PASSES, Changed, Host};
 pub use layout::{
     CLIENT_LOCK_BYTE, CONTROL_LEN, HOST_LOCK_BYTE, Initializer, LIVE_MAGIC, LIVE_VERSION, PAGE,
