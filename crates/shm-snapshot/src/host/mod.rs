@@ -337,7 +337,8 @@ const MAX_GATHER: Duration = Duration::from_micros(200);
 /// waiters, rather than parking: a waiter that polled for its wait
 /// ([`crate::live::Client::set_wait_spin`]) commits again within
 /// microseconds, and its request then needs no cross-core wake-up (35-45 us
-/// on a 2-vCPU virtual machine). The poll ends at the first request (several
+/// on one 2-vCPU virtual machine, 4 us at the median on another: see
+/// [`crate::live::Client::set_wait_spin`]). The poll ends at the first request (several
 /// waiters are then gathered, parked, by [`SnapshotHost::serve_waiters`]):
 /// at most this much of a core per snapshot served to waiters.
 const HOST_POLL: Duration = Duration::from_micros(100);

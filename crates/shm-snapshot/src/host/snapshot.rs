@@ -191,11 +191,11 @@ impl PageSink for IntoFile<'_, '_> {
         self.0.slot(page + 1, len)
     }
 
-    fn keep(&mut self, _page: u64) -> Result<(), SnapshotError> {
+    fn keep(&mut self) -> Result<(), SnapshotError> {
         self.0.keep().map(drop)
     }
 
-    fn discard(&mut self, _page: u64) {
+    fn discard(&mut self) {
         self.0.discard();
     }
 }

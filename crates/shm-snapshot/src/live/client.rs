@@ -611,9 +611,13 @@ impl Client {
     /// never poll, always park; 1 ms suits flash devices).
     ///
     /// Parking costs two cross-core wake-ups per durable commit (the
-    /// client's of the host, the host's of the client): 35-45 us each on a
-    /// 2-vCPU virtual machine, as long as the `fdatasync` of a small commit
-    /// on a flash device. A polling waiter is found awake instead. It polls
+    /// client's of the host, the host's of the client). What one costs
+    /// depends on how the hypervisor wakes an idle vCPU: 35-45 us each on
+    /// one 2-vCPU virtual machine, as long as the `fdatasync` of a small
+    /// commit on a flash device; on another, a thread parked on a futex
+    /// woke 3.5-4 us (median; 16-18 us at the 90th percentile) after a
+    /// thread coming out of an `fdatasync` woke it and ran on, as the host
+    /// does. A polling waiter is found awake instead. It polls
     /// for at most 1.5 times its last wait plus 20 us, and not at all when
     /// its last wait took longer than the cap, so it never burns a core for
     /// a wait it cannot see end; and only while it is the client's sole

@@ -200,10 +200,10 @@ impl<S: Words> RawHost<S> {
                 self.recheck_fence();
                 if stamp(p) > target {
                     // Rewritten while copied: the next pass takes it.
-                    sink.discard(p as u64);
+                    sink.discard();
                     missed = true;
                 } else {
-                    sink.keep(p as u64)?;
+                    sink.keep()?;
                 }
             }
             if !missed {
@@ -239,16 +239,18 @@ pub(crate) trait PageSink {
     type Error;
     /// Room for page `page`, `len` bytes long, which the copy overwrites whole.
     fn slot(&mut self, page: u64, len: usize) -> Result<&mut [u8], Self::Error>;
-    /// The slot holds page `page` as of the pass's target generation.
-    fn keep(&mut self, page: u64) -> Result<(), Self::Error>;
-    /// The slot's copy may be torn: forget it (a later pass copies the page again).
-    fn discard(&mut self, page: u64);
+    /// The last slot holds its page as of the pass's target generation.
+    fn keep(&mut self) -> Result<(), Self::Error>;
+    /// The last slot's copy may be torn: forget it (a later pass copies the page again).
+    fn discard(&mut self);
 }
 
 /// The sink of [`Host::copy_changed`]: each kept page is handed to a
 /// closure from a one-page buffer.
 struct Visit<F> {
     buf: Vec<u8>,
+    /// The page in `buf`, and its length.
+    page: u64,
     len: usize,
     to: F,
 }
@@ -257,6 +259,7 @@ impl<F> Visit<F> {
     fn new(visit: F) -> Self {
         Self {
             buf: Vec::new(),
+            page: 0,
             len: 0,
             to: visit,
         }
@@ -266,19 +269,19 @@ impl<F> Visit<F> {
 impl<E, F: FnMut(u64, &[u8]) -> Result<(), E>> PageSink for Visit<F> {
     type Error = E;
 
-    fn slot(&mut self, _page: u64, len: usize) -> Result<&mut [u8], E> {
+    fn slot(&mut self, page: u64, len: usize) -> Result<&mut [u8], E> {
         if self.buf.len() < len {
             self.buf.resize(len, 0);
         }
-        self.len = len;
+        (self.page, self.len) = (page, len);
         Ok(&mut self.buf[..len])
     }
 
-    fn keep(&mut self, page: u64) -> Result<(), E> {
-        (self.to)(page, &self.buf[..self.len])
+    fn keep(&mut self) -> Result<(), E> {
+        (self.to)(self.page, &self.buf[..self.len])
     }
 
-    fn discard(&mut self, _page: u64) {}
+    fn discard(&mut self) {}
 }
 
 /// The host's side: a read-only mapping of the memfd.
