@@ -70,7 +70,11 @@ struct ScratchDir(std::path::PathBuf);
 
 impl ScratchDir {
     fn create() -> ScratchDir {
-        let path = std::env::temp_dir().join(format!("shm-snapshot-bench-{}", std::process::id()));
+        ScratchDir::create_in(&std::env::temp_dir())
+    }
+
+    fn create_in(parent: &std::path::Path) -> ScratchDir {
+        let path = parent.join(format!("shm-snapshot-bench-{}", std::process::id()));
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         ScratchDir(path)
@@ -258,6 +262,47 @@ impl HostThread {
     }
 }
 
+/// Commits the whole state of `client` (new contents every time, each
+/// waited for) until its host's FILE has been compacted twice: a host that
+/// has run a while, whose log now appends into a file it recycled
+/// (`SnapshotWriter::compact_file`), over blocks written before, as the
+/// in-place baseline writes. A new FILE's first two logs grow at every
+/// commit larger than a quarter of the reserve instead: the "file growing"
+/// rows price that.
+fn warm_up(client: &Client, file: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = || std::fs::metadata(file).unwrap().ino();
+    let (mut seen, mut compactions) = (inode(), 0);
+    let mut pages = vec![0u8; client.work().len()];
+    while compactions < 2 {
+        let fill = pages[0].wrapping_add(1) | 1;
+        pages.fill(fill);
+        client.work().write_bytes(0, &pages).unwrap();
+        let g = client.commit(&[0..pages.len()]);
+        client.wait_durable(g, Duration::from_secs(30)).unwrap();
+        if inode() != seen {
+            seen = inode();
+            compactions += 1;
+        }
+    }
+}
+
+/// A tmpfs directory for the durable rows' CPU-path row (`/dev/shm`), or
+/// `None` with a note; under `CI=true` its absence fails the run.
+fn tmpfs() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from("/dev/shm");
+    let is_tmpfs = rustix::fs::statfs(&path).is_ok_and(|st| st.f_type == libc::TMPFS_MAGIC);
+    if is_tmpfs {
+        return Some(path);
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "/dev/shm is not a tmpfs: no CPU-path rows for the durable commits"
+    );
+    println!("note: /dev/shm is not a tmpfs: no CPU-path rows for the durable commits");
+    None
+}
+
 /// Durable-commit latency for k dirty pages against pwrite of the same
 /// bytes + fdatasync in the same directory; throughput with 1, 2, 4, 8
 /// threads each committing and waiting (against one thread); and the
@@ -333,35 +378,24 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             .unwrap()
             .valid_end
     };
-    // A host that has run a while: its log has been compacted twice, so it
-    // now appends into a file it recycled (`SnapshotWriter::compact_file`),
-    // over blocks written before, as the in-place baseline writes. A new
-    // FILE's first two logs grow at every commit larger than a quarter of
-    // the reserve instead: the "file growing" rows price that.
-    {
-        use std::os::unix::fs::MetadataExt;
-        let inode = || std::fs::metadata(dir.join("d.snap")).unwrap().ino();
-        let (mut seen, mut compactions) = (inode(), 0);
-        // The whole state (256 pages), new contents every time.
-        let mut pages = vec![0u8; region as usize];
-        while compactions < 2 {
-            let fill = pages[0].wrapping_add(1) | 1;
-            pages.fill(fill);
-            client.work().write_bytes(0, &pages).unwrap();
-            let g = client.commit(&[0..pages.len()]);
-            client.wait_durable(g, Duration::from_secs(30)).unwrap();
-            if inode() != seen {
-                seen = inode();
-                compactions += 1;
-            }
-        }
-    }
+    warm_up(&client, &dir.join("d.snap"));
+    // The commit's CPU path alone: the same host and client with FILE on
+    // tmpfs, where `fdatasync` has nothing to write. Next to the in-place
+    // write on disk, it shows how much of the disk's time the commit's own
+    // copies, checksums, system calls and wake-ups take.
+    let cpu = tmpfs().map(|parent| {
+        let dir = ScratchDir::create_in(&parent);
+        let host = HostThread::start(&dir.join("d.snap"), region, Duration::from_secs(1), false);
+        let client = Client::open(host.memfd.as_fd()).unwrap();
+        warm_up(&client, &dir.join("d.snap"));
+        (host, client, dir)
+    });
     for k in [1usize, 16, 256] {
         let bytes = std::cell::RefCell::new(vec![0x5au8; k * 4096]);
         let r = std::cell::Cell::new(0usize);
         // `spin`: how long the waiter may poll before it parks (zero, the
         // default: the parked path, a cross-core wake-up of the waiter).
-        let commit_wait = |spin: Duration| {
+        let commit_wait = |client: &Client, spin: Duration| {
             client.set_wait_spin(spin);
             let mut bytes = bytes.borrow_mut();
             let v = (0..runs)
@@ -383,8 +417,8 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             client.set_wait_spin(default_spin);
             median(v)
         };
-        let mut ours = || commit_wait(default_spin);
-        let mut polled = || commit_wait(Duration::from_millis(1));
+        let mut ours = || commit_wait(&client, default_spin);
+        let mut polled = || commit_wait(&client, Duration::from_millis(1));
         // What one commit of k changed pages appends to the log: a record
         // header and the page for each of them, and a commit record carrying
         // the program's generation as its tag (docs/protocol/shm-snapshot.md),
@@ -469,6 +503,11 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             ("woken thread: log bytes + fdatasync", &mut woken),
             ("pwrite appending + fdatasync", &mut grow),
         ];
+        let mut cpu_measure;
+        if let Some((_, client, _)) = &cpu {
+            cpu_measure = || commit_wait(client, default_spin);
+            cases.push(("commit + wait_durable, FILE on tmpfs", &mut cpu_measure));
+        }
         let mut direct_measure;
         if let Ok(file) = &direct_file {
             direct_measure = || direct(file);
@@ -502,6 +541,17 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
             "commit + wait_durable",
             "pwrite appending + fdatasync",
         );
+        if cpu.is_some() {
+            let case = format!(
+                "durable commit latency, {k} dirty pages, its CPU path alone (FILE on tmpfs)"
+            );
+            h.row(
+                &reps,
+                &case,
+                "commit + wait_durable, FILE on tmpfs",
+                "pwrite + fdatasync",
+            );
+        }
         if direct_file.is_ok() {
             let case = format!(
                 "log floor, {k} pages: the log bytes with O_DIRECT into a rotating 16 MiB file"
@@ -523,6 +573,11 @@ fn durable_commits(h: &mut Harness, dir: &std::path::Path) {
     }
     drop(to_floor);
     floor.join().unwrap();
+    if let Some((host, client, dir)) = cpu {
+        drop(client);
+        host.stop();
+        drop(dir);
+    }
     let span = h.pick(Duration::from_secs(2), Duration::from_millis(300));
     let rate = |threads: usize| {
         let commits = std::sync::Mutex::new(());
